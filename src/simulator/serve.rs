@@ -1,0 +1,156 @@
+//! Binds, serves plain HTTP or TLS, and stops on request.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{post, put};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::app::{App, AppInner};
+use super::state::{CallbackMode, Counters, Endpoint, Fault, SimState};
+use super::{SimulatorConfig, TlsFiles, control, v1, v2};
+
+/// A simulator that is serving. Dropping it does not stop it; call [`Self::shutdown`].
+pub struct RunningSimulator {
+    local_addr: SocketAddr,
+    base_url: String,
+    app: App,
+    task: JoinHandle<()>,
+}
+
+impl RunningSimulator {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http(s)://host:port` of the simulator.
+    pub fn url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The v1 base URL to give a client (`…/v1`).
+    pub fn v1_url(&self) -> String {
+        format!("{}/v1", self.base_url)
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.app.state().counters.clone()
+    }
+
+    pub fn enroll(&self, user_id: &str) {
+        self.app.state().enrolled.insert(user_id.to_owned());
+    }
+
+    pub fn set_fault(&self, endpoint: Endpoint, fault: Fault) {
+        self.app.state().faults.insert(endpoint, fault);
+    }
+
+    pub fn set_callback_mode(&self, mode: CallbackMode) {
+        self.app.state().callback_mode = mode;
+    }
+
+    pub async fn shutdown(self) {
+        self.app.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+
+    /// Serves until the process is told to stop (the `simulator` command).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Result<RunningSimulator> {
+    let local_addr = listener.local_addr()?;
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base_url = format!("{scheme}://{local_addr}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the callback http client")?;
+    let app = App(Arc::new(AppInner {
+        credentials: config.credentials.clone(),
+        state: Mutex::new(SimState::new(config.enrolled_users.clone(), config.max_jobs, config.review_delay, config.callback_delay)),
+        public_url: base_url.clone(),
+        default_callback_url: config.default_callback_url.clone(),
+        http,
+        shutdown: CancellationToken::new(),
+        max_zip_bytes: config.max_zip_bytes,
+    }));
+    let router = axum::Router::new()
+        .route("/v1/upload", post(v1::upload))
+        .route("/v1/job_status", post(v1::job_status))
+        .route("/v2/smart-selfie-authentication", post(v2::smart_selfie_authentication))
+        .route("/uploads/{ref_id}/selfie.zip", put(v1::put_zip))
+        .merge(control::router())
+        .layer(DefaultBodyLimit::max(app.max_zip_bytes))
+        .with_state(app.clone());
+
+    let shutdown = app.shutdown.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        debug!(%error, "accept failed");
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let service = TowerToHyperService::new(router.clone());
+            let tls = tls.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let served = match tls {
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            tokio::select! { result = connection => result, () = shutdown.cancelled() => Ok(()) }
+                        }
+                        Err(error) => {
+                            debug!(%peer, %error, "tls handshake failed");
+                            return;
+                        }
+                    },
+                    None => {
+                        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        tokio::select! { result = connection => result, () = shutdown.cancelled() => Ok(()) }
+                    }
+                };
+                if let Err(error) = served {
+                    debug!(%peer, %error, "connection ended with an error");
+                }
+            });
+        }
+    });
+    info!(url = %base_url, partner_id = %config.credentials.partner_id, "smile id simulator listening");
+    Ok(RunningSimulator { local_addr, base_url, app, task })
+}
+
+fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .with_context(|| format!("reading certificate {}", files.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificate {}", files.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("reading key {}", files.key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("building the tls configuration")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,119 @@
+//! Callbacks Smile ID posts to us: a flat result entry with a top-level
+//! `signature` and `timestamp` (smileid-protocol.md §3.6).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::signature::{Credentials, parse_timestamp};
+use super::wire::ResultEntry;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    #[error("callback body is not a JSON object")]
+    NotJson,
+    #[error("callback has no signature or timestamp")]
+    Unsigned,
+    #[error("callback timestamp cannot be read")]
+    BadTimestamp,
+    #[error("callback timestamp is {skew_seconds}s away from now, outside the window")]
+    OutsideWindow { skew_seconds: i64 },
+    #[error("callback signature does not verify")]
+    BadSignature,
+    #[error("callback carries no result entry")]
+    NoResult,
+}
+
+/// A callback whose signature and timestamp checked out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifiedCallback {
+    pub result: ResultEntry,
+    /// The signed timestamp, kept to tell a duplicate delivery from a new one.
+    pub timestamp: String,
+}
+
+/// Verifies the signature and the time window before anything in the body is trusted.
+pub fn verify_callback(
+    body: &[u8],
+    credentials: &Credentials,
+    window: Duration,
+    now: DateTime<Utc>,
+) -> Result<VerifiedCallback, CallbackError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| CallbackError::NotJson)?;
+    let object = value.as_object().ok_or(CallbackError::NotJson)?;
+    let signature = object.get("signature").and_then(Value::as_str).ok_or(CallbackError::Unsigned)?;
+    let timestamp = match object.get("timestamp") {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Number(number)) => number.to_string(),
+        _ => return Err(CallbackError::Unsigned),
+    };
+    let signed_at = parse_timestamp(&timestamp).ok_or(CallbackError::BadTimestamp)?;
+    let skew_seconds = (now - signed_at).num_seconds();
+    if skew_seconds.unsigned_abs() > window.as_secs() {
+        return Err(CallbackError::OutsideWindow { skew_seconds });
+    }
+    if !credentials.verify(&timestamp, signature) {
+        return Err(CallbackError::BadSignature);
+    }
+    // The flat form is current; the old job_status-style wrapper nests the entry in `result`.
+    let result = ResultEntry::from_value(&value)
+        .or_else(|| object.get("result").and_then(ResultEntry::from_value))
+        .ok_or(CallbackError::NoResult)?;
+    Ok(VerifiedCallback { result, timestamp })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::smileid::signature::{ApiKey, format_timestamp};
+
+    fn credentials() -> Credentials {
+        Credentials::new("1234", ApiKey::new("key"))
+    }
+
+    fn body(timestamp: &str, signature: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "ResultCode": "0820", "IsFinalResult": "true", "SmileJobID": "0000000001",
+            "PartnerParams": {"job_id": "j", "user_id": "u", "job_type": "2"},
+            "signature": signature, "timestamp": timestamp,
+        }))
+        .expect("json")
+    }
+
+    #[test]
+    fn accepts_a_fresh_signed_callback() {
+        let now = Utc::now();
+        let timestamp = format_timestamp(now);
+        let signature = credentials().sign(&timestamp);
+        let verified = verify_callback(&body(&timestamp, signature.as_str()), &credentials(), Duration::from_secs(300), now)
+            .expect("verified");
+        assert_eq!(verified.result.job_id(), Some("j"));
+    }
+
+    #[test]
+    fn refuses_forged_stale_and_malformed_callbacks() {
+        let now = Utc::now();
+        let window = Duration::from_secs(300);
+        let timestamp = format_timestamp(now);
+        let forged = Credentials::new("1234", ApiKey::new("wrong")).sign(&timestamp);
+        assert_eq!(
+            verify_callback(&body(&timestamp, forged.as_str()), &credentials(), window, now),
+            Err(CallbackError::BadSignature)
+        );
+        let old = format_timestamp(now - chrono::Duration::minutes(10));
+        let signature = credentials().sign(&old);
+        assert!(matches!(
+            verify_callback(&body(&old, signature.as_str()), &credentials(), window, now),
+            Err(CallbackError::OutsideWindow { .. })
+        ));
+        assert_eq!(verify_callback(b"[1]", &credentials(), window, now), Err(CallbackError::NotJson));
+        assert_eq!(verify_callback(b"{}", &credentials(), window, now), Err(CallbackError::Unsigned));
+        assert_eq!(
+            verify_callback(&body("soon", "x"), &credentials(), window, now),
+            Err(CallbackError::BadTimestamp)
+        );
+    }
+}

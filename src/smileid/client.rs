@@ -1,0 +1,408 @@
+//! The Smile ID v1 client: prep upload, zip, pre-signed upload, job status.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::Rng as _;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use super::error::{SmileIdError, SubmitError, SubmitOutcome, SubmitStage};
+use super::package::{PackageInfo, ZIP_FILE_NAME, build_zip};
+use super::signature::Credentials;
+use super::wire::{
+    ErrorBody, JobStatusRequest, JobStatusResponse, PartnerParams, ResultEntry, SOURCE_SDK, SOURCE_SDK_VERSION,
+    UploadRequest, UploadResponse,
+};
+use super::codes::ErrorCode;
+
+/// Where Smile ID lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Sandbox,
+    Production,
+    /// A full base URL ending in `/v1`, e.g. the simulator's `http://127.0.0.1:8780/v1`.
+    Custom(String),
+}
+
+impl Environment {
+    pub fn base_url(&self) -> &str {
+        match self {
+            Self::Sandbox => "https://testapi.smileidentity.com/v1",
+            Self::Production => "https://api.smileidentity.com/v1",
+            Self::Custom(url) => url.trim_end_matches('/'),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter for idempotent calls.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Longest `Retry-After` honoured.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(wait) = retry_after {
+            return wait.min(self.max_retry_after);
+        }
+        let ceiling = self.initial_backoff.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1))).min(self.max_backoff);
+        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX).max(1);
+        Duration::from_millis(rand::rng().random_range(ceiling_ms / 2..=ceiling_ms))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub environment: Environment,
+    pub credentials: Credentials,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl ClientConfig {
+    pub fn new(environment: Environment, credentials: Credentials) -> Self {
+        Self {
+            environment,
+            credentials,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// One job to submit: partner params, images (JPEG), and where results go.
+pub struct JobSubmission<'a> {
+    pub partner_params: &'a PartnerParams,
+    pub callback_url: Option<&'a str>,
+    pub selfie_jpeg: &'a [u8],
+    pub liveness_jpegs: &'a [bytes::Bytes],
+    /// This job_id is ours and an earlier attempt may have reached Smile ID: on
+    /// 2215 (job already exists) resume it with `retry: true`.
+    pub may_resume: bool,
+}
+
+/// Smile ID accepted the job and its images.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    pub smile_job_id: String,
+    pub resumed: bool,
+}
+
+/// What `job_status` said.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobStatus {
+    pub job_complete: bool,
+    pub job_success: bool,
+    pub code: Option<String>,
+    pub result: Option<ResultEntry>,
+    /// The text Smile ID answers in place of a result before the zip is processed.
+    pub pending_text: Option<String>,
+    pub history: Vec<ResultEntry>,
+    pub image_links: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StatusOptions {
+    pub history: bool,
+    pub image_links: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SmileIdClient {
+    http: reqwest::Client,
+    config: ClientConfig,
+}
+
+impl SmileIdClient {
+    pub fn new(config: ClientConfig) -> Result<Self, SmileIdError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("selfie-auth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(SmileIdError::from_reqwest)?;
+        Ok(Self { http, config })
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.config.credentials
+    }
+
+    pub fn environment(&self) -> &Environment {
+        &self.config.environment
+    }
+
+    fn endpoint(&self, name: &str) -> String {
+        format!("{}/{name}", self.config.environment.base_url())
+    }
+
+    /// `POST /v1/upload`: registers the job and returns the pre-signed upload URL.
+    pub async fn prep_upload(
+        &self,
+        partner_params: &PartnerParams,
+        callback_url: Option<&str>,
+        retry: bool,
+    ) -> Result<(UploadResponse, String, String), SmileIdError> {
+        let credentials = &self.config.credentials;
+        let (timestamp, signature) = credentials.sign_now();
+        let body = UploadRequest {
+            source_sdk: SOURCE_SDK,
+            source_sdk_version: SOURCE_SDK_VERSION,
+            file_name: ZIP_FILE_NAME,
+            smile_client_id: &credentials.partner_id,
+            partner_params,
+            model_parameters: serde_json::Map::new(),
+            callback_url,
+            use_enrolled_image: false,
+            retry,
+            timestamp: &timestamp,
+            signature: signature.as_str(),
+        };
+        let response = self
+            .http
+            .post(self.endpoint("upload"))
+            .header("Accept", "application/json")
+            .json(&body)
+            .send()
+            .await
+            .map_err(SmileIdError::from_reqwest)?;
+        let upload: UploadResponse = read_json(response).await?;
+        Ok((upload, timestamp, signature.as_str().to_owned()))
+    }
+
+    /// `PUT` of the zip to the pre-signed URL. Idempotent, so it is retried.
+    pub async fn upload_zip(&self, upload_url: &str, zip: bytes::Bytes) -> Result<(), SmileIdError> {
+        self.with_retries("upload", || async {
+            let response = self
+                .http
+                .put(upload_url)
+                .header(CONTENT_TYPE, "application/zip")
+                .body(zip.clone())
+                .send()
+                .await
+                .map_err(SmileIdError::from_reqwest)?;
+            let status = response.status();
+            if status == StatusCode::OK {
+                return Ok(());
+            }
+            let headers = response.headers().clone();
+            Err(error_from_status(status, &headers, &response.bytes().await.unwrap_or_default()))
+        })
+        .await
+    }
+
+    /// The whole v1 submission: prep upload, zip, upload.
+    pub async fn submit(&self, job: &JobSubmission<'_>) -> Result<Submitted, SubmitError> {
+        let fail = |stage, outcome, smile_job_id: Option<&str>, source| SubmitError {
+            stage,
+            outcome,
+            smile_job_id: smile_job_id.map(str::to_owned),
+            source,
+        };
+        let mut resumed = false;
+        let prepared = match self.prep_upload(job.partner_params, job.callback_url, false).await {
+            Err(SmileIdError::Refused { code: ErrorCode::JobAlreadyExists, .. }) if job.may_resume => {
+                debug!(job_id = %job.partner_params.job_id, "job already exists at smile id, resuming it");
+                resumed = true;
+                self.prep_upload(job.partner_params, job.callback_url, true).await
+            }
+            other => other,
+        };
+        let (upload, timestamp, signature) = prepared.map_err(|error| {
+            let outcome = match &error {
+                SmileIdError::Refused { .. } => SubmitOutcome::Refused,
+                error if error.never_sent() => SubmitOutcome::NotSent,
+                _ => SubmitOutcome::Unknown,
+            };
+            fail(SubmitStage::PrepUpload, outcome, None, error)
+        })?;
+        let smile_job_id = upload.smile_job_id.as_str();
+
+        let info = PackageInfo {
+            partner_id: &self.config.credentials.partner_id,
+            partner_params: job.partner_params,
+            callback_url: job.callback_url,
+            timestamp: &timestamp,
+            signature: &signature,
+            retry: resumed,
+            upload_url: &upload.upload_url,
+        };
+        let zip = build_zip(&info, job.selfie_jpeg, job.liveness_jpegs).map_err(|error| {
+            fail(SubmitStage::Package, SubmitOutcome::Unknown, Some(smile_job_id), SmileIdError::Malformed(error.to_string()))
+        })?;
+        self.upload_zip(&upload.upload_url, zip.into())
+            .await
+            .map_err(|error| fail(SubmitStage::Upload, SubmitOutcome::Unknown, Some(smile_job_id), error))?;
+        Ok(Submitted { smile_job_id: upload.smile_job_id, resumed })
+    }
+
+    /// `POST /v1/job_status`, with the response signature verified. Retried on
+    /// transport errors, 5xx and 429 (honouring `Retry-After`).
+    pub async fn job_status(&self, user_id: &str, job_id: &str, options: StatusOptions) -> Result<JobStatus, SmileIdError> {
+        let credentials = &self.config.credentials;
+        let response: JobStatusResponse = self
+            .with_retries("job_status", || async {
+                let (timestamp, signature) = credentials.sign_now();
+                let body = JobStatusRequest {
+                    partner_id: &credentials.partner_id,
+                    user_id,
+                    job_id,
+                    image_links: options.image_links,
+                    history: options.history,
+                    source_sdk: SOURCE_SDK,
+                    source_sdk_version: SOURCE_SDK_VERSION,
+                    timestamp: &timestamp,
+                    signature: signature.as_str(),
+                };
+                let response = self
+                    .http
+                    .post(self.endpoint("job_status"))
+                    .header("Accept", "application/json")
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(SmileIdError::from_reqwest)?;
+                if response.status() == StatusCode::NOT_FOUND {
+                    return Err(SmileIdError::NotFound);
+                }
+                read_json(response).await
+            })
+            .await?;
+
+        let (Some(timestamp), Some(signature)) = (&response.timestamp, &response.signature) else {
+            return Err(SmileIdError::BadSignature);
+        };
+        if !credentials.verify(timestamp, signature) {
+            return Err(SmileIdError::BadSignature);
+        }
+        let result = ResultEntry::from_value(&response.result);
+        let pending_text = match &response.result {
+            Value::String(text) => Some(text.clone()),
+            _ => None,
+        };
+        Ok(JobStatus {
+            job_complete: response.job_complete,
+            job_success: response.job_success,
+            code: response.code,
+            result,
+            pending_text,
+            history: response.history.unwrap_or_default().iter().filter_map(ResultEntry::from_value).collect(),
+            image_links: response
+                .image_links
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(key, value)| match value {
+                    Value::String(text) => Some((key, text)),
+                    _ => None,
+                })
+                .collect(),
+        })
+    }
+
+    async fn with_retries<T, F, Fut>(&self, call: &'static str, mut attempt_once: F) -> Result<T, SmileIdError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SmileIdError>>,
+    {
+        let policy = self.config.retry;
+        let mut attempt = 1;
+        loop {
+            match attempt_once().await {
+                Err(error) if error.is_transient() && attempt < policy.max_attempts => {
+                    let wait = policy.backoff(attempt, error.retry_after());
+                    warn!(call, attempt, wait_ms = wait.as_millis() as u64, error = %error, "smile id call failed, retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, SmileIdError> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(SmileIdError::from_reqwest)?;
+    if !status.is_success() {
+        return Err(error_from_status(status, &headers, &body));
+    }
+    serde_json::from_slice(&body).map_err(|error| SmileIdError::Malformed(error.to_string()))
+}
+
+fn error_from_status(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> SmileIdError {
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = headers
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return SmileIdError::Unavailable { http_status: status.as_u16(), retry_after };
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error, code: Some(code) }) => SmileIdError::Refused {
+            code: ErrorCode::parse(&code),
+            http_status: status.as_u16(),
+            // Smile ID's own text; bounded so a hostile body cannot flood our errors.
+            message: error.chars().take(200).collect(),
+        },
+        _ => SmileIdError::Malformed(format!("http {} without an error code", status.as_u16())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environments_resolve_to_documented_urls() {
+        assert_eq!(Environment::Sandbox.base_url(), "https://testapi.smileidentity.com/v1");
+        assert_eq!(Environment::Production.base_url(), "https://api.smileidentity.com/v1");
+        assert_eq!(Environment::Custom("http://127.0.0.1:1/v1/".into()).base_url(), "http://127.0.0.1:1/v1");
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let policy = RetryPolicy::default();
+        for attempt in 1..10 {
+            let wait = policy.backoff(attempt, None);
+            assert!(wait <= policy.max_backoff, "{wait:?}");
+        }
+        assert!(policy.backoff(3, None) >= Duration::from_millis(1000));
+        assert_eq!(policy.backoff(1, Some(Duration::from_secs(7))), Duration::from_secs(7));
+        assert_eq!(policy.backoff(1, Some(Duration::from_secs(600))), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn http_errors_map_to_typed_errors() {
+        let headers = HeaderMap::new();
+        let refused = error_from_status(StatusCode::BAD_REQUEST, &headers, br#"{"error":"No enrolled user found","code":2210}"#);
+        assert!(matches!(refused, SmileIdError::Refused { code: ErrorCode::UserNotEnrolled, http_status: 400, .. }));
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "3".parse().expect("header"));
+        let throttled = error_from_status(StatusCode::TOO_MANY_REQUESTS, &headers, b"");
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(3)));
+        assert!(throttled.is_transient());
+    }
+}

@@ -1,0 +1,16 @@
+//! Smile ID protocol client. Knows nothing of gRPC or storage.
+
+pub mod callback;
+pub mod client;
+pub mod codes;
+pub mod error;
+pub mod package;
+pub mod signature;
+pub mod wire;
+
+pub use callback::{CallbackError, VerifiedCallback, verify_callback};
+pub use client::{ClientConfig, Environment, JobStatus, JobSubmission, RetryPolicy, SmileIdClient, StatusOptions, Submitted};
+pub use codes::{Decision, ErrorCode, classify_result};
+pub use error::{SmileIdError, SubmitError, SubmitOutcome, SubmitStage};
+pub use signature::{ApiKey, Credentials};
+pub use wire::{PartnerParams, ResultEntry};

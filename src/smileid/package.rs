@@ -1,0 +1,84 @@
+//! The zip uploaded to Smile ID's pre-signed URL: `info.json` first, then one
+//! entry per image file, in the shape the server SDKs produce (sdk-wire-traces §2.3).
+
+use std::io::{Cursor, Write};
+
+use serde_json::{Value, json};
+use zip::CompressionMethod;
+use zip::write::{SimpleFileOptions, ZipWriter};
+
+use super::wire::{PartnerParams, SOURCE_SDK_VERSION};
+
+pub const ZIP_FILE_NAME: &str = "selfie.zip";
+pub const SELFIE_ENTRY: &str = "selfie.jpg";
+pub const IMAGE_TYPE_SELFIE_FILE: u32 = 0;
+pub const IMAGE_TYPE_LIVENESS_FILE: u32 = 4;
+
+/// Everything `info.json` needs besides the images.
+pub struct PackageInfo<'a> {
+    pub partner_id: &'a str,
+    pub partner_params: &'a PartnerParams,
+    pub callback_url: Option<&'a str>,
+    pub timestamp: &'a str,
+    pub signature: &'a str,
+    pub retry: bool,
+    pub upload_url: &'a str,
+}
+
+pub fn liveness_entry_name(index: usize) -> String {
+    format!("liveness_{index}.jpg")
+}
+
+/// Builds `info.json` in the server-SDK shape.
+pub fn info_json(info: &PackageInfo<'_>, liveness_count: usize) -> Value {
+    let mut images = vec![json!({
+        "image_type_id": IMAGE_TYPE_SELFIE_FILE, "image": "", "file_name": SELFIE_ENTRY,
+    })];
+    images.extend((0..liveness_count).map(|index| {
+        json!({"image_type_id": IMAGE_TYPE_LIVENESS_FILE, "image": "", "file_name": liveness_entry_name(index)})
+    }));
+    json!({
+        "package_information": {
+            "apiVersion": {"buildNumber": 0, "majorVersion": 2, "minorVersion": 0},
+            "language": "rust",
+            "sdkVersion": SOURCE_SDK_VERSION,
+        },
+        "misc_information": {
+            "timestamp": info.timestamp,
+            "signature": info.signature,
+            "retry": if info.retry { "true" } else { "false" },
+            "partner_params": info.partner_params,
+            "file_name": ZIP_FILE_NAME,
+            "smile_client_id": info.partner_id,
+            "callback_url": info.callback_url.unwrap_or(""),
+            "userData": {
+                "isVerifiedProcess": false, "name": "", "fbUserID": "", "firstName": "",
+                "lastName": "", "gender": "", "email": "", "phone": "",
+                "countryCode": "+", "countryName": "",
+            },
+        },
+        "id_info": {},
+        "images": images,
+        "server_information": info.upload_url,
+    })
+}
+
+/// Builds the zip. JPEG is already compressed, so images are stored; `info.json` is deflated.
+pub fn build_zip(info: &PackageInfo<'_>, selfie_jpeg: &[u8], liveness_jpegs: &[impl AsRef<[u8]>]) -> zip::result::ZipResult<Vec<u8>> {
+    let mut writer = ZipWriter::new(Cursor::new(Vec::with_capacity(
+        selfie_jpeg.len() + liveness_jpegs.iter().map(|image| image.as_ref().len()).sum::<usize>() + 4096,
+    )));
+    let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+    let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+
+    let info_bytes = serde_json::to_vec(&info_json(info, liveness_jpegs.len())).map_err(std::io::Error::from)?;
+    writer.start_file("info.json", deflated)?;
+    writer.write_all(&info_bytes)?;
+    writer.start_file(SELFIE_ENTRY, stored)?;
+    writer.write_all(selfie_jpeg)?;
+    for (index, frame) in liveness_jpegs.iter().enumerate() {
+        writer.start_file(liveness_entry_name(index), stored)?;
+        writer.write_all(frame.as_ref())?;
+    }
+    Ok(writer.finish()?.into_inner())
+}
