@@ -12,7 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // Served by gRPC reflection so grpcurl and friends need no local .proto files.
-    std::fs::write(out_dir.join("selfieauth_descriptor.bin"), descriptor_set.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join("selfieauth_descriptor.bin"),
+        descriptor_set.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .extern_path(".google.rpc", "::tonic_types::pb")
         .bytes(".selfieauth.v1.SubmitAuthenticationRequest")

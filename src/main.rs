@@ -12,7 +12,11 @@ use selfie_auth::smileid::ApiKey;
 use selfie_auth::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "selfie-auth", version, about = "Smile ID SmartSelfie™ Authentication behind one gRPC contract")]
+#[command(
+    name = "selfie-auth",
+    version,
+    about = "Smile ID SmartSelfie™ Authentication behind one gRPC contract"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "SELFIE_AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -79,9 +83,18 @@ async fn run_simulator(args: SimulatorArgs) -> anyhow::Result<()> {
     config.callback_delay = args.callback_delay;
     config.review_delay = args.review_delay;
     config.max_jobs = args.max_jobs;
-    config.tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles { cert, key });
-    let running = simulator::start(config, args.listen).await.with_context(|| format!("starting the simulator on {}", args.listen))?;
-    eprintln!("Smile ID simulator: {}  (v1 base URL {})", running.url(), running.v1_url());
+    config.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| TlsFiles { cert, key });
+    let running = simulator::start(config, args.listen)
+        .await
+        .with_context(|| format!("starting the simulator on {}", args.listen))?;
+    eprintln!(
+        "Smile ID simulator: {}  (v1 base URL {})",
+        running.url(),
+        running.v1_url()
+    );
     tokio::select! {
         () = running_wait(running) => {}
         _ = tokio::signal::ctrl_c() => {}

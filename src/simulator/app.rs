@@ -3,9 +3,9 @@
 use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use axum::Json;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,12 @@ pub struct AppInner {
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
     pub max_zip_bytes: usize,
+}
+
+/// How a fault spoils an otherwise correct answer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spoil {
+    pub corrupt_signature: bool,
 }
 
 #[derive(Clone)]
@@ -41,28 +47,38 @@ impl App {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Applies the scripted fault of `endpoint`, if any. `Some` is the response to send instead.
-    pub async fn fault(&self, endpoint: Endpoint) -> Option<Response> {
-        let fault = self.state().take_fault(endpoint)?;
+    /// Applies the scripted fault of `endpoint`, if any: `Err` is the response to
+    /// send instead of handling the request; `Ok` tells how to spoil the real answer.
+    pub async fn fault(&self, endpoint: Endpoint) -> Result<Spoil, Response> {
+        let Some(fault) = self.state().take_fault(endpoint) else {
+            return Ok(Spoil::default());
+        };
         if let Some(latency) = fault.latency_ms {
             tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
         }
         if fault.hang {
             self.shutdown.cancelled().await;
-            return Some(StatusCode::SERVICE_UNAVAILABLE.into_response());
+            return Err(StatusCode::SERVICE_UNAVAILABLE.into_response());
         }
-        let status = StatusCode::from_u16(fault.status?).ok()?;
-        let mut response = (status, Json(json!({"error": "Simulated failure", "code": "2201"}))).into_response();
-        if let Some(seconds) = fault.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+        if let Some(status) = fault.status.and_then(|status| StatusCode::from_u16(status).ok()) {
+            let mut response = (status, Json(json!({"error": "Simulated failure", "code": "2201"}))).into_response();
+            if let Some(seconds) = fault.retry_after {
+                response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+            }
+            return Err(response);
         }
-        Some(response)
+        Ok(Spoil {
+            corrupt_signature: fault.corrupt_signature,
+        })
     }
 
     /// Checks a body-carried signature (v1 JSON endpoints). `partner_fields` name
     /// where the partner id may travel (`smile_client_id` on upload, `partner_id` on job_status).
     pub fn check_body_signature(&self, body: &Value, partner_fields: &[&str]) -> Result<(), ErrorCode> {
-        let partner = partner_fields.iter().find_map(|field| body.get(*field)).and_then(value_text);
+        let partner = partner_fields
+            .iter()
+            .find_map(|field| body.get(*field))
+            .and_then(value_text);
         let signature = body.get("signature").and_then(Value::as_str);
         let (Some(partner), Some(signature), Some(timestamp)) = (partner, signature, body.get("timestamp")) else {
             return Err(ErrorCode::MissingParameter);
@@ -107,7 +123,11 @@ impl App {
 
 /// Smile ID's refusal: HTTP 400 with `{"error", "code"}`.
 pub fn refuse(code: ErrorCode) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"error": code.text(), "code": code.code()}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": code.text(), "code": code.code()})),
+    )
+        .into_response()
 }
 
 /// Reads a JSON body, gzip-compressed or not (Android gzips its bodies).
@@ -116,14 +136,21 @@ pub fn decode_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, ErrorCode>
         .get(header::CONTENT_ENCODING)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.eq_ignore_ascii_case("gzip"));
-    let plain = if gzipped { gunzip(body).ok_or(ErrorCode::InvalidJson)? } else { body.to_vec() };
+    let plain = if gzipped {
+        gunzip(body).ok_or(ErrorCode::InvalidJson)?
+    } else {
+        body.to_vec()
+    };
     serde_json::from_slice(&plain).map_err(|_| ErrorCode::InvalidJson)
 }
 
 pub fn gunzip(body: &[u8]) -> Option<Vec<u8>> {
     const LIMIT: u64 = 64 * 1024 * 1024;
     let mut plain = Vec::new();
-    flate2::read::GzDecoder::new(body).take(LIMIT).read_to_end(&mut plain).ok()?;
+    flate2::read::GzDecoder::new(body)
+        .take(LIMIT)
+        .read_to_end(&mut plain)
+        .ok()?;
     Some(plain)
 }
 

@@ -47,7 +47,11 @@ async fn job(State(app): State<App>, Path(job_id): Path<String>) -> Response {
 }
 
 async fn replay(State(app): State<App>, Path(job_id): Path<String>) -> StatusCode {
-    if delivery::replay(&app, &job_id) { StatusCode::ACCEPTED } else { StatusCode::NOT_FOUND }
+    if delivery::replay(&app, &job_id) {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }
 
 #[derive(Deserialize)]
@@ -66,10 +70,18 @@ async fn enroll(State(app): State<App>, Json(body): Json<Enroll>) -> StatusCode 
 async fn set_fault(State(app): State<App>, Path(endpoint): Path<String>, Json(fault): Json<Fault>) -> Response {
     let Some(endpoint) = Endpoint::parse(&endpoint) else {
         let known = "upload, put, job_status, v2_authentication";
-        return (StatusCode::NOT_FOUND, Json(json!({"error": format!("unknown endpoint; known: {known}")}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("unknown endpoint; known: {known}")})),
+        )
+            .into_response();
     };
     if fault.status.is_some_and(|status| StatusCode::from_u16(status).is_err()) {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "status is not an HTTP status"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "status is not an HTTP status"})),
+        )
+            .into_response();
     }
     app.state().faults.insert(endpoint, fault);
     StatusCode::NO_CONTENT.into_response()

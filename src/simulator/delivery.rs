@@ -19,7 +19,9 @@ pub fn process(app: App, job_id: String, outcomes: Vec<Outcome>, selfie_provided
                     () = app.shutdown.cancelled() => return,
                 }
             }
-            let Some(result) = record(&app, &job_id, outcome, selfie_provided) else { return };
+            let Some(result) = record(&app, &job_id, outcome, selfie_provided) else {
+                return;
+            };
             deliver(&app, &job_id, result);
         }
     });

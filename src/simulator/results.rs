@@ -98,10 +98,25 @@ pub fn registration_outcomes(outcome: SandboxOutcome) -> Vec<Outcome> {
         actions,
     };
     match outcome {
-        SandboxOutcome::Approve => vec![machine("0840", "Enroll User - Machine Judgement - PASS", true, ["Passed", NA, NA, NA, "Approved"])],
-        SandboxOutcome::Reject => vec![machine("0841", "Enroll User - Machine Judgement - FAIL", true, ["Failed", NA, NA, NA, "Rejected"])],
+        SandboxOutcome::Approve => vec![machine(
+            "0840",
+            "Enroll User - Machine Judgement - PASS",
+            true,
+            ["Passed", NA, NA, NA, "Approved"],
+        )],
+        SandboxOutcome::Reject => vec![machine(
+            "0841",
+            "Enroll User - Machine Judgement - FAIL",
+            true,
+            ["Failed", NA, NA, NA, "Rejected"],
+        )],
         SandboxOutcome::Provisional => vec![
-            machine("0842", "Enroll User - Machine Judgement - Pure Provisional", false, ["Passed", NA, "Under Review", NA, "Under Review"]),
+            machine(
+                "0842",
+                "Enroll User - Machine Judgement - Pure Provisional",
+                false,
+                ["Passed", NA, "Under Review", NA, "Under Review"],
+            ),
             Outcome {
                 code: "1240",
                 text: "Enroll User - Human Judgement - PASS",
@@ -129,7 +144,12 @@ pub fn failure(code: &'static str, text: &'static str) -> Outcome {
 }
 
 /// A result entry as job_status and callbacks carry it.
-pub fn render(outcome: &Outcome, smile_job_id: &str, partner_params: &Map<String, Value>, selfie_provided: bool) -> Value {
+pub fn render(
+    outcome: &Outcome,
+    smile_job_id: &str,
+    partner_params: &Map<String, Value>,
+    selfie_provided: bool,
+) -> Value {
     let [liveness, compare, human_compare, human_liveness, register] = outcome.actions;
     json!({
         "Actions": {
@@ -162,5 +182,8 @@ pub fn render(outcome: &Outcome, smile_job_id: &str, partner_params: &Map<String
 
 /// Whether a rendered result means the job achieved its purpose (`job_success`).
 pub fn is_success(result: &Value) -> bool {
-    matches!(result.get("ResultCode").and_then(Value::as_str), Some("0820" | "1220" | "0840" | "1240"))
+    matches!(
+        result.get("ResultCode").and_then(Value::as_str),
+        Some("0820" | "1220" | "0840" | "1240")
+    )
 }

@@ -79,7 +79,12 @@ pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Resu
         .context("building the callback http client")?;
     let app = App(Arc::new(AppInner {
         credentials: config.credentials.clone(),
-        state: Mutex::new(SimState::new(config.enrolled_users.clone(), config.max_jobs, config.review_delay, config.callback_delay)),
+        state: Mutex::new(SimState::new(
+            config.enrolled_users.clone(),
+            config.max_jobs,
+            config.review_delay,
+            config.callback_delay,
+        )),
         public_url: base_url.clone(),
         default_callback_url: config.default_callback_url.clone(),
         http,
@@ -136,7 +141,12 @@ pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Resu
         }
     });
     info!(url = %base_url, partner_id = %config.credentials.partner_id, "smile id simulator listening");
-    Ok(RunningSimulator { local_addr, base_url, app, task })
+    Ok(RunningSimulator {
+        local_addr,
+        base_url,
+        app,
+        task,
+    })
 }
 
 fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
@@ -146,7 +156,8 @@ fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
         .with_context(|| format!("reading certificate {}", files.cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing certificate {}", files.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("reading key {}", files.key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("reading key {}", files.key.display()))?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

@@ -37,6 +37,9 @@ pub struct Fault {
     /// Never answer (until the client gives up or the simulator stops).
     #[serde(default)]
     pub hang: bool,
+    /// Sign the response with a wrong key (job_status only).
+    #[serde(default)]
+    pub corrupt_signature: bool,
     /// Apply to this many requests, then clear (absent: until cleared).
     #[serde(default)]
     pub times: Option<u32>,
@@ -93,7 +96,10 @@ pub struct SimJob {
 
 impl SimJob {
     pub fn final_result(&self) -> Option<&Value> {
-        self.results.iter().rev().find(|result| result.get("IsFinalResult").and_then(Value::as_str) == Some("true"))
+        self.results
+            .iter()
+            .rev()
+            .find(|result| result.get("IsFinalResult").and_then(Value::as_str) == Some("true"))
     }
 }
 
@@ -112,7 +118,12 @@ pub struct SimState {
 }
 
 impl SimState {
-    pub fn new(enrolled: impl IntoIterator<Item = String>, max_jobs: usize, review_delay: Duration, callback_delay: Duration) -> Self {
+    pub fn new(
+        enrolled: impl IntoIterator<Item = String>,
+        max_jobs: usize,
+        review_delay: Duration,
+        callback_delay: Duration,
+    ) -> Self {
         Self {
             enrolled: enrolled.into_iter().collect(),
             jobs: HashMap::new(),
@@ -139,20 +150,22 @@ impl SimState {
         self.job_order.push_back(job.job_id.clone());
         self.jobs.insert(job.job_id.clone(), job);
         while self.jobs.len() > self.max_jobs {
-            let Some(oldest) = self.job_order.pop_front() else { break };
+            let Some(oldest) = self.job_order.pop_front() else {
+                break;
+            };
             if let Some(evicted) = self.jobs.remove(&oldest) {
                 self.by_ref.remove(&evicted.ref_id);
             }
         }
-        // Counters are keyed by job_id too; keep them as bounded as the jobs.
-        for map in [
-            &mut self.counters.jobs_created_by_job_id,
-            &mut self.counters.uploads_by_job_id,
-            &mut self.counters.job_status_by_job_id,
-        ] {
-            while map.len() > self.max_jobs {
-                let Some(key) = map.keys().next().cloned() else { break };
-                map.remove(&key);
+        // Counters are keyed by job_id too; they forget evicted jobs so memory stays bounded.
+        if self.counters.jobs_created_by_job_id.len() > self.max_jobs {
+            let jobs = &self.jobs;
+            for map in [
+                &mut self.counters.jobs_created_by_job_id,
+                &mut self.counters.uploads_by_job_id,
+                &mut self.counters.job_status_by_job_id,
+            ] {
+                map.retain(|job_id, _| jobs.contains_key(job_id));
             }
         }
     }

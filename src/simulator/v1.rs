@@ -14,9 +14,10 @@ use super::results::{self, SandboxOutcome};
 use super::state::{Endpoint, SimJob};
 use super::zip_check::{self, ZipProblem};
 use crate::smileid::codes::ErrorCode;
+use crate::smileid::signature::{ApiKey, Credentials};
 
 pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(response) = app.fault(Endpoint::Upload).await {
+    if let Err(response) = app.fault(Endpoint::Upload).await {
         return response;
     }
     let request = match decode_json(&headers, &body) {
@@ -31,11 +32,19 @@ pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
     let Some(params) = request.get("partner_params").and_then(Value::as_object) else {
         return refuse(ErrorCode::InvalidJobType);
     };
-    let job_type = params.get("job_type").and_then(value_text).and_then(|text| text.trim().parse::<u32>().ok());
+    let job_type = params
+        .get("job_type")
+        .and_then(value_text)
+        .and_then(|text| text.trim().parse::<u32>().ok());
     let Some(job_type @ (2 | 4)) = job_type else {
         return refuse(ErrorCode::InvalidJobType);
     };
-    let text_param = |key| params.get(key).and_then(value_text).filter(|text| !text.trim().is_empty());
+    let text_param = |key| {
+        params
+            .get(key)
+            .and_then(value_text)
+            .filter(|text| !text.trim().is_empty())
+    };
     let (Some(user_id), Some(job_id)) = (text_param("user_id"), text_param("job_id")) else {
         return refuse(ErrorCode::MissingParameter);
     };
@@ -109,13 +118,20 @@ pub async fn put_zip(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = app.fault(Endpoint::Put).await {
+    if let Err(response) = app.fault(Endpoint::Put).await {
         return response;
     }
     // Content-Type is part of a pre-signed S3 URL's signature.
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
     if !content_type.eq_ignore_ascii_case("application/zip") {
-        return (StatusCode::FORBIDDEN, "SignatureDoesNotMatch: Content-Type must be application/zip").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "SignatureDoesNotMatch: Content-Type must be application/zip",
+        )
+            .into_response();
     }
     let job_id = {
         let mut state = app.state();
@@ -142,7 +158,9 @@ pub async fn put_zip(
     let inspected = zip_check::inspect(&body);
     let (outcomes, selfie) = {
         let mut state = app.state();
-        let Some(job) = state.jobs.get_mut(&job_id) else { return StatusCode::OK.into_response() };
+        let Some(job) = state.jobs.get_mut(&job_id) else {
+            return StatusCode::OK.into_response();
+        };
         let sandbox = SandboxOutcome::from_partner_params(&job.partner_params);
         match &inspected {
             Ok(found) => {
@@ -155,9 +173,13 @@ pub async fn put_zip(
                 (outcomes, true)
             }
             Err(ZipProblem::Corrupt) => (vec![results::failure("0903", "Zip corrupt")], false),
-            Err(ZipProblem::InvalidInfoJson | ZipProblem::NoSelfie) => {
-                (vec![results::failure("0001", "Data invalid - selfie image unusable or missing")], false)
-            }
+            Err(ZipProblem::InvalidInfoJson | ZipProblem::NoSelfie) => (
+                vec![results::failure(
+                    "0001",
+                    "Data invalid - selfie image unusable or missing",
+                )],
+                false,
+            ),
         }
     };
     delivery::process(app.clone(), job_id, outcomes, selfie);
@@ -165,9 +187,10 @@ pub async fn put_zip(
 }
 
 pub async fn job_status(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(response) = app.fault(Endpoint::JobStatus).await {
-        return response;
-    }
+    let spoil = match app.fault(Endpoint::JobStatus).await {
+        Ok(spoil) => spoil,
+        Err(response) => return response,
+    };
     let request = match decode_json(&headers, &body) {
         Ok(request) => request,
         Err(code) => return refuse(code),
@@ -185,16 +208,26 @@ pub async fn job_status(State(app): State<App>, headers: HeaderMap, body: Bytes)
         let mut state = app.state();
         *state.counters.job_status_by_job_id.entry(job_id.clone()).or_default() += 1;
         let Some(job) = state.jobs.get(&job_id).filter(|job| job.user_id == user_id) else {
-            return (StatusCode::NOT_FOUND, Json(json!({"error": "No job found for this user_id and job_id", "code": "2201"})))
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "No job found for this user_id and job_id", "code": "2201"})),
+            )
                 .into_response();
         };
         let final_result = job.final_result();
         let mut body = Map::new();
         body.insert("job_complete".into(), Value::Bool(final_result.is_some()));
-        body.insert("job_success".into(), Value::Bool(final_result.is_some_and(results::is_success)));
+        body.insert(
+            "job_success".into(),
+            Value::Bool(final_result.is_some_and(results::is_success)),
+        );
         body.insert("code".into(), json!("2302"));
         let latest = job.results.last().cloned().unwrap_or_else(|| {
-            json!(if job.zip_received { "Job is being processed" } else { "No zip uploaded yet" })
+            json!(if job.zip_received {
+                "Job is being processed"
+            } else {
+                "No zip uploaded yet"
+            })
         });
         body.insert("result".into(), latest);
         if truthy(request.get("history")) {
@@ -211,5 +244,14 @@ pub async fn job_status(State(app): State<App>, headers: HeaderMap, body: Bytes)
         Value::Object(body)
     };
     app.sign_into(&mut body);
+    if spoil.corrupt_signature {
+        let forged = Credentials::new(app.credentials.partner_id.clone(), ApiKey::new("not-the-partner-key"));
+        body["signature"] = Value::String(
+            forged
+                .sign(body["timestamp"].as_str().unwrap_or_default())
+                .as_str()
+                .to_owned(),
+        );
+    }
     Json(body).into_response()
 }

@@ -60,11 +60,16 @@ async fn read_form(headers: &HeaderMap, body: Bytes) -> Option<Form> {
 }
 
 pub async fn smart_selfie_authentication(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(response) = app.fault(Endpoint::V2Authentication).await {
+    if let Err(response) = app.fault(Endpoint::V2Authentication).await {
         return response;
     }
     app.state().counters.v2_requests += 1;
-    let header_text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
     let (Some(partner), Some(timestamp), Some(signature)) = (
         header_text("SmileID-Partner-ID"),
         header_text("SmileID-Timestamp"),
@@ -90,7 +95,10 @@ pub async fn smart_selfie_authentication(State(app): State<App>, headers: Header
     if let Some(sandbox) = form.sandbox_result {
         partner_params.insert("sandbox_result".into(), Value::String(sandbox));
     }
-    let job_id = format!("v2-{}", Alphanumeric.sample_string(&mut rand::rng(), 20).to_ascii_lowercase());
+    let job_id = format!(
+        "v2-{}",
+        Alphanumeric.sample_string(&mut rand::rng(), 20).to_ascii_lowercase()
+    );
     partner_params.insert("job_id".into(), Value::String(job_id.clone()));
     partner_params.insert("user_id".into(), Value::String(user_id.clone()));
     partner_params.insert("job_type".into(), json!(2));
@@ -131,7 +139,12 @@ pub async fn smart_selfie_authentication(State(app): State<App>, headers: Header
     let echoed: Map<String, Value> = partner_params
         .into_iter()
         .filter(|(key, _)| !matches!(key.as_str(), "job_id" | "user_id" | "job_type"))
-        .map(|(key, value)| (key, Value::String(value.as_str().map_or_else(|| value.to_string(), str::to_owned))))
+        .map(|(key, value)| {
+            (
+                key,
+                Value::String(value.as_str().map_or_else(|| value.to_string(), str::to_owned)),
+            )
+        })
         .collect();
     Json(json!({
         "code": first.code,

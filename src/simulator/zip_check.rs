@@ -37,21 +37,35 @@ pub fn inspect(zip_bytes: &[u8]) -> Result<Inspected, ZipProblem> {
         if entry.is_dir() {
             continue;
         }
-        let name = entry.name().map_err(|_| ZipProblem::Corrupt)?.rsplit('/').next().unwrap_or_default().to_owned();
+        let name = entry
+            .name()
+            .map_err(|_| ZipProblem::Corrupt)?
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         let mut data = Vec::new();
-        (&mut entry).take(MAX_ENTRY_BYTES).read_to_end(&mut data).map_err(|_| ZipProblem::Corrupt)?;
+        (&mut entry)
+            .take(MAX_ENTRY_BYTES)
+            .read_to_end(&mut data)
+            .map_err(|_| ZipProblem::Corrupt)?;
         entries.entry(name).or_insert(data);
     }
     let info: Value = entries
         .get("info.json")
         .and_then(|bytes| serde_json::from_slice(bytes).ok())
         .ok_or(ZipProblem::InvalidInfoJson)?;
-    let images = info.get("images").and_then(Value::as_array).ok_or(ZipProblem::InvalidInfoJson)?;
+    let images = info
+        .get("images")
+        .and_then(Value::as_array)
+        .ok_or(ZipProblem::InvalidInfoJson)?;
 
     let mut selfie_found = false;
     let mut liveness_frames = 0;
     for image in images {
-        let Some(type_id) = image_type(image.get("image_type_id")) else { continue };
+        let Some(type_id) = image_type(image.get("image_type_id")) else {
+            continue;
+        };
         let bytes = image_bytes(image, &entries);
         let usable = bytes.as_deref().is_some_and(looks_like_image);
         match type_id {
@@ -64,7 +78,10 @@ pub fn inspect(zip_bytes: &[u8]) -> Result<Inspected, ZipProblem> {
     if !selfie_found {
         return Err(ZipProblem::NoSelfie);
     }
-    Ok(Inspected { selfie_found, liveness_frames })
+    Ok(Inspected {
+        selfie_found,
+        liveness_frames,
+    })
 }
 
 fn image_type(value: Option<&Value>) -> Option<u64> {

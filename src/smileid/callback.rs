@@ -42,7 +42,10 @@ pub fn verify_callback(
 ) -> Result<VerifiedCallback, CallbackError> {
     let value: Value = serde_json::from_slice(body).map_err(|_| CallbackError::NotJson)?;
     let object = value.as_object().ok_or(CallbackError::NotJson)?;
-    let signature = object.get("signature").and_then(Value::as_str).ok_or(CallbackError::Unsigned)?;
+    let signature = object
+        .get("signature")
+        .and_then(Value::as_str)
+        .ok_or(CallbackError::Unsigned)?;
     let timestamp = match object.get("timestamp") {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Number(number)) => number.to_string(),
@@ -88,8 +91,13 @@ mod tests {
         let now = Utc::now();
         let timestamp = format_timestamp(now);
         let signature = credentials().sign(&timestamp);
-        let verified = verify_callback(&body(&timestamp, signature.as_str()), &credentials(), Duration::from_secs(300), now)
-            .expect("verified");
+        let verified = verify_callback(
+            &body(&timestamp, signature.as_str()),
+            &credentials(),
+            Duration::from_secs(300),
+            now,
+        )
+        .expect("verified");
         assert_eq!(verified.result.job_id(), Some("j"));
     }
 
@@ -109,8 +117,14 @@ mod tests {
             verify_callback(&body(&old, signature.as_str()), &credentials(), window, now),
             Err(CallbackError::OutsideWindow { .. })
         ));
-        assert_eq!(verify_callback(b"[1]", &credentials(), window, now), Err(CallbackError::NotJson));
-        assert_eq!(verify_callback(b"{}", &credentials(), window, now), Err(CallbackError::Unsigned));
+        assert_eq!(
+            verify_callback(b"[1]", &credentials(), window, now),
+            Err(CallbackError::NotJson)
+        );
+        assert_eq!(
+            verify_callback(b"{}", &credentials(), window, now),
+            Err(CallbackError::Unsigned)
+        );
         assert_eq!(
             verify_callback(&body("soon", "x"), &credentials(), window, now),
             Err(CallbackError::BadTimestamp)

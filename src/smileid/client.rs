@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tracing::{debug, warn};
 
+use super::codes::ErrorCode;
 use super::error::{SmileIdError, SubmitError, SubmitOutcome, SubmitStage};
 use super::package::{PackageInfo, ZIP_FILE_NAME, build_zip};
 use super::signature::Credentials;
@@ -17,7 +18,6 @@ use super::wire::{
     ErrorBody, JobStatusRequest, JobStatusResponse, PartnerParams, ResultEntry, SOURCE_SDK, SOURCE_SDK_VERSION,
     UploadRequest, UploadResponse,
 };
-use super::codes::ErrorCode;
 
 /// Where Smile ID lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +64,10 @@ impl RetryPolicy {
         if let Some(wait) = retry_after {
             return wait.min(self.max_retry_after);
         }
-        let ceiling = self.initial_backoff.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1))).min(self.max_backoff);
+        let ceiling = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.max_backoff);
         let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX).max(1);
         Duration::from_millis(rand::rng().random_range(ceiling_ms / 2..=ceiling_ms))
     }
@@ -207,7 +210,11 @@ impl SmileIdClient {
                 return Ok(());
             }
             let headers = response.headers().clone();
-            Err(error_from_status(status, &headers, &response.bytes().await.unwrap_or_default()))
+            Err(error_from_status(
+                status,
+                &headers,
+                &response.bytes().await.unwrap_or_default(),
+            ))
         })
         .await
     }
@@ -222,7 +229,10 @@ impl SmileIdClient {
         };
         let mut resumed = false;
         let prepared = match self.prep_upload(job.partner_params, job.callback_url, false).await {
-            Err(SmileIdError::Refused { code: ErrorCode::JobAlreadyExists, .. }) if job.may_resume => {
+            Err(SmileIdError::Refused {
+                code: ErrorCode::JobAlreadyExists,
+                ..
+            }) if job.may_resume => {
                 debug!(job_id = %job.partner_params.job_id, "job already exists at smile id, resuming it");
                 resumed = true;
                 self.prep_upload(job.partner_params, job.callback_url, true).await
@@ -232,6 +242,10 @@ impl SmileIdClient {
         let (upload, timestamp, signature) = prepared.map_err(|error| {
             let outcome = match &error {
                 SmileIdError::Refused { .. } => SubmitOutcome::Refused,
+                // 429 and 503 say the request was turned away, not processed.
+                SmileIdError::Unavailable {
+                    http_status: 429 | 503, ..
+                } => SubmitOutcome::NotSent,
                 error if error.never_sent() => SubmitOutcome::NotSent,
                 _ => SubmitOutcome::Unknown,
             };
@@ -249,17 +263,30 @@ impl SmileIdClient {
             upload_url: &upload.upload_url,
         };
         let zip = build_zip(&info, job.selfie_jpeg, job.liveness_jpegs).map_err(|error| {
-            fail(SubmitStage::Package, SubmitOutcome::Unknown, Some(smile_job_id), SmileIdError::Malformed(error.to_string()))
+            fail(
+                SubmitStage::Package,
+                SubmitOutcome::Unknown,
+                Some(smile_job_id),
+                SmileIdError::Malformed(error.to_string()),
+            )
         })?;
         self.upload_zip(&upload.upload_url, zip.into())
             .await
             .map_err(|error| fail(SubmitStage::Upload, SubmitOutcome::Unknown, Some(smile_job_id), error))?;
-        Ok(Submitted { smile_job_id: upload.smile_job_id, resumed })
+        Ok(Submitted {
+            smile_job_id: upload.smile_job_id,
+            resumed,
+        })
     }
 
     /// `POST /v1/job_status`, with the response signature verified. Retried on
     /// transport errors, 5xx and 429 (honouring `Retry-After`).
-    pub async fn job_status(&self, user_id: &str, job_id: &str, options: StatusOptions) -> Result<JobStatus, SmileIdError> {
+    pub async fn job_status(
+        &self,
+        user_id: &str,
+        job_id: &str,
+        options: StatusOptions,
+    ) -> Result<JobStatus, SmileIdError> {
         let credentials = &self.config.credentials;
         let response: JobStatusResponse = self
             .with_retries("job_status", || async {
@@ -307,7 +334,12 @@ impl SmileIdClient {
             code: response.code,
             result,
             pending_text,
-            history: response.history.unwrap_or_default().iter().filter_map(ResultEntry::from_value).collect(),
+            history: response
+                .history
+                .unwrap_or_default()
+                .iter()
+                .filter_map(ResultEntry::from_value)
+                .collect(),
             image_links: response
                 .image_links
                 .unwrap_or_default()
@@ -358,10 +390,16 @@ fn error_from_status(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Sm
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        return SmileIdError::Unavailable { http_status: status.as_u16(), retry_after };
+        return SmileIdError::Unavailable {
+            http_status: status.as_u16(),
+            retry_after,
+        };
     }
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(ErrorBody { error, code: Some(code) }) => SmileIdError::Refused {
+        Ok(ErrorBody {
+            error,
+            code: Some(code),
+        }) => SmileIdError::Refused {
             code: ErrorCode::parse(&code),
             http_status: status.as_u16(),
             // Smile ID's own text; bounded so a hostile body cannot flood our errors.
@@ -379,7 +417,10 @@ mod tests {
     fn environments_resolve_to_documented_urls() {
         assert_eq!(Environment::Sandbox.base_url(), "https://testapi.smileidentity.com/v1");
         assert_eq!(Environment::Production.base_url(), "https://api.smileidentity.com/v1");
-        assert_eq!(Environment::Custom("http://127.0.0.1:1/v1/".into()).base_url(), "http://127.0.0.1:1/v1");
+        assert_eq!(
+            Environment::Custom("http://127.0.0.1:1/v1/".into()).base_url(),
+            "http://127.0.0.1:1/v1"
+        );
     }
 
     #[test]
@@ -391,14 +432,28 @@ mod tests {
         }
         assert!(policy.backoff(3, None) >= Duration::from_millis(1000));
         assert_eq!(policy.backoff(1, Some(Duration::from_secs(7))), Duration::from_secs(7));
-        assert_eq!(policy.backoff(1, Some(Duration::from_secs(600))), Duration::from_secs(60));
+        assert_eq!(
+            policy.backoff(1, Some(Duration::from_secs(600))),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
     fn http_errors_map_to_typed_errors() {
         let headers = HeaderMap::new();
-        let refused = error_from_status(StatusCode::BAD_REQUEST, &headers, br#"{"error":"No enrolled user found","code":2210}"#);
-        assert!(matches!(refused, SmileIdError::Refused { code: ErrorCode::UserNotEnrolled, http_status: 400, .. }));
+        let refused = error_from_status(
+            StatusCode::BAD_REQUEST,
+            &headers,
+            br#"{"error":"No enrolled user found","code":2210}"#,
+        );
+        assert!(matches!(
+            refused,
+            SmileIdError::Refused {
+                code: ErrorCode::UserNotEnrolled,
+                http_status: 400,
+                ..
+            }
+        ));
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, "3".parse().expect("header"));
         let throttled = error_from_status(StatusCode::TOO_MANY_REQUESTS, &headers, b"");

@@ -36,11 +36,27 @@ pub fn classify_result(code: &str) -> ResultMeaning {
     let (decision, is_final, text) = match code {
         "0820" => (Approved, true, "Authenticate User Machine Judgement - PASS"),
         "0821" => (Rejected, true, "Images did not match - Machine Judgement - FAIL"),
-        "0822" => (ProvisionallyApproved, false, "Machine Judgement - Pure Provisional, awaiting human judgement"),
+        "0822" => (
+            ProvisionallyApproved,
+            false,
+            "Machine Judgement - Pure Provisional, awaiting human judgement",
+        ),
         "0823" => (SuspectedSpoof, true, "Machine Judgement - FAIL, Possible Spoof"),
-        "0824" => (SuspectedSpoof, false, "Machine Judgement - PROVISIONAL - Possible Spoof, awaiting human judgement"),
-        "0825" => (ProvisionallyApproved, false, "Machine Judgement - PROVISIONAL - Machine compare unsure, awaiting human judgement"),
-        "0826" => (SuspectedSpoof, false, "PENDING - Possible Spoof, awaiting human judgement"),
+        "0824" => (
+            SuspectedSpoof,
+            false,
+            "Machine Judgement - PROVISIONAL - Possible Spoof, awaiting human judgement",
+        ),
+        "0825" => (
+            ProvisionallyApproved,
+            false,
+            "Machine Judgement - PROVISIONAL - Machine compare unsure, awaiting human judgement",
+        ),
+        "0826" => (
+            SuspectedSpoof,
+            false,
+            "PENDING - Possible Spoof, awaiting human judgement",
+        ),
         "1220" => (Approved, true, "Authenticate User Human Judgement - PASS"),
         "1221" => (Rejected, true, "Human Judgement - FAIL - Human compare failed"),
         "1222" => (SuspectedSpoof, true, "Human Judgement - FAIL - Spoof detected"),
@@ -52,9 +68,21 @@ pub fn classify_result(code: &str) -> ResultMeaning {
         // SmartSelfie registration (job_type 4), which enrols the users job_type 2 authenticates.
         "0840" => (Approved, true, "Enroll User - Machine Judgement - PASS"),
         "0841" => (Rejected, true, "Enroll User - Machine Judgement - FAIL - Compare"),
-        "0842" => (ProvisionallyApproved, false, "Enroll User - Machine Judgement - Pure Provisional"),
-        "0843" => (SuspectedSpoof, true, "Enroll User - Machine Judgement - FAIL - Possible Spoof"),
-        "0844" => (SuspectedSpoof, false, "Enroll User - Machine Judgement - PROVISIONAL - Possible Spoof"),
+        "0842" => (
+            ProvisionallyApproved,
+            false,
+            "Enroll User - Machine Judgement - Pure Provisional",
+        ),
+        "0843" => (
+            SuspectedSpoof,
+            true,
+            "Enroll User - Machine Judgement - FAIL - Possible Spoof",
+        ),
+        "0844" => (
+            SuspectedSpoof,
+            false,
+            "Enroll User - Machine Judgement - PROVISIONAL - Possible Spoof",
+        ),
         "0846" => (SuspectedSpoof, false, "Enroll User - PENDING - Possible Spoof"),
         "0941" => (Rejected, true, "Enroll User - FAIL - No face found"),
         "0942" => (Rejected, true, "Enroll User - FAIL - Image quality judged too poor"),
@@ -63,7 +91,11 @@ pub fn classify_result(code: &str) -> ResultMeaning {
         "1242" => (SuspectedSpoof, true, "Enroll User - Human Judgement - FAIL - Spoof"),
         other => (Unknown(other.to_owned()), false, "Unknown result code"),
     };
-    ResultMeaning { decision, is_final, text }
+    ResultMeaning {
+        decision,
+        is_final,
+        text,
+    }
 }
 
 /// Smile ID's synchronous request errors (no job record was made).

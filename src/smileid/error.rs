@@ -7,9 +7,16 @@ use super::codes::ErrorCode;
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum SmileIdError {
     #[error("smile id refused the request with code {code}: {message}")]
-    Refused { code: ErrorCode, http_status: u16, message: String },
+    Refused {
+        code: ErrorCode,
+        http_status: u16,
+        message: String,
+    },
     #[error("smile id is unavailable (http {http_status})")]
-    Unavailable { http_status: u16, retry_after: Option<Duration> },
+    Unavailable {
+        http_status: u16,
+        retry_after: Option<Duration>,
+    },
     #[error("could not connect to smile id: {0}")]
     Connect(String),
     #[error("smile id did not answer in time")]
@@ -40,7 +47,10 @@ impl SmileIdError {
 
     /// Whether repeating an idempotent call (job_status, the upload PUT) may help.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Connect(_) | Self::Timeout | Self::Transport(_))
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::Connect(_) | Self::Timeout | Self::Transport(_)
+        )
     }
 
     /// Whether the request certainly never reached Smile ID.

@@ -9,7 +9,9 @@ pub mod signature;
 pub mod wire;
 
 pub use callback::{CallbackError, VerifiedCallback, verify_callback};
-pub use client::{ClientConfig, Environment, JobStatus, JobSubmission, RetryPolicy, SmileIdClient, StatusOptions, Submitted};
+pub use client::{
+    ClientConfig, Environment, JobStatus, JobSubmission, RetryPolicy, SmileIdClient, StatusOptions, Submitted,
+};
 pub use codes::{Decision, ErrorCode, classify_result};
 pub use error::{SmileIdError, SubmitError, SubmitOutcome, SubmitStage};
 pub use signature::{ApiKey, Credentials};

@@ -64,7 +64,11 @@ pub fn info_json(info: &PackageInfo<'_>, liveness_count: usize) -> Value {
 }
 
 /// Builds the zip. JPEG is already compressed, so images are stored; `info.json` is deflated.
-pub fn build_zip(info: &PackageInfo<'_>, selfie_jpeg: &[u8], liveness_jpegs: &[impl AsRef<[u8]>]) -> zip::result::ZipResult<Vec<u8>> {
+pub fn build_zip(
+    info: &PackageInfo<'_>,
+    selfie_jpeg: &[u8],
+    liveness_jpegs: &[impl AsRef<[u8]>],
+) -> zip::result::ZipResult<Vec<u8>> {
     let mut writer = ZipWriter::new(Cursor::new(Vec::with_capacity(
         selfie_jpeg.len() + liveness_jpegs.iter().map(|image| image.as_ref().len()).sum::<usize>() + 4096,
     )));

@@ -140,25 +140,84 @@ mod tests {
 
     /// Every vector of smileid-protocol.md §2.3 and sdk-wire-traces.md §5.
     const VECTORS: &[(&str, &str, &str, &str)] = &[
-        ("085", "test-api-key-0123456789", "2024-01-15T10:30:00.000Z", "RdnU4JK+GQ1Wdv/hTGYhD2afS96eKmy8cYW0QMaAv6E="),
-        ("85", "test-api-key-0123456789", "2024-01-15T10:30:00.000Z", "/XELNkfZ6Y+rXqcGnmR3J4fwYT2ha8XOGJb8UGaZllE="),
-        ("2", "sk_sandbox_abcdef", "2025-06-01T00:00:00.000+00:00", "hspyE5bszrrNfFPQ3TwCkXNc2RUtfZqX5/t24YzSEEI="),
-        ("1234", "00000000-1111-2222-3333-444444444444", "2023-03-07T13:23:24.591Z", "u6/tMmzFusH4rd3VGieTSMFaojGdlDF6YJ4MPnD7n0o="),
-        ("921", "dummy", "2022-10-27 13:25:46 +0000", "m8TS/YQ7Gj4vPGGUIFhz329OjxFX7OV7vkM9DOeVpJU="),
-        ("921", "dummy", "2022-10-27T13:25:54.150Z", "U1jRaCxAknnhxLW7hj/5Dpqkp8OY98wMuhCcsUv/NEo="),
-        ("1", "k", "2020-01-01T00:00:00.000Z", "Hfxeru+sfe8DOA6avtA8dMPU1WjYGuDiwJ/vAt969kM="),
-        ("1234", "test-api-key-0123456789abcdef", "2024-01-01T00:00:00.000Z", "+S8ftxmVB/B2qPR+UAtMr8QssJ5cFllyDQwm6F8m0yM="),
-        ("085", "3f6c1a2e-6d4b-4c8e-9a7f-0b1c2d3e4f50", "2025-06-30T12:34:56.789012+00:00", "90JquNjPY7v6jRKzZD1KTHzKxqlblhJI+XHm9hjPJ5Y="),
-        ("2001", "kY8#pL2$wQ-very-secret", "2023-11-14T22:13:20.000Z", "h36zdMLNnTq8IDun4OtjFcQot75xlP8RYpQEejVJai4="),
+        (
+            "085",
+            "test-api-key-0123456789",
+            "2024-01-15T10:30:00.000Z",
+            "RdnU4JK+GQ1Wdv/hTGYhD2afS96eKmy8cYW0QMaAv6E=",
+        ),
+        (
+            "85",
+            "test-api-key-0123456789",
+            "2024-01-15T10:30:00.000Z",
+            "/XELNkfZ6Y+rXqcGnmR3J4fwYT2ha8XOGJb8UGaZllE=",
+        ),
+        (
+            "2",
+            "sk_sandbox_abcdef",
+            "2025-06-01T00:00:00.000+00:00",
+            "hspyE5bszrrNfFPQ3TwCkXNc2RUtfZqX5/t24YzSEEI=",
+        ),
+        (
+            "1234",
+            "00000000-1111-2222-3333-444444444444",
+            "2023-03-07T13:23:24.591Z",
+            "u6/tMmzFusH4rd3VGieTSMFaojGdlDF6YJ4MPnD7n0o=",
+        ),
+        (
+            "921",
+            "dummy",
+            "2022-10-27 13:25:46 +0000",
+            "m8TS/YQ7Gj4vPGGUIFhz329OjxFX7OV7vkM9DOeVpJU=",
+        ),
+        (
+            "921",
+            "dummy",
+            "2022-10-27T13:25:54.150Z",
+            "U1jRaCxAknnhxLW7hj/5Dpqkp8OY98wMuhCcsUv/NEo=",
+        ),
+        (
+            "1",
+            "k",
+            "2020-01-01T00:00:00.000Z",
+            "Hfxeru+sfe8DOA6avtA8dMPU1WjYGuDiwJ/vAt969kM=",
+        ),
+        (
+            "1234",
+            "test-api-key-0123456789abcdef",
+            "2024-01-01T00:00:00.000Z",
+            "+S8ftxmVB/B2qPR+UAtMr8QssJ5cFllyDQwm6F8m0yM=",
+        ),
+        (
+            "085",
+            "3f6c1a2e-6d4b-4c8e-9a7f-0b1c2d3e4f50",
+            "2025-06-30T12:34:56.789012+00:00",
+            "90JquNjPY7v6jRKzZD1KTHzKxqlblhJI+XHm9hjPJ5Y=",
+        ),
+        (
+            "2001",
+            "kY8#pL2$wQ-very-secret",
+            "2023-11-14T22:13:20.000Z",
+            "h36zdMLNnTq8IDun4OtjFcQot75xlP8RYpQEejVJai4=",
+        ),
         // Node turns a numeric timestamp (1700000000000 ms) into this ISO string before signing.
-        ("2001", "kY8#pL2$wQ-very-secret", "2023-11-14T22:13:20.000Z", "h36zdMLNnTq8IDun4OtjFcQot75xlP8RYpQEejVJai4="),
+        (
+            "2001",
+            "kY8#pL2$wQ-very-secret",
+            "2023-11-14T22:13:20.000Z",
+            "h36zdMLNnTq8IDun4OtjFcQot75xlP8RYpQEejVJai4=",
+        ),
     ];
 
     #[test]
     fn signs_every_reference_vector() {
         for (partner, key, timestamp, expected) in VECTORS {
             let credentials = creds(partner, key);
-            assert_eq!(credentials.sign(timestamp).as_str(), *expected, "vector {partner}/{timestamp}");
+            assert_eq!(
+                credentials.sign(timestamp).as_str(),
+                *expected,
+                "vector {partner}/{timestamp}"
+            );
             assert!(credentials.verify(timestamp, expected));
         }
     }
