@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use selfie_auth::cli::{self, ClientArgs, SubmitArgs};
+use selfie_auth::config::ServeArgs;
+use selfie_auth::server::{self, RunningService};
 use selfie_auth::simulator::{self, SimulatorConfig, TlsFiles};
 use selfie_auth::smileid::ApiKey;
 use selfie_auth::telemetry::{self, LogFormat};
+use tracing::info;
 
 #[derive(Parser)]
 #[command(
@@ -27,8 +31,53 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service against Smile ID (sandbox, production or a base URL).
+    Serve(Box<ServeArgs>),
+    /// Run the service and a Smile ID simulator in one process, for trying it out.
+    Dev(DevArgs),
     /// Run a Smile ID simulator (v1 upload / job_status / callbacks, v2 authentication, control API).
     Simulator(SimulatorArgs),
+    /// Submit a selfie for authentication.
+    Submit {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: SubmitArgs,
+    },
+    /// Show a job.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        job_id: String,
+        /// Ask Smile ID for the latest status first.
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// Follow a job's events until its final result.
+    Watch {
+        #[command(flatten)]
+        client: ClientArgs,
+        job_id: String,
+        /// Replay only events after this sequence.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+}
+
+#[derive(Args)]
+struct DevArgs {
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    grpc_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8780")]
+    simulator_addr: SocketAddr,
+    /// Data directory of the SQLite database.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Users the simulator knows as enrolled (repeatable).
+    #[arg(long = "enroll", default_value = "demo-user")]
+    enroll: Vec<String>,
 }
 
 #[derive(Args)]
@@ -62,9 +111,12 @@ struct SimulatorArgs {
     tls_key: Option<PathBuf>,
 }
 
-/// The simulator's API key: `SMILEID_API_KEY`, else a fixed development key.
+const DEV_PARTNER_ID: &str = "1234";
+const DEV_API_KEY: &str = "selfie-auth-simulator-key";
+
+/// The simulator's API key: `SMILEID_API_KEY`, else the development key.
 fn simulator_api_key() -> ApiKey {
-    ApiKey::new(std::env::var("SMILEID_API_KEY").unwrap_or_else(|_| "selfie-auth-simulator-key".to_owned()))
+    ApiKey::new(std::env::var("SMILEID_API_KEY").unwrap_or_else(|_| DEV_API_KEY.to_owned()))
 }
 
 #[tokio::main]
@@ -72,8 +124,102 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match cli.command {
+        Command::Serve(args) => {
+            let settings = args.into_settings()?;
+            let running = server::start(settings).await?;
+            run_until_signal(running).await
+        }
+        Command::Dev(args) => run_dev(args).await,
         Command::Simulator(args) => run_simulator(args).await,
+        Command::Submit { client, args } => cli::submit(&client, args).await,
+        Command::Get {
+            client,
+            job_id,
+            refresh,
+        } => cli::get(&client, job_id, refresh).await,
+        Command::Watch { client, job_id, after } => cli::watch(&client, job_id, after).await,
     }
+}
+
+/// Serves until SIGTERM or Ctrl-C, then shuts down gracefully; a second signal exits at once.
+async fn run_until_signal(running: RunningService) -> anyhow::Result<()> {
+    wait_for_signal().await;
+    tokio::select! {
+        () = running.shutdown() => Ok(()),
+        () = wait_for_signal() => {
+            info!("second signal, exiting now");
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let callback_url = format!("http://{}/callbacks/smileid", args.http_addr);
+    let mut sim_config = SimulatorConfig::new(DEV_PARTNER_ID, ApiKey::new(DEV_API_KEY));
+    sim_config.enrolled_users = args.enroll.clone();
+    sim_config.default_callback_url = Some(callback_url.clone());
+    let sim = simulator::start(sim_config, args.simulator_addr)
+        .await
+        .with_context(|| format!("starting the simulator on {}", args.simulator_addr))?;
+
+    let serve = ServeArgs {
+        grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
+        database_url: None,
+        data_dir: args.data_dir.clone(),
+        partner_id: Some(DEV_PARTNER_ID.into()),
+        api_key_file: None,
+        environment: None,
+        base_url: Some(sim.v1_url()),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(30),
+        callback_url: Some(callback_url),
+        callback_path: "/callbacks/smileid".into(),
+        callback_window: Duration::from_secs(300),
+        confirm_callbacks: true,
+        heartbeat_interval: Duration::from_secs(15),
+        reconcile_after: Duration::from_secs(10),
+        reconcile_max_interval: Duration::from_secs(60),
+        reconcile_give_up: Duration::from_secs(24 * 3600),
+        max_message_bytes: 16 * 1024 * 1024,
+        concurrency_limit: 256,
+        drain_timeout: Duration::from_secs(10),
+    };
+    let mut settings = serve.into_settings_with_key(ApiKey::new(DEV_API_KEY))?;
+    settings.database_url = format!("sqlite://{}", args.data_dir.join("dev.db").display());
+    let running = server::start(settings).await?;
+    let grpc = running.grpc_addr;
+    println!(
+        "\nselfie-auth dev is running\n\
+         \x20 gRPC        {grpc}   (reflection on: grpcurl -plaintext {grpc} list)\n\
+         \x20 callbacks   http://{http}/callbacks/smileid   health http://{http}/readyz\n\
+         \x20 simulator   {sim_url}   (Smile ID stand-in; user(s) {users} enrolled)\n\
+         \x20 database    {db}\n\n\
+         Try it:\n\
+         \x20 cargo run --release -- submit --user-id demo-user --selfie selfie.jpg --wait\n\
+         \x20 grpcurl -plaintext -d '{{\"job_id\": \"JOB_ID\"}}' {grpc} selfieauth.v1.SelfieAuth/GetJob\n",
+        http = running.http_addr,
+        sim_url = sim.url(),
+        users = args.enroll.join(", "),
+        db = args.data_dir.join("dev.db").display(),
+    );
+    let result = run_until_signal(running).await;
+    sim.shutdown().await;
+    result
 }
 
 async fn run_simulator(args: SimulatorArgs) -> anyhow::Result<()> {
@@ -95,13 +241,7 @@ async fn run_simulator(args: SimulatorArgs) -> anyhow::Result<()> {
         running.url(),
         running.v1_url()
     );
-    tokio::select! {
-        () = running_wait(running) => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    wait_for_signal().await;
+    running.shutdown().await;
     Ok(())
-}
-
-async fn running_wait(running: simulator::RunningSimulator) {
-    running.wait().await;
 }

@@ -6,7 +6,7 @@
 use std::fmt;
 
 /// What a result means for the caller.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Decision {
     Approved,
     Rejected,

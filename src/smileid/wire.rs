@@ -102,7 +102,7 @@ pub struct JobStatusResponse {
 }
 
 /// One Smile ID result: the `result` of job_status, each `history` entry, and a callback body.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultEntry {
     pub result_code: String,
     pub result_text: String,

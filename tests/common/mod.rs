@@ -129,3 +129,149 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+// === the service ===
+
+use selfie_auth::grpc::pb;
+use selfie_auth::grpc::pb::selfie_auth_client::SelfieAuthClient;
+use selfie_auth::jobs::{ReconcilePolicy, ServiceConfig};
+use selfie_auth::server::{RunningService, Settings};
+
+pub type Client = SelfieAuthClient<tonic::transport::Channel>;
+
+/// A service on 127.0.0.1:0 talking to `sim`, with a SQLite file in `dir`.
+pub struct TestService {
+    pub running: RunningService,
+    pub callback_url: String,
+    pub http_url: String,
+    pub database_url: String,
+}
+
+pub fn settings_for(sim: &RunningSimulator, database_url: &str) -> Settings {
+    let mut smile = ClientConfig::new(Environment::Custom(sim.v1_url()), credentials());
+    smile.retry.initial_backoff = Duration::from_millis(20);
+    smile.retry.max_backoff = Duration::from_millis(100);
+    Settings {
+        grpc_addr: loopback(),
+        http_addr: loopback(),
+        database_url: database_url.to_owned(),
+        smile,
+        callback_path: "/callbacks/smileid".into(),
+        callback_window: Duration::from_secs(300),
+        service: ServiceConfig {
+            heartbeat_interval: Duration::from_millis(200),
+            reconcile: ReconcilePolicy {
+                first_delay: Duration::from_millis(300),
+                max_delay: Duration::from_millis(600),
+                tick: Duration::from_millis(50),
+                ..ReconcilePolicy::default()
+            },
+            ..ServiceConfig::default()
+        },
+        max_message_bytes: 16 * 1024 * 1024,
+        concurrency_limit: 64,
+        http2_keepalive_interval: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(2),
+    }
+}
+
+pub async fn start_service(settings: Settings) -> TestService {
+    let grpc = tokio::net::TcpListener::bind(settings.grpc_addr)
+        .await
+        .expect("bind grpc");
+    let http = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .expect("bind http");
+    let http_url = format!("http://{}", http.local_addr().expect("addr"));
+    let callback_url = format!("{http_url}{}", settings.callback_path);
+    let mut settings = settings;
+    if settings.service.callback_url.is_none() {
+        settings.service.callback_url = Some(callback_url.clone());
+    }
+    let database_url = settings.database_url.clone();
+    let running = selfie_auth::server::start_on(settings, grpc, http)
+        .await
+        .expect("service starts");
+    TestService {
+        running,
+        callback_url,
+        http_url,
+        database_url,
+    }
+}
+
+impl TestService {
+    pub async fn client(&self) -> Client {
+        SelfieAuthClient::connect(format!("http://{}", self.running.grpc_addr))
+            .await
+            .expect("connect")
+            .max_encoding_message_size(32 * 1024 * 1024)
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::new(format!("http://{}", self.running.grpc_addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+}
+
+pub fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("jobs.db").display())
+}
+
+pub fn submit_request(user_id: &str, job_id: &str) -> pb::SubmitAuthenticationRequest {
+    pb::SubmitAuthenticationRequest {
+        user_id: user_id.into(),
+        job_id: job_id.into(),
+        selfie_image: jpeg(64, 64, 1).into(),
+        ..Default::default()
+    }
+}
+
+/// The `ErrorInfo.reason` of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
+/// The `ErrorInfo.reason` inside a stored `google.rpc.Status` (`Job.error`).
+pub fn rpc_status_reason(status: &tonic_types::pb::Status) -> String {
+    use prost::Message as _;
+    let status = tonic::Status::with_details(
+        tonic::Code::from_i32(status.code),
+        status.message.clone(),
+        status.encode_to_vec().into(),
+    );
+    reason(&status)
+}
+
+/// Reads a stream's next message within `timeout`.
+pub async fn next_event(
+    stream: &mut tonic::Streaming<pb::JobEvent>,
+    timeout: Duration,
+) -> Option<Result<pb::JobEvent, tonic::Status>> {
+    tokio::time::timeout(timeout, stream.message())
+        .await
+        .ok()
+        .map(|item| item.transpose())
+        .flatten()
+}
+
+/// Reads non-heartbeat events until the stream ends or `count` were read.
+pub async fn collect_events(stream: &mut tonic::Streaming<pb::JobEvent>, count: usize) -> Vec<pb::JobEvent> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        match next_event(stream, Duration::from_secs(10)).await {
+            Some(Ok(event)) if event.kind() == pb::JobEventKind::Heartbeat => continue,
+            Some(Ok(event)) => events.push(event),
+            _ => break,
+        }
+    }
+    events
+}

@@ -1,0 +1,97 @@
+//! The HTTP endpoint Smile ID posts results to, plus liveness, readiness and
+//! metrics routes on the same port.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use tracing::{info, warn};
+
+use crate::jobs::{CallbackOutcome, JobService};
+use crate::smileid::{CallbackError, Credentials, verify_callback};
+
+/// Smile ID documents callbacks up to 1.5 MB.
+pub const MAX_CALLBACK_BYTES: usize = 2 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct CallbackSettings {
+    pub path: String,
+    pub credentials: Credentials,
+    /// How far a callback's signed timestamp may be from now.
+    pub window: Duration,
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    service: Arc<JobService>,
+    settings: Arc<CallbackSettings>,
+    ready: Arc<AtomicBool>,
+}
+
+pub fn router(service: Arc<JobService>, settings: CallbackSettings, ready: Arc<AtomicBool>) -> Router {
+    let path = settings.path.clone();
+    let endpoint = Endpoint {
+        service,
+        settings: Arc::new(settings),
+        ready,
+    };
+    Router::new()
+        .route(&path, post(receive).layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES)))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(endpoint)
+}
+
+async fn readyz(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {
+    if endpoint.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics(State(endpoint): State<Endpoint>) -> String {
+    endpoint.service.metrics.render()
+}
+
+async fn receive(State(endpoint): State<Endpoint>, body: Bytes) -> (StatusCode, &'static str) {
+    let metrics = &endpoint.service.metrics;
+    metrics.callbacks_received.inc();
+    let settings = &endpoint.settings;
+    // Nothing in the body is trusted before the signature and time window check out.
+    let verified = match verify_callback(&body, &settings.credentials, settings.window, chrono::Utc::now()) {
+        Ok(verified) => verified,
+        Err(error) => {
+            metrics.callbacks_rejected.inc();
+            warn!(error = %error, "callback refused");
+            return match error {
+                CallbackError::NotJson | CallbackError::NoResult | CallbackError::Unsigned => {
+                    (StatusCode::BAD_REQUEST, "malformed callback")
+                }
+                _ => (StatusCode::UNAUTHORIZED, "callback signature or timestamp not accepted"),
+            };
+        }
+    };
+    let job_id = verified.result.job_id().unwrap_or_default().to_owned();
+    let code = verified.result.result_code.clone();
+    match endpoint.service.handle_callback(verified).await {
+        Ok(outcome) => {
+            info!(job_id = %job_id, result_code = %code, outcome = ?outcome, "callback handled");
+            match outcome {
+                CallbackOutcome::UnknownJob => (StatusCode::OK, "unknown job"),
+                _ => (StatusCode::OK, "ok"),
+            }
+        }
+        // Not stored: Smile ID must not take this as delivered.
+        Err(error) => {
+            warn!(job_id = %job_id, error = %error, "callback could not be stored");
+            (StatusCode::SERVICE_UNAVAILABLE, "try again")
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The client commands: `submit`, `get`, `watch`. Readable by people, `--json` for scripts.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::{Value, json};
+use tonic_types::StatusExt as _;
+
+use crate::grpc::pb::{self, selfie_auth_client::SelfieAuthClient};
+
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// Address of a selfie-auth server.
+    #[arg(
+        long,
+        env = "SELFIE_AUTH_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub addr: String,
+    /// Print JSON (one object per line for watch) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[arg(long)]
+    pub user_id: String,
+    /// Idempotency key; generated when omitted.
+    #[arg(long, default_value = "")]
+    pub job_id: String,
+    /// Selfie image file (JPEG or PNG).
+    #[arg(long)]
+    pub selfie: PathBuf,
+    /// Liveness frame files (none, or 6 to 8).
+    #[arg(long = "liveness", num_args = 1..)]
+    pub liveness: Vec<PathBuf>,
+    /// Extra partner params, KEY=VALUE (repeatable).
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Wait for the final result.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+}
+
+async fn connect(args: &ClientArgs) -> anyhow::Result<SelfieAuthClient<tonic::transport::Channel>> {
+    let client = SelfieAuthClient::connect(args.addr.clone())
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    Ok(client
+        .max_decoding_message_size(16 * 1024 * 1024)
+        .max_encoding_message_size(16 * 1024 * 1024))
+}
+
+/// Turns a gRPC error into a readable message with its ErrorInfo reason and field problems.
+fn explain(status: tonic::Status) -> anyhow::Error {
+    let details = status.get_error_details();
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(info) = details.error_info() {
+        text.push_str(&format!(" [{}]", info.reason));
+    }
+    if let Some(bad_request) = details.bad_request() {
+        for violation in &bad_request.field_violations {
+            text.push_str(&format!("\n  {}: {}", violation.field, violation.description));
+        }
+    }
+    anyhow::anyhow!(text)
+}
+
+pub async fn submit(client_args: &ClientArgs, args: SubmitArgs) -> anyhow::Result<()> {
+    let selfie = std::fs::read(&args.selfie).with_context(|| format!("reading {}", args.selfie.display()))?;
+    let liveness = args
+        .liveness
+        .iter()
+        .map(|path| {
+            std::fs::read(path)
+                .map(Into::into)
+                .with_context(|| format!("reading {}", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut client = connect(client_args).await?;
+    let mut request = tonic::Request::new(pb::SubmitAuthenticationRequest {
+        user_id: args.user_id,
+        job_id: args.job_id,
+        selfie_image: selfie.into(),
+        liveness_images: liveness,
+        partner_params: args.params.into_iter().collect(),
+        wait_for_result: args.wait,
+        include_history: args.wait,
+        include_image_links: false,
+    });
+    if args.wait {
+        request.set_timeout(std::time::Duration::from_secs(120));
+    }
+    let response = client
+        .submit_authentication(request)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let job = response.job.unwrap_or_default();
+    if client_args.json {
+        println!("{}", json!({"created": response.created, "job": job_json(&job)}));
+    } else {
+        println!(
+            "{} job {}",
+            if response.created { "created" } else { "existing" },
+            job.job_id
+        );
+        print_job(&job);
+    }
+    Ok(())
+}
+
+pub async fn get(client_args: &ClientArgs, job_id: String, refresh: bool) -> anyhow::Result<()> {
+    let mut client = connect(client_args).await?;
+    let request = pb::GetJobRequest {
+        job_id,
+        refresh,
+        include_history: true,
+        include_image_links: refresh,
+    };
+    let job = client.get_job(request).await.map_err(explain)?.into_inner();
+    if client_args.json {
+        println!("{}", job_json(&job));
+    } else {
+        print_job(&job);
+    }
+    Ok(())
+}
+
+pub async fn watch(client_args: &ClientArgs, job_id: String, after_sequence: u64) -> anyhow::Result<()> {
+    let mut client = connect(client_args).await?;
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest { job_id, after_sequence })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    while let Some(event) = stream.message().await.map_err(explain)? {
+        let kind = event
+            .kind()
+            .as_str_name()
+            .trim_start_matches("JOB_EVENT_KIND_")
+            .to_owned();
+        if client_args.json {
+            println!(
+                "{}",
+                json!({"sequence": event.sequence, "kind": kind, "job": event.job.as_ref().map(job_json)})
+            );
+        } else if event.kind() == pb::JobEventKind::Heartbeat {
+            eprintln!("  (waiting; last event {})", event.sequence);
+        } else {
+            println!("#{} {kind}", event.sequence);
+            if let Some(job) = &event.job {
+                print_job(job);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn enum_name(name: &str, prefix: &str) -> String {
+    name.trim_start_matches(prefix).to_owned()
+}
+
+fn result_json(result: &pb::Result) -> Value {
+    json!({
+        "result_code": result.result_code, "result_text": result.result_text, "result_type": result.result_type,
+        "confidence": result.confidence, "is_final": result.is_final, "is_machine_result": result.is_machine_result,
+        "decision": enum_name(result.decision().as_str_name(), "DECISION_"), "actions": result.actions,
+    })
+}
+
+fn job_json(job: &pb::Job) -> Value {
+    json!({
+        "job_id": job.job_id, "user_id": job.user_id, "smile_job_id": job.smile_job_id,
+        "state": enum_name(job.state().as_str_name(), "JOB_STATE_"),
+        "decision": enum_name(job.decision().as_str_name(), "DECISION_"),
+        "result": job.result.as_ref().map(result_json),
+        "history": job.history.iter().map(result_json).collect::<Vec<_>>(),
+        "image_links": job.image_links,
+        "error": job.error.as_ref().map(|error| json!({"code": error.code, "message": error.message})),
+        "partner_params": job.partner_params,
+        "create_time": job.create_time.map(|t| t.seconds), "update_time": job.update_time.map(|t| t.seconds),
+    })
+}
+
+fn print_job(job: &pb::Job) {
+    println!("  job_id      {}", job.job_id);
+    println!("  user_id     {}", job.user_id);
+    if !job.smile_job_id.is_empty() {
+        println!("  smile job   {}", job.smile_job_id);
+    }
+    println!("  state       {}", enum_name(job.state().as_str_name(), "JOB_STATE_"));
+    if let Some(result) = &job.result {
+        println!("  decision    {}", enum_name(job.decision().as_str_name(), "DECISION_"));
+        println!(
+            "  result      {} {} (confidence {}, {})",
+            result.result_code,
+            result.result_text,
+            result.confidence,
+            if result.is_final { "final" } else { "provisional" }
+        );
+    }
+    for (index, entry) in job.history.iter().enumerate() {
+        println!("  history[{index}]  {} {}", entry.result_code, entry.result_text);
+    }
+    if let Some(error) = &job.error {
+        println!("  error       {}", error.message);
+    }
+}

@@ -1,0 +1,123 @@
+//! Domain types to protobuf messages.
+
+use chrono::{DateTime, Utc};
+
+use super::pb;
+use super::status::{problem_status, to_rpc_status};
+use crate::jobs::{EventKind, Fetched, Job, JobEvent, JobState};
+use crate::smileid::{Decision, ResultEntry};
+
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn decision(decision: &Decision) -> pb::Decision {
+    match decision {
+        Decision::Approved => pb::Decision::Approved,
+        Decision::Rejected => pb::Decision::Rejected,
+        Decision::ProvisionallyApproved => pb::Decision::ProvisionallyApproved,
+        Decision::SuspectedSpoof => pb::Decision::SuspectedSpoof,
+        Decision::Error => pb::Decision::Error,
+        Decision::Unknown(_) => pb::Decision::Unknown,
+    }
+}
+
+fn state(state: JobState) -> pb::JobState {
+    match state {
+        JobState::Submitting => pb::JobState::Submitting,
+        JobState::Submitted => pb::JobState::Submitted,
+        JobState::Provisional => pb::JobState::Provisional,
+        JobState::Completed => pb::JobState::Completed,
+        JobState::Failed => pb::JobState::Failed,
+    }
+}
+
+pub fn result(entry: &ResultEntry) -> pb::Result {
+    pb::Result {
+        result_code: entry.result_code.clone(),
+        result_text: entry.result_text.clone(),
+        result_type: entry.result_type.clone(),
+        confidence: entry.confidence,
+        is_final: entry.is_final,
+        is_machine_result: entry.is_machine_result,
+        actions: entry.actions.clone().into_iter().collect(),
+        timestamp: entry.timestamp.map(timestamp),
+        decision: decision(&entry.decision) as i32,
+    }
+}
+
+/// What to include beyond the always-present fields.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Include {
+    pub history: bool,
+}
+
+pub fn job(job: &Job, include: Include, fetched: Option<&Fetched>) -> pb::Job {
+    let history: Vec<pb::Result> = match (include.history, fetched) {
+        (false, _) => Vec::new(),
+        (true, Some(fetched)) if !fetched.history.is_empty() => fetched.history.iter().map(result).collect(),
+        (true, _) => job.results.iter().map(result).collect(),
+    };
+    pb::Job {
+        user_id: job.user_id.clone(),
+        job_id: job.job_id.clone(),
+        smile_job_id: job.smile_job_id.clone().unwrap_or_default(),
+        state: state(job.state) as i32,
+        decision: job.decision().map_or(pb::Decision::Unspecified, decision) as i32,
+        result: job.latest_result().map(result),
+        history,
+        image_links: fetched
+            .map(|fetched| fetched.image_links.clone().into_iter().collect())
+            .unwrap_or_default(),
+        error: job
+            .problem
+            .as_ref()
+            .map(|problem| to_rpc_status(&problem_status(problem))),
+        create_time: Some(timestamp(job.created_at)),
+        update_time: Some(timestamp(job.updated_at)),
+        partner_params: job.partner_params.clone().into_iter().collect(),
+    }
+}
+
+fn event_kind(kind: EventKind) -> pb::JobEventKind {
+    match kind {
+        EventKind::Created => pb::JobEventKind::Created,
+        EventKind::Submitted => pb::JobEventKind::Submitted,
+        EventKind::ProvisionalResult => pb::JobEventKind::ProvisionalResult,
+        EventKind::FinalResult => pb::JobEventKind::FinalResult,
+        EventKind::Failed => pb::JobEventKind::Failed,
+    }
+}
+
+pub fn event(event: &JobEvent, resume_token: String) -> pb::JobEvent {
+    pb::JobEvent {
+        sequence: event.sequence,
+        kind: event_kind(event.kind) as i32,
+        job: Some(job(&event.job, Include::default(), None)),
+        resume_token,
+        event_time: Some(timestamp(event.at)),
+    }
+}
+
+pub fn heartbeat(last_sequence: u64) -> pb::JobEvent {
+    pb::JobEvent {
+        sequence: last_sequence,
+        kind: pb::JobEventKind::Heartbeat as i32,
+        job: None,
+        resume_token: String::new(),
+        event_time: Some(timestamp(Utc::now())),
+    }
+}
+
+/// Resume tokens are opaque to callers: `v1.` and the global event id in hex.
+pub fn resume_token(global_id: i64) -> String {
+    format!("v1.{global_id:x}")
+}
+
+pub fn parse_resume_token(token: &str) -> Option<i64> {
+    let id = i64::from_str_radix(token.strip_prefix("v1.")?, 16).ok()?;
+    (id >= 0).then_some(id)
+}

@@ -1,0 +1,215 @@
+//! The tonic adapter: request checks, conversion, streaming. Logic lives in [`crate::jobs`].
+
+pub mod convert;
+pub mod status;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::jobs::validate::id_problem;
+use crate::jobs::{FieldViolation, InvalidReason, JobError, JobService, LogStart, SubmitRequest, WatchItem};
+use crate::smileid::StatusOptions;
+use convert::Include;
+use status::to_status;
+
+/// Generated code of `proto/selfieauth/v1/selfie_auth.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("selfieauth.v1");
+
+    /// The encoded descriptor set of the contract and its imports, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/selfieauth_descriptor.bin"));
+
+    impl std::fmt::Debug for SubmitAuthenticationRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // Image bytes never reach a log: only their sizes.
+            f.debug_struct("SubmitAuthenticationRequest")
+                .field("user_id", &self.user_id)
+                .field("job_id", &self.job_id)
+                .field("selfie_image_bytes", &self.selfie_image.len())
+                .field("liveness_images", &self.liveness_images.len())
+                .field("partner_params", &self.partner_params)
+                .field("wait_for_result", &self.wait_for_result)
+                .finish_non_exhaustive()
+        }
+    }
+}
+
+use pb::selfie_auth_server::SelfieAuth;
+
+pub use pb::selfie_auth_server::SelfieAuthServer;
+
+/// Time kept back from a caller's deadline so `wait_for_result` answers before it expires.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+
+pub struct SelfieAuthApi {
+    service: Arc<JobService>,
+}
+
+impl SelfieAuthApi {
+    pub fn new(service: Arc<JobService>) -> Self {
+        Self { service }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send + 'static>>;
+
+fn check_job_id(job_id: &str) -> Result<(), Status> {
+    match id_problem(job_id) {
+        None => Ok(()),
+        Some(description) => Err(to_status(&JobError::invalid(
+            InvalidReason::InvalidField,
+            vec![FieldViolation {
+                field: "job_id".into(),
+                description,
+            }],
+        ))),
+    }
+}
+
+/// Reads the caller's deadline from the `grpc-timeout` header.
+fn deadline<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl SelfieAuth for SelfieAuthApi {
+    async fn submit_authentication(
+        &self,
+        request: Request<pb::SubmitAuthenticationRequest>,
+    ) -> Result<Response<pb::SubmitAuthenticationResponse>, Status> {
+        let wait = deadline(&request)
+            .map(|budget| budget.saturating_sub(DEADLINE_MARGIN))
+            .unwrap_or(self.service.config().default_wait);
+        let request = request.into_inner();
+        let wait_until = request.wait_for_result.then(|| tokio::time::Instant::now() + wait);
+        let submit = SubmitRequest {
+            user_id: request.user_id,
+            job_id: request.job_id,
+            selfie: request.selfie_image,
+            liveness: request.liveness_images,
+            partner_params: request.partner_params.into_iter().collect(),
+        };
+        let output = self
+            .service
+            .submit(submit, wait_until)
+            .await
+            .map_err(|error| to_status(&error))?;
+        let include = Include {
+            history: request.include_history,
+        };
+        let fetched = if request.wait_for_result && (request.include_history || request.include_image_links) {
+            let options = StatusOptions {
+                history: request.include_history,
+                image_links: request.include_image_links,
+            };
+            // Best effort: the job itself is the answer; links are extra.
+            self.service.refresh(&output.job.job_id, options).await.ok()
+        } else {
+            None
+        };
+        let (job, fetched) = match fetched {
+            Some((job, fetched)) => (job, Some(fetched)),
+            None => (output.job, None),
+        };
+        Ok(Response::new(pb::SubmitAuthenticationResponse {
+            job: Some(convert::job(&job, include, fetched.as_ref())),
+            created: output.created,
+        }))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let request = request.into_inner();
+        check_job_id(&request.job_id)?;
+        let include = Include {
+            history: request.include_history,
+        };
+        let job = if request.refresh {
+            let options = StatusOptions {
+                history: request.include_history,
+                image_links: request.include_image_links,
+            };
+            let (job, fetched) = self
+                .service
+                .refresh(&request.job_id, options)
+                .await
+                .map_err(|e| to_status(&e))?;
+            convert::job(&job, include, Some(&fetched))
+        } else {
+            let job = self.service.get(&request.job_id).await.map_err(|e| to_status(&e))?;
+            convert::job(&job, include, None)
+        };
+        Ok(Response::new(job))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        check_job_id(&request.job_id)?;
+        let items = self
+            .service
+            .watch_job(&request.job_id, request.after_sequence)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let stream = ReceiverStream::new(items).map(|item| match item {
+            Ok(WatchItem::Event(event)) => Ok(convert::event(&event, String::new())),
+            Ok(WatchItem::Heartbeat { last_sequence }) => Ok(convert::heartbeat(last_sequence)),
+            Err(error) => Err(to_status(&error)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchJobsStream = EventStream;
+
+    async fn watch_jobs(&self, request: Request<pb::WatchJobsRequest>) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        let user_id = (!request.user_id.is_empty()).then_some(request.user_id);
+        if let Some(description) = user_id.as_deref().and_then(id_problem) {
+            return Err(to_status(&JobError::invalid(
+                InvalidReason::InvalidField,
+                vec![FieldViolation {
+                    field: "user_id".into(),
+                    description,
+                }],
+            )));
+        }
+        let start = if !request.resume_token.is_empty() {
+            LogStart::After(
+                convert::parse_resume_token(&request.resume_token)
+                    .ok_or_else(|| to_status(&JobError::InvalidResumeToken))?,
+            )
+        } else if request.from_start {
+            LogStart::Beginning
+        } else {
+            LogStart::Now
+        };
+        let items = self
+            .service
+            .watch_log(user_id, start)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let stream = ReceiverStream::new(items).map(|item| match item {
+            Ok(WatchItem::Event(event)) => Ok(convert::event(&event, convert::resume_token(event.global_id))),
+            Ok(WatchItem::Heartbeat { .. }) => Ok(convert::heartbeat(0)),
+            Err(error) => Err(to_status(&error)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

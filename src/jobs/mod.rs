@@ -1,0 +1,14 @@
+//! The domain core: jobs, their state machine, submission, results, streams and
+//! reconciliation. Transport-free: gRPC and HTTP adapters call into it.
+
+pub mod error;
+pub mod model;
+pub mod service;
+pub mod validate;
+pub mod watch;
+
+pub use error::{FieldViolation, InvalidReason, JobError, UnavailableReason};
+pub use model::{EventKind, Job, JobEvent, JobProblem, JobState, ProblemReason};
+pub use service::{CallbackOutcome, Fetched, JobService, ReconcilePolicy, ServiceConfig, SubmitOutput};
+pub use validate::{ImageLimits, SubmitRequest};
+pub use watch::{LogStart, WatchItem, WatchStream};

@@ -1,0 +1,228 @@
+//! The job: what selfie-auth knows about one SmartSelfie Authentication.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::smileid::{Decision, ResultEntry};
+
+/// Where a job is in its life. Transitions only move forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Submitting,
+    Submitted,
+    Provisional,
+    Completed,
+    Failed,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submitting => "SUBMITTING",
+            Self::Submitted => "SUBMITTED",
+            Self::Provisional => "PROVISIONAL",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+/// Where the Smile ID submission of a `SUBMITTING` job stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Submission {
+    /// A replica is submitting now; another may take over after `lease_until`.
+    InFlight { lease_until: DateTime<Utc> },
+    /// The last attempt certainly did not reach Smile ID.
+    NotSent,
+    /// The last attempt may have created a Smile ID job.
+    OutcomeUnknown,
+    /// Smile ID accepted the job and its images.
+    Accepted,
+}
+
+/// Why a job failed or is stuck; becomes `Job.error` with an `ErrorInfo` reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProblem {
+    pub reason: ProblemReason,
+    pub message: String,
+    /// Smile ID's error code, when Smile ID gave one.
+    pub smile_code: Option<String>,
+}
+
+/// Stable, documented `ErrorInfo` reasons that can be attached to a stored job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ProblemReason {
+    UserNotEnrolled,
+    UserNotAuthenticatable,
+    UpstreamRejected,
+    UpstreamAuthFailed,
+    UpstreamUnavailable,
+    SubmissionOutcomeUnknown,
+    ResultNotReceived,
+}
+
+impl ProblemReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UserNotEnrolled => "USER_NOT_ENROLLED",
+            Self::UserNotAuthenticatable => "USER_NOT_AUTHENTICATABLE",
+            Self::UpstreamRejected => "UPSTREAM_REJECTED",
+            Self::UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
+            Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Self::SubmissionOutcomeUnknown => "SUBMISSION_OUTCOME_UNKNOWN",
+            Self::ResultNotReceived => "RESULT_NOT_RECEIVED",
+        }
+    }
+}
+
+impl fmt::Display for ProblemReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub job_id: String,
+    pub user_id: String,
+    pub smile_job_id: Option<String>,
+    pub state: JobState,
+    pub submission: Submission,
+    /// Every result received, in arrival order; the last is the latest.
+    pub results: Vec<ResultEntry>,
+    pub image_links: BTreeMap<String, String>,
+    pub problem: Option<JobProblem>,
+    pub partner_params: BTreeMap<String, String>,
+    /// SHA-256 of the submitted content: the idempotency fingerprint.
+    pub content_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the reconciler should next ask Smile ID (none: nothing to reconcile).
+    pub next_poll_at: Option<DateTime<Utc>>,
+    pub poll_attempts: u32,
+    /// Bumped by every write; writes are compare-and-set on it.
+    pub version: i64,
+    /// Sequence of the job's last event.
+    pub last_sequence: u64,
+}
+
+impl Job {
+    pub fn latest_result(&self) -> Option<&ResultEntry> {
+        self.results.last()
+    }
+
+    pub fn decision(&self) -> Option<&Decision> {
+        self.latest_result().map(|result| &result.decision)
+    }
+
+    /// Applies one Smile ID result. Returns the event it makes, or `None` when it
+    /// changes nothing: a duplicate, or anything after the final result.
+    pub fn apply_result(&mut self, result: ResultEntry, now: DateTime<Utc>) -> Option<EventKind> {
+        if self.state.is_terminal() {
+            return None;
+        }
+        let seen = self
+            .results
+            .iter()
+            .any(|known| known.result_code == result.result_code && known.is_final == result.is_final);
+        if seen {
+            return None;
+        }
+        if self.smile_job_id.is_none() && !result.smile_job_id.is_empty() {
+            self.smile_job_id = Some(result.smile_job_id.clone());
+        }
+        let kind = if result.is_final {
+            self.state = JobState::Completed;
+            self.next_poll_at = None;
+            EventKind::FinalResult
+        } else {
+            self.state = JobState::Provisional;
+            EventKind::ProvisionalResult
+        };
+        self.submission = Submission::Accepted;
+        self.problem = None;
+        self.results.push(result);
+        self.updated_at = now;
+        Some(kind)
+    }
+}
+
+/// What happened to a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventKind {
+    Created,
+    Submitted,
+    ProvisionalResult,
+    FinalResult,
+    Failed,
+}
+
+impl EventKind {
+    /// Whether no event can follow this one.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::FinalResult | Self::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "CREATED",
+            Self::Submitted => "SUBMITTED",
+            Self::ProvisionalResult => "PROVISIONAL_RESULT",
+            Self::FinalResult => "FINAL_RESULT",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "CREATED" => Self::Created,
+            "SUBMITTED" => Self::Submitted,
+            "PROVISIONAL_RESULT" => Self::ProvisionalResult,
+            "FINAL_RESULT" => Self::FinalResult,
+            "FAILED" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A stored event: a job snapshot at a per-job sequence, plus its place in the global log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobEvent {
+    /// Position in the global event log (the WatchJobs resume point).
+    pub global_id: i64,
+    pub sequence: u64,
+    pub kind: EventKind,
+    pub job: Job,
+    pub at: DateTime<Utc>,
+}
+
+/// Announces that an event was stored; subscribers read the event itself from the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventNotice {
+    pub global_id: i64,
+    pub job_id: String,
+    pub user_id: String,
+    pub sequence: u64,
+}
+
+impl From<&JobEvent> for EventNotice {
+    fn from(event: &JobEvent) -> Self {
+        Self {
+            global_id: event.global_id,
+            job_id: event.job.job_id.clone(),
+            user_id: event.job.user_id.clone(),
+            sequence: event.sequence,
+        }
+    }
+}

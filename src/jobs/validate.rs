@@ -1,0 +1,279 @@
+//! Checks a submission and turns it into what Smile ID expects: JPEG images and
+//! a content fingerprint for idempotency. Image bytes never leave this module in
+//! an error or a log.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use bytes::Bytes;
+use image::{ImageFormat, ImageReader, Limits};
+use sha2::{Digest, Sha256};
+
+use super::error::{FieldViolation, InvalidReason, JobError};
+
+/// Size limits of one submission. Their sum stays below the gRPC message limit,
+/// so an oversized image gets our precise error, not a transport error.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageLimits {
+    pub max_image_bytes: usize,
+    pub max_total_bytes: usize,
+    pub max_side_px: u32,
+    pub min_side_px: u32,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_image_bytes: 5 * 1024 * 1024,
+            max_total_bytes: 15 * 1024 * 1024,
+            max_side_px: 4096,
+            min_side_px: 16,
+        }
+    }
+}
+
+pub const MAX_ID_LEN: usize = 100;
+pub const LIVENESS_COUNTS: std::ops::RangeInclusive<usize> = 6..=8;
+const MAX_PARTNER_PARAMS: usize = 20;
+const RESERVED_PARAMS: [&str; 3] = ["user_id", "job_id", "job_type"];
+
+/// A submission as callers send it.
+pub struct SubmitRequest {
+    pub user_id: String,
+    pub job_id: String,
+    pub selfie: Bytes,
+    pub liveness: Vec<Bytes>,
+    pub partner_params: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SubmitRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmitRequest")
+            .field("user_id", &self.user_id)
+            .field("job_id", &self.job_id)
+            .field("selfie_bytes", &self.selfie.len())
+            .field("liveness_frames", &self.liveness.len())
+            .field("partner_params", &self.partner_params)
+            .finish()
+    }
+}
+
+/// A checked submission, ready for Smile ID.
+pub struct Prepared {
+    pub user_id: String,
+    /// Empty when the caller left it to us.
+    pub job_id: String,
+    pub selfie_jpeg: Bytes,
+    pub liveness_jpegs: Vec<Bytes>,
+    pub partner_params: BTreeMap<String, String>,
+    pub content_hash: String,
+}
+
+/// Whether `id` is a valid user_id / job_id: 1-100 of `[A-Za-z0-9._:@-]`.
+pub fn id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if id.len() > MAX_ID_LEN {
+        return Some(format!("must be at most {MAX_ID_LEN} characters"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-');
+    (!id.chars().all(allowed)).then(|| "may only contain letters, digits and . _ : @ -".into())
+}
+
+/// Validates and prepares a submission. CPU-heavy work (decoding, PNG to JPEG)
+/// runs on the blocking pool.
+pub async fn prepare(request: SubmitRequest, limits: ImageLimits) -> Result<Prepared, JobError> {
+    check_fields(&request)?;
+    check_sizes(&request, limits)?;
+    let content_hash = fingerprint(&request);
+    let SubmitRequest {
+        user_id,
+        job_id,
+        selfie,
+        liveness,
+        partner_params,
+    } = request;
+    let (selfie_jpeg, liveness_jpegs) = tokio::task::spawn_blocking(move || {
+        let selfie = to_jpeg(&selfie, limits).map_err(|problem| ("selfie_image".to_owned(), problem))?;
+        let frames = liveness
+            .iter()
+            .enumerate()
+            .map(|(index, frame)| {
+                to_jpeg(frame, limits).map_err(|problem| (format!("liveness_images[{index}]"), problem))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((selfie, frames))
+    })
+    .await
+    .map_err(|_| JobError::Internal("image check was interrupted".into()))?
+    .map_err(|(field, description): (String, String)| {
+        JobError::invalid(InvalidReason::InvalidImage, vec![FieldViolation { field, description }])
+    })?;
+    Ok(Prepared {
+        user_id,
+        job_id,
+        selfie_jpeg,
+        liveness_jpegs,
+        partner_params,
+        content_hash,
+    })
+}
+
+fn check_fields(request: &SubmitRequest) -> Result<(), JobError> {
+    let mut violations = Vec::new();
+    let mut violate = |field: &str, description: String| {
+        violations.push(FieldViolation {
+            field: field.to_owned(),
+            description,
+        });
+    };
+    if let Some(problem) = id_problem(&request.user_id) {
+        violate("user_id", problem);
+    }
+    if !request.job_id.is_empty()
+        && let Some(problem) = id_problem(&request.job_id)
+    {
+        violate("job_id", problem);
+    }
+    if request.selfie.is_empty() {
+        violate("selfie_image", "a selfie is required".into());
+    }
+    let frames = request.liveness.len();
+    if frames != 0 && !LIVENESS_COUNTS.contains(&frames) {
+        violate(
+            "liveness_images",
+            format!("send none or 6 to 8 liveness frames, not {frames}"),
+        );
+    }
+    if request.partner_params.len() > MAX_PARTNER_PARAMS {
+        violate("partner_params", format!("at most {MAX_PARTNER_PARAMS} entries"));
+    }
+    for (key, value) in &request.partner_params {
+        let key_ok = !key.is_empty() && key.len() <= 64 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !key_ok {
+            violate(
+                "partner_params",
+                format!("key {key:?} must be 1-64 characters of [A-Za-z0-9_]"),
+            );
+        } else if RESERVED_PARAMS.contains(&key.as_str()) {
+            violate(
+                "partner_params",
+                format!("key {key:?} is reserved; use the request field instead"),
+            );
+        } else if value.len() > 256 {
+            violate("partner_params", format!("value of {key:?} must be at most 256 bytes"));
+        }
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(JobError::invalid(InvalidReason::InvalidField, violations))
+    }
+}
+
+fn check_sizes(request: &SubmitRequest, limits: ImageLimits) -> Result<(), JobError> {
+    let mut violations = Vec::new();
+    let too_big = |len: usize| {
+        format!(
+            "{len} bytes is over the {} byte limit per image",
+            limits.max_image_bytes
+        )
+    };
+    if request.selfie.len() > limits.max_image_bytes {
+        violations.push(FieldViolation {
+            field: "selfie_image".into(),
+            description: too_big(request.selfie.len()),
+        });
+    }
+    for (index, frame) in request.liveness.iter().enumerate() {
+        if frame.len() > limits.max_image_bytes {
+            violations.push(FieldViolation {
+                field: format!("liveness_images[{index}]"),
+                description: too_big(frame.len()),
+            });
+        }
+    }
+    let total = request.selfie.len() + request.liveness.iter().map(Bytes::len).sum::<usize>();
+    if total > limits.max_total_bytes {
+        violations.push(FieldViolation {
+            field: "liveness_images".into(),
+            description: format!(
+                "{total} bytes of images in all is over the {} byte limit",
+                limits.max_total_bytes
+            ),
+        });
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(JobError::invalid(InvalidReason::ImageTooLarge, violations))
+    }
+}
+
+/// SHA-256 over everything that defines the job, length-prefixed so fields cannot run together.
+fn fingerprint(request: &SubmitRequest) -> String {
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
+    field(request.user_id.as_bytes());
+    for (key, value) in &request.partner_params {
+        field(key.as_bytes());
+        field(value.as_bytes());
+    }
+    field(&request.selfie);
+    for frame in &request.liveness {
+        field(frame);
+    }
+    hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Checks magic bytes and the decoded header; transcodes PNG to JPEG (Smile ID expects JPEG).
+fn to_jpeg(bytes: &Bytes, limits: ImageLimits) -> Result<Bytes, String> {
+    let format = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        ImageFormat::Jpeg
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        ImageFormat::Png
+    } else {
+        return Err("not a JPEG or PNG image".into());
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(bytes.as_ref()), format);
+    let mut image_limits = Limits::default();
+    image_limits.max_image_width = Some(limits.max_side_px);
+    image_limits.max_image_height = Some(limits.max_side_px);
+    image_limits.max_alloc = Some(256 * 1024 * 1024);
+    reader.limits(image_limits);
+    let name = if format == ImageFormat::Jpeg { "JPEG" } else { "PNG" };
+    if format == ImageFormat::Jpeg {
+        let (width, height) = reader
+            .into_dimensions()
+            .map_err(|_| format!("{name} header cannot be decoded"))?;
+        check_dimensions(width, height, limits)?;
+        return Ok(bytes.clone());
+    }
+    let decoded = reader.decode().map_err(|_| format!("{name} image cannot be decoded"))?;
+    check_dimensions(decoded.width(), decoded.height(), limits)?;
+    let mut jpeg = Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(decoded.to_rgb8())
+        .write_to(&mut jpeg, ImageFormat::Jpeg)
+        .map_err(|_| "PNG image cannot be converted to JPEG".to_owned())?;
+    Ok(Bytes::from(jpeg.into_inner()))
+}
+
+fn check_dimensions(width: u32, height: u32, limits: ImageLimits) -> Result<(), String> {
+    if width < limits.min_side_px || height < limits.min_side_px {
+        return Err(format!(
+            "{width}x{height} is smaller than {0}x{0} pixels",
+            limits.min_side_px
+        ));
+    }
+    if width > limits.max_side_px || height > limits.max_side_px {
+        return Err(format!(
+            "{width}x{height} is larger than {0}x{0} pixels",
+            limits.max_side_px
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Event streams: replay from the store, then live, with no gap and no
+//! duplicate at the seam. Live notices only say "look again"; events are always
+//! read from the store after the last delivered position.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use super::error::JobError;
+use super::model::JobEvent;
+use super::service::JobService;
+
+const PAGE: u32 = 200;
+
+/// One item of a stream.
+#[derive(Debug)]
+pub enum WatchItem {
+    Event(Box<JobEvent>),
+    /// Nothing happened; `last_sequence` is the last sequence delivered (WatchJob).
+    Heartbeat {
+        last_sequence: u64,
+    },
+}
+
+pub type WatchStream = mpsc::Receiver<Result<WatchItem, JobError>>;
+
+/// Where a WatchJobs stream starts.
+#[derive(Clone, Copy, Debug)]
+pub enum LogStart {
+    /// After this global event id (a resume token).
+    After(i64),
+    /// Every stored event first.
+    Beginning,
+    /// Only events from now on.
+    Now,
+}
+
+impl JobService {
+    /// Streams one job's events after `after_sequence`; ends after its final event.
+    pub async fn watch_job(self: &Arc<Self>, job_id: &str, after_sequence: u64) -> Result<WatchStream, JobError> {
+        // Subscribe before the first read so nothing falls between replay and live.
+        let mut notices = self.bus.subscribe();
+        let job = self.load(job_id).await?;
+        let (sender, receiver) = mpsc::channel(64);
+        let service = self.clone();
+        let job_id = job.job_id.clone();
+        tokio::spawn(async move {
+            let mut cursor = after_sequence;
+            if job.state.is_terminal() && cursor >= job.last_sequence {
+                return;
+            }
+            let mut heartbeat = tokio::time::interval(service.config.heartbeat_interval);
+            heartbeat.tick().await;
+            loop {
+                // Drain everything stored after the cursor.
+                loop {
+                    let events = match service.store.job_events(&job_id, cursor, PAGE).await {
+                        Ok(events) => events,
+                        Err(error) => {
+                            let _ = sender.send(Err(error.into())).await;
+                            return;
+                        }
+                    };
+                    if events.is_empty() {
+                        break;
+                    }
+                    for event in events {
+                        cursor = event.sequence;
+                        let last = event.kind.is_final();
+                        if sender.send(Ok(WatchItem::Event(Box::new(event)))).await.is_err() || last {
+                            return;
+                        }
+                    }
+                }
+                // Wait for a reason to look again.
+                loop {
+                    tokio::select! {
+                        notice = notices.recv() => match notice {
+                            Ok(notice) if notice.job_id == job_id && notice.sequence > cursor => break,
+                            Ok(_) => continue,
+                            Err(RecvError::Lagged(_)) => break,
+                            Err(RecvError::Closed) => return,
+                        },
+                        _ = heartbeat.tick() => {
+                            if sender.send(Ok(WatchItem::Heartbeat { last_sequence: cursor })).await.is_err() {
+                                return;
+                            }
+                            // Events written by another replica may come without a local notice.
+                            break;
+                        }
+                        () = service.shutdown.cancelled() => {
+                            let _ = sender.send(Err(JobError::shutting_down())).await;
+                            return;
+                        }
+                        () = sender.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+
+    /// Streams every job's events (or one user's) from `start`; never ends by itself.
+    pub async fn watch_log(
+        self: &Arc<Self>,
+        user_id: Option<String>,
+        start: LogStart,
+    ) -> Result<WatchStream, JobError> {
+        let mut notices = self.bus.subscribe();
+        let mut cursor = match start {
+            LogStart::After(id) => id,
+            LogStart::Beginning => 0,
+            LogStart::Now => self.store.last_global_id().await?,
+        };
+        let (sender, receiver) = mpsc::channel(64);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut heartbeat = tokio::time::interval(service.config.heartbeat_interval);
+            heartbeat.tick().await;
+            loop {
+                loop {
+                    let events = match service.store.log_events(cursor, user_id.as_deref(), PAGE).await {
+                        Ok(events) => events,
+                        Err(error) => {
+                            let _ = sender.send(Err(error.into())).await;
+                            return;
+                        }
+                    };
+                    if events.is_empty() {
+                        break;
+                    }
+                    for event in events {
+                        cursor = event.global_id;
+                        if sender.send(Ok(WatchItem::Event(Box::new(event)))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                loop {
+                    tokio::select! {
+                        notice = notices.recv() => match notice {
+                            Ok(notice) if notice.global_id > cursor
+                                && user_id.as_deref().is_none_or(|user| user == notice.user_id) => break,
+                            Ok(_) => continue,
+                            Err(RecvError::Lagged(_)) => break,
+                            Err(RecvError::Closed) => return,
+                        },
+                        _ = heartbeat.tick() => {
+                            if sender.send(Ok(WatchItem::Heartbeat { last_sequence: 0 })).await.is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                        () = service.shutdown.cancelled() => {
+                            let _ = sender.send(Err(JobError::shutting_down())).await;
+                            return;
+                        }
+                        () = sender.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+}

@@ -1,0 +1,214 @@
+//! Wires the store, Smile ID client, job service, gRPC and HTTP servers together,
+//! and runs the readiness and shutdown choreography.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use crate::callbacks::{self, CallbackSettings};
+use crate::events::EventBus;
+use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
+use crate::jobs::{JobService, ServiceConfig};
+use crate::metrics::Metrics;
+use crate::smileid::{ClientConfig, SmileIdClient};
+use crate::store;
+
+/// Everything a running service needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub database_url: String,
+    pub smile: ClientConfig,
+    pub callback_path: String,
+    pub callback_window: Duration,
+    pub service: ServiceConfig,
+    /// Largest gRPC request accepted (SubmitAuthentication carries images).
+    pub max_message_bytes: usize,
+    /// Concurrent requests per connection; more are shed with UNAVAILABLE.
+    pub concurrency_limit: usize,
+    pub http2_keepalive_interval: Duration,
+    /// Longest wait for in-flight calls at shutdown.
+    pub drain_timeout: Duration,
+}
+
+pub const SERVICE_NAME: &str = <SelfieAuthServer<SelfieAuthApi> as tonic::server::NamedService>::NAME;
+
+/// A service that is serving.
+pub struct RunningService {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    health: HealthReporter,
+    ready: Arc<AtomicBool>,
+    grpc_task: JoinHandle<()>,
+    http_task: JoinHandle<()>,
+    reconciler_task: JoinHandle<()>,
+    drain_timeout: Duration,
+}
+
+impl RunningService {
+    /// Graceful shutdown: NOT_SERVING, streams end with UNAVAILABLE, in-flight
+    /// calls drain for at most the drain timeout.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.ready.store(false, Ordering::Relaxed);
+        set_health(&self.health, ServingStatus::NotServing).await;
+        self.shutdown.cancel();
+        let tasks = [self.grpc_task, self.http_task, self.reconciler_task];
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let drain = futures::future::join_all(tasks);
+        if tokio::time::timeout(self.drain_timeout, drain).await.is_err() {
+            // Calls that outlive the drain (a client ignoring GOAWAY) must not block exit.
+            warn!(timeout = ?self.drain_timeout, "drain timed out; closing remaining connections");
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// The contract, google.rpc and health descriptors as one set, so reflection
+/// clients can decode rich error details.
+fn reflection_descriptors() -> anyhow::Result<Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for encoded in [
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_types::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ] {
+        let set = prost_types::FileDescriptorSet::decode(encoded).context("decoding a descriptor set")?;
+        for file in set.file {
+            files.entry(file.name.clone().unwrap_or_default()).or_insert(file);
+        }
+    }
+    Ok(prost_types::FileDescriptorSet {
+        file: files.into_values().collect(),
+    }
+    .encode_to_vec())
+}
+
+/// Opens the store, binds both ports, starts serving, then reports SERVING.
+pub async fn start(settings: Settings) -> anyhow::Result<RunningService> {
+    let grpc_listener = TcpListener::bind(settings.grpc_addr).await.with_context(|| {
+        format!(
+            "binding the gRPC address {} (SELFIE_AUTH_GRPC_ADDR)",
+            settings.grpc_addr
+        )
+    })?;
+    let http_listener = TcpListener::bind(settings.http_addr).await.with_context(|| {
+        format!(
+            "binding the HTTP address {} (SELFIE_AUTH_HTTP_ADDR)",
+            settings.http_addr
+        )
+    })?;
+    start_on(settings, grpc_listener, http_listener).await
+}
+
+/// Like [`start`], on listeners the caller bound (so it knows the ports first).
+pub async fn start_on(
+    settings: Settings,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+) -> anyhow::Result<RunningService> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let store = store::open(&settings.database_url)
+        .await
+        .context("opening the job store (DATABASE_URL)")?;
+    let smile = SmileIdClient::new(settings.smile.clone()).context("building the Smile ID client")?;
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let service = JobService::new(
+        store,
+        EventBus::default(),
+        smile,
+        settings.service.clone(),
+        metrics,
+        shutdown.clone(),
+    );
+
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let callback_settings = CallbackSettings {
+        path: settings.callback_path.clone(),
+        credentials: settings.smile.credentials.clone(),
+        window: settings.callback_window,
+    };
+    let http_router = callbacks::router(service.clone(), callback_settings, ready.clone());
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        let served = axum::serve(http_listener, http_router)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            warn!(%error, "http server stopped with an error");
+        }
+    });
+
+    let descriptors = reflection_descriptors()?;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(&descriptors)
+        .build_v1()
+        .context("building reflection v1")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(&descriptors)
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
+    let api = SelfieAuthServer::new(SelfieAuthApi::new(service.clone()))
+        .max_decoding_message_size(settings.max_message_bytes)
+        .max_encoding_message_size(settings.max_message_bytes);
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .concurrency_limit_per_connection(settings.concurrency_limit)
+        .load_shed(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api);
+    let grpc_shutdown = shutdown.clone();
+    let grpc_task = tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(grpc_listener);
+        let served = router
+            .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            warn!(%error, "grpc server stopped with an error");
+        }
+    });
+    let reconciler_task = tokio::spawn(service.clone().run_reconciler());
+
+    set_health(&health, ServingStatus::Serving).await;
+    ready.store(true, Ordering::Relaxed);
+    info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");
+    Ok(RunningService {
+        grpc_addr,
+        http_addr,
+        shutdown,
+        health,
+        ready,
+        grpc_task,
+        http_task,
+        reconciler_task,
+        drain_timeout: settings.drain_timeout,
+    })
+}
