@@ -120,10 +120,20 @@ fn simulator_api_key() -> ApiKey {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    match cli.command {
+    match run(cli.command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => {
             let settings = args.into_settings()?;
             let running = server::start(settings).await?;
@@ -202,6 +212,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let mut settings = serve.into_settings_with_key(ApiKey::new(DEV_API_KEY))?;
     settings.database_url = format!("sqlite://{}", args.data_dir.join("dev.db").display());
     let running = server::start(settings).await?;
+    let sample = args.data_dir.join("sample-selfie.jpg");
+    write_sample_selfie(&sample).with_context(|| format!("writing {}", sample.display()))?;
     let grpc = running.grpc_addr;
     println!(
         "\nselfie-auth dev is running\n\
@@ -210,16 +222,34 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
          \x20 simulator   {sim_url}   (Smile ID stand-in; user(s) {users} enrolled)\n\
          \x20 database    {db}\n\n\
          Try it:\n\
-         \x20 cargo run --release -- submit --user-id demo-user --selfie selfie.jpg --wait\n\
+         \x20 cargo run --release -- submit --addr http://{grpc} --user-id demo-user --selfie {sample} --wait\n\
          \x20 grpcurl -plaintext -d '{{\"job_id\": \"JOB_ID\"}}' {grpc} selfieauth.v1.SelfieAuth/GetJob\n",
         http = running.http_addr,
         sim_url = sim.url(),
         users = args.enroll.join(", "),
         db = args.data_dir.join("dev.db").display(),
+        sample = sample.display(),
     );
     let result = run_until_signal(running).await;
     sim.shutdown().await;
     result
+}
+
+/// A synthetic 320x320 JPEG to try the service with (the simulator judges by
+/// `sandbox_result`, not by the face).
+fn write_sample_selfie(path: &std::path::Path) -> anyhow::Result<()> {
+    let image = image::RgbImage::from_fn(320, 320, |x, y| {
+        let dx = x as f32 - 160.0;
+        let dy = y as f32 - 150.0;
+        let face = (dx * dx) / (90.0 * 90.0) + (dy * dy) / (120.0 * 120.0) <= 1.0;
+        if face {
+            image::Rgb([224, 172, 140])
+        } else {
+            image::Rgb([40, 60, (y / 2) as u8])
+        }
+    });
+    image.save_with_format(path, image::ImageFormat::Jpeg)?;
+    Ok(())
 }
 
 async fn run_simulator(args: SimulatorArgs) -> anyhow::Result<()> {

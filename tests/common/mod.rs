@@ -259,8 +259,7 @@ pub async fn next_event(
     tokio::time::timeout(timeout, stream.message())
         .await
         .ok()
-        .map(|item| item.transpose())
-        .flatten()
+        .and_then(|item| item.transpose())
 }
 
 /// Reads non-heartbeat events until the stream ends or `count` were read.
