@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
 use crate::server::Settings;
+use crate::store::PgLimits;
 use crate::smileid::{ApiKey, ClientConfig, Credentials, Environment};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -29,6 +30,12 @@ pub struct ServeArgs {
     /// Job database (`sqlite://path`). Default: a SQLite file in the data directory.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// PostgreSQL pool size per replica.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+    /// PostgreSQL statement timeout.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_statement_timeout: Duration,
     /// Where the default SQLite database lives.
     #[arg(long, env = "SELFIE_AUTH_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -151,10 +158,19 @@ impl ServeArgs {
         let mut smile = ClientConfig::new(environment, Credentials::new(partner_id, api_key));
         smile.connect_timeout = self.connect_timeout;
         smile.request_timeout = self.request_timeout;
+        if self.database_max_connections == 0 {
+            bail!("DATABASE_MAX_CONNECTIONS must be at least 1");
+        }
         Ok(Settings {
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
             database_url,
+            database_limits: PgLimits {
+                max_connections: self.database_max_connections,
+                statement_timeout: self.database_statement_timeout,
+                ..PgLimits::default()
+            },
+            readiness_interval: Duration::from_secs(2),
             smile,
             callback_path: self.callback_path,
             callback_window: self.callback_window,

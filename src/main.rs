@@ -190,6 +190,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
         database_url: None,
+        database_max_connections: 10,
+        database_statement_timeout: Duration::from_secs(5),
         data_dir: args.data_dir.clone(),
         partner_id: Some(DEV_PARTNER_ID.into()),
         api_key_file: None,

@@ -23,7 +23,7 @@ use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::{JobService, ServiceConfig};
 use crate::metrics::Metrics;
 use crate::smileid::{ClientConfig, SmileIdClient};
-use crate::store;
+use crate::store::{self, PgLimits, SharedStore};
 
 /// Everything a running service needs.
 #[derive(Clone, Debug)]
@@ -31,6 +31,10 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub database_url: String,
+    /// Pool and statement limits when `database_url` is PostgreSQL.
+    pub database_limits: PgLimits,
+    /// How often readiness re-checks the database.
+    pub readiness_interval: Duration,
     pub smile: ClientConfig,
     pub callback_path: String,
     pub callback_window: Duration,
@@ -56,6 +60,8 @@ pub struct RunningService {
     grpc_task: JoinHandle<()>,
     http_task: JoinHandle<()>,
     reconciler_task: JoinHandle<()>,
+    /// Readiness checks and the event listener: stopped, not drained.
+    background: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
@@ -67,6 +73,7 @@ impl RunningService {
         self.ready.store(false, Ordering::Relaxed);
         set_health(&self.health, ServingStatus::NotServing).await;
         self.shutdown.cancel();
+        self.background.iter().for_each(JoinHandle::abort);
         let tasks = [self.grpc_task, self.http_task, self.reconciler_task];
         let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
         let drain = futures::future::join_all(tasks);
@@ -129,15 +136,20 @@ pub async fn start_on(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
-    let store = store::open(&settings.database_url)
+    let opened = store::open(&settings.database_url, settings.database_limits)
         .await
         .context("opening the job store (DATABASE_URL)")?;
     let smile = SmileIdClient::new(settings.smile.clone()).context("building the Smile ID client")?;
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
+    let bus = EventBus::default();
+    let listener_task = opened
+        .postgres
+        .map(|pool| crate::events::postgres::spawn_listener(pool, bus.clone(), shutdown.clone()));
+    let store = opened.store;
     let service = JobService::new(
-        store,
-        EventBus::default(),
+        store.clone(),
+        bus,
         smile,
         settings.service.clone(),
         metrics,
@@ -199,6 +211,13 @@ pub async fn start_on(
 
     set_health(&health, ServingStatus::Serving).await;
     ready.store(true, Ordering::Relaxed);
+    let readiness_task = tokio::spawn(follow_database(
+        store,
+        health.clone(),
+        ready.clone(),
+        settings.readiness_interval,
+        shutdown.clone(),
+    ));
     info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");
     Ok(RunningService {
         grpc_addr,
@@ -209,6 +228,47 @@ pub async fn start_on(
         grpc_task,
         http_task,
         reconciler_task,
+        background: [Some(readiness_task), listener_task].into_iter().flatten().collect(),
         drain_timeout: settings.drain_timeout,
     })
+}
+
+/// Keeps readiness in step with the database: NOT_SERVING after two failed
+/// checks in a row, SERVING again after one success, without a restart.
+async fn follow_database(
+    store: SharedStore,
+    health: HealthReporter,
+    ready: Arc<AtomicBool>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let healthy = tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match healthy {
+            Ok(Ok(())) => {
+                if failures >= 2 {
+                    info!("database reachable again; serving");
+                    ready.store(true, Ordering::Relaxed);
+                    set_health(&health, ServingStatus::Serving).await;
+                }
+                failures = 0;
+            }
+            _ => {
+                failures += 1;
+                if failures == 2 {
+                    warn!("database unreachable; not serving");
+                    ready.store(false, Ordering::Relaxed);
+                    set_health(&health, ServingStatus::NotServing).await;
+                }
+            }
+        }
+    }
 }

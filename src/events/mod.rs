@@ -3,13 +3,24 @@
 //! Notices carry ids only; subscribers read the events themselves from the
 //! store, so a missed or lagging notice can never lose an event, only delay it.
 
+pub mod postgres;
+
 use tokio::sync::broadcast;
 
 use crate::jobs::model::{EventNotice, JobEvent};
 
+/// What subscribers hear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusMessage {
+    /// An event was stored.
+    Event(EventNotice),
+    /// Notices may have been missed (a listener reconnected): re-read from the store.
+    Resync,
+}
+
 #[derive(Clone)]
 pub struct EventBus {
-    sender: broadcast::Sender<EventNotice>,
+    sender: broadcast::Sender<BusMessage>,
 }
 
 impl EventBus {
@@ -23,11 +34,19 @@ impl EventBus {
     }
 
     pub fn publish_notice(&self, notice: EventNotice) {
-        // No subscriber is not an error: nobody is watching.
-        let _ = self.sender.send(notice);
+        self.send(BusMessage::Event(notice));
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<EventNotice> {
+    pub fn resync(&self) {
+        self.send(BusMessage::Resync);
+    }
+
+    fn send(&self, message: BusMessage) {
+        // No subscriber is not an error: nobody is watching.
+        let _ = self.sender.send(message);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
         self.sender.subscribe()
     }
 }

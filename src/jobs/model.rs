@@ -100,7 +100,6 @@ pub struct Job {
     pub submission: Submission,
     /// Every result received, in arrival order; the last is the latest.
     pub results: Vec<ResultEntry>,
-    pub image_links: BTreeMap<String, String>,
     pub problem: Option<JobProblem>,
     pub partner_params: BTreeMap<String, String>,
     /// SHA-256 of the submitted content: the idempotency fingerprint.

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::error::{JobError, UnavailableReason};
 use super::model::{EventKind, Job, JobProblem, JobState, ProblemReason, Submission};
 use super::validate::{ImageLimits, Prepared, SubmitRequest, prepare};
-use crate::events::EventBus;
+use crate::events::{BusMessage, EventBus};
 use crate::metrics::Metrics;
 use crate::smileid::wire::JOB_TYPE_AUTHENTICATION;
 use crate::smileid::{
@@ -187,7 +187,6 @@ impl JobService {
                 lease_until: now + self.config.submit_lease,
             },
             results: Vec::new(),
-            image_links: Default::default(),
             problem: None,
             partner_params: prepared.partner_params.clone(),
             content_hash: prepared.content_hash.clone(),
@@ -561,7 +560,8 @@ impl JobService {
             loop {
                 tokio::select! {
                     notice = notices.recv() => match notice {
-                        Ok(notice) if notice.job_id == job_id => break,
+                        Ok(BusMessage::Event(notice)) if notice.job_id == job_id => break,
+                        Ok(BusMessage::Resync) => break,
                         Ok(_) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(job),

@@ -8,6 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use super::error::JobError;
+use crate::events::BusMessage;
 use super::model::JobEvent;
 use super::service::JobService;
 
@@ -77,7 +78,8 @@ impl JobService {
                 loop {
                     tokio::select! {
                         notice = notices.recv() => match notice {
-                            Ok(notice) if notice.job_id == job_id && notice.sequence > cursor => break,
+                            Ok(BusMessage::Event(notice)) if notice.job_id == job_id && notice.sequence > cursor => break,
+                            Ok(BusMessage::Resync) => break,
                             Ok(_) => continue,
                             Err(RecvError::Lagged(_)) => break,
                             Err(RecvError::Closed) => return,
@@ -140,8 +142,9 @@ impl JobService {
                 loop {
                     tokio::select! {
                         notice = notices.recv() => match notice {
-                            Ok(notice) if notice.global_id > cursor
+                            Ok(BusMessage::Event(notice)) if notice.global_id > cursor
                                 && user_id.as_deref().is_none_or(|user| user == notice.user_id) => break,
+                            Ok(BusMessage::Resync) => break,
                             Ok(_) => continue,
                             Err(RecvError::Lagged(_)) => break,
                             Err(RecvError::Closed) => return,

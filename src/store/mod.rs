@@ -4,6 +4,7 @@
 //! its event are written in one transaction, so replicas and concurrent requests
 //! cannot lose or reorder each other's updates.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
+pub use postgres::{PgLimits, PgStore};
 pub use sqlite::SqliteStore;
 
 use crate::jobs::model::{EventKind, Job, JobEvent};
@@ -93,13 +95,25 @@ pub trait JobStore: Send + Sync + 'static {
 
 pub type SharedStore = Arc<dyn JobStore>;
 
-/// Opens the store a `DATABASE_URL` names: `sqlite:` (a file, created if missing).
-pub async fn open(database_url: &str) -> Result<SharedStore, StoreError> {
+/// An opened store, and the PostgreSQL pool when the store is shared by replicas.
+pub struct OpenedStore {
+    pub store: SharedStore,
+    pub postgres: Option<sqlx::PgPool>,
+}
+
+/// Opens the store a `DATABASE_URL` names: `sqlite:` (a file, created if missing)
+/// or `postgres:` / `postgresql:` (shared by several replicas).
+pub async fn open(database_url: &str, limits: PgLimits) -> Result<OpenedStore, StoreError> {
     if database_url.starts_with("sqlite:") {
-        return Ok(Arc::new(SqliteStore::open(database_url).await?));
+        return Ok(OpenedStore { store: Arc::new(SqliteStore::open(database_url).await?), postgres: None });
+    }
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        let store = PgStore::open(database_url, limits).await?;
+        let pool = store.pool().clone();
+        return Ok(OpenedStore { store: Arc::new(store), postgres: Some(pool) });
     }
     Err(StoreError::Unavailable(format!(
-        "DATABASE_URL must start with sqlite: (got scheme {:?})",
+        "DATABASE_URL must start with sqlite: or postgres:// (got scheme {:?})",
         database_url.split(':').next().unwrap_or_default()
     )))
 }

@@ -135,8 +135,7 @@ impl JobStore for SqliteStore {
         let data = serde_json::to_string(&next)?;
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
-            "UPDATE jobs SET state = ?, data = ?, version = ?, last_sequence = ?, next_poll_at = ?, lease_until = NULL,
-                    updated_at = ?
+            "UPDATE jobs SET state = ?, data = ?, version = ?, last_sequence = ?, next_poll_at = ?, updated_at = ?
              WHERE job_id = ? AND version = ?",
         )
         .bind(next.state.as_str())
