@@ -10,8 +10,8 @@ use clap::Args;
 
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
 use crate::server::Settings;
-use crate::store::PgLimits;
 use crate::smileid::{ApiKey, ClientConfig, Credentials, Environment};
+use crate::store::PgLimits;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SmileEnvironment {

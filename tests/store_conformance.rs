@@ -32,30 +32,52 @@ fn job(job_id: &str, user_id: &str) -> Job {
 
 async fn conformance(store: SharedStore) {
     // create is insert-once.
-    let Created::New(event) = store.create(&job("j1", "alice")).await.expect("create") else { panic!("new") };
-    assert_eq!((event.sequence, event.kind, event.job.version), (1, EventKind::Created, 1));
-    let Created::Existing(existing) = store.create(&job("j1", "mallory")).await.expect("create") else { panic!("existing") };
+    let Created::New(event) = store.create(&job("j1", "alice")).await.expect("create") else {
+        panic!("new")
+    };
+    assert_eq!(
+        (event.sequence, event.kind, event.job.version),
+        (1, EventKind::Created, 1)
+    );
+    let Created::Existing(existing) = store.create(&job("j1", "mallory")).await.expect("create") else {
+        panic!("existing")
+    };
     assert_eq!(existing.user_id, "alice");
 
     // save is compare-and-set on version.
     let mut current = store.get("j1").await.expect("get").expect("exists");
     let mut stale = current.clone();
     current.state = JobState::Submitted;
-    let Saved::Written(Some(event)) = store.save(&mut current, Some(EventKind::Submitted)).await.expect("save") else {
+    let Saved::Written(Some(event)) = store
+        .save(&mut current, Some(EventKind::Submitted))
+        .await
+        .expect("save")
+    else {
         panic!("written")
     };
     assert_eq!((event.sequence, current.version, current.last_sequence), (2, 2, 2));
     assert_eq!(event.job.state, JobState::Submitted);
     stale.state = JobState::Failed;
-    assert!(matches!(store.save(&mut stale, Some(EventKind::Failed)).await.expect("save"), Saved::Conflict));
-    let Saved::Written(None) = store.save(&mut current, None).await.expect("save") else { panic!("no event") };
+    assert!(matches!(
+        store.save(&mut stale, Some(EventKind::Failed)).await.expect("save"),
+        Saved::Conflict
+    ));
+    let Saved::Written(None) = store.save(&mut current, None).await.expect("save") else {
+        panic!("no event")
+    };
     assert_eq!((current.version, current.last_sequence), (3, 2));
-    assert_eq!(store.get("j1").await.expect("get").expect("exists").state, JobState::Submitted);
+    assert_eq!(
+        store.get("j1").await.expect("get").expect("exists").state,
+        JobState::Submitted
+    );
     assert!(store.get("nope").await.expect("get").is_none());
 
     // Per-job events, in order, after a sequence.
     let events = store.job_events("j1", 0, 100).await.expect("events");
-    assert_eq!(events.iter().map(|e| (e.sequence, e.kind)).collect::<Vec<_>>(), [(1, EventKind::Created), (2, EventKind::Submitted)]);
+    assert_eq!(
+        events.iter().map(|e| (e.sequence, e.kind)).collect::<Vec<_>>(),
+        [(1, EventKind::Created), (2, EventKind::Submitted)]
+    );
     assert_eq!(store.job_events("j1", 1, 100).await.expect("events").len(), 1);
     assert_eq!(store.job_events("j1", 0, 1).await.expect("events").len(), 1, "limit");
 
@@ -67,7 +89,13 @@ async fn conformance(store: SharedStore) {
     assert_eq!(store.last_global_id().await.expect("last"), log[2].global_id);
     let bobs = store.log_events(0, Some("bob"), 100).await.expect("log");
     assert_eq!(bobs.iter().map(|e| e.job.job_id.as_str()).collect::<Vec<_>>(), ["j2"]);
-    assert!(store.log_events(log[2].global_id, None, 100).await.expect("log").is_empty());
+    assert!(
+        store
+            .log_events(log[2].global_id, None, 100)
+            .await
+            .expect("log")
+            .is_empty()
+    );
 
     // claim_due leases: one claimant until the lease expires.
     let mut due = store.get("j2").await.expect("get").expect("exists");
@@ -77,9 +105,16 @@ async fn conformance(store: SharedStore) {
     let lease = Duration::from_secs(30);
     let claimed = store.claim_due(now, lease, 10).await.expect("claim");
     assert_eq!(claimed.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(), ["j2"]);
-    assert!(store.claim_due(now, lease, 10).await.expect("claim").is_empty(), "leased");
+    assert!(
+        store.claim_due(now, lease, 10).await.expect("claim").is_empty(),
+        "leased"
+    );
     let later = now + chrono::Duration::seconds(31);
-    assert_eq!(store.claim_due(later, lease, 10).await.expect("claim").len(), 1, "lease expired");
+    assert_eq!(
+        store.claim_due(later, lease, 10).await.expect("claim").len(),
+        1,
+        "lease expired"
+    );
 
     // Concurrent writers: every increment lands, sequences stay contiguous.
     store.create(&job("j3", "carol")).await.expect("create");
@@ -90,7 +125,11 @@ async fn conformance(store: SharedStore) {
             loop {
                 let mut job = store.get("j3").await.expect("get").expect("exists");
                 job.poll_attempts += 1;
-                if let Saved::Written(_) = store.save(&mut job, Some(EventKind::ProvisionalResult)).await.expect("save") {
+                if let Saved::Written(_) = store
+                    .save(&mut job, Some(EventKind::ProvisionalResult))
+                    .await
+                    .expect("save")
+                {
                     return;
                 }
             }
@@ -101,7 +140,13 @@ async fn conformance(store: SharedStore) {
     }
     let final_job = store.get("j3").await.expect("get").expect("exists");
     assert_eq!((final_job.poll_attempts, final_job.last_sequence), (8, 9));
-    let sequences: Vec<u64> = store.job_events("j3", 0, 100).await.expect("events").iter().map(|e| e.sequence).collect();
+    let sequences: Vec<u64> = store
+        .job_events("j3", 0, 100)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
     assert_eq!(sequences, (1..=9).collect::<Vec<_>>());
     store.ping().await.expect("ping");
 }
@@ -109,13 +154,17 @@ async fn conformance(store: SharedStore) {
 #[tokio::test]
 async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opened = selfie_auth::store::open(&common::sqlite_url(&dir), PgLimits::default()).await.expect("open");
+    let opened = selfie_auth::store::open(&common::sqlite_url(&dir), PgLimits::default())
+        .await
+        .expect("open");
     conformance(opened.store).await;
 }
 
 #[tokio::test]
 async fn postgres_store_conforms() {
-    let Some(url) = common::pg_schema_url().await else { return };
+    let Some(url) = common::pg_schema_url().await else {
+        return;
+    };
     let opened = selfie_auth::store::open(&url, PgLimits::default()).await.expect("open");
     assert!(opened.postgres.is_some());
     conformance(Arc::clone(&opened.store)).await;
@@ -123,6 +172,8 @@ async fn postgres_store_conforms() {
 
 #[tokio::test]
 async fn unknown_database_schemes_are_refused_with_a_clear_message() {
-    let Err(error) = selfie_auth::store::open("mysql://localhost/db", PgLimits::default()).await else { panic!("refused") };
+    let Err(error) = selfie_auth::store::open("mysql://localhost/db", PgLimits::default()).await else {
+        panic!("refused")
+    };
     assert!(error.to_string().contains("DATABASE_URL"), "{error}");
 }

@@ -21,7 +21,10 @@ pub const CHANNEL: &str = "selfie_auth_events";
 
 /// `global_id sequence job_id user_id`: ids never contain spaces.
 pub fn encode(event: &JobEvent) -> String {
-    format!("{} {} {} {}", event.global_id, event.sequence, event.job.job_id, event.job.user_id)
+    format!(
+        "{} {} {} {}",
+        event.global_id, event.sequence, event.job.job_id, event.job.user_id
+    )
 }
 
 pub fn decode(payload: &str) -> Option<EventNotice> {
@@ -95,7 +98,15 @@ mod tests {
     #[test]
     fn notices_round_trip_and_garbage_is_refused() {
         let notice = decode("42 3 job-1 user@x").expect("notice");
-        assert_eq!(notice, EventNotice { global_id: 42, sequence: 3, job_id: "job-1".into(), user_id: "user@x".into() });
+        assert_eq!(
+            notice,
+            EventNotice {
+                global_id: 42,
+                sequence: 3,
+                job_id: "job-1".into(),
+                user_id: "user@x".into()
+            }
+        );
         for bad in ["", "1 2 3", "x 1 j u", "1 2 j u extra"] {
             assert_eq!(decode(bad), None, "{bad:?}");
         }

@@ -469,8 +469,13 @@ impl JobService {
             if self.shutdown.is_cancelled() {
                 break;
             }
+            let job_id = job.job_id.clone();
             if let Err(error) = self.reconcile_job(job).await {
-                warn!(error = %error, "reconciling a job failed");
+                warn!(job_id = %job_id, error = %error, "reconciling a job failed");
+            }
+            // A failed release only delays the next poll until the lease expires.
+            if let Err(error) = self.store.release_lease(&job_id).await {
+                warn!(job_id = %job_id, error = %error, "releasing a reconciler lease failed");
             }
         }
         Ok(count)

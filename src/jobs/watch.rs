@@ -8,9 +8,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use super::error::JobError;
-use crate::events::BusMessage;
 use super::model::JobEvent;
 use super::service::JobService;
+use crate::events::BusMessage;
 
 const PAGE: u32 = 200;
 

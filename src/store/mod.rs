@@ -89,6 +89,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// replica polls each; a lease expires after `lease`.
     async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<Job>, StoreError>;
 
+    /// Gives up the reconciler's lease on a job once it is done with it.
+    async fn release_lease(&self, job_id: &str) -> Result<(), StoreError>;
+
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }
@@ -105,12 +108,18 @@ pub struct OpenedStore {
 /// or `postgres:` / `postgresql:` (shared by several replicas).
 pub async fn open(database_url: &str, limits: PgLimits) -> Result<OpenedStore, StoreError> {
     if database_url.starts_with("sqlite:") {
-        return Ok(OpenedStore { store: Arc::new(SqliteStore::open(database_url).await?), postgres: None });
+        return Ok(OpenedStore {
+            store: Arc::new(SqliteStore::open(database_url).await?),
+            postgres: None,
+        });
     }
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         let store = PgStore::open(database_url, limits).await?;
         let pool = store.pool().clone();
-        return Ok(OpenedStore { store: Arc::new(store), postgres: Some(pool) });
+        return Ok(OpenedStore {
+            store: Arc::new(store),
+            postgres: Some(pool),
+        });
     }
     Err(StoreError::Unavailable(format!(
         "DATABASE_URL must start with sqlite: or postgres:// (got scheme {:?})",

@@ -28,7 +28,11 @@ pub struct PgLimits {
 
 impl Default for PgLimits {
     fn default() -> Self {
-        Self { max_connections: 10, statement_timeout: Duration::from_secs(5), acquire_timeout: Duration::from_secs(5) }
+        Self {
+            max_connections: 10,
+            statement_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -65,7 +69,10 @@ impl PgStore {
         kind: EventKind,
         data: &str,
     ) -> Result<JobEvent, StoreError> {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(EVENT_LOG_LOCK).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENT_LOG_LOCK)
+            .execute(&mut *tx)
+            .await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO job_events (job_id, user_id, sequence, kind, snapshot, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -78,14 +85,28 @@ impl PgStore {
         .bind(millis(job.updated_at))
         .fetch_one(&mut *tx)
         .await?;
-        let event = JobEvent { global_id: id, sequence: job.last_sequence, kind, at: job.updated_at, job: job.clone() };
-        sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(encode(&event)).execute(&mut *tx).await?;
+        let event = JobEvent {
+            global_id: id,
+            sequence: job.last_sequence,
+            kind,
+            at: job.updated_at,
+            job: job.clone(),
+        };
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(encode(&event))
+            .execute(&mut *tx)
+            .await?;
         Ok(event)
     }
 }
 
 fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
-    decode_job(row.try_get("data")?, row.try_get("version")?, row.try_get("last_sequence")?)
+    decode_job(
+        row.try_get("data")?,
+        row.try_get("version")?,
+        row.try_get("last_sequence")?,
+    )
 }
 
 fn event_from_row(row: &PgRow) -> Result<JobEvent, StoreError> {
@@ -206,7 +227,11 @@ impl JobStore for PgStore {
     }
 
     async fn last_global_id(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::BIGINT FROM job_events").fetch_one(&self.pool).await?)
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::BIGINT FROM job_events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<Job>, StoreError> {
@@ -227,6 +252,14 @@ impl JobStore for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(job_from_row).collect()
+    }
+
+    async fn release_lease(&self, job_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET lease_until = NULL WHERE job_id = $1")
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

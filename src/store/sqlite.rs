@@ -237,6 +237,14 @@ impl JobStore for SqliteStore {
         rows.iter().map(job_from_row).collect()
     }
 
+    async fn release_lease(&self, job_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET lease_until = NULL WHERE job_id = ?")
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -308,7 +308,10 @@ pub async fn pg_schema_url() -> Option<String> {
     };
     let schema = format!("t_{}", rand::random::<u64>());
     // The schema name is generated digits, not input.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut connection).await.expect("create schema");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut connection)
+        .await
+        .expect("create schema");
     let separator = if base.contains('?') { '&' } else { '?' };
     Some(format!("{base}{separator}options=-c%20search_path%3D{schema}"))
 }
@@ -317,7 +320,10 @@ pub async fn pg_schema_url() -> Option<String> {
 pub fn pg_url_via(url: &str, addr: SocketAddr) -> String {
     let (scheme, rest) = url.split_once("://").expect("url");
     let (authority, path) = rest.split_once('/').expect("path");
-    let user = authority.rsplit_once('@').map(|(user, _)| format!("{user}@")).unwrap_or_default();
+    let user = authority
+        .rsplit_once('@')
+        .map(|(user, _)| format!("{user}@"))
+        .unwrap_or_default();
     format!("{scheme}://{user}{addr}/{path}")
 }
 
