@@ -86,7 +86,7 @@ pub struct ServeArgs {
     /// Largest gRPC request, in bytes (SubmitAuthentication carries images).
     #[arg(long, env = "SELFIE_AUTH_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
-    /// Concurrent requests per connection before load shedding (UNAVAILABLE).
+    /// SelfieAuth calls in flight before load shedding (UNAVAILABLE, reason OVERLOADED).
     #[arg(long, env = "SELFIE_AUTH_CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
     /// Longest wait for in-flight calls at shutdown.
@@ -209,5 +209,86 @@ fn read_api_key(file: Option<&std::path::Path>) -> anyhow::Result<ApiKey> {
     match std::env::var("SMILEID_API_KEY") {
         Ok(key) if !key.trim().is_empty() => Ok(ApiKey::new(key.trim())),
         _ => bail!("SMILEID_API_KEY is not set: give the Smile ID API key in SMILEID_API_KEY or SMILEID_API_KEY_FILE"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Harness {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut argv = vec!["selfie-auth"];
+        argv.extend_from_slice(args);
+        Harness::try_parse_from(argv).expect("parses").serve
+    }
+
+    fn error_of(args: &[&str]) -> String {
+        match parse(args).into_settings_with_key(ApiKey::new("k")) {
+            Ok(_) => panic!("expected an error for {args:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_invalid_setting_is_named_in_the_error() {
+        let base = ["--partner-id", "085", "--smileid-environment", "sandbox"];
+        assert!(error_of(&[]).contains("SMILEID_PARTNER_ID"));
+        assert!(error_of(&["--partner-id", "085"]).contains("SMILEID_ENVIRONMENT"));
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            base.iter().copied().chain(extra.iter().copied()).collect()
+        };
+        assert!(error_of(&with(&["--smileid-base-url", "ftp://x"])).contains("SMILEID_BASE_URL"));
+        assert!(error_of(&with(&["--callback-url", "nope"])).contains("SELFIE_AUTH_CALLBACK_URL"));
+        assert!(error_of(&with(&["--callback-path", "cb"])).contains("SELFIE_AUTH_CALLBACK_PATH"));
+        assert!(error_of(&with(&["--max-message-bytes", "1000"])).contains("SELFIE_AUTH_MAX_MESSAGE_BYTES"));
+        assert!(error_of(&with(&["--concurrency-limit", "0"])).contains("SELFIE_AUTH_CONCURRENCY_LIMIT"));
+        assert!(error_of(&with(&["--database-max-connections", "0"])).contains("DATABASE_MAX_CONNECTIONS"));
+    }
+
+    #[test]
+    fn the_api_key_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing");
+        let error = read_api_key(Some(&missing)).expect_err("missing file");
+        assert!(error.to_string().contains("SMILEID_API_KEY_FILE"));
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").expect("write");
+        assert!(
+            read_api_key(Some(&empty))
+                .expect_err("empty")
+                .to_string()
+                .contains("is empty")
+        );
+        let good = dir.path().join("key");
+        std::fs::write(&good, "secret-key\n").expect("write");
+        let key = read_api_key(Some(&good)).expect("key");
+        assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+    }
+
+    #[test]
+    fn defaults_build_working_settings() {
+        let settings = parse(&["--partner-id", "085", "--smileid-environment", "production"])
+            .into_settings_with_key(ApiKey::new("k"))
+            .expect("settings");
+        assert_eq!(settings.smile.environment, Environment::Production);
+        assert_eq!(settings.database_url, "sqlite://data/selfie-auth.db");
+        assert_eq!(settings.grpc_addr.port(), 50051);
+        assert_eq!(settings.service.reconcile.first_delay, Duration::from_secs(120));
+        assert!(settings.service.image_limits.max_total_bytes < settings.max_message_bytes);
+        let custom = parse(&["--partner-id", "1", "--smileid-base-url", "http://127.0.0.1:8780/v1"])
+            .into_settings_with_key(ApiKey::new("k"))
+            .expect("settings");
+        assert_eq!(
+            custom.smile.environment,
+            Environment::Custom("http://127.0.0.1:8780/v1".into())
+        );
     }
 }

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::callbacks::{self, CallbackSettings};
 use crate::events::EventBus;
+use crate::grpc::load_shed::LoadShedLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::{JobService, ServiceConfig};
 use crate::metrics::Metrics;
@@ -41,7 +42,7 @@ pub struct Settings {
     pub service: ServiceConfig,
     /// Largest gRPC request accepted (SubmitAuthentication carries images).
     pub max_message_bytes: usize,
-    /// Concurrent requests per connection; more are shed with UNAVAILABLE.
+    /// SelfieAuth calls in flight; more are shed with UNAVAILABLE (`OVERLOADED`).
     pub concurrency_limit: usize,
     pub http2_keepalive_interval: Duration,
     /// Longest wait for in-flight calls at shutdown.
@@ -191,8 +192,7 @@ pub async fn start_on(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .concurrency_limit_per_connection(settings.concurrency_limit)
-        .load_shed(true)
+        .layer(LoadShedLayer::new(settings.concurrency_limit))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

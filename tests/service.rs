@@ -1058,3 +1058,70 @@ async fn reflection_lists_the_service_in_v1_and_v1alpha() {
     );
     service.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
+    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = settings_for(&sim, &sqlite_url(&dir));
+    settings.concurrency_limit = 1;
+    let service = start_service(settings).await;
+    let client = service.client().await;
+
+    let provisional = || {
+        let mut request = submit_request(ENROLLED_USER, "shed-1");
+        request.partner_params.insert("sandbox_result".into(), "2".into());
+        request
+    };
+    let mut other = client.clone();
+    other.submit_authentication(provisional()).await.expect("created");
+    // A repeated submission waiting for the result holds the connection's only slot.
+    let mut holder = client.clone();
+    let held = tokio::spawn(async move {
+        let mut request = provisional();
+        request.wait_for_result = true;
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(Duration::from_secs(3));
+        holder.submit_authentication(request).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shed = other
+        .get_job(pb::GetJobRequest {
+            job_id: "shed-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("shed");
+    assert_eq!(
+        (shed.code(), reason(&shed).as_str()),
+        (Code::Unavailable, "OVERLOADED"),
+        "{shed:?}"
+    );
+    assert!(shed.get_error_details().retry_info().is_some());
+    // Health checks are never shed.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(service.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health answers");
+    let job = held
+        .await
+        .expect("join")
+        .expect("the held call answers before its deadline")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(
+        job.state(),
+        pb::JobState::Provisional,
+        "returned as it stood when the deadline neared"
+    );
+    other
+        .get_job(pb::GetJobRequest {
+            job_id: "shed-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("served again");
+    service.running.shutdown().await;
+}

@@ -1,6 +1,7 @@
 //! The tonic adapter: request checks, conversion, streaming. Logic lives in [`crate::jobs`].
 
 pub mod convert;
+pub mod load_shed;
 pub mod status;
 
 use std::pin::Pin;

@@ -37,6 +37,7 @@ pub enum UnavailableReason {
     DatabaseUnavailable,
     ShuttingDown,
     Contention,
+    Overloaded,
 }
 
 impl UnavailableReason {
@@ -46,6 +47,7 @@ impl UnavailableReason {
             Self::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Contention => "CONTENTION",
+            Self::Overloaded => "OVERLOADED",
         }
     }
 }

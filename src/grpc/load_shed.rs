@@ -1,0 +1,89 @@
+//! A concurrency limit that sheds excess calls at once with UNAVAILABLE
+//! (reason `OVERLOADED`, with `RetryInfo`), so callers back off and retry
+//! instead of queueing behind a saturated replica.
+//!
+//! Only SelfieAuth calls count and are shed; health checks and reflection always
+//! pass, so an overloaded replica still answers its orchestrator. A stream holds
+//! its slot only until its response starts.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+use super::status::to_status;
+use crate::jobs::{JobError, UnavailableReason};
+
+const LIMITED_PREFIX: &str = "/selfieauth.v1.SelfieAuth/";
+
+#[derive(Clone)]
+pub struct LoadShedLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl LoadShedLayer {
+    pub fn new(max_in_flight: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+        }
+    }
+}
+
+impl<S> Layer<S> for LoadShedLayer {
+    type Service = LoadShed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LoadShed {
+            inner,
+            permits: self.permits.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct LoadShed<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+impl<S, B> Service<http::Request<B>> for LoadShed<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !request.uri().path().starts_with(LIMITED_PREFIX) {
+            return Box::pin(self.inner.call(request));
+        }
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let call = self.inner.call(request);
+                Box::pin(async move {
+                    let response = call.await;
+                    drop(permit);
+                    response
+                })
+            }
+            Err(_) => {
+                let status = to_status(&JobError::Unavailable {
+                    reason: UnavailableReason::Overloaded,
+                    message: "the server is at its concurrency limit; retry shortly".into(),
+                    retry_after: Some(Duration::from_millis(200)),
+                });
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
