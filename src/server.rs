@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::callbacks::{self, CallbackSettings};
 use crate::events::EventBus;
 use crate::grpc::load_shed::LoadShedLayer;
+use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::{JobService, ServiceConfig};
 use crate::metrics::Metrics;
@@ -186,13 +187,16 @@ pub async fn start_on(
         .register_encoded_file_descriptor_set(&descriptors)
         .build_v1alpha()
         .context("building reflection v1alpha")?;
+    // The per-method limits are enforced by MessageLimitLayer, with precise errors;
+    // tonic's own limit sits just above the largest of them.
     let api = SelfieAuthServer::new(SelfieAuthApi::new(service.clone()))
-        .max_decoding_message_size(settings.max_message_bytes)
+        .max_decoding_message_size(settings.max_message_bytes + 1024)
         .max_encoding_message_size(settings.max_message_bytes);
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(LoadShedLayer::new(settings.concurrency_limit))
+        .layer(MessageLimitLayer::new(settings.max_message_bytes))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

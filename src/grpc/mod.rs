@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod load_shed;
+pub mod message_limit;
 pub mod status;
 
 use std::pin::Pin;
