@@ -12,7 +12,7 @@ use selfie_auth::config::ServeArgs;
 use selfie_auth::server::{self, RunningService};
 use selfie_auth::simulator::{self, SimulatorConfig, TlsFiles};
 use selfie_auth::smileid::ApiKey;
-use selfie_auth::telemetry::{self, LogFormat};
+use selfie_auth::telemetry::{self, LogFormat, TelemetryConfig};
 use tracing::info;
 
 #[derive(Parser)]
@@ -122,8 +122,16 @@ fn simulator_api_key() -> ApiKey {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    match run(cli.command).await {
+    let telemetry = match telemetry::init(&TelemetryConfig::from_env(cli.log_format)) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcome = run(cli.command).await;
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -193,6 +193,7 @@ pub async fn start_on(
         .max_decoding_message_size(settings.max_message_bytes + 1024)
         .max_encoding_message_size(settings.max_message_bytes);
     let router = tonic::transport::Server::builder()
+        .trace_fn(crate::telemetry::grpc_span)
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(LoadShedLayer::new(settings.concurrency_limit))

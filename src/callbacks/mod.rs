@@ -60,6 +60,7 @@ async fn metrics(State(endpoint): State<Endpoint>) -> String {
     endpoint.service.metrics.render()
 }
 
+#[tracing::instrument(name = "smileid.callback", skip_all, fields(otel.kind = "server", body_bytes = body.len()))]
 async fn receive(State(endpoint): State<Endpoint>, body: Bytes) -> (StatusCode, &'static str) {
     let metrics = &endpoint.service.metrics;
     metrics.callbacks_received.inc();

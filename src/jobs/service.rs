@@ -148,6 +148,7 @@ impl JobService {
         &self.config
     }
 
+    #[tracing::instrument(name = "job.submit", skip_all, fields(job_id = tracing::field::Empty))]
     pub async fn submit(
         &self,
         request: SubmitRequest,
@@ -157,6 +158,7 @@ impl JobService {
         if prepared.job_id.is_empty() {
             prepared.job_id = generate_job_id();
         }
+        tracing::Span::current().record("job_id", prepared.job_id.as_str());
         let lock = self.submit_lock(&prepared.job_id);
         let output = {
             let _guard = lock.lock().await;
@@ -374,6 +376,7 @@ impl JobService {
     }
 
     /// Applies a verified callback; answers only after the outcome is durable.
+    #[tracing::instrument(name = "job.callback", skip_all, fields(job_id = callback.result.job_id().unwrap_or_default()))]
     pub async fn handle_callback(&self, callback: VerifiedCallback) -> Result<CallbackOutcome, JobError> {
         let result = callback.result;
         let Some(job_id) = result.job_id().map(str::to_owned) else {
@@ -481,6 +484,7 @@ impl JobService {
         Ok(count)
     }
 
+    #[tracing::instrument(name = "job.reconcile", skip_all, fields(job_id = %job.job_id))]
     async fn reconcile_job(&self, job: Job) -> Result<(), JobError> {
         self.metrics.reconcile_polls.inc();
         let job_id = job.job_id.clone();

@@ -161,6 +161,7 @@ impl SmileIdClient {
     }
 
     /// `POST /v1/upload`: registers the job and returns the pre-signed upload URL.
+    #[tracing::instrument(name = "smileid.prep_upload", skip_all, fields(otel.kind = "client", job_id = %partner_params.job_id, retry))]
     pub async fn prep_upload(
         &self,
         partner_params: &PartnerParams,
@@ -195,6 +196,7 @@ impl SmileIdClient {
     }
 
     /// `PUT` of the zip to the pre-signed URL. Idempotent, so it is retried.
+    #[tracing::instrument(name = "smileid.upload", skip_all, fields(otel.kind = "client", zip_bytes = zip.len()))]
     pub async fn upload_zip(&self, upload_url: &str, zip: bytes::Bytes) -> Result<(), SmileIdError> {
         self.with_retries("upload", || async {
             let response = self
@@ -281,6 +283,7 @@ impl SmileIdClient {
 
     /// `POST /v1/job_status`, with the response signature verified. Retried on
     /// transport errors, 5xx and 429 (honouring `Retry-After`).
+    #[tracing::instrument(name = "smileid.job_status", skip_all, fields(otel.kind = "client", job_id = %job_id))]
     pub async fn job_status(
         &self,
         user_id: &str,

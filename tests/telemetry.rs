@@ -1,0 +1,100 @@
+//! Spans reach an OTLP collector (a fake one on 127.0.0.1:0), continue the
+//! caller's W3C trace, and carry no secrets or image bytes.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use selfie_auth::telemetry::{LogFormat, TelemetryConfig};
+
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("lock");
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_are_traced_as_children_of_the_callers_trace() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind(loopback()).await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tonic::transport::Server::builder().add_service(TraceServiceServer::new(collector.clone()));
+    tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    let telemetry = selfie_auth::telemetry::init(&TelemetryConfig {
+        log_format: LogFormat::Text,
+        otlp_endpoint: Some(endpoint),
+    })
+    .expect("telemetry");
+
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let mut client = service.client().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(submit_request(ENROLLED_USER, "traced-1"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01").parse().expect("header"),
+    );
+    client.submit_authentication(request).await.expect("submit");
+    service.running.shutdown().await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .expect("flush");
+
+    let spans = collector.spans.lock().expect("lock").clone();
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let submit = spans
+        .iter()
+        .find(|span| span.name == "selfieauth.v1.SelfieAuth/SubmitAuthentication")
+        .unwrap_or_else(|| {
+            panic!(
+                "server span exported; got {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(hex(&submit.trace_id), trace_id, "the caller's trace continues");
+    assert_eq!(hex(&submit.parent_span_id), "00f067aa0ba902b7");
+    let attribute = |span: &Span, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .map(|v| format!("{v:?}"))
+    };
+    assert!(attribute(submit, "rpc.method").is_some_and(|v| v.contains("SubmitAuthentication")));
+    let upload = spans
+        .iter()
+        .find(|span| span.name == "smileid.prep_upload")
+        .expect("client span exported");
+    assert_eq!(
+        hex(&upload.trace_id),
+        trace_id,
+        "Smile ID calls belong to the same trace"
+    );
+    let everything = format!("{spans:?}");
+    assert!(!everything.contains(API_KEY));
+    assert!(!everything.contains("X-Amz-Signature"));
+    sim.shutdown().await;
+}
