@@ -188,8 +188,13 @@ fn job_json(job: &pb::Job) -> Value {
         "image_links": job.image_links,
         "error": job.error.as_ref().map(|error| json!({"code": error.code, "message": error.message})),
         "partner_params": job.partner_params,
-        "create_time": job.create_time.map(|t| t.seconds), "update_time": job.update_time.map(|t| t.seconds),
+        "create_time": job.create_time.and_then(rfc3339), "update_time": job.update_time.and_then(rfc3339),
     })
+}
+
+fn rfc3339(at: prost_types::Timestamp) -> Option<String> {
+    let at = chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?)?;
+    Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 fn print_job(job: &pb::Job) {

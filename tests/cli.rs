@@ -1,0 +1,99 @@
+//! The `selfie-auth` client commands against a running service.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+async fn run(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_selfie-auth"))
+        .args(args)
+        .env_remove("SELFIE_AUTH_ADDR")
+        .output()
+        .await
+        .expect("run selfie-auth")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_get_and_watch_for_people_and_scripts() {
+    let sim = start_simulator(|config| config.review_delay = std::time::Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let addr = format!("http://{}", service.running.grpc_addr);
+    let selfie = dir.path().join("selfie.png");
+    std::fs::write(&selfie, png(96, 96, 5)).expect("write");
+    let selfie = selfie.to_str().expect("utf-8 path");
+
+    let output = run(&[
+        "submit",
+        "--addr",
+        &addr,
+        "--user-id",
+        ENROLLED_USER,
+        "--job-id",
+        "cli-1",
+        "--selfie",
+        selfie,
+        "--wait",
+        "--json",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        (answer["created"].clone(), answer["job"]["state"].clone()),
+        (Value::Bool(true), Value::from("COMPLETED"))
+    );
+    assert_eq!(answer["job"]["decision"], "APPROVED");
+
+    let output = run(&[
+        "submit",
+        "--addr",
+        &addr,
+        "--user-id",
+        ENROLLED_USER,
+        "--job-id",
+        "cli-2",
+        "--selfie",
+        selfie,
+        "--param",
+        "sandbox_result=2",
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && text.contains("created job cli-2") && text.contains("SUBMITTED"),
+        "{text}"
+    );
+
+    let output = run(&["watch", "--addr", &addr, "cli-2", "--json"]).await;
+    assert!(output.status.success());
+    let kinds: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).expect("json line")["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .filter(|kind| kind != "HEARTBEAT")
+        .collect();
+    assert_eq!(kinds, ["CREATED", "SUBMITTED", "PROVISIONAL_RESULT", "FINAL_RESULT"]);
+
+    let output = run(&["get", "--addr", &addr, "cli-2"]).await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("COMPLETED") && text.contains("1220"), "{text}");
+
+    let output = run(&["get", "--addr", &addr, "missing-job"]).await;
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("JOB_NOT_FOUND") && !error.contains("backtrace"),
+        "{error}"
+    );
+
+    let output = run(&["submit", "--addr", &addr, "--user-id", "bad user", "--selfie", selfie]).await;
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && error.contains("user_id:"), "{error}");
+    service.running.shutdown().await;
+}
