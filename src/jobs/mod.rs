@@ -3,12 +3,16 @@
 
 pub mod error;
 pub mod model;
+pub mod reconciler;
+pub mod results;
 pub mod service;
 pub mod validate;
 pub mod watch;
 
 pub use error::{FieldViolation, InvalidReason, JobError, UnavailableReason};
 pub use model::{EventKind, Job, JobEvent, JobProblem, JobState, ProblemReason};
-pub use service::{CallbackOutcome, Fetched, JobService, ReconcilePolicy, ServiceConfig, SubmitOutput};
+pub use reconciler::ReconcilePolicy;
+pub use results::{CallbackOutcome, Fetched};
+pub use service::{JobService, ServiceConfig, SubmitOutput};
 pub use validate::{ImageLimits, SubmitRequest};
 pub use watch::{LogStart, WatchItem, WatchStream};

@@ -6,56 +6,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::error::{JobError, UnavailableReason};
 use super::model::{EventKind, Job, JobProblem, JobState, ProblemReason, Submission};
+use super::reconciler::ReconcilePolicy;
 use super::validate::{ImageLimits, Prepared, SubmitRequest, prepare};
-use crate::events::{BusMessage, EventBus};
+use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::smileid::wire::JOB_TYPE_AUTHENTICATION;
-use crate::smileid::{
-    ErrorCode, JobStatus, JobSubmission, PartnerParams, ResultEntry, SmileIdClient, SmileIdError, StatusOptions,
-    SubmitOutcome, VerifiedCallback,
-};
+use crate::smileid::{ErrorCode, JobSubmission, PartnerParams, SmileIdClient, SmileIdError, SubmitOutcome};
 use crate::store::{Created, Saved, SharedStore};
-
-/// When the reconciler asks Smile ID about jobs without a final result.
-#[derive(Clone, Copy, Debug)]
-pub struct ReconcilePolicy {
-    /// First poll this long after submission.
-    pub first_delay: Duration,
-    /// Polls back off (doubling) up to this interval.
-    pub max_delay: Duration,
-    /// After this long without a final result the job is FAILED (RESULT_NOT_RECEIVED).
-    pub give_up_after: Duration,
-    /// How often the reconciler looks for due jobs.
-    pub tick: Duration,
-    /// How long a replica holds a job it is polling.
-    pub lease: Duration,
-    pub batch: u32,
-}
-
-impl Default for ReconcilePolicy {
-    fn default() -> Self {
-        Self {
-            first_delay: Duration::from_secs(120),
-            max_delay: Duration::from_secs(15 * 60),
-            give_up_after: Duration::from_secs(24 * 3600),
-            tick: Duration::from_secs(1),
-            lease: Duration::from_secs(60),
-            batch: 50,
-        }
-    }
-}
-
-impl ReconcilePolicy {
-    fn delay(&self, attempts: u32) -> Duration {
-        self.first_delay
-            .saturating_mul(2u32.saturating_pow(attempts.min(16)))
-            .min(self.max_delay)
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -93,30 +54,10 @@ pub struct SubmitOutput {
     pub created: bool,
 }
 
-/// Extra data fetched from Smile ID on request; never stored.
-#[derive(Clone, Debug, Default)]
-pub struct Fetched {
-    pub history: Vec<ResultEntry>,
-    pub image_links: std::collections::BTreeMap<String, String>,
-}
-
-/// What became of a callback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallbackOutcome {
-    /// The job changed.
-    Applied,
-    /// Nothing new (a duplicate, or a late result after the final one).
-    Unchanged,
-    /// The result could not be confirmed now; the reconciler will fetch it.
-    Deferred,
-    /// No job of ours matches.
-    UnknownJob,
-}
-
 pub struct JobService {
     pub(crate) store: SharedStore,
     pub(crate) bus: EventBus,
-    smile: SmileIdClient,
+    pub(crate) smile: SmileIdClient,
     pub(crate) config: ServiceConfig,
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
@@ -356,234 +297,6 @@ impl JobService {
         self.load(job_id).await
     }
 
-    /// Asks Smile ID for the job's status, applies what it says, and returns the
-    /// job with the history and image links Smile ID returned.
-    pub async fn refresh(&self, job_id: &str, options: StatusOptions) -> Result<(Job, Fetched), JobError> {
-        let job = self.load(job_id).await?;
-        let status = self.smile.job_status(&job.user_id, &job.job_id, options).await;
-        match status {
-            Ok(status) => {
-                let fetched = Fetched {
-                    history: status.history.clone(),
-                    image_links: status.image_links.clone(),
-                };
-                let job = self.apply_status(&job.job_id, status).await?;
-                Ok((job, fetched))
-            }
-            Err(SmileIdError::NotFound) => Ok((job, Fetched::default())),
-            Err(error) => Err(upstream_unavailable(&error)),
-        }
-    }
-
-    /// Applies a verified callback; answers only after the outcome is durable.
-    #[tracing::instrument(name = "job.callback", skip_all, fields(job_id = callback.result.job_id().unwrap_or_default()))]
-    pub async fn handle_callback(&self, callback: VerifiedCallback) -> Result<CallbackOutcome, JobError> {
-        let result = callback.result;
-        let Some(job_id) = result.job_id().map(str::to_owned) else {
-            self.metrics.callbacks_unknown_job.inc();
-            warn!(smile_job_id = %result.smile_job_id, "callback without PartnerParams.job_id");
-            return Ok(CallbackOutcome::UnknownJob);
-        };
-        let Some(job) = self.store.get(&job_id).await? else {
-            self.metrics.callbacks_unknown_job.inc();
-            warn!(job_id = %job_id, smile_job_id = %result.smile_job_id, "callback for an unknown job");
-            return Ok(CallbackOutcome::UnknownJob);
-        };
-        let smile_job_mismatch = matches!(&job.smile_job_id, Some(known) if !result.smile_job_id.is_empty() && *known != result.smile_job_id);
-        if smile_job_mismatch
-            || result
-                .partner_params
-                .get("user_id")
-                .is_some_and(|user| *user != job.user_id)
-        {
-            self.metrics.callbacks_unknown_job.inc();
-            warn!(job_id = %job_id, smile_job_id = %result.smile_job_id, "callback does not match the stored job");
-            return Ok(CallbackOutcome::UnknownJob);
-        }
-        if job.state.is_terminal() {
-            return Ok(CallbackOutcome::Unchanged);
-        }
-        if !self.config.confirm_callbacks {
-            let before = job.last_sequence;
-            let after = self.apply_results(&job_id, vec![result]).await?;
-            return Ok(if after.last_sequence > before {
-                CallbackOutcome::Applied
-            } else {
-                CallbackOutcome::Unchanged
-            });
-        }
-        let options = StatusOptions {
-            history: true,
-            image_links: false,
-        };
-        match self.smile.job_status(&job.user_id, &job_id, options).await {
-            Ok(status) => {
-                let before = job.last_sequence;
-                let after = self.apply_status(&job_id, status).await?;
-                Ok(if after.last_sequence > before {
-                    CallbackOutcome::Applied
-                } else {
-                    CallbackOutcome::Unchanged
-                })
-            }
-            Err(error) => {
-                warn!(job_id = %job_id, error = %error, "could not confirm a callback; the reconciler will fetch the result");
-                let now = Utc::now();
-                self.transition(&job_id, |job| {
-                    if !job.state.is_terminal() {
-                        job.next_poll_at = Some(now);
-                    }
-                    None
-                })
-                .await?;
-                Ok(CallbackOutcome::Deferred)
-            }
-        }
-    }
-
-    /// Applies a job_status answer: every result in order, then the latest.
-    async fn apply_status(&self, job_id: &str, status: JobStatus) -> Result<Job, JobError> {
-        let mut results = status.history;
-        if let Some(latest) = status.result {
-            results.push(latest);
-        }
-        // Smile ID does not promise history order; a provisional result must precede a final one.
-        results.sort_by_key(|result| result.is_final);
-        self.apply_results(job_id, results).await
-    }
-
-    async fn apply_results(&self, job_id: &str, results: Vec<ResultEntry>) -> Result<Job, JobError> {
-        let mut job = self.load(job_id).await?;
-        for result in results {
-            let now = Utc::now();
-            job = self
-                .transition(job_id, |job| job.apply_result(result.clone(), now))
-                .await?;
-        }
-        Ok(job)
-    }
-
-    /// Polls the jobs that are due once; returns how many were polled.
-    pub async fn reconcile_due(&self) -> Result<usize, JobError> {
-        let policy = self.config.reconcile;
-        let jobs = self.store.claim_due(Utc::now(), policy.lease, policy.batch).await?;
-        let count = jobs.len();
-        for job in jobs {
-            if self.shutdown.is_cancelled() {
-                break;
-            }
-            let job_id = job.job_id.clone();
-            if let Err(error) = self.reconcile_job(job).await {
-                warn!(job_id = %job_id, error = %error, "reconciling a job failed");
-            }
-            // A failed release only delays the next poll until the lease expires.
-            if let Err(error) = self.store.release_lease(&job_id).await {
-                warn!(job_id = %job_id, error = %error, "releasing a reconciler lease failed");
-            }
-        }
-        Ok(count)
-    }
-
-    #[tracing::instrument(name = "job.reconcile", skip_all, fields(job_id = %job.job_id))]
-    async fn reconcile_job(&self, job: Job) -> Result<(), JobError> {
-        self.metrics.reconcile_polls.inc();
-        let job_id = job.job_id.clone();
-        // A NOT_SENT job has nothing at Smile ID to ask about.
-        if job.submission != Submission::NotSent {
-            match self
-                .smile
-                .job_status(
-                    &job.user_id,
-                    &job_id,
-                    StatusOptions {
-                        history: true,
-                        image_links: false,
-                    },
-                )
-                .await
-            {
-                Ok(status) => {
-                    debug!(job_id = %job_id, complete = status.job_complete, "reconciler fetched status");
-                    self.apply_status(&job_id, status).await?;
-                }
-                Err(SmileIdError::NotFound) => debug!(job_id = %job_id, "smile id does not know the job yet"),
-                Err(error) => warn!(job_id = %job_id, error = %error, "reconciler could not fetch status"),
-            }
-        }
-        let policy = self.config.reconcile;
-        let now = Utc::now();
-        self.transition(&job_id, |job| {
-            if job.state.is_terminal() {
-                job.next_poll_at = None;
-                return None;
-            }
-            let age = (now - job.created_at).to_std().unwrap_or_default();
-            if age >= policy.give_up_after {
-                job.state = JobState::Failed;
-                job.next_poll_at = None;
-                job.problem = Some(JobProblem {
-                    reason: ProblemReason::ResultNotReceived,
-                    message: format!(
-                        "no final result from Smile ID within {}",
-                        humantime::format_duration(policy.give_up_after)
-                    ),
-                    smile_code: None,
-                });
-                return Some(EventKind::Failed);
-            }
-            job.poll_attempts += 1;
-            let next = now + policy.delay(job.poll_attempts);
-            let give_up_at = job.created_at + policy.give_up_after;
-            job.next_poll_at = Some(next.min(give_up_at));
-            None
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Runs the reconciler until shutdown.
-    pub async fn run_reconciler(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.config.reconcile.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = self.shutdown.cancelled() => return,
-            }
-            match self.reconcile_due().await {
-                Ok(0) => {}
-                Ok(polled) => debug!(polled, "reconciler pass"),
-                Err(error) => warn!(error = %error, "reconciler pass failed"),
-            }
-        }
-    }
-
-    /// Waits until the job is final or `deadline`, then returns it as it stands.
-    pub async fn wait_for_final(&self, job_id: &str, deadline: tokio::time::Instant) -> Result<Job, JobError> {
-        let mut notices = self.bus.subscribe();
-        loop {
-            let job = self.load(job_id).await?;
-            if job.state.is_terminal() {
-                return Ok(job);
-            }
-            loop {
-                tokio::select! {
-                    notice = notices.recv() => match notice {
-                        Ok(BusMessage::Event(notice)) if notice.job_id == job_id => break,
-                        Ok(BusMessage::Resync) => break,
-                        Ok(_) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(job),
-                    },
-                    () = tokio::time::sleep_until(deadline) => return self.load(job_id).await,
-                    () = self.shutdown.cancelled() => return Ok(job),
-                    // Events may come from other replicas without a notice here.
-                    () = tokio::time::sleep(self.config.heartbeat_interval) => break,
-                }
-            }
-        }
-    }
-
     pub(crate) async fn load(&self, job_id: &str) -> Result<Job, JobError> {
         self.store.get(job_id).await?.ok_or_else(|| JobError::NotFound {
             job_id: job_id.to_owned(),
@@ -592,7 +305,7 @@ impl JobService {
 
     /// Read-modify-write with compare-and-set, retried on conflict. `change`
     /// returns the event to record; a change that alters nothing writes nothing.
-    async fn transition(
+    pub(crate) async fn transition(
         &self,
         job_id: &str,
         mut change: impl FnMut(&mut Job) -> Option<EventKind>,
@@ -692,18 +405,5 @@ fn refusal_problem(error: &SmileIdError) -> JobProblem {
         reason,
         message,
         smile_code: Some(code.code().to_owned()),
-    }
-}
-
-fn upstream_unavailable(error: &SmileIdError) -> JobError {
-    match error {
-        SmileIdError::Refused { .. } | SmileIdError::BadSignature | SmileIdError::Malformed(_) => {
-            JobError::Internal(format!("smile id job_status failed: {error}"))
-        }
-        _ => JobError::Unavailable {
-            reason: UnavailableReason::UpstreamUnavailable,
-            message: "Smile ID could not be reached".into(),
-            retry_after: Some(error.retry_after().unwrap_or(Duration::from_secs(1))),
-        },
     }
 }

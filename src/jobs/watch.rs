@@ -8,7 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use super::error::JobError;
-use super::model::JobEvent;
+use super::model::{Job, JobEvent};
 use super::service::JobService;
 use crate::events::BusMessage;
 
@@ -38,6 +38,32 @@ pub enum LogStart {
 }
 
 impl JobService {
+    /// Waits until the job is final or `deadline`, then returns it as it stands.
+    pub async fn wait_for_final(&self, job_id: &str, deadline: tokio::time::Instant) -> Result<Job, JobError> {
+        let mut notices = self.bus.subscribe();
+        loop {
+            let job = self.load(job_id).await?;
+            if job.state.is_terminal() {
+                return Ok(job);
+            }
+            loop {
+                tokio::select! {
+                    notice = notices.recv() => match notice {
+                        Ok(BusMessage::Event(notice)) if notice.job_id == job_id => break,
+                        Ok(BusMessage::Resync) => break,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(job),
+                    },
+                    () = tokio::time::sleep_until(deadline) => return self.load(job_id).await,
+                    () = self.shutdown.cancelled() => return Ok(job),
+                    // Events may come from other replicas without a notice here.
+                    () = tokio::time::sleep(self.config.heartbeat_interval) => break,
+                }
+            }
+        }
+    }
+
     /// Streams one job's events after `after_sequence`; ends after its final event.
     pub async fn watch_job(self: &Arc<Self>, job_id: &str, after_sequence: u64) -> Result<WatchStream, JobError> {
         // Subscribe before the first read so nothing falls between replay and live.

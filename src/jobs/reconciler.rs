@@ -1,0 +1,147 @@
+//! The reconciler: polls Smile ID for jobs whose result has not arrived, so no
+//! final result is lost when a callback never comes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tracing::{debug, warn};
+
+use super::error::JobError;
+use super::model::{EventKind, Job, JobProblem, JobState, ProblemReason, Submission};
+use super::service::JobService;
+use crate::smileid::{SmileIdError, StatusOptions};
+
+/// When the reconciler asks Smile ID about jobs without a final result.
+#[derive(Clone, Copy, Debug)]
+pub struct ReconcilePolicy {
+    /// First poll this long after submission.
+    pub first_delay: Duration,
+    /// Polls back off (doubling) up to this interval.
+    pub max_delay: Duration,
+    /// After this long without a final result the job is FAILED (RESULT_NOT_RECEIVED).
+    pub give_up_after: Duration,
+    /// How often the reconciler looks for due jobs.
+    pub tick: Duration,
+    /// How long a replica holds a job it is polling.
+    pub lease: Duration,
+    pub batch: u32,
+}
+
+impl Default for ReconcilePolicy {
+    fn default() -> Self {
+        Self {
+            first_delay: Duration::from_secs(120),
+            max_delay: Duration::from_secs(15 * 60),
+            give_up_after: Duration::from_secs(24 * 3600),
+            tick: Duration::from_secs(1),
+            lease: Duration::from_secs(60),
+            batch: 50,
+        }
+    }
+}
+
+impl ReconcilePolicy {
+    fn delay(&self, attempts: u32) -> Duration {
+        self.first_delay
+            .saturating_mul(2u32.saturating_pow(attempts.min(16)))
+            .min(self.max_delay)
+    }
+}
+
+impl JobService {
+    /// Polls the jobs that are due once; returns how many were polled.
+    pub async fn reconcile_due(&self) -> Result<usize, JobError> {
+        let policy = self.config.reconcile;
+        let jobs = self.store.claim_due(Utc::now(), policy.lease, policy.batch).await?;
+        let count = jobs.len();
+        for job in jobs {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let job_id = job.job_id.clone();
+            if let Err(error) = self.reconcile_job(job).await {
+                warn!(job_id = %job_id, error = %error, "reconciling a job failed");
+            }
+            // A failed release only delays the next poll until the lease expires.
+            if let Err(error) = self.store.release_lease(&job_id).await {
+                warn!(job_id = %job_id, error = %error, "releasing a reconciler lease failed");
+            }
+        }
+        Ok(count)
+    }
+
+    #[tracing::instrument(name = "job.reconcile", skip_all, fields(job_id = %job.job_id))]
+    async fn reconcile_job(&self, job: Job) -> Result<(), JobError> {
+        self.metrics.reconcile_polls.inc();
+        let job_id = job.job_id.clone();
+        // A NOT_SENT job has nothing at Smile ID to ask about.
+        if job.submission != Submission::NotSent {
+            match self
+                .smile
+                .job_status(
+                    &job.user_id,
+                    &job_id,
+                    StatusOptions {
+                        history: true,
+                        image_links: false,
+                    },
+                )
+                .await
+            {
+                Ok(status) => {
+                    debug!(job_id = %job_id, complete = status.job_complete, "reconciler fetched status");
+                    self.apply_status(&job_id, status).await?;
+                }
+                Err(SmileIdError::NotFound) => debug!(job_id = %job_id, "smile id does not know the job yet"),
+                Err(error) => warn!(job_id = %job_id, error = %error, "reconciler could not fetch status"),
+            }
+        }
+        let policy = self.config.reconcile;
+        let now = Utc::now();
+        self.transition(&job_id, |job| {
+            if job.state.is_terminal() {
+                job.next_poll_at = None;
+                return None;
+            }
+            let age = (now - job.created_at).to_std().unwrap_or_default();
+            if age >= policy.give_up_after {
+                job.state = JobState::Failed;
+                job.next_poll_at = None;
+                job.problem = Some(JobProblem {
+                    reason: ProblemReason::ResultNotReceived,
+                    message: format!(
+                        "no final result from Smile ID within {}",
+                        humantime::format_duration(policy.give_up_after)
+                    ),
+                    smile_code: None,
+                });
+                return Some(EventKind::Failed);
+            }
+            job.poll_attempts += 1;
+            let next = now + policy.delay(job.poll_attempts);
+            let give_up_at = job.created_at + policy.give_up_after;
+            job.next_poll_at = Some(next.min(give_up_at));
+            None
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Runs the reconciler until shutdown.
+    pub async fn run_reconciler(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.reconcile.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            match self.reconcile_due().await {
+                Ok(0) => {}
+                Ok(polled) => debug!(polled, "reconciler pass"),
+                Err(error) => warn!(error = %error, "reconciler pass failed"),
+            }
+        }
+    }
+}
