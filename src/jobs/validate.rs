@@ -277,3 +277,51 @@ fn check_dimensions(width: u32, height: u32, limits: ImageLimits) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(format: ImageFormat, side: u32) -> Bytes {
+        let image = image::RgbImage::from_fn(side, side, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(image)
+            .write_to(&mut out, format)
+            .expect("encode");
+        Bytes::from(out.into_inner())
+    }
+
+    #[test]
+    fn png_becomes_jpeg_and_jpeg_passes_through() {
+        let limits = ImageLimits::default();
+        let jpeg = encode(ImageFormat::Jpeg, 32);
+        assert_eq!(to_jpeg(&jpeg, limits).expect("jpeg"), jpeg);
+        let converted = to_jpeg(&encode(ImageFormat::Png, 32), limits).expect("png");
+        assert!(converted.starts_with(&[0xFF, 0xD8, 0xFF]));
+    }
+
+    #[test]
+    fn no_truncated_or_corrupted_image_makes_it_panic() {
+        let limits = ImageLimits::default();
+        for image in [encode(ImageFormat::Jpeg, 24), encode(ImageFormat::Png, 24)] {
+            for end in 0..image.len() {
+                let _ = to_jpeg(&image.slice(..end), limits);
+            }
+            for index in (0..image.len()).step_by(3) {
+                let mut corrupted = image.to_vec();
+                corrupted[index] ^= 0x5A;
+                let _ = to_jpeg(&Bytes::from(corrupted), limits);
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_checked_for_length_and_charset() {
+        assert_eq!(id_problem("user-1@example.com:7_a.b"), None);
+        assert!(id_problem("").is_some());
+        assert!(id_problem(&"a".repeat(MAX_ID_LEN + 1)).is_some());
+        for bad in ["a b", "a/b", "ü", "a\nb", "a;b"] {
+            assert!(id_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+}

@@ -109,3 +109,72 @@ fn image_bytes(image: &Value, entries: &HashMap<String, Vec<u8>>) -> Option<Vec<
 fn looks_like_image(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xFF, 0xD8, 0xFF]) || bytes.starts_with(b"\x89PNG\r\n\x1a\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for (name, data) in entries {
+            writer
+                .start_file(*name, zip::write::SimpleFileOptions::default())
+                .expect("entry");
+            writer.write_all(data).expect("write");
+        }
+        writer.finish().expect("finish").into_inner()
+    }
+
+    const JPEG_HEAD: &[u8] = &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10];
+
+    #[test]
+    fn reads_server_sdk_mobile_and_base64_shapes() {
+        let server = zip_of(&[
+            ("info.json", br#"{"images":[{"image_type_id":0,"image":"","file_name":"selfie.jpg"},{"image_type_id":4,"file_name":"liveness_0.jpg"}]}"#),
+            ("selfie.jpg", JPEG_HEAD),
+            ("liveness_0.jpg", JPEG_HEAD),
+        ]);
+        assert_eq!(
+            inspect(&server),
+            Ok(Inspected {
+                selfie_found: true,
+                liveness_frames: 1
+            })
+        );
+        let base64_selfie = BASE64.encode(JPEG_HEAD);
+        let inline =
+            format!(r#"{{"images":[{{"image_type_id":"2","image":"data:image/jpeg;base64,{base64_selfie}"}}]}}"#);
+        let mobile = zip_of(&[("info.json", inline.as_bytes()), ("base64imgString", b"9k=")]);
+        assert_eq!(
+            inspect(&mobile),
+            Ok(Inspected {
+                selfie_found: true,
+                liveness_frames: 0
+            })
+        );
+    }
+
+    #[test]
+    fn no_input_makes_it_panic() {
+        let valid = zip_of(&[
+            (
+                "info.json",
+                br#"{"images":[{"image_type_id":0,"file_name":"selfie.jpg"}]}"#,
+            ),
+            ("selfie.jpg", JPEG_HEAD),
+        ]);
+        assert!(inspect(&valid).is_ok());
+        // Every truncation and a byte flipped at every position: an answer, never a panic.
+        for end in 0..valid.len() {
+            let _ = inspect(&valid[..end]);
+        }
+        for index in 0..valid.len() {
+            let mut corrupted = valid.clone();
+            corrupted[index] ^= 0xA5;
+            let _ = inspect(&corrupted);
+        }
+        assert_eq!(inspect(b""), Err(ZipProblem::Corrupt));
+    }
+}

@@ -131,3 +131,42 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use crate::smileid::signature::{ApiKey, format_timestamp};
+
+    #[test]
+    fn no_body_makes_verification_panic() {
+        let credentials = Credentials::new("1234", ApiKey::new("key"));
+        let now = Utc::now();
+        let timestamp = format_timestamp(now);
+        let signature = credentials.sign(&timestamp);
+        let body = format!(
+            r#"{{"ResultCode":"0820","IsFinalResult":"true","ConfidenceValue":"1e999","SmileJobID":12,"Actions":{{"a":[1]}},"PartnerParams":{{"job_id":"j","n":null}},"timestamp":"{timestamp}","signature":"{}"}}"#,
+            signature.as_str()
+        );
+        let verified = verify_callback(body.as_bytes(), &credentials, Duration::from_secs(60), now).expect("valid");
+        assert_eq!(
+            verified.result.confidence, 0.0,
+            "a non-finite confidence is not trusted"
+        );
+        let bytes = body.as_bytes();
+        for end in 0..bytes.len() {
+            let _ = verify_callback(&bytes[..end], &credentials, Duration::from_secs(60), now);
+        }
+        for odd in [
+            "null",
+            "1",
+            "\"x\"",
+            "[]",
+            "{\"timestamp\": 99999999999999999999, \"signature\": \"\"}",
+        ] {
+            assert!(
+                verify_callback(odd.as_bytes(), &credentials, Duration::from_secs(60), now).is_err(),
+                "{odd}"
+            );
+        }
+    }
+}
