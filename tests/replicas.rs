@@ -360,3 +360,64 @@ async fn an_unreachable_database_loses_no_acknowledged_callback_and_readiness_fo
     }
     service.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_catches_up_after_its_replicas_listener_connection_drops() {
+    let Some(url) = pg_schema_url().await else { return };
+    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().expect("addr")).await;
+    let sim = start_simulator(|_| {}).await;
+    sim.set_callback_mode(CallbackMode::Drop);
+    let quiet = |database_url: &str| {
+        let mut settings = replica_settings(&sim, database_url);
+        settings.service.confirm_callbacks = false;
+        settings.service.reconcile.first_delay = Duration::from_secs(600);
+        settings.readiness_interval = Duration::from_secs(30);
+        settings
+    };
+    let a = start_service(quiet(&url)).await;
+    let c = start_service(quiet(&pg_url_via(&url, proxy.addr))).await;
+    let job = a
+        .client()
+        .await
+        .submit_authentication(submit_request(ENROLLED_USER, "rep-listen"))
+        .await
+        .expect("submit");
+    let smile_job_id = job.into_inner().job.expect("job").smile_job_id;
+
+    let mut on_c = c
+        .client()
+        .await
+        .watch_job(pb::WatchJobRequest {
+            job_id: "rep-listen".into(),
+            after_sequence: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(collect_events(&mut on_c, 2).await.len(), 2);
+    // C's LISTEN connection drops; the final result is written on A meanwhile, and its NOTIFY never reaches C.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (timestamp, signature) = credentials().sign_now();
+    let callback = serde_json::json!({"ResultCode": "0820", "IsFinalResult": "true", "SmileJobID": smile_job_id,
+        "PartnerParams": {"job_id": "rep-listen", "user_id": ENROLLED_USER, "job_type": 2},
+        "timestamp": timestamp, "signature": signature.as_str()});
+    let status = reqwest::Client::new()
+        .post(&a.callback_url)
+        .json(&callback)
+        .send()
+        .await
+        .expect("post")
+        .status();
+    assert_eq!(status, 200);
+    proxy.restore();
+    // Heartbeats are 30 s apart here: only the listener's re-read after reconnecting can deliver this in time.
+    let tail = collect_events(&mut on_c, 1).await;
+    assert_eq!(
+        tail.iter().map(|e| (e.sequence, e.kind())).collect::<Vec<_>>(),
+        [(3, pb::JobEventKind::FinalResult)]
+    );
+    for service in [a, c] {
+        service.running.shutdown().await;
+    }
+}
