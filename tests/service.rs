@@ -1125,3 +1125,90 @@ async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
         .expect("served again");
     service.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_remaining_rpc_error_is_precise() {
+    let (sim, service, _dir) = setup().await;
+    let mut client = service.client().await;
+    let missing = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: "nope".into(),
+            after_sequence: 0,
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(
+        (missing.code(), reason(&missing).as_str()),
+        (Code::NotFound, "JOB_NOT_FOUND")
+    );
+    let invalid = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: String::new(),
+            after_sequence: 0,
+        })
+        .await
+        .expect_err("empty id");
+    assert_eq!(
+        (invalid.code(), reason(&invalid).as_str()),
+        (Code::InvalidArgument, "INVALID_FIELD")
+    );
+    let request = pb::WatchJobsRequest {
+        user_id: "not valid!".into(),
+        ..Default::default()
+    };
+    let invalid = client.watch_jobs(request).await.expect_err("bad user");
+    assert_eq!(
+        (invalid.code(), reason(&invalid).as_str()),
+        (Code::InvalidArgument, "INVALID_FIELD")
+    );
+
+    // A refresh while Smile ID is down is UNAVAILABLE; the stored job is still there.
+    client
+        .submit_authentication(submit_request(ENROLLED_USER, "errs-1"))
+        .await
+        .expect("submit");
+    sim.set_fault(
+        Endpoint::JobStatus,
+        Fault {
+            status: Some(503),
+            ..Fault::default()
+        },
+    );
+    let request = pb::GetJobRequest {
+        job_id: "errs-1".into(),
+        refresh: true,
+        ..Default::default()
+    };
+    let down = client.get_job(request).await.expect_err("smile id down");
+    assert_eq!(
+        (down.code(), reason(&down).as_str()),
+        (Code::Unavailable, "UPSTREAM_UNAVAILABLE")
+    );
+    assert!(down.get_error_details().retry_info().is_some());
+    client
+        .get_job(pb::GetJobRequest {
+            job_id: "errs-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("stored");
+    service.running.shutdown().await;
+
+    // Credentials Smile ID refuses are an operator problem, not the caller's.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = settings_for(&sim, &sqlite_url(&dir));
+    settings.smile.credentials =
+        selfie_auth::smileid::Credentials::new(PARTNER_ID, selfie_auth::smileid::ApiKey::new("revoked"));
+    let misconfigured = start_service(settings).await;
+    let mut client = misconfigured.client().await;
+    let refused = client
+        .submit_authentication(submit_request(ENROLLED_USER, "errs-2"))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::Internal, "UPSTREAM_AUTH_FAILED")
+    );
+    assert!(!refused.message().contains("revoked"));
+    misconfigured.running.shutdown().await;
+}
