@@ -829,3 +829,74 @@ async fn memory_stays_bounded_by_evicting_old_jobs() {
     assert!(sim.counters().uploads_by_job_id.len() <= 3);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_timestamp_style_and_gzip_bodies_are_accepted() {
+    use std::io::Write as _;
+    let sim = start_simulator(|_| {}).await;
+    let http = reqwest::Client::new();
+    let creds = credentials();
+    let upload = |job_id: &str, timestamp: Value, signature: String| {
+        json!({"smile_client_id": PARTNER_ID, "timestamp": timestamp, "signature": signature,
+               "partner_params": {"user_id": ENROLLED_USER, "job_id": job_id, "job_type": "2"}})
+    };
+    // Python (µs, +00:00), Node (ms, Z), Ruby, Java (variable fraction), PHP (ATOM), and an old one.
+    let styles = [
+        "2026-11-26T00:08:52.784359+00:00",
+        "2026-11-26T00:12:34.401Z",
+        "2022-10-27 13:25:46 +0000",
+        "2024-01-15T10:30:00.123456Z",
+        "2024-01-15T10:30:00+00:00",
+    ];
+    for (index, timestamp) in styles.iter().enumerate() {
+        let body = upload(
+            &format!("ts-{index}"),
+            json!(timestamp),
+            creds.sign(timestamp).as_str().to_owned(),
+        );
+        let response = http
+            .post(format!("{}/upload", sim.v1_url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 200, "{timestamp}");
+    }
+    // Node callers may pass Unix milliseconds: signed as the ISO string, sent as a number.
+    let body = upload(
+        "ts-number",
+        json!(1_700_000_000_000_i64),
+        creds.sign("2023-11-14T22:13:20.000Z").as_str().to_owned(),
+    );
+    let response = http
+        .post(format!("{}/upload", sim.v1_url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+
+    // Android gzips request bodies.
+    let (timestamp, signature) = creds.sign_now();
+    let plain = serde_json::to_vec(&upload("gz-1", json!(timestamp), signature.as_str().to_owned())).expect("json");
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&plain).expect("gzip");
+    let response = http
+        .post(format!("{}/upload", sim.v1_url()))
+        .header("Content-Type", "application/json")
+        .header("Content-Encoding", "gzip")
+        .body(encoder.finish().expect("gzip"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    let broken = http
+        .post(format!("{}/upload", sim.v1_url()))
+        .header("Content-Encoding", "gzip")
+        .body("not gzip")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(broken.json::<Value>().await.expect("json")["code"], "2203");
+    sim.shutdown().await;
+}
