@@ -16,8 +16,28 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down.
+#[derive(Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    pub calls_in_flight: Gauge,
+    pub calls_shed: Counter,
     pub jobs_created: Counter,
     pub submissions_accepted: Counter,
     pub submissions_refused: Counter,
@@ -31,6 +51,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn render(&self) -> String {
         let counters = [
+            (
+                "selfie_auth_calls_shed_total",
+                "SelfieAuth calls shed at the concurrency limit",
+                &self.calls_shed,
+            ),
             ("selfie_auth_jobs_created_total", "Jobs created", &self.jobs_created),
             (
                 "selfie_auth_submissions_accepted_total",
@@ -69,6 +94,12 @@ impl Metrics {
             ),
         ];
         let mut text = String::new();
+        let name = "selfie_auth_calls_in_flight";
+        let in_flight = self.calls_in_flight.get();
+        let _ = writeln!(
+            text,
+            "# HELP {name} SelfieAuth calls being served\n# TYPE {name} gauge\n{name} {in_flight}"
+        );
         for (name, help, counter) in counters {
             let _ = writeln!(
                 text,

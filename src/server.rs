@@ -154,7 +154,7 @@ pub async fn start_on(
         bus,
         smile,
         settings.service.clone(),
-        metrics,
+        metrics.clone(),
         shutdown.clone(),
     );
 
@@ -196,7 +196,7 @@ pub async fn start_on(
         .trace_fn(crate::telemetry::grpc_span)
         .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .layer(LoadShedLayer::new(settings.concurrency_limit))
+        .layer(LoadShedLayer::new(settings.concurrency_limit, metrics))
         .layer(MessageLimitLayer::new(settings.max_message_bytes))
         .add_service(health_service)
         .add_service(reflection_v1)

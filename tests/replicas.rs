@@ -192,7 +192,14 @@ async fn lost_callbacks_are_polled_by_exactly_one_reconciler() {
     let Some(url) = pg_schema_url().await else { return };
     let sim = start_simulator(|_| {}).await;
     sim.set_callback_mode(CallbackMode::Drop);
-    let replicas = three_replicas(&sim, &url).await;
+    // The first poll comes well after every submission has finished, so one poll per job
+    // finds its final result: a second poll could only come from another replica.
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let mut settings = replica_settings(&sim, &url);
+        settings.service.reconcile.first_delay = Duration::from_secs(2);
+        replicas.push(start_service(settings).await);
+    }
     let job_ids: Vec<String> = (0..9).map(|i| format!("rep-lost-{i}")).collect();
     for (index, job_id) in job_ids.iter().enumerate() {
         let mut client = replicas[index % 3].client().await;

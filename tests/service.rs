@@ -1084,7 +1084,14 @@ async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
         request.set_timeout(Duration::from_secs(3));
         holder.submit_authentication(request).await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let in_flight = |text: String| text.lines().any(|line| line == "selfie_auth_calls_in_flight 1");
+    let metrics_url = format!("{}/metrics", service.http_url);
+    let holding = eventually(Duration::from_secs(5), || {
+        let url = metrics_url.clone();
+        async move { in_flight(reqwest::get(url).await.ok()?.text().await.ok()?).then_some(()) }
+    })
+    .await;
+    assert!(holding.is_some(), "the waiting call holds the slot");
     let shed = other
         .get_job(pb::GetJobRequest {
             job_id: "shed-1".into(),

@@ -16,18 +16,21 @@ use tower::{Layer, Service};
 
 use super::status::to_status;
 use crate::jobs::{JobError, UnavailableReason};
+use crate::metrics::Metrics;
 
 const LIMITED_PREFIX: &str = "/selfieauth.v1.SelfieAuth/";
 
 #[derive(Clone)]
 pub struct LoadShedLayer {
     permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl LoadShedLayer {
-    pub fn new(max_in_flight: usize) -> Self {
+    pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max_in_flight)),
+            metrics,
         }
     }
 }
@@ -39,6 +42,7 @@ impl<S> Layer<S> for LoadShedLayer {
         LoadShed {
             inner,
             permits: self.permits.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -47,6 +51,7 @@ impl<S> Layer<S> for LoadShedLayer {
 pub struct LoadShed<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, B> Service<http::Request<B>> for LoadShed<S>
@@ -70,13 +75,15 @@ where
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let call = self.inner.call(request);
+                let in_flight = InFlight::enter(self.metrics.clone());
                 Box::pin(async move {
                     let response = call.await;
-                    drop(permit);
+                    drop((permit, in_flight));
                     response
                 })
             }
             Err(_) => {
+                self.metrics.calls_shed.inc();
                 let status = to_status(&JobError::Unavailable {
                     reason: UnavailableReason::Overloaded,
                     message: "the server is at its concurrency limit; retry shortly".into(),
@@ -85,5 +92,21 @@ where
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+/// Counts a call in flight until dropped, even when the caller goes away mid-call.
+struct InFlight(Arc<Metrics>);
+
+impl InFlight {
+    fn enter(metrics: Arc<Metrics>) -> Self {
+        metrics.calls_in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.calls_in_flight.dec();
     }
 }
