@@ -155,7 +155,7 @@ impl ServeArgs {
         let database_url = self
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("selfie-auth.db").display()));
-        let mut smile = ClientConfig::new(environment, Credentials::new(partner_id, api_key));
+        let mut smile = ClientConfig::new(environment.clone(), Credentials::new(partner_id, api_key));
         smile.connect_timeout = self.connect_timeout;
         smile.request_timeout = self.request_timeout;
         if self.database_max_connections == 0 {
@@ -185,6 +185,7 @@ impl ServeArgs {
                     ..ReconcilePolicy::default()
                 },
                 image_limits,
+                sandbox_params_allowed: environment != Environment::Production,
                 ..ServiceConfig::default()
             },
             max_message_bytes: self.max_message_bytes,
@@ -279,6 +280,10 @@ mod tests {
             .into_settings_with_key(ApiKey::new("k"))
             .expect("settings");
         assert_eq!(settings.smile.environment, Environment::Production);
+        assert!(
+            !settings.service.sandbox_params_allowed,
+            "sandbox_result never reaches production"
+        );
         assert_eq!(settings.database_url, "sqlite://data/selfie-auth.db");
         assert_eq!(settings.grpc_addr.port(), 50051);
         assert_eq!(settings.service.reconcile.first_delay, Duration::from_secs(120));

@@ -1219,3 +1219,23 @@ async fn every_remaining_rpc_error_is_precise() {
     assert!(!refused.message().contains("revoked"));
     misconfigured.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn sandbox_only_params_never_reach_production() {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = settings_for(&sim, &sqlite_url(&dir));
+    settings.service.sandbox_params_allowed = false;
+    let service = start_service(settings).await;
+    let mut client = service.client().await;
+    let mut request = submit_request(ENROLLED_USER, "prod-1");
+    request.partner_params.insert("sandbox_result".into(), "0".into());
+    let status = client.submit_authentication(request).await.expect_err("refused");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::InvalidArgument, "INVALID_FIELD")
+    );
+    assert!(status.message().contains("sandbox"), "{}", status.message());
+    assert_eq!(sim.counters().prep_uploads, 0);
+    service.running.shutdown().await;
+}

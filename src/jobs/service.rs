@@ -31,6 +31,8 @@ pub struct ServiceConfig {
     pub submit_lease: Duration,
     /// How long `wait_for_result` waits when the call has no deadline.
     pub default_wait: Duration,
+    /// Accept `partner_params.sandbox_result` (not against Smile ID production).
+    pub sandbox_params_allowed: bool,
 }
 
 impl Default for ServiceConfig {
@@ -43,6 +45,7 @@ impl Default for ServiceConfig {
             image_limits: ImageLimits::default(),
             submit_lease: Duration::from_secs(90),
             default_wait: Duration::from_secs(60),
+            sandbox_params_allowed: true,
         }
     }
 }
@@ -95,7 +98,7 @@ impl JobService {
         request: SubmitRequest,
         wait_until: Option<tokio::time::Instant>,
     ) -> Result<SubmitOutput, JobError> {
-        let mut prepared = prepare(request, self.config.image_limits).await?;
+        let mut prepared = prepare(request, self.config.image_limits, self.config.sandbox_params_allowed).await?;
         if prepared.job_id.is_empty() {
             prepared.job_id = generate_job_id();
         }

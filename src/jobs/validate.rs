@@ -83,8 +83,8 @@ pub fn id_problem(id: &str) -> Option<String> {
 
 /// Validates and prepares a submission. CPU-heavy work (decoding, PNG to JPEG)
 /// runs on the blocking pool.
-pub async fn prepare(request: SubmitRequest, limits: ImageLimits) -> Result<Prepared, JobError> {
-    check_fields(&request)?;
+pub async fn prepare(request: SubmitRequest, limits: ImageLimits, sandbox: bool) -> Result<Prepared, JobError> {
+    check_fields(&request, sandbox)?;
     check_sizes(&request, limits)?;
     let content_hash = fingerprint(&request);
     let SubmitRequest {
@@ -120,7 +120,10 @@ pub async fn prepare(request: SubmitRequest, limits: ImageLimits) -> Result<Prep
     })
 }
 
-fn check_fields(request: &SubmitRequest) -> Result<(), JobError> {
+/// `sandbox_result` forces an outcome in Smile ID's sandbox; production must never get it.
+const SANDBOX_ONLY_PARAM: &str = "sandbox_result";
+
+fn check_fields(request: &SubmitRequest, sandbox: bool) -> Result<(), JobError> {
     let mut violations = Vec::new();
     let mut violate = |field: &str, description: String| {
         violations.push(FieldViolation {
@@ -160,6 +163,11 @@ fn check_fields(request: &SubmitRequest) -> Result<(), JobError> {
             violate(
                 "partner_params",
                 format!("key {key:?} is reserved; use the request field instead"),
+            );
+        } else if key == SANDBOX_ONLY_PARAM && !sandbox {
+            violate(
+                "partner_params",
+                format!("key {key:?} only works in the Smile ID sandbox"),
             );
         } else if value.len() > 256 {
             violate("partner_params", format!("value of {key:?} must be at most 256 bytes"));
