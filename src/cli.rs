@@ -26,6 +26,7 @@ pub struct ClientArgs {
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
+    /// The enrolled user to authenticate.
     #[arg(long)]
     pub user_id: String,
     /// Idempotency key; generated when omitted.
