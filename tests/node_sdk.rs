@@ -1,0 +1,116 @@
+//! The official Node server SDK (`smile-identity-core` 3.2.1) runs its
+//! SmartSelfie Authentication flows unchanged against `selfie-auth simulator`
+//! over https. The SDK is installed with npm into `target/node-sdk` on first use.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const SDK: &str = "smile-identity-core@3.2.1";
+
+fn install_sdk() -> Result<std::path::PathBuf, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("node-sdk");
+    if dir.join("node_modules/smile-identity-core/package.json").exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
+    std::fs::write(
+        dir.join("package.json"),
+        r#"{"name": "node-sdk-check", "private": true}"#,
+    )
+    .map_err(|error| error.to_string())?;
+    let npm = Command::new("npm")
+        .args(["install", "--silent", "--no-audit", "--no-fund", SDK])
+        .current_dir(&dir)
+        .status()
+        .map_err(|error| format!("npm: {error}"))?;
+    if !npm.success() {
+        return Err(format!("npm install {SDK} failed"));
+    }
+    Ok(dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_node_sdk_flows_succeed_against_the_simulator_over_https() {
+    let sdk = match install_sdk() {
+        Ok(sdk) => sdk,
+        Err(reason) => {
+            skip_or_fail("the Node SDK check (needs node, npm and the npm registry)", &reason);
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write");
+    std::fs::write(dir.path().join("selfie.jpg"), jpeg(96, 96, 7)).expect("write");
+    for index in 0..8 {
+        std::fs::write(dir.path().join(format!("liveness_{index}.jpg")), jpeg(48, 48, index)).expect("write");
+    }
+
+    let mut simulator = tokio::process::Command::new(env!("CARGO_BIN_EXE_selfie-auth"))
+        .args([
+            "simulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--enroll",
+            ENROLLED_USER,
+            "--review-delay",
+            "500ms",
+        ])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("SMILEID_PARTNER_ID", PARTNER_ID)
+        .env("SMILEID_API_KEY", API_KEY)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the simulator");
+    let stderr = simulator.stderr.take().expect("stderr");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let base_url = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(rest) = line.strip_prefix("Smile ID simulator: ") {
+                return rest.split_whitespace().next().map(str::to_owned);
+            }
+        }
+        None
+    })
+    .await
+    .expect("simulator announces itself")
+    .expect("simulator url");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    assert!(base_url.starts_with("https://"), "{base_url}");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node_sdk_check.js");
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .args([&format!("{base_url}/v1"), PARTNER_ID, API_KEY])
+        .arg(dir.path())
+        .arg(ENROLLED_USER)
+        .env("NODE_PATH", sdk.join("node_modules"))
+        .env("NODE_EXTRA_CA_CERTS", &cert)
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "Node SDK scenarios failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|line| line.starts_with("ok ")).count(),
+        7,
+        "{stdout}"
+    );
+    simulator.kill().await.expect("stop the simulator");
+}
