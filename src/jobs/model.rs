@@ -225,3 +225,100 @@ impl From<&JobEvent> for EventNotice {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smileid::classify_result;
+
+    fn result(code: &str, is_final: bool) -> ResultEntry {
+        ResultEntry {
+            result_code: code.into(),
+            result_text: String::new(),
+            result_type: "SAIA".into(),
+            smile_job_id: "0000000007".into(),
+            is_final,
+            is_machine_result: true,
+            confidence: 90.0,
+            actions: BTreeMap::new(),
+            partner_params: BTreeMap::new(),
+            timestamp: None,
+            decision: classify_result(code).decision,
+        }
+    }
+
+    fn submitted() -> Job {
+        let now = Utc::now();
+        Job {
+            job_id: "j".into(),
+            user_id: "u".into(),
+            smile_job_id: None,
+            state: JobState::Submitted,
+            submission: Submission::Accepted,
+            results: Vec::new(),
+            problem: None,
+            partner_params: BTreeMap::new(),
+            content_hash: String::new(),
+            created_at: now,
+            updated_at: now,
+            next_poll_at: Some(now),
+            poll_attempts: 0,
+            version: 1,
+            last_sequence: 2,
+        }
+    }
+
+    #[test]
+    fn results_move_the_job_forward_only() {
+        let now = Utc::now();
+        let mut job = submitted();
+        assert_eq!(
+            job.apply_result(result("0822", false), now),
+            Some(EventKind::ProvisionalResult)
+        );
+        assert_eq!(
+            (job.state, job.smile_job_id.as_deref()),
+            (JobState::Provisional, Some("0000000007"))
+        );
+        assert_eq!(
+            job.apply_result(result("0822", false), now),
+            None,
+            "a duplicate changes nothing"
+        );
+        assert_eq!(
+            job.apply_result(result("1220", true), now),
+            Some(EventKind::FinalResult)
+        );
+        assert_eq!((job.state, job.next_poll_at), (JobState::Completed, None));
+        assert_eq!(
+            job.apply_result(result("0825", false), now),
+            None,
+            "nothing after the final result"
+        );
+        assert_eq!(
+            job.apply_result(result("1221", true), now),
+            None,
+            "the first final result stands"
+        );
+        assert_eq!(job.decision(), Some(&Decision::Approved));
+        assert_eq!(job.results.len(), 2);
+    }
+
+    #[test]
+    fn a_failed_job_takes_no_result() {
+        let mut job = submitted();
+        job.state = JobState::Failed;
+        assert_eq!(job.apply_result(result("0820", true), Utc::now()), None);
+        assert!(job.results.is_empty());
+    }
+
+    #[test]
+    fn event_kinds_round_trip_and_only_final_ones_end_a_stream() {
+        use EventKind::*;
+        for kind in [Created, Submitted, ProvisionalResult, FinalResult, Failed] {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(kind.is_final(), matches!(kind, FinalResult | Failed));
+        }
+        assert_eq!(EventKind::parse("HEARTBEAT"), None);
+    }
+}
