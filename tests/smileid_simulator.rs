@@ -407,7 +407,7 @@ async fn job_status_retries_5xx_and_honours_retry_after() {
 #[tokio::test]
 async fn hung_and_slow_endpoints_hit_timeouts_and_outcomes_are_classified() {
     let sim = start_simulator(|_| {}).await;
-    let client = client_with(&sim, |config| config.request_timeout = Duration::from_millis(400));
+    let client = client_with(&sim, |config| config.request_timeout = Duration::from_millis(1500));
 
     sim.set_fault(
         Endpoint::Upload,
