@@ -6,7 +6,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 
@@ -53,40 +52,13 @@ async fn official_node_sdk_flows_succeed_against_the_simulator_over_https() {
         std::fs::write(dir.path().join(format!("liveness_{index}.jpg")), jpeg(48, 48, index)).expect("write");
     }
 
-    let mut simulator = tokio::process::Command::new(env!("CARGO_BIN_EXE_selfie-auth"))
-        .args([
-            "simulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--enroll",
-            ENROLLED_USER,
-            "--review-delay",
-            "500ms",
-        ])
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .env("SMILEID_PARTNER_ID", PARTNER_ID)
-        .env("SMILEID_API_KEY", API_KEY)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the simulator");
-    let stderr = simulator.stderr.take().expect("stderr");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
-    let base_url = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(rest) = line.strip_prefix("Smile ID simulator: ") {
-                return rest.split_whitespace().next().map(str::to_owned);
-            }
-        }
-        None
-    })
-    .await
-    .expect("simulator announces itself")
-    .expect("simulator url");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (mut simulator, base_url) = spawn_simulator_command(&[
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ])
+    .await;
     assert!(base_url.starts_with("https://"), "{base_url}");
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node_sdk_check.js");

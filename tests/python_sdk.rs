@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 
@@ -34,36 +33,7 @@ async fn official_python_sdk_flows_succeed_against_the_simulator() {
     }
     // `selfie-auth simulator`, the command itself, on a free port. The SDK polls every
     // 2 s at first; a short review delay keeps the provisional scenario brief.
-    let mut simulator = tokio::process::Command::new(env!("CARGO_BIN_EXE_selfie-auth"))
-        .args([
-            "simulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--enroll",
-            ENROLLED_USER,
-            "--review-delay",
-            "500ms",
-        ])
-        .env("SMILEID_PARTNER_ID", PARTNER_ID)
-        .env("SMILEID_API_KEY", API_KEY)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the simulator");
-    let stderr = simulator.stderr.take().expect("stderr");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
-    let base_url = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(rest) = line.strip_prefix("Smile ID simulator: ") {
-                return rest.split_whitespace().next().map(str::to_owned);
-            }
-        }
-        None
-    })
-    .await
-    .expect("simulator announces itself")
-    .expect("simulator url");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (mut simulator, base_url) = spawn_simulator_command(&[]).await;
     let v1_url = format!("{base_url}/v1");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/smile_id_core_check.py");
     let output = tokio::process::Command::new(python)

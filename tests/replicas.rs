@@ -58,8 +58,7 @@ async fn submit_on_a_callback_on_b_stream_on_c() {
         .expect("watch jobs")
         .into_inner();
 
-    let mut request = submit_request(ENROLLED_USER, "rep-1");
-    request.partner_params.insert("sandbox_result".into(), "2".into());
+    let request = provisional_request(ENROLLED_USER, "rep-1");
     let submitted = a
         .client()
         .await
@@ -68,14 +67,7 @@ async fn submit_on_a_callback_on_b_stream_on_c() {
         .expect("submit on A")
         .into_inner();
     assert!(submitted.created);
-    let mut stream = watcher
-        .watch_job(pb::WatchJobRequest {
-            job_id: "rep-1".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch on C")
-        .into_inner();
+    let mut stream = watch(&mut watcher, "rep-1", 0).await;
     let events = collect_events(&mut stream, 10).await;
     assert_eq!(
         kinds(&events),
@@ -105,20 +97,10 @@ async fn a_stream_resumes_on_another_replica_when_its_replica_dies() {
     let Some(url) = pg_schema_url().await else { return };
     let sim = start_simulator(|config| config.review_delay = Duration::from_millis(800)).await;
     let [a, b, c] = three_replicas(&sim, &url).await;
-    let mut request = submit_request(ENROLLED_USER, "rep-kill");
-    request.partner_params.insert("sandbox_result".into(), "2".into());
+    let request = provisional_request(ENROLLED_USER, "rep-kill");
     a.client().await.submit_authentication(request).await.expect("submit");
 
-    let mut on_c = c
-        .client()
-        .await
-        .watch_job(pb::WatchJobRequest {
-            job_id: "rep-kill".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut on_c = watch(&mut c.client().await, "rep-kill", 0).await;
     let mut head = collect_events(&mut on_c, 2).await;
     c.running.shutdown().await;
     // Events already on the wire may still arrive; the stream then ends with UNAVAILABLE.
@@ -134,16 +116,7 @@ async fn a_stream_resumes_on_another_replica_when_its_replica_dies() {
     }
     let last_seen = head.last().map(|e| e.sequence).expect("events");
 
-    let mut on_a = a
-        .client()
-        .await
-        .watch_job(pb::WatchJobRequest {
-            job_id: "rep-kill".into(),
-            after_sequence: last_seen,
-        })
-        .await
-        .expect("resume")
-        .into_inner();
+    let mut on_a = watch(&mut a.client().await, "rep-kill", last_seen).await;
     let tail = collect_events(&mut on_a, 10).await;
     let sequences: Vec<u64> = head.iter().chain(&tail).map(|e| e.sequence).collect();
     assert_eq!(sequences, [1, 2, 3, 4], "no gap and no duplicate across replicas");
@@ -391,16 +364,7 @@ async fn a_stream_catches_up_after_its_replicas_listener_connection_drops() {
         .expect("submit");
     let smile_job_id = job.into_inner().job.expect("job").smile_job_id;
 
-    let mut on_c = c
-        .client()
-        .await
-        .watch_job(pb::WatchJobRequest {
-            job_id: "rep-listen".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut on_c = watch(&mut c.client().await, "rep-listen", 0).await;
     assert_eq!(collect_events(&mut on_c, 2).await.len(), 2);
     // C's LISTEN connection drops; the final result is written on A meanwhile, and its NOTIFY never reaches C.
     proxy.cut();

@@ -42,14 +42,7 @@ async fn submit_then_watch_to_the_final_result() {
     assert_eq!(job.smile_job_id.len(), 10);
     assert_eq!(job.partner_params["order_id"], "o-17");
 
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: "happy-1".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch(&mut client, "happy-1", 0).await;
     let events = collect_events(&mut stream, 10).await;
     assert_eq!(
         kinds(&events),
@@ -511,34 +504,17 @@ async fn get_job_errors_and_refresh() {
 
 #[tokio::test]
 async fn provisional_then_final_in_order_with_resume_across_reconnects() {
-    let sim = start_simulator(|config| config.review_delay = Duration::from_millis(600)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let (_sim, service, _dir) = simulator_and_service(|config| config.review_delay = Duration::from_millis(600)).await;
     let mut client = service.client().await;
-    let mut request = submit_request(ENROLLED_USER, "prov-1");
-    request.partner_params.insert("sandbox_result".into(), "2".into());
+    let request = provisional_request(ENROLLED_USER, "prov-1");
     client.submit_authentication(request).await.expect("submit");
 
-    let mut first = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: "prov-1".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut first = watch(&mut client, "prov-1", 0).await;
     let head = collect_events(&mut first, 2).await;
     assert_eq!(kinds(&head), [pb::JobEventKind::Created, pb::JobEventKind::Submitted]);
     drop(first);
 
-    let mut second = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: "prov-1".into(),
-            after_sequence: 2,
-        })
-        .await
-        .expect("resume")
-        .into_inner();
+    let mut second = watch(&mut client, "prov-1", 2).await;
     let tail = collect_events(&mut second, 10).await;
     assert_eq!(
         kinds(&tail),
@@ -565,35 +541,18 @@ async fn provisional_then_final_in_order_with_resume_across_reconnects() {
     );
 
     // Resuming after the final event ends at once.
-    let mut done = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: "prov-1".into(),
-            after_sequence: 4,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut done = watch(&mut client, "prov-1", 4).await;
     assert!(next_event(&mut done, Duration::from_secs(2)).await.is_none());
     service.running.shutdown().await;
 }
 
 #[tokio::test]
 async fn idle_streams_get_heartbeats() {
-    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(30)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let (_sim, service, _dir) = simulator_and_service(|config| config.review_delay = Duration::from_secs(30)).await;
     let mut client = service.client().await;
-    let mut request = submit_request(ENROLLED_USER, "hb-1");
-    request.partner_params.insert("sandbox_result".into(), "2".into());
+    let request = provisional_request(ENROLLED_USER, "hb-1");
     client.submit_authentication(request).await.expect("submit");
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: "hb-1".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch(&mut client, "hb-1", 0).await;
     let mut heartbeats = 0;
     for _ in 0..20 {
         let event = next_event(&mut stream, Duration::from_secs(2))
@@ -695,18 +654,10 @@ async fn duplicated_and_reordered_callbacks_change_nothing_twice() {
         .await
         .expect("submit");
     sim.set_callback_mode(CallbackMode::Reorder);
-    let mut request = submit_request(ENROLLED_USER, "reorder-1");
-    request.partner_params.insert("sandbox_result".into(), "2".into());
+    let request = provisional_request(ENROLLED_USER, "reorder-1");
     client.submit_authentication(request).await.expect("submit");
 
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: "dup-1".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch(&mut client, "dup-1", 0).await;
     assert_eq!(
         kinds(&collect_events(&mut stream, 10).await),
         [
@@ -715,14 +666,7 @@ async fn duplicated_and_reordered_callbacks_change_nothing_twice() {
             pb::JobEventKind::FinalResult
         ]
     );
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: "reorder-1".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch(&mut client, "reorder-1", 0).await;
     let events = collect_events(&mut stream, 10).await;
     assert_eq!(
         kinds(&events),
@@ -791,17 +735,9 @@ async fn jobs_without_a_final_result_fail_after_the_give_up_time() {
     settings.service.reconcile.give_up_after = Duration::from_millis(800);
     let service = start_service(settings).await;
     let mut client = service.client().await;
-    let mut request = submit_request(ENROLLED_USER, "giveup-1");
-    request.partner_params.insert("sandbox_result".into(), "2".into());
+    let request = provisional_request(ENROLLED_USER, "giveup-1");
     client.submit_authentication(request).await.expect("submit");
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: "giveup-1".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch(&mut client, "giveup-1", 0).await;
     let events = collect_events(&mut stream, 10).await;
     assert_eq!(events.last().map(|e| e.kind()), Some(pb::JobEventKind::Failed));
     let job = events.last().and_then(|e| e.job.clone()).expect("job");
@@ -932,23 +868,14 @@ async fn a_restart_on_the_same_sqlite_file_keeps_every_job_and_event() {
         (again.state(), again.smile_job_id),
         (pb::JobState::Completed, job.smile_job_id)
     );
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: "restart-1".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch(&mut client, "restart-1", 0).await;
     assert_eq!(collect_events(&mut stream, 10).await.len(), 3);
     service.running.shutdown().await;
 }
 
 #[tokio::test]
 async fn shutdown_ends_streams_with_unavailable_and_health_follows() {
-    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(60)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let (_sim, service, _dir) = simulator_and_service(|config| config.review_delay = Duration::from_secs(60)).await;
     let mut client = service.client().await;
     let channel = service.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -977,17 +904,9 @@ async fn shutdown_ends_streams_with_unavailable_and_health_follows() {
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
 
-    let mut request = submit_request(ENROLLED_USER, "shut-1");
-    request.partner_params.insert("sandbox_result".into(), "2".into());
+    let request = provisional_request(ENROLLED_USER, "shut-1");
     client.submit_authentication(request).await.expect("submit");
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: "shut-1".into(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch(&mut client, "shut-1", 0).await;
     assert_eq!(collect_events(&mut stream, 2).await.len(), 2);
 
     let shutdown = tokio::spawn(service.running.shutdown());
@@ -1068,11 +987,7 @@ async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
     let service = start_service(settings).await;
     let client = service.client().await;
 
-    let provisional = || {
-        let mut request = submit_request(ENROLLED_USER, "shed-1");
-        request.partner_params.insert("sandbox_result".into(), "2".into());
-        request
-    };
+    let provisional = || provisional_request(ENROLLED_USER, "shed-1");
     let mut other = client.clone();
     other.submit_authentication(provisional()).await.expect("created");
     // A repeated submission waiting for the result holds the connection's only slot.

@@ -232,6 +232,73 @@ pub fn submit_request(user_id: &str, job_id: &str) -> pb::SubmitAuthenticationRe
     }
 }
 
+/// A submission the simulator answers provisionally (0822), then finally (1220) after its review delay.
+pub fn provisional_request(user_id: &str, job_id: &str) -> pb::SubmitAuthenticationRequest {
+    let mut request = submit_request(user_id, job_id);
+    request.partner_params.insert("sandbox_result".into(), "2".into());
+    request
+}
+
+/// Opens a WatchJob stream.
+pub async fn watch(client: &mut Client, job_id: &str, after_sequence: u64) -> tonic::Streaming<pb::JobEvent> {
+    client
+        .watch_job(pb::WatchJobRequest {
+            job_id: job_id.into(),
+            after_sequence,
+        })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// A simulator configured by `configure`, and a service on SQLite in a fresh directory.
+pub async fn simulator_and_service(
+    configure: impl FnOnce(&mut SimulatorConfig),
+) -> (RunningSimulator, TestService, tempfile::TempDir) {
+    let sim = start_simulator(configure).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    (sim, service, dir)
+}
+
+/// Runs `selfie-auth simulator` (the command) on a free port with `extra` arguments;
+/// returns the process and the base URL it announces.
+pub async fn spawn_simulator_command(extra: &[&std::ffi::OsStr]) -> (tokio::process::Child, String) {
+    let mut simulator = tokio::process::Command::new(env!("CARGO_BIN_EXE_selfie-auth"))
+        .args([
+            "simulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--enroll",
+            ENROLLED_USER,
+            "--review-delay",
+            "500ms",
+        ])
+        .args(extra)
+        .env("SMILEID_PARTNER_ID", PARTNER_ID)
+        .env("SMILEID_API_KEY", API_KEY)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the simulator");
+    let stderr = simulator.stderr.take().expect("stderr");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let base_url = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(rest) = line.strip_prefix("Smile ID simulator: ") {
+                return rest.split_whitespace().next().map(str::to_owned);
+            }
+        }
+        None
+    })
+    .await
+    .expect("simulator announces itself")
+    .expect("simulator url");
+    // Keep reading so the simulator never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (simulator, base_url)
+}
+
 /// The `ErrorInfo.reason` of a status.
 pub fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt as _;
