@@ -5,6 +5,7 @@
 //! cannot lose or reorder each other's updates.
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;

@@ -1,0 +1,193 @@
+//! The SQL both stores share. The same statements run on SQLite and PostgreSQL
+//! (`$N` placeholders, `CAST(.. AS TEXT)`); what differs between them — opening
+//! and migrating, writing an event, claiming due jobs — each store defines as
+//! inherent `insert_event` and `CLAIM_DUE_SQL`.
+
+/// Implements [`JobStore`](super::JobStore) for `$store`, whose rows are `$row`.
+macro_rules! impl_job_store {
+    ($store:ty, $row:ty) => {
+        fn job_from_row(row: &$row) -> Result<$crate::jobs::model::Job, $crate::store::StoreError> {
+            use sqlx::Row as _;
+            $crate::store::decode_job(
+                row.try_get("data")?,
+                row.try_get("version")?,
+                row.try_get("last_sequence")?,
+            )
+        }
+
+        fn event_from_row(row: &$row) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError> {
+            use sqlx::Row as _;
+            $crate::store::decode_event(
+                row.try_get("id")?,
+                row.try_get("sequence")?,
+                row.try_get("kind")?,
+                row.try_get("snapshot")?,
+                row.try_get("created_at")?,
+            )
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::JobStore for $store {
+            async fn create(
+                &self,
+                job: &$crate::jobs::model::Job,
+            ) -> Result<$crate::store::Created, $crate::store::StoreError> {
+                use $crate::store::{Created, StoreError, millis};
+                let mut job = job.clone();
+                job.version = 1;
+                job.last_sequence = 1;
+                let data = serde_json::to_string(&job)?;
+                let mut tx = self.pool.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO jobs (job_id, user_id, state, data, version, last_sequence, next_poll_at,
+                                       created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, 1, 1, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING",
+                )
+                .bind(&job.job_id)
+                .bind(&job.user_id)
+                .bind(job.state.as_str())
+                .bind(&data)
+                .bind(job.next_poll_at.map(millis))
+                .bind(millis(job.created_at))
+                .bind(millis(job.updated_at))
+                .execute(&mut *tx)
+                .await?;
+                if inserted.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    let existing = self.get(&job.job_id).await?;
+                    return existing
+                        .map(Created::Existing)
+                        .ok_or_else(|| StoreError::Unavailable("job vanished during create".into()));
+                }
+                let event = Self::insert_event(&mut *tx, &job, $crate::jobs::model::EventKind::Created, &data).await?;
+                tx.commit().await?;
+                Ok(Created::New(event))
+            }
+
+            async fn get(&self, job_id: &str) -> Result<Option<$crate::jobs::model::Job>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT data, version, last_sequence FROM jobs WHERE job_id = $1")
+                    .bind(job_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(job_from_row).transpose()
+            }
+
+            async fn save(
+                &self,
+                job: &mut $crate::jobs::model::Job,
+                event: Option<$crate::jobs::model::EventKind>,
+            ) -> Result<$crate::store::Saved, $crate::store::StoreError> {
+                use $crate::store::{Saved, millis};
+                let mut next = job.clone();
+                next.version += 1;
+                if event.is_some() {
+                    next.last_sequence += 1;
+                }
+                let data = serde_json::to_string(&next)?;
+                let mut tx = self.pool.begin().await?;
+                let updated = sqlx::query(
+                    "UPDATE jobs SET state = $1, data = $2, version = $3, last_sequence = $4, next_poll_at = $5,
+                                     updated_at = $6
+                     WHERE job_id = $7 AND version = $8",
+                )
+                .bind(next.state.as_str())
+                .bind(&data)
+                .bind(next.version)
+                .bind(next.last_sequence as i64)
+                .bind(next.next_poll_at.map(millis))
+                .bind(millis(next.updated_at))
+                .bind(&next.job_id)
+                .bind(job.version)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(Saved::Conflict);
+                }
+                let written = match event {
+                    Some(kind) => Some(Box::new(Self::insert_event(&mut *tx, &next, kind, &data).await?)),
+                    None => None,
+                };
+                tx.commit().await?;
+                *job = next;
+                Ok(Saved::Written(written))
+            }
+
+            async fn job_events(
+                &self,
+                job_id: &str,
+                after_sequence: u64,
+                limit: u32,
+            ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::store::StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, sequence, kind, snapshot, created_at FROM job_events
+                     WHERE job_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+                )
+                .bind(job_id)
+                .bind(after_sequence as i64)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(event_from_row).collect()
+            }
+
+            async fn log_events(
+                &self,
+                after_global_id: i64,
+                user_id: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::store::StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, sequence, kind, snapshot, created_at FROM job_events
+                     WHERE id > $1 AND (CAST($2 AS TEXT) IS NULL OR user_id = $2) ORDER BY id LIMIT $3",
+                )
+                .bind(after_global_id)
+                .bind(user_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(event_from_row).collect()
+            }
+
+            async fn last_global_id(&self) -> Result<i64, $crate::store::StoreError> {
+                Ok(
+                    sqlx::query_scalar("SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM job_events")
+                        .fetch_one(&self.pool)
+                        .await?,
+                )
+            }
+
+            async fn claim_due(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                lease: std::time::Duration,
+                limit: u32,
+            ) -> Result<Vec<$crate::jobs::model::Job>, $crate::store::StoreError> {
+                use $crate::store::millis;
+                let lease_until = millis(now) + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+                let rows = sqlx::query(Self::CLAIM_DUE_SQL)
+                    .bind(lease_until)
+                    .bind(millis(now))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(job_from_row).collect()
+            }
+
+            async fn release_lease(&self, job_id: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE jobs SET lease_until = NULL WHERE job_id = $1")
+                    .bind(job_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(super) use impl_job_store;
