@@ -57,8 +57,7 @@ pub struct RunningService {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     shutdown: CancellationToken,
-    health: HealthReporter,
-    ready: Arc<AtomicBool>,
+    readiness: Readiness,
     grpc_task: JoinHandle<()>,
     http_task: JoinHandle<()>,
     reconciler_task: JoinHandle<()>,
@@ -72,8 +71,7 @@ impl RunningService {
     /// calls drain for at most the drain timeout.
     pub async fn shutdown(self) {
         info!("shutting down");
-        self.ready.store(false, Ordering::Relaxed);
-        set_health(&self.health, ServingStatus::NotServing).await;
+        self.readiness.set(false).await;
         self.shutdown.cancel();
         self.background.iter().for_each(JoinHandle::abort);
         let tasks = [self.grpc_task, self.http_task, self.reconciler_task];
@@ -87,9 +85,25 @@ impl RunningService {
     }
 }
 
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health.set_service_status(SERVICE_NAME, status).await;
+/// What orchestrators see, kept in step: gRPC health (overall and
+/// `selfieauth.v1.SelfieAuth`) and the HTTP `/readyz` flag.
+#[derive(Clone)]
+struct Readiness {
+    health: HealthReporter,
+    ready: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    async fn set(&self, serving: bool) {
+        self.ready.store(serving, Ordering::Relaxed);
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health.set_service_status("", status).await;
+        self.health.set_service_status(SERVICE_NAME, status).await;
+    }
 }
 
 /// The contract, google.rpc and health descriptors as one set, so reflection
@@ -136,7 +150,12 @@ pub async fn start_on(
     http_listener: TcpListener,
 ) -> anyhow::Result<RunningService> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::NotServing).await;
+    let readiness = Readiness {
+        health,
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    // The reporter starts with "" SERVING; nothing is ready yet.
+    readiness.set(false).await;
 
     let opened = store::open(&settings.database_url, settings.database_limits)
         .await
@@ -161,13 +180,12 @@ pub async fn start_on(
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
-    let ready = Arc::new(AtomicBool::new(false));
     let callback_settings = CallbackSettings {
         path: settings.callback_path.clone(),
         credentials: settings.smile.credentials.clone(),
         window: settings.callback_window,
     };
-    let http_router = callbacks::router(service.clone(), callback_settings, ready.clone());
+    let http_router = callbacks::router(service.clone(), callback_settings, readiness.ready.clone());
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(async move {
         let served = axum::serve(http_listener, http_router)
@@ -214,12 +232,10 @@ pub async fn start_on(
     });
     let reconciler_task = tokio::spawn(service.clone().run_reconciler());
 
-    set_health(&health, ServingStatus::Serving).await;
-    ready.store(true, Ordering::Relaxed);
+    readiness.set(true).await;
     let readiness_task = tokio::spawn(follow_database(
         store,
-        health.clone(),
-        ready.clone(),
+        readiness.clone(),
         settings.readiness_interval,
         shutdown.clone(),
     ));
@@ -228,8 +244,7 @@ pub async fn start_on(
         grpc_addr,
         http_addr,
         shutdown,
-        health,
-        ready,
+        readiness,
         grpc_task,
         http_task,
         reconciler_task,
@@ -240,13 +255,7 @@ pub async fn start_on(
 
 /// Keeps readiness in step with the database: NOT_SERVING after two failed
 /// checks in a row, SERVING again after one success, without a restart.
-async fn follow_database(
-    store: SharedStore,
-    health: HealthReporter,
-    ready: Arc<AtomicBool>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
+async fn follow_database(store: SharedStore, readiness: Readiness, interval: Duration, shutdown: CancellationToken) {
     let mut failures = 0u32;
     loop {
         tokio::select! {
@@ -261,8 +270,7 @@ async fn follow_database(
             Ok(Ok(())) => {
                 if failures >= 2 {
                     info!("database reachable again; serving");
-                    ready.store(true, Ordering::Relaxed);
-                    set_health(&health, ServingStatus::Serving).await;
+                    readiness.set(true).await;
                 }
                 failures = 0;
             }
@@ -270,8 +278,7 @@ async fn follow_database(
                 failures += 1;
                 if failures == 2 {
                     warn!("database unreachable; not serving");
-                    ready.store(false, Ordering::Relaxed);
-                    set_health(&health, ServingStatus::NotServing).await;
+                    readiness.set(false).await;
                 }
             }
         }

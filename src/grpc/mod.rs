@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::jobs::validate::id_problem;
-use crate::jobs::{FieldViolation, InvalidReason, JobError, JobService, LogStart, SubmitRequest, WatchItem};
+use crate::jobs::{JobError, JobService, LogStart, SubmitRequest, WatchItem};
 use crate::smileid::StatusOptions;
 use convert::Include;
 use status::to_status;
@@ -64,13 +64,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Sen
 fn check_job_id(job_id: &str) -> Result<(), Status> {
     match id_problem(job_id) {
         None => Ok(()),
-        Some(description) => Err(to_status(&JobError::invalid(
-            InvalidReason::InvalidField,
-            vec![FieldViolation {
-                field: "job_id".into(),
-                description,
-            }],
-        ))),
+        Some(description) => Err(to_status(&JobError::invalid_field("job_id", description))),
     }
 }
 
@@ -184,13 +178,7 @@ impl SelfieAuth for SelfieAuthApi {
         let request = request.into_inner();
         let user_id = (!request.user_id.is_empty()).then_some(request.user_id);
         if let Some(description) = user_id.as_deref().and_then(id_problem) {
-            return Err(to_status(&JobError::invalid(
-                InvalidReason::InvalidField,
-                vec![FieldViolation {
-                    field: "user_id".into(),
-                    description,
-                }],
-            )));
+            return Err(to_status(&JobError::invalid_field("user_id", description)));
         }
         let start = if !request.resume_token.is_empty() {
             LogStart::After(

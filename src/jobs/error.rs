@@ -92,6 +92,17 @@ impl JobError {
         }
     }
 
+    /// One invalid request field.
+    pub fn invalid_field(field: &str, description: String) -> Self {
+        Self::invalid(
+            InvalidReason::InvalidField,
+            vec![FieldViolation {
+                field: field.to_owned(),
+                description,
+            }],
+        )
+    }
+
     pub fn shutting_down() -> Self {
         Self::Unavailable {
             reason: UnavailableReason::ShuttingDown,

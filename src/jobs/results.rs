@@ -129,14 +129,18 @@ impl JobService {
     }
 
     async fn apply_results(&self, job_id: &str, results: Vec<ResultEntry>) -> Result<Job, JobError> {
-        let mut job = self.load(job_id).await?;
+        let mut applied = None;
         for result in results {
             let now = Utc::now();
-            job = self
-                .transition(job_id, |job| job.apply_result(result.clone(), now))
-                .await?;
+            applied = Some(
+                self.transition(job_id, |job| job.apply_result(result.clone(), now))
+                    .await?,
+            );
         }
-        Ok(job)
+        match applied {
+            Some(job) => Ok(job),
+            None => self.load(job_id).await,
+        }
     }
 }
 

@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use super::error::JobError;
-use super::model::{Job, JobEvent};
+use super::model::{EventNotice, Job, JobEvent};
 use super::service::JobService;
 use crate::events::BusMessage;
 
@@ -100,29 +101,14 @@ impl JobService {
                         }
                     }
                 }
-                // Wait for a reason to look again.
-                loop {
-                    tokio::select! {
-                        notice = notices.recv() => match notice {
-                            Ok(BusMessage::Event(notice)) if notice.job_id == job_id && notice.sequence > cursor => break,
-                            Ok(BusMessage::Resync) => break,
-                            Ok(_) => continue,
-                            Err(RecvError::Lagged(_)) => break,
-                            Err(RecvError::Closed) => return,
-                        },
-                        _ = heartbeat.tick() => {
-                            if sender.send(Ok(WatchItem::Heartbeat { last_sequence: cursor })).await.is_err() {
-                                return;
-                            }
-                            // Events written by another replica may come without a local notice.
-                            break;
-                        }
-                        () = service.shutdown.cancelled() => {
-                            let _ = sender.send(Err(JobError::shutting_down())).await;
-                            return;
-                        }
-                        () = sender.closed() => return,
-                    }
+                let relevant = |notice: &EventNotice| notice.job_id == job_id && notice.sequence > cursor;
+                let heartbeat_item = WatchItem::Heartbeat { last_sequence: cursor };
+                if service
+                    .wait_to_look(&mut notices, &mut heartbeat, &sender, relevant, heartbeat_item)
+                    .await
+                    == Wake::Stop
+                {
+                    return;
                 }
             }
         });
@@ -165,31 +151,59 @@ impl JobService {
                         }
                     }
                 }
-                loop {
-                    tokio::select! {
-                        notice = notices.recv() => match notice {
-                            Ok(BusMessage::Event(notice)) if notice.global_id > cursor
-                                && user_id.as_deref().is_none_or(|user| user == notice.user_id) => break,
-                            Ok(BusMessage::Resync) => break,
-                            Ok(_) => continue,
-                            Err(RecvError::Lagged(_)) => break,
-                            Err(RecvError::Closed) => return,
-                        },
-                        _ = heartbeat.tick() => {
-                            if sender.send(Ok(WatchItem::Heartbeat { last_sequence: 0 })).await.is_err() {
-                                return;
-                            }
-                            break;
-                        }
-                        () = service.shutdown.cancelled() => {
-                            let _ = sender.send(Err(JobError::shutting_down())).await;
-                            return;
-                        }
-                        () = sender.closed() => return,
-                    }
+                let relevant = |notice: &EventNotice| {
+                    notice.global_id > cursor && user_id.as_deref().is_none_or(|user| user == notice.user_id)
+                };
+                let heartbeat_item = WatchItem::Heartbeat { last_sequence: 0 };
+                if service
+                    .wait_to_look(&mut notices, &mut heartbeat, &sender, relevant, heartbeat_item)
+                    .await
+                    == Wake::Stop
+                {
+                    return;
                 }
             }
         });
         Ok(receiver)
     }
+
+    /// Waits for a reason to read the store again: a relevant notice, a resync
+    /// after missed notices, or a heartbeat (sent; events written by another
+    /// replica may arrive without a local notice, so it also means "look").
+    /// `Stop` when the caller went away or the server shuts down (the caller is told).
+    async fn wait_to_look(
+        &self,
+        notices: &mut broadcast::Receiver<BusMessage>,
+        heartbeat: &mut tokio::time::Interval,
+        sender: &mpsc::Sender<Result<WatchItem, JobError>>,
+        relevant: impl Fn(&EventNotice) -> bool,
+        heartbeat_item: WatchItem,
+    ) -> Wake {
+        loop {
+            tokio::select! {
+                notice = notices.recv() => match notice {
+                    Ok(BusMessage::Event(notice)) if relevant(&notice) => return Wake::Look,
+                    Ok(BusMessage::Resync) | Err(RecvError::Lagged(_)) => return Wake::Look,
+                    Ok(BusMessage::Event(_)) => continue,
+                    Err(RecvError::Closed) => return Wake::Stop,
+                },
+                _ = heartbeat.tick() => {
+                    return if sender.send(Ok(heartbeat_item)).await.is_ok() { Wake::Look } else { Wake::Stop };
+                }
+                () = self.shutdown.cancelled() => {
+                    let _ = sender.send(Err(JobError::shutting_down())).await;
+                    return Wake::Stop;
+                }
+                () = sender.closed() => return Wake::Stop,
+            }
+        }
+    }
+}
+
+/// What a stream does after waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// Read the store after the cursor.
+    Look,
+    Stop,
 }

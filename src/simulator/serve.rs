@@ -117,22 +117,15 @@ pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Resu
             let tls = tls.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 let served = match tls {
                     Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(stream) => {
-                            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            tokio::select! { result = connection => result, () = shutdown.cancelled() => Ok(()) }
-                        }
+                        Ok(stream) => serve_connection(TokioIo::new(stream), service, &shutdown).await,
                         Err(error) => {
                             debug!(%peer, %error, "tls handshake failed");
                             return;
                         }
                     },
-                    None => {
-                        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        tokio::select! { result = connection => result, () = shutdown.cancelled() => Ok(()) }
-                    }
+                    None => serve_connection(TokioIo::new(stream), service, &shutdown).await,
                 };
                 if let Err(error) = served {
                     debug!(%peer, %error, "connection ended with an error");
@@ -147,6 +140,23 @@ pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Resu
         app,
         task,
     })
+}
+
+/// Serves one connection (HTTP/1 or HTTP/2) until it ends or the simulator stops.
+async fn serve_connection<I>(
+    io: I,
+    service: TowerToHyperService<axum::Router>,
+    shutdown: &CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::select! {
+        result = connection => result,
+        () = shutdown.cancelled() => Ok(()),
+    }
 }
 
 fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {

@@ -74,11 +74,16 @@ impl Credentials {
 
     /// Signs `timestamp` exactly as given: the characters sent are the characters MACed.
     pub fn sign(&self, timestamp: &str) -> Signature {
+        Signature(BASE64.encode(self.mac_over(timestamp).finalize().into_bytes()))
+    }
+
+    /// HMAC over `timestamp ‖ partner_id ‖ "sid_request"`.
+    fn mac_over(&self, timestamp: &str) -> Hmac<Sha256> {
         let mut mac = self.api_key.mac();
         mac.update(timestamp.as_bytes());
         mac.update(self.partner_id.as_bytes());
         mac.update(SIGNATURE_SUFFIX);
-        Signature(BASE64.encode(mac.finalize().into_bytes()))
+        mac
     }
 
     /// A fresh timestamp in Smile ID's own style and its signature.
@@ -93,11 +98,7 @@ impl Credentials {
         let Ok(claimed) = BASE64.decode(signature.trim()) else {
             return false;
         };
-        let mut mac = self.api_key.mac();
-        mac.update(timestamp.as_bytes());
-        mac.update(self.partner_id.as_bytes());
-        mac.update(SIGNATURE_SUFFIX);
-        mac.verify_slice(&claimed).is_ok()
+        self.mac_over(timestamp).verify_slice(&claimed).is_ok()
     }
 }
 

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
+use super::StoreError;
 use super::sql::impl_job_store;
-use super::{StoreError, millis};
 use crate::events::postgres::{CHANNEL, encode};
-use crate::jobs::model::{EventKind, Job, JobEvent};
+use crate::jobs::model::JobEvent;
 
 /// Serialises event inserts (an arbitrary constant naming this lock).
 const EVENT_LOG_LOCK: i64 = 0x5E1F_1EA0;
@@ -71,42 +71,24 @@ impl PgStore {
                           FOR UPDATE SKIP LOCKED)
          RETURNING data, version, last_sequence";
 
-    async fn insert_event(
-        tx: &mut sqlx::PgConnection,
-        job: &Job,
-        kind: EventKind,
-        data: &str,
-    ) -> Result<JobEvent, StoreError> {
+    /// Takes the event-log lock, so ids are allocated and committed in order.
+    async fn before_event(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(EVENT_LOG_LOCK)
-            .execute(&mut *tx)
+            .execute(tx)
             .await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO job_events (job_id, user_id, sequence, kind, snapshot, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(&job.job_id)
-        .bind(&job.user_id)
-        .bind(job.last_sequence as i64)
-        .bind(kind.as_str())
-        .bind(data)
-        .bind(millis(job.updated_at))
-        .fetch_one(&mut *tx)
-        .await?;
-        let event = JobEvent {
-            global_id: id,
-            sequence: job.last_sequence,
-            kind,
-            at: job.updated_at,
-            job: job.clone(),
-        };
+        Ok(())
+    }
+
+    /// Announces the event to every replica; delivered when the transaction commits.
+    async fn after_event(tx: &mut sqlx::PgConnection, event: &JobEvent) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
-            .bind(encode(&event))
-            .execute(&mut *tx)
+            .bind(encode(event))
+            .execute(tx)
             .await?;
-        Ok(event)
+        Ok(())
     }
 }
 
-impl_job_store!(PgStore, PgRow);
+impl_job_store!(PgStore, PgRow, sqlx::PgConnection);

@@ -1,11 +1,43 @@
 //! The SQL both stores share. The same statements run on SQLite and PostgreSQL
 //! (`$N` placeholders, `CAST(.. AS TEXT)`); what differs between them — opening
-//! and migrating, writing an event, claiming due jobs — each store defines as
-//! inherent `insert_event` and `CLAIM_DUE_SQL`.
+//! and migrating, what surrounds an event write, claiming due jobs — each store
+//! defines as inherent `before_event`, `after_event` and `CLAIM_DUE_SQL`.
 
-/// Implements [`JobStore`](super::JobStore) for `$store`, whose rows are `$row`.
+/// Implements [`JobStore`](super::JobStore) for `$store`, whose rows are `$row`
+/// and whose connections are `$connection`.
 macro_rules! impl_job_store {
-    ($store:ty, $row:ty) => {
+    ($store:ty, $row:ty, $connection:ty) => {
+        /// Appends an event in the caller's transaction, between the store's own hooks.
+        async fn insert_event(
+            connection: &mut $connection,
+            job: &$crate::jobs::model::Job,
+            kind: $crate::jobs::model::EventKind,
+            data: &str,
+        ) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError> {
+            <$store>::before_event(&mut *connection).await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO job_events (job_id, user_id, sequence, kind, snapshot, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+            .bind(&job.job_id)
+            .bind(&job.user_id)
+            .bind(job.last_sequence as i64)
+            .bind(kind.as_str())
+            .bind(data)
+            .bind($crate::store::millis(job.updated_at))
+            .fetch_one(&mut *connection)
+            .await?;
+            let event = $crate::jobs::model::JobEvent {
+                global_id: id,
+                sequence: job.last_sequence,
+                kind,
+                at: job.updated_at,
+                job: job.clone(),
+            };
+            <$store>::after_event(&mut *connection, &event).await?;
+            Ok(event)
+        }
+
         fn job_from_row(row: &$row) -> Result<$crate::jobs::model::Job, $crate::store::StoreError> {
             use sqlx::Row as _;
             $crate::store::decode_job(
@@ -59,7 +91,7 @@ macro_rules! impl_job_store {
                         .map(Created::Existing)
                         .ok_or_else(|| StoreError::Unavailable("job vanished during create".into()));
                 }
-                let event = Self::insert_event(&mut *tx, &job, $crate::jobs::model::EventKind::Created, &data).await?;
+                let event = insert_event(&mut *tx, &job, $crate::jobs::model::EventKind::Created, &data).await?;
                 tx.commit().await?;
                 Ok(Created::New(event))
             }
@@ -105,7 +137,7 @@ macro_rules! impl_job_store {
                     return Ok(Saved::Conflict);
                 }
                 let written = match event {
-                    Some(kind) => Some(Box::new(Self::insert_event(&mut *tx, &next, kind, &data).await?)),
+                    Some(kind) => Some(Box::new(insert_event(&mut *tx, &next, kind, &data).await?)),
                     None => None,
                 };
                 tx.commit().await?;

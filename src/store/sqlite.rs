@@ -7,9 +7,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 
+use super::StoreError;
 use super::sql::impl_job_store;
-use super::{StoreError, millis};
-use crate::jobs::model::{EventKind, Job, JobEvent};
+use crate::jobs::model::JobEvent;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -57,33 +57,15 @@ impl SqliteStore {
                           ORDER BY next_poll_at LIMIT $3)
          RETURNING data, version, last_sequence";
 
-    /// SQLite has one writer at a time, so ids are assigned in commit order.
-    async fn insert_event(
-        connection: &mut sqlx::SqliteConnection,
-        job: &Job,
-        kind: EventKind,
-        data: &str,
-    ) -> Result<JobEvent, StoreError> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO job_events (job_id, user_id, sequence, kind, snapshot, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(&job.job_id)
-        .bind(&job.user_id)
-        .bind(job.last_sequence as i64)
-        .bind(kind.as_str())
-        .bind(data)
-        .bind(millis(job.updated_at))
-        .fetch_one(connection)
-        .await?;
-        Ok(JobEvent {
-            global_id: id,
-            sequence: job.last_sequence,
-            kind,
-            at: job.updated_at,
-            job: job.clone(),
-        })
+    // SQLite has one writer at a time: event ids are assigned in commit order,
+    // and there are no other replicas to tell.
+    async fn before_event(_: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn after_event(_: &mut sqlx::SqliteConnection, _: &JobEvent) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
-impl_job_store!(SqliteStore, SqliteRow);
+impl_job_store!(SqliteStore, SqliteRow, sqlx::SqliteConnection);
