@@ -44,7 +44,7 @@ async fn the_contract_lints_and_works_from_python() {
     let selfie = dir.path().join("selfie.jpg");
     std::fs::write(&selfie, jpeg(96, 96, 3)).expect("write");
     let output = tokio::process::Command::new(&python)
-        .arg(root.join("tests/sdk/python_client_check.py"))
+        .arg(root.join("tests/scripts/python_client_check.py"))
         .arg(service.running.grpc_addr.to_string())
         .arg(root.join("proto"))
         .arg(&selfie)

@@ -1,6 +1,6 @@
 //! The Helm chart lints, renders valid Kubernetes manifests for one replica on
 //! SQLite and several on PostgreSQL, refuses unsafe values, and the Dockerfile
-//! lints clean (`deploy/check_chart.py`, with tools from PyPI in `target/deploy-venv`).
+//! lints clean (`tests/scripts/check_chart.py`, with tools from PyPI in `target/deploy-venv`).
 
 mod common;
 
@@ -28,7 +28,7 @@ fn helm_chart_and_dockerfile_check_out() {
     let bin = python.parent().expect("venv bin");
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let output = std::process::Command::new(&python)
-        .arg(root.join("deploy/check_chart.py"))
+        .arg(root.join("tests/scripts/check_chart.py"))
         .arg(root)
         .env("PATH", path)
         .output()

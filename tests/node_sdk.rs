@@ -61,7 +61,7 @@ async fn official_node_sdk_flows_succeed_against_the_simulator_over_https() {
     .await;
     assert!(base_url.starts_with("https://"), "{base_url}");
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node_sdk_check.js");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/node_sdk_check.js");
     let output = tokio::process::Command::new("node")
         .arg(script)
         .args([&format!("{base_url}/v1"), PARTNER_ID, API_KEY])

@@ -35,7 +35,7 @@ async fn official_python_sdk_flows_succeed_against_the_simulator() {
     // 2 s at first; a short review delay keeps the provisional scenario brief.
     let (mut simulator, base_url) = spawn_simulator_command(&[]).await;
     let v1_url = format!("{base_url}/v1");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/smile_id_core_check.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/smile_id_core_check.py");
     let output = tokio::process::Command::new(python)
         .arg(script)
         .args([&v1_url, PARTNER_ID, API_KEY])

@@ -12,26 +12,15 @@ import uuid
 from smile_id_core import Utilities, WebApi
 from smile_id_core.ServerError import ServerError
 
+from report import expect, finish, scenario
+
 BASE, PARTNER, KEY, FIXTURES, USER = sys.argv[1:6]
 CALLBACK = "http://127.0.0.1:9/unused"
-failures = 0
 
 
 def job_id():
     return "py-" + uuid.uuid4().hex[:16]
 
-
-def scenario(name):
-    def wrap(fn):
-        global failures
-        try:
-            fn()
-            print(f"ok   {name}")
-        except Exception as error:  # report every failure, keep going
-            failures += 1
-            print(f"FAIL {name}: {type(error).__name__}: {error}")
-        return fn
-    return wrap
 
 
 def fixture(name):
@@ -52,10 +41,6 @@ liveness_files = [{"image_type_id": 4, "file_name": fixture(f"liveness_{i}.jpg")
 no_status = {"return_job_status": False, "return_history": False, "return_images": False, "use_enrolled_image": False}
 full_status = {"return_job_status": True, "return_history": True, "return_images": True, "use_enrolled_image": False}
 
-
-def expect(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 @scenario("submit_job selfie only, return_job_status false")
@@ -166,4 +151,4 @@ def _():
     raise AssertionError("expected a ServerError")
 
 
-sys.exit(failures)
+finish()

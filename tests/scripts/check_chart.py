@@ -12,23 +12,12 @@ import tempfile
 import yaml
 from helm_python import Chart, lint
 
+from report import finish, scenario
+
 ROOT = sys.argv[1]
 CHART = os.path.join(ROOT, "helm", "selfie-auth")
 KUBE_VERSION = "1.30.0"
-failures = 0
 
-
-def check(name):
-    def wrap(fn):
-        global failures
-        try:
-            fn()
-            print(f"ok   {name}")
-        except Exception as error:  # report every failure, keep going
-            failures += 1
-            print(f"FAIL {name}: {type(error).__name__}: {error}")
-        return fn
-    return wrap
 
 
 REQUIRED = {"smileid": {"partnerId": "085", "apiKeySecret": {"name": "smileid"}}}
@@ -71,14 +60,14 @@ def validate(docs):
             raise AssertionError(run.stdout + run.stderr)
 
 
-@check("helm lint --strict")
+@scenario("helm lint --strict")
 def _():
     report = lint(CHART, values=REQUIRED, strict=True)
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
     assert not problems, problems
 
 
-@check("single replica on SQLite renders valid manifests")
+@scenario("single replica on SQLite renders valid manifests")
 def _():
     docs = render(REQUIRED)
     validate(docs)
@@ -89,7 +78,7 @@ def _():
     assert not by_kind(docs, "PodDisruptionBudget")
 
 
-@check("several replicas on PostgreSQL render valid manifests")
+@scenario("several replicas on PostgreSQL render valid manifests")
 def _():
     docs = render(POSTGRES)
     validate(docs)
@@ -122,26 +111,26 @@ def expect_failure(values, needle):
     raise AssertionError("rendering should have failed")
 
 
-@check("several replicas without PostgreSQL are refused")
+@scenario("several replicas without PostgreSQL are refused")
 def _():
     expect_failure({**REQUIRED, "replicaCount": 2}, "several replicas need PostgreSQL")
 
 
-@check("missing Smile ID settings are refused")
+@scenario("missing Smile ID settings are refused")
 def _():
     expect_failure({"smileid": {"apiKeySecret": {"name": "smileid"}}}, "smileid.partnerId is required")
     expect_failure({"smileid": {"partnerId": "085"}}, "smileid.apiKeySecret.name is required")
 
 
-@check("the values schema refuses a bad environment")
+@scenario("the values schema refuses a bad environment")
 def _():
     expect_failure({"smileid": {**REQUIRED["smileid"], "environment": "staging"}}, "environment")
 
 
-@check("hadolint Dockerfile")
+@scenario("hadolint Dockerfile")
 def _():
     run = subprocess.run(["hadolint", os.path.join(ROOT, "Dockerfile")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-sys.exit(failures)
+finish()

@@ -14,6 +14,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from grpc_tools import protoc
 
+from report import expect, finish, scenario
+
 ADDR, PROTO_DIR, SELFIE, USER = sys.argv[1:5]
 generated = tempfile.mkdtemp()
 well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
@@ -24,28 +26,11 @@ sys.path.insert(0, generated)
 from selfieauth.v1 import selfie_auth_pb2 as pb  # noqa: E402
 from selfieauth.v1 import selfie_auth_pb2_grpc as pb_grpc  # noqa: E402
 
-failures = 0
 stub = pb_grpc.SelfieAuthStub(grpc.insecure_channel(ADDR))
 with open(SELFIE, "rb") as handle:
     selfie = handle.read()
 
 
-def scenario(name):
-    def wrap(fn):
-        global failures
-        try:
-            fn()
-            print(f"ok   {name}")
-        except Exception as error:  # report every failure, keep going
-            failures += 1
-            print(f"FAIL {name}: {type(error).__name__}: {error}")
-        return fn
-    return wrap
-
-
-def expect(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 @scenario("SubmitAuthentication waits for the final result")
@@ -117,4 +102,4 @@ def _():
     raise AssertionError("expected FAILED_PRECONDITION")
 
 
-sys.exit(failures)
+finish()
