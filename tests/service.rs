@@ -975,6 +975,31 @@ async fn reflection_lists_the_service_in_v1_and_v1alpha() {
         ),
         "{response:?}"
     );
+
+    // grpc.reflection.v1 lists the same services.
+    use tonic_reflection::pb::v1 as reflection_v1;
+    let mut reflection = reflection_v1::server_reflection_client::ServerReflectionClient::new(service.channel().await);
+    let request = reflection_v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(reflection_v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .expect("reflection v1")
+        .into_inner();
+    let response = responses.message().await.expect("ok").expect("response");
+    let Some(reflection_v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("unexpected {response:?}")
+    };
+    assert!(
+        list.service.iter().any(|s| s.name == "selfieauth.v1.SelfieAuth"),
+        "{list:?}"
+    );
     service.running.shutdown().await;
 }
 

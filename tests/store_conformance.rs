@@ -170,6 +170,22 @@ async fn postgres_store_conforms() {
     conformance(Arc::clone(&opened.store)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_one_database_once() {
+    let Some(url) = common::pg_schema_url().await else {
+        return;
+    };
+    let opened = futures::future::join_all((0..3).map(|_| selfie_auth::store::open(&url, PgLimits::default()))).await;
+    let stores: Vec<_> = opened
+        .into_iter()
+        .map(|opened| opened.expect("every replica opens").store)
+        .collect();
+    let Created::New(_) = stores[0].create(&job("m1", "u")).await.expect("create") else {
+        panic!("new")
+    };
+    assert!(stores[2].get("m1").await.expect("get").is_some(), "one schema, shared");
+}
+
 #[tokio::test]
 async fn unknown_database_schemes_are_refused_with_a_clear_message() {
     let Err(error) = selfie_auth::store::open("mysql://localhost/db", PgLimits::default()).await else {
