@@ -10,6 +10,7 @@ pub mod events;
 pub mod grpc;
 pub mod jobs;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod simulator;
 pub mod smileid;

@@ -11,7 +11,6 @@ use anyhow::Context as _;
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -188,6 +187,8 @@ pub async fn start_on(
     let http_router = callbacks::router(service.clone(), callback_settings, readiness.ready.clone());
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(async move {
+        use axum::serve::ListenerExt as _;
+        let http_listener = http_listener.tap_io(|stream| crate::net::set_nodelay(stream));
         let served = axum::serve(http_listener, http_router)
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
             .await;
@@ -222,7 +223,7 @@ pub async fn start_on(
         .add_service(api);
     let grpc_shutdown = shutdown.clone();
     let grpc_task = tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(grpc_listener);
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let served = router
             .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
             .await;

@@ -74,6 +74,7 @@ pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Resu
     let scheme = if tls.is_some() { "https" } else { "http" };
     let base_url = format!("{scheme}://{local_addr}");
     let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
         .timeout(Duration::from_secs(10))
         .build()
         .context("building the callback http client")?;
@@ -113,6 +114,7 @@ pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Resu
                 },
                 () = shutdown.cancelled() => break,
             };
+            crate::net::set_nodelay(&stream);
             let service = TowerToHyperService::new(router.clone());
             let tls = tls.clone();
             let shutdown = shutdown.clone();

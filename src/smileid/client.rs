@@ -140,6 +140,7 @@ pub struct SmileIdClient {
 impl SmileIdClient {
     pub fn new(config: ClientConfig) -> Result<Self, SmileIdError> {
         let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .user_agent(concat!("selfie-auth/", env!("CARGO_PKG_VERSION")))
