@@ -48,10 +48,7 @@ async fn sequential_grpc_calls_do_not_stall() {
     let mut samples = Vec::with_capacity(CALLS);
     for _ in 0..CALLS {
         let started = Instant::now();
-        health
-            .check(HealthCheckRequest::default())
-            .await
-            .expect("health");
+        health.check(HealthCheckRequest::default()).await.expect("health");
         samples.push(started.elapsed());
     }
     let check = median(samples);

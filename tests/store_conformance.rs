@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use selfie_auth::jobs::model::{EventKind, Job, JobState, Submission};
-use selfie_auth::store::{Created, PgLimits, Saved, SharedStore};
+use selfie_auth::jobs::ports::{Created, Saved, SharedStore};
+use selfie_auth::store::PgLimits;
 
 fn job(job_id: &str, user_id: &str) -> Job {
     let now = Utc::now();

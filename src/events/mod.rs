@@ -1,26 +1,17 @@
-//! Fan-out of job events to every stream of this process.
-//!
-//! Notices carry ids only; subscribers read the events themselves from the
-//! store, so a missed or lagging notice can never lose an event, only delay it.
+//! Fan-out of job events to every stream of this process: the domain's
+//! [`EventFanout`] port, fed by local writes and, with PostgreSQL, by the
+//! other replicas' `NOTIFY`s.
 
 pub mod postgres;
 
 use tokio::sync::broadcast;
 
-use crate::jobs::model::{EventNotice, JobEvent};
-
-/// What subscribers hear.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BusMessage {
-    /// An event was stored.
-    Event(EventNotice),
-    /// Notices may have been missed (a listener reconnected): re-read from the store.
-    Resync,
-}
+use crate::jobs::model::EventNotice;
+use crate::jobs::ports::{EventFanout, FanoutMessage};
 
 #[derive(Clone)]
 pub struct EventBus {
-    sender: broadcast::Sender<BusMessage>,
+    sender: broadcast::Sender<FanoutMessage>,
 }
 
 impl EventBus {
@@ -29,24 +20,23 @@ impl EventBus {
         Self { sender }
     }
 
-    pub fn publish(&self, event: &JobEvent) {
-        self.publish_notice(EventNotice::from(event));
-    }
-
-    pub fn publish_notice(&self, notice: EventNotice) {
-        self.send(BusMessage::Event(notice));
-    }
-
+    /// Tells every subscriber to re-read from the store.
     pub fn resync(&self) {
-        self.send(BusMessage::Resync);
+        self.send(FanoutMessage::Resync);
     }
 
-    fn send(&self, message: BusMessage) {
+    fn send(&self, message: FanoutMessage) {
         // No subscriber is not an error: nobody is watching.
         let _ = self.sender.send(message);
     }
+}
 
-    pub fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
+impl EventFanout for EventBus {
+    fn publish(&self, notice: EventNotice) {
+        self.send(FanoutMessage::Event(notice));
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<FanoutMessage> {
         self.sender.subscribe()
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::model::JobProblem;
-use crate::store::StoreError;
+use super::ports::StoreError;
 
 /// One invalid field of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod model;
+pub mod ports;
 pub mod reconciler;
 pub mod results;
 pub mod service;
@@ -11,8 +12,9 @@ pub mod watch;
 
 pub use error::{FieldViolation, InvalidReason, JobError, UnavailableReason};
 pub use model::{EventKind, Job, JobEvent, JobProblem, JobState, ProblemReason};
+pub use ports::{EventFanout, JobStore, SharedStore, SmileId, StoreError};
 pub use reconciler::ReconcilePolicy;
 pub use results::{CallbackOutcome, Fetched};
-pub use service::{JobService, ServiceConfig, SubmitOutput};
+pub use service::{JobService, Ports, ServiceConfig, SubmitOutput};
 pub use validate::{ImageLimits, SubmitRequest};
 pub use watch::{LogStart, WatchItem, WatchStream};

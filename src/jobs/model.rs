@@ -6,6 +6,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::reconciler::ReconcilePolicy;
+use super::validate::Prepared;
 use crate::smileid::{Decision, ResultEntry};
 
 /// Where a job is in its life. Transitions only move forward.
@@ -124,6 +126,144 @@ impl Job {
         self.latest_result().map(|result| &result.decision)
     }
 
+    /// A new job, owned by the submission attempt that creates it until
+    /// `lease_until`. The reconciler looks at it from `first_poll_at` on, in
+    /// case this process dies mid-submission.
+    pub fn submitting(
+        prepared: &Prepared,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        first_poll_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            job_id: prepared.job_id.clone(),
+            user_id: prepared.user_id.clone(),
+            smile_job_id: None,
+            state: JobState::Submitting,
+            submission: Submission::InFlight { lease_until },
+            results: Vec::new(),
+            problem: None,
+            partner_params: prepared.partner_params.clone(),
+            content_hash: prepared.content_hash.clone(),
+            created_at: now,
+            updated_at: now,
+            next_poll_at: Some(first_poll_at),
+            poll_attempts: 0,
+            version: 0,
+            last_sequence: 0,
+        }
+    }
+
+    /// What a repeated submission of this job may do at `now`. On
+    /// [`TakeOver::Resubmit`] the caller owns the submission until `lease_until`.
+    pub fn take_over(&mut self, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> TakeOver {
+        if self.state != JobState::Submitting {
+            return TakeOver::Report;
+        }
+        let may_resume = match &self.submission {
+            Submission::InFlight { lease_until } if *lease_until > now => return TakeOver::Report,
+            Submission::Accepted => return TakeOver::Report,
+            Submission::NotSent => false,
+            Submission::InFlight { .. } | Submission::OutcomeUnknown => true,
+        };
+        self.submission = Submission::InFlight { lease_until };
+        self.updated_at = now;
+        TakeOver::Resubmit { may_resume }
+    }
+
+    /// Smile ID accepted the job and its images.
+    pub fn accepted(&mut self, smile_job_id: &str, next_poll_at: DateTime<Utc>) -> Option<EventKind> {
+        self.smile_job_id.get_or_insert_with(|| smile_job_id.to_owned());
+        if self.state != JobState::Submitting {
+            // A callback overtook the upload response.
+            return None;
+        }
+        self.state = JobState::Submitted;
+        self.submission = Submission::Accepted;
+        self.problem = None;
+        self.next_poll_at = Some(next_poll_at);
+        Some(EventKind::Submitted)
+    }
+
+    /// Smile ID refused the job: it is over.
+    pub fn refused(&mut self, problem: JobProblem) -> Option<EventKind> {
+        if self.state.is_terminal() {
+            return None;
+        }
+        self.state = JobState::Failed;
+        self.problem = Some(problem);
+        self.next_poll_at = None;
+        Some(EventKind::Failed)
+    }
+
+    /// The attempt certainly did not reach Smile ID: a resubmission starts afresh,
+    /// and only the give-up check at `give_up_at` remains for the reconciler.
+    pub fn not_sent(&mut self, problem: JobProblem, give_up_at: DateTime<Utc>) -> Option<EventKind> {
+        if self.state != JobState::Submitting {
+            return None;
+        }
+        self.submission = Submission::NotSent;
+        self.problem = Some(problem);
+        self.next_poll_at = Some(give_up_at);
+        None
+    }
+
+    /// The attempt may or may not have created a Smile ID job: the reconciler
+    /// asks from `next_poll_at`, and a resubmission resumes rather than duplicates.
+    pub fn outcome_unknown(
+        &mut self,
+        smile_job_id: Option<&str>,
+        problem: JobProblem,
+        next_poll_at: DateTime<Utc>,
+    ) -> Option<EventKind> {
+        if self.state != JobState::Submitting {
+            return None;
+        }
+        if let Some(id) = smile_job_id {
+            self.smile_job_id.get_or_insert_with(|| id.to_owned());
+        }
+        self.submission = Submission::OutcomeUnknown;
+        self.problem = Some(problem);
+        self.next_poll_at = Some(next_poll_at);
+        None
+    }
+
+    /// Asks the reconciler to poll at `now` (a result was announced but not confirmed).
+    pub fn poll_at(&mut self, now: DateTime<Utc>) -> Option<EventKind> {
+        if !self.state.is_terminal() {
+            self.next_poll_at = Some(now);
+        }
+        None
+    }
+
+    /// After a reconciler poll: schedule the next one with back-off, or give up
+    /// once the job is older than the policy allows.
+    pub fn polled(&mut self, now: DateTime<Utc>, policy: &ReconcilePolicy) -> Option<EventKind> {
+        if self.state.is_terminal() {
+            self.next_poll_at = None;
+            return None;
+        }
+        let age = (now - self.created_at).to_std().unwrap_or_default();
+        if age >= policy.give_up_after {
+            self.state = JobState::Failed;
+            self.next_poll_at = None;
+            self.problem = Some(JobProblem {
+                reason: ProblemReason::ResultNotReceived,
+                message: format!(
+                    "no final result from Smile ID within {}",
+                    humantime::format_duration(policy.give_up_after)
+                ),
+                smile_code: None,
+            });
+            return Some(EventKind::Failed);
+        }
+        self.poll_attempts += 1;
+        let next = now + policy.delay(self.poll_attempts);
+        let give_up_at = self.created_at + policy.give_up_after;
+        self.next_poll_at = Some(next.min(give_up_at));
+        None
+    }
+
     /// Applies one Smile ID result. Returns the event it makes, or `None` when it
     /// changes nothing: a duplicate, or anything after the final result.
     pub fn apply_result(&mut self, result: ResultEntry, now: DateTime<Utc>) -> Option<EventKind> {
@@ -154,6 +294,15 @@ impl Job {
         self.updated_at = now;
         Some(kind)
     }
+}
+
+/// What a repeated submission of an existing job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TakeOver {
+    /// Nothing to send: report the job as it stands.
+    Report,
+    /// This call now owns the submission.
+    Resubmit { may_resume: bool },
 }
 
 /// What happened to a job.
@@ -213,6 +362,25 @@ pub struct EventNotice {
     pub job_id: String,
     pub user_id: String,
     pub sequence: u64,
+}
+
+impl EventNotice {
+    /// The notice as text (`global_id sequence job_id user_id`; ids never
+    /// contain spaces), e.g. for a PostgreSQL `NOTIFY` payload.
+    pub fn to_payload(&self) -> String {
+        format!("{} {} {} {}", self.global_id, self.sequence, self.job_id, self.user_id)
+    }
+
+    pub fn from_payload(payload: &str) -> Option<Self> {
+        let mut parts = payload.split(' ');
+        let notice = Self {
+            global_id: parts.next()?.parse().ok()?,
+            sequence: parts.next()?.parse().ok()?,
+            job_id: parts.next()?.to_owned(),
+            user_id: parts.next()?.to_owned(),
+        };
+        parts.next().is_none().then_some(notice)
+    }
 }
 
 impl From<&JobEvent> for EventNotice {
@@ -310,6 +478,21 @@ mod tests {
         job.state = JobState::Failed;
         assert_eq!(job.apply_result(result("0820", true), Utc::now()), None);
         assert!(job.results.is_empty());
+    }
+
+    #[test]
+    fn notices_round_trip_as_payloads_and_garbage_is_refused() {
+        let notice = EventNotice {
+            global_id: 42,
+            sequence: 3,
+            job_id: "job-1".into(),
+            user_id: "user@x".into(),
+        };
+        assert_eq!(notice.to_payload(), "42 3 job-1 user@x");
+        assert_eq!(EventNotice::from_payload(&notice.to_payload()), Some(notice));
+        for bad in ["", "1 2 3", "x 1 j u", "1 2 j u extra"] {
+            assert_eq!(EventNotice::from_payload(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -8,9 +8,10 @@ use chrono::Utc;
 use tracing::{debug, warn};
 
 use super::error::JobError;
-use super::model::{EventKind, Job, JobProblem, JobState, ProblemReason, Submission};
+use super::model::{Job, Submission};
+use super::ports::StatusFailure;
 use super::service::JobService;
-use crate::smileid::{SmileIdError, StatusOptions};
+use crate::smileid::StatusOptions;
 
 /// When the reconciler asks Smile ID about jobs without a final result.
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +43,7 @@ impl Default for ReconcilePolicy {
 }
 
 impl ReconcilePolicy {
-    fn delay(&self, attempts: u32) -> Duration {
+    pub(crate) fn delay(&self, attempts: u32) -> Duration {
         self.first_delay
             .saturating_mul(2u32.saturating_pow(attempts.min(16)))
             .min(self.max_delay)
@@ -90,41 +91,16 @@ impl JobService {
                 .await
             {
                 Ok(status) => {
-                    debug!(job_id = %job_id, complete = status.job_complete, "reconciler fetched status");
+                    debug!(job_id = %job_id, complete = status.complete, "reconciler fetched status");
                     self.apply_status(&job_id, status).await?;
                 }
-                Err(SmileIdError::NotFound) => debug!(job_id = %job_id, "smile id does not know the job yet"),
+                Err(StatusFailure::NotFound) => debug!(job_id = %job_id, "smile id does not know the job yet"),
                 Err(error) => warn!(job_id = %job_id, error = %error, "reconciler could not fetch status"),
             }
         }
         let policy = self.config.reconcile;
         let now = Utc::now();
-        self.transition(&job_id, |job| {
-            if job.state.is_terminal() {
-                job.next_poll_at = None;
-                return None;
-            }
-            let age = (now - job.created_at).to_std().unwrap_or_default();
-            if age >= policy.give_up_after {
-                job.state = JobState::Failed;
-                job.next_poll_at = None;
-                job.problem = Some(JobProblem {
-                    reason: ProblemReason::ResultNotReceived,
-                    message: format!(
-                        "no final result from Smile ID within {}",
-                        humantime::format_duration(policy.give_up_after)
-                    ),
-                    smile_code: None,
-                });
-                return Some(EventKind::Failed);
-            }
-            job.poll_attempts += 1;
-            let next = now + policy.delay(job.poll_attempts);
-            let give_up_at = job.created_at + policy.give_up_after;
-            job.next_poll_at = Some(next.min(give_up_at));
-            None
-        })
-        .await?;
+        self.transition(&job_id, |job| job.polled(now, &policy)).await?;
         Ok(())
     }
 

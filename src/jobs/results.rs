@@ -8,8 +8,9 @@ use tracing::warn;
 
 use super::error::{JobError, UnavailableReason};
 use super::model::Job;
+use super::ports::{StatusFailure, StatusReport};
 use super::service::JobService;
-use crate::smileid::{JobStatus, ResultEntry, SmileIdError, StatusOptions, VerifiedCallback};
+use crate::smileid::{ResultEntry, StatusOptions, VerifiedCallback};
 
 /// Extra data fetched from Smile ID on request; never stored.
 #[derive(Clone, Debug, Default)]
@@ -46,8 +47,8 @@ impl JobService {
                 let job = self.apply_status(&job.job_id, status).await?;
                 Ok((job, fetched))
             }
-            Err(SmileIdError::NotFound) => Ok((job, Fetched::default())),
-            Err(error) => Err(upstream_unavailable(&error)),
+            Err(StatusFailure::NotFound) => Ok((job, Fetched::default())),
+            Err(failure) => Err(upstream_unavailable(&failure)),
         }
     }
 
@@ -105,20 +106,14 @@ impl JobService {
             Err(error) => {
                 warn!(job_id = %job_id, error = %error, "could not confirm a callback; the reconciler will fetch the result");
                 let now = Utc::now();
-                self.transition(&job_id, |job| {
-                    if !job.state.is_terminal() {
-                        job.next_poll_at = Some(now);
-                    }
-                    None
-                })
-                .await?;
+                self.transition(&job_id, |job| job.poll_at(now)).await?;
                 Ok(CallbackOutcome::Deferred)
             }
         }
     }
 
     /// Applies a job_status answer: every result in order, then the latest.
-    pub(crate) async fn apply_status(&self, job_id: &str, status: JobStatus) -> Result<Job, JobError> {
+    pub(crate) async fn apply_status(&self, job_id: &str, status: StatusReport) -> Result<Job, JobError> {
         let mut results = status.history;
         if let Some(latest) = status.result {
             results.push(latest);
@@ -144,15 +139,15 @@ impl JobService {
     }
 }
 
-fn upstream_unavailable(error: &SmileIdError) -> JobError {
-    match error {
-        SmileIdError::Refused { .. } | SmileIdError::BadSignature | SmileIdError::Malformed(_) => {
-            JobError::Internal(format!("smile id job_status failed: {error}"))
-        }
-        _ => JobError::Unavailable {
+fn upstream_unavailable(failure: &StatusFailure) -> JobError {
+    match failure {
+        StatusFailure::Unavailable { retry_after, .. } => JobError::Unavailable {
             reason: UnavailableReason::UpstreamUnavailable,
             message: "Smile ID could not be reached".into(),
-            retry_after: Some(error.retry_after().unwrap_or(Duration::from_secs(1))),
+            retry_after: Some(retry_after.unwrap_or(Duration::from_secs(1))),
         },
+        StatusFailure::NotFound | StatusFailure::Unusable(_) => {
+            JobError::Internal(format!("smile id job_status failed: {failure}"))
+        }
     }
 }

@@ -4,19 +4,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::error::{JobError, UnavailableReason};
-use super::model::{EventKind, Job, JobProblem, JobState, ProblemReason, Submission};
+use super::model::{EventKind, EventNotice, Job, JobEvent, JobProblem, JobState, ProblemReason, TakeOver};
+use super::ports::{Created, EventFanout, Saved, SharedStore, SmileId, SmileJob, SubmitFailure};
 use super::reconciler::ReconcilePolicy;
 use super::validate::{ImageLimits, Prepared, SubmitRequest, prepare};
-use crate::events::EventBus;
 use crate::metrics::Metrics;
-use crate::smileid::wire::JOB_TYPE_AUTHENTICATION;
-use crate::smileid::{ErrorCode, JobSubmission, PartnerParams, SmileIdClient, SmileIdError, SubmitOutcome};
-use crate::store::{Created, Saved, SharedStore};
+use crate::smileid::ErrorCode;
 
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -57,10 +55,18 @@ pub struct SubmitOutput {
     pub created: bool,
 }
 
+/// The ports a [`JobService`] works through.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: SharedStore,
+    pub fanout: Arc<dyn EventFanout>,
+    pub smile: Arc<dyn SmileId>,
+}
+
 pub struct JobService {
     pub(crate) store: SharedStore,
-    pub(crate) bus: EventBus,
-    pub(crate) smile: SmileIdClient,
+    pub(crate) fanout: Arc<dyn EventFanout>,
+    pub(crate) smile: Arc<dyn SmileId>,
     pub(crate) config: ServiceConfig,
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
@@ -69,17 +75,11 @@ pub struct JobService {
 }
 
 impl JobService {
-    pub fn new(
-        store: SharedStore,
-        bus: EventBus,
-        smile: SmileIdClient,
-        config: ServiceConfig,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
+    pub fn new(ports: Ports, config: ServiceConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Arc<Self> {
+        let Ports { store, fanout, smile } = ports;
         Arc::new(Self {
             store,
-            bus,
+            fanout,
             smile,
             config,
             shutdown,
@@ -124,176 +124,105 @@ impl JobService {
 
     async fn submit_locked(&self, prepared: &Prepared) -> Result<SubmitOutput, JobError> {
         let now = Utc::now();
-        let fresh = Job {
-            job_id: prepared.job_id.clone(),
-            user_id: prepared.user_id.clone(),
-            smile_job_id: None,
-            state: JobState::Submitting,
-            submission: Submission::InFlight {
-                lease_until: now + self.config.submit_lease,
-            },
-            results: Vec::new(),
-            problem: None,
-            partner_params: prepared.partner_params.clone(),
-            content_hash: prepared.content_hash.clone(),
-            created_at: now,
-            updated_at: now,
-            // If this process dies mid-submission, the reconciler still looks at the job.
-            next_poll_at: Some(now + self.config.reconcile.first_delay),
-            poll_attempts: 0,
-            version: 0,
-            last_sequence: 0,
-        };
-        let (job, may_resume) = match self.store.create(&fresh).await? {
+        let lease_until = now + self.config.submit_lease;
+        let fresh = Job::submitting(prepared, now, lease_until, now + self.config.reconcile.first_delay);
+        let existing = match self.store.create(&fresh).await? {
             Created::New(event) => {
-                self.bus.publish(&event);
+                self.publish(&event);
                 self.metrics.jobs_created.inc();
                 info!(job_id = %event.job.job_id, "job created");
-                (event.job, false)
+                let job = self.attempt(event.job, prepared, false).await?;
+                return Ok(SubmitOutput { job, created: true });
             }
-            Created::Existing(existing) => {
-                if existing.content_hash != prepared.content_hash {
-                    return Err(JobError::JobIdReused {
-                        job_id: prepared.job_id.clone(),
-                    });
-                }
-                match self.take_over(existing, now).await? {
-                    TakeOver::Done(job) => {
-                        if let (JobState::Failed, Some(problem)) = (job.state, &job.problem) {
-                            return Err(JobError::Rejected(problem.clone()));
-                        }
-                        return Ok(SubmitOutput { job, created: false });
-                    }
-                    TakeOver::Resubmit { job, may_resume } => {
-                        let job = self.attempt(job, prepared, may_resume).await?;
-                        return Ok(SubmitOutput { job, created: false });
-                    }
-                }
-            }
+            Created::Existing(existing) => existing,
         };
-        let job = self.attempt(job, prepared, may_resume).await?;
-        Ok(SubmitOutput { job, created: true })
-    }
-
-    /// Decides what a repeated submission of an existing job does.
-    async fn take_over(&self, existing: Job, now: DateTime<Utc>) -> Result<TakeOver, JobError> {
-        if existing.state != JobState::Submitting {
-            return Ok(TakeOver::Done(existing));
+        if existing.content_hash != prepared.content_hash {
+            return Err(JobError::JobIdReused {
+                job_id: prepared.job_id.clone(),
+            });
         }
-        let may_resume = match &existing.submission {
-            Submission::InFlight { lease_until } if *lease_until > now => return Ok(TakeOver::Done(existing)),
-            Submission::Accepted => return Ok(TakeOver::Done(existing)),
-            Submission::NotSent => false,
-            Submission::InFlight { .. } | Submission::OutcomeUnknown => true,
-        };
-        let lease_until = now + self.config.submit_lease;
         let mut job = existing;
-        job.submission = Submission::InFlight { lease_until };
-        job.updated_at = now;
-        match self.store.save(&mut job, None).await? {
-            Saved::Written(_) => Ok(TakeOver::Resubmit { job, may_resume }),
-            // Another replica took it over first; report the job as it stands.
-            Saved::Conflict => Ok(TakeOver::Done(self.load(&job.job_id).await?)),
+        let job = match job.take_over(now, lease_until) {
+            TakeOver::Report => job,
+            TakeOver::Resubmit { may_resume } => match self.store.save(&mut job, None).await? {
+                Saved::Written(_) => self.attempt(job, prepared, may_resume).await?,
+                // Another replica took it over first; report the job as it stands.
+                Saved::Conflict => self.load(&job.job_id).await?,
+            },
+        };
+        if let (JobState::Failed, Some(problem)) = (job.state, &job.problem) {
+            return Err(JobError::Rejected(problem.clone()));
         }
+        Ok(SubmitOutput { job, created: false })
     }
 
     /// Sends the job to Smile ID and records the outcome.
     async fn attempt(&self, job: Job, prepared: &Prepared, may_resume: bool) -> Result<Job, JobError> {
-        let partner_params = PartnerParams {
-            user_id: job.user_id.clone(),
-            job_id: job.job_id.clone(),
-            job_type: JOB_TYPE_AUTHENTICATION,
-            extra: job.partner_params.clone(),
-        };
-        let submission = JobSubmission {
-            partner_params: &partner_params,
+        let submission = SmileJob {
+            user_id: &job.user_id,
+            job_id: &job.job_id,
+            partner_params: &job.partner_params,
             callback_url: self.config.callback_url.as_deref(),
             selfie_jpeg: &prepared.selfie_jpeg,
             liveness_jpegs: &prepared.liveness_jpegs,
             may_resume,
         };
-        let job_id = job.job_id.clone();
-        match self.smile.submit(&submission).await {
-            Ok(submitted) => {
+        let job_id = job.job_id.as_str();
+        let failure = match self.smile.submit(submission).await {
+            Ok(accepted) => {
                 self.metrics.submissions_accepted.inc();
-                info!(job_id = %job_id, smile_job_id = %submitted.smile_job_id, resumed = submitted.resumed, "job submitted to smile id");
+                info!(job_id, smile_job_id = %accepted.smile_job_id, resumed = accepted.resumed, "job submitted to smile id");
                 let first_poll = Utc::now() + self.config.reconcile.first_delay;
-                self.transition(&job_id, |job| {
-                    job.smile_job_id.get_or_insert_with(|| submitted.smile_job_id.clone());
-                    if job.state != JobState::Submitting {
-                        // A callback overtook the upload response.
-                        return None;
-                    }
-                    job.state = JobState::Submitted;
-                    job.submission = Submission::Accepted;
-                    job.problem = None;
-                    job.next_poll_at = Some(first_poll);
-                    Some(EventKind::Submitted)
+                return self
+                    .transition(job_id, |job| job.accepted(&accepted.smile_job_id, first_poll))
+                    .await;
+            }
+            Err(failure) => failure,
+        };
+        warn!(job_id, error = %failure, "smile id submission failed");
+        match failure {
+            SubmitFailure::Refused { code, message } => {
+                let problem = refusal_problem(&code, &message);
+                self.transition(job_id, |job| job.refused(problem.clone())).await?;
+                self.metrics.submissions_refused.inc();
+                Err(JobError::Rejected(problem))
+            }
+            SubmitFailure::NotSent { retry_after, .. } => {
+                let message = "Smile ID could not be reached; nothing was sent. Retry with the same job_id";
+                let problem = JobProblem {
+                    reason: ProblemReason::UpstreamUnavailable,
+                    message: message.into(),
+                    smile_code: None,
+                };
+                let give_up = job.created_at + self.config.reconcile.give_up_after;
+                self.transition(job_id, |job| job.not_sent(problem.clone(), give_up))
+                    .await?;
+                Err(JobError::Unavailable {
+                    reason: UnavailableReason::UpstreamUnavailable,
+                    message: message.into(),
+                    retry_after: Some(retry_after.unwrap_or(Duration::from_secs(1))),
+                })
+            }
+            SubmitFailure::Unknown { smile_job_id, .. } => {
+                let problem = JobProblem {
+                    reason: ProblemReason::SubmissionOutcomeUnknown,
+                    message: "the submission may or may not have reached Smile ID; the result is being \
+                              reconciled. Resubmitting the same job_id and content resumes it"
+                        .into(),
+                    smile_code: None,
+                };
+                let soon = Utc::now() + self.config.reconcile.first_delay;
+                self.transition(job_id, |job| {
+                    job.outcome_unknown(smile_job_id.as_deref(), problem.clone(), soon)
                 })
                 .await
             }
-            Err(error) => {
-                warn!(job_id = %job_id, stage = ?error.stage, outcome = ?error.outcome, error = %error.source, "smile id submission failed");
-                match error.outcome {
-                    SubmitOutcome::Refused => {
-                        let problem = refusal_problem(&error.source);
-                        let failed = problem.clone();
-                        self.transition(&job_id, move |job| {
-                            job.state = JobState::Failed;
-                            job.problem = Some(failed.clone());
-                            job.next_poll_at = None;
-                            Some(EventKind::Failed)
-                        })
-                        .await?;
-                        self.metrics.submissions_refused.inc();
-                        Err(JobError::Rejected(problem))
-                    }
-                    SubmitOutcome::NotSent => {
-                        let give_up = job.created_at + self.config.reconcile.give_up_after;
-                        let message = "Smile ID could not be reached; nothing was sent. Retry with the same job_id";
-                        self.transition(&job_id, |job| {
-                            job.submission = Submission::NotSent;
-                            job.problem = Some(JobProblem {
-                                reason: ProblemReason::UpstreamUnavailable,
-                                message: message.into(),
-                                smile_code: None,
-                            });
-                            // Nothing exists at Smile ID; only the give-up check remains.
-                            job.next_poll_at = Some(give_up);
-                            None
-                        })
-                        .await?;
-                        Err(JobError::Unavailable {
-                            reason: UnavailableReason::UpstreamUnavailable,
-                            message: message.into(),
-                            retry_after: Some(error.source.retry_after().unwrap_or(Duration::from_secs(1))),
-                        })
-                    }
-                    SubmitOutcome::Unknown => {
-                        let soon = Utc::now() + self.config.reconcile.first_delay;
-                        self.transition(&job_id, |job| {
-                            if job.state != JobState::Submitting {
-                                return None;
-                            }
-                            if let Some(id) = &error.smile_job_id {
-                                job.smile_job_id.get_or_insert_with(|| id.clone());
-                            }
-                            job.submission = Submission::OutcomeUnknown;
-                            job.problem = Some(JobProblem {
-                                reason: ProblemReason::SubmissionOutcomeUnknown,
-                                message: "the submission may or may not have reached Smile ID; the result is being \
-                                          reconciled. Resubmitting the same job_id and content resumes it"
-                                    .into(),
-                                smile_code: None,
-                            });
-                            job.next_poll_at = Some(soon);
-                            None
-                        })
-                        .await
-                    }
-                }
-            }
         }
+    }
+
+    /// Tells this process's streams about a stored event.
+    pub(crate) fn publish(&self, event: &JobEvent) {
+        self.fanout.publish(EventNotice::from(event));
     }
 
     pub async fn get(&self, job_id: &str) -> Result<Job, JobError> {
@@ -323,7 +252,7 @@ impl JobService {
             job.updated_at = Utc::now();
             match self.store.save(&mut job, event).await? {
                 Saved::Written(Some(event)) => {
-                    self.bus.publish(&event);
+                    self.publish(&event);
                     self.metrics.events_written.inc();
                     return Ok(job);
                 }
@@ -359,13 +288,6 @@ impl JobService {
     }
 }
 
-enum TakeOver {
-    /// Nothing to send: report the job as it stands.
-    Done(Job),
-    /// This call now owns the submission.
-    Resubmit { job: Job, may_resume: bool },
-}
-
 fn generate_job_id() -> String {
     use rand::distr::{Alphanumeric, SampleString};
     format!(
@@ -375,14 +297,7 @@ fn generate_job_id() -> String {
 }
 
 /// What a Smile ID refusal means for the stored job.
-fn refusal_problem(error: &SmileIdError) -> JobProblem {
-    let SmileIdError::Refused { code, message, .. } = error else {
-        return JobProblem {
-            reason: ProblemReason::UpstreamRejected,
-            message: error.to_string(),
-            smile_code: None,
-        };
-    };
+fn refusal_problem(code: &ErrorCode, message: &str) -> JobProblem {
     let (reason, message) = match code {
         ErrorCode::UserNotEnrolled => (
             ProblemReason::UserNotEnrolled,

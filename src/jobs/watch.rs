@@ -3,6 +3,7 @@
 //! read from the store after the last delivered position.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
@@ -10,10 +11,12 @@ use tokio::sync::mpsc;
 
 use super::error::JobError;
 use super::model::{EventNotice, Job, JobEvent};
+use super::ports::{FanoutMessage, StoreError};
 use super::service::JobService;
-use crate::events::BusMessage;
 
 const PAGE: u32 = 200;
+/// The longest pause between retries of a failed read (about 1.5 s in all).
+const READ_RETRY_CEILING: Duration = Duration::from_millis(800);
 
 /// One item of a stream.
 #[derive(Debug)]
@@ -41,7 +44,7 @@ pub enum LogStart {
 impl JobService {
     /// Waits until the job is final or `deadline`, then returns it as it stands.
     pub async fn wait_for_final(&self, job_id: &str, deadline: tokio::time::Instant) -> Result<Job, JobError> {
-        let mut notices = self.bus.subscribe();
+        let mut notices = self.fanout.subscribe();
         loop {
             let job = self.load(job_id).await?;
             if job.state.is_terminal() {
@@ -50,8 +53,8 @@ impl JobService {
             loop {
                 tokio::select! {
                     notice = notices.recv() => match notice {
-                        Ok(BusMessage::Event(notice)) if notice.job_id == job_id => break,
-                        Ok(BusMessage::Resync) => break,
+                        Ok(FanoutMessage::Event(notice)) if notice.job_id == job_id => break,
+                        Ok(FanoutMessage::Resync) => break,
                         Ok(_) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(job),
@@ -68,7 +71,7 @@ impl JobService {
     /// Streams one job's events after `after_sequence`; ends after its final event.
     pub async fn watch_job(self: &Arc<Self>, job_id: &str, after_sequence: u64) -> Result<WatchStream, JobError> {
         // Subscribe before the first read so nothing falls between replay and live.
-        let mut notices = self.bus.subscribe();
+        let mut notices = self.fanout.subscribe();
         let job = self.load(job_id).await?;
         let (sender, receiver) = mpsc::channel(64);
         let service = self.clone();
@@ -83,7 +86,10 @@ impl JobService {
             loop {
                 // Drain everything stored after the cursor.
                 loop {
-                    let events = match service.store.job_events(&job_id, cursor, PAGE).await {
+                    let events = match service
+                        .read_patiently(|| service.store.job_events(&job_id, cursor, PAGE))
+                        .await
+                    {
                         Ok(events) => events,
                         Err(error) => {
                             let _ = sender.send(Err(error.into())).await;
@@ -121,7 +127,7 @@ impl JobService {
         user_id: Option<String>,
         start: LogStart,
     ) -> Result<WatchStream, JobError> {
-        let mut notices = self.bus.subscribe();
+        let mut notices = self.fanout.subscribe();
         let mut cursor = match start {
             LogStart::After(id) => id,
             LogStart::Beginning => 0,
@@ -134,7 +140,10 @@ impl JobService {
             heartbeat.tick().await;
             loop {
                 loop {
-                    let events = match service.store.log_events(cursor, user_id.as_deref(), PAGE).await {
+                    let events = match service
+                        .read_patiently(|| service.store.log_events(cursor, user_id.as_deref(), PAGE))
+                        .await
+                    {
                         Ok(events) => events,
                         Err(error) => {
                             let _ = sender.send(Err(error.into())).await;
@@ -167,13 +176,33 @@ impl JobService {
         Ok(receiver)
     }
 
+    /// A stream's read of the store, retried for a moment when the database is
+    /// unavailable: a connection lost with a replica's database recovers in
+    /// well under a second, and a stream should outlive that.
+    async fn read_patiently<F, Fut>(&self, mut read: F) -> Result<Vec<JobEvent>, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Vec<JobEvent>, StoreError>>,
+    {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match read().await {
+                Err(StoreError::Unavailable(_)) if backoff <= READ_RETRY_CEILING => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
     /// Waits for a reason to read the store again: a relevant notice, a resync
     /// after missed notices, or a heartbeat (sent; events written by another
     /// replica may arrive without a local notice, so it also means "look").
     /// `Stop` when the caller went away or the server shuts down (the caller is told).
     async fn wait_to_look(
         &self,
-        notices: &mut broadcast::Receiver<BusMessage>,
+        notices: &mut broadcast::Receiver<FanoutMessage>,
         heartbeat: &mut tokio::time::Interval,
         sender: &mpsc::Sender<Result<WatchItem, JobError>>,
         relevant: impl Fn(&EventNotice) -> bool,
@@ -182,9 +211,9 @@ impl JobService {
         loop {
             tokio::select! {
                 notice = notices.recv() => match notice {
-                    Ok(BusMessage::Event(notice)) if relevant(&notice) => return Wake::Look,
-                    Ok(BusMessage::Resync) | Err(RecvError::Lagged(_)) => return Wake::Look,
-                    Ok(BusMessage::Event(_)) => continue,
+                    Ok(FanoutMessage::Event(notice)) if relevant(&notice) => return Wake::Look,
+                    Ok(FanoutMessage::Resync) | Err(RecvError::Lagged(_)) => return Wake::Look,
+                    Ok(FanoutMessage::Event(_)) => continue,
                     Err(RecvError::Closed) => return Wake::Stop,
                 },
                 _ = heartbeat.tick() => {

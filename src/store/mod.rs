@@ -1,4 +1,5 @@
-//! Durable storage of jobs and their events, behind [`JobStore`].
+//! Durable storage of jobs and their events: the domain's
+//! [`JobStore`](crate::jobs::ports::JobStore) port on SQLite and PostgreSQL.
 //!
 //! Every write is a compare-and-set on the job's `version`, and a job change and
 //! its event are written in one transaction, so replicas and concurrent requests
@@ -9,22 +10,14 @@ mod sql;
 mod sqlite;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-pub use postgres::{PgLimits, PgStore};
+pub use postgres::{EVENT_CHANNEL, PgLimits, PgStore};
 pub use sqlite::SqliteStore;
 
 use crate::jobs::model::{EventKind, Job, JobEvent};
-
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("the database is unavailable: {0}")]
-    Unavailable(String),
-    #[error("stored data cannot be read: {0}")]
-    Corrupt(String),
-}
+use crate::jobs::ports::{SharedStore, StoreError};
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
@@ -42,62 +35,6 @@ impl From<serde_json::Error> for StoreError {
         Self::Corrupt(error.to_string())
     }
 }
-
-/// The result of [`JobStore::create`].
-#[derive(Debug)]
-pub enum Created {
-    /// The job is new; its `CREATED` event.
-    New(JobEvent),
-    /// A job with this job_id already exists.
-    Existing(Job),
-}
-
-/// The result of [`JobStore::save`].
-#[derive(Debug)]
-pub enum Saved {
-    /// Written; the event, when one was asked for.
-    Written(Option<Box<JobEvent>>),
-    /// Someone else wrote the job first; reload and retry.
-    Conflict,
-}
-
-#[async_trait::async_trait]
-pub trait JobStore: Send + Sync + 'static {
-    /// Inserts a new job with its `CREATED` event (sequence 1), unless the job_id exists.
-    async fn create(&self, job: &Job) -> Result<Created, StoreError>;
-
-    async fn get(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
-
-    /// Writes `job` if its stored version is still `job.version`, with an event
-    /// when `event` is given. On success `job.version` and `job.last_sequence` advance.
-    async fn save(&self, job: &mut Job, event: Option<EventKind>) -> Result<Saved, StoreError>;
-
-    /// A job's events with sequence greater than `after_sequence`, in order.
-    async fn job_events(&self, job_id: &str, after_sequence: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError>;
-
-    /// The global event log after `after_global_id`, optionally one user's, in order.
-    async fn log_events(
-        &self,
-        after_global_id: i64,
-        user_id: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<JobEvent>, StoreError>;
-
-    /// The position a live-only WatchJobs starts after.
-    async fn last_global_id(&self) -> Result<i64, StoreError>;
-
-    /// Leases up to `limit` jobs whose `next_poll_at` has passed, so that one
-    /// replica polls each; a lease expires after `lease`.
-    async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<Job>, StoreError>;
-
-    /// Gives up the reconciler's lease on a job once it is done with it.
-    async fn release_lease(&self, job_id: &str) -> Result<(), StoreError>;
-
-    /// Checks the database answers.
-    async fn ping(&self) -> Result<(), StoreError>;
-}
-
-pub type SharedStore = Arc<dyn JobStore>;
 
 /// An opened store, and the PostgreSQL pool when the store is shared by replicas.
 pub struct OpenedStore {

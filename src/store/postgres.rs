@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
-use super::StoreError;
 use super::sql::impl_job_store;
-use crate::events::postgres::{CHANNEL, encode};
-use crate::jobs::model::JobEvent;
+use crate::jobs::model::{EventNotice, JobEvent};
+use crate::jobs::ports::StoreError;
+
+/// The `NOTIFY` channel announcing each stored event to every replica.
+pub const EVENT_CHANNEL: &str = "selfie_auth_events";
 
 /// Serialises event inserts (an arbitrary constant naming this lock).
 const EVENT_LOG_LOCK: i64 = 0x5E1F_1EA0;
@@ -83,8 +85,8 @@ impl PgStore {
     /// Announces the event to every replica; delivered when the transaction commits.
     async fn after_event(tx: &mut sqlx::PgConnection, event: &JobEvent) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(encode(event))
+            .bind(EVENT_CHANNEL)
+            .bind(EventNotice::from(event).to_payload())
             .execute(tx)
             .await?;
         Ok(())

@@ -3,7 +3,7 @@
 //! and migrating, what surrounds an event write, claiming due jobs — each store
 //! defines as inherent `before_event`, `after_event` and `CLAIM_DUE_SQL`.
 
-/// Implements [`JobStore`](super::JobStore) for `$store`, whose rows are `$row`
+/// Implements [`JobStore`](crate::jobs::ports::JobStore) for `$store`, whose rows are `$row`
 /// and whose connections are `$connection`.
 macro_rules! impl_job_store {
     ($store:ty, $row:ty, $connection:ty) => {
@@ -13,7 +13,7 @@ macro_rules! impl_job_store {
             job: &$crate::jobs::model::Job,
             kind: $crate::jobs::model::EventKind,
             data: &str,
-        ) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError> {
+        ) -> Result<$crate::jobs::model::JobEvent, $crate::jobs::ports::StoreError> {
             <$store>::before_event(&mut *connection).await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO job_events (job_id, user_id, sequence, kind, snapshot, created_at)
@@ -38,7 +38,7 @@ macro_rules! impl_job_store {
             Ok(event)
         }
 
-        fn job_from_row(row: &$row) -> Result<$crate::jobs::model::Job, $crate::store::StoreError> {
+        fn job_from_row(row: &$row) -> Result<$crate::jobs::model::Job, $crate::jobs::ports::StoreError> {
             use sqlx::Row as _;
             $crate::store::decode_job(
                 row.try_get("data")?,
@@ -47,7 +47,7 @@ macro_rules! impl_job_store {
             )
         }
 
-        fn event_from_row(row: &$row) -> Result<$crate::jobs::model::JobEvent, $crate::store::StoreError> {
+        fn event_from_row(row: &$row) -> Result<$crate::jobs::model::JobEvent, $crate::jobs::ports::StoreError> {
             use sqlx::Row as _;
             $crate::store::decode_event(
                 row.try_get("id")?,
@@ -59,12 +59,13 @@ macro_rules! impl_job_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::store::JobStore for $store {
+        impl $crate::jobs::ports::JobStore for $store {
             async fn create(
                 &self,
                 job: &$crate::jobs::model::Job,
-            ) -> Result<$crate::store::Created, $crate::store::StoreError> {
-                use $crate::store::{Created, StoreError, millis};
+            ) -> Result<$crate::jobs::ports::Created, $crate::jobs::ports::StoreError> {
+                use $crate::jobs::ports::{Created, StoreError};
+                use $crate::store::millis;
                 let mut job = job.clone();
                 job.version = 1;
                 job.last_sequence = 1;
@@ -96,7 +97,10 @@ macro_rules! impl_job_store {
                 Ok(Created::New(event))
             }
 
-            async fn get(&self, job_id: &str) -> Result<Option<$crate::jobs::model::Job>, $crate::store::StoreError> {
+            async fn get(
+                &self,
+                job_id: &str,
+            ) -> Result<Option<$crate::jobs::model::Job>, $crate::jobs::ports::StoreError> {
                 let row = sqlx::query("SELECT data, version, last_sequence FROM jobs WHERE job_id = $1")
                     .bind(job_id)
                     .fetch_optional(&self.pool)
@@ -108,8 +112,9 @@ macro_rules! impl_job_store {
                 &self,
                 job: &mut $crate::jobs::model::Job,
                 event: Option<$crate::jobs::model::EventKind>,
-            ) -> Result<$crate::store::Saved, $crate::store::StoreError> {
-                use $crate::store::{Saved, millis};
+            ) -> Result<$crate::jobs::ports::Saved, $crate::jobs::ports::StoreError> {
+                use $crate::jobs::ports::Saved;
+                use $crate::store::millis;
                 let mut next = job.clone();
                 next.version += 1;
                 if event.is_some() {
@@ -150,7 +155,7 @@ macro_rules! impl_job_store {
                 job_id: &str,
                 after_sequence: u64,
                 limit: u32,
-            ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::jobs::ports::StoreError> {
                 let rows = sqlx::query(
                     "SELECT id, sequence, kind, snapshot, created_at FROM job_events
                      WHERE job_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
@@ -168,7 +173,7 @@ macro_rules! impl_job_store {
                 after_global_id: i64,
                 user_id: Option<&str>,
                 limit: u32,
-            ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::jobs::ports::StoreError> {
                 let rows = sqlx::query(
                     "SELECT id, sequence, kind, snapshot, created_at FROM job_events
                      WHERE id > $1 AND (CAST($2 AS TEXT) IS NULL OR user_id = $2) ORDER BY id LIMIT $3",
@@ -181,7 +186,7 @@ macro_rules! impl_job_store {
                 rows.iter().map(event_from_row).collect()
             }
 
-            async fn last_global_id(&self) -> Result<i64, $crate::store::StoreError> {
+            async fn last_global_id(&self) -> Result<i64, $crate::jobs::ports::StoreError> {
                 Ok(
                     sqlx::query_scalar("SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM job_events")
                         .fetch_one(&self.pool)
@@ -194,7 +199,7 @@ macro_rules! impl_job_store {
                 now: chrono::DateTime<chrono::Utc>,
                 lease: std::time::Duration,
                 limit: u32,
-            ) -> Result<Vec<$crate::jobs::model::Job>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::jobs::model::Job>, $crate::jobs::ports::StoreError> {
                 use $crate::store::millis;
                 let lease_until = millis(now) + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
                 let rows = sqlx::query(Self::CLAIM_DUE_SQL)
@@ -206,7 +211,7 @@ macro_rules! impl_job_store {
                 rows.iter().map(job_from_row).collect()
             }
 
-            async fn release_lease(&self, job_id: &str) -> Result<(), $crate::store::StoreError> {
+            async fn release_lease(&self, job_id: &str) -> Result<(), $crate::jobs::ports::StoreError> {
                 sqlx::query("UPDATE jobs SET lease_until = NULL WHERE job_id = $1")
                     .bind(job_id)
                     .execute(&self.pool)
@@ -214,7 +219,7 @@ macro_rules! impl_job_store {
                 Ok(())
             }
 
-            async fn ping(&self) -> Result<(), $crate::store::StoreError> {
+            async fn ping(&self) -> Result<(), $crate::jobs::ports::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
             }

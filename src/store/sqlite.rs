@@ -7,9 +7,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 
-use super::StoreError;
 use super::sql::impl_job_store;
 use crate::jobs::model::JobEvent;
+use crate::jobs::ports::StoreError;
 
 pub struct SqliteStore {
     pool: SqlitePool,

@@ -16,15 +16,19 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+mod smile_adapter;
+
 use crate::callbacks::{self, CallbackSettings};
 use crate::events::EventBus;
 use crate::grpc::load_shed::LoadShedLayer;
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
-use crate::jobs::{JobService, ServiceConfig};
+use crate::jobs::SharedStore;
+use crate::jobs::{JobService, Ports, ServiceConfig};
 use crate::metrics::Metrics;
 use crate::smileid::{ClientConfig, SmileIdClient};
-use crate::store::{self, PgLimits, SharedStore};
+use crate::store::{self, PgLimits};
+use smile_adapter::SmileIdAdapter;
 
 /// Everything a running service needs.
 #[derive(Clone, Debug)]
@@ -165,12 +169,14 @@ pub async fn start_on(
     let bus = EventBus::default();
     let listener_task = opened
         .postgres
-        .map(|pool| crate::events::postgres::spawn_listener(pool, bus.clone(), shutdown.clone()));
+        .map(|pool| crate::events::postgres::spawn_listener(pool, store::EVENT_CHANNEL, bus.clone(), shutdown.clone()));
     let store = opened.store;
     let service = JobService::new(
-        store.clone(),
-        bus,
-        smile,
+        Ports {
+            store: store.clone(),
+            fanout: Arc::new(bus),
+            smile: Arc::new(SmileIdAdapter::new(smile)),
+        },
         settings.service.clone(),
         metrics.clone(),
         shutdown.clone(),

@@ -1,0 +1,196 @@
+//! What the domain needs from the outside world, in the domain's own terms: the
+//! job store, the event fan-out and Smile ID. `store`, `events` and the wiring's
+//! Smile ID adapter implement these traits; the job logic knows nothing else.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+
+use super::model::{EventKind, EventNotice, Job, JobEvent};
+use crate::smileid::{ErrorCode, ResultEntry, StatusOptions};
+
+// === the job store ===
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data cannot be read: {0}")]
+    Corrupt(String),
+}
+
+/// The result of [`JobStore::create`].
+#[derive(Debug)]
+pub enum Created {
+    /// The job is new; its `CREATED` event.
+    New(JobEvent),
+    /// A job with this job_id already exists.
+    Existing(Job),
+}
+
+/// The result of [`JobStore::save`].
+#[derive(Debug)]
+pub enum Saved {
+    /// Written; the event, when one was asked for.
+    Written(Option<Box<JobEvent>>),
+    /// Someone else wrote the job first; reload and retry.
+    Conflict,
+}
+
+/// Durable jobs and their events. Every write is a compare-and-set on the job's
+/// `version`, and a job change and its event are written in one transaction.
+#[async_trait::async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Inserts a new job with its `CREATED` event (sequence 1), unless the job_id exists.
+    async fn create(&self, job: &Job) -> Result<Created, StoreError>;
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// Writes `job` if its stored version is still `job.version`, with an event
+    /// when `event` is given. On success `job.version` and `job.last_sequence` advance.
+    async fn save(&self, job: &mut Job, event: Option<EventKind>) -> Result<Saved, StoreError>;
+
+    /// A job's events with sequence greater than `after_sequence`, in order.
+    async fn job_events(&self, job_id: &str, after_sequence: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError>;
+
+    /// The global event log after `after_global_id`, optionally one user's, in order.
+    async fn log_events(
+        &self,
+        after_global_id: i64,
+        user_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError>;
+
+    /// The position a live-only WatchJobs starts after.
+    async fn last_global_id(&self) -> Result<i64, StoreError>;
+
+    /// Leases up to `limit` jobs whose `next_poll_at` has passed, so that one
+    /// replica polls each; a lease expires after `lease`.
+    async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<Job>, StoreError>;
+
+    /// Gives up the reconciler's lease on a job once it is done with it.
+    async fn release_lease(&self, job_id: &str) -> Result<(), StoreError>;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub type SharedStore = Arc<dyn JobStore>;
+
+// === the event fan-out ===
+
+/// What stream subscribers hear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FanoutMessage {
+    /// An event was stored.
+    Event(EventNotice),
+    /// Notices may have been missed (a listener reconnected): re-read from the store.
+    Resync,
+}
+
+/// Tells this process's streams that events were stored. Notices carry ids
+/// only; subscribers read events from the store, so a missed notice can delay
+/// an event but never lose it.
+pub trait EventFanout: Send + Sync + 'static {
+    fn publish(&self, notice: EventNotice);
+
+    fn subscribe(&self) -> broadcast::Receiver<FanoutMessage>;
+}
+
+// === Smile ID ===
+
+/// One job for Smile ID: who, what, and the images (JPEG).
+pub struct SmileJob<'a> {
+    pub user_id: &'a str,
+    pub job_id: &'a str,
+    pub partner_params: &'a BTreeMap<String, String>,
+    pub callback_url: Option<&'a str>,
+    pub selfie_jpeg: &'a Bytes,
+    pub liveness_jpegs: &'a [Bytes],
+    /// An earlier attempt may have reached Smile ID: resume that job rather
+    /// than be refused as a duplicate.
+    pub may_resume: bool,
+}
+
+impl std::fmt::Debug for SmileJob<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmileJob")
+            .field("user_id", &self.user_id)
+            .field("job_id", &self.job_id)
+            .field("selfie_bytes", &self.selfie_jpeg.len())
+            .field("liveness_frames", &self.liveness_jpegs.len())
+            .field("may_resume", &self.may_resume)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Smile ID accepted the job and its images.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub smile_job_id: String,
+    pub resumed: bool,
+}
+
+/// Why a submission did not complete, by what Smile ID may now hold.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitFailure {
+    /// Smile ID refused the job; nothing exists there.
+    #[error("smile id refused the job with code {code}: {message}")]
+    Refused { code: ErrorCode, message: String },
+    /// The request certainly never reached Smile ID.
+    #[error("smile id was not reached: {detail}")]
+    NotSent {
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    /// A Smile ID job may exist, with or without its images.
+    #[error("the submission's outcome is unknown: {detail}")]
+    Unknown {
+        smile_job_id: Option<String>,
+        detail: String,
+    },
+}
+
+/// What Smile ID says about a job.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatusReport {
+    pub complete: bool,
+    /// The latest result, when there is one.
+    pub result: Option<ResultEntry>,
+    pub history: Vec<ResultEntry>,
+    pub image_links: BTreeMap<String, String>,
+}
+
+/// Why a job_status lookup gave no answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StatusFailure {
+    /// Smile ID has no job with this job_id.
+    #[error("smile id has no such job")]
+    NotFound,
+    /// Smile ID could not be reached or answered 5xx/429; asking again may help.
+    #[error("smile id is unavailable: {detail}")]
+    Unavailable {
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    /// Smile ID answered something we cannot trust or use.
+    #[error("smile id's answer is unusable: {0}")]
+    Unusable(String),
+}
+
+/// Smile ID, as the job logic uses it.
+#[async_trait::async_trait]
+pub trait SmileId: Send + Sync + 'static {
+    async fn submit(&self, job: SmileJob<'_>) -> Result<Accepted, SubmitFailure>;
+
+    async fn job_status(
+        &self,
+        user_id: &str,
+        job_id: &str,
+        options: StatusOptions,
+    ) -> Result<StatusReport, StatusFailure>;
+}
