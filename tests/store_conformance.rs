@@ -2,37 +2,38 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use selfie_auth::jobs::model::{EventKind, Job, JobState, Submission};
+use selfie_auth::jobs::model::{EventKind, Job, JobState};
 use selfie_auth::jobs::ports::{Created, Saved, SharedStore};
 use selfie_auth::store::PgLimits;
 
 fn job(job_id: &str, user_id: &str) -> Job {
-    let now = Utc::now();
-    Job {
-        job_id: job_id.into(),
-        user_id: user_id.into(),
-        smile_job_id: None,
-        state: JobState::Submitting,
-        submission: Submission::InFlight { lease_until: now },
-        results: Vec::new(),
-        problem: None,
-        partner_params: Default::default(),
-        content_hash: "hash".into(),
-        created_at: now,
-        updated_at: now,
-        next_poll_at: None,
-        poll_attempts: 0,
-        version: 0,
-        last_sequence: 0,
-    }
+    let mut job = Job::for_test(job_id, user_id);
+    job.content_hash = "hash".into();
+    job
 }
 
-async fn conformance(store: SharedStore) {
-    // create is insert-once.
+/// A store with job `job_id` of `user_id` written once after its creation:
+/// events 1 (CREATED) and 2 (SUBMITTED), version 2.
+async fn with_submitted_job(store: &SharedStore, job_id: &str, user_id: &str) -> Job {
+    let Created::New(_) = store.create(&job(job_id, user_id)).await.expect("create") else {
+        panic!("new")
+    };
+    let mut current = store.get(job_id).await.expect("get").expect("exists");
+    current.state = JobState::Submitted;
+    let Saved::Written(Some(_)) = store
+        .save(&mut current, Some(EventKind::Submitted))
+        .await
+        .expect("save")
+    else {
+        panic!("written")
+    };
+    current
+}
+
+async fn create_is_insert_once(store: SharedStore) {
     let Created::New(event) = store.create(&job("j1", "alice")).await.expect("create") else {
         panic!("new")
     };
@@ -44,8 +45,12 @@ async fn conformance(store: SharedStore) {
         panic!("existing")
     };
     assert_eq!(existing.user_id, "alice");
+    assert!(store.get("nope").await.expect("get").is_none());
+    store.ping().await.expect("ping");
+}
 
-    // save is compare-and-set on version.
+async fn save_is_compare_and_set_on_version(store: SharedStore) {
+    store.create(&job("j1", "alice")).await.expect("create");
     let mut current = store.get("j1").await.expect("get").expect("exists");
     let mut stale = current.clone();
     current.state = JobState::Submitted;
@@ -71,9 +76,10 @@ async fn conformance(store: SharedStore) {
         store.get("j1").await.expect("get").expect("exists").state,
         JobState::Submitted
     );
-    assert!(store.get("nope").await.expect("get").is_none());
+}
 
-    // Per-job events, in order, after a sequence.
+async fn job_events_are_in_order_after_a_sequence(store: SharedStore) {
+    with_submitted_job(&store, "j1", "alice").await;
     let events = store.job_events("j1", 0, 100).await.expect("events");
     assert_eq!(
         events.iter().map(|e| (e.sequence, e.kind)).collect::<Vec<_>>(),
@@ -81,8 +87,10 @@ async fn conformance(store: SharedStore) {
     );
     assert_eq!(store.job_events("j1", 1, 100).await.expect("events").len(), 1);
     assert_eq!(store.job_events("j1", 0, 1).await.expect("events").len(), 1, "limit");
+}
 
-    // The global log, in order, filtered by user, with its last position.
+async fn the_global_log_is_ordered_and_filtered_by_user(store: SharedStore) {
+    with_submitted_job(&store, "j1", "alice").await;
     store.create(&job("j2", "bob")).await.expect("create");
     let log = store.log_events(0, None, 100).await.expect("log");
     assert_eq!(log.len(), 3);
@@ -97,8 +105,11 @@ async fn conformance(store: SharedStore) {
             .expect("log")
             .is_empty()
     );
+}
 
-    // claim_due leases: one claimant until the lease expires.
+async fn claim_due_leases_to_one_claimant_until_expiry(store: SharedStore) {
+    store.create(&job("j1", "alice")).await.expect("create");
+    store.create(&job("j2", "bob")).await.expect("create");
     let mut due = store.get("j2").await.expect("get").expect("exists");
     due.next_poll_at = Some(Utc::now() - chrono::Duration::seconds(1));
     store.save(&mut due, None).await.expect("save");
@@ -116,8 +127,15 @@ async fn conformance(store: SharedStore) {
         1,
         "lease expired"
     );
+    store.release_lease("j2").await.expect("release");
+    assert_eq!(
+        store.claim_due(now, lease, 10).await.expect("claim").len(),
+        1,
+        "released"
+    );
+}
 
-    // Concurrent writers: every increment lands, sequences stay contiguous.
+async fn concurrent_writers_all_land_with_contiguous_sequences(store: SharedStore) {
     store.create(&job("j3", "carol")).await.expect("create");
     let mut writers = Vec::new();
     for _ in 0..8 {
@@ -149,27 +167,58 @@ async fn conformance(store: SharedStore) {
         .map(|e| e.sequence)
         .collect();
     assert_eq!(sequences, (1..=9).collect::<Vec<_>>());
-    store.ping().await.expect("ping");
 }
 
-#[tokio::test]
-async fn sqlite_store_conforms() {
+/// A fresh SQLite store; the directory lives as long as the test.
+async fn sqlite_store() -> (SharedStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let opened = selfie_auth::store::open(&common::sqlite_url(&dir), PgLimits::default())
         .await
         .expect("open");
-    conformance(opened.store).await;
+    (opened.store, dir)
 }
 
-#[tokio::test]
-async fn postgres_store_conforms() {
-    let Some(url) = common::pg_schema_url().await else {
-        return;
-    };
+/// A fresh PostgreSQL store in its own schema; `None` when PostgreSQL is not there.
+async fn postgres_store() -> Option<SharedStore> {
+    let url = common::pg_schema_url().await?;
     let opened = selfie_auth::store::open(&url, PgLimits::default()).await.expect("open");
     assert!(opened.postgres.is_some());
-    conformance(Arc::clone(&opened.store)).await;
+    Some(opened.store)
 }
+
+/// Runs each case as its own test against each store, so one failure hides no other.
+macro_rules! conformance {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (store, _dir) = super::sqlite_store().await;
+                    super::$case(store).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(store) = super::postgres_store().await else { return };
+                    super::$case(store).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    create_is_insert_once,
+    save_is_compare_and_set_on_version,
+    job_events_are_in_order_after_a_sequence,
+    the_global_log_is_ordered_and_filtered_by_user,
+    claim_due_leases_to_one_claimant_until_expiry,
+    concurrent_writers_all_land_with_contiguous_sequences,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_one_database_once() {

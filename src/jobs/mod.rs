@@ -7,6 +7,10 @@ pub mod ports;
 pub mod reconciler;
 pub mod results;
 pub mod service;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 pub mod validate;
 pub mod watch;
 

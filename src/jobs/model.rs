@@ -154,6 +154,29 @@ impl Job {
         }
     }
 
+    /// A SUBMITTING job with no content, for tests of stores and streams.
+    #[doc(hidden)]
+    pub fn for_test(job_id: &str, user_id: &str) -> Self {
+        let now = Utc::now();
+        Self {
+            job_id: job_id.into(),
+            user_id: user_id.into(),
+            smile_job_id: None,
+            state: JobState::Submitting,
+            submission: Submission::InFlight { lease_until: now },
+            results: Vec::new(),
+            problem: None,
+            partner_params: BTreeMap::new(),
+            content_hash: String::new(),
+            created_at: now,
+            updated_at: now,
+            next_poll_at: None,
+            poll_attempts: 0,
+            version: 0,
+            last_sequence: 0,
+        }
+    }
+
     /// What a repeated submission of this job may do at `now`. On
     /// [`TakeOver::Resubmit`] the caller owns the submission until `lease_until`.
     pub fn take_over(&mut self, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> TakeOver {
@@ -397,43 +420,13 @@ impl From<&JobEvent> for EventNotice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smileid::classify_result;
-
-    fn result(code: &str, is_final: bool) -> ResultEntry {
-        ResultEntry {
-            result_code: code.into(),
-            result_text: String::new(),
-            result_type: "SAIA".into(),
-            smile_job_id: "0000000007".into(),
-            is_final,
-            is_machine_result: true,
-            confidence: 90.0,
-            actions: BTreeMap::new(),
-            partner_params: BTreeMap::new(),
-            timestamp: None,
-            decision: classify_result(code).decision,
-        }
-    }
+    use crate::jobs::testing::result;
 
     fn submitted() -> Job {
-        let now = Utc::now();
-        Job {
-            job_id: "j".into(),
-            user_id: "u".into(),
-            smile_job_id: None,
-            state: JobState::Submitted,
-            submission: Submission::Accepted,
-            results: Vec::new(),
-            problem: None,
-            partner_params: BTreeMap::new(),
-            content_hash: String::new(),
-            created_at: now,
-            updated_at: now,
-            next_poll_at: Some(now),
-            poll_attempts: 0,
-            version: 1,
-            last_sequence: 2,
-        }
+        let mut job = Job::for_test("j", "u");
+        job.state = JobState::Submitted;
+        job.submission = Submission::Accepted;
+        job
     }
 
     #[test]
@@ -503,5 +496,137 @@ mod tests {
             assert_eq!(kind.is_final(), matches!(kind, FinalResult | Failed));
         }
         assert_eq!(EventKind::parse("HEARTBEAT"), None);
+    }
+
+    fn problem(reason: ProblemReason) -> JobProblem {
+        JobProblem {
+            reason,
+            message: String::new(),
+            smile_code: None,
+        }
+    }
+
+    #[test]
+    fn take_over_waits_for_a_live_lease_and_resumes_what_may_exist() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::seconds(90);
+        let take_over = |submission: Submission| {
+            let mut job = Job::for_test("j", "u");
+            job.submission = submission;
+            (job.take_over(now, later), job.submission)
+        };
+        let live = Submission::InFlight {
+            lease_until: now + chrono::Duration::seconds(1),
+        };
+        assert_eq!(take_over(live.clone()), (TakeOver::Report, live));
+        let lost = Submission::InFlight {
+            lease_until: now - chrono::Duration::seconds(1),
+        };
+        let owned = Submission::InFlight { lease_until: later };
+        assert_eq!(
+            take_over(lost),
+            (TakeOver::Resubmit { may_resume: true }, owned.clone())
+        );
+        assert_eq!(
+            take_over(Submission::OutcomeUnknown),
+            (TakeOver::Resubmit { may_resume: true }, owned.clone())
+        );
+        assert_eq!(
+            take_over(Submission::NotSent),
+            (TakeOver::Resubmit { may_resume: false }, owned)
+        );
+        assert_eq!(take_over(Submission::Accepted).0, TakeOver::Report);
+        let mut done = submitted();
+        assert_eq!(done.take_over(now, later), TakeOver::Report);
+    }
+
+    #[test]
+    fn submission_outcomes_move_a_submitting_job_only() {
+        let now = Utc::now();
+        let mut job = Job::for_test("j", "u");
+        assert_eq!(job.accepted("s-1", now), Some(EventKind::Submitted));
+        assert_eq!(
+            (job.state, job.submission.clone(), job.smile_job_id.as_deref()),
+            (JobState::Submitted, Submission::Accepted, Some("s-1"))
+        );
+        assert_eq!(job.accepted("s-2", now), None, "accepted twice changes nothing");
+        assert_eq!(job.smile_job_id.as_deref(), Some("s-1"));
+        assert_eq!(
+            job.outcome_unknown(Some("s-3"), problem(ProblemReason::SubmissionOutcomeUnknown), now),
+            None
+        );
+        assert_eq!(
+            job.submission,
+            Submission::Accepted,
+            "a late unknown outcome is ignored"
+        );
+
+        let mut job = Job::for_test("j", "u");
+        let give_up = now + chrono::Duration::hours(1);
+        assert_eq!(job.not_sent(problem(ProblemReason::UpstreamUnavailable), give_up), None);
+        assert_eq!(
+            (job.state, job.submission.clone(), job.next_poll_at),
+            (JobState::Submitting, Submission::NotSent, Some(give_up))
+        );
+        assert_eq!(
+            job.outcome_unknown(Some("s-9"), problem(ProblemReason::SubmissionOutcomeUnknown), now),
+            None
+        );
+        assert_eq!(
+            (job.submission.clone(), job.smile_job_id.as_deref()),
+            (Submission::OutcomeUnknown, Some("s-9"))
+        );
+        assert_eq!(
+            job.refused(problem(ProblemReason::UserNotEnrolled)),
+            Some(EventKind::Failed)
+        );
+        assert_eq!((job.state, job.next_poll_at), (JobState::Failed, None));
+        assert_eq!(job.refused(problem(ProblemReason::UpstreamRejected)), None);
+        assert_eq!(job.problem.map(|p| p.reason), Some(ProblemReason::UserNotEnrolled));
+    }
+
+    #[test]
+    fn a_callback_overtaking_the_upload_response_keeps_its_result() {
+        let now = Utc::now();
+        let mut job = Job::for_test("j", "u");
+        assert_eq!(
+            job.apply_result(result("0820", true), now),
+            Some(EventKind::FinalResult)
+        );
+        assert_eq!(job.accepted("0000000007", now), None);
+        assert_eq!(job.state, JobState::Completed);
+    }
+
+    #[test]
+    fn polls_back_off_to_the_ceiling_then_give_up() {
+        let policy = ReconcilePolicy {
+            first_delay: std::time::Duration::from_secs(10),
+            max_delay: std::time::Duration::from_secs(40),
+            give_up_after: std::time::Duration::from_secs(3600),
+            ..ReconcilePolicy::default()
+        };
+        let mut job = submitted();
+        let start = job.created_at;
+        let waits: Vec<i64> = (0..4)
+            .map(|_| {
+                assert_eq!(job.polled(start, &policy), None);
+                (job.next_poll_at.expect("scheduled") - start).num_seconds()
+            })
+            .collect();
+        assert_eq!(waits, [20, 40, 40, 40]);
+        let near_the_end = start + chrono::Duration::seconds(3590);
+        job.polled(near_the_end, &policy);
+        assert_eq!(
+            job.next_poll_at,
+            Some(start + chrono::Duration::seconds(3600)),
+            "the last poll is at the give-up time"
+        );
+        let at_the_end = start + chrono::Duration::seconds(3600);
+        assert_eq!(job.polled(at_the_end, &policy), Some(EventKind::Failed));
+        assert_eq!(
+            (job.state, job.next_poll_at, job.problem.as_ref().map(|p| p.reason)),
+            (JobState::Failed, None, Some(ProblemReason::ResultNotReceived))
+        );
+        assert_eq!(job.polled(at_the_end, &policy), None, "a final job is left alone");
     }
 }

@@ -1,0 +1,306 @@
+//! In-memory fakes of the store and Smile ID ports, so the job logic can be
+//! tested without sockets, files or a database.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::model::{EventKind, Job, JobEvent};
+use super::ports::{
+    Accepted, Created, JobStore, Saved, SmileId, SmileJob, StatusFailure, StatusReport, StoreError, SubmitFailure,
+};
+use super::service::{JobService, Ports, ServiceConfig};
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use crate::smileid::StatusOptions;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Default)]
+struct Tables {
+    jobs: BTreeMap<String, Job>,
+    events: Vec<JobEvent>,
+    leases: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// A [`JobStore`] in memory, with the SQL stores' semantics, and faults on request.
+#[derive(Default)]
+pub struct MemoryStore {
+    tables: Mutex<Tables>,
+    /// The next this many saves answer `Conflict`, as if another writer won.
+    conflicts: AtomicU32,
+    /// The next this many event reads fail as if the database were down.
+    failing_reads: AtomicU32,
+}
+
+impl MemoryStore {
+    pub fn inject_conflicts(&self, count: u32) {
+        self.conflicts.store(count, Ordering::SeqCst);
+    }
+
+    pub fn fail_reads(&self, count: u32) {
+        self.failing_reads.store(count, Ordering::SeqCst);
+    }
+
+    /// Changes a stored job behind the service's back (a crash, time passing).
+    pub fn edit(&self, job_id: &str, change: impl FnOnce(&mut Job)) {
+        let mut tables = lock(&self.tables);
+        let job = tables.jobs.get_mut(job_id).expect("the job exists");
+        change(job);
+    }
+
+    pub fn job(&self, job_id: &str) -> Job {
+        lock(&self.tables).jobs.get(job_id).cloned().expect("the job exists")
+    }
+
+    /// The kinds of a job's stored events, in order.
+    pub fn kinds(&self, job_id: &str) -> Vec<EventKind> {
+        lock(&self.tables)
+            .events
+            .iter()
+            .filter(|event| event.job.job_id == job_id)
+            .map(|event| event.kind)
+            .collect()
+    }
+
+    fn take_fault(counter: &AtomicU32) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+            .is_ok()
+    }
+
+    fn read_fault(&self) -> Result<(), StoreError> {
+        if Self::take_fault(&self.failing_reads) {
+            return Err(StoreError::Unavailable("injected read failure".into()));
+        }
+        Ok(())
+    }
+}
+
+fn append(tables: &mut Tables, job: &Job, kind: EventKind) -> JobEvent {
+    let event = JobEvent {
+        global_id: i64::try_from(tables.events.len()).unwrap_or(i64::MAX) + 1,
+        sequence: job.last_sequence,
+        kind,
+        job: job.clone(),
+        at: job.updated_at,
+    };
+    tables.events.push(event.clone());
+    event
+}
+
+#[async_trait::async_trait]
+impl JobStore for MemoryStore {
+    async fn create(&self, job: &Job) -> Result<Created, StoreError> {
+        let mut tables = lock(&self.tables);
+        if let Some(existing) = tables.jobs.get(&job.job_id) {
+            return Ok(Created::Existing(existing.clone()));
+        }
+        let mut job = job.clone();
+        job.version = 1;
+        job.last_sequence = 1;
+        tables.jobs.insert(job.job_id.clone(), job.clone());
+        Ok(Created::New(append(&mut tables, &job, EventKind::Created)))
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        Ok(lock(&self.tables).jobs.get(job_id).cloned())
+    }
+
+    async fn save(&self, job: &mut Job, event: Option<EventKind>) -> Result<Saved, StoreError> {
+        if Self::take_fault(&self.conflicts) {
+            return Ok(Saved::Conflict);
+        }
+        let mut tables = lock(&self.tables);
+        let stored_version = tables.jobs.get(&job.job_id).map(|stored| stored.version);
+        if stored_version != Some(job.version) {
+            return Ok(Saved::Conflict);
+        }
+        let mut next = job.clone();
+        next.version += 1;
+        if event.is_some() {
+            next.last_sequence += 1;
+        }
+        tables.jobs.insert(next.job_id.clone(), next.clone());
+        let written = event.map(|kind| Box::new(append(&mut tables, &next, kind)));
+        *job = next;
+        Ok(Saved::Written(written))
+    }
+
+    async fn job_events(&self, job_id: &str, after_sequence: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError> {
+        self.read_fault()?;
+        Ok(lock(&self.tables)
+            .events
+            .iter()
+            .filter(|event| event.job.job_id == job_id && event.sequence > after_sequence)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn log_events(
+        &self,
+        after_global_id: i64,
+        user_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        self.read_fault()?;
+        Ok(lock(&self.tables)
+            .events
+            .iter()
+            .filter(|event| event.global_id > after_global_id)
+            .filter(|event| user_id.is_none_or(|user| user == event.job.user_id))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn last_global_id(&self) -> Result<i64, StoreError> {
+        Ok(lock(&self.tables).events.last().map_or(0, |event| event.global_id))
+    }
+
+    async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<Job>, StoreError> {
+        let mut tables = lock(&self.tables);
+        let mut due: Vec<Job> = tables
+            .jobs
+            .values()
+            .filter(|job| job.next_poll_at.is_some_and(|at| at <= now))
+            .filter(|job| tables.leases.get(&job.job_id).is_none_or(|until| *until < now))
+            .cloned()
+            .collect();
+        due.sort_by_key(|job| job.next_poll_at);
+        due.truncate(limit as usize);
+        let lease_until = now + lease;
+        for job in &due {
+            tables.leases.insert(job.job_id.clone(), lease_until);
+        }
+        Ok(due)
+    }
+
+    async fn release_lease(&self, job_id: &str) -> Result<(), StoreError> {
+        lock(&self.tables).leases.remove(job_id);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A call the job logic made to Smile ID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SmileCall {
+    Submit { job_id: String, may_resume: bool },
+    Status { job_id: String },
+}
+
+/// Smile ID answering from scripts: queued answers first, then acceptance of
+/// every submission and `NotFound` for every status.
+#[derive(Default)]
+pub struct FakeSmileId {
+    submits: Mutex<VecDeque<Result<Accepted, SubmitFailure>>>,
+    statuses: Mutex<VecDeque<Result<StatusReport, StatusFailure>>>,
+    calls: Mutex<Vec<SmileCall>>,
+}
+
+impl FakeSmileId {
+    pub fn answer_submit(&self, answer: Result<Accepted, SubmitFailure>) {
+        lock(&self.submits).push_back(answer);
+    }
+
+    pub fn answer_status(&self, answer: Result<StatusReport, StatusFailure>) {
+        lock(&self.statuses).push_back(answer);
+    }
+
+    pub fn calls(&self) -> Vec<SmileCall> {
+        lock(&self.calls).clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl SmileId for FakeSmileId {
+    async fn submit(&self, job: SmileJob<'_>) -> Result<Accepted, SubmitFailure> {
+        lock(&self.calls).push(SmileCall::Submit {
+            job_id: job.job_id.to_owned(),
+            may_resume: job.may_resume,
+        });
+        lock(&self.submits).pop_front().unwrap_or_else(|| {
+            Ok(Accepted {
+                smile_job_id: format!("smile-{}", job.job_id),
+                resumed: job.may_resume,
+            })
+        })
+    }
+
+    async fn job_status(
+        &self,
+        _user_id: &str,
+        job_id: &str,
+        _options: StatusOptions,
+    ) -> Result<StatusReport, StatusFailure> {
+        lock(&self.calls).push(SmileCall::Status {
+            job_id: job_id.to_owned(),
+        });
+        lock(&self.statuses).pop_front().unwrap_or(Err(StatusFailure::NotFound))
+    }
+}
+
+/// A job service over the fakes, and the fakes themselves.
+pub struct Harness {
+    pub service: Arc<JobService>,
+    pub store: Arc<MemoryStore>,
+    pub smile: Arc<FakeSmileId>,
+}
+
+impl Harness {
+    pub fn new(config: ServiceConfig) -> Self {
+        let store = Arc::new(MemoryStore::default());
+        let smile = Arc::new(FakeSmileId::default());
+        let ports = Ports {
+            store: store.clone(),
+            fanout: Arc::new(EventBus::default()),
+            smile: smile.clone(),
+        };
+        let service = JobService::new(ports, config, Arc::new(Metrics::default()), CancellationToken::new());
+        Self { service, store, smile }
+    }
+}
+
+/// A Smile ID result with `code`, as a callback or job_status carries it.
+pub fn result(code: &str, is_final: bool) -> crate::smileid::ResultEntry {
+    crate::smileid::ResultEntry {
+        result_code: code.into(),
+        result_text: String::new(),
+        result_type: "SAIA".into(),
+        smile_job_id: "0000000007".into(),
+        is_final,
+        is_machine_result: true,
+        confidence: 90.0,
+        actions: BTreeMap::new(),
+        partner_params: BTreeMap::new(),
+        timestamp: None,
+        decision: crate::smileid::classify_result(code).decision,
+    }
+}
+
+/// A valid submission of a small generated JPEG; `seed` varies the content.
+pub fn submission(user_id: &str, job_id: &str, seed: u8) -> super::SubmitRequest {
+    let image = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8, y as u8, seed]));
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .expect("encode a jpeg");
+    super::SubmitRequest {
+        user_id: user_id.into(),
+        job_id: job_id.into(),
+        selfie: jpeg.into_inner().into(),
+        liveness: Vec::new(),
+        partner_params: BTreeMap::new(),
+    }
+}
