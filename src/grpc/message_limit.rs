@@ -10,11 +10,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tonic::Code;
-use tonic_types::{ErrorDetails, StatusExt as _};
 use tower::{Layer, Service};
 
-use super::status::ERROR_DOMAIN;
+use super::status::reason_status;
+use crate::jobs::ErrorReason;
 
 pub const DEFAULT_LIMIT: usize = 4 * 1024 * 1024;
 const SUBMIT_PATH: &str = "/selfieauth.v1.SelfieAuth/SubmitAuthentication";
@@ -105,17 +104,10 @@ impl Body for Capped {
             // A unary request is one message: its frame header plus at most `limit` bytes.
             if self.seen > self.limit + FRAME_HEADER {
                 let limit = self.limit.to_string();
-                let details = ErrorDetails::with_error_info(
-                    "MESSAGE_TOO_LARGE",
-                    ERROR_DOMAIN,
-                    HashMap::from([("limitBytes".to_owned(), limit.clone())]),
-                );
                 let message = format!("the request is larger than the {limit} byte limit of this method");
-                return Poll::Ready(Some(Err(tonic::Status::with_error_details(
-                    Code::ResourceExhausted,
-                    message,
-                    details,
-                ))));
+                let metadata = HashMap::from([("limitBytes".to_owned(), limit)]);
+                let status = reason_status(ErrorReason::MessageTooLarge, message, metadata, |_| {});
+                return Poll::Ready(Some(Err(status)));
             }
         }
         Poll::Ready(Some(Ok(frame)))

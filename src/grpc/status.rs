@@ -2,91 +2,121 @@
 //! error model: every status carries an `ErrorInfo`).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use prost::Message as _;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
+use tracing::{error, warn};
 
-use crate::jobs::{JobError, JobProblem, ProblemReason};
+use crate::jobs::{ErrorReason, JobError, JobProblem, ProblemReason, StoreError};
 
 /// `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "selfieauth.v1";
 
-fn metadata<const N: usize>(pairs: [(&str, &str); N]) -> HashMap<String, String> {
-    pairs
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-        .collect()
+/// The gRPC code each reason is returned with.
+pub fn code(reason: ErrorReason) -> Code {
+    use ErrorReason::*;
+    match reason {
+        InvalidField | InvalidImage | ImageTooLarge | InvalidResumeToken => Code::InvalidArgument,
+        MessageTooLarge => Code::ResourceExhausted,
+        JobIdReused => Code::AlreadyExists,
+        JobNotFound => Code::NotFound,
+        UserNotEnrolled | UserNotAuthenticatable | UpstreamRejected => Code::FailedPrecondition,
+        UpstreamAuthFailed | Internal => Code::Internal,
+        UpstreamUnavailable | DatabaseUnavailable | ShuttingDown | Contention | Overloaded => Code::Unavailable,
+        SubmissionOutcomeUnknown => Code::Unknown,
+        ResultNotReceived => Code::DeadlineExceeded,
+    }
 }
 
-pub fn to_status(error: &JobError) -> Status {
-    match error {
-        JobError::Invalid {
-            reason,
-            message,
-            violations,
-        } => {
-            let mut details = ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, HashMap::new());
-            for violation in violations {
-                details.add_bad_request_violation(&violation.field, &violation.description);
-            }
-            Status::with_error_details(Code::InvalidArgument, message, details)
+/// A status with `reason`'s code and an `ErrorInfo`, plus whatever `details` add.
+pub fn reason_status(
+    reason: ErrorReason,
+    message: impl Into<String>,
+    metadata: HashMap<String, String>,
+    details: impl FnOnce(&mut ErrorDetails),
+) -> Status {
+    let mut error_details = ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, metadata);
+    details(&mut error_details);
+    Status::with_error_details(code(reason), message, error_details)
+}
+
+fn job_id_metadata(job_id: &str) -> HashMap<String, String> {
+    HashMap::from([("job_id".to_owned(), job_id.to_owned())])
+}
+
+pub fn to_status(job_error: &JobError) -> Status {
+    let message = job_error.to_string();
+    match job_error {
+        JobError::Invalid { reason, violations, .. } => {
+            reason_status((*reason).into(), message, HashMap::new(), |details| {
+                for violation in violations {
+                    details.add_bad_request_violation(&violation.field, &violation.description);
+                }
+            })
         }
         JobError::JobIdReused { job_id } => {
-            let details = ErrorDetails::with_error_info("JOB_ID_REUSED", ERROR_DOMAIN, metadata([("job_id", job_id)]));
-            Status::with_error_details(Code::AlreadyExists, error.to_string(), details)
+            reason_status(ErrorReason::JobIdReused, message, job_id_metadata(job_id), |_| {})
         }
         JobError::NotFound { job_id } => {
-            let mut details =
-                ErrorDetails::with_error_info("JOB_NOT_FOUND", ERROR_DOMAIN, metadata([("job_id", job_id)]));
-            details.set_resource_info("selfieauth.v1.Job", job_id, "", "no such job");
-            Status::with_error_details(Code::NotFound, error.to_string(), details)
+            reason_status(ErrorReason::JobNotFound, message, job_id_metadata(job_id), |details| {
+                details.set_resource_info("selfieauth.v1.Job", job_id, "", "no such job");
+            })
         }
         JobError::InvalidResumeToken => {
-            let mut details = ErrorDetails::with_error_info("INVALID_RESUME_TOKEN", ERROR_DOMAIN, HashMap::new());
-            details.add_bad_request_violation("resume_token", "pass back a resume_token from a JobEvent, or nothing");
-            Status::with_error_details(Code::InvalidArgument, error.to_string(), details)
+            reason_status(ErrorReason::InvalidResumeToken, message, HashMap::new(), |details| {
+                details
+                    .add_bad_request_violation("resume_token", "pass back a resume_token from a JobEvent, or nothing");
+            })
         }
         JobError::Rejected(problem) => problem_status(problem),
         JobError::Unavailable {
-            reason,
-            message,
-            retry_after,
-        } => {
-            let mut details = ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, HashMap::new());
+            reason, retry_after, ..
+        } => reason_status((*reason).into(), message, HashMap::new(), |details| {
             details.set_retry_info(*retry_after);
-            Status::with_error_details(Code::Unavailable, message, details)
+        }),
+        JobError::Store(StoreError::Unavailable(detail)) => {
+            warn!(error = %detail, "database unavailable");
+            reason_status(
+                ErrorReason::DatabaseUnavailable,
+                "the job database is unavailable",
+                HashMap::new(),
+                |details| {
+                    details.set_retry_info(Some(Duration::from_secs(1)));
+                },
+            )
         }
-        JobError::Internal(message) => {
-            let details = ErrorDetails::with_error_info("INTERNAL", ERROR_DOMAIN, HashMap::new());
-            Status::with_error_details(Code::Internal, message, details)
+        JobError::Store(StoreError::Corrupt(detail)) => {
+            error!(error = %detail, "stored data cannot be read");
+            reason_status(
+                ErrorReason::Internal,
+                "stored data cannot be read",
+                HashMap::new(),
+                |_| {},
+            )
+        }
+        JobError::Internal(detail) => {
+            error!(error = %detail, "internal error");
+            reason_status(ErrorReason::Internal, message, HashMap::new(), |_| {})
         }
     }
 }
 
 /// The status for a stored job's problem (a refusal replayed, or `Job.error`).
 pub fn problem_status(problem: &JobProblem) -> Status {
-    let code = match problem.reason {
-        ProblemReason::UserNotEnrolled | ProblemReason::UserNotAuthenticatable | ProblemReason::UpstreamRejected => {
-            Code::FailedPrecondition
-        }
-        ProblemReason::UpstreamAuthFailed => Code::Internal,
-        ProblemReason::UpstreamUnavailable => Code::Unavailable,
-        ProblemReason::SubmissionOutcomeUnknown => Code::Unknown,
-        ProblemReason::ResultNotReceived => Code::DeadlineExceeded,
-    };
-    let mut meta = HashMap::new();
+    let mut metadata = HashMap::new();
     if let Some(smile_code) = &problem.smile_code {
-        meta.insert("smileIdCode".to_owned(), smile_code.clone());
+        metadata.insert("smileIdCode".to_owned(), smile_code.clone());
     }
-    let mut details = ErrorDetails::with_error_info(problem.reason.as_str(), ERROR_DOMAIN, meta);
-    if matches!(
-        problem.reason,
-        ProblemReason::UserNotEnrolled | ProblemReason::UserNotAuthenticatable
-    ) {
-        details.add_precondition_failure_violation("USER_ENROLLMENT", "user_id", &problem.message);
-    }
-    Status::with_error_details(code, &problem.message, details)
+    reason_status(problem.reason.into(), &problem.message, metadata, |details| {
+        if matches!(
+            problem.reason,
+            ProblemReason::UserNotEnrolled | ProblemReason::UserNotAuthenticatable
+        ) {
+            details.add_precondition_failure_violation("USER_ENROLLMENT", "user_id", &problem.message);
+        }
+    })
 }
 
 /// A status as the `google.rpc.Status` message stored in `Job.error`.
@@ -96,4 +126,59 @@ pub fn to_rpc_status(status: &Status) -> tonic_types::pb::Status {
         message: status.message().to_owned(),
         details: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's error table: `(code, reason)` of each row.
+    fn documented() -> Vec<(String, String)> {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("| code | reason | when |")
+            .nth(1)
+            .expect("the README has an error table");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(|cell| cell.trim().trim_matches('`')).collect();
+                (cells[1].to_owned(), cells[2].to_owned())
+            })
+            .collect()
+    }
+
+    fn code_name(code: Code) -> String {
+        let name = format!("{code:?}");
+        let mut screaming = String::new();
+        for (index, c) in name.chars().enumerate() {
+            if c.is_uppercase() && index > 0 {
+                screaming.push('_');
+            }
+            screaming.push(c.to_ascii_uppercase());
+        }
+        screaming
+    }
+
+    #[test]
+    fn the_readme_documents_every_reason_with_its_code() {
+        let expected: Vec<(String, String)> = ErrorReason::ALL
+            .iter()
+            .map(|reason| (code_name(code(*reason)), reason.as_str().to_owned()))
+            .collect();
+        assert_eq!(documented(), expected);
+    }
+
+    #[test]
+    fn database_failures_keep_their_detail_out_of_the_status() {
+        let status = to_status(&JobError::Store(StoreError::Unavailable(
+            "connection to 10.0.0.7:5432 refused".into(),
+        )));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("10.0.0.7"), "{}", status.message());
+        let info = status.get_error_details().error_info().cloned().expect("error info");
+        assert_eq!(info.reason, "DATABASE_UNAVAILABLE");
+    }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::model::JobProblem;
 use super::ports::StoreError;
+use super::reason::ErrorReason;
 
 /// One invalid field of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,7 +13,7 @@ pub struct FieldViolation {
     pub description: String,
 }
 
-/// Stable reasons for an invalid request.
+/// The [`ErrorReason`]s of an invalid request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InvalidReason {
     InvalidField,
@@ -20,34 +21,32 @@ pub enum InvalidReason {
     ImageTooLarge,
 }
 
-impl InvalidReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidField => "INVALID_FIELD",
-            Self::InvalidImage => "INVALID_IMAGE",
-            Self::ImageTooLarge => "IMAGE_TOO_LARGE",
+impl From<InvalidReason> for ErrorReason {
+    fn from(reason: InvalidReason) -> Self {
+        match reason {
+            InvalidReason::InvalidField => Self::InvalidField,
+            InvalidReason::InvalidImage => Self::InvalidImage,
+            InvalidReason::ImageTooLarge => Self::ImageTooLarge,
         }
     }
 }
 
-/// Why a service is not available right now; the caller may retry.
+/// The [`ErrorReason`]s of a call the caller may retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnavailableReason {
     UpstreamUnavailable,
-    DatabaseUnavailable,
     ShuttingDown,
     Contention,
     Overloaded,
 }
 
-impl UnavailableReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
-            Self::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
-            Self::ShuttingDown => "SHUTTING_DOWN",
-            Self::Contention => "CONTENTION",
-            Self::Overloaded => "OVERLOADED",
+impl From<UnavailableReason> for ErrorReason {
+    fn from(reason: UnavailableReason) -> Self {
+        match reason {
+            UnavailableReason::UpstreamUnavailable => Self::UpstreamUnavailable,
+            UnavailableReason::ShuttingDown => Self::ShuttingDown,
+            UnavailableReason::Contention => Self::Contention,
+            UnavailableReason::Overloaded => Self::Overloaded,
         }
     }
 }
@@ -75,6 +74,9 @@ pub enum JobError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// The job database failed; the detail is for the log, not the caller.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -108,25 +110,6 @@ impl JobError {
             reason: UnavailableReason::ShuttingDown,
             message: "the server is shutting down; reconnect and resume".into(),
             retry_after: None,
-        }
-    }
-}
-
-impl From<StoreError> for JobError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Unavailable(detail) => {
-                tracing::error!(error = %detail, "database unavailable");
-                Self::Unavailable {
-                    reason: UnavailableReason::DatabaseUnavailable,
-                    message: "the job database is unavailable".into(),
-                    retry_after: Some(Duration::from_secs(1)),
-                }
-            }
-            StoreError::Corrupt(detail) => {
-                tracing::error!(error = %detail, "stored data cannot be read");
-                Self::Internal("stored data cannot be read".into())
-            }
         }
     }
 }

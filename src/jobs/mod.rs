@@ -4,6 +4,7 @@
 pub mod error;
 pub mod model;
 pub mod ports;
+pub mod reason;
 pub mod reconciler;
 pub mod results;
 pub mod service;
@@ -17,6 +18,7 @@ pub mod watch;
 pub use error::{FieldViolation, InvalidReason, JobError, UnavailableReason};
 pub use model::{EventKind, Job, JobEvent, JobProblem, JobState, ProblemReason};
 pub use ports::{EventFanout, JobStore, SharedStore, SmileId, StoreError};
+pub use reason::ErrorReason;
 pub use reconciler::ReconcilePolicy;
 pub use results::{CallbackOutcome, Fetched};
 pub use service::{JobService, Ports, ServiceConfig, SubmitOutput};

@@ -1,11 +1,11 @@
 //! The job: what selfie-auth knows about one SmartSelfie Authentication.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::reason::ErrorReason;
 use super::reconciler::ReconcilePolicy;
 use super::validate::Prepared;
 use crate::smileid::{Decision, ResultEntry};
@@ -60,7 +60,7 @@ pub struct JobProblem {
     pub smile_code: Option<String>,
 }
 
-/// Stable, documented `ErrorInfo` reasons that can be attached to a stored job.
+/// The [`ErrorReason`]s a stored job can carry in `Job.error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ProblemReason {
@@ -73,23 +73,17 @@ pub enum ProblemReason {
     ResultNotReceived,
 }
 
-impl ProblemReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UserNotEnrolled => "USER_NOT_ENROLLED",
-            Self::UserNotAuthenticatable => "USER_NOT_AUTHENTICATABLE",
-            Self::UpstreamRejected => "UPSTREAM_REJECTED",
-            Self::UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
-            Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
-            Self::SubmissionOutcomeUnknown => "SUBMISSION_OUTCOME_UNKNOWN",
-            Self::ResultNotReceived => "RESULT_NOT_RECEIVED",
+impl From<ProblemReason> for ErrorReason {
+    fn from(reason: ProblemReason) -> Self {
+        match reason {
+            ProblemReason::UserNotEnrolled => Self::UserNotEnrolled,
+            ProblemReason::UserNotAuthenticatable => Self::UserNotAuthenticatable,
+            ProblemReason::UpstreamRejected => Self::UpstreamRejected,
+            ProblemReason::UpstreamAuthFailed => Self::UpstreamAuthFailed,
+            ProblemReason::UpstreamUnavailable => Self::UpstreamUnavailable,
+            ProblemReason::SubmissionOutcomeUnknown => Self::SubmissionOutcomeUnknown,
+            ProblemReason::ResultNotReceived => Self::ResultNotReceived,
         }
-    }
-}
-
-impl fmt::Display for ProblemReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
