@@ -11,12 +11,11 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use selfie_auth::config::Config;
 use selfie_auth::grpc::pb;
 use selfie_auth::grpc::pb::selfie_auth_client::SelfieAuthClient;
-use selfie_auth::jobs::ServiceConfig;
-use selfie_auth::server::Settings;
 use selfie_auth::simulator::{self, SimulatorConfig};
-use selfie_auth::smileid::{ApiKey, ClientConfig, Credentials, Environment};
+use selfie_auth::smileid::ApiKey;
 use tokio::sync::Semaphore;
 
 const PARTNER: &str = "1234";
@@ -97,28 +96,24 @@ async fn main() -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind(loopback).await?;
     let http = tokio::net::TcpListener::bind(loopback).await?;
     let callback_url = format!("http://{}/callbacks/smileid", http.local_addr()?);
-    let settings = Settings {
-        grpc_addr: loopback,
-        http_addr: loopback,
-        database_url: format!("sqlite://{}", dir.path().join("bench.db").display()),
-        database_limits: Default::default(),
-        readiness_interval: Duration::from_secs(2),
-        smile: ClientConfig::new(
-            Environment::Custom(sim.v1_url()),
-            Credentials::new(PARTNER, ApiKey::new(KEY)),
-        ),
-        callback_path: "/callbacks/smileid".into(),
-        callback_window: Duration::from_secs(300),
-        service: ServiceConfig {
-            callback_url: Some(callback_url),
-            ..ServiceConfig::default()
-        },
-        max_message_bytes: 16 * 1024 * 1024,
-        concurrency_limit: 4096,
-        http2_keepalive_interval: Duration::from_secs(30),
-        drain_timeout: Duration::from_secs(5),
-    };
-    let service = selfie_auth::server::start_on(settings, grpc, http).await?;
+    let database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let base_url = sim.v1_url();
+    let config = Config::parse_from(
+        [
+            "--database-url",
+            &database_url,
+            "--partner-id",
+            PARTNER,
+            "--smileid-base-url",
+            &base_url,
+            "--callback-url",
+            &callback_url,
+            "--concurrency-limit",
+            "4096",
+        ],
+        Some(ApiKey::new(KEY)),
+    )?;
+    let service = selfie_auth::server::start_on(config, grpc, http).await?;
     let client = SelfieAuthClient::connect(format!("http://{}", service.grpc_addr)).await?;
     let image = bytes::Bytes::from(selfie());
     println!(

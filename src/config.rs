@@ -1,17 +1,43 @@
-//! Configuration of `selfie-auth serve`, from flags and environment variables.
-//! Invalid or missing settings stop start-up with a message naming the setting.
+//! The one configuration of the service, for `serve`, `dev` and tests alike.
+//!
+//! Layers: a flag wins over its environment variable, which wins over the
+//! default. Each default is written once — in the domain type's `Default` or
+//! in the flag's attribute — and is what `--help` shows. [`Config`] is the
+//! validated result; an error names what the user set: the variable when the
+//! value came from the environment, the flag otherwise.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches as _};
 
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
-use crate::server::Settings;
 use crate::smileid::{ApiKey, ClientConfig, Credentials, Environment};
 use crate::store::PgLimits;
+
+/// A duration written as people write them (`90s`, `2m`, `1h 30m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl FromStr for Span {
+    type Err = humantime::DurationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(text).map(Span)
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SmileEnvironment {
@@ -19,6 +45,15 @@ pub enum SmileEnvironment {
     Production,
 }
 
+fn service_defaults() -> ServiceConfig {
+    ServiceConfig::default()
+}
+
+fn client_defaults() -> ClientConfig {
+    ClientConfig::new(Environment::Sandbox, Credentials::new("", ApiKey::new("")))
+}
+
+/// The flags of `serve` (and of `dev`, which fills in its own defaults).
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
     /// gRPC listen address.
@@ -27,15 +62,15 @@ pub struct ServeArgs {
     /// HTTP listen address: the Smile ID callback endpoint, /healthz, /readyz, /metrics.
     #[arg(long, env = "SELFIE_AUTH_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
-    /// Job database (`sqlite://path`). Default: a SQLite file in the data directory.
+    /// Job database: `sqlite://PATH` or `postgres://...`. Default: a SQLite file in the data directory.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// PostgreSQL pool size per replica.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = PgLimits::default().max_connections)]
     pub database_max_connections: u32,
     /// PostgreSQL statement timeout.
-    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub database_statement_timeout: Duration,
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value_t = Span(PgLimits::default().statement_timeout))]
+    pub database_statement_timeout: Span,
     /// Where the default SQLite database lives.
     #[arg(long, env = "SELFIE_AUTH_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -52,10 +87,12 @@ pub struct ServeArgs {
     /// Smile ID v1 base URL; overrides the environment (e.g. a simulator's http://127.0.0.1:8780/v1).
     #[arg(long = "smileid-base-url", env = "SMILEID_BASE_URL")]
     pub base_url: Option<String>,
-    #[arg(long = "smileid-connect-timeout", env = "SMILEID_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
-    #[arg(long = "smileid-request-timeout", env = "SMILEID_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub request_timeout: Duration,
+    /// Longest wait for a connection to Smile ID.
+    #[arg(long = "smileid-connect-timeout", env = "SMILEID_CONNECT_TIMEOUT", default_value_t = Span(client_defaults().connect_timeout))]
+    pub connect_timeout: Span,
+    /// Longest wait for one Smile ID request.
+    #[arg(long = "smileid-request-timeout", env = "SMILEID_REQUEST_TIMEOUT", default_value_t = Span(client_defaults().request_timeout))]
+    pub request_timeout: Span,
 
     /// The public URL Smile ID posts results to (this service's callback endpoint).
     #[arg(long, env = "SELFIE_AUTH_CALLBACK_URL")]
@@ -64,24 +101,24 @@ pub struct ServeArgs {
     #[arg(long, env = "SELFIE_AUTH_CALLBACK_PATH", default_value = "/callbacks/smileid")]
     pub callback_path: String,
     /// Accepted distance between a callback's signed timestamp and now.
-    #[arg(long, env = "SELFIE_AUTH_CALLBACK_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub callback_window: Duration,
+    #[arg(long, env = "SELFIE_AUTH_CALLBACK_WINDOW", default_value = "5m")]
+    pub callback_window: Span,
     /// Confirm each callback with job_status before trusting it.
-    #[arg(long, env = "SELFIE_AUTH_CONFIRM_CALLBACKS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SELFIE_AUTH_CONFIRM_CALLBACKS", default_value_t = service_defaults().confirm_callbacks, action = clap::ArgAction::Set)]
     pub confirm_callbacks: bool,
 
     /// Heartbeat interval of idle streams.
-    #[arg(long, env = "SELFIE_AUTH_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
-    pub heartbeat_interval: Duration,
+    #[arg(long, env = "SELFIE_AUTH_HEARTBEAT_INTERVAL", default_value_t = Span(service_defaults().heartbeat_interval))]
+    pub heartbeat_interval: Span,
     /// First job_status poll of a job without a final result.
-    #[arg(long, env = "SELFIE_AUTH_RECONCILE_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
-    pub reconcile_after: Duration,
+    #[arg(long, env = "SELFIE_AUTH_RECONCILE_AFTER", default_value_t = Span(ReconcilePolicy::default().first_delay))]
+    pub reconcile_after: Span,
     /// Longest interval between polls (they back off up to it).
-    #[arg(long, env = "SELFIE_AUTH_RECONCILE_MAX_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration)]
-    pub reconcile_max_interval: Duration,
+    #[arg(long, env = "SELFIE_AUTH_RECONCILE_MAX_INTERVAL", default_value_t = Span(ReconcilePolicy::default().max_delay))]
+    pub reconcile_max_interval: Span,
     /// A job without a final result after this long is FAILED (RESULT_NOT_RECEIVED).
-    #[arg(long, env = "SELFIE_AUTH_RECONCILE_GIVE_UP", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub reconcile_give_up: Duration,
+    #[arg(long, env = "SELFIE_AUTH_RECONCILE_GIVE_UP", default_value_t = Span(ReconcilePolicy::default().give_up_after))]
+    pub reconcile_give_up: Span,
 
     /// Largest gRPC request, in bytes (SubmitAuthentication carries images).
     #[arg(long, env = "SELFIE_AUTH_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
@@ -90,120 +127,235 @@ pub struct ServeArgs {
     #[arg(long, env = "SELFIE_AUTH_CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
     /// Longest wait for in-flight calls at shutdown.
-    #[arg(long, env = "SELFIE_AUTH_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
+    #[arg(long, env = "SELFIE_AUTH_DRAIN_TIMEOUT", default_value = "10s")]
+    pub drain_timeout: Span,
 }
 
-impl ServeArgs {
-    /// Checks everything and builds the settings, reading the API key from
-    /// `SMILEID_API_KEY_FILE` or `SMILEID_API_KEY`.
-    pub fn into_settings(self) -> anyhow::Result<Settings> {
-        let api_key = read_api_key(self.api_key_file.as_deref())?;
-        self.into_settings_with_key(api_key)
+/// Where each setting came from, to name it as the user wrote it.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// Setting id → its flag, its variable, and whether the variable gave the value.
+    names: HashMap<String, (String, Option<String>, bool)>,
+}
+
+impl Sources {
+    fn from_matches(matches: &ArgMatches) -> Self {
+        let names = serve_command()
+            .get_arguments()
+            .map(|arg| {
+                let id = arg.get_id().as_str().to_owned();
+                let flag = arg.get_long().map_or_else(|| id.clone(), |long| format!("--{long}"));
+                let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
+                let from_env = matches!(matches.value_source(&id), Some(ValueSource::EnvVariable));
+                (id, (flag, env, from_env))
+            })
+            .collect();
+        Self { names }
     }
 
-    /// Checks everything and builds the settings with the given API key.
-    pub fn into_settings_with_key(self, api_key: ApiKey) -> anyhow::Result<Settings> {
-        let partner_id = self
+    /// The setting `id` as the user set it: its variable when the value came
+    /// from the environment, else its flag (with the variable as an alternative).
+    pub fn name(&self, id: &str) -> String {
+        match self.names.get(id) {
+            Some((_, Some(env), true)) => env.clone(),
+            Some((flag, Some(env), false)) => format!("{flag} ({env})"),
+            Some((flag, None, _)) => flag.clone(),
+            None => id.to_owned(),
+        }
+    }
+}
+
+/// Everything a running service needs, checked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub database_url: String,
+    /// Pool and statement limits when `database_url` is PostgreSQL.
+    pub database_limits: PgLimits,
+    /// How often readiness re-checks the database.
+    pub readiness_interval: Duration,
+    pub smile: ClientConfig,
+    pub callback_path: String,
+    pub callback_window: Duration,
+    pub service: ServiceConfig,
+    /// Largest gRPC request accepted (SubmitAuthentication carries images).
+    pub max_message_bytes: usize,
+    /// SelfieAuth calls in flight; more are shed with UNAVAILABLE (`OVERLOADED`).
+    pub concurrency_limit: usize,
+    pub http2_keepalive_interval: Duration,
+    /// Longest wait for in-flight calls at shutdown.
+    pub drain_timeout: Duration,
+    /// Where each setting came from.
+    pub sources: Sources,
+}
+
+impl Config {
+    /// The configuration `args` (the `serve` flags, without the program name)
+    /// and the environment give, with the API key from `api_key` or, when
+    /// `None`, from `SMILEID_API_KEY_FILE` / `SMILEID_API_KEY`.
+    pub fn parse_from<I, T>(args: I, api_key: Option<ApiKey>) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = serve_command()
+            .no_binary_name(true)
+            .try_get_matches_from(args)
+            .map_err(|error| anyhow::anyhow!("{}", name_environment_errors(error, &serve_command())))?;
+        let args = ServeArgs::from_arg_matches(&matches)?;
+        Self::from_args(args, &matches, api_key)
+    }
+
+    /// Checks parsed flags; `matches` tells where each value came from.
+    pub fn from_args(args: ServeArgs, matches: &ArgMatches, api_key: Option<ApiKey>) -> anyhow::Result<Self> {
+        let sources = Sources::from_matches(matches);
+        let name = |id: &str| sources.name(id);
+        let api_key = match api_key {
+            Some(key) => key,
+            None => read_api_key(args.api_key_file.as_deref(), &name("api_key_file"))?,
+        };
+        let partner_id = args
             .partner_id
             .filter(|id| !id.trim().is_empty())
-            .context("SMILEID_PARTNER_ID is not set: the Smile ID partner id is required")?;
-        let environment = match (self.base_url, self.environment) {
+            .with_context(|| format!("{} is not set: the Smile ID partner id is required", name("partner_id")))?;
+        let environment = match (args.base_url, args.environment) {
             (Some(url), _) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    bail!("SMILEID_BASE_URL must be an http:// or https:// URL, got {url:?}");
+                    bail!("{} must be an http:// or https:// URL, got {url:?}", name("base_url"));
                 }
                 Environment::Custom(url)
             }
             (None, Some(SmileEnvironment::Sandbox)) => Environment::Sandbox,
             (None, Some(SmileEnvironment::Production)) => Environment::Production,
-            (None, None) => {
-                bail!("SMILEID_ENVIRONMENT is not set: choose sandbox or production (or set SMILEID_BASE_URL)")
-            }
+            (None, None) => bail!(
+                "{} is not set: choose sandbox or production (or set {})",
+                name("environment"),
+                name("base_url")
+            ),
         };
-        if let Some(url) = &self.callback_url
+        if let Some(url) = &args.callback_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            bail!("SELFIE_AUTH_CALLBACK_URL must be an http:// or https:// URL, got {url:?}");
-        }
-        if !self.callback_path.starts_with('/') {
             bail!(
-                "SELFIE_AUTH_CALLBACK_PATH must start with '/', got {:?}",
-                self.callback_path
+                "{} must be an http:// or https:// URL, got {url:?}",
+                name("callback_url")
+            );
+        }
+        if !args.callback_path.starts_with('/') {
+            bail!(
+                "{} must start with '/', got {:?}",
+                name("callback_path"),
+                args.callback_path
+            );
+        }
+        // Images must fit in a message with room for the other fields.
+        let image_budget = args.max_message_bytes.saturating_sub(64 * 1024);
+        if image_budget < 1024 * 1024 {
+            bail!(
+                "{} must be at least 1 MiB + 64 KiB, got {}",
+                name("max_message_bytes"),
+                args.max_message_bytes
             );
         }
         let limits = ImageLimits::default();
-        // Images must fit in a message with room for the other fields.
-        let image_budget = self.max_message_bytes.saturating_sub(64 * 1024);
-        if image_budget < 1024 * 1024 {
-            bail!(
-                "SELFIE_AUTH_MAX_MESSAGE_BYTES must be at least 1 MiB + 64 KiB, got {}",
-                self.max_message_bytes
-            );
-        }
         let image_limits = ImageLimits {
             max_total_bytes: limits.max_total_bytes.min(image_budget),
             max_image_bytes: limits.max_image_bytes.min(image_budget),
             ..limits
         };
-        if self.concurrency_limit == 0 {
-            bail!("SELFIE_AUTH_CONCURRENCY_LIMIT must be at least 1");
+        if args.concurrency_limit == 0 {
+            bail!("{} must be at least 1", name("concurrency_limit"));
         }
-        if self.heartbeat_interval.is_zero() {
-            bail!("SELFIE_AUTH_HEARTBEAT_INTERVAL must be greater than zero");
+        if args.heartbeat_interval.0.is_zero() {
+            bail!("{} must be greater than zero", name("heartbeat_interval"));
         }
-        let database_url = self
+        if args.database_max_connections == 0 {
+            bail!("{} must be at least 1", name("database_max_connections"));
+        }
+        let database_url = args
             .database_url
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("selfie-auth.db").display()));
+            .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("selfie-auth.db").display()));
         let mut smile = ClientConfig::new(environment.clone(), Credentials::new(partner_id, api_key));
-        smile.connect_timeout = self.connect_timeout;
-        smile.request_timeout = self.request_timeout;
-        if self.database_max_connections == 0 {
-            bail!("DATABASE_MAX_CONNECTIONS must be at least 1");
-        }
-        Ok(Settings {
-            grpc_addr: self.grpc_addr,
-            http_addr: self.http_addr,
+        smile.connect_timeout = args.connect_timeout.0;
+        smile.request_timeout = args.request_timeout.0;
+        let service = ServiceConfig {
+            callback_url: args.callback_url,
+            confirm_callbacks: args.confirm_callbacks,
+            heartbeat_interval: args.heartbeat_interval.0,
+            reconcile: ReconcilePolicy {
+                first_delay: args.reconcile_after.0,
+                max_delay: args.reconcile_max_interval.0.max(args.reconcile_after.0),
+                give_up_after: args.reconcile_give_up.0,
+                ..ReconcilePolicy::default()
+            },
+            image_limits,
+            sandbox_params_allowed: environment != Environment::Production,
+            ..ServiceConfig::default()
+        };
+        Ok(Self {
+            grpc_addr: args.grpc_addr,
+            http_addr: args.http_addr,
             database_url,
             database_limits: PgLimits {
-                max_connections: self.database_max_connections,
-                statement_timeout: self.database_statement_timeout,
+                max_connections: args.database_max_connections,
+                statement_timeout: args.database_statement_timeout.0,
                 ..PgLimits::default()
             },
             readiness_interval: Duration::from_secs(2),
             smile,
-            callback_path: self.callback_path,
-            callback_window: self.callback_window,
-            service: ServiceConfig {
-                callback_url: self.callback_url,
-                confirm_callbacks: self.confirm_callbacks,
-                heartbeat_interval: self.heartbeat_interval,
-                reconcile: ReconcilePolicy {
-                    first_delay: self.reconcile_after,
-                    max_delay: self.reconcile_max_interval.max(self.reconcile_after),
-                    give_up_after: self.reconcile_give_up,
-                    ..ReconcilePolicy::default()
-                },
-                image_limits,
-                sandbox_params_allowed: environment != Environment::Production,
-                ..ServiceConfig::default()
-            },
-            max_message_bytes: self.max_message_bytes,
-            concurrency_limit: self.concurrency_limit,
+            callback_path: args.callback_path,
+            callback_window: args.callback_window.0,
+            service,
+            max_message_bytes: args.max_message_bytes,
+            concurrency_limit: args.concurrency_limit,
             http2_keepalive_interval: Duration::from_secs(30),
-            drain_timeout: self.drain_timeout,
+            drain_timeout: args.drain_timeout.0,
+            sources,
         })
     }
 }
 
+/// Rewrites clap's "invalid value for '--flag'" to name the variable when the
+/// value came from the environment, since that is what the user wrote.
+pub fn name_environment_errors(error: clap::Error, command: &clap::Command) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(error.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return error;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) =
+        (error.get(ContextKind::InvalidArg), error.get(ContextKind::InvalidValue))
+    else {
+        return error;
+    };
+    let long = arg
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("--");
+    let from_env = command.get_arguments().find_map(|candidate| {
+        let env = candidate.get_env()?;
+        let set = std::env::var_os(env).is_some_and(|set| set.to_string_lossy() == value.as_str());
+        (candidate.get_long() == Some(long) && set).then(|| env.to_string_lossy().into_owned())
+    });
+    let Some(env) = from_env else {
+        return error;
+    };
+    let reason = std::error::Error::source(&error).map_or_else(String::new, |source| format!(": {source}"));
+    clap::Error::raw(
+        ErrorKind::ValueValidation,
+        format!("invalid value '{value}' for {env}{reason}\n"),
+    )
+}
+
 /// The API key from `SMILEID_API_KEY`, or the file `SMILEID_API_KEY_FILE` names.
-fn read_api_key(file: Option<&std::path::Path>) -> anyhow::Result<ApiKey> {
+fn read_api_key(file: Option<&std::path::Path>, file_setting: &str) -> anyhow::Result<ApiKey> {
     if let Some(path) = file {
-        let key = std::fs::read_to_string(path)
-            .with_context(|| format!("SMILEID_API_KEY_FILE: cannot read {}", path.display()))?;
+        let key =
+            std::fs::read_to_string(path).with_context(|| format!("{file_setting}: cannot read {}", path.display()))?;
         let key = key.trim();
         if key.is_empty() {
-            bail!("SMILEID_API_KEY_FILE: {} is empty", path.display());
+            bail!("{file_setting}: {} is empty", path.display());
         }
         return Ok(ApiKey::new(key));
     }
@@ -213,87 +365,159 @@ fn read_api_key(file: Option<&std::path::Path>) -> anyhow::Result<ApiKey> {
     }
 }
 
+/// The `serve` flags as a command, to look settings up by id.
+pub fn serve_command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("serve"))
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
-
     use super::*;
 
-    #[derive(clap::Parser)]
-    struct Harness {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-
-    fn parse(args: &[&str]) -> ServeArgs {
-        let mut argv = vec!["selfie-auth"];
-        argv.extend_from_slice(args);
-        Harness::try_parse_from(argv).expect("parses").serve
-    }
-
     fn error_of(args: &[&str]) -> String {
-        match parse(args).into_settings_with_key(ApiKey::new("k")) {
+        match Config::parse_from(args, Some(ApiKey::new("k"))) {
             Ok(_) => panic!("expected an error for {args:?}"),
             Err(error) => error.to_string(),
         }
     }
 
     #[test]
-    fn every_invalid_setting_is_named_in_the_error() {
+    fn every_invalid_setting_is_named_as_the_user_set_it() {
         let base = ["--partner-id", "085", "--smileid-environment", "sandbox"];
-        assert!(error_of(&[]).contains("SMILEID_PARTNER_ID"));
-        assert!(error_of(&["--partner-id", "085"]).contains("SMILEID_ENVIRONMENT"));
+        assert!(error_of(&[]).contains("--partner-id (SMILEID_PARTNER_ID)"));
+        assert!(error_of(&["--partner-id", "085"]).contains("--smileid-environment (SMILEID_ENVIRONMENT)"));
         let with = |extra: &[&'static str]| -> Vec<&'static str> {
             base.iter().copied().chain(extra.iter().copied()).collect()
         };
-        assert!(error_of(&with(&["--smileid-base-url", "ftp://x"])).contains("SMILEID_BASE_URL"));
-        assert!(error_of(&with(&["--callback-url", "nope"])).contains("SELFIE_AUTH_CALLBACK_URL"));
-        assert!(error_of(&with(&["--callback-path", "cb"])).contains("SELFIE_AUTH_CALLBACK_PATH"));
-        assert!(error_of(&with(&["--max-message-bytes", "1000"])).contains("SELFIE_AUTH_MAX_MESSAGE_BYTES"));
-        assert!(error_of(&with(&["--concurrency-limit", "0"])).contains("SELFIE_AUTH_CONCURRENCY_LIMIT"));
-        assert!(error_of(&with(&["--database-max-connections", "0"])).contains("DATABASE_MAX_CONNECTIONS"));
+        for (flag, value) in [
+            ("--smileid-base-url", "ftp://x"),
+            ("--callback-url", "nope"),
+            ("--callback-path", "cb"),
+            ("--max-message-bytes", "1000"),
+            ("--concurrency-limit", "0"),
+            ("--database-max-connections", "0"),
+            ("--heartbeat-interval", "0s"),
+        ] {
+            let error = error_of(&with(&[flag, value]));
+            assert!(error.starts_with(flag), "{flag}: {error}");
+        }
+        let error = error_of(&with(&["--drain-timeout", "10"]));
+        assert!(error.contains("--drain-timeout"), "{error}");
     }
 
     #[test]
     fn the_api_key_file_is_read_and_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let setting = "--api-key-file";
         let missing = dir.path().join("missing");
-        let error = read_api_key(Some(&missing)).expect_err("missing file");
-        assert!(error.to_string().contains("SMILEID_API_KEY_FILE"));
+        let error = read_api_key(Some(&missing), setting).expect_err("missing file");
+        assert!(error.to_string().starts_with(setting));
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").expect("write");
         assert!(
-            read_api_key(Some(&empty))
+            read_api_key(Some(&empty), setting)
                 .expect_err("empty")
                 .to_string()
                 .contains("is empty")
         );
         let good = dir.path().join("key");
         std::fs::write(&good, "secret-key\n").expect("write");
-        let key = read_api_key(Some(&good)).expect("key");
+        let key = read_api_key(Some(&good), setting).expect("key");
         assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
     }
 
     #[test]
-    fn defaults_build_working_settings() {
-        let settings = parse(&["--partner-id", "085", "--smileid-environment", "production"])
-            .into_settings_with_key(ApiKey::new("k"))
-            .expect("settings");
-        assert_eq!(settings.smile.environment, Environment::Production);
+    fn defaults_are_the_domain_defaults_and_build_working_settings() {
+        let config = Config::parse_from(
+            ["--partner-id", "085", "--smileid-environment", "production"],
+            Some(ApiKey::new("k")),
+        )
+        .expect("config");
+        assert_eq!(config.smile.environment, Environment::Production);
         assert!(
-            !settings.service.sandbox_params_allowed,
+            !config.service.sandbox_params_allowed,
             "sandbox_result never reaches production"
         );
-        assert_eq!(settings.database_url, "sqlite://data/selfie-auth.db");
-        assert_eq!(settings.grpc_addr.port(), 50051);
-        assert_eq!(settings.service.reconcile.first_delay, Duration::from_secs(120));
-        assert!(settings.service.image_limits.max_total_bytes < settings.max_message_bytes);
-        let custom = parse(&["--partner-id", "1", "--smileid-base-url", "http://127.0.0.1:8780/v1"])
-            .into_settings_with_key(ApiKey::new("k"))
-            .expect("settings");
+        assert_eq!(config.database_url, "sqlite://data/selfie-auth.db");
+        assert_eq!(config.grpc_addr.port(), 50051);
+        let defaults = ServiceConfig::default();
+        assert_eq!(config.service.reconcile.first_delay, defaults.reconcile.first_delay);
+        assert_eq!(config.service.reconcile.max_delay, defaults.reconcile.max_delay);
+        assert_eq!(config.service.heartbeat_interval, defaults.heartbeat_interval);
+        assert_eq!(config.smile.request_timeout, client_defaults().request_timeout);
+        assert_eq!(
+            config.database_limits.statement_timeout,
+            PgLimits::default().statement_timeout
+        );
+        assert!(config.service.image_limits.max_total_bytes < config.max_message_bytes);
+        let custom = Config::parse_from(
+            ["--partner-id", "1", "--smileid-base-url", "http://127.0.0.1:8780/v1"],
+            Some(ApiKey::new("k")),
+        )
+        .expect("config");
         assert_eq!(
             custom.smile.environment,
             Environment::Custom("http://127.0.0.1:8780/v1".into())
         );
+    }
+
+    #[test]
+    fn spans_read_and_print_as_people_write_them() {
+        assert_eq!("1h 30m".parse::<Span>().expect("span").0, Duration::from_secs(5400));
+        assert_eq!(Span(Duration::from_secs(120)).to_string(), "2m");
+        assert!("10".parse::<Span>().is_err());
+    }
+
+    /// The README's configuration table: `(variables, defaults)` of each row.
+    fn documented() -> Vec<(String, String)> {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("| variable | default | meaning |")
+            .nth(1)
+            .expect("the README has a configuration table");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                (cells[1].to_owned(), cells[2].to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_shows_the_defaults_the_flags_have() {
+        let command = serve_command();
+        let mut checked = 0;
+        for (variables, defaults) in documented() {
+            let variables: Vec<&str> = variables.split(" / ").map(|v| v.trim_matches('`')).collect();
+            // A default is a literal in backticks; anything else ("required ...") is none.
+            let defaults: Vec<Option<&str>> = defaults
+                .split(" / ")
+                .map(|d| d.strip_prefix('`').and_then(|d| d.strip_suffix('`')))
+                .collect();
+            for (index, variable) in variables.iter().enumerate() {
+                let Some(arg) = command
+                    .get_arguments()
+                    .find(|arg| arg.get_env().is_some_and(|env| env == *variable))
+                else {
+                    continue;
+                };
+                let flag_default: Vec<String> = arg
+                    .get_default_values()
+                    .iter()
+                    .map(|value| value.to_string_lossy().into_owned())
+                    .collect();
+                let documented = defaults.get(index).copied().flatten();
+                assert_eq!(
+                    flag_default.first().map(String::as_str),
+                    documented,
+                    "{variable}: the README and --help disagree"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "only {checked} settings were found in the README");
     }
 }

@@ -1,6 +1,10 @@
 //! selfie-auth: a gRPC gateway for Smile ID SmartSelfie™ Authentication.
 //!
-//! Dependencies point one way: `grpc` / `callbacks` → `jobs` → `store` / `events` / `smileid`.
+//! Dependencies point toward the domain: `grpc` and `callbacks` call `jobs`;
+//! `jobs` defines the ports it needs (`jobs::ports`), which `store`, `events`
+//! and the wiring's Smile ID adapter implement. `smileid` is a protocol library
+//! of its own: `jobs` uses its value types (results, codes), never its client.
+//! `server` wires everything and is the one place that knows concrete types.
 #![forbid(unsafe_code)]
 
 pub mod callbacks;

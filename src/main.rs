@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use selfie_auth::cli::{self, ClientArgs, SubmitArgs};
-use selfie_auth::config::ServeArgs;
+use selfie_auth::config::{self, Config, ServeArgs};
 use selfie_auth::server::{self, RunningService};
 use selfie_auth::simulator::{self, SimulatorConfig, TlsFiles};
 use selfie_auth::smileid::ApiKey;
@@ -34,7 +34,17 @@ enum Command {
     /// Run the service against Smile ID (sandbox, production or a base URL).
     Serve(Box<ServeArgs>),
     /// Run the service and a Smile ID simulator in one process, for trying it out.
-    Dev(DevArgs),
+    #[command(
+        mut_arg("grpc_addr", |arg| arg.default_value("127.0.0.1:50051")),
+        mut_arg("http_addr", |arg| arg.default_value("127.0.0.1:8080")),
+        mut_arg("reconcile_after", |arg| arg.default_value("10s")),
+        mut_arg("reconcile_max_interval", |arg| arg.default_value("1m")),
+        mut_arg("partner_id", |arg| arg.hide(true)),
+        mut_arg("api_key_file", |arg| arg.hide(true)),
+        mut_arg("environment", |arg| arg.hide(true)),
+        mut_arg("base_url", |arg| arg.hide(true)),
+    )]
+    Dev(Box<DevArgs>),
     /// Run a Smile ID simulator (v1 upload / job_status / callbacks, v2 authentication, control API).
     Simulator(SimulatorArgs),
     /// Submit a selfie for authentication.
@@ -64,20 +74,18 @@ enum Command {
     },
 }
 
+/// `dev` takes every `serve` flag; it talks to its own simulator, and its
+/// addresses, database and reconciler default to what suits one machine.
 #[derive(Args)]
 struct DevArgs {
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    grpc_addr: SocketAddr,
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http_addr: SocketAddr,
-    #[arg(long, default_value = "127.0.0.1:8780")]
+    /// Address of the built-in Smile ID simulator.
+    #[arg(long, env = "SELFIE_AUTH_SIMULATOR_ADDR", default_value = "127.0.0.1:8780")]
     simulator_addr: SocketAddr,
-    /// Data directory of the SQLite database.
-    #[arg(long, default_value = "data")]
-    data_dir: PathBuf,
     /// Users the simulator knows as enrolled (repeatable).
     #[arg(long = "enroll", default_value = "demo-user")]
     enroll: Vec<String>,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Args)]
@@ -121,7 +129,10 @@ fn simulator_api_key() -> ApiKey {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|error| config::name_environment_errors(error, &config::serve_command()).exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let telemetry = match telemetry::init(&TelemetryConfig::from_env(cli.log_format)) {
         Ok(telemetry) => telemetry,
         Err(error) => {
@@ -129,7 +140,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let outcome = run(cli.command).await;
+    let outcome = run(cli.command, &matches).await;
     telemetry.shutdown();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -140,14 +151,15 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<()> {
+    let (_, command_matches) = matches.subcommand().context("a command is required")?;
     match command {
         Command::Serve(args) => {
-            let settings = args.into_settings()?;
-            let running = server::start(settings).await?;
+            let config = Config::from_args(*args, command_matches, None)?;
+            let running = server::start(config).await?;
             run_until_signal(running).await
         }
-        Command::Dev(args) => run_dev(args).await,
+        Command::Dev(args) => run_dev(*args, command_matches).await,
         Command::Simulator(args) => run_simulator(args).await,
         Command::Submit { client, args } => cli::submit(&client, args).await,
         Command::Get {
@@ -185,44 +197,34 @@ async fn wait_for_signal() {
     }
 }
 
-async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let callback_url = format!("http://{}/callbacks/smileid", args.http_addr);
+async fn run_dev(args: DevArgs, matches: &ArgMatches) -> anyhow::Result<()> {
+    let DevArgs {
+        simulator_addr,
+        enroll,
+        mut serve,
+    } = args;
+    let callback_url = serve
+        .callback_url
+        .get_or_insert_with(|| format!("http://{}/callbacks/smileid", serve.http_addr))
+        .clone();
     let mut sim_config = SimulatorConfig::new(DEV_PARTNER_ID, ApiKey::new(DEV_API_KEY));
-    sim_config.enrolled_users = args.enroll.clone();
-    sim_config.default_callback_url = Some(callback_url.clone());
-    let sim = simulator::start(sim_config, args.simulator_addr)
+    sim_config.enrolled_users = enroll.clone();
+    sim_config.default_callback_url = Some(callback_url);
+    let sim = simulator::start(sim_config, simulator_addr)
         .await
-        .with_context(|| format!("starting the simulator on {}", args.simulator_addr))?;
+        .with_context(|| format!("starting the simulator on {simulator_addr} (--simulator-addr)"))?;
 
-    let serve = ServeArgs {
-        grpc_addr: args.grpc_addr,
-        http_addr: args.http_addr,
-        database_url: None,
-        database_max_connections: 10,
-        database_statement_timeout: Duration::from_secs(5),
-        data_dir: args.data_dir.clone(),
-        partner_id: Some(DEV_PARTNER_ID.into()),
-        api_key_file: None,
-        environment: None,
-        base_url: Some(sim.v1_url()),
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(30),
-        callback_url: Some(callback_url),
-        callback_path: "/callbacks/smileid".into(),
-        callback_window: Duration::from_secs(300),
-        confirm_callbacks: true,
-        heartbeat_interval: Duration::from_secs(15),
-        reconcile_after: Duration::from_secs(10),
-        reconcile_max_interval: Duration::from_secs(60),
-        reconcile_give_up: Duration::from_secs(24 * 3600),
-        max_message_bytes: 16 * 1024 * 1024,
-        concurrency_limit: 256,
-        drain_timeout: Duration::from_secs(10),
-    };
-    let mut settings = serve.into_settings_with_key(ApiKey::new(DEV_API_KEY))?;
-    settings.database_url = format!("sqlite://{}", args.data_dir.join("dev.db").display());
-    let running = server::start(settings).await?;
-    let sample = args.data_dir.join("sample-selfie.jpg");
+    let database = serve.data_dir.join("dev.db");
+    serve
+        .database_url
+        .get_or_insert_with(|| format!("sqlite://{}", database.display()));
+    serve.partner_id = Some(DEV_PARTNER_ID.into());
+    serve.base_url = Some(sim.v1_url());
+    let data_dir = serve.data_dir.clone();
+    let config = Config::from_args(serve, matches, Some(ApiKey::new(DEV_API_KEY)))?;
+    let database_url = config.database_url.clone();
+    let running = server::start(config).await?;
+    let sample = data_dir.join("sample-selfie.jpg");
     write_sample_selfie(&sample).with_context(|| format!("writing {}", sample.display()))?;
     let grpc = running.grpc_addr;
     println!(
@@ -236,8 +238,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
          \x20 grpcurl -plaintext -d '{{\"job_id\": \"JOB_ID\"}}' {grpc} selfieauth.v1.SelfieAuth/GetJob\n",
         http = running.http_addr,
         sim_url = sim.url(),
-        users = args.enroll.join(", "),
-        db = args.data_dir.join("dev.db").display(),
+        users = enroll.join(", "),
+        db = database_url,
         sample = sample.display(),
     );
     let result = run_until_signal(running).await;

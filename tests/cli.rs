@@ -1,8 +1,6 @@
 //! The `selfie-auth` client commands against a running service.
 
-mod common;
-
-use common::*;
+use selfie_auth_testkit::*;
 use serde_json::Value;
 
 async fn run(args: &[&str]) -> std::process::Output {
@@ -18,7 +16,7 @@ async fn run(args: &[&str]) -> std::process::Output {
 async fn submit_get_and_watch_for_people_and_scripts() {
     let sim = start_simulator(|config| config.review_delay = std::time::Duration::from_millis(300)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let service = start_service(config_for(&sim, &sqlite_url(&dir))).await;
     let addr = format!("http://{}", service.running.grpc_addr);
     let selfie = dir.path().join("selfie.png");
     std::fs::write(&selfie, png(96, 96, 5)).expect("write");

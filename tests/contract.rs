@@ -2,11 +2,9 @@
 //! generated from it (grpcio) submits, looks up, watches and reads rich errors.
 //! Tools come from PyPI into `target/contract-venv`.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use selfie_auth_testkit::*;
 
 const TOOLS: &[&str] = &[
     "buf-bin==1.75.0",
@@ -40,7 +38,7 @@ async fn the_contract_lints_and_works_from_python() {
 
     let sim = start_simulator(|_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let service = start_service(config_for(&sim, &sqlite_url(&dir))).await;
     let selfie = dir.path().join("selfie.jpg");
     std::fs::write(&selfie, jpeg(96, 96, 3)).expect("write");
     let output = tokio::process::Command::new(&python)

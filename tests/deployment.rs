@@ -2,11 +2,9 @@
 //! SQLite and several on PostgreSQL, refuses unsafe values, and the Dockerfile
 //! lints clean (`tests/scripts/check_chart.py`, with tools from PyPI in `target/deploy-venv`).
 
-mod common;
-
 use std::path::Path;
 
-use common::{python_venv, skip_or_fail};
+use selfie_auth_testkit::{python_venv, skip_or_fail};
 
 const TOOLS: &[&str] = &[
     "helm-python-sdk==0.2.2",

@@ -3,12 +3,10 @@
 //! Not a timing target (the benchmark measures those): a stall is ~40 ms, the
 //! margin below is wide enough for a loaded CI machine and still catches it.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use selfie_auth::grpc::pb;
+use selfie_auth_testkit::*;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 

@@ -1,14 +1,12 @@
 //! The API key, signatures and image bytes never reach the logs, even at debug level.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::*;
 use selfie_auth::grpc::pb;
+use selfie_auth_testkit::*;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -44,7 +42,7 @@ async fn secrets_signatures_and_images_stay_out_of_the_logs() {
 
     let sim = start_simulator(|_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let service = start_service(config_for(&sim, &sqlite_url(&dir))).await;
     let mut client = service.client().await;
 
     let selfie = jpeg(64, 64, 42);

@@ -2,12 +2,10 @@
 //! SmartSelfie Authentication flows unchanged against `selfie-auth simulator`
 //! over https. The SDK is installed with npm into `target/node-sdk` on first use.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use selfie_auth_testkit::*;
 
 const SDK: &str = "smile-identity-core@3.2.1";
 
@@ -52,12 +50,15 @@ async fn official_node_sdk_flows_succeed_against_the_simulator_over_https() {
         std::fs::write(dir.path().join(format!("liveness_{index}.jpg")), jpeg(48, 48, index)).expect("write");
     }
 
-    let (mut simulator, base_url) = spawn_simulator_command(&[
-        "--tls-cert".as_ref(),
-        cert.as_os_str(),
-        "--tls-key".as_ref(),
-        key.as_os_str(),
-    ])
+    let (mut simulator, base_url) = spawn_simulator_command(
+        env!("CARGO_BIN_EXE_selfie-auth"),
+        &[
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+    )
     .await;
     assert!(base_url.starts_with("https://"), "{base_url}");
 

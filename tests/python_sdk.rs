@@ -5,11 +5,9 @@
 //! reachable). Without Python the test says so loudly and skips, except under
 //! `CI=true`, where it fails.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use selfie_auth_testkit::*;
 
 const SDK: &str = "smile-id-core==3.0.1";
 
@@ -33,7 +31,7 @@ async fn official_python_sdk_flows_succeed_against_the_simulator() {
     }
     // `selfie-auth simulator`, the command itself, on a free port. The SDK polls every
     // 2 s at first; a short review delay keeps the provisional scenario brief.
-    let (mut simulator, base_url) = spawn_simulator_command(&[]).await;
+    let (mut simulator, base_url) = spawn_simulator_command(env!("CARGO_BIN_EXE_selfie-auth"), &[]).await;
     let v1_url = format!("{base_url}/v1");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/smile_id_core_check.py");
     let output = tokio::process::Command::new(python)

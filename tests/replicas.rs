@@ -1,19 +1,17 @@
 //! Several replicas on one PostgreSQL: a callback lands on any replica, a stream
 //! on another, a retry on a third; nothing is lost, duplicated or reordered.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use selfie_auth::grpc::pb;
 use selfie_auth::simulator::{CallbackMode, RunningSimulator};
+use selfie_auth_testkit::*;
 use tonic::Code;
 
 /// Replica settings whose streams only learn of other replicas' events through
 /// LISTEN/NOTIFY: heartbeats (which also re-read the store) are far apart.
-fn replica_settings(sim: &RunningSimulator, database_url: &str) -> selfie_auth::server::Settings {
-    let mut settings = settings_for(sim, database_url);
+fn replica_settings(sim: &RunningSimulator, database_url: &str) -> selfie_auth::config::Config {
+    let mut settings = config_for(sim, database_url);
     settings.service.heartbeat_interval = Duration::from_secs(30);
     settings
 }
@@ -223,7 +221,7 @@ async fn an_unreachable_database_loses_no_acknowledged_callback_and_readiness_fo
     let proxy = CuttableProxy::start(upstream).await;
     let sim = start_simulator(|_| {}).await;
     sim.set_callback_mode(CallbackMode::Drop);
-    let mut settings = settings_for(&sim, &pg_url_via(&url, proxy.addr));
+    let mut settings = config_for(&sim, &pg_url_via(&url, proxy.addr));
     settings.service.confirm_callbacks = false;
     settings.service.reconcile.first_delay = Duration::from_secs(600);
     settings.database_limits.acquire_timeout = Duration::from_millis(500);

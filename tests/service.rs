@@ -1,20 +1,18 @@
 //! The SelfieAuth gRPC service, black box: a real server on 127.0.0.1:0, the
 //! simulator as Smile ID, SQLite in a temporary directory.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use selfie_auth::grpc::pb;
 use selfie_auth::simulator::{CallbackMode, Endpoint, Fault};
+use selfie_auth_testkit::*;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
 async fn setup() -> (RunningSimulator, TestService, tempfile::TempDir) {
     let sim = start_simulator(|_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let service = start_service(config_for(&sim, &sqlite_url(&dir))).await;
     (sim, service, dir)
 }
 
@@ -412,7 +410,7 @@ async fn unreachable_smile_id_is_unavailable_with_retry_info_and_a_retry_succeed
 async fn unknown_outcome_is_reconciled_and_a_retry_resumes_the_same_smile_job() {
     let sim = start_simulator(|_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = settings_for(&sim, &sqlite_url(&dir));
+    let mut settings = config_for(&sim, &sqlite_url(&dir));
     settings.smile.request_timeout = Duration::from_millis(500);
     settings.smile.retry.max_attempts = 2;
     let service = start_service(settings).await;
@@ -641,7 +639,7 @@ async fn watch_jobs_streams_every_job_filters_by_user_and_resumes_by_token() {
 async fn duplicated_and_reordered_callbacks_change_nothing_twice() {
     let sim = start_simulator(|config| config.review_delay = Duration::from_millis(300)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = settings_for(&sim, &sqlite_url(&dir));
+    let mut settings = config_for(&sim, &sqlite_url(&dir));
     // Confirmation would hide the callback body's order; test the callback path itself.
     settings.service.confirm_callbacks = false;
     settings.service.reconcile.first_delay = Duration::from_secs(60);
@@ -731,7 +729,7 @@ async fn dropped_callbacks_are_recovered_by_the_reconciler() {
 async fn jobs_without_a_final_result_fail_after_the_give_up_time() {
     let sim = start_simulator(|config| config.review_delay = Duration::from_secs(60)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = settings_for(&sim, &sqlite_url(&dir));
+    let mut settings = config_for(&sim, &sqlite_url(&dir));
     settings.service.reconcile.give_up_after = Duration::from_millis(800);
     let service = start_service(settings).await;
     let mut client = service.client().await;
@@ -840,7 +838,7 @@ async fn callback_endpoint_refuses_forged_stale_and_oversized_posts() {
 async fn a_restart_on_the_same_sqlite_file_keeps_every_job_and_event() {
     let sim = start_simulator(|_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let service = start_service(config_for(&sim, &sqlite_url(&dir))).await;
     let mut client = service.client().await;
     let mut request = submit_request(ENROLLED_USER, "restart-1");
     request.wait_for_result = true;
@@ -854,7 +852,7 @@ async fn a_restart_on_the_same_sqlite_file_keeps_every_job_and_event() {
     assert_eq!(job.state(), pb::JobState::Completed);
     service.running.shutdown().await;
 
-    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let service = start_service(config_for(&sim, &sqlite_url(&dir))).await;
     let mut client = service.client().await;
     let again = client
         .get_job(pb::GetJobRequest {
@@ -1007,7 +1005,7 @@ async fn reflection_lists_the_service_in_v1_and_v1alpha() {
 async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
     let sim = start_simulator(|config| config.review_delay = Duration::from_secs(30)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = settings_for(&sim, &sqlite_url(&dir));
+    let mut settings = config_for(&sim, &sqlite_url(&dir));
     settings.concurrency_limit = 1;
     let service = start_service(settings).await;
     let client = service.client().await;
@@ -1143,7 +1141,7 @@ async fn every_remaining_rpc_error_is_precise() {
 
     // Credentials Smile ID refuses are an operator problem, not the caller's.
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = settings_for(&sim, &sqlite_url(&dir));
+    let mut settings = config_for(&sim, &sqlite_url(&dir));
     settings.smile.credentials =
         selfie_auth::smileid::Credentials::new(PARTNER_ID, selfie_auth::smileid::ApiKey::new("revoked"));
     let misconfigured = start_service(settings).await;
@@ -1164,7 +1162,7 @@ async fn every_remaining_rpc_error_is_precise() {
 async fn sandbox_only_params_never_reach_production() {
     let sim = start_simulator(|_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = settings_for(&sim, &sqlite_url(&dir));
+    let mut settings = config_for(&sim, &sqlite_url(&dir));
     settings.service.sandbox_params_allowed = false;
     let service = start_service(settings).await;
     let mut client = service.client().await;

@@ -1,11 +1,9 @@
 //! `selfie-auth serve` as a process: SIGTERM drains and exits cleanly; a second
 //! signal during a drain exits at once.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use selfie_auth_testkit::*;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 

@@ -1,18 +1,16 @@
 //! Our Smile ID client against the simulator: flows, results, errors, signatures, faults.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use selfie_auth::simulator::{CallbackMode, Endpoint, Fault};
 use selfie_auth::smileid::wire::{JOB_TYPE_AUTHENTICATION, JOB_TYPE_REGISTRATION};
 use selfie_auth::smileid::{
     ApiKey, Credentials, Decision, ErrorCode, JobStatus, JobSubmission, PartnerParams, SmileIdClient, SmileIdError,
     StatusOptions, SubmitOutcome, SubmitStage, verify_callback,
 };
+use selfie_auth_testkit::*;
 use serde_json::{Value, json};
 
 fn params(user_id: &str, job_id: &str, job_type: u32, extra: &[(&str, &str)]) -> PartnerParams {

@@ -1,7 +1,5 @@
 //! One conformance suite for every `JobStore`: SQLite and PostgreSQL.
 
-mod common;
-
 use std::time::Duration;
 
 use chrono::Utc;
@@ -172,7 +170,7 @@ async fn concurrent_writers_all_land_with_contiguous_sequences(store: SharedStor
 /// A fresh SQLite store; the directory lives as long as the test.
 async fn sqlite_store() -> (SharedStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opened = selfie_auth::store::open(&common::sqlite_url(&dir), PgLimits::default())
+    let opened = selfie_auth::store::open(&selfie_auth_testkit::sqlite_url(&dir), PgLimits::default())
         .await
         .expect("open");
     (opened.store, dir)
@@ -180,7 +178,7 @@ async fn sqlite_store() -> (SharedStore, tempfile::TempDir) {
 
 /// A fresh PostgreSQL store in its own schema; `None` when PostgreSQL is not there.
 async fn postgres_store() -> Option<SharedStore> {
-    let url = common::pg_schema_url().await?;
+    let url = selfie_auth_testkit::pg_schema_url().await?;
     let opened = selfie_auth::store::open(&url, PgLimits::default()).await.expect("open");
     assert!(opened.postgres.is_some());
     Some(opened.store)
@@ -222,7 +220,7 @@ conformance!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_one_database_once() {
-    let Some(url) = common::pg_schema_url().await else {
+    let Some(url) = selfie_auth_testkit::pg_schema_url().await else {
         return;
     };
     let opened = futures::future::join_all((0..3).map(|_| selfie_auth::store::open(&url, PgLimits::default()))).await;

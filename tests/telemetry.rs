@@ -1,15 +1,13 @@
 //! Spans reach an OTLP collector (a fake one on 127.0.0.1:0), continue the
 //! caller's W3C trace, and carry no secrets or image bytes.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use selfie_auth::telemetry::{LogFormat, TelemetryConfig};
+use selfie_auth_testkit::*;
 
 #[derive(Clone, Default)]
 struct Collector {
@@ -49,7 +47,7 @@ async fn grpc_calls_are_traced_as_children_of_the_callers_trace() {
 
     let sim = start_simulator(|_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(settings_for(&sim, &sqlite_url(&dir))).await;
+    let service = start_service(config_for(&sim, &sqlite_url(&dir))).await;
     let mut client = service.client().await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut request = tonic::Request::new(submit_request(ENROLLED_USER, "traced-1"));

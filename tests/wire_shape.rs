@@ -2,8 +2,6 @@
 //! server SDKs send (sdk-wire-traces §2.1, §2.3, §2.4). A capture server on
 //! 127.0.0.1:0 records the requests.
 
-mod common;
-
 use std::io::{Cursor, Read};
 use std::sync::{Arc, Mutex};
 
@@ -11,8 +9,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{post, put};
-use common::*;
 use selfie_auth::smileid::{ClientConfig, Environment, JobSubmission, PartnerParams, SmileIdClient, StatusOptions};
+use selfie_auth_testkit::*;
 use serde_json::{Value, json};
 
 /// The content type and bytes of the uploaded zip.

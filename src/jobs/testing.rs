@@ -9,12 +9,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::model::{EventKind, Job, JobEvent};
+use super::model::{EventKind, EventNotice, Job, JobEvent};
 use super::ports::{
-    Accepted, Created, JobStore, Saved, SmileId, SmileJob, StatusFailure, StatusReport, StoreError, SubmitFailure,
+    Accepted, Created, EventFanout, FanoutMessage, JobStore, Saved, SmileId, SmileJob, StatusFailure, StatusReport,
+    StoreError, SubmitFailure,
 };
 use super::service::{JobService, Ports, ServiceConfig};
-use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::smileid::StatusOptions;
 
@@ -193,6 +193,25 @@ impl JobStore for MemoryStore {
     }
 }
 
+/// An [`EventFanout`] within one process, as a single replica has it.
+pub struct LocalFanout(tokio::sync::broadcast::Sender<FanoutMessage>);
+
+impl Default for LocalFanout {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::channel(64).0)
+    }
+}
+
+impl EventFanout for LocalFanout {
+    fn publish(&self, notice: EventNotice) {
+        let _ = self.0.send(FanoutMessage::Event(notice));
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FanoutMessage> {
+        self.0.subscribe()
+    }
+}
+
 /// A call the job logic made to Smile ID.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SmileCall {
@@ -264,7 +283,7 @@ impl Harness {
         let smile = Arc::new(FakeSmileId::default());
         let ports = Ports {
             store: store.clone(),
-            fanout: Arc::new(EventBus::default()),
+            fanout: Arc::new(LocalFanout::default()),
             smile: smile.clone(),
         };
         let service = JobService::new(ports, config, Arc::new(Metrics::default()), CancellationToken::new());

@@ -400,12 +400,12 @@ async fn a_submit_may_wait_for_the_final_result() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         service.submit(submission("u", "j1", 1), Some(deadline)).await
     });
-    // Let the submission be accepted and start waiting.
+    // Let the submission be accepted (its images are checked on the blocking pool) and start waiting.
     for _ in 0..1000 {
         if h.store.kinds("j1").last() == Some(&EventKind::Submitted) {
             break;
         }
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     h.smile.answer_status(final_status("1220"));
     h.service.refresh("j1", StatusOptions::default()).await.expect("final");

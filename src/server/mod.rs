@@ -19,39 +19,17 @@ use tracing::{info, warn};
 mod smile_adapter;
 
 use crate::callbacks::{self, CallbackSettings};
+use crate::config::Config;
 use crate::events::EventBus;
 use crate::grpc::load_shed::LoadShedLayer;
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::SharedStore;
-use crate::jobs::{JobService, Ports, ServiceConfig};
+use crate::jobs::{JobService, Ports};
 use crate::metrics::Metrics;
-use crate::smileid::{ClientConfig, SmileIdClient};
-use crate::store::{self, PgLimits};
+use crate::smileid::SmileIdClient;
+use crate::store;
 use smile_adapter::SmileIdAdapter;
-
-/// Everything a running service needs.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub database_url: String,
-    /// Pool and statement limits when `database_url` is PostgreSQL.
-    pub database_limits: PgLimits,
-    /// How often readiness re-checks the database.
-    pub readiness_interval: Duration,
-    pub smile: ClientConfig,
-    pub callback_path: String,
-    pub callback_window: Duration,
-    pub service: ServiceConfig,
-    /// Largest gRPC request accepted (SubmitAuthentication carries images).
-    pub max_message_bytes: usize,
-    /// SelfieAuth calls in flight; more are shed with UNAVAILABLE (`OVERLOADED`).
-    pub concurrency_limit: usize,
-    pub http2_keepalive_interval: Duration,
-    /// Longest wait for in-flight calls at shutdown.
-    pub drain_timeout: Duration,
-}
 
 pub const SERVICE_NAME: &str = <SelfieAuthServer<SelfieAuthApi> as tonic::server::NamedService>::NAME;
 
@@ -130,25 +108,27 @@ fn reflection_descriptors() -> anyhow::Result<Vec<u8>> {
 }
 
 /// Opens the store, binds both ports, starts serving, then reports SERVING.
-pub async fn start(settings: Settings) -> anyhow::Result<RunningService> {
-    let grpc_listener = TcpListener::bind(settings.grpc_addr).await.with_context(|| {
+pub async fn start(config: Config) -> anyhow::Result<RunningService> {
+    let grpc_listener = TcpListener::bind(config.grpc_addr).await.with_context(|| {
         format!(
-            "binding the gRPC address {} (SELFIE_AUTH_GRPC_ADDR)",
-            settings.grpc_addr
+            "binding the gRPC address {} ({})",
+            config.grpc_addr,
+            config.sources.name("grpc_addr")
         )
     })?;
-    let http_listener = TcpListener::bind(settings.http_addr).await.with_context(|| {
+    let http_listener = TcpListener::bind(config.http_addr).await.with_context(|| {
         format!(
-            "binding the HTTP address {} (SELFIE_AUTH_HTTP_ADDR)",
-            settings.http_addr
+            "binding the HTTP address {} ({})",
+            config.http_addr,
+            config.sources.name("http_addr")
         )
     })?;
-    start_on(settings, grpc_listener, http_listener).await
+    start_on(config, grpc_listener, http_listener).await
 }
 
 /// Like [`start`], on listeners the caller bound (so it knows the ports first).
 pub async fn start_on(
-    settings: Settings,
+    config: Config,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
 ) -> anyhow::Result<RunningService> {
@@ -160,10 +140,10 @@ pub async fn start_on(
     // The reporter starts with "" SERVING; nothing is ready yet.
     readiness.set(false).await;
 
-    let opened = store::open(&settings.database_url, settings.database_limits)
+    let opened = store::open(&config.database_url, config.database_limits)
         .await
-        .context("opening the job store (DATABASE_URL)")?;
-    let smile = SmileIdClient::new(settings.smile.clone()).context("building the Smile ID client")?;
+        .with_context(|| format!("opening the job store ({})", config.sources.name("database_url")))?;
+    let smile = SmileIdClient::new(config.smile.clone()).context("building the Smile ID client")?;
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
     let bus = EventBus::default();
@@ -177,7 +157,7 @@ pub async fn start_on(
             fanout: Arc::new(bus),
             smile: Arc::new(SmileIdAdapter::new(smile)),
         },
-        settings.service.clone(),
+        config.service.clone(),
         metrics.clone(),
         shutdown.clone(),
     );
@@ -186,9 +166,9 @@ pub async fn start_on(
     let http_addr = http_listener.local_addr()?;
 
     let callback_settings = CallbackSettings {
-        path: settings.callback_path.clone(),
-        credentials: settings.smile.credentials.clone(),
-        window: settings.callback_window,
+        path: config.callback_path.clone(),
+        credentials: config.smile.credentials.clone(),
+        window: config.callback_window,
     };
     let http_router = callbacks::router(service.clone(), callback_settings, readiness.ready.clone());
     let http_shutdown = shutdown.clone();
@@ -215,14 +195,14 @@ pub async fn start_on(
     // The per-method limits are enforced by MessageLimitLayer, with precise errors;
     // tonic's own limit sits just above the largest of them.
     let api = SelfieAuthServer::new(SelfieAuthApi::new(service.clone()))
-        .max_decoding_message_size(settings.max_message_bytes + 1024)
-        .max_encoding_message_size(settings.max_message_bytes);
+        .max_decoding_message_size(config.max_message_bytes + 1024)
+        .max_encoding_message_size(config.max_message_bytes);
     let router = tonic::transport::Server::builder()
         .trace_fn(crate::telemetry::grpc_span)
-        .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .layer(LoadShedLayer::new(settings.concurrency_limit, metrics))
-        .layer(MessageLimitLayer::new(settings.max_message_bytes))
+        .layer(LoadShedLayer::new(config.concurrency_limit, metrics))
+        .layer(MessageLimitLayer::new(config.max_message_bytes))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -243,7 +223,7 @@ pub async fn start_on(
     let readiness_task = tokio::spawn(follow_database(
         store,
         readiness.clone(),
-        settings.readiness_interval,
+        config.readiness_interval,
         shutdown.clone(),
     ));
     info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");
@@ -256,7 +236,7 @@ pub async fn start_on(
         http_task,
         reconciler_task,
         background: [Some(readiness_task), listener_task].into_iter().flatten().collect(),
-        drain_timeout: settings.drain_timeout,
+        drain_timeout: config.drain_timeout,
     })
 }
 
