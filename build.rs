@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".selfieauth.v1.SubmitAuthenticationRequest")
         // Image bytes must never reach a log: this message gets a redacting Debug.
         .skip_debug(["selfieauth.v1.SubmitAuthenticationRequest"])
+        // Undecodable requests are INVALID_ARGUMENT, not prost's INTERNAL.
+        .codec_path("crate::grpc::codec::StrictCodec")
         .compile_fds(descriptor_set)?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches as _};
 
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
+use crate::server::{GrpcLimits, HttpLimits};
 use crate::smileid::{ApiKey, ClientConfig, Credentials, Environment};
 use crate::store::PgLimits;
 
@@ -89,10 +90,10 @@ pub struct ServeArgs {
     pub base_url: Option<String>,
     /// Longest wait for a connection to Smile ID.
     #[arg(long = "smileid-connect-timeout", env = "SMILEID_CONNECT_TIMEOUT", default_value_t = Span(client_defaults().connect_timeout))]
-    pub connect_timeout: Span,
+    pub smileid_connect_timeout: Span,
     /// Longest wait for one Smile ID request.
     #[arg(long = "smileid-request-timeout", env = "SMILEID_REQUEST_TIMEOUT", default_value_t = Span(client_defaults().request_timeout))]
-    pub request_timeout: Span,
+    pub smileid_request_timeout: Span,
 
     /// The public URL Smile ID posts results to (this service's callback endpoint).
     #[arg(long, env = "SELFIE_AUTH_CALLBACK_URL")]
@@ -123,12 +124,34 @@ pub struct ServeArgs {
     /// Largest gRPC request, in bytes (SubmitAuthentication carries images).
     #[arg(long, env = "SELFIE_AUTH_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Bytes of memory all image decoding may use at once (submissions wait for their share).
+    #[arg(long, env = "SELFIE_AUTH_DECODE_MEMORY_BYTES", default_value_t = ImageLimits::default().decode_memory_bytes)]
+    pub decode_memory_bytes: usize,
     /// SelfieAuth calls in flight before load shedding (UNAVAILABLE, reason OVERLOADED).
     #[arg(long, env = "SELFIE_AUTH_CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
     /// Longest wait for in-flight calls at shutdown.
     #[arg(long, env = "SELFIE_AUTH_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: Span,
+
+    /// A request (a gRPC call's message, a callback's body) must arrive in full within this long.
+    #[arg(long, env = "SELFIE_AUTH_REQUEST_TIMEOUT", default_value = "30s")]
+    pub request_timeout: Span,
+    /// A new connection must send its request headers (gRPC: its HTTP/2 preface) within this long.
+    #[arg(long, env = "SELFIE_AUTH_HEADER_TIMEOUT", default_value = "10s")]
+    pub header_timeout: Span,
+    /// An HTTP-port connection idle this long is closed.
+    #[arg(long, env = "SELFIE_AUTH_IDLE_TIMEOUT", default_value = "1m")]
+    pub idle_timeout: Span,
+    /// Connections open at once on the gRPC port; more are closed on arrival.
+    #[arg(long, env = "SELFIE_AUTH_GRPC_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub grpc_max_connections: usize,
+    /// Connections open at once on the HTTP port; more are closed on arrival.
+    #[arg(long, env = "SELFIE_AUTH_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+    /// HTTP/2 streams (calls and watches) one gRPC connection may have open.
+    #[arg(long, env = "SELFIE_AUTH_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
 }
 
 /// Where each setting came from, to name it as the user wrote it.
@@ -186,6 +209,8 @@ pub struct Config {
     pub http2_keepalive_interval: Duration,
     /// Longest wait for in-flight calls at shutdown.
     pub drain_timeout: Duration,
+    pub grpc_limits: GrpcLimits,
+    pub http_limits: HttpLimits,
     /// Where each setting came from.
     pub sources: Sources,
 }
@@ -262,13 +287,43 @@ impl Config {
         let image_limits = ImageLimits {
             max_total_bytes: limits.max_total_bytes.min(image_budget),
             max_image_bytes: limits.max_image_bytes.min(image_budget),
+            decode_memory_bytes: args.decode_memory_bytes,
             ..limits
         };
+        // The largest image allowed must be decodable: 4096 x 4096 RGBA.
+        let largest = limits.max_side_px as usize * limits.max_side_px as usize * 4;
+        if args.decode_memory_bytes < largest {
+            bail!(
+                "{} must be at least {largest} (one {}x{} image), got {}",
+                name("decode_memory_bytes"),
+                limits.max_side_px,
+                limits.max_side_px,
+                args.decode_memory_bytes
+            );
+        }
         if args.concurrency_limit == 0 {
             bail!("{} must be at least 1", name("concurrency_limit"));
         }
         if args.heartbeat_interval.0.is_zero() {
             bail!("{} must be greater than zero", name("heartbeat_interval"));
+        }
+        for (id, value) in [
+            ("grpc_max_connections", args.grpc_max_connections),
+            ("http_max_connections", args.http_max_connections),
+            ("max_concurrent_streams", args.max_concurrent_streams as usize),
+        ] {
+            if value == 0 {
+                bail!("{} must be at least 1", name(id));
+            }
+        }
+        for (id, span) in [
+            ("request_timeout", args.request_timeout),
+            ("header_timeout", args.header_timeout),
+            ("idle_timeout", args.idle_timeout),
+        ] {
+            if span.0.is_zero() {
+                bail!("{} must be greater than zero", name(id));
+            }
         }
         if args.database_max_connections == 0 {
             bail!("{} must be at least 1", name("database_max_connections"));
@@ -277,8 +332,8 @@ impl Config {
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("selfie-auth.db").display()));
         let mut smile = ClientConfig::new(environment.clone(), Credentials::new(partner_id, api_key));
-        smile.connect_timeout = args.connect_timeout.0;
-        smile.request_timeout = args.request_timeout.0;
+        smile.connect_timeout = args.smileid_connect_timeout.0;
+        smile.request_timeout = args.smileid_request_timeout.0;
         let service = ServiceConfig {
             callback_url: args.callback_url,
             confirm_callbacks: args.confirm_callbacks,
@@ -311,6 +366,18 @@ impl Config {
             concurrency_limit: args.concurrency_limit,
             http2_keepalive_interval: Duration::from_secs(30),
             drain_timeout: args.drain_timeout.0,
+            grpc_limits: GrpcLimits {
+                max_connections: args.grpc_max_connections,
+                max_concurrent_streams: args.max_concurrent_streams,
+                preface_timeout: args.header_timeout.0,
+                request_timeout: args.request_timeout.0,
+            },
+            http_limits: HttpLimits {
+                max_connections: args.http_max_connections,
+                header_timeout: args.header_timeout.0,
+                idle_timeout: args.idle_timeout.0,
+                body_timeout: args.request_timeout.0,
+            },
             sources,
         })
     }
@@ -367,7 +434,8 @@ fn read_api_key(file: Option<&std::path::Path>, file_setting: &str) -> anyhow::R
 
 /// The `serve` flags as a command, to look settings up by id.
 pub fn serve_command() -> clap::Command {
-    ServeArgs::augment_args(clap::Command::new("serve"))
+    // A flag given twice takes its last value, as a later layer overrides an earlier one.
+    ServeArgs::augment_args(clap::Command::new("serve").args_override_self(true))
 }
 
 #[cfg(test)]

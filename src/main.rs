@@ -19,6 +19,7 @@ use tracing::info;
 #[command(
     name = "selfie-auth",
     version,
+    args_override_self = true,
     about = "Smile ID SmartSelfie™ Authentication behind one gRPC contract"
 )]
 struct Cli {

@@ -811,8 +811,8 @@ async fn callback_endpoint_refuses_forged_stale_and_oversized_posts() {
         metrics.contains("selfie_auth_callbacks_unknown_job_total 1"),
         "{metrics}"
     );
-    // The oversized body is refused by the body limit before it is read at all.
-    assert!(metrics.contains("selfie_auth_callbacks_rejected_total 3"), "{metrics}");
+    // Forged, stale and oversized: every refusal is counted.
+    assert!(metrics.contains("selfie_auth_callbacks_rejected_total 4"), "{metrics}");
     // None of the refused callbacks touched the job (its real result is an approval).
     let job = eventually(Duration::from_secs(5), || {
         let mut client = client.clone();

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -24,6 +24,8 @@ pub struct CallbackSettings {
     pub credentials: Credentials,
     /// How far a callback's signed timestamp may be from now.
     pub window: Duration,
+    /// Longest wait for a callback's body.
+    pub body_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -41,7 +43,7 @@ pub fn router(service: Arc<JobService>, settings: CallbackSettings, ready: Arc<A
         ready,
     };
     Router::new()
-        .route(&path, post(receive).layer(DefaultBodyLimit::max(MAX_CALLBACK_BYTES)))
+        .route(&path, post(receive).layer(DefaultBodyLimit::disable()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -60,11 +62,23 @@ async fn metrics(State(endpoint): State<Endpoint>) -> String {
     endpoint.service.metrics.render()
 }
 
-#[tracing::instrument(name = "smileid.callback", skip_all, fields(otel.kind = "server", body_bytes = body.len()))]
-async fn receive(State(endpoint): State<Endpoint>, body: Bytes) -> (StatusCode, &'static str) {
+#[tracing::instrument(name = "smileid.callback", skip_all, fields(otel.kind = "server", body_bytes = tracing::field::Empty))]
+async fn receive(State(endpoint): State<Endpoint>, body: Body) -> (StatusCode, &'static str) {
     let metrics = &endpoint.service.metrics;
     metrics.callbacks_received.inc();
     let settings = &endpoint.settings;
+    let body = match tokio::time::timeout(settings.body_timeout, axum::body::to_bytes(body, MAX_CALLBACK_BYTES)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            metrics.callbacks_rejected.inc();
+            return (StatusCode::PAYLOAD_TOO_LARGE, "callback body too large");
+        }
+        Err(_) => {
+            metrics.callbacks_rejected.inc();
+            return (StatusCode::REQUEST_TIMEOUT, "callback body not received in time");
+        }
+    };
+    tracing::Span::current().record("body_bytes", body.len());
     // Nothing in the body is trusted before the signature and time window check out.
     let verified = match verify_callback(&body, &settings.credentials, settings.window, chrono::Utc::now()) {
         Ok(verified) => verified,

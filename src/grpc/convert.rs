@@ -102,12 +102,12 @@ pub fn event(event: &JobEvent, resume_token: String) -> pb::JobEvent {
     }
 }
 
-pub fn heartbeat(last_sequence: u64) -> pb::JobEvent {
+pub fn heartbeat(last_sequence: u64, resume_token: String) -> pb::JobEvent {
     pb::JobEvent {
         sequence: last_sequence,
         kind: pb::JobEventKind::Heartbeat as i32,
         job: None,
-        resume_token: String::new(),
+        resume_token,
         event_time: Some(timestamp(Utc::now())),
     }
 }
@@ -117,7 +117,58 @@ pub fn resume_token(global_id: i64) -> String {
     format!("v1.{global_id:x}")
 }
 
+/// Reads a token exactly as [`resume_token`] writes it: lowercase hex without
+/// sign or leading zeros, so no token has two spellings.
 pub fn parse_resume_token(token: &str) -> Option<i64> {
-    let id = i64::from_str_radix(token.strip_prefix("v1.")?, 16).ok()?;
-    (id >= 0).then_some(id)
+    let digits = token.strip_prefix("v1.")?;
+    let canonical = !digits.is_empty()
+        && digits.len() <= 16
+        && digits.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && (digits == "0" || !digits.starts_with('0'));
+    if !canonical {
+        return None;
+    }
+    i64::from_str_radix(digits, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn only_tokens_this_service_writes_are_read() {
+        assert_eq!(parse_resume_token("v1.0"), Some(0));
+        assert_eq!(parse_resume_token("v1.2a"), Some(42));
+        for never_issued in [
+            "",
+            "v1.",
+            "v1.+0",
+            "v1.-1",
+            "v1.00",
+            "v1.02a",
+            "v1.2A",
+            "v2.2a",
+            "v1. 2a",
+            "v1.8000000000000000",
+            "v1.10000000000000000",
+        ] {
+            assert_eq!(parse_resume_token(never_issued), None, "{never_issued:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_issued_token_reads_back(id in 0..=i64::MAX) {
+            prop_assert_eq!(parse_resume_token(&resume_token(id)), Some(id));
+        }
+
+        #[test]
+        fn any_text_is_read_or_refused_without_panic(token in "\\PC{0,40}") {
+            if let Some(id) = parse_resume_token(&token) {
+                prop_assert_eq!(resume_token(id), token);
+            }
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! The tonic adapter: request checks, conversion, streaming. Logic lives in [`crate::jobs`].
 
+pub mod codec;
 pub mod convert;
 pub mod load_shed;
-pub mod message_limit;
+pub mod request_limits;
 pub mod status;
 
 use std::pin::Pin;
@@ -166,7 +167,7 @@ impl SelfieAuth for SelfieAuthApi {
             .map_err(|e| to_status(&e))?;
         let stream = ReceiverStream::new(items).map(|item| match item {
             Ok(WatchItem::Event(event)) => Ok(convert::event(&event, String::new())),
-            Ok(WatchItem::Heartbeat { last_sequence }) => Ok(convert::heartbeat(last_sequence)),
+            Ok(WatchItem::Heartbeat { last_sequence, .. }) => Ok(convert::heartbeat(last_sequence, String::new())),
             Err(error) => Err(to_status(&error)),
         });
         Ok(Response::new(Box::pin(stream)))
@@ -197,7 +198,9 @@ impl SelfieAuth for SelfieAuthApi {
             .map_err(|e| to_status(&e))?;
         let stream = ReceiverStream::new(items).map(|item| match item {
             Ok(WatchItem::Event(event)) => Ok(convert::event(&event, convert::resume_token(event.global_id))),
-            Ok(WatchItem::Heartbeat { .. }) => Ok(convert::heartbeat(0)),
+            Ok(WatchItem::Heartbeat { log_position, .. }) => {
+                Ok(convert::heartbeat(0, convert::resume_token(log_position)))
+            }
             Err(error) => Err(to_status(&error)),
         });
         Ok(Response::new(Box::pin(stream)))

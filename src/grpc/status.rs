@@ -18,7 +18,8 @@ pub const ERROR_DOMAIN: &str = "selfieauth.v1";
 pub fn code(reason: ErrorReason) -> Code {
     use ErrorReason::*;
     match reason {
-        InvalidField | InvalidImage | ImageTooLarge | InvalidResumeToken => Code::InvalidArgument,
+        InvalidField | InvalidImage | ImageTooLarge | InvalidMessage | InvalidResumeToken => Code::InvalidArgument,
+        RequestTimeout => Code::DeadlineExceeded,
         MessageTooLarge => Code::ResourceExhausted,
         JobIdReused => Code::AlreadyExists,
         JobNotFound => Code::NotFound,

@@ -6,6 +6,22 @@ use super::model::JobProblem;
 use super::ports::StoreError;
 use super::reason::ErrorReason;
 
+/// The most field problems one error reports.
+pub const MAX_VIOLATIONS: usize = 10;
+
+/// Caller input quoted in an error, cut to a few dozen characters so an error
+/// never echoes back what a caller sent in bulk.
+pub fn quoted(input: &str) -> String {
+    const SHOWN: usize = 40;
+    let mut chars = input.chars();
+    let head: String = chars.by_ref().take(SHOWN).collect();
+    if chars.next().is_some() {
+        format!("{head:?}… ({} bytes)", input.len())
+    } else {
+        format!("{head:?}")
+    }
+}
+
 /// One invalid field of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -82,11 +98,18 @@ pub enum JobError {
 }
 
 impl JobError {
-    pub fn invalid(reason: InvalidReason, violations: Vec<FieldViolation>) -> Self {
+    /// An invalid request. At most [`MAX_VIOLATIONS`] problems are kept, so an
+    /// error never grows with the input that caused it.
+    pub fn invalid(reason: InvalidReason, mut violations: Vec<FieldViolation>) -> Self {
         let message = match violations.as_slice() {
             [only] => format!("{}: {}", only.field, only.description),
+            many if many.len() > MAX_VIOLATIONS => format!(
+                "{} problems with the request; the first {MAX_VIOLATIONS} are in the BadRequest details",
+                many.len()
+            ),
             many => format!("{} fields are invalid; see the BadRequest details", many.len()),
         };
+        violations.truncate(MAX_VIOLATIONS);
         Self::Invalid {
             reason,
             message,

@@ -10,6 +10,8 @@ pub enum ErrorReason {
     InvalidImage,
     ImageTooLarge,
     MessageTooLarge,
+    InvalidMessage,
+    RequestTimeout,
     InvalidResumeToken,
     JobIdReused,
     JobNotFound,
@@ -28,11 +30,13 @@ pub enum ErrorReason {
 }
 
 impl ErrorReason {
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 21] = [
         Self::InvalidField,
         Self::InvalidImage,
         Self::ImageTooLarge,
         Self::MessageTooLarge,
+        Self::InvalidMessage,
+        Self::RequestTimeout,
         Self::InvalidResumeToken,
         Self::JobIdReused,
         Self::JobNotFound,
@@ -56,6 +60,8 @@ impl ErrorReason {
             Self::InvalidImage => "INVALID_IMAGE",
             Self::ImageTooLarge => "IMAGE_TOO_LARGE",
             Self::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Self::InvalidMessage => "INVALID_MESSAGE",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::InvalidResumeToken => "INVALID_RESUME_TOKEN",
             Self::JobIdReused => "JOB_ID_REUSED",
             Self::JobNotFound => "JOB_NOT_FOUND",

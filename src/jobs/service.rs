@@ -12,7 +12,7 @@ use super::error::{JobError, UnavailableReason};
 use super::model::{EventKind, EventNotice, Job, JobEvent, JobProblem, JobState, ProblemReason, TakeOver};
 use super::ports::{Created, EventFanout, Saved, SharedStore, SmileId, SmileJob, SubmitFailure};
 use super::reconciler::ReconcilePolicy;
-use super::validate::{ImageLimits, Prepared, SubmitRequest, prepare};
+use super::validate::{DecodeBudget, ImageLimits, Prepared, SubmitRequest, prepare};
 use crate::metrics::Metrics;
 use crate::smileid::ErrorCode;
 
@@ -70,6 +70,7 @@ pub struct JobService {
     pub(crate) config: ServiceConfig,
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
+    decode_budget: DecodeBudget,
     /// Serialises submissions of one job_id within this process.
     submit_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -77,7 +78,9 @@ pub struct JobService {
 impl JobService {
     pub fn new(ports: Ports, config: ServiceConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Arc<Self> {
         let Ports { store, fanout, smile } = ports;
+        let decode_budget = DecodeBudget::new(config.image_limits.decode_memory_bytes);
         Arc::new(Self {
+            decode_budget,
             store,
             fanout,
             smile,
@@ -98,7 +101,13 @@ impl JobService {
         request: SubmitRequest,
         wait_until: Option<tokio::time::Instant>,
     ) -> Result<SubmitOutput, JobError> {
-        let mut prepared = prepare(request, self.config.image_limits, self.config.sandbox_params_allowed).await?;
+        let mut prepared = prepare(
+            request,
+            self.config.image_limits,
+            &self.decode_budget,
+            self.config.sandbox_params_allowed,
+        )
+        .await?;
         if prepared.job_id.is_empty() {
             prepared.job_id = generate_job_id();
         }

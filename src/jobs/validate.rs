@@ -4,12 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use image::{ImageFormat, ImageReader, Limits};
+use image::{ImageDecoder as _, ImageFormat, ImageReader, Limits};
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::error::{FieldViolation, InvalidReason, JobError};
+use super::error::{FieldViolation, InvalidReason, JobError, UnavailableReason, quoted};
 
 /// Size limits of one submission. Their sum stays below the gRPC message limit,
 /// so an oversized image gets our precise error, not a transport error.
@@ -19,6 +22,9 @@ pub struct ImageLimits {
     pub max_total_bytes: usize,
     pub max_side_px: u32,
     pub min_side_px: u32,
+    /// Memory all image decoding of the process may use at once; a submission
+    /// waits for its share (its images' pixels, known from their headers).
+    pub decode_memory_bytes: usize,
 }
 
 impl Default for ImageLimits {
@@ -28,6 +34,54 @@ impl Default for ImageLimits {
             max_total_bytes: 15 * 1024 * 1024,
             max_side_px: 4096,
             min_side_px: 16,
+            decode_memory_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Longest wait for decode memory before a submission is shed as overloaded.
+const DECODE_WAIT: Duration = Duration::from_secs(10);
+
+/// The process-wide budget of image-decoding memory, counted in KiB.
+#[derive(Clone, Debug)]
+pub struct DecodeBudget {
+    kib: Arc<Semaphore>,
+    capacity_kib: u32,
+}
+
+impl DecodeBudget {
+    pub fn new(bytes: usize) -> Self {
+        let capacity_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
+        Self {
+            kib: Arc::new(Semaphore::new(capacity_kib as usize)),
+            capacity_kib,
+        }
+    }
+
+    /// Reserves `bytes` of decode memory, waiting a while for others to finish.
+    async fn reserve(&self, bytes: u64) -> Result<OwnedSemaphorePermit, JobError> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+        if kib > self.capacity_kib {
+            return Err(JobError::invalid(
+                InvalidReason::InvalidImage,
+                vec![FieldViolation {
+                    field: "selfie_image".into(),
+                    description: format!(
+                        "the images need {} MiB to decode, over this server's {} MiB",
+                        kib / 1024,
+                        self.capacity_kib / 1024
+                    ),
+                }],
+            ));
+        }
+        let permit = tokio::time::timeout(DECODE_WAIT, self.kib.clone().acquire_many_owned(kib)).await;
+        match permit {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(JobError::Unavailable {
+                reason: UnavailableReason::Overloaded,
+                message: "the server is busy checking other images; retry shortly".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            }),
         }
     }
 }
@@ -81,29 +135,34 @@ pub fn id_problem(id: &str) -> Option<String> {
     (!id.chars().all(allowed)).then(|| "may only contain letters, digits and . _ : @ -".into())
 }
 
-/// Validates and prepares a submission. CPU-heavy work (decoding, PNG to JPEG)
-/// runs on the blocking pool.
-pub async fn prepare(request: SubmitRequest, limits: ImageLimits, sandbox: bool) -> Result<Prepared, JobError> {
+/// Validates and prepares a submission. Each image's header is read first, so
+/// its pixels are known (and bounded) before anything is decoded; the decoding
+/// itself, the PNG to JPEG conversion and the fingerprint run on the blocking
+/// pool, within the process's decode budget.
+pub async fn prepare(
+    request: SubmitRequest,
+    limits: ImageLimits,
+    budget: &DecodeBudget,
+    sandbox: bool,
+) -> Result<Prepared, JobError> {
     check_fields(&request, sandbox)?;
     check_sizes(&request, limits)?;
-    let content_hash = fingerprint(&request);
-    let SubmitRequest {
-        user_id,
-        job_id,
-        selfie,
-        liveness,
-        partner_params,
-    } = request;
-    let (selfie_jpeg, liveness_jpegs) = tokio::task::spawn_blocking(move || {
-        let selfie = to_jpeg(&selfie, limits).map_err(|problem| ("selfie_image".to_owned(), problem))?;
-        let frames = liveness
-            .iter()
-            .enumerate()
-            .map(|(index, frame)| {
-                to_jpeg(frame, limits).map_err(|problem| (format!("liveness_images[{index}]"), problem))
-            })
+    let mut needed = 0u64;
+    for (field, image) in images(&request) {
+        needed += decode_cost(image, limits).map_err(|description| {
+            JobError::invalid(InvalidReason::InvalidImage, vec![FieldViolation { field, description }])
+        })?;
+    }
+    let permit = budget.reserve(needed).await?;
+    let (request, selfie_jpeg, liveness_jpegs, content_hash) = tokio::task::spawn_blocking(move || {
+        let jpegs = images(&request)
+            .map(|(field, image)| to_jpeg(image, limits).map_err(|problem| (field, problem)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((selfie, frames))
+        drop(permit);
+        let content_hash = fingerprint(&request);
+        let mut jpegs = jpegs.into_iter();
+        let selfie = jpegs.next().unwrap_or_default();
+        Ok((request, selfie, jpegs.collect::<Vec<_>>(), content_hash))
     })
     .await
     .map_err(|_| JobError::Internal("image check was interrupted".into()))?
@@ -111,13 +170,24 @@ pub async fn prepare(request: SubmitRequest, limits: ImageLimits, sandbox: bool)
         JobError::invalid(InvalidReason::InvalidImage, vec![FieldViolation { field, description }])
     })?;
     Ok(Prepared {
-        user_id,
-        job_id,
+        user_id: request.user_id,
+        job_id: request.job_id,
         selfie_jpeg,
         liveness_jpegs,
-        partner_params,
+        partner_params: request.partner_params,
         content_hash,
     })
+}
+
+/// The images of a request with their field names: the selfie first.
+fn images(request: &SubmitRequest) -> impl Iterator<Item = (String, &Bytes)> {
+    std::iter::once(("selfie_image".to_owned(), &request.selfie)).chain(
+        request
+            .liveness
+            .iter()
+            .enumerate()
+            .map(|(index, frame)| (format!("liveness_images[{index}]"), frame)),
+    )
 }
 
 /// `sandbox_result` forces an outcome in Smile ID's sandbox; production must never get it.
@@ -157,20 +227,23 @@ fn check_fields(request: &SubmitRequest, sandbox: bool) -> Result<(), JobError> 
         if !key_ok {
             violate(
                 "partner_params",
-                format!("key {key:?} must be 1-64 characters of [A-Za-z0-9_]"),
+                format!("key {} must be 1-64 characters of [A-Za-z0-9_]", quoted(key)),
             );
         } else if RESERVED_PARAMS.contains(&key.as_str()) {
             violate(
                 "partner_params",
-                format!("key {key:?} is reserved; use the request field instead"),
+                format!("key {} is reserved; use the request field instead", quoted(key)),
             );
         } else if key == SANDBOX_ONLY_PARAM && !sandbox {
             violate(
                 "partner_params",
-                format!("key {key:?} only works in the Smile ID sandbox"),
+                format!("key {} only works in the Smile ID sandbox", quoted(key)),
             );
         } else if value.len() > 256 {
-            violate("partner_params", format!("value of {key:?} must be at most 256 bytes"));
+            violate(
+                "partner_params",
+                format!("value of {} must be at most 256 bytes", quoted(key)),
+            );
         }
     }
     if violations.is_empty() {
@@ -238,36 +311,68 @@ fn fingerprint(request: &SubmitRequest) -> String {
     hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// Checks magic bytes and the decoded header; transcodes PNG to JPEG (Smile ID expects JPEG).
-fn to_jpeg(bytes: &Bytes, limits: ImageLimits) -> Result<Bytes, String> {
-    let format = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        ImageFormat::Jpeg
+fn format_of(bytes: &[u8]) -> Result<ImageFormat, String> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Ok(ImageFormat::Jpeg)
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        ImageFormat::Png
+        Ok(ImageFormat::Png)
     } else {
-        return Err("not a JPEG or PNG image".into());
+        Err("not a JPEG or PNG image".into())
+    }
+}
+
+fn name_of(format: ImageFormat) -> &'static str {
+    if format == ImageFormat::Jpeg { "JPEG" } else { "PNG" }
+}
+
+/// The bytes decoding `bytes` will take, from its header alone; refuses an
+/// image whose header is unreadable or whose size is out of bounds.
+fn decode_cost(bytes: &Bytes, limits: ImageLimits) -> Result<u64, String> {
+    let format = format_of(bytes)?;
+    let decoder = ImageReader::with_format(Cursor::new(bytes.as_ref()), format)
+        .into_decoder()
+        .map_err(|_| format!("{} header cannot be decoded", name_of(format)))?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, limits)?;
+    // A PNG is converted too: its pixels once more as RGB, and the JPEG written.
+    let conversion = if format == ImageFormat::Png {
+        u64::from(width) * u64::from(height) * 4
+    } else {
+        0
     };
+    Ok(decoder.total_bytes() + conversion)
+}
+
+/// Decodes the whole image (a truncated or corrupt one is refused, so it never
+/// becomes a billed Smile ID job) and returns it as JPEG, which Smile ID expects.
+fn to_jpeg(bytes: &Bytes, limits: ImageLimits) -> Result<Bytes, String> {
+    let format = format_of(bytes)?;
+    let name = name_of(format);
+    if format == ImageFormat::Jpeg && !ends_with_eoi(bytes) {
+        return Err(format!("{name} image is truncated"));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes.as_ref()), format);
     let mut image_limits = Limits::default();
     image_limits.max_image_width = Some(limits.max_side_px);
     image_limits.max_image_height = Some(limits.max_side_px);
-    image_limits.max_alloc = Some(256 * 1024 * 1024);
+    image_limits.max_alloc = Some(limits.decode_memory_bytes as u64);
     reader.limits(image_limits);
-    let name = if format == ImageFormat::Jpeg { "JPEG" } else { "PNG" };
-    if format == ImageFormat::Jpeg {
-        let (width, height) = reader
-            .into_dimensions()
-            .map_err(|_| format!("{name} header cannot be decoded"))?;
-        check_dimensions(width, height, limits)?;
-        return Ok(bytes.clone());
-    }
     let decoded = reader.decode().map_err(|_| format!("{name} image cannot be decoded"))?;
     check_dimensions(decoded.width(), decoded.height(), limits)?;
+    if format == ImageFormat::Jpeg {
+        return Ok(bytes.clone());
+    }
     let mut jpeg = Cursor::new(Vec::new());
     image::DynamicImage::ImageRgb8(decoded.to_rgb8())
         .write_to(&mut jpeg, ImageFormat::Jpeg)
         .map_err(|_| "PNG image cannot be converted to JPEG".to_owned())?;
     Ok(Bytes::from(jpeg.into_inner()))
+}
+
+/// Whether a JPEG has its end-of-image marker (allowing the padding some encoders add).
+fn ends_with_eoi(bytes: &[u8]) -> bool {
+    let end = bytes.len() - bytes.iter().rev().take_while(|byte| **byte == 0).count();
+    bytes[..end].ends_with(&[0xFF, 0xD9])
 }
 
 fn check_dimensions(width: u32, height: u32, limits: ImageLimits) -> Result<(), String> {
@@ -297,6 +402,47 @@ mod tests {
             .write_to(&mut out, format)
             .expect("encode");
         Bytes::from(out.into_inner())
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_refused() {
+        let limits = ImageLimits::default();
+        let jpeg = encode(ImageFormat::Jpeg, 64);
+        for end in [jpeg.len() / 2, jpeg.len() - 2, jpeg.len() - 1] {
+            assert!(to_jpeg(&jpeg.slice(..end), limits).is_err(), "cut at {end}");
+        }
+    }
+
+    #[test]
+    fn decoding_cost_is_known_from_the_header() {
+        let limits = ImageLimits::default();
+        assert_eq!(decode_cost(&encode(ImageFormat::Jpeg, 64), limits), Ok(64 * 64 * 3));
+        assert_eq!(
+            decode_cost(&encode(ImageFormat::Png, 64), limits),
+            Ok(64 * 64 * 3 + 64 * 64 * 4)
+        );
+        assert!(decode_cost(&Bytes::from_static(b"\x89PNG\r\n\x1a\n"), limits).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_decode_budget_refuses_what_can_never_fit_and_sheds_when_busy() {
+        let budget = DecodeBudget::new(1024 * 1024);
+        assert!(matches!(
+            budget.reserve(2 * 1024 * 1024).await,
+            Err(JobError::Invalid { .. })
+        ));
+        let held = budget.reserve(1024 * 1024).await.expect("all of it");
+        tokio::time::pause();
+        let waiting = budget.reserve(1024);
+        assert!(matches!(
+            waiting.await,
+            Err(JobError::Unavailable {
+                reason: UnavailableReason::Overloaded,
+                ..
+            })
+        ));
+        drop(held);
+        assert!(budget.reserve(1024).await.is_ok());
     }
 
     #[test]

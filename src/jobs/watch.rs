@@ -22,9 +22,12 @@ const READ_RETRY_CEILING: Duration = Duration::from_millis(800);
 #[derive(Debug)]
 pub enum WatchItem {
     Event(Box<JobEvent>),
-    /// Nothing happened; `last_sequence` is the last sequence delivered (WatchJob).
+    /// Nothing happened. `last_sequence` is the last sequence delivered
+    /// (WatchJob); `log_position` the global event id a WatchJobs stream
+    /// resumes after.
     Heartbeat {
         last_sequence: u64,
+        log_position: i64,
     },
 }
 
@@ -73,6 +76,12 @@ impl JobService {
         // Subscribe before the first read so nothing falls between replay and live.
         let mut notices = self.fanout.subscribe();
         let job = self.load(job_id).await?;
+        if after_sequence > job.last_sequence {
+            return Err(JobError::invalid_field(
+                "after_sequence",
+                format!("is past the job's last event ({})", job.last_sequence),
+            ));
+        }
         let (sender, receiver) = mpsc::channel(64);
         let service = self.clone();
         let job_id = job.job_id.clone();
@@ -108,7 +117,10 @@ impl JobService {
                     }
                 }
                 let relevant = |notice: &EventNotice| notice.job_id == job_id && notice.sequence > cursor;
-                let heartbeat_item = WatchItem::Heartbeat { last_sequence: cursor };
+                let heartbeat_item = WatchItem::Heartbeat {
+                    last_sequence: cursor,
+                    log_position: 0,
+                };
                 if service
                     .wait_to_look(&mut notices, &mut heartbeat, &sender, relevant, heartbeat_item)
                     .await
@@ -129,7 +141,13 @@ impl JobService {
     ) -> Result<WatchStream, JobError> {
         let mut notices = self.fanout.subscribe();
         let mut cursor = match start {
-            LogStart::After(id) => id,
+            LogStart::After(id) => {
+                // A position past the log's end was never issued: it would wait forever.
+                if id > self.store.last_global_id().await? {
+                    return Err(JobError::InvalidResumeToken);
+                }
+                id
+            }
             LogStart::Beginning => 0,
             LogStart::Now => self.store.last_global_id().await?,
         };
@@ -163,7 +181,10 @@ impl JobService {
                 let relevant = |notice: &EventNotice| {
                     notice.global_id > cursor && user_id.as_deref().is_none_or(|user| user == notice.user_id)
                 };
-                let heartbeat_item = WatchItem::Heartbeat { last_sequence: 0 };
+                let heartbeat_item = WatchItem::Heartbeat {
+                    last_sequence: 0,
+                    log_position: cursor,
+                };
                 if service
                     .wait_to_look(&mut notices, &mut heartbeat, &sender, relevant, heartbeat_item)
                     .await

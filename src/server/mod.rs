@@ -16,17 +16,21 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+mod http;
 mod smile_adapter;
+
+pub use http::HttpLimits;
 
 use crate::callbacks::{self, CallbackSettings};
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::grpc::load_shed::LoadShedLayer;
-use crate::grpc::message_limit::MessageLimitLayer;
+use crate::grpc::request_limits::RequestLimitsLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::SharedStore;
 use crate::jobs::{JobService, Ports};
 use crate::metrics::Metrics;
+use crate::net::{self, ConnectionLimits, Silence};
 use crate::smileid::SmileIdClient;
 use crate::store;
 use smile_adapter::SmileIdAdapter;
@@ -64,6 +68,18 @@ impl RunningService {
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
     }
+}
+
+/// Limits of the gRPC port.
+#[derive(Clone, Copy, Debug)]
+pub struct GrpcLimits {
+    pub max_connections: usize,
+    /// HTTP/2 streams one connection may have open (advertised in SETTINGS).
+    pub max_concurrent_streams: u32,
+    /// A connection must send its HTTP/2 preface within this long.
+    pub preface_timeout: Duration,
+    /// A request must arrive in full within this long.
+    pub request_timeout: Duration,
 }
 
 /// What orchestrators see, kept in step: gRPC health (overall and
@@ -169,19 +185,15 @@ pub async fn start_on(
         path: config.callback_path.clone(),
         credentials: config.smile.credentials.clone(),
         window: config.callback_window,
+        body_timeout: config.http_limits.body_timeout,
     };
     let http_router = callbacks::router(service.clone(), callback_settings, readiness.ready.clone());
-    let http_shutdown = shutdown.clone();
-    let http_task = tokio::spawn(async move {
-        use axum::serve::ListenerExt as _;
-        let http_listener = http_listener.tap_io(|stream| crate::net::set_nodelay(stream));
-        let served = axum::serve(http_listener, http_router)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            warn!(%error, "http server stopped with an error");
-        }
-    });
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        http_router,
+        config.http_limits,
+        shutdown.clone(),
+    ));
 
     let descriptors = reflection_descriptors()?;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -192,8 +204,8 @@ pub async fn start_on(
         .register_encoded_file_descriptor_set(&descriptors)
         .build_v1alpha()
         .context("building reflection v1alpha")?;
-    // The per-method limits are enforced by MessageLimitLayer, with precise errors;
-    // tonic's own limit sits just above the largest of them.
+    // The per-method limits are enforced by RequestLimitsLayer, with precise errors,
+    // as soon as a frame header declares too much; tonic's own limit is a backstop.
     let api = SelfieAuthServer::new(SelfieAuthApi::new(service.clone()))
         .max_decoding_message_size(config.max_message_bytes + 1024)
         .max_encoding_message_size(config.max_message_bytes);
@@ -201,15 +213,26 @@ pub async fn start_on(
         .trace_fn(crate::telemetry::grpc_span)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(config.grpc_limits.max_concurrent_streams)
         .layer(LoadShedLayer::new(config.concurrency_limit, metrics))
-        .layer(MessageLimitLayer::new(config.max_message_bytes))
+        .layer(RequestLimitsLayer::new(
+            config.max_message_bytes,
+            config.grpc_limits.request_timeout,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api);
     let grpc_shutdown = shutdown.clone();
+    let grpc_limits = config.grpc_limits;
     let grpc_task = tokio::spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let incoming = net::accept(
+            grpc_listener,
+            ConnectionLimits {
+                max_connections: grpc_limits.max_connections,
+                silence: Silence::FirstBytesWithin(grpc_limits.preface_timeout),
+            },
+        );
         let served = router
             .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
             .await;

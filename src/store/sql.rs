@@ -161,7 +161,7 @@ macro_rules! impl_job_store {
                      WHERE job_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
                 )
                 .bind(job_id)
-                .bind(after_sequence as i64)
+                .bind(i64::try_from(after_sequence).unwrap_or(i64::MAX))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;

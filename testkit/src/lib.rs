@@ -4,6 +4,7 @@
 
 pub mod images;
 pub mod postgres;
+pub mod raw;
 pub mod service;
 pub mod simulator;
 pub mod streams;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 pub use images::*;
 pub use postgres::*;
+pub use raw::*;
 pub use service::*;
 pub use simulator::*;
 pub use streams::*;

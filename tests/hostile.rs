@@ -1,0 +1,312 @@
+//! Clients that misbehave, on purpose: every resource a caller controls is
+//! bounded, the misbehaving caller gets a precise error, and other callers
+//! are not affected.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use selfie_auth::grpc::pb;
+use selfie_auth_testkit::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::Code;
+
+const GET_JOB: &str = "/selfieauth.v1.SelfieAuth/GetJob";
+
+async fn service_with(flags: &[&str]) -> (selfie_auth::simulator::RunningSimulator, TestService, tempfile::TempDir) {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), flags)).await;
+    (sim, service, dir)
+}
+
+fn get_job(job_id: &str) -> pb::GetJobRequest {
+    pb::GetJobRequest {
+        job_id: job_id.into(),
+        ..Default::default()
+    }
+}
+
+/// Whether the peer closed `stream` within `within` (a read ends or fails).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buffer = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_limit_is_refused_by_its_declared_size() {
+    let (_sim, service, _dir) = service_with(&[]).await;
+    let mut raw = RawGrpc::connect(service.running.grpc_addr).await;
+    // Only a frame header declaring 8 MiB, against GetJob's 4 MiB: refused before the body comes.
+    let mut header = vec![0u8];
+    header.extend_from_slice(&(8u32 * 1024 * 1024).to_be_bytes());
+    let (response, _stream) = raw.call(GET_JOB, Bytes::from(header), false).await;
+    let status = raw_status(response, Duration::from_secs(5)).await.expect("a status");
+    assert_eq!(
+        (status.code, status.reason()),
+        (Code::ResourceExhausted as i32, "MESSAGE_TOO_LARGE".into())
+    );
+
+    // The same through a real client, over by far more than a KiB.
+    let mut client = service.client().await;
+    let error = client
+        .get_job(get_job(&"j".repeat(4 * 1024 * 1024 + 4096)))
+        .await
+        .expect_err("too large");
+    assert_eq!(
+        (error.code(), reason(&error)),
+        (Code::ResourceExhausted, "MESSAGE_TOO_LARGE".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_is_not_protobuf_is_the_callers_error() {
+    let (_sim, service, _dir) = service_with(&[]).await;
+    let mut raw = RawGrpc::connect(service.running.grpc_addr).await;
+    let (response, _stream) = raw.call(GET_JOB, grpc_frame(&[0xFF, 0xFF, 0xFF, 0xFF]), true).await;
+    let status = raw_status(response, Duration::from_secs(5)).await.expect("a status");
+    assert_eq!(
+        (status.code, status.reason()),
+        (Code::InvalidArgument as i32, "INVALID_MESSAGE".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_give_their_slots_back() {
+    let (_sim, service, _dir) = service_with(&["--concurrency-limit", "4", "--request-timeout", "1s"]).await;
+    let mut client = service.client().await;
+    client
+        .submit_authentication(submit_request(ENROLLED_USER, "stall-1"))
+        .await
+        .expect("submit");
+    // Eight calls that promise 100 bytes and send 10, then nothing: twice the concurrency limit.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut raw = RawGrpc::connect(service.running.grpc_addr).await;
+        let mut partial = vec![0u8];
+        partial.extend_from_slice(&100u32.to_be_bytes());
+        partial.extend_from_slice(&[0x0A; 10]);
+        let (response, stream) = raw.call(GET_JOB, Bytes::from(partial), false).await;
+        stalled.push((raw, response, stream));
+    }
+    let started = Instant::now();
+    for (_raw, response, _stream) in stalled {
+        let status = raw_status(response, Duration::from_secs(5)).await.expect("a status");
+        // Calls over the limit are shed at once; the rest time out.
+        let expected = [
+            (Code::DeadlineExceeded as i32, "REQUEST_TIMEOUT".to_owned()),
+            (Code::Unavailable as i32, "OVERLOADED".to_owned()),
+        ];
+        assert!(expected.contains(&(status.code, status.reason())), "{status:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let job = client
+        .get_job(get_job("stall-1"))
+        .await
+        .expect("answered after the stall");
+    assert_eq!(job.into_inner().job_id, "stall-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_may_open_only_so_many_streams() {
+    let (_sim, service, _dir) = service_with(&["--max-concurrent-streams", "32"]).await;
+    let raw = RawGrpc::connect(service.running.grpc_addr).await;
+    assert_eq!(raw.max_concurrent_streams().await, 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_on_both_ports() {
+    let (_sim, service, _dir) = service_with(&["--header-timeout", "500ms", "--idle-timeout", "500ms"]).await;
+    let mut grpc = tokio::net::TcpStream::connect(service.running.grpc_addr)
+        .await
+        .expect("connect");
+    assert!(
+        closed_within(&mut grpc, Duration::from_secs(3)).await,
+        "no HTTP/2 preface, no connection"
+    );
+    let mut http = tokio::net::TcpStream::connect(service.running.http_addr)
+        .await
+        .expect("connect");
+    assert!(
+        closed_within(&mut http, Duration::from_secs(3)).await,
+        "an idle connection is closed"
+    );
+    // A request whose headers never end is cut off by the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(service.running.http_addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /callbacks/smileid HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    assert!(closed_within(&mut slow, Duration::from_secs(3)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_on_the_callback_port_does_not_keep_others_out() {
+    let (_sim, service, _dir) = service_with(&[
+        "--header-timeout",
+        "1s",
+        "--http-max-connections",
+        "100",
+        "--idle-timeout",
+        "1s",
+    ])
+    .await;
+    let addr = service.running.http_addr;
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            continue;
+        };
+        let _ = stream
+            .write_all(b"POST /callbacks/smileid HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await;
+        slow.push(stream);
+    }
+    // Over the cap, new connections are closed on arrival; within the header
+    // timeout the slow ones are gone and a real client gets in.
+    let http = reqwest::Client::new();
+    let healthy = eventually(Duration::from_secs(5), || {
+        let http = http.clone();
+        async move {
+            let response = http.get(format!("http://{addr}/healthz")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        }
+    })
+    .await;
+    assert!(
+        healthy.is_some(),
+        "/healthz answered once the slow clients were cut off"
+    );
+    let mut closed = 0;
+    for stream in &mut slow {
+        if closed_within(stream, Duration::from_millis(100)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, slow.len(), "every slow connection was closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_body_that_never_ends_times_out() {
+    let (_sim, service, _dir) = service_with(&["--request-timeout", "500ms"]).await;
+    let mut stream = tokio::net::TcpStream::connect(service.running.http_addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /callbacks/smileid HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"Result")
+        .await
+        .expect("write");
+    let mut answer = vec![0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_never_echo_input_in_bulk() {
+    let (_sim, service, _dir) = service_with(&[]).await;
+    let mut client = service.client().await;
+    let mut many = submit_request(ENROLLED_USER, "echo-1");
+    for index in 0..300 {
+        many.partner_params.insert(format!("bad key {index}"), "v".into());
+    }
+    let mut huge = submit_request(ENROLLED_USER, "echo-2");
+    huge.partner_params.insert("k".repeat(1024 * 1024), "v".into());
+    for request in [many, huge] {
+        let error = client.submit_authentication(request).await.expect_err("invalid");
+        assert_eq!(
+            (error.code(), reason(&error)),
+            (Code::InvalidArgument, "INVALID_FIELD".into())
+        );
+        let size = error.details().len() + error.message().len();
+        assert!(size < 4096, "{size} bytes of error for a bad request");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_positions_are_checked_and_heartbeats_carry_one() {
+    let (_sim, service, _dir) = service_with(&[]).await;
+    let mut client = service.client().await;
+    client
+        .submit_authentication(submit_request(ENROLLED_USER, "pos-1"))
+        .await
+        .expect("submit");
+    let error = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: "pos-1".into(),
+            after_sequence: 1 << 63,
+        })
+        .await
+        .expect_err("past the end");
+    assert_eq!(
+        (error.code(), reason(&error)),
+        (Code::InvalidArgument, "INVALID_FIELD".into())
+    );
+
+    for never_issued in ["v1.+0", "v1.00", "v1.7fffffffffffffff"] {
+        let error = client
+            .watch_jobs(pb::WatchJobsRequest {
+                resume_token: never_issued.into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("not issued");
+        assert_eq!(reason(&error), "INVALID_RESUME_TOKEN", "{never_issued}");
+    }
+
+    // A live-only stream's heartbeat says where it stands; resuming there replays nothing before it.
+    let final_result = eventually(Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            let job = client.get_job(get_job("pos-1")).await.ok()?.into_inner();
+            (job.state() == pb::JobState::Completed).then_some(())
+        }
+    })
+    .await;
+    assert!(final_result.is_some(), "pos-1 is final before the live stream opens");
+    let mut live = client
+        .watch_jobs(pb::WatchJobsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let heartbeat = loop {
+        let event = next_event(&mut live, Duration::from_secs(5))
+            .await
+            .expect("an event")
+            .expect("ok");
+        if event.kind() == pb::JobEventKind::Heartbeat {
+            break event;
+        }
+    };
+    assert!(!heartbeat.resume_token.is_empty(), "{heartbeat:?}");
+    client
+        .submit_authentication(submit_request(ENROLLED_USER, "pos-2"))
+        .await
+        .expect("submit");
+    let mut resumed = client
+        .watch_jobs(pb::WatchJobsRequest {
+            resume_token: heartbeat.resume_token,
+            ..Default::default()
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    let events = collect_events(&mut resumed, 1).await;
+    assert_eq!(
+        events
+            .first()
+            .and_then(|event| event.job.as_ref())
+            .map(|job| job.job_id.as_str()),
+        Some("pos-2")
+    );
+}
