@@ -121,6 +121,13 @@ pub struct ServeArgs {
     #[arg(long, env = "SELFIE_AUTH_RECONCILE_GIVE_UP", default_value_t = Span(ReconcilePolicy::default().give_up_after))]
     pub reconcile_give_up: Span,
 
+    /// How long the service retries a submission Smile ID could not take (unreachable, 5xx, timeouts).
+    #[arg(long, env = "SELFIE_AUTH_SUBMIT_RETRY_BUDGET", default_value_t = Span(service_defaults().submit_retry_budget))]
+    pub submit_retry_budget: Span,
+    /// A job Smile ID never received, that nobody resubmits, is FAILED (SUBMISSION_ABANDONED) after this long.
+    #[arg(long, env = "SELFIE_AUTH_ABANDON_AFTER", default_value_t = Span(ReconcilePolicy::default().abandon_after))]
+    pub abandon_after: Span,
+
     /// Largest gRPC request, in bytes (SubmitAuthentication carries images).
     #[arg(long, env = "SELFIE_AUTH_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -259,6 +266,13 @@ impl Config {
                 name("base_url")
             ),
         };
+        if !args.confirm_callbacks && environment == Environment::Production {
+            bail!(
+                "{} is false: against Smile ID production every callback must be confirmed with job_status, \
+                 since Smile ID's signature does not cover the result",
+                name("confirm_callbacks")
+            );
+        }
         if let Some(url) = &args.callback_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -342,8 +356,10 @@ impl Config {
                 first_delay: args.reconcile_after.0,
                 max_delay: args.reconcile_max_interval.0.max(args.reconcile_after.0),
                 give_up_after: args.reconcile_give_up.0,
+                abandon_after: args.abandon_after.0,
                 ..ReconcilePolicy::default()
             },
+            submit_retry_budget: args.submit_retry_budget.0,
             image_limits,
             sandbox_params_allowed: environment != Environment::Production,
             ..ServiceConfig::default()

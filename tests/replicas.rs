@@ -141,15 +141,34 @@ async fn concurrent_duplicates_across_replicas_make_one_upload() {
         }
     }
     let mut created = 0;
+    let mut retried = 0;
     for task in tasks {
-        let response = task
-            .await
-            .expect("join")
-            .expect("every duplicate succeeds")
-            .into_inner();
+        let response = match task.await.expect("join") {
+            Ok(response) => response.into_inner(),
+            // Another replica is sending it: the caller retries, as told.
+            Err(status) => {
+                assert_eq!(
+                    (status.code(), reason(&status).as_str()),
+                    (Code::Unavailable, "SUBMISSION_IN_PROGRESS")
+                );
+                retried += 1;
+                let client = replicas[0].client().await;
+                let retry = eventually(Duration::from_secs(10), || {
+                    let mut client = client.clone();
+                    async move {
+                        client
+                            .submit_authentication(submit_request(ENROLLED_USER, "rep-dup"))
+                            .await
+                            .ok()
+                    }
+                })
+                .await;
+                retry.expect("a retry succeeds").into_inner()
+            }
+        };
         created += usize::from(response.created);
     }
-    assert_eq!(created, 1);
+    assert_eq!(created, 1, "{retried} duplicates retried");
     let counters = sim.counters();
     assert_eq!(counters.jobs_created_by_job_id["rep-dup"], 1);
     assert_eq!(counters.uploads_by_job_id["rep-dup"], 1);

@@ -355,7 +355,9 @@ async fn idempotency_on_job_id_even_under_concurrent_duplicates() {
 
 #[tokio::test]
 async fn unreachable_smile_id_is_unavailable_with_retry_info_and_a_retry_succeeds() {
-    let (sim, service, _dir) = setup().await;
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &["--submit-retry-budget", "0s"])).await;
     let mut client = service.client().await;
     sim.set_fault(
         Endpoint::Upload,
@@ -407,13 +409,43 @@ async fn unreachable_smile_id_is_unavailable_with_retry_info_and_a_retry_succeed
 }
 
 #[tokio::test]
-async fn unknown_outcome_is_reconciled_and_a_retry_resumes_the_same_smile_job() {
+async fn transient_smile_id_failures_are_retried_by_the_service() {
+    let (sim, service, _dir) = setup().await;
+    let mut client = service.client().await;
+    // The first prep upload is turned away, the first zip upload fails: the caller sees neither.
+    for endpoint in [Endpoint::Upload, Endpoint::Put] {
+        sim.set_fault(
+            endpoint,
+            Fault {
+                status: Some(503),
+                times: Some(1),
+                ..Fault::default()
+            },
+        );
+    }
+    let response = client
+        .submit_authentication(submit_request(ENROLLED_USER, "flaky-1"))
+        .await
+        .expect("accepted after the service's own retries")
+        .into_inner();
+    assert!(response.created);
+    assert_eq!(response.job.expect("job").state(), pb::JobState::Submitted);
+    assert_eq!(
+        sim.counters().jobs_created_by_job_id["flaky-1"],
+        1,
+        "never a second Smile ID job"
+    );
+    service.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_outcome_is_retryable_and_a_retry_resumes_the_same_smile_job() {
     let sim = start_simulator(|_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = config_for(&sim, &sqlite_url(&dir));
-    settings.smile.request_timeout = Duration::from_millis(500);
-    settings.smile.retry.max_attempts = 2;
-    let service = start_service(settings).await;
+    let mut config = config_with(&sim, &sqlite_url(&dir), &["--submit-retry-budget", "0s"]);
+    config.smile.request_timeout = Duration::from_millis(500);
+    config.smile.retry.max_attempts = 2;
+    let service = start_service(config).await;
     let mut client = service.client().await;
     // Every zip upload fails: Smile ID has the job, without images.
     sim.set_fault(
@@ -423,15 +455,28 @@ async fn unknown_outcome_is_reconciled_and_a_retry_resumes_the_same_smile_job() 
             ..Fault::default()
         },
     );
-    let response = client
+    let status = client
         .submit_authentication(submit_request(ENROLLED_USER, "unk-1"))
         .await
-        .expect("answered")
+        .expect_err("retryable");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unavailable, "SUBMISSION_OUTCOME_UNKNOWN")
+    );
+    assert!(status.get_error_details().retry_info().is_some());
+    let job = client
+        .get_job(pb::GetJobRequest {
+            job_id: "unk-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
         .into_inner();
-    let job = response.job.expect("job");
     assert_eq!(job.state(), pb::JobState::Submitting);
-    let error = job.error.expect("error explains");
-    assert_eq!(rpc_status_reason(&error), "SUBMISSION_OUTCOME_UNKNOWN");
+    assert_eq!(
+        rpc_status_reason(&job.error.expect("error explains")),
+        "SUBMISSION_OUTCOME_UNKNOWN"
+    );
 
     reqwest::Client::new()
         .delete(format!("{}/_control/faults", sim.url()))

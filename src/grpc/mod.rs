@@ -95,7 +95,7 @@ impl SelfieAuth for SelfieAuthApi {
             .map(|budget| budget.saturating_sub(DEADLINE_MARGIN))
             .unwrap_or(self.service.config().default_wait);
         let request = request.into_inner();
-        let wait_until = request.wait_for_result.then(|| tokio::time::Instant::now() + wait);
+        let deadline = tokio::time::Instant::now() + wait;
         let submit = SubmitRequest {
             user_id: request.user_id,
             job_id: request.job_id,
@@ -105,7 +105,7 @@ impl SelfieAuth for SelfieAuthApi {
         };
         let output = self
             .service
-            .submit(submit, wait_until)
+            .submit(submit, deadline, request.wait_for_result)
             .await
             .map_err(|error| to_status(&error))?;
         let include = Include {

@@ -25,8 +25,14 @@ pub fn code(reason: ErrorReason) -> Code {
         JobNotFound => Code::NotFound,
         UserNotEnrolled | UserNotAuthenticatable | UpstreamRejected => Code::FailedPrecondition,
         UpstreamAuthFailed | Internal => Code::Internal,
-        UpstreamUnavailable | DatabaseUnavailable | ShuttingDown | Contention | Overloaded => Code::Unavailable,
-        SubmissionOutcomeUnknown => Code::Unknown,
+        UpstreamUnavailable
+        | SubmissionInProgress
+        | SubmissionOutcomeUnknown
+        | DatabaseUnavailable
+        | ShuttingDown
+        | Contention
+        | Overloaded => Code::Unavailable,
+        SubmissionAbandoned => Code::Aborted,
         ResultNotReceived => Code::DeadlineExceeded,
     }
 }

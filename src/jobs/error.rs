@@ -51,6 +51,8 @@ impl From<InvalidReason> for ErrorReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnavailableReason {
     UpstreamUnavailable,
+    SubmissionInProgress,
+    SubmissionOutcomeUnknown,
     ShuttingDown,
     Contention,
     Overloaded,
@@ -60,6 +62,8 @@ impl From<UnavailableReason> for ErrorReason {
     fn from(reason: UnavailableReason) -> Self {
         match reason {
             UnavailableReason::UpstreamUnavailable => Self::UpstreamUnavailable,
+            UnavailableReason::SubmissionInProgress => Self::SubmissionInProgress,
+            UnavailableReason::SubmissionOutcomeUnknown => Self::SubmissionOutcomeUnknown,
             UnavailableReason::ShuttingDown => Self::ShuttingDown,
             UnavailableReason::Contention => Self::Contention,
             UnavailableReason::Overloaded => Self::Overloaded,

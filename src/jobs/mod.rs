@@ -8,6 +8,7 @@ pub mod reason;
 pub mod reconciler;
 pub mod results;
 pub mod service;
+pub mod submission;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
@@ -21,6 +22,7 @@ pub use ports::{EventFanout, JobStore, SharedStore, SmileId, StoreError};
 pub use reason::ErrorReason;
 pub use reconciler::ReconcilePolicy;
 pub use results::{CallbackOutcome, Fetched};
-pub use service::{JobService, Ports, ServiceConfig, SubmitOutput};
+pub use service::{JobService, Ports, ServiceConfig};
+pub use submission::SubmitOutput;
 pub use validate::{ImageLimits, SubmitRequest};
 pub use watch::{LogStart, WatchItem, WatchStream};

@@ -71,6 +71,15 @@ pub enum ProblemReason {
     UpstreamUnavailable,
     SubmissionOutcomeUnknown,
     ResultNotReceived,
+    SubmissionAbandoned,
+}
+
+impl ProblemReason {
+    /// Whether the job failed only because the service stopped waiting: a
+    /// genuine result arriving later still completes it.
+    pub fn is_give_up(self) -> bool {
+        matches!(self, Self::ResultNotReceived | Self::SubmissionAbandoned)
+    }
 }
 
 impl From<ProblemReason> for ErrorReason {
@@ -83,6 +92,7 @@ impl From<ProblemReason> for ErrorReason {
             ProblemReason::UpstreamUnavailable => Self::UpstreamUnavailable,
             ProblemReason::SubmissionOutcomeUnknown => Self::SubmissionOutcomeUnknown,
             ProblemReason::ResultNotReceived => Self::ResultNotReceived,
+            ProblemReason::SubmissionAbandoned => Self::SubmissionAbandoned,
         }
     }
 }
@@ -96,6 +106,11 @@ pub struct Job {
     pub submission: Submission,
     /// Every result received, in arrival order; the last is the latest.
     pub results: Vec<ResultEntry>,
+    /// Signed callbacks whose results Smile ID has not confirmed yet (the
+    /// signature does not cover the body), newest last; kept so an
+    /// acknowledged callback is never lost, and cleared by the next result.
+    #[serde(default)]
+    pub unconfirmed: Vec<ResultEntry>,
     pub problem: Option<JobProblem>,
     pub partner_params: BTreeMap<String, String>,
     /// SHA-256 of the submitted content: the idempotency fingerprint.
@@ -136,6 +151,7 @@ impl Job {
             state: JobState::Submitting,
             submission: Submission::InFlight { lease_until },
             results: Vec::new(),
+            unconfirmed: Vec::new(),
             problem: None,
             partner_params: prepared.partner_params.clone(),
             content_hash: prepared.content_hash.clone(),
@@ -159,6 +175,7 @@ impl Job {
             state: JobState::Submitting,
             submission: Submission::InFlight { lease_until: now },
             results: Vec::new(),
+            unconfirmed: Vec::new(),
             problem: None,
             partner_params: BTreeMap::new(),
             content_hash: String::new(),
@@ -171,14 +188,17 @@ impl Job {
         }
     }
 
-    /// What a repeated submission of this job may do at `now`. On
-    /// [`TakeOver::Resubmit`] the caller owns the submission until `lease_until`.
-    pub fn take_over(&mut self, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> TakeOver {
+    /// What a repeated submission of this job may do at `now`, when no attempt
+    /// of this process is sending it. A live lease is honoured only when
+    /// `others_may_hold` it (another replica); otherwise it is a dead
+    /// process's. On [`TakeOver::Resubmit`] the caller owns the submission
+    /// until `lease_until`.
+    pub fn take_over(&mut self, now: DateTime<Utc>, lease_until: DateTime<Utc>, others_may_hold: bool) -> TakeOver {
         if self.state != JobState::Submitting {
             return TakeOver::Report;
         }
         let may_resume = match &self.submission {
-            Submission::InFlight { lease_until } if *lease_until > now => return TakeOver::Report,
+            Submission::InFlight { lease_until } if *lease_until > now && others_may_hold => return TakeOver::Report,
             Submission::Accepted => return TakeOver::Report,
             Submission::NotSent => false,
             Submission::InFlight { .. } | Submission::OutcomeUnknown => true,
@@ -186,6 +206,24 @@ impl Job {
         self.submission = Submission::InFlight { lease_until };
         self.updated_at = now;
         TakeOver::Resubmit { may_resume }
+    }
+
+    /// Extends the running attempt's hold on the job.
+    pub fn renew_lease(&mut self, lease_until: DateTime<Utc>) -> Option<EventKind> {
+        if self.state == JobState::Submitting && matches!(self.submission, Submission::InFlight { .. }) {
+            self.submission = Submission::InFlight { lease_until };
+        }
+        None
+    }
+
+    /// Whether a Smile ID result may still change this job: it is not final, or
+    /// it failed only because the service stopped waiting.
+    pub fn takes_results(&self) -> bool {
+        match self.state {
+            JobState::Completed => false,
+            JobState::Failed => self.problem.as_ref().is_some_and(|problem| problem.reason.is_give_up()),
+            _ => true,
+        }
     }
 
     /// Smile ID accepted the job and its images.
@@ -245,53 +283,96 @@ impl Job {
         None
     }
 
-    /// Asks the reconciler to poll at `now` (a result was announced but not confirmed).
-    pub fn poll_at(&mut self, now: DateTime<Utc>) -> Option<EventKind> {
+    /// Whether the job already holds this result (same code, same finality).
+    pub fn has_result(&self, result: &ResultEntry) -> bool {
+        self.results
+            .iter()
+            .any(|known| known.result_code == result.result_code && known.is_final == result.is_final)
+    }
+
+    /// Keeps a callback's result until Smile ID confirms it, and asks the
+    /// reconciler to confirm it now.
+    pub fn await_confirmation(&mut self, result: ResultEntry, now: DateTime<Utc>) -> Option<EventKind> {
+        /// Enough for a provisional and a final result, with room for a replay.
+        const KEPT: usize = 4;
+        if !self.takes_results() || self.has_result(&result) {
+            return None;
+        }
+        self.unconfirmed
+            .retain(|kept| kept.result_code != result.result_code || kept.is_final != result.is_final);
+        self.unconfirmed.push(result);
+        let excess = self.unconfirmed.len().saturating_sub(KEPT);
+        self.unconfirmed.drain(..excess);
+        self.next_poll_at = Some(now);
+        None
+    }
+
+    /// Asks the reconciler to look at the job at `at`.
+    pub fn poll_at(&mut self, at: DateTime<Utc>) -> Option<EventKind> {
         if !self.state.is_terminal() {
-            self.next_poll_at = Some(now);
+            self.next_poll_at = Some(at);
         }
         None
     }
 
-    /// After a reconciler poll: schedule the next one with back-off, or give up
-    /// once the job is older than the policy allows.
-    pub fn polled(&mut self, now: DateTime<Utc>, policy: &ReconcilePolicy) -> Option<EventKind> {
+    /// After a reconciler poll: schedule the next one with back-off, or give up.
+    /// A job Smile ID never received that nobody is sending fails after
+    /// `policy.abandon_after`; any other after `policy.give_up_after`.
+    pub fn polled(
+        &mut self,
+        now: DateTime<Utc>,
+        policy: &ReconcilePolicy,
+        smile_id: SmileIdKnows,
+    ) -> Option<EventKind> {
         if self.state.is_terminal() {
             self.next_poll_at = None;
             return None;
         }
         let age = (now - self.created_at).to_std().unwrap_or_default();
-        if age >= policy.give_up_after {
-            self.state = JobState::Failed;
-            self.next_poll_at = None;
-            self.problem = Some(JobProblem {
-                reason: ProblemReason::ResultNotReceived,
-                message: format!(
+        let never_received = self.state == JobState::Submitting && smile_id == SmileIdKnows::NoSuchJob;
+        let (reason, message) = if never_received && age >= policy.abandon_after {
+            (
+                ProblemReason::SubmissionAbandoned,
+                "Smile ID never received this job and no attempt to send it is running; submit it again \
+                 with a new job_id"
+                    .to_owned(),
+            )
+        } else if age >= policy.give_up_after {
+            (
+                ProblemReason::ResultNotReceived,
+                format!(
                     "no final result from Smile ID within {}",
                     humantime::format_duration(policy.give_up_after)
                 ),
-                smile_code: None,
-            });
-            return Some(EventKind::Failed);
-        }
-        self.poll_attempts += 1;
-        let next = now + policy.delay(self.poll_attempts);
-        let give_up_at = self.created_at + policy.give_up_after;
-        self.next_poll_at = Some(next.min(give_up_at));
-        None
+            )
+        } else {
+            self.poll_attempts += 1;
+            let deadline = if never_received {
+                policy.abandon_after.min(policy.give_up_after)
+            } else {
+                policy.give_up_after
+            };
+            let next = now + policy.delay(self.poll_attempts);
+            self.next_poll_at = Some(next.min(self.created_at + deadline));
+            return None;
+        };
+        self.state = JobState::Failed;
+        self.next_poll_at = None;
+        self.problem = Some(JobProblem {
+            reason,
+            message,
+            smile_code: None,
+        });
+        Some(EventKind::Failed)
     }
 
     /// Applies one Smile ID result. Returns the event it makes, or `None` when it
     /// changes nothing: a duplicate, or anything after the final result.
     pub fn apply_result(&mut self, result: ResultEntry, now: DateTime<Utc>) -> Option<EventKind> {
-        if self.state.is_terminal() {
+        if !self.takes_results() {
             return None;
         }
-        let seen = self
-            .results
-            .iter()
-            .any(|known| known.result_code == result.result_code && known.is_final == result.is_final);
-        if seen {
+        if self.has_result(&result) {
             return None;
         }
         if self.smile_job_id.is_none() && !result.smile_job_id.is_empty() {
@@ -307,10 +388,22 @@ impl Job {
         };
         self.submission = Submission::Accepted;
         self.problem = None;
+        self.unconfirmed.clear();
         self.results.push(result);
         self.updated_at = now;
         Some(kind)
     }
+}
+
+/// What the reconciler learnt from Smile ID about a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmileIdKnows {
+    /// Smile ID has the job (with or without a result yet).
+    Job,
+    /// Smile ID has no job with this id: it never received it.
+    NoSuchJob,
+    /// Smile ID could not be asked.
+    Unknown,
 }
 
 /// What a repeated submission of an existing job does.
@@ -507,7 +600,7 @@ mod tests {
         let take_over = |submission: Submission| {
             let mut job = Job::for_test("j", "u");
             job.submission = submission;
-            (job.take_over(now, later), job.submission)
+            (job.take_over(now, later, true), job.submission)
         };
         let live = Submission::InFlight {
             lease_until: now + chrono::Duration::seconds(1),
@@ -531,7 +624,16 @@ mod tests {
         );
         assert_eq!(take_over(Submission::Accepted).0, TakeOver::Report);
         let mut done = submitted();
-        assert_eq!(done.take_over(now, later), TakeOver::Report);
+        assert_eq!(done.take_over(now, later, true), TakeOver::Report);
+        let mut orphan = Job::for_test("j", "u");
+        orphan.submission = Submission::InFlight {
+            lease_until: now + chrono::Duration::seconds(1),
+        };
+        assert_eq!(
+            orphan.take_over(now, later, false),
+            TakeOver::Resubmit { may_resume: true },
+            "alone on its store, a lease nobody here holds is a dead process's"
+        );
     }
 
     #[test]
@@ -603,24 +705,69 @@ mod tests {
         let start = job.created_at;
         let waits: Vec<i64> = (0..4)
             .map(|_| {
-                assert_eq!(job.polled(start, &policy), None);
+                assert_eq!(job.polled(start, &policy, SmileIdKnows::Job), None);
                 (job.next_poll_at.expect("scheduled") - start).num_seconds()
             })
             .collect();
         assert_eq!(waits, [20, 40, 40, 40]);
         let near_the_end = start + chrono::Duration::seconds(3590);
-        job.polled(near_the_end, &policy);
+        job.polled(near_the_end, &policy, SmileIdKnows::Job);
         assert_eq!(
             job.next_poll_at,
             Some(start + chrono::Duration::seconds(3600)),
             "the last poll is at the give-up time"
         );
         let at_the_end = start + chrono::Duration::seconds(3600);
-        assert_eq!(job.polled(at_the_end, &policy), Some(EventKind::Failed));
+        assert_eq!(
+            job.polled(at_the_end, &policy, SmileIdKnows::Job),
+            Some(EventKind::Failed)
+        );
         assert_eq!(
             (job.state, job.next_poll_at, job.problem.as_ref().map(|p| p.reason)),
             (JobState::Failed, None, Some(ProblemReason::ResultNotReceived))
         );
-        assert_eq!(job.polled(at_the_end, &policy), None, "a final job is left alone");
+        assert_eq!(
+            job.polled(at_the_end, &policy, SmileIdKnows::Job),
+            None,
+            "a final job is left alone"
+        );
+        assert!(
+            job.takes_results(),
+            "a job that was given up on still takes a genuine result"
+        );
+        assert_eq!(
+            job.apply_result(result("1220", true), at_the_end),
+            Some(EventKind::FinalResult)
+        );
+        assert_eq!((job.state, job.problem), (JobState::Completed, None));
+    }
+
+    #[test]
+    fn a_job_smile_id_never_received_is_abandoned_sooner() {
+        let policy = ReconcilePolicy {
+            abandon_after: std::time::Duration::from_secs(600),
+            ..ReconcilePolicy::default()
+        };
+        let mut job = Job::for_test("j", "u");
+        let start = job.created_at;
+        assert_eq!(job.polled(start, &policy, SmileIdKnows::NoSuchJob), None);
+        assert!(job.next_poll_at.expect("scheduled") <= start + chrono::Duration::seconds(600));
+        let later = start + chrono::Duration::seconds(600);
+        // Smile ID could not be asked: it may have the job, so it is not abandoned.
+        assert_eq!(job.polled(later, &policy, SmileIdKnows::Unknown), None);
+        assert_eq!(
+            job.polled(later, &policy, SmileIdKnows::NoSuchJob),
+            Some(EventKind::Failed)
+        );
+        assert_eq!(
+            job.problem.as_ref().map(|p| p.reason),
+            Some(ProblemReason::SubmissionAbandoned)
+        );
+        let refused = {
+            let mut job = Job::for_test("j", "u");
+            job.refused(problem(ProblemReason::UserNotEnrolled));
+            job
+        };
+        assert!(!refused.takes_results(), "a refusal is final");
     }
 }

@@ -77,6 +77,10 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether other processes (replicas) write this store too. When not, a
+    /// submission lease that this process does not hold is a dead process's.
+    fn is_shared(&self) -> bool;
 }
 
 pub type SharedStore = Arc<dyn JobStore>;

@@ -20,7 +20,9 @@ pub enum ErrorReason {
     UpstreamRejected,
     UpstreamAuthFailed,
     UpstreamUnavailable,
+    SubmissionInProgress,
     SubmissionOutcomeUnknown,
+    SubmissionAbandoned,
     ResultNotReceived,
     DatabaseUnavailable,
     ShuttingDown,
@@ -30,7 +32,7 @@ pub enum ErrorReason {
 }
 
 impl ErrorReason {
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 23] = [
         Self::InvalidField,
         Self::InvalidImage,
         Self::ImageTooLarge,
@@ -45,7 +47,9 @@ impl ErrorReason {
         Self::UpstreamRejected,
         Self::UpstreamAuthFailed,
         Self::UpstreamUnavailable,
+        Self::SubmissionInProgress,
         Self::SubmissionOutcomeUnknown,
+        Self::SubmissionAbandoned,
         Self::ResultNotReceived,
         Self::DatabaseUnavailable,
         Self::ShuttingDown,
@@ -70,7 +74,9 @@ impl ErrorReason {
             Self::UpstreamRejected => "UPSTREAM_REJECTED",
             Self::UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Self::SubmissionInProgress => "SUBMISSION_IN_PROGRESS",
             Self::SubmissionOutcomeUnknown => "SUBMISSION_OUTCOME_UNKNOWN",
+            Self::SubmissionAbandoned => "SUBMISSION_ABANDONED",
             Self::ResultNotReceived => "RESULT_NOT_RECEIVED",
             Self::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             Self::ShuttingDown => "SHUTTING_DOWN",

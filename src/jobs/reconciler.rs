@@ -8,7 +8,7 @@ use chrono::Utc;
 use tracing::{debug, warn};
 
 use super::error::JobError;
-use super::model::{Job, Submission};
+use super::model::{Job, JobState, SmileIdKnows, Submission};
 use super::ports::StatusFailure;
 use super::service::JobService;
 use crate::smileid::StatusOptions;
@@ -22,6 +22,9 @@ pub struct ReconcilePolicy {
     pub max_delay: Duration,
     /// After this long without a final result the job is FAILED (RESULT_NOT_RECEIVED).
     pub give_up_after: Duration,
+    /// A job Smile ID never received, that no attempt is sending, is FAILED
+    /// (SUBMISSION_ABANDONED) after this long.
+    pub abandon_after: Duration,
     /// How often the reconciler looks for due jobs.
     pub tick: Duration,
     /// How long a replica holds a job it is polling.
@@ -35,6 +38,7 @@ impl Default for ReconcilePolicy {
             first_delay: Duration::from_secs(120),
             max_delay: Duration::from_secs(15 * 60),
             give_up_after: Duration::from_secs(24 * 3600),
+            abandon_after: Duration::from_secs(15 * 60),
             tick: Duration::from_secs(1),
             lease: Duration::from_secs(60),
             batch: 50,
@@ -75,32 +79,47 @@ impl JobService {
     #[tracing::instrument(name = "job.reconcile", skip_all, fields(job_id = %job.job_id))]
     async fn reconcile_job(&self, job: Job) -> Result<(), JobError> {
         self.metrics.reconcile_polls.inc();
-        let job_id = job.job_id.clone();
-        // A NOT_SENT job has nothing at Smile ID to ask about.
-        if job.submission != Submission::NotSent {
-            match self
-                .smile
-                .job_status(
-                    &job.user_id,
-                    &job_id,
-                    StatusOptions {
-                        history: true,
-                        image_links: false,
-                    },
-                )
-                .await
-            {
-                Ok(status) => {
-                    debug!(job_id = %job_id, complete = status.complete, "reconciler fetched status");
-                    self.apply_status(&job_id, status).await?;
+        let job_id = job.job_id.as_str();
+        let now = Utc::now();
+        let policy = self.config.reconcile;
+        if job.state == JobState::Submitting {
+            // A submission being sent is its sender's to finish; look again after its lease.
+            let held_until = match job.submission {
+                Submission::InFlight { lease_until } if lease_until > now && self.store.is_shared() => {
+                    Some(lease_until)
                 }
-                Err(StatusFailure::NotFound) => debug!(job_id = %job_id, "smile id does not know the job yet"),
-                Err(error) => warn!(job_id = %job_id, error = %error, "reconciler could not fetch status"),
+                _ if self.sending.contains(job_id) => Some(now + self.config.submit_lease),
+                _ => None,
+            };
+            if let Some(until) = held_until {
+                self.transition(job_id, |job| job.poll_at(until)).await?;
+                return Ok(());
             }
         }
-        let policy = self.config.reconcile;
-        let now = Utc::now();
-        self.transition(&job_id, |job| job.polled(now, &policy)).await?;
+        let knows = if job.state == JobState::Submitting && job.submission == Submission::NotSent {
+            SmileIdKnows::NoSuchJob
+        } else {
+            let options = StatusOptions {
+                history: true,
+                image_links: false,
+            };
+            match self.smile.job_status(&job.user_id, job_id, options).await {
+                Ok(status) => {
+                    debug!(job_id, complete = status.complete, "reconciler fetched status");
+                    self.apply_status(job_id, status).await?;
+                    SmileIdKnows::Job
+                }
+                Err(StatusFailure::NotFound) => {
+                    debug!(job_id, "smile id has no such job");
+                    SmileIdKnows::NoSuchJob
+                }
+                Err(error) => {
+                    warn!(job_id, error = %error, "reconciler could not fetch status");
+                    SmileIdKnows::Unknown
+                }
+            }
+        };
+        self.transition(job_id, |job| job.polled(now, &policy, knows)).await?;
         Ok(())
     }
 

@@ -6,9 +6,16 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::warn;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+use tokio::time::Instant;
+
 use super::error::{JobError, UnavailableReason};
 use super::model::Job;
-use super::ports::{StatusFailure, StatusReport};
+use super::ports::{SmileId, StatusFailure, StatusReport};
 use super::service::JobService;
 use crate::smileid::{ResultEntry, StatusOptions, VerifiedCallback};
 
@@ -26,7 +33,8 @@ pub enum CallbackOutcome {
     Applied,
     /// Nothing new (a duplicate, or a late result after the final one).
     Unchanged,
-    /// The result could not be confirmed now; the reconciler will fetch it.
+    /// The result could not be confirmed now: it is stored as awaiting
+    /// confirmation, and the reconciler confirms it.
     Deferred,
     /// No job of ours matches.
     UnknownJob,
@@ -77,7 +85,8 @@ impl JobService {
             warn!(job_id = %job_id, smile_job_id = %result.smile_job_id, "callback does not match the stored job");
             return Ok(CallbackOutcome::UnknownJob);
         }
-        if job.state.is_terminal() {
+        // A duplicate, a replay, or anything after the final result: nothing to ask Smile ID.
+        if !job.takes_results() || job.has_result(&result) {
             return Ok(CallbackOutcome::Unchanged);
         }
         if !self.config.confirm_callbacks {
@@ -89,27 +98,26 @@ impl JobService {
                 CallbackOutcome::Unchanged
             });
         }
-        let options = StatusOptions {
-            history: true,
-            image_links: false,
-        };
-        match self.smile.job_status(&job.user_id, &job_id, options).await {
-            Ok(status) => {
-                let before = job.last_sequence;
-                let after = self.apply_status(&job_id, status).await?;
-                Ok(if after.last_sequence > before {
-                    CallbackOutcome::Applied
-                } else {
-                    CallbackOutcome::Unchanged
-                })
-            }
+        let before = job.last_sequence;
+        let after = match self.confirmations.confirm(&self.smile, &job.user_id, &job_id).await {
+            Ok(status) => self.apply_status(&job_id, status).await?,
             Err(error) => {
-                warn!(job_id = %job_id, error = %error, "could not confirm a callback; the reconciler will fetch the result");
-                let now = Utc::now();
-                self.transition(&job_id, |job| job.poll_at(now)).await?;
-                Ok(CallbackOutcome::Deferred)
+                warn!(job_id = %job_id, error = %error, "could not confirm a callback; it is kept until the reconciler can");
+                job
             }
+        };
+        if after.takes_results() && !after.has_result(&result) {
+            // Smile ID has not confirmed it (yet): keep it, durably, before answering.
+            let now = Utc::now();
+            self.transition(&job_id, |job| job.await_confirmation(result.clone(), now))
+                .await?;
+            return Ok(CallbackOutcome::Deferred);
         }
+        Ok(if after.last_sequence > before {
+            CallbackOutcome::Applied
+        } else {
+            CallbackOutcome::Unchanged
+        })
     }
 
     /// Applies a job_status answer: every result in order, then the latest.
@@ -149,5 +157,79 @@ fn upstream_unavailable(failure: &StatusFailure) -> JobError {
         StatusFailure::NotFound | StatusFailure::Unusable(_) => {
             JobError::Internal(format!("smile id job_status failed: {failure}"))
         }
+    }
+}
+
+/// How long a job_status answer confirms further callbacks of the same job.
+const CONFIRMATION_REUSE: Duration = Duration::from_secs(5);
+/// Jobs whose last confirmation is remembered.
+const CONFIRMATIONS_KEPT: usize = 4096;
+
+type StatusAnswer = Result<StatusReport, StatusFailure>;
+
+enum Confirmation {
+    Asking(Shared<BoxFuture<'static, StatusAnswer>>),
+    Answered { at: Instant, report: Box<StatusReport> },
+}
+
+/// Callback confirmations: at most one job_status in flight per job, shared by
+/// every callback of that job arriving meanwhile, and an answer reused for a
+/// moment, so a burst or a replay of callbacks costs one upstream call.
+#[derive(Default)]
+pub struct Confirmations {
+    jobs: Mutex<HashMap<String, Confirmation>>,
+}
+
+impl Confirmations {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Confirmation>> {
+        self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub async fn confirm(&self, smile: &Arc<dyn SmileId>, user_id: &str, job_id: &str) -> StatusAnswer {
+        let asking = {
+            let mut jobs = self.lock();
+            match jobs.get(job_id) {
+                Some(Confirmation::Answered { at, report }) if at.elapsed() < CONFIRMATION_REUSE => {
+                    return Ok(StatusReport::clone(report));
+                }
+                Some(Confirmation::Asking(asking)) => asking.clone(),
+                _ => {
+                    if jobs.len() >= CONFIRMATIONS_KEPT {
+                        jobs.retain(|_, kept| match kept {
+                            Confirmation::Asking(_) => true,
+                            Confirmation::Answered { at, .. } => at.elapsed() < CONFIRMATION_REUSE,
+                        });
+                    }
+                    let smile = smile.clone();
+                    let (user, job) = (user_id.to_owned(), job_id.to_owned());
+                    let options = StatusOptions {
+                        history: true,
+                        image_links: false,
+                    };
+                    let asking = async move { smile.job_status(&user, &job, options).await }
+                        .boxed()
+                        .shared();
+                    jobs.insert(job_id.to_owned(), Confirmation::Asking(asking.clone()));
+                    asking
+                }
+            }
+        };
+        let answer = asking.await;
+        let mut jobs = self.lock();
+        match &answer {
+            Ok(report) => {
+                jobs.insert(
+                    job_id.to_owned(),
+                    Confirmation::Answered {
+                        at: Instant::now(),
+                        report: Box::new(report.clone()),
+                    },
+                );
+            }
+            Err(_) => {
+                jobs.remove(job_id);
+            }
+        }
+        answer
     }
 }

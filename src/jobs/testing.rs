@@ -37,11 +37,17 @@ pub struct MemoryStore {
     conflicts: AtomicU32,
     /// The next this many event reads fail as if the database were down.
     failing_reads: AtomicU32,
+    /// Whether it plays a store other replicas share.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
     pub fn inject_conflicts(&self, count: u32) {
         self.conflicts.store(count, Ordering::SeqCst);
+    }
+
+    pub fn set_shared(&self, shared: bool) {
+        self.shared.store(shared, Ordering::SeqCst);
     }
 
     pub fn fail_reads(&self, count: u32) {
@@ -191,6 +197,10 @@ impl JobStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::SeqCst)
+    }
 }
 
 /// An [`EventFanout`] within one process, as a single replica has it.
@@ -226,9 +236,15 @@ pub struct FakeSmileId {
     submits: Mutex<VecDeque<Result<Accepted, SubmitFailure>>>,
     statuses: Mutex<VecDeque<Result<StatusReport, StatusFailure>>>,
     calls: Mutex<Vec<SmileCall>>,
+    /// How long each submission takes.
+    submit_delay: Mutex<Duration>,
 }
 
 impl FakeSmileId {
+    pub fn delay_submissions(&self, delay: Duration) {
+        *lock(&self.submit_delay) = delay;
+    }
+
     pub fn answer_submit(&self, answer: Result<Accepted, SubmitFailure>) {
         lock(&self.submits).push_back(answer);
     }
@@ -249,6 +265,8 @@ impl SmileId for FakeSmileId {
             job_id: job.job_id.to_owned(),
             may_resume: job.may_resume,
         });
+        let delay = *lock(&self.submit_delay);
+        tokio::time::sleep(delay).await;
         lock(&self.submits).pop_front().unwrap_or_else(|| {
             Ok(Accepted {
                 smile_job_id: format!("smile-{}", job.job_id),

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio::time::Instant;
 
 use super::error::{JobError, UnavailableReason};
 use super::model::{EventKind, JobState, ProblemReason, Submission};
@@ -16,6 +17,19 @@ use crate::smileid::{ErrorCode, StatusOptions};
 
 fn harness() -> Harness {
     Harness::new(ServiceConfig::default())
+}
+
+/// A caller's deadline that leaves the service plenty of time.
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(5)
+}
+
+/// A harness whose submissions stop retrying at once.
+fn without_retries() -> Harness {
+    Harness::new(ServiceConfig {
+        submit_retry_budget: Duration::ZERO,
+        ..ServiceConfig::default()
+    })
 }
 
 fn submit_call(job_id: &str, may_resume: bool) -> SmileCall {
@@ -49,7 +63,11 @@ async fn next_kinds(stream: &mut WatchStream, count: usize) -> Vec<(u64, EventKi
 #[tokio::test]
 async fn a_new_job_is_created_submitted_and_recorded() {
     let h = harness();
-    let output = h.service.submit(submission("u", "j1", 1), None).await.expect("submit");
+    let output = h
+        .service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("submit");
     assert!(output.created);
     assert_eq!(
         (output.job.state, output.job.smile_job_id.as_deref()),
@@ -60,7 +78,7 @@ async fn a_new_job_is_created_submitted_and_recorded() {
 
     let again = h
         .service
-        .submit(submission("u", "j1", 1), None)
+        .submit(submission("u", "j1", 1), soon(), false)
         .await
         .expect("resubmit");
     assert!(!again.created);
@@ -70,10 +88,13 @@ async fn a_new_job_is_created_submitted_and_recorded() {
 #[tokio::test]
 async fn the_same_job_id_with_other_content_is_refused_and_changes_nothing() {
     let h = harness();
-    h.service.submit(submission("u", "j1", 1), None).await.expect("submit");
+    h.service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("submit");
     let error = h
         .service
-        .submit(submission("u", "j1", 2), None)
+        .submit(submission("u", "j1", 2), soon(), false)
         .await
         .expect_err("reused");
     assert!(matches!(error, JobError::JobIdReused { .. }), "{error:?}");
@@ -91,7 +112,7 @@ async fn a_refusal_fails_the_job_and_is_replayed_without_calling_smile_id() {
     for _ in 0..2 {
         let error = h
             .service
-            .submit(submission("u", "j1", 1), None)
+            .submit(submission("u", "j1", 1), soon(), false)
             .await
             .expect_err("refused");
         let JobError::Rejected(problem) = error else {
@@ -108,15 +129,43 @@ async fn a_refusal_fails_the_job_and_is_replayed_without_calling_smile_id() {
 }
 
 #[tokio::test]
-async fn nothing_sent_is_unavailable_and_a_retry_starts_afresh() {
+async fn transient_failures_are_retried_by_the_service() {
     let h = harness();
+    h.smile.answer_submit(Err(SubmitFailure::NotSent {
+        retry_after: Some(Duration::from_millis(10)),
+        detail: "connection refused".into(),
+    }));
+    h.smile.answer_submit(Err(SubmitFailure::Unknown {
+        smile_job_id: Some("s-1".into()),
+        detail: "upload timed out".into(),
+    }));
+    let output = h
+        .service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("accepted in the end");
+    assert_eq!((output.created, output.job.state), (true, JobState::Submitted));
+    assert_eq!(
+        h.smile.calls(),
+        [
+            submit_call("j1", false),
+            submit_call("j1", false),
+            submit_call("j1", true)
+        ],
+        "after an unknown outcome the job is resumed, never sent afresh"
+    );
+}
+
+#[tokio::test]
+async fn nothing_sent_within_the_budget_is_unavailable_and_a_retry_starts_afresh() {
+    let h = without_retries();
     h.smile.answer_submit(Err(SubmitFailure::NotSent {
         retry_after: Some(Duration::from_secs(3)),
         detail: "connection refused".into(),
     }));
     let error = h
         .service
-        .submit(submission("u", "j1", 1), None)
+        .submit(submission("u", "j1", 1), soon(), false)
         .await
         .expect_err("unavailable");
     let JobError::Unavailable {
@@ -127,11 +176,16 @@ async fn nothing_sent_is_unavailable_and_a_retry_starts_afresh() {
     };
     assert_eq!(
         (reason, retry_after),
-        (UnavailableReason::UpstreamUnavailable, Some(Duration::from_secs(3)))
+        (UnavailableReason::UpstreamUnavailable, Some(Duration::from_secs(3))),
+        "Smile ID's Retry-After is passed on"
     );
     assert_eq!(h.store.job("j1").submission, Submission::NotSent);
 
-    let retried = h.service.submit(submission("u", "j1", 1), None).await.expect("retry");
+    let retried = h
+        .service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("retry");
     assert_eq!((retried.created, retried.job.state), (false, JobState::Submitted));
     assert_eq!(
         h.smile.calls(),
@@ -141,67 +195,186 @@ async fn nothing_sent_is_unavailable_and_a_retry_starts_afresh() {
 }
 
 #[tokio::test]
-async fn an_unknown_outcome_is_resumed_with_retry_on_resubmission() {
-    let h = harness();
+async fn an_unknown_outcome_is_unavailable_and_resumed_with_retry_on_resubmission() {
+    let h = without_retries();
     h.smile.answer_submit(Err(SubmitFailure::Unknown {
         smile_job_id: Some("s-1".into()),
         detail: "upload timed out".into(),
     }));
-    let output = h
+    let error = h
         .service
-        .submit(submission("u", "j1", 1), None)
+        .submit(submission("u", "j1", 1), soon(), false)
         .await
-        .expect("answered");
-    assert_eq!(output.job.state, JobState::Submitting);
-    assert_eq!(output.job.submission, Submission::OutcomeUnknown);
+        .expect_err("retryable");
+    assert!(
+        matches!(
+            error,
+            JobError::Unavailable {
+                reason: UnavailableReason::SubmissionOutcomeUnknown,
+                retry_after: Some(_),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let job = h.store.job("j1");
     assert_eq!(
-        output.job.problem.map(|problem| problem.reason),
-        Some(ProblemReason::SubmissionOutcomeUnknown)
+        (job.state, job.submission),
+        (JobState::Submitting, Submission::OutcomeUnknown)
     );
 
-    let resumed = h.service.submit(submission("u", "j1", 1), None).await.expect("resume");
+    let resumed = h
+        .service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("resume");
     assert_eq!(resumed.job.state, JobState::Submitted);
     assert_eq!(resumed.job.smile_job_id.as_deref(), Some("s-1"));
     assert_eq!(h.smile.calls(), [submit_call("j1", false), submit_call("j1", true)]);
 }
 
 #[tokio::test]
-async fn a_submission_lost_with_its_process_is_taken_over_once_its_lease_ends() {
+async fn a_submission_outlives_its_caller_and_a_retry_joins_it() {
     let h = harness();
+    h.smile.delay_submissions(Duration::from_millis(300));
+    let impatient = Instant::now() + Duration::from_millis(50);
+    let error = h
+        .service
+        .submit(submission("u", "j1", 1), impatient, false)
+        .await
+        .expect_err("still running");
+    assert!(
+        matches!(
+            error,
+            JobError::Unavailable {
+                reason: UnavailableReason::SubmissionInProgress,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let joined = h
+        .service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("joined");
+    assert_eq!((joined.created, joined.job.state), (false, JobState::Submitted));
+    assert_eq!(h.smile.calls().len(), 1, "the retry joined the running attempt");
+
+    // A caller that goes away entirely: the job is still sent.
+    let service = h.service.clone();
+    let caller = tokio::spawn(async move { service.submit(submission("u", "j2", 2), soon(), false).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    caller.abort();
+    for _ in 0..100 {
+        if h.store.kinds("j2").last() == Some(&EventKind::Submitted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.store.job("j2").state, JobState::Submitted);
+}
+
+#[tokio::test]
+async fn a_submission_lost_with_its_process_is_taken_over() {
+    for shared in [false, true] {
+        let h = without_retries();
+        h.store.set_shared(shared);
+        h.smile.answer_submit(Err(SubmitFailure::Unknown {
+            smile_job_id: None,
+            detail: "crash".into(),
+        }));
+        let _ = h.service.submit(submission("u", "j1", 1), soon(), false).await;
+        // As a process that died mid-upload leaves it: in flight, under a live lease.
+        let lease_until = Utc::now() + chrono::Duration::seconds(60);
+        h.store
+            .edit("j1", |job| job.submission = Submission::InFlight { lease_until });
+        let answer = h.service.submit(submission("u", "j1", 1), soon(), false).await;
+        if shared {
+            // Another replica may be sending it: wait for its lease.
+            assert!(
+                matches!(
+                    answer,
+                    Err(JobError::Unavailable {
+                        reason: UnavailableReason::SubmissionInProgress,
+                        ..
+                    })
+                ),
+                "{answer:?}"
+            );
+            assert_eq!(h.smile.calls().len(), 1, "a live lease is left to its owner");
+            let expired = Utc::now() - chrono::Duration::seconds(1);
+            h.store.edit("j1", |job| {
+                job.submission = Submission::InFlight { lease_until: expired }
+            });
+            let taken = h
+                .service
+                .submit(submission("u", "j1", 1), soon(), false)
+                .await
+                .expect("taken over");
+            assert_eq!(taken.job.state, JobState::Submitted);
+        } else {
+            // Alone on its store, a lease this process does not hold is a dead process's.
+            assert_eq!(answer.expect("taken over at once").job.state, JobState::Submitted);
+        }
+        assert_eq!(h.smile.calls().last(), Some(&submit_call("j1", true)));
+    }
+}
+
+#[tokio::test]
+async fn a_job_smile_id_never_received_is_abandoned_and_a_later_result_still_completes_it() {
+    let h = Harness::new(ServiceConfig {
+        submit_retry_budget: Duration::ZERO,
+        reconcile: ReconcilePolicy {
+            abandon_after: Duration::from_secs(600),
+            ..ReconcilePolicy::default()
+        },
+        ..ServiceConfig::default()
+    });
     h.smile.answer_submit(Err(SubmitFailure::Unknown {
         smile_job_id: None,
-        detail: "crash".into(),
+        detail: "prep upload answered 502".into(),
     }));
-    h.service.submit(submission("u", "j1", 1), None).await.expect("first");
-    // As a process that died mid-upload leaves it: in flight, under a live lease.
-    let lease_until = Utc::now() + chrono::Duration::seconds(60);
-    h.store
-        .edit("j1", |job| job.submission = Submission::InFlight { lease_until });
-    let reported = h
-        .service
-        .submit(submission("u", "j1", 1), None)
-        .await
-        .expect("reported");
-    assert_eq!(reported.job.state, JobState::Submitting);
-    assert_eq!(h.smile.calls().len(), 1, "a live lease is left to its owner");
+    let _ = h.service.submit(submission("u", "j1", 1), soon(), false).await;
+    let due = Utc::now() - chrono::Duration::seconds(1);
+    h.store.edit("j1", |job| job.next_poll_at = Some(due));
+    h.service.reconcile_due().await.expect("pass");
+    assert_eq!(h.store.job("j1").state, JobState::Submitting, "not yet abandoned");
 
-    let expired = Utc::now() - chrono::Duration::seconds(1);
+    let old = Utc::now() - chrono::Duration::minutes(11);
     h.store.edit("j1", |job| {
-        job.submission = Submission::InFlight { lease_until: expired }
+        job.created_at = old;
+        job.next_poll_at = Some(due);
     });
-    let taken = h
+    h.service.reconcile_due().await.expect("pass");
+    let job = h.store.job("j1");
+    assert_eq!(
+        (job.state, job.problem.map(|problem| problem.reason)),
+        (JobState::Failed, Some(ProblemReason::SubmissionAbandoned))
+    );
+    let error = h
         .service
-        .submit(submission("u", "j1", 1), None)
+        .submit(submission("u", "j1", 1), soon(), false)
         .await
-        .expect("taken over");
-    assert_eq!(taken.job.state, JobState::Submitted);
-    assert_eq!(h.smile.calls().last(), Some(&submit_call("j1", true)));
+        .expect_err("abandoned");
+    assert!(matches!(error, JobError::Rejected(_)), "{error:?}");
+
+    h.smile.answer_status(final_status("1220"));
+    let (job, _) = h
+        .service
+        .refresh("j1", StatusOptions::default())
+        .await
+        .expect("a late result");
+    assert_eq!((job.state, job.problem), (JobState::Completed, None));
 }
 
 #[tokio::test]
 async fn results_move_provisional_to_final_and_a_late_provisional_changes_nothing() {
     let h = harness();
-    h.service.submit(submission("u", "j1", 1), None).await.expect("submit");
+    h.service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("submit");
     h.smile.answer_status(Ok(StatusReport {
         result: Some(result("0822", false)),
         ..StatusReport::default()
@@ -232,7 +405,10 @@ async fn results_move_provisional_to_final_and_a_late_provisional_changes_nothin
 #[tokio::test]
 async fn conflicting_writes_are_retried_and_endless_conflict_is_retryable() {
     let h = harness();
-    h.service.submit(submission("u", "j1", 1), None).await.expect("submit");
+    h.service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("submit");
     h.store.inject_conflicts(5);
     h.smile.answer_status(final_status("1220"));
     let (job, _) = h
@@ -242,7 +418,10 @@ async fn conflicting_writes_are_retried_and_endless_conflict_is_retryable() {
         .expect("written after conflicts");
     assert_eq!(job.state, JobState::Completed);
 
-    h.service.submit(submission("u", "j2", 2), None).await.expect("submit");
+    h.service
+        .submit(submission("u", "j2", 2), soon(), false)
+        .await
+        .expect("submit");
     h.store.inject_conflicts(1000);
     h.smile.answer_status(final_status("1220"));
     let error = h
@@ -275,7 +454,10 @@ async fn the_reconciler_polls_due_jobs_backs_off_and_gives_up() {
         },
         ..ServiceConfig::default()
     });
-    h.service.submit(submission("u", "j1", 1), None).await.expect("submit");
+    h.service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("submit");
     assert_eq!(h.service.reconcile_due().await.expect("pass"), 0, "not due yet");
 
     let due = Utc::now() - chrono::Duration::seconds(1);
@@ -310,7 +492,10 @@ async fn the_reconciler_polls_due_jobs_backs_off_and_gives_up() {
 #[tokio::test]
 async fn the_reconciler_completes_a_job_from_job_status() {
     let h = harness();
-    h.service.submit(submission("u", "j1", 1), None).await.expect("submit");
+    h.service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("submit");
     let due = Utc::now() - chrono::Duration::seconds(1);
     h.store.edit("j1", |job| job.next_poll_at = Some(due));
     h.smile.answer_status(final_status("0820"));
@@ -322,7 +507,10 @@ async fn the_reconciler_completes_a_job_from_job_status() {
 #[tokio::test]
 async fn a_watch_replays_then_goes_live_with_no_seam() {
     let h = harness();
-    h.service.submit(submission("u", "j1", 1), None).await.expect("submit");
+    h.service
+        .submit(submission("u", "j1", 1), soon(), false)
+        .await
+        .expect("submit");
     let mut stream = h.service.watch_job("j1", 0).await.expect("watch");
     // On this single-threaded runtime the stream has not read yet: this event
     // lands between its subscription and its first read, the seam.
@@ -356,7 +544,7 @@ async fn a_watch_replays_then_goes_live_with_no_seam() {
 async fn a_log_watch_filters_by_user_and_rides_out_failed_reads() {
     let h = harness();
     h.service
-        .submit(submission("alice", "a1", 1), None)
+        .submit(submission("alice", "a1", 1), soon(), false)
         .await
         .expect("submit");
     let mut alice = h
@@ -366,11 +554,11 @@ async fn a_log_watch_filters_by_user_and_rides_out_failed_reads() {
         .expect("watch");
     h.store.fail_reads(3);
     h.service
-        .submit(submission("bob", "b1", 2), None)
+        .submit(submission("bob", "b1", 2), soon(), false)
         .await
         .expect("submit");
     h.service
-        .submit(submission("alice", "a2", 3), None)
+        .submit(submission("alice", "a2", 3), soon(), false)
         .await
         .expect("submit");
     let mut seen = Vec::new();
@@ -398,7 +586,7 @@ async fn a_submit_may_wait_for_the_final_result() {
     let service = h.service.clone();
     let waiting = tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        service.submit(submission("u", "j1", 1), Some(deadline)).await
+        service.submit(submission("u", "j1", 1), deadline, true).await
     });
     // Let the submission be accepted (its images are checked on the blocking pool) and start waiting.
     for _ in 0..1000 {

@@ -148,6 +148,13 @@ pub async fn start_on(
     grpc_listener: TcpListener,
     http_listener: TcpListener,
 ) -> anyhow::Result<RunningService> {
+    if !config.service.confirm_callbacks {
+        warn!(
+            setting = %config.sources.name("confirm_callbacks"),
+            "callbacks are NOT confirmed with job_status: Smile ID signs only a timestamp, so anyone holding one \
+             signed callback can forge results for five minutes. Use this only against a simulator or the sandbox"
+        );
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness {
         health,

@@ -64,6 +64,9 @@ impl PgStore {
         &self.pool
     }
 
+    /// Several replicas share one database.
+    const SHARED: bool = true;
+
     // SKIP LOCKED: replicas claiming at the same moment take disjoint jobs.
     const CLAIM_DUE_SQL: &'static str = "UPDATE jobs SET lease_until = $1
          WHERE job_id IN (SELECT job_id FROM jobs

@@ -223,6 +223,10 @@ macro_rules! impl_job_store {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
             }
+
+            fn is_shared(&self) -> bool {
+                Self::SHARED
+            }
         }
     };
 }

@@ -50,6 +50,9 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    /// One file, one process: the embedded store is never shared.
+    const SHARED: bool = false;
+
     const CLAIM_DUE_SQL: &'static str = "UPDATE jobs SET lease_until = $1
          WHERE job_id IN (SELECT job_id FROM jobs
                           WHERE next_poll_at IS NOT NULL AND next_poll_at <= $2

@@ -1,0 +1,362 @@
+//! Submission: a stored job is the service's to finish.
+//!
+//! The work of sending a job to Smile ID runs in a task of its own, so it
+//! reaches a definite outcome even when the caller cancels or its deadline
+//! passes; the caller only waits for it. Transient failures are retried within
+//! a budget while the images are still in memory (they are never written
+//! anywhere). A repeated submission of a job being sent joins that attempt; one
+//! of a job nobody is sending resumes it at once. While an attempt runs it
+//! renews its lease on the job, so that after a crash another replica may take
+//! the job over within one lease.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+use tokio::time::Instant;
+use tracing::{Instrument as _, info, warn};
+
+use super::error::{JobError, UnavailableReason};
+use super::model::{Job, JobProblem, JobState, ProblemReason, TakeOver};
+use super::ports::{Created, Saved, SmileJob, SubmitFailure};
+use super::service::JobService;
+use super::validate::{Prepared, SubmitRequest, prepare};
+use crate::smileid::ErrorCode;
+
+/// What SubmitAuthentication returns.
+#[derive(Clone, Debug)]
+pub struct SubmitOutput {
+    pub job: Job,
+    pub created: bool,
+}
+
+type Outcome = Result<SubmitOutput, JobError>;
+
+struct Attempt {
+    /// Tells this attempt from a later one of the same job.
+    id: u64,
+    content_hash: String,
+    outcome: Shared<BoxFuture<'static, Outcome>>,
+}
+
+/// The submissions this process is sending, by job_id.
+#[derive(Default)]
+pub struct Sending {
+    attempts: Mutex<HashMap<String, Attempt>>,
+    next_id: AtomicU64,
+}
+
+impl Sending {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Attempt>> {
+        self.attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn contains(&self, job_id: &str) -> bool {
+        self.lock().contains_key(job_id)
+    }
+
+    fn finished(&self, job_id: &str, id: u64) {
+        let mut attempts = self.lock();
+        if attempts.get(job_id).is_some_and(|attempt| attempt.id == id) {
+            attempts.remove(job_id);
+        }
+    }
+}
+
+/// Backoff between attempts of one submission.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const LONGEST_RETRY: Duration = Duration::from_secs(10);
+
+impl JobService {
+    /// Checks a submission, then starts sending it (or joins the attempt
+    /// already sending it) and waits until `deadline` for the outcome, and with
+    /// `wait_for_result` for the final result. A submission still running at
+    /// the deadline goes on; the caller is told to retry.
+    #[tracing::instrument(name = "job.submit", skip_all, fields(job_id = tracing::field::Empty))]
+    pub async fn submit(
+        self: &Arc<Self>,
+        request: SubmitRequest,
+        deadline: Instant,
+        wait_for_result: bool,
+    ) -> Result<SubmitOutput, JobError> {
+        let mut prepared = prepare(
+            request,
+            self.config.image_limits,
+            &self.decode_budget,
+            self.config.sandbox_params_allowed,
+        )
+        .await?;
+        if prepared.job_id.is_empty() {
+            prepared.job_id = generate_job_id();
+        }
+        tracing::Span::current().record("job_id", prepared.job_id.as_str());
+        let job_id = prepared.job_id.clone();
+        let (outcome, joined) = self.start_or_join(prepared)?;
+        let mut output = match tokio::time::timeout_at(deadline, outcome).await {
+            Ok(outcome) => outcome?,
+            Err(_) => return Err(in_progress(self.config.submit_lease.min(Duration::from_secs(1)))),
+        };
+        if joined {
+            output.created = false;
+        }
+        if wait_for_result && !output.job.state.is_terminal() {
+            output.job = self.wait_for_final(&job_id, deadline).await?;
+        }
+        Ok(output)
+    }
+
+    /// The outcome of the attempt sending this job: a new one, or the one
+    /// already running (`true`).
+    fn start_or_join(
+        self: &Arc<Self>,
+        prepared: Prepared,
+    ) -> Result<(Shared<BoxFuture<'static, Outcome>>, bool), JobError> {
+        let mut attempts = self.sending.lock();
+        if let Some(running) = attempts.get(&prepared.job_id) {
+            if running.content_hash != prepared.content_hash {
+                return Err(JobError::JobIdReused {
+                    job_id: prepared.job_id,
+                });
+            }
+            return Ok((running.outcome.clone(), true));
+        }
+        let id = self.sending.next_id.fetch_add(1, Ordering::Relaxed);
+        let job_id = prepared.job_id.clone();
+        let content_hash = prepared.content_hash.clone();
+        let service = self.clone();
+        // The attempt belongs to the call's trace, though it may outlive the call.
+        let task = tokio::spawn(
+            async move {
+                let outcome = service.send(&prepared).await;
+                service.sending.finished(&prepared.job_id, id);
+                outcome
+            }
+            .instrument(tracing::Span::current()),
+        );
+        let outcome = async move {
+            task.await
+                .unwrap_or_else(|_| Err(JobError::Internal("a submission task ended abnormally".into())))
+        }
+        .boxed()
+        .shared();
+        attempts.insert(
+            job_id,
+            Attempt {
+                id,
+                content_hash,
+                outcome: outcome.clone(),
+            },
+        );
+        Ok((outcome, false))
+    }
+
+    /// Creates the job or takes it over, then sends it to a definite outcome.
+    async fn send(&self, prepared: &Prepared) -> Outcome {
+        let now = Utc::now();
+        let lease_until = now + self.config.submit_lease;
+        let fresh = Job::submitting(prepared, now, lease_until, now + self.config.reconcile.first_delay);
+        let (job, created, may_resume) = match self.store.create(&fresh).await? {
+            Created::New(event) => {
+                self.publish(&event);
+                self.metrics.jobs_created.inc();
+                info!(job_id = %event.job.job_id, "job created");
+                (event.job, true, false)
+            }
+            Created::Existing(mut job) => {
+                if job.content_hash != prepared.content_hash {
+                    return Err(JobError::JobIdReused {
+                        job_id: prepared.job_id.clone(),
+                    });
+                }
+                match job.take_over(now, lease_until, self.store.is_shared()) {
+                    TakeOver::Report => return report(job),
+                    TakeOver::Resubmit { may_resume } => match self.store.save(&mut job, None).await? {
+                        Saved::Written(_) => (job, false, may_resume),
+                        // Another replica took it over first.
+                        Saved::Conflict => return report(self.load(&job.job_id).await?),
+                    },
+                }
+            }
+        };
+        let job = tokio::select! {
+            sent = self.send_with_retries(&job, prepared, may_resume) => sent?,
+            never = self.renew_lease(&job.job_id) => match never {},
+        };
+        Ok(SubmitOutput { job, created })
+    }
+
+    /// Keeps this attempt's lease on the job alive; never returns.
+    async fn renew_lease(&self, job_id: &str) -> std::convert::Infallible {
+        let every = self.config.submit_lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let lease_until = Utc::now() + self.config.submit_lease;
+            if let Err(error) = self.transition(job_id, |job| job.renew_lease(lease_until)).await {
+                warn!(job_id, error = %error, "could not renew a submission lease");
+            }
+        }
+    }
+
+    /// Sends the job until Smile ID accepts or refuses it, retrying transient
+    /// failures within the retry budget.
+    async fn send_with_retries(&self, job: &Job, prepared: &Prepared, mut may_resume: bool) -> Result<Job, JobError> {
+        let give_up_at = Instant::now() + self.config.submit_retry_budget;
+        let mut backoff = FIRST_RETRY;
+        let job_id = job.job_id.as_str();
+        loop {
+            let submission = SmileJob {
+                user_id: &job.user_id,
+                job_id,
+                partner_params: &job.partner_params,
+                callback_url: self.config.callback_url.as_deref(),
+                selfie_jpeg: &prepared.selfie_jpeg,
+                liveness_jpegs: &prepared.liveness_jpegs,
+                may_resume,
+            };
+            let failure = match self.smile.submit(submission).await {
+                Ok(accepted) => {
+                    self.metrics.submissions_accepted.inc();
+                    info!(job_id, smile_job_id = %accepted.smile_job_id, resumed = accepted.resumed, "job submitted to smile id");
+                    let first_poll = Utc::now() + self.config.reconcile.first_delay;
+                    return self
+                        .transition(job_id, |job| job.accepted(&accepted.smile_job_id, first_poll))
+                        .await;
+                }
+                Err(failure) => failure,
+            };
+            warn!(job_id, error = %failure, "smile id submission failed");
+            let retry_after = match &failure {
+                SubmitFailure::Refused { code, message } => {
+                    let problem = refusal_problem(code, message);
+                    self.transition(job_id, |job| job.refused(problem.clone())).await?;
+                    self.metrics.submissions_refused.inc();
+                    return Err(JobError::Rejected(problem));
+                }
+                SubmitFailure::NotSent { retry_after, .. } => *retry_after,
+                SubmitFailure::Unknown { .. } => {
+                    // A Smile ID job may exist now: resume it rather than make a second.
+                    may_resume = true;
+                    None
+                }
+            };
+            let wait = retry_after.unwrap_or(backoff);
+            backoff = (backoff * 2).min(LONGEST_RETRY);
+            if Instant::now() + wait >= give_up_at || self.shutdown.is_cancelled() {
+                return Err(self.stop_retrying(job, failure, may_resume).await?);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => return Err(self.stop_retrying(job, failure, may_resume).await?),
+            }
+        }
+    }
+
+    /// Records where a submission stands once its retries are spent, and the
+    /// retryable error its callers get: a resubmission picks up from there.
+    async fn stop_retrying(&self, job: &Job, failure: SubmitFailure, may_resume: bool) -> Result<JobError, JobError> {
+        let retry_after = match &failure {
+            SubmitFailure::NotSent {
+                retry_after: Some(wait),
+                ..
+            } => *wait,
+            _ => Duration::from_secs(1),
+        };
+        if let (SubmitFailure::NotSent { .. }, false) = (&failure, may_resume) {
+            let message = "Smile ID could not be reached; nothing was sent. Retry with the same job_id";
+            let problem = JobProblem {
+                reason: ProblemReason::UpstreamUnavailable,
+                message: message.into(),
+                smile_code: None,
+            };
+            let abandon_at = job.created_at + self.config.reconcile.abandon_after;
+            self.transition(&job.job_id, |job| job.not_sent(problem.clone(), abandon_at))
+                .await?;
+            return Ok(JobError::Unavailable {
+                reason: UnavailableReason::UpstreamUnavailable,
+                message: message.into(),
+                retry_after: Some(retry_after),
+            });
+        }
+        let smile_job_id = match &failure {
+            SubmitFailure::Unknown { smile_job_id, .. } => smile_job_id.clone(),
+            _ => None,
+        };
+        let message = "the submission may or may not have reached Smile ID and is being reconciled; \
+                       resubmitting the same job_id and content resumes it";
+        let problem = JobProblem {
+            reason: ProblemReason::SubmissionOutcomeUnknown,
+            message: message.into(),
+            smile_code: None,
+        };
+        let soon = Utc::now() + self.config.reconcile.first_delay;
+        self.transition(&job.job_id, |job| {
+            job.outcome_unknown(smile_job_id.as_deref(), problem.clone(), soon)
+        })
+        .await?;
+        Ok(JobError::Unavailable {
+            reason: UnavailableReason::SubmissionOutcomeUnknown,
+            message: message.into(),
+            retry_after: Some(retry_after),
+        })
+    }
+}
+
+/// What a repeated submission of a job nobody here is sending reports.
+fn report(job: Job) -> Outcome {
+    match (job.state, &job.problem) {
+        (JobState::Failed, Some(problem)) => Err(JobError::Rejected(problem.clone())),
+        // Another replica is sending it.
+        (JobState::Submitting, _) => Err(in_progress(Duration::from_secs(1))),
+        _ => Ok(SubmitOutput { job, created: false }),
+    }
+}
+
+fn in_progress(retry_after: Duration) -> JobError {
+    JobError::Unavailable {
+        reason: UnavailableReason::SubmissionInProgress,
+        message: "the job is still being submitted to Smile ID; retry with the same job_id to get its outcome".into(),
+        retry_after: Some(retry_after),
+    }
+}
+
+fn generate_job_id() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    format!(
+        "job-{}",
+        Alphanumeric.sample_string(&mut rand::rng(), 24).to_ascii_lowercase()
+    )
+}
+
+/// What a Smile ID refusal means for the stored job.
+fn refusal_problem(code: &ErrorCode, message: &str) -> JobProblem {
+    let (reason, message) = match code {
+        ErrorCode::UserNotEnrolled => (
+            ProblemReason::UserNotEnrolled,
+            "the user is not enrolled for SmartSelfie Authentication".to_owned(),
+        ),
+        ErrorCode::UserDisabled
+        | ErrorCode::UserDeleted
+        | ErrorCode::ReEnrollmentRequired
+        | ErrorCode::NoPhotoOnFile => (
+            ProblemReason::UserNotAuthenticatable,
+            format!("the user cannot be authenticated: {}", code.text()),
+        ),
+        ErrorCode::Unauthorized | ErrorCode::ProductionNotEnabled => (
+            ProblemReason::UpstreamAuthFailed,
+            "Smile ID refused this service's credentials; check the partner id, API key and environment".to_owned(),
+        ),
+        _ => (
+            ProblemReason::UpstreamRejected,
+            format!("Smile ID refused the job: {message}"),
+        ),
+    };
+    JobProblem {
+        reason,
+        message,
+        smile_code: Some(code.code().to_owned()),
+    }
+}
