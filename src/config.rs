@@ -134,6 +134,12 @@ pub struct ServeArgs {
     /// Bytes of memory all image decoding may use at once (submissions wait for their share).
     #[arg(long, env = "SELFIE_AUTH_DECODE_MEMORY_BYTES", default_value_t = ImageLimits::default().decode_memory_bytes)]
     pub decode_memory_bytes: usize,
+    /// Bytes of images all submissions being sent (and retried) may hold at once.
+    #[arg(long, env = "SELFIE_AUTH_SUBMISSION_MEMORY_BYTES", default_value_t = service_defaults().submission_memory_bytes)]
+    pub submission_memory_bytes: usize,
+    /// Bytes of gRPC requests arriving at once (by their declared sizes); more are shed (OVERLOADED).
+    #[arg(long, env = "SELFIE_AUTH_REQUEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub request_memory_bytes: usize,
     /// SelfieAuth calls in flight before load shedding (UNAVAILABLE, reason OVERLOADED).
     #[arg(long, env = "SELFIE_AUTH_CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
@@ -297,6 +303,20 @@ impl Config {
                 args.max_message_bytes
             );
         }
+        for id in ["submission_memory_bytes", "request_memory_bytes"] {
+            let bytes = if id == "submission_memory_bytes" {
+                args.submission_memory_bytes
+            } else {
+                args.request_memory_bytes
+            };
+            if bytes < args.max_message_bytes {
+                bail!(
+                    "{} must be at least the largest request ({}), got {bytes}",
+                    name(id),
+                    args.max_message_bytes
+                );
+            }
+        }
         let limits = ImageLimits::default();
         let image_limits = ImageLimits {
             max_total_bytes: limits.max_total_bytes.min(image_budget),
@@ -360,6 +380,7 @@ impl Config {
                 ..ReconcilePolicy::default()
             },
             submit_retry_budget: args.submit_retry_budget.0,
+            submission_memory_bytes: args.submission_memory_bytes,
             image_limits,
             sandbox_params_allowed: environment != Environment::Production,
             ..ServiceConfig::default()
@@ -387,6 +408,7 @@ impl Config {
                 max_concurrent_streams: args.max_concurrent_streams,
                 preface_timeout: args.header_timeout.0,
                 request_timeout: args.request_timeout.0,
+                request_memory_bytes: args.request_memory_bytes,
             },
             http_limits: HttpLimits {
                 max_connections: args.http_max_connections,

@@ -5,6 +5,8 @@
 //!   call the gRPC default of 4 MiB. A message declaring more is refused as soon
 //!   as its 5-byte frame header arrives, with RESOURCE_EXHAUSTED (as gRPC's own
 //!   implementations answer) and the `MESSAGE_TOO_LARGE` reason.
+//! - Memory: the bytes of requests arriving at once are budgeted by their
+//!   declared sizes; one that does not fit is shed at once (`OVERLOADED`).
 //! - Time: the whole request must arrive within the request timeout, or the call
 //!   fails with DEADLINE_EXCEEDED (`REQUEST_TIMEOUT`), so a caller trickling its
 //!   body, or never finishing it, cannot hold a load-shedding slot.
@@ -17,26 +19,34 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use super::status::reason_status;
 use crate::jobs::ErrorReason;
+use crate::jobs::memory::MemoryBudget;
 
 pub const DEFAULT_LIMIT: usize = 4 * 1024 * 1024;
 const SUBMIT_PATH: &str = "/selfieauth.v1.SelfieAuth/SubmitAuthentication";
 /// The gRPC frame header before each message: a flag byte and a big-endian length.
 const FRAME_HEADER: usize = 5;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct RequestLimitsLayer {
     submit_limit: usize,
     timeout: Duration,
+    /// Bytes of requests arriving at once, by their declared sizes.
+    memory: MemoryBudget,
 }
 
 impl RequestLimitsLayer {
-    pub fn new(submit_limit: usize, timeout: Duration) -> Self {
-        Self { submit_limit, timeout }
+    pub fn new(submit_limit: usize, timeout: Duration, memory: MemoryBudget) -> Self {
+        Self {
+            submit_limit,
+            timeout,
+            memory,
+        }
     }
 }
 
@@ -44,7 +54,10 @@ impl<S> Layer<S> for RequestLimitsLayer {
     type Service = RequestLimits<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestLimits { inner, limits: *self }
+        RequestLimits {
+            inner,
+            limits: self.clone(),
+        }
     }
 }
 
@@ -77,6 +90,7 @@ where
             DEFAULT_LIMIT
         };
         let timeout = self.limits.timeout;
+        let memory = self.limits.memory.clone();
         let request = request.map(|body| {
             tonic::body::Body::new(Limited {
                 inner: body,
@@ -85,6 +99,8 @@ where
                 limit,
                 deadline: Box::pin(tokio::time::sleep(timeout)),
                 timeout,
+                memory,
+                reserved: None,
             })
         });
         self.inner.call(request)
@@ -100,6 +116,9 @@ struct Limited {
     limit: usize,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
+    memory: MemoryBudget,
+    /// This request's share of the request memory, held until the body is dropped.
+    reserved: Option<OwnedSemaphorePermit>,
 }
 
 impl Limited {
@@ -128,6 +147,17 @@ impl Limited {
                 if declared > self.limit {
                     return Err(self.too_large());
                 }
+                let permit = self.memory.try_reserve(declared as u64).map_err(|_| {
+                    reason_status(
+                        ErrorReason::Overloaded,
+                        "the server is receiving as many large requests as it can; retry shortly",
+                        HashMap::new(),
+                        |details| {
+                            details.set_retry_info(Some(Duration::from_millis(500)));
+                        },
+                    )
+                })?;
+                self.reserved = Some(permit);
             }
         }
         self.seen += data.len();

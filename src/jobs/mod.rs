@@ -2,6 +2,7 @@
 //! reconciliation. Transport-free: gRPC and HTTP adapters call into it.
 
 pub mod error;
+pub mod memory;
 pub mod model;
 pub mod ports;
 pub mod reason;

@@ -9,12 +9,13 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{JobError, UnavailableReason};
+use super::memory::MemoryBudget;
 use super::model::{EventKind, EventNotice, Job, JobEvent};
 use super::ports::{EventFanout, Saved, SharedStore, SmileId};
 use super::reconciler::ReconcilePolicy;
 use super::results::Confirmations;
 use super::submission::Sending;
-use super::validate::{DecodeBudget, ImageLimits};
+use super::validate::ImageLimits;
 use crate::metrics::Metrics;
 
 #[derive(Clone, Debug)]
@@ -32,6 +33,8 @@ pub struct ServiceConfig {
     /// How long the service keeps retrying a submission Smile ID could not take
     /// (unreachable, 5xx, timeouts), holding its images in memory.
     pub submit_retry_budget: Duration,
+    /// Bytes of images all submissions being sent may hold at once.
+    pub submission_memory_bytes: usize,
     /// How long a call without a deadline waits for its submission (and, with
     /// `wait_for_result`, for the result).
     pub default_wait: Duration,
@@ -49,6 +52,7 @@ impl Default for ServiceConfig {
             image_limits: ImageLimits::default(),
             submit_lease: Duration::from_secs(20),
             submit_retry_budget: Duration::from_secs(120),
+            submission_memory_bytes: 256 * 1024 * 1024,
             default_wait: Duration::from_secs(60),
             sandbox_params_allowed: true,
         }
@@ -70,7 +74,9 @@ pub struct JobService {
     pub(crate) config: ServiceConfig,
     pub(crate) shutdown: CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) decode_budget: DecodeBudget,
+    pub(crate) decode_budget: MemoryBudget,
+    /// Images held by submissions being sent (and retried).
+    pub(crate) submission_budget: MemoryBudget,
     /// The submissions this process is sending now.
     pub(crate) sending: Sending,
     pub(crate) confirmations: Confirmations,
@@ -79,9 +85,11 @@ pub struct JobService {
 impl JobService {
     pub fn new(ports: Ports, config: ServiceConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Arc<Self> {
         let Ports { store, fanout, smile } = ports;
-        let decode_budget = DecodeBudget::new(config.image_limits.decode_memory_bytes);
+        let decode_budget = MemoryBudget::new(config.image_limits.decode_memory_bytes);
+        let submission_budget = MemoryBudget::new(config.submission_memory_bytes);
         Arc::new(Self {
             decode_budget,
+            submission_budget,
             store,
             fanout,
             smile,

@@ -17,6 +17,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{Instrument as _, info, warn};
 
@@ -67,6 +68,9 @@ impl Sending {
     }
 }
 
+/// Longest wait for room to hold a submission's images.
+const SUBMISSION_MEMORY_WAIT: Duration = Duration::from_secs(2);
+
 /// Backoff between attempts of one submission.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
@@ -83,6 +87,17 @@ impl JobService {
         deadline: Instant,
         wait_for_result: bool,
     ) -> Result<SubmitOutput, JobError> {
+        // The images stay in memory until Smile ID has them, retries included.
+        let image_bytes = request.selfie.len() + request.liveness.iter().map(bytes::Bytes::len).sum::<usize>();
+        let held = self
+            .submission_budget
+            .reserve(image_bytes as u64, SUBMISSION_MEMORY_WAIT)
+            .await
+            .map_err(|_| JobError::Unavailable {
+                reason: UnavailableReason::Overloaded,
+                message: "the server holds as many submissions as it can; retry shortly".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            })?;
         let mut prepared = prepare(
             request,
             self.config.image_limits,
@@ -95,7 +110,7 @@ impl JobService {
         }
         tracing::Span::current().record("job_id", prepared.job_id.as_str());
         let job_id = prepared.job_id.clone();
-        let (outcome, joined) = self.start_or_join(prepared)?;
+        let (outcome, joined) = self.start_or_join(prepared, held)?;
         let mut output = match tokio::time::timeout_at(deadline, outcome).await {
             Ok(outcome) => outcome?,
             Err(_) => return Err(in_progress(self.config.submit_lease.min(Duration::from_secs(1)))),
@@ -114,6 +129,7 @@ impl JobService {
     fn start_or_join(
         self: &Arc<Self>,
         prepared: Prepared,
+        held: OwnedSemaphorePermit,
     ) -> Result<(Shared<BoxFuture<'static, Outcome>>, bool), JobError> {
         let mut attempts = self.sending.lock();
         if let Some(running) = attempts.get(&prepared.job_id) {
@@ -133,6 +149,7 @@ impl JobService {
             async move {
                 let outcome = service.send(&prepared).await;
                 service.sending.finished(&prepared.job_id, id);
+                drop((prepared, held));
                 outcome
             }
             .instrument(tracing::Span::current()),

@@ -4,15 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
-use std::sync::Arc;
 use std::time::Duration;
 
+use super::error::{FieldViolation, InvalidReason, JobError, UnavailableReason, quoted};
+use super::memory::{MemoryBudget, Refused};
 use bytes::Bytes;
 use image::{ImageDecoder as _, ImageFormat, ImageReader, Limits};
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use super::error::{FieldViolation, InvalidReason, JobError, UnavailableReason, quoted};
 
 /// Size limits of one submission. Their sum stays below the gRPC message limit,
 /// so an oversized image gets our precise error, not a transport error.
@@ -41,50 +39,6 @@ impl Default for ImageLimits {
 
 /// Longest wait for decode memory before a submission is shed as overloaded.
 const DECODE_WAIT: Duration = Duration::from_secs(10);
-
-/// The process-wide budget of image-decoding memory, counted in KiB.
-#[derive(Clone, Debug)]
-pub struct DecodeBudget {
-    kib: Arc<Semaphore>,
-    capacity_kib: u32,
-}
-
-impl DecodeBudget {
-    pub fn new(bytes: usize) -> Self {
-        let capacity_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
-        Self {
-            kib: Arc::new(Semaphore::new(capacity_kib as usize)),
-            capacity_kib,
-        }
-    }
-
-    /// Reserves `bytes` of decode memory, waiting a while for others to finish.
-    async fn reserve(&self, bytes: u64) -> Result<OwnedSemaphorePermit, JobError> {
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
-        if kib > self.capacity_kib {
-            return Err(JobError::invalid(
-                InvalidReason::InvalidImage,
-                vec![FieldViolation {
-                    field: "selfie_image".into(),
-                    description: format!(
-                        "the images need {} MiB to decode, over this server's {} MiB",
-                        kib / 1024,
-                        self.capacity_kib / 1024
-                    ),
-                }],
-            ));
-        }
-        let permit = tokio::time::timeout(DECODE_WAIT, self.kib.clone().acquire_many_owned(kib)).await;
-        match permit {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(JobError::Unavailable {
-                reason: UnavailableReason::Overloaded,
-                message: "the server is busy checking other images; retry shortly".into(),
-                retry_after: Some(Duration::from_secs(1)),
-            }),
-        }
-    }
-}
 
 pub const MAX_ID_LEN: usize = 100;
 pub const LIVENESS_COUNTS: std::ops::RangeInclusive<usize> = 6..=8;
@@ -142,7 +96,7 @@ pub fn id_problem(id: &str) -> Option<String> {
 pub async fn prepare(
     request: SubmitRequest,
     limits: ImageLimits,
-    budget: &DecodeBudget,
+    budget: &MemoryBudget,
     sandbox: bool,
 ) -> Result<Prepared, JobError> {
     check_fields(&request, sandbox)?;
@@ -153,7 +107,27 @@ pub async fn prepare(
             JobError::invalid(InvalidReason::InvalidImage, vec![FieldViolation { field, description }])
         })?;
     }
-    let permit = budget.reserve(needed).await?;
+    let permit = budget
+        .reserve(needed, DECODE_WAIT)
+        .await
+        .map_err(|refused| match refused {
+            Refused::TooLarge => JobError::invalid(
+                InvalidReason::InvalidImage,
+                vec![FieldViolation {
+                    field: "selfie_image".into(),
+                    description: format!(
+                        "the images need {} MiB to decode, over this server's {} MiB",
+                        needed / (1024 * 1024),
+                        budget.capacity_bytes() / (1024 * 1024)
+                    ),
+                }],
+            ),
+            Refused::Busy => JobError::Unavailable {
+                reason: UnavailableReason::Overloaded,
+                message: "the server is busy checking other images; retry shortly".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            },
+        })?;
     let (request, selfie_jpeg, liveness_jpegs, content_hash) = tokio::task::spawn_blocking(move || {
         let jpegs = images(&request)
             .map(|(field, image)| to_jpeg(image, limits).map_err(|problem| (field, problem)))
@@ -424,27 +398,6 @@ mod tests {
         assert!(decode_cost(&Bytes::from_static(b"\x89PNG\r\n\x1a\n"), limits).is_err());
     }
 
-    #[tokio::test]
-    async fn the_decode_budget_refuses_what_can_never_fit_and_sheds_when_busy() {
-        let budget = DecodeBudget::new(1024 * 1024);
-        assert!(matches!(
-            budget.reserve(2 * 1024 * 1024).await,
-            Err(JobError::Invalid { .. })
-        ));
-        let held = budget.reserve(1024 * 1024).await.expect("all of it");
-        tokio::time::pause();
-        let waiting = budget.reserve(1024);
-        assert!(matches!(
-            waiting.await,
-            Err(JobError::Unavailable {
-                reason: UnavailableReason::Overloaded,
-                ..
-            })
-        ));
-        drop(held);
-        assert!(budget.reserve(1024).await.is_ok());
-    }
-
     #[test]
     fn png_becomes_jpeg_and_jpeg_passes_through() {
         let limits = ImageLimits::default();
@@ -476,6 +429,47 @@ mod tests {
         assert!(id_problem(&"a".repeat(MAX_ID_LEN + 1)).is_some());
         for bad in ["a b", "a/b", "ü", "a\nb", "a;b"] {
             assert!(id_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            #[test]
+            fn any_bytes_after_an_image_signature_are_checked_without_panic(
+                png in any::<bool>(),
+                tail in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let mut bytes = if png { b"\x89PNG\r\n\x1a\n".to_vec() } else { vec![0xFF, 0xD8, 0xFF] };
+                bytes.extend_from_slice(&tail);
+                let bytes = Bytes::from(bytes);
+                let limits = ImageLimits::default();
+                let _ = decode_cost(&bytes, limits);
+                let _ = to_jpeg(&bytes, limits);
+            }
+
+            #[test]
+            fn a_real_image_with_bytes_changed_is_checked_without_panic(
+                png in any::<bool>(),
+                changes in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            ) {
+                let image = encode(if png { ImageFormat::Png } else { ImageFormat::Jpeg }, 24);
+                let mut bytes = image.to_vec();
+                for (index, value) in changes {
+                    let at = index.index(bytes.len());
+                    bytes[at] = value;
+                }
+                let bytes = Bytes::from(bytes);
+                let limits = ImageLimits::default();
+                if decode_cost(&bytes, limits).is_ok() {
+                    let _ = to_jpeg(&bytes, limits);
+                }
+            }
         }
     }
 }

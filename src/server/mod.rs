@@ -28,6 +28,7 @@ use crate::grpc::load_shed::LoadShedLayer;
 use crate::grpc::request_limits::RequestLimitsLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::SharedStore;
+use crate::jobs::memory::MemoryBudget;
 use crate::jobs::{JobService, Ports};
 use crate::metrics::Metrics;
 use crate::net::{self, ConnectionLimits, Silence};
@@ -80,6 +81,8 @@ pub struct GrpcLimits {
     pub preface_timeout: Duration,
     /// A request must arrive in full within this long.
     pub request_timeout: Duration,
+    /// Bytes of requests arriving at once, by their declared sizes.
+    pub request_memory_bytes: usize,
 }
 
 /// What orchestrators see, kept in step: gRPC health (overall and
@@ -225,6 +228,7 @@ pub async fn start_on(
         .layer(RequestLimitsLayer::new(
             config.max_message_bytes,
             config.grpc_limits.request_timeout,
+            MemoryBudget::new(config.grpc_limits.request_memory_bytes),
         ))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -177,4 +177,26 @@ mod tests {
         }
         assert_eq!(inspect(b""), Err(ZipProblem::Corrupt));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #[test]
+            fn any_bytes_are_read_or_refused_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = inspect(&bytes);
+            }
+
+            #[test]
+            fn any_info_json_in_a_real_zip_is_read_without_panic(
+                info in "\\PC{0,200}",
+                name in "[a-z_.]{1,16}",
+                data in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let _ = inspect(&zip_of(&[("info.json", info.as_bytes()), (name.as_str(), &data)]));
+            }
+        }
+    }
 }

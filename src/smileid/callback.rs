@@ -169,4 +169,54 @@ mod robustness {
             );
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn signed(now: DateTime<Utc>, credentials: &Credentials) -> (String, String) {
+            let timestamp = format_timestamp(now);
+            let signature = credentials.sign(&timestamp).as_str().to_owned();
+            (timestamp, signature)
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_are_refused_or_verified_without_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let credentials = Credentials::new("1234", ApiKey::new("key"));
+                let _ = verify_callback(&body, &credentials, Duration::from_secs(60), Utc::now());
+            }
+
+            #[test]
+            fn any_signed_json_of_any_shape_never_panics(
+                code in "\\PC{0,8}",
+                is_final in prop_oneof![Just(json_value("true")), Just(json_value("false")), Just(json_value("1")), Just(json_value("null")), Just(json_value("\"maybe\""))],
+                confidence in "\\PC{0,12}",
+                smile_job_id in prop_oneof![Just(json_value("12")), Just(json_value("\"0000000012\"")), Just(json_value("[]")), Just(json_value("{}"))],
+                extra_key in "[a-zA-Z_]{1,12}",
+            ) {
+                let credentials = Credentials::new("1234", ApiKey::new("key"));
+                let now = Utc::now();
+                let (timestamp, signature) = signed(now, &credentials);
+                let body = serde_json::json!({
+                    "ResultCode": code,
+                    "IsFinalResult": is_final,
+                    "ConfidenceValue": confidence,
+                    "SmileJobID": smile_job_id,
+                    "PartnerParams": {"job_id": "j", extra_key: [1, {"a": null}]},
+                    "timestamp": timestamp,
+                    "signature": signature,
+                });
+                let verified = verify_callback(body.to_string().as_bytes(), &credentials, Duration::from_secs(60), now);
+                if let Ok(verified) = verified {
+                    prop_assert!(verified.result.confidence.is_finite());
+                }
+            }
+        }
+
+        fn json_value(text: &str) -> serde_json::Value {
+            serde_json::from_str(text).expect("json")
+        }
+    }
 }

@@ -122,6 +122,17 @@ def _():
     expect_failure({"smileid": {"partnerId": "085"}}, "smileid.apiKeySecret.name is required")
 
 
+@scenario("memory budgets that could exceed the memory limit are refused")
+def _():
+    defaults = render(REQUIRED)
+    env = {item["name"]: item.get("value") for item in by_kind(defaults, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SELFIE_AUTH_DECODE_MEMORY_BYTES"] == "134217728", env
+    greedy = {**REQUIRED, "config": {"memory": {"requestBytes": 268435456, "submissionBytes": 268435456, "decodeBytes": 268435456}}}
+    expect_failure(greedy, "exceed resources.limits.memory")
+    roomy = {**greedy, "resources": {"limits": {"memory": "1Gi"}}}
+    render(roomy)
+
+
 @scenario("the values schema refuses a bad environment")
 def _():
     expect_failure({"smileid": {**REQUIRED["smileid"], "environment": "staging"}}, "environment")

@@ -43,7 +43,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.database.existingSecret.name -}}true{{- end -}}
 {{- end -}}
 
+{{/* A Kubernetes memory quantity (plain bytes, Ki, Mi or Gi) in bytes. */}}
+{{- define "selfie-auth.memoryBytes" -}}
+{{- $quantity := toString . -}}
+{{- if hasSuffix "Gi" $quantity -}}{{ mul (trimSuffix "Gi" $quantity | int64) 1073741824 }}
+{{- else if hasSuffix "Mi" $quantity -}}{{ mul (trimSuffix "Mi" $quantity | int64) 1048576 }}
+{{- else if hasSuffix "Ki" $quantity -}}{{ mul (trimSuffix "Ki" $quantity | int64) 1024 }}
+{{- else -}}{{ $quantity | int64 }}
+{{- end -}}
+{{- end -}}
+
 {{- define "selfie-auth.validate" -}}
+{{- with .Values.resources.limits.memory -}}
+{{- $limit := include "selfie-auth.memoryBytes" . | int64 -}}
+{{- $budgets := $.Values.config.memory -}}
+{{- $needed := add (int64 $budgets.requestBytes) (int64 $budgets.submissionBytes) (int64 $budgets.decodeBytes) 104857600 -}}
+{{- if gt (int64 $needed) $limit -}}
+{{- fail (printf "config.memory budgets plus 100 MiB for the process (%d bytes) exceed resources.limits.memory (%d bytes): a flood of requests could get the pod OOM-killed" (int64 $needed) $limit) -}}
+{{- end -}}
+{{- end -}}
 {{- if not (include "selfie-auth.usesPostgres" .) -}}
 {{- if or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled -}}
 {{- fail "several replicas need PostgreSQL: set database.existingSecret.name (or replicaCount: 1 for SQLite)" -}}

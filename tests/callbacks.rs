@@ -1,0 +1,198 @@
+//! Smile ID's callbacks under faults and replays: an acknowledged callback is
+//! never lost, and replaying a captured one costs no upstream call.
+
+use std::time::Duration;
+
+use selfie_auth::grpc::pb;
+use selfie_auth::simulator::{CallbackMode, Endpoint, Fault, RunningSimulator};
+use selfie_auth_testkit::*;
+use serde_json::{Value, json};
+
+async fn get(client: &mut Client, job_id: &str) -> pb::Job {
+    client
+        .get_job(pb::GetJobRequest {
+            job_id: job_id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner()
+}
+
+/// Waits (bounded) until the job is in `state`.
+async fn until_state(client: &Client, job_id: &str, state: pb::JobState) -> Option<pb::Job> {
+    eventually(Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            let job = get(&mut client, job_id).await;
+            (job.state() == state).then_some(job)
+        }
+    })
+    .await
+}
+
+/// A callback for `job_id` with `code`, signed now with the partner's key.
+fn callback(job_id: &str, smile_job_id: &str, code: &str, is_final: bool) -> Value {
+    let (timestamp, signature) = credentials().sign_now();
+    json!({
+        "ResultCode": code,
+        "ResultText": "",
+        "IsFinalResult": if is_final { "true" } else { "false" },
+        "SmileJobID": smile_job_id,
+        "PartnerParams": {"job_id": job_id, "user_id": ENROLLED_USER, "job_type": 2},
+        "timestamp": timestamp,
+        "signature": signature.as_str(),
+    })
+}
+
+async fn post_all(url: &str, bodies: Vec<Value>) -> Vec<u16> {
+    let http = reqwest::Client::new();
+    let posts = bodies.into_iter().map(|body| {
+        let http = http.clone();
+        let url = url.to_owned();
+        async move {
+            http.post(url)
+                .json(&body)
+                .send()
+                .await
+                .map(|response| response.status().as_u16())
+                .unwrap_or(0)
+        }
+    });
+    futures::future::join_all(posts).await
+}
+
+fn job_status_calls(sim: &RunningSimulator, job_id: &str) -> u64 {
+    sim.counters().job_status_by_job_id.get(job_id).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_callbacks_cost_no_upstream_calls() {
+    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(600)).await;
+    sim.set_callback_mode(CallbackMode::Drop);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &["--reconcile-after", "10m"])).await;
+    let mut client = service.client().await;
+    let job = client
+        .submit_authentication(provisional_request(ENROLLED_USER, "replay-1"))
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    let provisional = callback("replay-1", &job.smile_job_id, "0822", false);
+    assert_eq!(post_all(&service.callback_url, vec![provisional.clone()]).await, [200]);
+    until_state(&client, "replay-1", pb::JobState::Provisional)
+        .await
+        .expect("the genuine callback is applied");
+    let asked = job_status_calls(&sim, "replay-1");
+
+    // 200 replays of the captured callback, at once.
+    let statuses = post_all(&service.callback_url, vec![provisional; 200]).await;
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    assert_eq!(job_status_calls(&sim, "replay-1"), asked, "a replay costs nothing");
+
+    // 50 forged results under the same captured signature: one confirmation answers them all.
+    let mut forged = callback("replay-1", &job.smile_job_id, "0820", true);
+    forged["timestamp"] = json!(callback("replay-1", "", "0822", false)["timestamp"]);
+    let statuses = post_all(&service.callback_url, vec![forged; 50]).await;
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    assert!(
+        job_status_calls(&sim, "replay-1") <= asked + 2,
+        "{} job_status calls for 50 forged callbacks",
+        job_status_calls(&sim, "replay-1") - asked
+    );
+    let job = get(&mut client, "replay-1").await;
+    assert_eq!(
+        job.state(),
+        pb::JobState::Provisional,
+        "Smile ID never confirmed the forgery"
+    );
+    service.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_smile_id_cannot_confirm_yet_is_kept_until_it_can() {
+    let sim = start_simulator(|_| {}).await;
+    sim.set_callback_mode(CallbackMode::Drop);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = ["--reconcile-after", "10m", "--reconcile-max-interval", "10m"];
+    let config = config_with(&sim, &sqlite_url(&dir), &flags);
+    let database_url = config.database_url.clone();
+    let service = start_service(config).await;
+    let mut client = service.client().await;
+    let job = client
+        .submit_authentication(submit_request(ENROLLED_USER, "keep-1"))
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    sim.set_fault(
+        Endpoint::JobStatus,
+        Fault {
+            status: Some(503),
+            ..Fault::default()
+        },
+    );
+    let final_result = callback("keep-1", &job.smile_job_id, "0820", true);
+    assert_eq!(post_all(&service.callback_url, vec![final_result]).await, [200]);
+    assert_eq!(get(&mut client, "keep-1").await.state(), pb::JobState::Submitted);
+
+    // The acknowledged callback survives a restart, and is confirmed once Smile ID answers.
+    service.running.shutdown().await;
+    reqwest::Client::new()
+        .delete(format!("{}/_control/faults", sim.url()))
+        .send()
+        .await
+        .expect("clear");
+    let restarted = start_service(config_with(&sim, &database_url, &flags)).await;
+    let client = restarted.client().await;
+    until_state(&client, "keep-1", pb::JobState::Completed)
+        .await
+        .expect("confirmed by the reconciler without a new callback");
+    restarted.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_given_up_on_is_completed_by_a_later_genuine_result() {
+    let sim = start_simulator(|_| {}).await;
+    sim.set_callback_mode(CallbackMode::Drop);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &["--reconcile-give-up", "1s"])).await;
+    let client = service.client().await;
+    sim.set_fault(
+        Endpoint::JobStatus,
+        Fault {
+            status: Some(503),
+            ..Fault::default()
+        },
+    );
+    client
+        .clone()
+        .submit_authentication(submit_request(ENROLLED_USER, "late-1"))
+        .await
+        .expect("submit");
+    let failed = until_state(&client, "late-1", pb::JobState::Failed)
+        .await
+        .expect("given up");
+    assert_eq!(rpc_status_reason(&failed.error.expect("why")), "RESULT_NOT_RECEIVED");
+
+    reqwest::Client::new()
+        .delete(format!("{}/_control/faults", sim.url()))
+        .send()
+        .await
+        .expect("clear");
+    sim.set_callback_mode(CallbackMode::Deliver);
+    let replayed = reqwest::Client::new()
+        .post(format!("{}/_control/jobs/late-1/replay", sim.url()))
+        .send()
+        .await
+        .expect("replay");
+    assert!(replayed.status().is_success());
+    let completed = until_state(&client, "late-1", pb::JobState::Completed)
+        .await
+        .expect("completed by Smile ID's result");
+    assert!(completed.error.is_none());
+    service.running.shutdown().await;
+}
