@@ -124,6 +124,9 @@ pub struct ServeArgs {
     /// How long the service retries a submission Smile ID could not take (unreachable, 5xx, timeouts).
     #[arg(long, env = "SELFIE_AUTH_SUBMIT_RETRY_BUDGET", default_value_t = Span(service_defaults().submit_retry_budget))]
     pub submit_retry_budget: Span,
+    /// How long a replica sending a job holds it (renewed while it sends); a replica that dies hands its jobs over after this.
+    #[arg(long, env = "SELFIE_AUTH_SUBMIT_LEASE", default_value_t = Span(service_defaults().submit_lease))]
+    pub submit_lease: Span,
     /// A job Smile ID never received, that nobody resubmits, is FAILED (SUBMISSION_ABANDONED) after this long.
     #[arg(long, env = "SELFIE_AUTH_ABANDON_AFTER", default_value_t = Span(ReconcilePolicy::default().abandon_after))]
     pub abandon_after: Span,
@@ -351,6 +354,7 @@ impl Config {
             }
         }
         for (id, span) in [
+            ("submit_lease", args.submit_lease),
             ("request_timeout", args.request_timeout),
             ("header_timeout", args.header_timeout),
             ("idle_timeout", args.idle_timeout),
@@ -380,6 +384,7 @@ impl Config {
                 ..ReconcilePolicy::default()
             },
             submit_retry_budget: args.submit_retry_budget.0,
+            submit_lease: args.submit_lease.0,
             submission_memory_bytes: args.submission_memory_bytes,
             image_limits,
             sandbox_params_allowed: environment != Environment::Production,

@@ -310,3 +310,115 @@ async fn stream_positions_are_checked_and_heartbeats_carry_one() {
         Some("pos-2")
     );
 }
+
+/// A PNG of `side` x `side` black RGB pixels: tiny on the wire, `side² × 3` bytes decoded.
+fn png_bomb(side: u32) -> Vec<u8> {
+    use std::io::Write as _;
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&u32::try_from(data.len()).expect("small").to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+    }
+    let mut header = Vec::new();
+    header.extend_from_slice(&side.to_be_bytes());
+    header.extend_from_slice(&side.to_be_bytes());
+    header.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let row = vec![0u8; 1 + side as usize * 3];
+    let mut deflate = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    for _ in 0..side {
+        deflate.write_all(&row).expect("deflate");
+    }
+    let data = deflate.finish().expect("finish");
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &header);
+    chunk(&mut png, b"IDAT", &data);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+/// Decode memory of the serve process below (the chart's default).
+const DECODE_BUDGET: &str = "134217728";
+/// What the process may reach with bombs arriving at once: the decode budget,
+/// the bombs themselves, and the process around them.
+const BOMB_MEMORY_BOUND: u64 = 256 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_bombs_stay_within_the_decode_budget() {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = sqlite_url(&dir);
+    let served = ServeProcess::start(
+        env!("CARGO_BIN_EXE_selfie-auth"),
+        &sim.v1_url(),
+        &[
+            ("DATABASE_URL", &database_url),
+            ("SELFIE_AUTH_DECODE_MEMORY_BYTES", DECODE_BUDGET),
+        ],
+    )
+    .await;
+    // 4096 x 4096, the largest allowed: 48 MiB of pixels and 64 MiB to convert, from 0.5 MB.
+    let bomb = bytes::Bytes::from(png_bomb(4096));
+    let client = served.client().await;
+    let bombs: Vec<_> = (0..4)
+        .map(|index| {
+            let mut client = client.clone();
+            let mut request = submit_request(ENROLLED_USER, &format!("bomb-{index}"));
+            request.selfie_image = bomb.clone();
+            tokio::spawn(async move { client.submit_authentication(request).await })
+        })
+        .collect();
+    for bomb in bombs {
+        match bomb.await.expect("join") {
+            Ok(_) => {}
+            // Waiting for its share of decode memory too long is a retryable refusal.
+            Err(status) => assert_eq!(
+                (status.code(), reason(&status).as_str()),
+                (Code::Unavailable, "OVERLOADED")
+            ),
+        }
+    }
+    let peak = served.peak_memory_bytes().expect("VmHWM");
+    assert!(
+        peak < BOMB_MEMORY_BOUND,
+        "peak resident memory {} MiB with 4 bombs at once",
+        peak / (1024 * 1024)
+    );
+
+    // Bombs whose headers alone give them away are refused before any allocation.
+    let mut client = client.clone();
+    let mut pixel_flood = submit_request(ENROLLED_USER, "bomb-flood");
+    pixel_flood.selfie_image = png_bomb_header(20_000).into();
+    let mut huge_jpeg = submit_request(ENROLLED_USER, "bomb-jpeg");
+    huge_jpeg.selfie_image = jpeg_header(65_000).into();
+    for request in [pixel_flood, huge_jpeg] {
+        let error = client.submit_authentication(request).await.expect_err("refused");
+        assert_eq!(
+            (error.code(), reason(&error)),
+            (Code::InvalidArgument, "INVALID_IMAGE".into())
+        );
+    }
+    served.kill().await;
+}
+
+/// A PNG whose header claims `side` x `side` pixels, with almost no data behind it.
+fn png_bomb_header(side: u32) -> Vec<u8> {
+    let mut png = png_bomb(16);
+    png[16..20].copy_from_slice(&side.to_be_bytes());
+    png[20..24].copy_from_slice(&side.to_be_bytes());
+    // The header's CRC no longer matches; a decoder must refuse it either way.
+    png
+}
+
+/// A JPEG that declares `side` x `side` pixels in its frame header, and ends.
+fn jpeg_header(side: u16) -> Vec<u8> {
+    let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08];
+    jpeg.extend_from_slice(&side.to_be_bytes());
+    jpeg.extend_from_slice(&side.to_be_bytes());
+    jpeg.extend_from_slice(&[0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01]);
+    jpeg.extend_from_slice(&[0xFF, 0xD9]);
+    jpeg
+}

@@ -50,7 +50,7 @@ impl Default for ServiceConfig {
             heartbeat_interval: Duration::from_secs(15),
             reconcile: ReconcilePolicy::default(),
             image_limits: ImageLimits::default(),
-            submit_lease: Duration::from_secs(20),
+            submit_lease: Duration::from_secs(15),
             submit_retry_budget: Duration::from_secs(120),
             submission_memory_bytes: 256 * 1024 * 1024,
             default_wait: Duration::from_secs(60),

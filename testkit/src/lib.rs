@@ -4,6 +4,7 @@
 
 pub mod images;
 pub mod postgres;
+pub mod process;
 pub mod raw;
 pub mod service;
 pub mod simulator;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 pub use images::*;
 pub use postgres::*;
+pub use process::*;
 pub use raw::*;
 pub use service::*;
 pub use simulator::*;
