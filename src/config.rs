@@ -514,6 +514,18 @@ mod tests {
         }
         let error = error_of(&with(&["--drain-timeout", "10"]));
         assert!(error.contains("--drain-timeout"), "{error}");
+        let unconfirmed_production = error_of(&[
+            "--partner-id",
+            "085",
+            "--smileid-environment",
+            "production",
+            "--confirm-callbacks",
+            "false",
+        ]);
+        assert!(
+            unconfirmed_production.starts_with("--confirm-callbacks"),
+            "{unconfirmed_production}"
+        );
     }
 
     #[test]
