@@ -114,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         Some(ApiKey::new(KEY)),
     )?;
     let service = selfie_auth::server::start_on(config, grpc, http).await?;
+    service.ready().await;
     let client = SelfieAuthClient::connect(format!("http://{}", service.grpc_addr)).await?;
     let image = bytes::Bytes::from(selfie());
     println!(

@@ -146,6 +146,9 @@ pub struct ServeArgs {
     /// SelfieAuth calls in flight before load shedding (UNAVAILABLE, reason OVERLOADED).
     #[arg(long, env = "SELFIE_AUTH_CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
+    /// After SIGTERM, how long to keep serving while not ready, so load balancers and meshes withdraw this replica first.
+    #[arg(long, env = "SELFIE_AUTH_SHUTDOWN_DELAY", default_value = "5s")]
+    pub shutdown_delay: Span,
     /// Longest wait for in-flight calls at shutdown.
     #[arg(long, env = "SELFIE_AUTH_DRAIN_TIMEOUT", default_value = "10s")]
     pub drain_timeout: Span,
@@ -223,6 +226,8 @@ pub struct Config {
     /// SelfieAuth calls in flight; more are shed with UNAVAILABLE (`OVERLOADED`).
     pub concurrency_limit: usize,
     pub http2_keepalive_interval: Duration,
+    /// How long to serve on, not ready, after a shutdown signal.
+    pub shutdown_delay: Duration,
     /// Longest wait for in-flight calls at shutdown.
     pub drain_timeout: Duration,
     pub grpc_limits: GrpcLimits,
@@ -407,6 +412,7 @@ impl Config {
             max_message_bytes: args.max_message_bytes,
             concurrency_limit: args.concurrency_limit,
             http2_keepalive_interval: Duration::from_secs(30),
+            shutdown_delay: args.shutdown_delay.0,
             drain_timeout: args.drain_timeout.0,
             grpc_limits: GrpcLimits {
                 max_connections: args.grpc_max_connections,

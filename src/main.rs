@@ -40,6 +40,7 @@ enum Command {
         mut_arg("http_addr", |arg| arg.default_value("127.0.0.1:8080")),
         mut_arg("reconcile_after", |arg| arg.default_value("10s")),
         mut_arg("reconcile_max_interval", |arg| arg.default_value("1m")),
+        mut_arg("shutdown_delay", |arg| arg.default_value("0s")),
         mut_arg("partner_id", |arg| arg.hide(true)),
         mut_arg("api_key_file", |arg| arg.hide(true)),
         mut_arg("environment", |arg| arg.hide(true)),

@@ -12,7 +12,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use tracing::{info, warn};
 
-use crate::jobs::{CallbackOutcome, JobService};
+use crate::jobs::{CallbackOutcome, JobServiceHandle};
+use crate::metrics::Metrics;
 use crate::smileid::{CallbackError, Credentials, verify_callback};
 
 /// Smile ID documents callbacks up to 1.5 MB.
@@ -30,15 +31,22 @@ pub struct CallbackSettings {
 
 #[derive(Clone)]
 struct Endpoint {
-    service: Arc<JobService>,
+    service: JobServiceHandle,
+    metrics: Arc<Metrics>,
     settings: Arc<CallbackSettings>,
     ready: Arc<AtomicBool>,
 }
 
-pub fn router(service: Arc<JobService>, settings: CallbackSettings, ready: Arc<AtomicBool>) -> Router {
+pub fn router(
+    service: JobServiceHandle,
+    metrics: Arc<Metrics>,
+    settings: CallbackSettings,
+    ready: Arc<AtomicBool>,
+) -> Router {
     let path = settings.path.clone();
     let endpoint = Endpoint {
         service,
+        metrics,
         settings: Arc::new(settings),
         ready,
     };
@@ -46,7 +54,7 @@ pub fn router(service: Arc<JobService>, settings: CallbackSettings, ready: Arc<A
         .route(&path, post(receive).layer(DefaultBodyLimit::disable()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(render_metrics))
         .with_state(endpoint)
 }
 
@@ -58,13 +66,13 @@ async fn readyz(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) 
     }
 }
 
-async fn metrics(State(endpoint): State<Endpoint>) -> String {
-    endpoint.service.metrics.render()
+async fn render_metrics(State(endpoint): State<Endpoint>) -> String {
+    endpoint.metrics.render()
 }
 
 #[tracing::instrument(name = "smileid.callback", skip_all, fields(otel.kind = "server", body_bytes = tracing::field::Empty))]
 async fn receive(State(endpoint): State<Endpoint>, body: Body) -> (StatusCode, &'static str) {
-    let metrics = &endpoint.service.metrics;
+    let metrics = &endpoint.metrics;
     metrics.callbacks_received.inc();
     let settings = &endpoint.settings;
     let body = match tokio::time::timeout(settings.body_timeout, axum::body::to_bytes(body, MAX_CALLBACK_BYTES)).await {
@@ -95,7 +103,11 @@ async fn receive(State(endpoint): State<Endpoint>, body: Body) -> (StatusCode, &
     };
     let job_id = verified.result.job_id().unwrap_or_default().to_owned();
     let code = verified.result.result_code.clone();
-    match endpoint.service.handle_callback(verified).await {
+    let handled = match endpoint.service.get() {
+        Ok(service) => service.handle_callback(verified).await,
+        Err(error) => Err(error),
+    };
+    match handled {
         Ok(outcome) => {
             info!(job_id = %job_id, result_code = %code, outcome = ?outcome, "callback handled");
             match outcome {

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::jobs::validate::id_problem;
-use crate::jobs::{JobError, JobService, LogStart, SubmitRequest, WatchItem};
+use crate::jobs::{JobError, JobService, JobServiceHandle, LogStart, SubmitRequest, WatchItem};
 use crate::smileid::StatusOptions;
 use convert::Include;
 use status::to_status;
@@ -51,12 +51,16 @@ pub use pb::selfie_auth_server::SelfieAuthServer;
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 pub struct SelfieAuthApi {
-    service: Arc<JobService>,
+    service: JobServiceHandle,
 }
 
 impl SelfieAuthApi {
-    pub fn new(service: Arc<JobService>) -> Self {
+    pub fn new(service: JobServiceHandle) -> Self {
         Self { service }
+    }
+
+    fn service(&self) -> Result<Arc<JobService>, Status> {
+        self.service.get().map_err(|error| to_status(&error))
     }
 }
 
@@ -91,9 +95,10 @@ impl SelfieAuth for SelfieAuthApi {
         &self,
         request: Request<pb::SubmitAuthenticationRequest>,
     ) -> Result<Response<pb::SubmitAuthenticationResponse>, Status> {
+        let service = self.service()?;
         let wait = deadline(&request)
             .map(|budget| budget.saturating_sub(DEADLINE_MARGIN))
-            .unwrap_or(self.service.config().default_wait);
+            .unwrap_or(service.config().default_wait);
         let request = request.into_inner();
         let deadline = tokio::time::Instant::now() + wait;
         let submit = SubmitRequest {
@@ -103,8 +108,7 @@ impl SelfieAuth for SelfieAuthApi {
             liveness: request.liveness_images,
             partner_params: request.partner_params.into_iter().collect(),
         };
-        let output = self
-            .service
+        let output = service
             .submit(submit, deadline, request.wait_for_result)
             .await
             .map_err(|error| to_status(&error))?;
@@ -117,7 +121,7 @@ impl SelfieAuth for SelfieAuthApi {
                 image_links: request.include_image_links,
             };
             // Best effort: the job itself is the answer; links are extra.
-            self.service.refresh(&output.job.job_id, options).await.ok()
+            service.refresh(&output.job.job_id, options).await.ok()
         } else {
             None
         };
@@ -134,6 +138,7 @@ impl SelfieAuth for SelfieAuthApi {
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let request = request.into_inner();
         check_job_id(&request.job_id)?;
+        let service = self.service()?;
         let include = Include {
             history: request.include_history,
         };
@@ -142,14 +147,13 @@ impl SelfieAuth for SelfieAuthApi {
                 history: request.include_history,
                 image_links: request.include_image_links,
             };
-            let (job, fetched) = self
-                .service
+            let (job, fetched) = service
                 .refresh(&request.job_id, options)
                 .await
                 .map_err(|e| to_status(&e))?;
             convert::job(&job, include, Some(&fetched))
         } else {
-            let job = self.service.get(&request.job_id).await.map_err(|e| to_status(&e))?;
+            let job = service.get(&request.job_id).await.map_err(|e| to_status(&e))?;
             convert::job(&job, include, None)
         };
         Ok(Response::new(job))
@@ -161,7 +165,7 @@ impl SelfieAuth for SelfieAuthApi {
         let request = request.into_inner();
         check_job_id(&request.job_id)?;
         let items = self
-            .service
+            .service()?
             .watch_job(&request.job_id, request.after_sequence)
             .await
             .map_err(|e| to_status(&e))?;
@@ -192,7 +196,7 @@ impl SelfieAuth for SelfieAuthApi {
             LogStart::Now
         };
         let items = self
-            .service
+            .service()?
             .watch_log(user_id, start)
             .await
             .map_err(|e| to_status(&e))?;

@@ -23,7 +23,7 @@ pub use ports::{EventFanout, JobStore, SharedStore, SmileId, StoreError};
 pub use reason::ErrorReason;
 pub use reconciler::ReconcilePolicy;
 pub use results::{CallbackOutcome, Fetched};
-pub use service::{JobService, Ports, ServiceConfig};
+pub use service::{JobService, JobServiceHandle, JobServiceSlot, Ports, ServiceConfig};
 pub use submission::SubmitOutput;
 pub use validate::{ImageLimits, SubmitRequest};
 pub use watch::{LogStart, WatchItem, WatchStream};

@@ -295,11 +295,11 @@ impl Job {
     pub fn await_confirmation(&mut self, result: ResultEntry, now: DateTime<Utc>) -> Option<EventKind> {
         /// Enough for a provisional and a final result, with room for a replay.
         const KEPT: usize = 4;
-        if !self.takes_results() || self.has_result(&result) {
+        let waiting = |kept: &ResultEntry| kept.result_code == result.result_code && kept.is_final == result.is_final;
+        // Already known or already waiting: a replay changes nothing and costs no poll.
+        if !self.takes_results() || self.has_result(&result) || self.unconfirmed.iter().any(waiting) {
             return None;
         }
-        self.unconfirmed
-            .retain(|kept| kept.result_code != result.result_code || kept.is_final != result.is_final);
         self.unconfirmed.push(result);
         let excess = self.unconfirmed.len().saturating_sub(KEPT);
         self.unconfirmed.drain(..excess);

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{JobError, UnavailableReason};
 use super::memory::MemoryBudget;
 use super::model::{EventKind, EventNotice, Job, JobEvent};
-use super::ports::{EventFanout, Saved, SharedStore, SmileId};
+use super::ports::{EventFanout, Saved, SharedStore, SmileId, StoreError};
 use super::reconciler::ReconcilePolicy;
 use super::results::Confirmations;
 use super::submission::Sending;
@@ -56,6 +57,41 @@ impl Default for ServiceConfig {
             default_wait: Duration::from_secs(60),
             sandbox_params_allowed: true,
         }
+    }
+}
+
+/// The job service as the transports hold it: empty until the store is open
+/// (the process serves health before its database answers), so a call or a
+/// callback that comes too early is told the database is unavailable.
+#[derive(Clone)]
+pub struct JobServiceHandle(watch::Receiver<Option<Arc<JobService>>>);
+
+/// Fills a [`JobServiceHandle`] once the service exists.
+pub struct JobServiceSlot(watch::Sender<Option<Arc<JobService>>>);
+
+impl JobServiceHandle {
+    pub fn empty() -> (Self, JobServiceSlot) {
+        let (sender, receiver) = watch::channel(None);
+        (Self(receiver), JobServiceSlot(sender))
+    }
+
+    /// A handle already holding `service`.
+    pub fn ready(service: Arc<JobService>) -> Self {
+        Self(watch::channel(Some(service)).1)
+    }
+
+    pub fn get(&self) -> Result<Arc<JobService>, JobError> {
+        self.0.borrow().clone().ok_or_else(|| {
+            JobError::Store(StoreError::Unavailable(
+                "the service is starting and its job database is not open yet".into(),
+            ))
+        })
+    }
+}
+
+impl JobServiceSlot {
+    pub fn fill(&self, service: Arc<JobService>) {
+        self.0.send_replace(Some(service));
     }
 }
 

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,10 +11,9 @@ use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+mod health;
 mod http;
 mod smile_adapter;
 
@@ -29,45 +27,54 @@ use crate::grpc::request_limits::RequestLimitsLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::SharedStore;
 use crate::jobs::memory::MemoryBudget;
-use crate::jobs::{JobService, Ports};
+use crate::jobs::{JobService, JobServiceHandle, JobServiceSlot, Ports};
 use crate::metrics::Metrics;
 use crate::net::{self, ConnectionLimits, Silence};
 use crate::smileid::SmileIdClient;
 use crate::store;
+use health::Readiness;
 use smile_adapter::SmileIdAdapter;
 
 pub const SERVICE_NAME: &str = <SelfieAuthServer<SelfieAuthApi> as tonic::server::NamedService>::NAME;
 
-/// A service that is serving.
+/// A service that is listening, and serving once its job store is open.
 pub struct RunningService {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     shutdown: CancellationToken,
     readiness: Readiness,
-    grpc_task: JoinHandle<()>,
-    http_task: JoinHandle<()>,
-    reconciler_task: JoinHandle<()>,
-    /// Readiness checks and the event listener: stopped, not drained.
-    background: Vec<JoinHandle<()>>,
+    /// The gRPC and HTTP servers, and the task that opens the store and then reconciles.
+    tasks: Vec<JoinHandle<()>>,
+    shutdown_delay: Duration,
     drain_timeout: Duration,
 }
 
 impl RunningService {
-    /// Graceful shutdown: NOT_SERVING, streams end with UNAVAILABLE, in-flight
-    /// calls drain for at most the drain timeout.
+    /// Waits until the store is open and the service reports SERVING.
+    pub async fn ready(&self) {
+        self.readiness.serving().await;
+    }
+
+    /// Rollout-safe shutdown: NOT_SERVING at once, then serving on for the
+    /// shutdown delay while load balancers and meshes withdraw this replica,
+    /// then health watches and streams end (UNAVAILABLE / SHUTTING_DOWN), no
+    /// new connections are taken, and calls and callbacks in flight drain for
+    /// at most the drain timeout.
     pub async fn shutdown(self) {
-        info!("shutting down");
-        self.readiness.set(false).await;
+        self.readiness.stop();
+        info!(delay = ?self.shutdown_delay, "shutting down: not ready, serving until this replica is withdrawn");
+        tokio::time::sleep(self.shutdown_delay).await;
+        info!(timeout = ?self.drain_timeout, "draining");
+        self.readiness.close_watches();
         self.shutdown.cancel();
-        self.background.iter().for_each(JoinHandle::abort);
-        let tasks = [self.grpc_task, self.http_task, self.reconciler_task];
-        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
-        let drain = futures::future::join_all(tasks);
+        let aborts: Vec<_> = self.tasks.iter().map(JoinHandle::abort_handle).collect();
+        let drain = futures::future::join_all(self.tasks);
         if tokio::time::timeout(self.drain_timeout, drain).await.is_err() {
             // Calls that outlive the drain (a client ignoring GOAWAY) must not block exit.
             warn!(timeout = ?self.drain_timeout, "drain timed out; closing remaining connections");
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
+        info!("stopped");
     }
 }
 
@@ -83,27 +90,6 @@ pub struct GrpcLimits {
     pub request_timeout: Duration,
     /// Bytes of requests arriving at once, by their declared sizes.
     pub request_memory_bytes: usize,
-}
-
-/// What orchestrators see, kept in step: gRPC health (overall and
-/// `selfieauth.v1.SelfieAuth`) and the HTTP `/readyz` flag.
-#[derive(Clone)]
-struct Readiness {
-    health: HealthReporter,
-    ready: Arc<AtomicBool>,
-}
-
-impl Readiness {
-    async fn set(&self, serving: bool) {
-        self.ready.store(serving, Ordering::Relaxed);
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.health.set_service_status("", status).await;
-        self.health.set_service_status(SERVICE_NAME, status).await;
-    }
 }
 
 /// The contract, google.rpc and health descriptors as one set, so reflection
@@ -146,6 +132,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningService> {
 }
 
 /// Like [`start`], on listeners the caller bound (so it knows the ports first).
+///
+/// Serves health (NOT_SERVING) and `/readyz` (503) at once; the job store is
+/// opened in the background, retried with backoff while the database does not
+/// answer, and only then does the service turn SERVING. Only configuration
+/// errors fail the start.
 pub async fn start_on(
     config: Config,
     grpc_listener: TcpListener,
@@ -158,36 +149,13 @@ pub async fn start_on(
              signed callback can forge results for five minutes. Use this only against a simulator or the sandbox"
         );
     }
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let readiness = Readiness {
-        health,
-        ready: Arc::new(AtomicBool::new(false)),
-    };
-    // The reporter starts with "" SERVING; nothing is ready yet.
-    readiness.set(false).await;
-
-    let opened = store::open(&config.database_url, config.database_limits)
-        .await
-        .with_context(|| format!("opening the job store ({})", config.sources.name("database_url")))?;
+    store::check_url(&config.database_url)
+        .with_context(|| format!("the job store ({})", config.sources.name("database_url")))?;
     let smile = SmileIdClient::new(config.smile.clone()).context("building the Smile ID client")?;
+    let readiness = Readiness::new();
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
-    let bus = EventBus::default();
-    let listener_task = opened
-        .postgres
-        .map(|pool| crate::events::postgres::spawn_listener(pool, store::EVENT_CHANNEL, bus.clone(), shutdown.clone()));
-    let store = opened.store;
-    let service = JobService::new(
-        Ports {
-            store: store.clone(),
-            fanout: Arc::new(bus),
-            smile: Arc::new(SmileIdAdapter::new(smile)),
-        },
-        config.service.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    );
-
+    let (service, slot) = JobServiceHandle::empty();
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
@@ -197,7 +165,7 @@ pub async fn start_on(
         window: config.callback_window,
         body_timeout: config.http_limits.body_timeout,
     };
-    let http_router = callbacks::router(service.clone(), callback_settings, readiness.ready.clone());
+    let http_router = callbacks::router(service.clone(), metrics.clone(), callback_settings, readiness.flag());
     let http_task = tokio::spawn(http::serve(
         http_listener,
         http_router,
@@ -216,7 +184,7 @@ pub async fn start_on(
         .context("building reflection v1alpha")?;
     // The per-method limits are enforced by RequestLimitsLayer, with precise errors,
     // as soon as a frame header declares too much; tonic's own limit is a backstop.
-    let api = SelfieAuthServer::new(SelfieAuthApi::new(service.clone()))
+    let api = SelfieAuthServer::new(SelfieAuthApi::new(service))
         .max_decoding_message_size(config.max_message_bytes + 1024)
         .max_encoding_message_size(config.max_message_bytes);
     let router = tonic::transport::Server::builder()
@@ -224,13 +192,13 @@ pub async fn start_on(
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(config.grpc_limits.max_concurrent_streams)
-        .layer(LoadShedLayer::new(config.concurrency_limit, metrics))
+        .layer(LoadShedLayer::new(config.concurrency_limit, metrics.clone()))
         .layer(RequestLimitsLayer::new(
             config.max_message_bytes,
             config.grpc_limits.request_timeout,
             MemoryBudget::new(config.grpc_limits.request_memory_bytes),
         ))
-        .add_service(health_service)
+        .add_service(readiness.service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api);
@@ -251,27 +219,88 @@ pub async fn start_on(
             warn!(%error, "grpc server stopped with an error");
         }
     });
-    let reconciler_task = tokio::spawn(service.clone().run_reconciler());
+    info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth listening; opening the job store");
 
-    readiness.set(true).await;
-    let readiness_task = tokio::spawn(follow_database(
-        store,
+    let shutdown_delay = config.shutdown_delay;
+    let drain_timeout = config.drain_timeout;
+    let work = tokio::spawn(open_then_work(
+        config,
+        Arc::new(SmileIdAdapter::new(smile)),
+        metrics,
+        slot,
         readiness.clone(),
-        config.readiness_interval,
         shutdown.clone(),
+        (grpc_addr, http_addr),
     ));
-    info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");
     Ok(RunningService {
         grpc_addr,
         http_addr,
         shutdown,
         readiness,
-        grpc_task,
-        http_task,
-        reconciler_task,
-        background: [Some(readiness_task), listener_task].into_iter().flatten().collect(),
-        drain_timeout: config.drain_timeout,
+        tasks: vec![grpc_task, http_task, work],
+        shutdown_delay,
+        drain_timeout,
     })
+}
+
+/// Opens the store (patiently), makes the job service, turns SERVING, and then
+/// runs the reconciler until shutdown.
+async fn open_then_work(
+    config: Config,
+    smile: Arc<SmileIdAdapter>,
+    metrics: Arc<Metrics>,
+    slot: JobServiceSlot,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    (grpc_addr, http_addr): (SocketAddr, SocketAddr),
+) {
+    let Some(opened) = open_store_patiently(&config, &shutdown).await else {
+        return;
+    };
+    let bus = EventBus::default();
+    if let Some(pool) = opened.postgres {
+        crate::events::postgres::spawn_listener(pool, store::EVENT_CHANNEL, bus.clone(), shutdown.clone());
+    }
+    let store = opened.store;
+    let service = JobService::new(
+        Ports {
+            store: store.clone(),
+            fanout: Arc::new(bus),
+            smile,
+        },
+        config.service.clone(),
+        metrics,
+        shutdown.clone(),
+    );
+    slot.fill(service.clone());
+    readiness.set(true);
+    info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");
+    tokio::spawn(follow_database(store, readiness, config.readiness_interval, shutdown));
+    service.run_reconciler().await;
+}
+
+/// Opens the job store, retrying with backoff while the database does not
+/// answer (each failure logged with its cause); `None` on shutdown.
+async fn open_store_patiently(config: &Config, shutdown: &CancellationToken) -> Option<store::OpenedStore> {
+    const FIRST: Duration = Duration::from_millis(500);
+    const LONGEST: Duration = Duration::from_secs(30);
+    let mut backoff = FIRST;
+    loop {
+        match store::open(&config.database_url, config.database_limits).await {
+            Ok(opened) => return Some(opened),
+            Err(error) => warn!(
+                error = %error,
+                setting = %config.sources.name("database_url"),
+                retry_in = ?backoff,
+                "the job database is not available; not serving until it is"
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(LONGEST);
+    }
 }
 
 /// Keeps readiness in step with the database: NOT_SERVING after two failed
@@ -291,15 +320,22 @@ async fn follow_database(store: SharedStore, readiness: Readiness, interval: Dur
             Ok(Ok(())) => {
                 if failures >= 2 {
                     info!("database reachable again; serving");
-                    readiness.set(true).await;
+                    readiness.set(true);
                 }
                 failures = 0;
             }
-            _ => {
+            Ok(Err(error)) => {
                 failures += 1;
                 if failures == 2 {
-                    warn!("database unreachable; not serving");
-                    readiness.set(false).await;
+                    warn!(error = %error, "database unreachable; not serving");
+                    readiness.set(false);
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                if failures == 2 {
+                    warn!("database does not answer; not serving");
+                    readiness.set(false);
                 }
             }
         }

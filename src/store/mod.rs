@@ -42,6 +42,19 @@ pub struct OpenedStore {
     pub postgres: Option<sqlx::PgPool>,
 }
 
+/// Checks that `database_url` names a store this service has: a
+/// configuration error, as opposed to a database that does not answer yet.
+pub fn check_url(database_url: &str) -> Result<(), StoreError> {
+    let known = ["sqlite:", "postgres://", "postgresql://"];
+    if known.iter().any(|scheme| database_url.starts_with(scheme)) {
+        return Ok(());
+    }
+    Err(StoreError::Unavailable(format!(
+        "DATABASE_URL must start with sqlite: or postgres:// (got scheme {:?})",
+        database_url.split(':').next().unwrap_or_default()
+    )))
+}
+
 /// Opens the store a `DATABASE_URL` names: `sqlite:` (a file, created if missing)
 /// or `postgres:` / `postgresql:` (shared by several replicas).
 pub async fn open(database_url: &str, limits: PgLimits) -> Result<OpenedStore, StoreError> {

@@ -7,7 +7,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 
 use super::sql::impl_job_store;
 use crate::jobs::model::{EventNotice, JobEvent};
@@ -48,6 +49,13 @@ impl PgStore {
             .map_err(|error| StoreError::Unavailable(format!("invalid postgres DATABASE_URL: {error}")))?
             .options([("statement_timeout", statement_timeout.as_str())])
             .application_name("selfie-auth");
+        // One connection first: a pool that cannot connect only says it timed out,
+        // where this says why (refused, unknown role, wrong password, ...).
+        let probe = tokio::time::timeout(limits.acquire_timeout, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| StoreError::Unavailable("connecting to PostgreSQL timed out".into()))?
+            .map_err(|error| StoreError::Unavailable(format!("connecting to PostgreSQL: {error}")))?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(limits.max_connections)
             .acquire_timeout(limits.acquire_timeout)

@@ -1,6 +1,7 @@
 //! `selfie-auth serve` as a separate process: started, signalled, killed.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::simulator::{API_KEY, PARTNER_ID};
@@ -16,12 +17,29 @@ pub struct ServeProcess {
     pub process: tokio::process::Child,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Every log line so far.
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServeProcess {
     /// Starts `binary serve` against the simulator at `base_url`, with `env`
-    /// on top of the Smile ID settings, and waits for its "serving" log line.
+    /// on top of the Smile ID settings, and waits until it serves.
     pub async fn start(binary: &str, base_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(binary, base_url, env, "selfie-auth serving").await
+    }
+
+    /// Like [`ServeProcess::start`], but returns once it listens, ready or not.
+    pub async fn start_listening(binary: &str, base_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(binary, base_url, env, "selfie-auth listening; opening the job store").await
+    }
+
+    /// The log lines so far that contain `needle`.
+    pub fn logs_containing(&self, needle: &str) -> Vec<String> {
+        let logs = self.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        logs.iter().filter(|line| line.contains(needle)).cloned().collect()
+    }
+
+    async fn spawn(binary: &str, base_url: &str, env: &[(&str, &str)], announcement: &str) -> Self {
         let mut process = tokio::process::Command::new(binary)
             .arg("serve")
             .env("SMILEID_PARTNER_ID", PARTNER_ID)
@@ -29,6 +47,7 @@ impl ServeProcess {
             .env("SMILEID_BASE_URL", base_url)
             .env("SELFIE_AUTH_GRPC_ADDR", "127.0.0.1:0")
             .env("SELFIE_AUTH_HTTP_ADDR", "127.0.0.1:0")
+            .env("SELFIE_AUTH_SHUTDOWN_DELAY", "0s")
             .envs(env.iter().copied())
             .env("SELFIE_AUTH_LOG_FORMAT", "json")
             .stderr(std::process::Stdio::piped())
@@ -37,12 +56,17 @@ impl ServeProcess {
             .expect("start selfie-auth serve");
         let stderr = process.stderr.take().expect("stderr");
         let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let kept = logs.clone();
         let addrs = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await.expect("read stderr") {
+                kept.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line.clone());
                 let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
-                if entry["fields"]["message"] == "selfie-auth serving" {
+                if entry["fields"]["message"] == announcement {
                     let addr = |key: &str| entry["fields"][key].as_str().and_then(|text| text.parse().ok());
                     return addr("grpc").zip(addr("http"));
                 }
@@ -52,12 +76,20 @@ impl ServeProcess {
         .await
         .expect("the service announces itself")
         .expect("its addresses");
-        // Keep reading so the service never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep reading (and keeping) so the service never blocks on a full pipe.
+        let kept = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line);
+            }
+        });
         Self {
             process,
             grpc_addr: addrs.0,
             http_addr: addrs.1,
+            logs,
         }
     }
 

@@ -53,6 +53,8 @@ pub fn config_with(sim: &RunningSimulator, database_url: &str, flags: &[&str]) -
         "64",
         "--drain-timeout",
         "2s",
+        "--shutdown-delay",
+        "0s",
     ];
     args.extend_from_slice(flags);
     let mut config = Config::parse_from(args, Some(ApiKey::new(API_KEY))).expect("a valid test configuration");
@@ -81,6 +83,9 @@ pub async fn start_service(config: Config) -> TestService {
     let running = selfie_auth::server::start_on(config, grpc, http)
         .await
         .expect("service starts");
+    tokio::time::timeout(Duration::from_secs(30), running.ready())
+        .await
+        .expect("the service turns ready");
     TestService {
         running,
         callback_url,
