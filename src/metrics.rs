@@ -1,112 +1,352 @@
-//! Process counters, exposed in the Prometheus text format on the HTTP port.
+//! Metrics an operator can alert on, in the OpenMetrics text format on the HTTP
+//! port's `/metrics` (Prometheus scrapes it natively).
+//!
+//! gRPC calls follow the OpenTelemetry RPC conventions (`rpc_server_duration_seconds`
+//! by method and status code); everything else is prefixed `selfie_auth_`, with
+//! units in the names. Labels only ever take values from fixed sets (methods,
+//! codes, outcomes), never ids, so series stay few.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-#[derive(Default)]
-pub struct Counter(AtomicU64);
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc_method: &'static str,
+    pub rpc_grpc_status_code: i32,
 }
 
-/// A value that goes up and down.
-#[derive(Default)]
-pub struct Gauge(AtomicU64);
-
-impl Gauge {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub rpc_method: &'static str,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SmileIdLabels {
+    pub endpoint: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub state: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from half a millisecond to half a minute.
+fn latency() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+/// Connections of the job store's pool: `(open, idle)`.
+pub type PoolStatus = Box<dyn Fn() -> (u32, u32) + Send + Sync>;
+
 pub struct Metrics {
+    registry: Registry,
+    pub rpc_duration: Histograms<RpcLabels>,
     pub calls_in_flight: Gauge,
     pub calls_shed: Counter,
+    pub streams_open: Family<MethodLabel, Gauge>,
     pub jobs_created: Counter,
-    pub submissions_accepted: Counter,
-    pub submissions_refused: Counter,
+    pub submissions: Family<OutcomeLabel, Counter>,
     pub events_written: Counter,
-    pub callbacks_received: Counter,
-    pub callbacks_rejected: Counter,
-    pub callbacks_unknown_job: Counter,
+    pub callbacks: Family<OutcomeLabel, Counter>,
+    pub smileid_duration: Histograms<SmileIdLabels>,
+    pub db_duration: Histograms<OperationLabel>,
+    pub db_pool_connections: Family<PoolLabel, Gauge>,
     pub reconcile_polls: Counter,
+    pub reconciler_due_jobs: Gauge,
+    pub oldest_unfinished_job_age: Gauge<f64, AtomicU64>,
+    pool: OnceLock<PoolStatus>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut metrics = Self {
+            registry: Registry::default(),
+            rpc_duration: Family::new_with_constructor(latency),
+            calls_in_flight: Gauge::default(),
+            calls_shed: Counter::default(),
+            streams_open: Family::default(),
+            jobs_created: Counter::default(),
+            submissions: Family::default(),
+            events_written: Counter::default(),
+            callbacks: Family::default(),
+            smileid_duration: Family::new_with_constructor(latency),
+            db_duration: Family::new_with_constructor(latency),
+            db_pool_connections: Family::default(),
+            reconcile_polls: Counter::default(),
+            reconciler_due_jobs: Gauge::default(),
+            oldest_unfinished_job_age: Gauge::default(),
+            pool: OnceLock::new(),
+        };
+        metrics.register();
+        metrics
+    }
 }
 
 impl Metrics {
-    pub fn render(&self) -> String {
-        let counters = [
-            (
-                "selfie_auth_calls_shed_total",
-                "SelfieAuth calls shed at the concurrency limit",
-                &self.calls_shed,
-            ),
-            ("selfie_auth_jobs_created_total", "Jobs created", &self.jobs_created),
-            (
-                "selfie_auth_submissions_accepted_total",
-                "Submissions Smile ID accepted",
-                &self.submissions_accepted,
-            ),
-            (
-                "selfie_auth_submissions_refused_total",
-                "Submissions Smile ID refused",
-                &self.submissions_refused,
-            ),
-            (
-                "selfie_auth_events_written_total",
-                "Job events written",
-                &self.events_written,
-            ),
-            (
-                "selfie_auth_callbacks_received_total",
-                "Callbacks received",
-                &self.callbacks_received,
-            ),
-            (
-                "selfie_auth_callbacks_rejected_total",
-                "Callbacks refused (signature, window, body)",
-                &self.callbacks_rejected,
-            ),
-            (
-                "selfie_auth_callbacks_unknown_job_total",
-                "Callbacks for no known job",
-                &self.callbacks_unknown_job,
-            ),
-            (
-                "selfie_auth_reconcile_polls_total",
-                "job_status polls by the reconciler",
-                &self.reconcile_polls,
-            ),
-        ];
-        let mut text = String::new();
-        let name = "selfie_auth_calls_in_flight";
-        let in_flight = self.calls_in_flight.get();
-        let _ = writeln!(
-            text,
-            "# HELP {name} SelfieAuth calls being served\n# TYPE {name} gauge\n{name} {in_flight}"
+    fn register(&mut self) {
+        let registry = &mut self.registry;
+        registry.register_with_unit(
+            "rpc_server_duration",
+            "Duration of SelfieAuth gRPC calls (streams: until they end), by method and gRPC status code",
+            Unit::Seconds,
+            self.rpc_duration.clone(),
         );
-        for (name, help, counter) in counters {
-            let _ = writeln!(
-                text,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                counter.get()
-            );
+        let ours = registry.sub_registry_with_prefix("selfie_auth");
+        ours.register(
+            "calls_in_flight",
+            "SelfieAuth calls being served",
+            self.calls_in_flight.clone(),
+        );
+        ours.register(
+            "calls_shed",
+            "SelfieAuth calls shed at the concurrency limit",
+            self.calls_shed.clone(),
+        );
+        ours.register(
+            "streams_open",
+            "Open WatchJob and WatchJobs streams",
+            self.streams_open.clone(),
+        );
+        ours.register("jobs_created", "Jobs created", self.jobs_created.clone());
+        ours.register(
+            "submissions",
+            "Submissions to Smile ID by outcome (accepted, refused)",
+            self.submissions.clone(),
+        );
+        ours.register("events_written", "Job events written", self.events_written.clone());
+        ours.register(
+            "callbacks",
+            "Smile ID callbacks by outcome (applied, unchanged, deferred, unknown_job, refused_signature, \
+             refused_malformed, too_large, timeout, not_stored)",
+            self.callbacks.clone(),
+        );
+        ours.register_with_unit(
+            "smileid_request_duration",
+            "Duration of Smile ID operations (submit: prep upload, zip and upload; job_status) by outcome",
+            Unit::Seconds,
+            self.smileid_duration.clone(),
+        );
+        ours.register_with_unit(
+            "db_operation_duration",
+            "Duration of job-store operations",
+            Unit::Seconds,
+            self.db_duration.clone(),
+        );
+        ours.register(
+            "db_pool_connections",
+            "Connections of the job store's pool, by state (idle, used)",
+            self.db_pool_connections.clone(),
+        );
+        ours.register(
+            "reconcile_polls",
+            "job_status polls by the reconciler",
+            self.reconcile_polls.clone(),
+        );
+        ours.register(
+            "reconciler_due_jobs",
+            "Jobs due for a reconciler poll now (its backlog)",
+            self.reconciler_due_jobs.clone(),
+        );
+        ours.register_with_unit(
+            "oldest_unfinished_job_age",
+            "Age of the oldest job without a final state",
+            Unit::Seconds,
+            self.oldest_unfinished_job_age.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+    }
+
+    /// Reports the store's pool from now on.
+    pub fn watch_pool(&self, status: PoolStatus) {
+        let _ = self.pool.set(status);
+    }
+
+    pub fn observe_rpc(&self, method: &'static str, code: i32, elapsed: Duration) {
+        self.rpc_duration
+            .get_or_create(&RpcLabels {
+                rpc_method: method,
+                rpc_grpc_status_code: code,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn callback(&self, outcome: &'static str) {
+        self.callbacks.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn submission(&self, outcome: &'static str) {
+        self.submissions.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn observe_smileid(&self, endpoint: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.smileid_duration
+            .get_or_create(&SmileIdLabels { endpoint, outcome })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_db(&self, operation: &'static str, elapsed: Duration) {
+        self.db_duration
+            .get_or_create(&OperationLabel { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Every metric, in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        if let Some(pool) = self.pool.get() {
+            let (open, idle) = pool();
+            let gauge = |state| self.db_pool_connections.get_or_create(&PoolLabel { state }).clone();
+            gauge("idle").set(i64::from(idle));
+            gauge("used").set(i64::from(open.saturating_sub(idle)));
+        }
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
         }
         text
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// Clock ticks per second of `/proc/self/stat`'s CPU times (Linux's USER_HZ).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(process) = ProcessSample::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(process.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu",
+            "User and system CPU time spent",
+            Some(&Unit::Seconds),
+            cpu.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            (
+                "process_resident_memory",
+                "Resident memory size",
+                process.resident_bytes,
+            ),
+            ("process_virtual_memory", "Virtual memory size", process.virtual_bytes),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, Some(&Unit::Bytes), gauge.metric_type())?)?;
+        }
+        let fds = ConstGauge::new(process.open_fds);
+        fds.encode(encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, fds.metric_type())?)?;
+        let start = ConstGauge::new(process.start_time_seconds);
+        start.encode(encoder.encode_descriptor(
+            "process_start_time",
+            "Start time of the process since the Unix epoch",
+            Some(&Unit::Seconds),
+            start.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+struct ProcessSample {
+    cpu_seconds: f64,
+    resident_bytes: i64,
+    virtual_bytes: i64,
+    open_fds: i64,
+    start_time_seconds: f64,
+}
+
+impl ProcessSample {
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which may itself hold spaces and parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |index: usize| fields.get(index).and_then(|value| value.parse::<f64>().ok());
+        let (utime, stime, start_ticks) = (field(11)?, field(12)?, field(19)?);
+        let virtual_bytes = field(20)?;
+        let resident_pages = field(21)?;
+        let page_size = 4096.0;
+        let boot_time = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("btime "))
+            .and_then(|value| value.trim().parse::<f64>().ok())?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
+        Some(Self {
+            cpu_seconds: (utime + stime) / TICKS_PER_SECOND,
+            resident_bytes: (resident_pages * page_size) as i64,
+            virtual_bytes: virtual_bytes as i64,
+            open_fds: i64::try_from(open_fds).unwrap_or(i64::MAX),
+            start_time_seconds: boot_time + start_ticks / TICKS_PER_SECOND,
+        })
+    }
+}
+
+/// Shared between the transports and the job service.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_every_family_with_types_and_units() {
+        let metrics = Metrics::default();
+        metrics.observe_rpc("GetJob", 0, Duration::from_millis(3));
+        metrics.callback("applied");
+        metrics.submission("accepted");
+        metrics.observe_smileid("job_status", "ok", Duration::from_millis(20));
+        metrics.observe_db("get", Duration::from_micros(300));
+        metrics.watch_pool(Box::new(|| (4, 3)));
+        let text = metrics.render();
+        for expected in [
+            "# TYPE rpc_server_duration_seconds histogram",
+            "rpc_server_duration_seconds_bucket{le=\"0.005\",rpc_method=\"GetJob\",rpc_grpc_status_code=\"0\"} 1",
+            "selfie_auth_callbacks_total{outcome=\"applied\"} 1",
+            "selfie_auth_submissions_total{outcome=\"accepted\"} 1",
+            "# TYPE selfie_auth_smileid_request_duration_seconds histogram",
+            "# TYPE selfie_auth_db_operation_duration_seconds histogram",
+            "selfie_auth_db_pool_connections{state=\"used\"} 1",
+            "# TYPE selfie_auth_oldest_unfinished_job_age_seconds gauge",
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_cpu_seconds counter",
+            "# EOF",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
     }
 }

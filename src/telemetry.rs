@@ -120,23 +120,24 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// The server span of one gRPC call, a child of the caller's trace when the
-/// metadata carries W3C trace context. Only the method is recorded, never
-/// request fields.
-pub fn grpc_span(request: &http::Request<()>) -> tracing::Span {
-    let path = request.uri().path().trim_start_matches('/');
+/// The server span of one gRPC call at `path`, a child of the caller's trace
+/// when the metadata carries W3C trace context. Only the method is recorded,
+/// never request fields; the status code is recorded when the call ends.
+pub fn grpc_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let path = path.trim_start_matches('/');
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
     let span = tracing::info_span!(
         "grpc",
         otel.name = %path,
         otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         rpc.system = "grpc",
         rpc.service = %service,
         rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(request.headers()))
-    });
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(parent);
     span
 }

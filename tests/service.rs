@@ -853,11 +853,20 @@ async fn callback_endpoint_refuses_forged_stale_and_oversized_posts() {
         .await
         .expect("text");
     assert!(
-        metrics.contains("selfie_auth_callbacks_unknown_job_total 1"),
+        metrics.contains("selfie_auth_callbacks_total{outcome=\"unknown_job\"} 1"),
         "{metrics}"
     );
-    // Forged, stale and oversized: every refusal is counted.
-    assert!(metrics.contains("selfie_auth_callbacks_rejected_total 4"), "{metrics}");
+    // Forged, stale, oversized and malformed: every refusal is counted by its reason.
+    for refused in [
+        "{outcome=\"refused_signature\"} 2",
+        "{outcome=\"too_large\"} 1",
+        "{outcome=\"refused_malformed\"} 1",
+    ] {
+        assert!(
+            metrics.contains(&format!("selfie_auth_callbacks_total{refused}")),
+            "{refused}: {metrics}"
+        );
+    }
     // None of the refused callbacks touched the job (its real result is an approval).
     let job = eventually(Duration::from_secs(5), || {
         let mut client = client.clone();

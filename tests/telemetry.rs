@@ -56,6 +56,38 @@ async fn grpc_calls_are_traced_as_children_of_the_callers_trace() {
         format!("00-{trace_id}-00f067aa0ba902b7-01").parse().expect("header"),
     );
     client.submit_authentication(request).await.expect("submit");
+    // A stream that lasts until its caller leaves: its span must last as long.
+    let watched = std::time::Instant::now();
+    let stream = client
+        .watch_jobs(selfie_auth::grpc::pb::WatchJobsRequest::default())
+        .await
+        .expect("watch");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    drop(stream);
+    let watch_lasted = watched.elapsed();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // An error the server counts as its own: UNAVAILABLE from a Smile ID that answers 503.
+    sim.set_fault(
+        selfie_auth::simulator::Endpoint::JobStatus,
+        selfie_auth::simulator::Fault {
+            status: Some(503),
+            ..Default::default()
+        },
+    );
+    let refreshed = client
+        .get_job(selfie_auth::grpc::pb::GetJobRequest {
+            job_id: "traced-1".into(),
+            refresh: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("Smile ID is down");
+    assert_eq!(refreshed.code(), tonic::Code::Unavailable);
+    // Probes are not traced.
+    tonic_health::pb::health_client::HealthClient::new(service.channel().await)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health");
     service.running.shutdown().await;
     tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
@@ -82,10 +114,69 @@ async fn grpc_calls_are_traced_as_children_of_the_callers_trace() {
             .map(|v| format!("{v:?}"))
     };
     assert!(attribute(submit, "rpc.method").is_some_and(|v| v.contains("SubmitAuthentication")));
+    assert!(
+        attribute(submit, "rpc.grpc.status_code").is_some_and(|v| v.contains("IntValue(0)")),
+        "{submit:?}"
+    );
+    let unset = |span: &Span| span.status.as_ref().is_none_or(|status| status.code == 0);
+    assert!(unset(submit), "an OK call is not an error");
+
+    let watch_span = spans
+        .iter()
+        .find(|span| span.name == "selfieauth.v1.SelfieAuth/WatchJobs")
+        .expect("stream span exported");
+    let span_lasted = std::time::Duration::from_nanos(watch_span.end_time_unix_nano - watch_span.start_time_unix_nano);
+    assert!(
+        span_lasted + std::time::Duration::from_millis(100) >= watch_lasted,
+        "the stream span lasted {span_lasted:?}, the stream {watch_lasted:?}"
+    );
+    assert!(
+        attribute(watch_span, "rpc.grpc.status_code").is_some_and(|v| v.contains("IntValue(1)")),
+        "a caller that leaves cancels: {watch_span:?}"
+    );
+
+    let get = spans
+        .iter()
+        .find(|span| span.name == "selfieauth.v1.SelfieAuth/GetJob")
+        .expect("failed call exported");
+    assert!(
+        attribute(get, "rpc.grpc.status_code").is_some_and(|v| v.contains("IntValue(14)")),
+        "{get:?}"
+    );
+    assert!(
+        get.status.as_ref().is_some_and(|status| status.code == 2),
+        "UNAVAILABLE is an error: {get:?}"
+    );
+    let status_call = spans
+        .iter()
+        .find(|span| {
+            span.name == "POST job_status"
+                && attribute(span, "http.response.status_code").is_some_and(|v| v.contains("503"))
+        })
+        .expect("the 503 is on the client span");
+    assert!(
+        status_call.status.as_ref().is_some_and(|status| status.code == 2),
+        "{status_call:?}"
+    );
+    assert!(
+        !spans
+            .iter()
+            .any(|span| span.name.contains("grpc.health") || span.name.contains("Reflection")),
+        "probes are not traced"
+    );
+
     let upload = spans
         .iter()
-        .find(|span| span.name == "smileid.prep_upload")
+        .find(|span| span.name == "POST upload")
         .expect("client span exported");
+    assert!(
+        attribute(upload, "http.response.status_code").is_some_and(|v| v.contains("200")),
+        "{upload:?}"
+    );
+    assert!(
+        attribute(upload, "server.address").is_some_and(|v| v.contains("127.0.0.1")),
+        "{upload:?}"
+    );
     assert_eq!(
         hex(&upload.trace_id),
         trace_id,

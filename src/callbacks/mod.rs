@@ -66,24 +66,47 @@ async fn readyz(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) 
     }
 }
 
-async fn render_metrics(State(endpoint): State<Endpoint>) -> String {
-    endpoint.metrics.render()
+async fn render_metrics(State(endpoint): State<Endpoint>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        endpoint.metrics.render(),
+    )
 }
 
-#[tracing::instrument(name = "smileid.callback", skip_all, fields(otel.kind = "server", body_bytes = tracing::field::Empty))]
+#[tracing::instrument(
+    name = "POST callback",
+    skip_all,
+    fields(
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = "POST",
+        http.route = %endpoint.settings.path,
+        http.response.status_code = tracing::field::Empty,
+        body_bytes = tracing::field::Empty,
+    )
+)]
 async fn receive(State(endpoint): State<Endpoint>, body: Body) -> (StatusCode, &'static str) {
-    let metrics = &endpoint.metrics;
-    metrics.callbacks_received.inc();
+    let (outcome, answer) = handle(&endpoint, body).await;
+    endpoint.metrics.callback(outcome);
+    let span = tracing::Span::current();
+    span.record("http.response.status_code", answer.0.as_u16());
+    if answer.0.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    answer
+}
+
+/// Takes one callback; returns its outcome (a metric label) and the answer.
+async fn handle(endpoint: &Endpoint, body: Body) -> (&'static str, (StatusCode, &'static str)) {
     let settings = &endpoint.settings;
     let body = match tokio::time::timeout(settings.body_timeout, axum::body::to_bytes(body, MAX_CALLBACK_BYTES)).await {
         Ok(Ok(body)) => body,
-        Ok(Err(_)) => {
-            metrics.callbacks_rejected.inc();
-            return (StatusCode::PAYLOAD_TOO_LARGE, "callback body too large");
-        }
+        Ok(Err(_)) => return ("too_large", (StatusCode::PAYLOAD_TOO_LARGE, "callback body too large")),
         Err(_) => {
-            metrics.callbacks_rejected.inc();
-            return (StatusCode::REQUEST_TIMEOUT, "callback body not received in time");
+            return (
+                "timeout",
+                (StatusCode::REQUEST_TIMEOUT, "callback body not received in time"),
+            );
         }
     };
     tracing::Span::current().record("body_bytes", body.len());
@@ -91,13 +114,15 @@ async fn receive(State(endpoint): State<Endpoint>, body: Body) -> (StatusCode, &
     let verified = match verify_callback(&body, &settings.credentials, settings.window, chrono::Utc::now()) {
         Ok(verified) => verified,
         Err(error) => {
-            metrics.callbacks_rejected.inc();
             warn!(error = %error, "callback refused");
             return match error {
                 CallbackError::NotJson | CallbackError::NoResult | CallbackError::Unsigned => {
-                    (StatusCode::BAD_REQUEST, "malformed callback")
+                    ("refused_malformed", (StatusCode::BAD_REQUEST, "malformed callback"))
                 }
-                _ => (StatusCode::UNAUTHORIZED, "callback signature or timestamp not accepted"),
+                _ => (
+                    "refused_signature",
+                    (StatusCode::UNAUTHORIZED, "callback signature or timestamp not accepted"),
+                ),
             };
         }
     };
@@ -110,15 +135,16 @@ async fn receive(State(endpoint): State<Endpoint>, body: Body) -> (StatusCode, &
     match handled {
         Ok(outcome) => {
             info!(job_id = %job_id, result_code = %code, outcome = ?outcome, "callback handled");
-            match outcome {
+            let answer = match outcome {
                 CallbackOutcome::UnknownJob => (StatusCode::OK, "unknown job"),
                 _ => (StatusCode::OK, "ok"),
-            }
+            };
+            (outcome.as_str(), answer)
         }
         // Not stored: Smile ID must not take this as delivered.
         Err(error) => {
             warn!(job_id = %job_id, error = %error, "callback could not be stored");
-            (StatusCode::SERVICE_UNAVAILABLE, "try again")
+            ("not_stored", (StatusCode::SERVICE_UNAVAILABLE, "try again"))
         }
     }
 }

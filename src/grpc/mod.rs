@@ -3,6 +3,7 @@
 pub mod codec;
 pub mod convert;
 pub mod load_shed;
+pub mod observe;
 pub mod request_limits;
 pub mod status;
 

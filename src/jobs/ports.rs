@@ -75,6 +75,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Gives up the reconciler's lease on a job once it is done with it.
     async fn release_lease(&self, job_id: &str) -> Result<(), StoreError>;
 
+    /// How far behind the reconciler is.
+    async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError>;
+
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -84,6 +87,15 @@ pub trait JobStore: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn JobStore>;
+
+/// Jobs waiting on the reconciler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Jobs due for a poll now.
+    pub due: u64,
+    /// When the oldest job without a final state was created.
+    pub oldest_unfinished: Option<DateTime<Utc>>,
+}
 
 // === the event fan-out ===
 

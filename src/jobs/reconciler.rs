@@ -13,6 +13,9 @@ use super::ports::StatusFailure;
 use super::service::JobService;
 use crate::smileid::StatusOptions;
 
+/// How often the backlog metrics are refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(10);
+
 /// When the reconciler asks Smile ID about jobs without a final result.
 #[derive(Clone, Copy, Debug)]
 pub struct ReconcilePolicy {
@@ -123,14 +126,36 @@ impl JobService {
         Ok(())
     }
 
+    /// Reports the backlog (jobs due, oldest unfinished job) to the metrics.
+    async fn measure_backlog(&self) {
+        let now = Utc::now();
+        match self.store.backlog(now).await {
+            Ok(backlog) => {
+                self.metrics
+                    .reconciler_due_jobs
+                    .set(i64::try_from(backlog.due).unwrap_or(i64::MAX));
+                let age = backlog
+                    .oldest_unfinished
+                    .map_or(0.0, |created| (now - created).num_milliseconds().max(0) as f64 / 1000.0);
+                self.metrics.oldest_unfinished_job_age.set(age);
+            }
+            Err(error) => debug!(error = %error, "could not measure the reconciler backlog"),
+        }
+    }
+
     /// Runs the reconciler until shutdown.
     pub async fn run_reconciler(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.reconcile.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut measured: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = self.shutdown.cancelled() => return,
+            }
+            if measured.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY) {
+                self.measure_backlog().await;
+                measured = Some(tokio::time::Instant::now());
             }
             match self.reconcile_due().await {
                 Ok(0) => {}

@@ -40,6 +40,17 @@ pub enum CallbackOutcome {
     UnknownJob,
 }
 
+impl CallbackOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Unchanged => "unchanged",
+            Self::Deferred => "deferred",
+            Self::UnknownJob => "unknown_job",
+        }
+    }
+}
+
 impl JobService {
     /// Asks Smile ID for the job's status, applies what it says, and returns the
     /// job with the history and image links Smile ID returned.
@@ -65,12 +76,10 @@ impl JobService {
     pub async fn handle_callback(&self, callback: VerifiedCallback) -> Result<CallbackOutcome, JobError> {
         let result = callback.result;
         let Some(job_id) = result.job_id().map(str::to_owned) else {
-            self.metrics.callbacks_unknown_job.inc();
             warn!(smile_job_id = %result.smile_job_id, "callback without PartnerParams.job_id");
             return Ok(CallbackOutcome::UnknownJob);
         };
         let Some(job) = self.store.get(&job_id).await? else {
-            self.metrics.callbacks_unknown_job.inc();
             warn!(job_id = %job_id, smile_job_id = %result.smile_job_id, "callback for an unknown job");
             return Ok(CallbackOutcome::UnknownJob);
         };
@@ -81,7 +90,6 @@ impl JobService {
                 .get("user_id")
                 .is_some_and(|user| *user != job.user_id)
         {
-            self.metrics.callbacks_unknown_job.inc();
             warn!(job_id = %job_id, smile_job_id = %result.smile_job_id, "callback does not match the stored job");
             return Ok(CallbackOutcome::UnknownJob);
         }

@@ -236,7 +236,7 @@ impl JobService {
             };
             let failure = match self.smile.submit(submission).await {
                 Ok(accepted) => {
-                    self.metrics.submissions_accepted.inc();
+                    self.metrics.submission("accepted");
                     info!(job_id, smile_job_id = %accepted.smile_job_id, resumed = accepted.resumed, "job submitted to smile id");
                     let first_poll = Utc::now() + self.config.reconcile.first_delay;
                     return self
@@ -250,7 +250,7 @@ impl JobService {
                 SubmitFailure::Refused { code, message } => {
                     let problem = refusal_problem(code, message);
                     self.transition(job_id, |job| job.refused(problem.clone())).await?;
-                    self.metrics.submissions_refused.inc();
+                    self.metrics.submission("refused");
                     return Err(JobError::Rejected(problem));
                 }
                 SubmitFailure::NotSent { retry_after, .. } => *retry_after,

@@ -194,6 +194,23 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
+    async fn backlog(&self, now: DateTime<Utc>) -> Result<super::ports::Backlog, StoreError> {
+        let tables = lock(&self.tables);
+        Ok(super::ports::Backlog {
+            due: tables
+                .jobs
+                .values()
+                .filter(|job| job.next_poll_at.is_some_and(|at| at <= now))
+                .count() as u64,
+            oldest_unfinished: tables
+                .jobs
+                .values()
+                .filter(|job| !job.state.is_terminal())
+                .map(|job| job.created_at)
+                .min(),
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

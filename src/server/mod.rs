@@ -16,6 +16,7 @@ use tracing::{info, warn};
 mod health;
 mod http;
 mod smile_adapter;
+mod timed_store;
 
 pub use http::HttpLimits;
 
@@ -23,6 +24,7 @@ use crate::callbacks::{self, CallbackSettings};
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::grpc::load_shed::LoadShedLayer;
+use crate::grpc::observe::ObserveLayer;
 use crate::grpc::request_limits::RequestLimitsLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::SharedStore;
@@ -34,6 +36,7 @@ use crate::smileid::SmileIdClient;
 use crate::store;
 use health::Readiness;
 use smile_adapter::SmileIdAdapter;
+use timed_store::TimedStore;
 
 pub const SERVICE_NAME: &str = <SelfieAuthServer<SelfieAuthApi> as tonic::server::NamedService>::NAME;
 
@@ -188,10 +191,10 @@ pub async fn start_on(
         .max_decoding_message_size(config.max_message_bytes + 1024)
         .max_encoding_message_size(config.max_message_bytes);
     let router = tonic::transport::Server::builder()
-        .trace_fn(crate::telemetry::grpc_span)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(config.grpc_limits.max_concurrent_streams)
+        .layer(ObserveLayer::new(metrics.clone()))
         .layer(LoadShedLayer::new(config.concurrency_limit, metrics.clone()))
         .layer(RequestLimitsLayer::new(
             config.max_message_bytes,
@@ -225,7 +228,7 @@ pub async fn start_on(
     let drain_timeout = config.drain_timeout;
     let work = tokio::spawn(open_then_work(
         config,
-        Arc::new(SmileIdAdapter::new(smile)),
+        Arc::new(SmileIdAdapter::new(smile, metrics.clone())),
         metrics,
         slot,
         readiness.clone(),
@@ -261,7 +264,8 @@ async fn open_then_work(
     if let Some(pool) = opened.postgres {
         crate::events::postgres::spawn_listener(pool, store::EVENT_CHANNEL, bus.clone(), shutdown.clone());
     }
-    let store = opened.store;
+    metrics.watch_pool(opened.pool_status);
+    let store: crate::jobs::SharedStore = Arc::new(TimedStore::new(opened.store, metrics.clone()));
     let service = JobService::new(
         Ports {
             store: store.clone(),

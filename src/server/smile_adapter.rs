@@ -1,16 +1,21 @@
 //! The domain's [`SmileId`] port over the Smile ID protocol client.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::jobs::ports::{Accepted, SmileId, SmileJob, StatusFailure, StatusReport, SubmitFailure};
+use crate::metrics::Metrics;
 use crate::smileid::wire::JOB_TYPE_AUTHENTICATION;
 use crate::smileid::{JobSubmission, PartnerParams, SmileIdClient, SmileIdError, StatusOptions, SubmitOutcome};
 
 pub struct SmileIdAdapter {
     client: SmileIdClient,
+    metrics: Arc<Metrics>,
 }
 
 impl SmileIdAdapter {
-    pub fn new(client: SmileIdClient) -> Self {
-        Self { client }
+    pub fn new(client: SmileIdClient, metrics: Arc<Metrics>) -> Self {
+        Self { client, metrics }
     }
 }
 
@@ -30,7 +35,18 @@ impl SmileId for SmileIdAdapter {
             liveness_jpegs: job.liveness_jpegs,
             may_resume: job.may_resume,
         };
-        match self.client.submit(&submission).await {
+        let started = Instant::now();
+        let submitted = self.client.submit(&submission).await;
+        let outcome = match &submitted {
+            Ok(_) => "accepted",
+            Err(error) => match error.outcome {
+                SubmitOutcome::Refused => "refused",
+                SubmitOutcome::NotSent => "not_sent",
+                SubmitOutcome::Unknown => "unknown",
+            },
+        };
+        self.metrics.observe_smileid("submit", outcome, started.elapsed());
+        match submitted {
             Ok(submitted) => Ok(Accepted {
                 smile_job_id: submitted.smile_job_id,
                 resumed: submitted.resumed,
@@ -60,7 +76,16 @@ impl SmileId for SmileIdAdapter {
         job_id: &str,
         options: StatusOptions,
     ) -> Result<StatusReport, StatusFailure> {
-        match self.client.job_status(user_id, job_id, options).await {
+        let started = Instant::now();
+        let status = self.client.job_status(user_id, job_id, options).await;
+        let outcome = match &status {
+            Ok(_) => "ok",
+            Err(SmileIdError::NotFound) => "not_found",
+            Err(error) if error.is_transient() => "unavailable",
+            Err(_) => "unusable",
+        };
+        self.metrics.observe_smileid("job_status", outcome, started.elapsed());
+        match status {
             Ok(status) => Ok(StatusReport {
                 complete: status.job_complete,
                 result: status.result,

@@ -157,12 +157,33 @@ impl SmileIdClient {
         &self.config.environment
     }
 
+    /// The host Smile ID calls go to, for span attributes.
+    fn host(&self) -> String {
+        reqwest::Url::parse(self.config.environment.base_url())
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     fn endpoint(&self, name: &str) -> String {
         format!("{}/{name}", self.config.environment.base_url())
     }
 
     /// `POST /v1/upload`: registers the job and returns the pre-signed upload URL.
-    #[tracing::instrument(name = "smileid.prep_upload", skip_all, fields(otel.kind = "client", job_id = %partner_params.job_id, retry))]
+    #[tracing::instrument(
+        name = "POST upload",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            server.address = %self.host(),
+            http.response.status_code = tracing::field::Empty,
+            smileid.operation = "prep_upload",
+            job_id = %partner_params.job_id,
+            retry,
+        )
+    )]
     pub async fn prep_upload(
         &self,
         partner_params: &PartnerParams,
@@ -191,13 +212,24 @@ impl SmileIdClient {
             .json(&body)
             .send()
             .await
-            .map_err(SmileIdError::from_reqwest)?;
-        let upload: UploadResponse = read_json(response).await?;
+            .map_err(SmileIdError::from_reqwest);
+        let upload: UploadResponse = read_json(record_failure(response)?).await?;
         Ok((upload, timestamp, signature.as_str().to_owned()))
     }
 
     /// `PUT` of the zip to the pre-signed URL. Idempotent, so it is retried.
-    #[tracing::instrument(name = "smileid.upload", skip_all, fields(otel.kind = "client", zip_bytes = zip.len()))]
+    #[tracing::instrument(
+        name = "PUT",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "PUT",
+            http.response.status_code = tracing::field::Empty,
+            smileid.operation = "upload",
+            zip_bytes = zip.len(),
+        )
+    )]
     pub async fn upload_zip(&self, upload_url: &str, zip: bytes::Bytes) -> Result<(), SmileIdError> {
         self.with_retries("upload", || async {
             let response = self
@@ -207,8 +239,10 @@ impl SmileIdClient {
                 .body(zip.clone())
                 .send()
                 .await
-                .map_err(SmileIdError::from_reqwest)?;
+                .map_err(SmileIdError::from_reqwest);
+            let response = record_failure(response)?;
             let status = response.status();
+            record_answer(status);
             if status == StatusCode::OK {
                 return Ok(());
             }
@@ -284,7 +318,19 @@ impl SmileIdClient {
 
     /// `POST /v1/job_status`, with the response signature verified. Retried on
     /// transport errors, 5xx and 429 (honouring `Retry-After`).
-    #[tracing::instrument(name = "smileid.job_status", skip_all, fields(otel.kind = "client", job_id = %job_id))]
+    #[tracing::instrument(
+        name = "POST job_status",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            server.address = %self.host(),
+            http.response.status_code = tracing::field::Empty,
+            smileid.operation = "job_status",
+            job_id = %job_id,
+        )
+    )]
     pub async fn job_status(
         &self,
         user_id: &str,
@@ -313,8 +359,10 @@ impl SmileIdClient {
                     .json(&body)
                     .send()
                     .await
-                    .map_err(SmileIdError::from_reqwest)?;
+                    .map_err(SmileIdError::from_reqwest);
+                let response = record_failure(response)?;
                 if response.status() == StatusCode::NOT_FOUND {
+                    record_answer(response.status());
                     return Err(SmileIdError::NotFound);
                 }
                 read_json(response).await
@@ -377,8 +425,26 @@ impl SmileIdClient {
     }
 }
 
+/// Notes an HTTP answer on the current client span; a 5xx marks it failed.
+fn record_answer(status: StatusCode) {
+    let span = tracing::Span::current();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Marks the current client span failed when `outcome` is an error that got no HTTP answer.
+fn record_failure<T>(outcome: Result<T, SmileIdError>) -> Result<T, SmileIdError> {
+    if let Err(SmileIdError::Connect(_) | SmileIdError::Timeout | SmileIdError::Transport(_)) = &outcome {
+        tracing::Span::current().record("otel.status_code", "ERROR");
+    }
+    outcome
+}
+
 async fn read_json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, SmileIdError> {
     let status = response.status();
+    record_answer(status);
     let headers = response.headers().clone();
     let body = response.bytes().await.map_err(SmileIdError::from_reqwest)?;
     if !status.is_success() {

@@ -40,6 +40,12 @@ impl From<serde_json::Error> for StoreError {
 pub struct OpenedStore {
     pub store: SharedStore,
     pub postgres: Option<sqlx::PgPool>,
+    /// The pool's connections: `(open, idle)`.
+    pub pool_status: crate::metrics::PoolStatus,
+}
+
+fn pool_status<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> crate::metrics::PoolStatus {
+    Box::new(move || (pool.size(), u32::try_from(pool.num_idle()).unwrap_or(u32::MAX)))
 }
 
 /// Checks that `database_url` names a store this service has: a
@@ -59,9 +65,12 @@ pub fn check_url(database_url: &str) -> Result<(), StoreError> {
 /// or `postgres:` / `postgresql:` (shared by several replicas).
 pub async fn open(database_url: &str, limits: PgLimits) -> Result<OpenedStore, StoreError> {
     if database_url.starts_with("sqlite:") {
+        let store = SqliteStore::open(database_url).await?;
+        let pool = store.pool().clone();
         return Ok(OpenedStore {
-            store: Arc::new(SqliteStore::open(database_url).await?),
+            store: Arc::new(store),
             postgres: None,
+            pool_status: pool_status(pool),
         });
     }
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
@@ -69,7 +78,8 @@ pub async fn open(database_url: &str, limits: PgLimits) -> Result<OpenedStore, S
         let pool = store.pool().clone();
         return Ok(OpenedStore {
             store: Arc::new(store),
-            postgres: Some(pool),
+            postgres: Some(pool.clone()),
+            pool_status: pool_status(pool),
         });
     }
     Err(StoreError::Unavailable(format!(
@@ -78,11 +88,11 @@ pub async fn open(database_url: &str, limits: PgLimits) -> Result<OpenedStore, S
     )))
 }
 
-fn millis(at: DateTime<Utc>) -> i64 {
+pub(crate) fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
 }
 
-fn from_millis(value: i64) -> DateTime<Utc> {
+pub(crate) fn from_millis(value: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(value).single().unwrap_or_default()
 }
 

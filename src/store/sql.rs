@@ -219,6 +219,26 @@ macro_rules! impl_job_store {
                 Ok(())
             }
 
+            async fn backlog(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::jobs::ports::Backlog, $crate::jobs::ports::StoreError> {
+                let due: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COUNT(*) AS BIGINT) FROM jobs WHERE next_poll_at IS NOT NULL AND next_poll_at <= $1",
+                )
+                .bind($crate::store::millis(now))
+                .fetch_one(&self.pool)
+                .await?;
+                let oldest: Option<i64> =
+                    sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE state NOT IN ('COMPLETED', 'FAILED')")
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok($crate::jobs::ports::Backlog {
+                    due: u64::try_from(due).unwrap_or_default(),
+                    oldest_unfinished: oldest.map($crate::store::from_millis),
+                })
+            }
+
             async fn ping(&self) -> Result<(), $crate::jobs::ports::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())

@@ -50,6 +50,10 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// One file, one process: the embedded store is never shared.
     const SHARED: bool = false;
 

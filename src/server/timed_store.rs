@@ -1,0 +1,82 @@
+//! The job store, timed: each operation's duration goes to the metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::jobs::model::{EventKind, Job, JobEvent};
+use crate::jobs::ports::{Backlog, Created, JobStore, Saved, SharedStore, StoreError};
+use crate::metrics::Metrics;
+
+pub struct TimedStore {
+    inner: SharedStore,
+    metrics: Arc<Metrics>,
+}
+
+impl TimedStore {
+    pub fn new(inner: SharedStore, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    async fn timed<T>(&self, operation: &'static str, work: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let outcome = work.await;
+        self.metrics.observe_db(operation, started.elapsed());
+        outcome
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for TimedStore {
+    async fn create(&self, job: &Job) -> Result<Created, StoreError> {
+        self.timed("create", self.inner.create(job)).await
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        self.timed("get", self.inner.get(job_id)).await
+    }
+
+    async fn save(&self, job: &mut Job, event: Option<EventKind>) -> Result<Saved, StoreError> {
+        self.timed("save", self.inner.save(job, event)).await
+    }
+
+    async fn job_events(&self, job_id: &str, after_sequence: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError> {
+        self.timed("job_events", self.inner.job_events(job_id, after_sequence, limit))
+            .await
+    }
+
+    async fn log_events(
+        &self,
+        after_global_id: i64,
+        user_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        self.timed("log_events", self.inner.log_events(after_global_id, user_id, limit))
+            .await
+    }
+
+    async fn last_global_id(&self) -> Result<i64, StoreError> {
+        self.timed("last_global_id", self.inner.last_global_id()).await
+    }
+
+    async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<Job>, StoreError> {
+        self.timed("claim_due", self.inner.claim_due(now, lease, limit)).await
+    }
+
+    async fn release_lease(&self, job_id: &str) -> Result<(), StoreError> {
+        self.timed("release_lease", self.inner.release_lease(job_id)).await
+    }
+
+    async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
+        self.timed("backlog", self.inner.backlog(now)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", self.inner.ping()).await
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+}
