@@ -222,3 +222,61 @@ fn print_job(job: &pb::Job) {
         println!("  error       {}", error.message);
     }
 }
+
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// gRPC address of the server: host:port or a URL.
+    #[arg(long, env = "SELFIE_AUTH_HEALTH_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// Service to check; empty: the server as a whole.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Longest wait for an answer.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+/// Exit codes of `health`.
+const NOT_SERVING: u8 = 1;
+const UNREACHABLE: u8 = 3;
+
+/// `selfie-auth health`: the server's gRPC health as an exit code, and a line saying it.
+pub async fn health(args: &HealthArgs) -> std::process::ExitCode {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let url = if args.addr.contains("://") {
+        args.addr.clone()
+    } else {
+        format!("http://{}", args.addr)
+    };
+    let checked = async {
+        let channel = tonic::transport::Endpoint::from_shared(url)?
+            .connect_timeout(args.timeout)
+            .timeout(args.timeout)
+            .connect()
+            .await?;
+        let response = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: args.service.clone(),
+            })
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(response.into_inner().status())
+    };
+    match tokio::time::timeout(args.timeout, checked).await {
+        Ok(Ok(ServingStatus::Serving)) => {
+            println!("SERVING");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            println!("{}", status.as_str_name());
+            std::process::ExitCode::from(NOT_SERVING)
+        }
+        Ok(Err(error)) => {
+            eprintln!("error: {} is unreachable: {error}", args.addr);
+            std::process::ExitCode::from(UNREACHABLE)
+        }
+        Err(_) => {
+            eprintln!("error: {} did not answer within {:?}", args.addr, args.timeout);
+            std::process::ExitCode::from(UNREACHABLE)
+        }
+    }
+}

@@ -74,6 +74,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+    /// Check a server's gRPC health; exit 0 when serving, 1 when not, 3 when unreachable
+    /// (for container health checks).
+    Health(cli::HealthArgs),
 }
 
 /// `dev` takes every `serve` flag; it talks to its own simulator, and its
@@ -142,6 +145,9 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Command::Health(args) = &cli.command {
+        return cli::health(args).await;
+    }
     let outcome = run(cli.command, &matches).await;
     telemetry.shutdown();
     match outcome {
@@ -170,6 +176,7 @@ async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<()> {
             refresh,
         } => cli::get(&client, job_id, refresh).await,
         Command::Watch { client, job_id, after } => cli::watch(&client, job_id, after).await,
+        Command::Health(_) => Ok(()),
     }
 }
 

@@ -68,6 +68,7 @@ pub type PoolStatus = Box<dyn Fn() -> (u32, u32) + Send + Sync>;
 pub struct Metrics {
     registry: Registry,
     pub rpc_duration: Histograms<RpcLabels>,
+    pub ready: Gauge,
     pub calls_in_flight: Gauge,
     pub calls_shed: Counter,
     pub streams_open: Family<MethodLabel, Gauge>,
@@ -89,6 +90,7 @@ impl Default for Metrics {
         let mut metrics = Self {
             registry: Registry::default(),
             rpc_duration: Family::new_with_constructor(latency),
+            ready: Gauge::default(),
             calls_in_flight: Gauge::default(),
             calls_shed: Counter::default(),
             streams_open: Family::default(),
@@ -133,6 +135,11 @@ impl Metrics {
             "streams_open",
             "Open WatchJob and WatchJobs streams",
             self.streams_open.clone(),
+        );
+        ours.register(
+            "ready",
+            "1 when this replica serves (its store is open and it is not shutting down), else 0",
+            self.ready.clone(),
         );
         ours.register("jobs_created", "Jobs created", self.jobs_created.clone());
         ours.register(

@@ -95,3 +95,24 @@ async fn submit_get_and_watch_for_people_and_scripts() {
     assert!(!output.status.success() && error.contains("user_id:"), "{error}");
     service.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_by_the_servers_status() {
+    let (_sim, service, _dir) = simulator_and_service(|_| {}).await;
+    let addr = service.running.grpc_addr.to_string();
+    let serving = run(&["health", "--addr", &addr, "--service", "selfieauth.v1.SelfieAuth"]).await;
+    assert_eq!(
+        serving.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&serving.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&serving.stdout).trim(), "SERVING");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nobody = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let unreachable = run(&["health", "--addr", &nobody, "--timeout", "1s"]).await;
+    assert_eq!(unreachable.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("unreachable"));
+}

@@ -206,6 +206,12 @@ async fn a_start_waits_for_its_database_and_says_why_it_waits() {
         .await
         .expect("readyz");
     assert_eq!(readyz.status(), 503);
+    let health = tokio::process::Command::new(binary)
+        .args(["health", "--addr", &served.grpc_addr.to_string()])
+        .output()
+        .await
+        .expect("health");
+    assert_eq!(health.status.code(), Some(1), "NOT_SERVING exits 1");
     let waiting = served.logs_containing("the job database is not available");
     assert!(
         waiting.iter().any(|line| line.contains("connecting to PostgreSQL")),

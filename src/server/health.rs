@@ -15,6 +15,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::SERVICE_NAME;
+use crate::metrics::Metrics;
 
 /// Whether this replica should receive traffic: gRPC health of `""` and
 /// `selfieauth.v1.SelfieAuth`, and the HTTP `/readyz` flag.
@@ -26,12 +27,14 @@ pub struct Readiness {
     stopping: Arc<AtomicBool>,
     /// Ends every health `Watch` stream.
     closing: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Readiness {
     /// A replica that is not serving yet.
-    pub fn new() -> Self {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
+            metrics,
             status: watch::Sender::new(ServingStatus::NotServing),
             ready: Arc::new(AtomicBool::new(false)),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -54,6 +57,7 @@ impl Readiness {
     pub fn set(&self, serving: bool) {
         let serving = serving && !self.stopping.load(Ordering::Relaxed);
         self.ready.store(serving, Ordering::Relaxed);
+        self.metrics.ready.set(i64::from(serving));
         let status = if serving {
             ServingStatus::Serving
         } else {

@@ -155,9 +155,9 @@ pub async fn start_on(
     store::check_url(&config.database_url)
         .with_context(|| format!("the job store ({})", config.sources.name("database_url")))?;
     let smile = SmileIdClient::new(config.smile.clone()).context("building the Smile ID client")?;
-    let readiness = Readiness::new();
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
+    let readiness = Readiness::new(metrics.clone());
     let (service, slot) = JobServiceHandle::empty();
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;

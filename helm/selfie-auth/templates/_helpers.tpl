@@ -53,7 +53,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/* A duration ("500ms", "5s", "2m", "1h") in whole seconds. */}}
+{{- define "selfie-auth.seconds" -}}
+{{- $duration := toString . -}}
+{{- if hasSuffix "ms" $duration -}}0
+{{- else if hasSuffix "s" $duration -}}{{ trimSuffix "s" $duration | int }}
+{{- else if hasSuffix "m" $duration -}}{{ mul (trimSuffix "m" $duration | int) 60 }}
+{{- else if hasSuffix "h" $duration -}}{{ mul (trimSuffix "h" $duration | int) 3600 }}
+{{- else -}}{{ fail (printf "%q: write durations for the chart as one number and unit (500ms, 10s, 2m, 1h)" $duration) }}
+{{- end -}}
+{{- end -}}
+
 {{- define "selfie-auth.validate" -}}
+{{- $delay := include "selfie-auth.seconds" .Values.config.shutdownDelay | int -}}
+{{- $drain := include "selfie-auth.seconds" .Values.config.drainTimeout | int -}}
+{{- if gt (add $delay $drain 5) (int .Values.terminationGracePeriodSeconds) -}}
+{{- fail (printf "config.shutdownDelay (%ds) + config.drainTimeout (%ds) + 5s exceeds terminationGracePeriodSeconds (%d): Kubernetes would kill the pod mid-drain" $delay $drain (int .Values.terminationGracePeriodSeconds)) -}}
+{{- end -}}
 {{- with .Values.resources.limits.memory -}}
 {{- $limit := include "selfie-auth.memoryBytes" . | int64 -}}
 {{- $budgets := $.Values.config.memory -}}
