@@ -1231,3 +1231,52 @@ async fn sandbox_only_params_never_reach_production() {
     assert_eq!(sim.counters().prep_uploads, 0);
     service.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_waiting_for_their_result_hold_no_admission_slot() {
+    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(3)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &["--concurrency-limit", "2"])).await;
+    let client = service.client().await;
+    // Ten callers wait for results that take 3 s; shed on arrival, they retry as told.
+    let waiting: Vec<_> = (0..10)
+        .map(|index| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut request = provisional_request(ENROLLED_USER, &format!("patient-{index}"));
+                    request.wait_for_result = true;
+                    let mut request = tonic::Request::new(request);
+                    request.set_timeout(Duration::from_secs(20));
+                    match client.submit_authentication(request).await {
+                        Err(status) if reason(&status) == "OVERLOADED" => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        answer => return answer,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Long before any result, every one of them was admitted and sent to Smile ID.
+    let all_sent = eventually(Duration::from_millis(1500), || async {
+        (sim.counters().jobs_created_by_job_id.len() == 10).then_some(())
+    })
+    .await;
+    assert!(
+        all_sent.is_some(),
+        "only {} of 10 admitted: waiting calls hold their slots",
+        sim.counters().jobs_created_by_job_id.len()
+    );
+    for call in waiting {
+        let job = call
+            .await
+            .expect("join")
+            .expect("answered")
+            .into_inner()
+            .job
+            .expect("job");
+        assert_eq!(job.state(), pb::JobState::Completed);
+    }
+    service.running.shutdown().await;
+}

@@ -4,14 +4,15 @@
 //!
 //! Only SelfieAuth calls count and are shed; health checks and reflection always
 //! pass, so an overloaded replica still answers its orchestrator. A stream holds
-//! its slot only until its response starts.
+//! its slot only until its response starts, and a submission waiting for its
+//! result gives its slot back once Smile ID has the job.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
 use super::status::to_status;
@@ -74,11 +75,14 @@ where
         }
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
+                let admission = Admission(Arc::new(Mutex::new(Some(permit))));
+                let mut request = request;
+                request.extensions_mut().insert(admission.clone());
                 let call = self.inner.call(request);
                 let in_flight = InFlight::enter(self.metrics.clone());
                 Box::pin(async move {
                     let response = call.await;
-                    drop((permit, in_flight));
+                    drop((admission, in_flight));
                     response
                 })
             }
@@ -92,6 +96,18 @@ where
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+/// A call's slot under the concurrency limit. A handler may give it back
+/// early, once the admitted work is done and it only waits (a submission
+/// waiting for its result).
+#[derive(Clone)]
+pub struct Admission(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Admission {
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     }
 }
 

@@ -19,6 +19,7 @@ use crate::jobs::validate::id_problem;
 use crate::jobs::{JobError, JobService, JobServiceHandle, LogStart, SubmitRequest, WatchItem};
 use crate::smileid::StatusOptions;
 use convert::Include;
+use load_shed::Admission;
 use status::to_status;
 
 /// Generated code of `proto/selfieauth/v1/selfie_auth.proto`.
@@ -100,6 +101,7 @@ impl SelfieAuth for SelfieAuthApi {
         let wait = deadline(&request)
             .map(|budget| budget.saturating_sub(DEADLINE_MARGIN))
             .unwrap_or(service.config().default_wait);
+        let admission = request.extensions().get::<Admission>().cloned();
         let request = request.into_inner();
         let deadline = tokio::time::Instant::now() + wait;
         let submit = SubmitRequest {
@@ -109,10 +111,20 @@ impl SelfieAuth for SelfieAuthApi {
             liveness: request.liveness_images,
             partner_params: request.partner_params.into_iter().collect(),
         };
-        let output = service
-            .submit(submit, deadline, request.wait_for_result)
+        let mut output = service
+            .submit(submit, deadline)
             .await
             .map_err(|error| to_status(&error))?;
+        if request.wait_for_result && !output.job.state.is_terminal() {
+            // Admission is what the concurrency limit protects; waiting is cheap.
+            if let Some(admission) = admission {
+                admission.release();
+            }
+            output.job = service
+                .wait_for_final(&output.job.job_id, deadline)
+                .await
+                .map_err(|error| to_status(&error))?;
+        }
         let include = Include {
             history: request.include_history,
         };

@@ -77,16 +77,11 @@ const LONGEST_RETRY: Duration = Duration::from_secs(10);
 
 impl JobService {
     /// Checks a submission, then starts sending it (or joins the attempt
-    /// already sending it) and waits until `deadline` for the outcome, and with
-    /// `wait_for_result` for the final result. A submission still running at
-    /// the deadline goes on; the caller is told to retry.
+    /// already sending it) and waits until `deadline` for the outcome. A
+    /// submission still running at the deadline goes on; the caller is told to
+    /// retry. Waiting for the result is [`JobService::wait_for_final`]'s.
     #[tracing::instrument(name = "job.submit", skip_all, fields(job_id = tracing::field::Empty))]
-    pub async fn submit(
-        self: &Arc<Self>,
-        request: SubmitRequest,
-        deadline: Instant,
-        wait_for_result: bool,
-    ) -> Result<SubmitOutput, JobError> {
+    pub async fn submit(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
         // The images stay in memory until Smile ID has them, retries included.
         let image_bytes = request.selfie.len() + request.liveness.iter().map(bytes::Bytes::len).sum::<usize>();
         let held = self
@@ -109,7 +104,6 @@ impl JobService {
             prepared.job_id = generate_job_id();
         }
         tracing::Span::current().record("job_id", prepared.job_id.as_str());
-        let job_id = prepared.job_id.clone();
         let (outcome, joined) = self.start_or_join(prepared, held)?;
         let mut output = match tokio::time::timeout_at(deadline, outcome).await {
             Ok(outcome) => outcome?,
@@ -117,9 +111,6 @@ impl JobService {
         };
         if joined {
             output.created = false;
-        }
-        if wait_for_result && !output.job.state.is_terminal() {
-            output.job = self.wait_for_final(&job_id, deadline).await?;
         }
         Ok(output)
     }

@@ -65,7 +65,7 @@ async fn a_new_job_is_created_submitted_and_recorded() {
     let h = harness();
     let output = h
         .service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("submit");
     assert!(output.created);
@@ -78,7 +78,7 @@ async fn a_new_job_is_created_submitted_and_recorded() {
 
     let again = h
         .service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("resubmit");
     assert!(!again.created);
@@ -89,12 +89,12 @@ async fn a_new_job_is_created_submitted_and_recorded() {
 async fn the_same_job_id_with_other_content_is_refused_and_changes_nothing() {
     let h = harness();
     h.service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("submit");
     let error = h
         .service
-        .submit(submission("u", "j1", 2), soon(), false)
+        .submit(submission("u", "j1", 2), soon())
         .await
         .expect_err("reused");
     assert!(matches!(error, JobError::JobIdReused { .. }), "{error:?}");
@@ -112,7 +112,7 @@ async fn a_refusal_fails_the_job_and_is_replayed_without_calling_smile_id() {
     for _ in 0..2 {
         let error = h
             .service
-            .submit(submission("u", "j1", 1), soon(), false)
+            .submit(submission("u", "j1", 1), soon())
             .await
             .expect_err("refused");
         let JobError::Rejected(problem) = error else {
@@ -141,7 +141,7 @@ async fn transient_failures_are_retried_by_the_service() {
     }));
     let output = h
         .service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("accepted in the end");
     assert_eq!((output.created, output.job.state), (true, JobState::Submitted));
@@ -165,7 +165,7 @@ async fn nothing_sent_within_the_budget_is_unavailable_and_a_retry_starts_afresh
     }));
     let error = h
         .service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect_err("unavailable");
     let JobError::Unavailable {
@@ -181,11 +181,7 @@ async fn nothing_sent_within_the_budget_is_unavailable_and_a_retry_starts_afresh
     );
     assert_eq!(h.store.job("j1").submission, Submission::NotSent);
 
-    let retried = h
-        .service
-        .submit(submission("u", "j1", 1), soon(), false)
-        .await
-        .expect("retry");
+    let retried = h.service.submit(submission("u", "j1", 1), soon()).await.expect("retry");
     assert_eq!((retried.created, retried.job.state), (false, JobState::Submitted));
     assert_eq!(
         h.smile.calls(),
@@ -203,7 +199,7 @@ async fn an_unknown_outcome_is_unavailable_and_resumed_with_retry_on_resubmissio
     }));
     let error = h
         .service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect_err("retryable");
     assert!(
@@ -225,7 +221,7 @@ async fn an_unknown_outcome_is_unavailable_and_resumed_with_retry_on_resubmissio
 
     let resumed = h
         .service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("resume");
     assert_eq!(resumed.job.state, JobState::Submitted);
@@ -240,7 +236,7 @@ async fn a_submission_outlives_its_caller_and_a_retry_joins_it() {
     let impatient = Instant::now() + Duration::from_millis(50);
     let error = h
         .service
-        .submit(submission("u", "j1", 1), impatient, false)
+        .submit(submission("u", "j1", 1), impatient)
         .await
         .expect_err("still running");
     assert!(
@@ -255,7 +251,7 @@ async fn a_submission_outlives_its_caller_and_a_retry_joins_it() {
     );
     let joined = h
         .service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("joined");
     assert_eq!((joined.created, joined.job.state), (false, JobState::Submitted));
@@ -263,7 +259,7 @@ async fn a_submission_outlives_its_caller_and_a_retry_joins_it() {
 
     // A caller that goes away entirely: the job is still sent.
     let service = h.service.clone();
-    let caller = tokio::spawn(async move { service.submit(submission("u", "j2", 2), soon(), false).await });
+    let caller = tokio::spawn(async move { service.submit(submission("u", "j2", 2), soon()).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     caller.abort();
     for _ in 0..100 {
@@ -284,12 +280,12 @@ async fn a_submission_lost_with_its_process_is_taken_over() {
             smile_job_id: None,
             detail: "crash".into(),
         }));
-        let _ = h.service.submit(submission("u", "j1", 1), soon(), false).await;
+        let _ = h.service.submit(submission("u", "j1", 1), soon()).await;
         // As a process that died mid-upload leaves it: in flight, under a live lease.
         let lease_until = Utc::now() + chrono::Duration::seconds(60);
         h.store
             .edit("j1", |job| job.submission = Submission::InFlight { lease_until });
-        let answer = h.service.submit(submission("u", "j1", 1), soon(), false).await;
+        let answer = h.service.submit(submission("u", "j1", 1), soon()).await;
         if shared {
             // Another replica may be sending it: wait for its lease.
             assert!(
@@ -309,7 +305,7 @@ async fn a_submission_lost_with_its_process_is_taken_over() {
             });
             let taken = h
                 .service
-                .submit(submission("u", "j1", 1), soon(), false)
+                .submit(submission("u", "j1", 1), soon())
                 .await
                 .expect("taken over");
             assert_eq!(taken.job.state, JobState::Submitted);
@@ -335,7 +331,7 @@ async fn a_job_smile_id_never_received_is_abandoned_and_a_later_result_still_com
         smile_job_id: None,
         detail: "prep upload answered 502".into(),
     }));
-    let _ = h.service.submit(submission("u", "j1", 1), soon(), false).await;
+    let _ = h.service.submit(submission("u", "j1", 1), soon()).await;
     let due = Utc::now() - chrono::Duration::seconds(1);
     h.store.edit("j1", |job| job.next_poll_at = Some(due));
     h.service.reconcile_due().await.expect("pass");
@@ -354,7 +350,7 @@ async fn a_job_smile_id_never_received_is_abandoned_and_a_later_result_still_com
     );
     let error = h
         .service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect_err("abandoned");
     assert!(matches!(error, JobError::Rejected(_)), "{error:?}");
@@ -372,7 +368,7 @@ async fn a_job_smile_id_never_received_is_abandoned_and_a_later_result_still_com
 async fn results_move_provisional_to_final_and_a_late_provisional_changes_nothing() {
     let h = harness();
     h.service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("submit");
     h.smile.answer_status(Ok(StatusReport {
@@ -406,7 +402,7 @@ async fn results_move_provisional_to_final_and_a_late_provisional_changes_nothin
 async fn conflicting_writes_are_retried_and_endless_conflict_is_retryable() {
     let h = harness();
     h.service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("submit");
     h.store.inject_conflicts(5);
@@ -419,7 +415,7 @@ async fn conflicting_writes_are_retried_and_endless_conflict_is_retryable() {
     assert_eq!(job.state, JobState::Completed);
 
     h.service
-        .submit(submission("u", "j2", 2), soon(), false)
+        .submit(submission("u", "j2", 2), soon())
         .await
         .expect("submit");
     h.store.inject_conflicts(1000);
@@ -455,7 +451,7 @@ async fn the_reconciler_polls_due_jobs_backs_off_and_gives_up() {
         ..ServiceConfig::default()
     });
     h.service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("submit");
     assert_eq!(h.service.reconcile_due().await.expect("pass"), 0, "not due yet");
@@ -493,7 +489,7 @@ async fn the_reconciler_polls_due_jobs_backs_off_and_gives_up() {
 async fn the_reconciler_completes_a_job_from_job_status() {
     let h = harness();
     h.service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("submit");
     let due = Utc::now() - chrono::Duration::seconds(1);
@@ -508,7 +504,7 @@ async fn the_reconciler_completes_a_job_from_job_status() {
 async fn a_watch_replays_then_goes_live_with_no_seam() {
     let h = harness();
     h.service
-        .submit(submission("u", "j1", 1), soon(), false)
+        .submit(submission("u", "j1", 1), soon())
         .await
         .expect("submit");
     let mut stream = h.service.watch_job("j1", 0).await.expect("watch");
@@ -544,7 +540,7 @@ async fn a_watch_replays_then_goes_live_with_no_seam() {
 async fn a_log_watch_filters_by_user_and_rides_out_failed_reads() {
     let h = harness();
     h.service
-        .submit(submission("alice", "a1", 1), soon(), false)
+        .submit(submission("alice", "a1", 1), soon())
         .await
         .expect("submit");
     let mut alice = h
@@ -554,11 +550,11 @@ async fn a_log_watch_filters_by_user_and_rides_out_failed_reads() {
         .expect("watch");
     h.store.fail_reads(3);
     h.service
-        .submit(submission("bob", "b1", 2), soon(), false)
+        .submit(submission("bob", "b1", 2), soon())
         .await
         .expect("submit");
     h.service
-        .submit(submission("alice", "a2", 3), soon(), false)
+        .submit(submission("alice", "a2", 3), soon())
         .await
         .expect("submit");
     let mut seen = Vec::new();
@@ -586,7 +582,9 @@ async fn a_submit_may_wait_for_the_final_result() {
     let service = h.service.clone();
     let waiting = tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        service.submit(submission("u", "j1", 1), deadline, true).await
+        let output = service.submit(submission("u", "j1", 1), deadline).await?;
+        let job = service.wait_for_final(&output.job.job_id, deadline).await?;
+        Ok::<_, JobError>(job)
     });
     // Let the submission be accepted (its images are checked on the blocking pool) and start waiting.
     for _ in 0..1000 {
@@ -597,6 +595,6 @@ async fn a_submit_may_wait_for_the_final_result() {
     }
     h.smile.answer_status(final_status("1220"));
     h.service.refresh("j1", StatusOptions::default()).await.expect("final");
-    let output = waiting.await.expect("joined").expect("submit");
-    assert_eq!(output.job.state, JobState::Completed);
+    let job = waiting.await.expect("joined").expect("submit");
+    assert_eq!(job.state, JobState::Completed);
 }
