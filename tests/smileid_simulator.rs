@@ -31,7 +31,7 @@ async fn submit(
     liveness: usize,
     callback: Option<&str>,
 ) -> Result<String, selfie_auth::smileid::SubmitError> {
-    let selfie = jpeg(64, 64, 1);
+    let selfie = bytes::Bytes::from(jpeg(64, 64, 1));
     let frames: Vec<Bytes> = (0..liveness).map(|i| Bytes::from(jpeg(32, 32, i as u8))).collect();
     let job = JobSubmission {
         partner_params: params,
@@ -251,7 +251,7 @@ async fn every_documented_error() {
 async fn our_own_job_meeting_2215_is_resumed_with_retry() {
     let sim = start_simulator(|_| {}).await;
     let client = client_for(&sim);
-    let selfie = jpeg(64, 64, 1);
+    let selfie = bytes::Bytes::from(jpeg(64, 64, 1));
     let job_params = params(ENROLLED_USER, "resume-1", 2, &[]);
     // The zip PUT fails: Smile ID holds a job without images.
     sim.set_fault(

@@ -91,7 +91,7 @@ async fn upload_zip_and_job_status_have_the_server_sdk_shape() {
         job_type: 2,
         extra: [("optional_info".to_owned(), "kept".to_owned())].into(),
     };
-    let selfie = jpeg(64, 64, 1);
+    let selfie = bytes::Bytes::from(jpeg(64, 64, 1));
     let liveness: Vec<bytes::Bytes> = (0..8).map(|i| bytes::Bytes::from(jpeg(32, 32, i))).collect();
     let callback = "https://partner.example.com/smile/callback";
     let job = JobSubmission {

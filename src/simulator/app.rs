@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -130,18 +131,31 @@ pub fn refuse(code: ErrorCode) -> Response {
         .into_response()
 }
 
-/// Reads a JSON body, gzip-compressed or not (Android gzips its bodies).
-pub fn decode_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, ErrorCode> {
-    let gzipped = headers
+/// Whether a request body is gzip-compressed (Android gzips its bodies).
+pub fn is_gzipped(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_ENCODING)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.eq_ignore_ascii_case("gzip"));
-    let plain = if gzipped {
-        gunzip(body).ok_or(ErrorCode::InvalidJson)?
+        .is_some_and(|value| value.eq_ignore_ascii_case("gzip"))
+}
+
+/// Reads a JSON body, gzip-compressed or not; inflating runs off the async workers.
+pub async fn decode_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, ErrorCode> {
+    let plain = if is_gzipped(headers) {
+        gunzip_off_thread(body.clone()).await.ok_or(ErrorCode::InvalidJson)?
     } else {
-        body.to_vec()
+        body.clone()
     };
     serde_json::from_slice(&plain).map_err(|_| ErrorCode::InvalidJson)
+}
+
+/// [`gunzip`] on the blocking pool.
+pub async fn gunzip_off_thread(body: Bytes) -> Option<Bytes> {
+    tokio::task::spawn_blocking(move || gunzip(&body))
+        .await
+        .ok()
+        .flatten()
+        .map(Bytes::from)
 }
 
 pub fn gunzip(body: &[u8]) -> Option<Vec<u8>> {

@@ -20,7 +20,7 @@ pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
     if let Err(response) = app.fault(Endpoint::Upload).await {
         return response;
     }
-    let request = match decode_json(&headers, &body) {
+    let request = match decode_json(&headers, &body).await {
         Ok(request) => request,
         Err(code) => return refuse(code),
     };
@@ -155,7 +155,10 @@ pub async fn put_zip(
         job_id
     };
 
-    let inspected = zip_check::inspect(&body);
+    let zip = body.clone();
+    let inspected = tokio::task::spawn_blocking(move || zip_check::inspect(&zip))
+        .await
+        .unwrap_or(Err(zip_check::ZipProblem::Corrupt));
     let (outcomes, selfie) = {
         let mut state = app.state();
         let Some(job) = state.jobs.get_mut(&job_id) else {
@@ -191,7 +194,7 @@ pub async fn job_status(State(app): State<App>, headers: HeaderMap, body: Bytes)
         Ok(spoil) => spoil,
         Err(response) => return response,
     };
-    let request = match decode_json(&headers, &body) {
+    let request = match decode_json(&headers, &body).await {
         Ok(request) => request,
         Err(code) => return refuse(code),
     };

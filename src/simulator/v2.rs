@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{Map, Value, json};
 
-use super::app::{App, gunzip};
+use super::app::{App, gunzip_off_thread, is_gzipped};
 use super::delivery;
 use super::results::{self, SandboxOutcome};
 use super::state::{Endpoint, SimJob};
@@ -32,11 +32,11 @@ struct Form {
 async fn read_form(headers: &HeaderMap, body: Bytes) -> Option<Form> {
     let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let boundary = multer::parse_boundary(content_type).ok()?;
-    let gzipped = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.eq_ignore_ascii_case("gzip"));
-    let body = if gzipped { Bytes::from(gunzip(&body)?) } else { body };
+    let body = if is_gzipped(headers) {
+        gunzip_off_thread(body).await?
+    } else {
+        body
+    };
     let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut form = Form::default();

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use super::codes::ErrorCode;
 use super::error::{SmileIdError, SubmitError, SubmitOutcome, SubmitStage};
-use super::package::{PackageInfo, ZIP_FILE_NAME, build_zip};
+use super::package::{PackageInfo, ZIP_FILE_NAME, build_zip, info_bytes};
 use super::signature::Credentials;
 use super::wire::{
     ErrorBody, JobStatusRequest, JobStatusResponse, PartnerParams, ResultEntry, SOURCE_SDK, SOURCE_SDK_VERSION,
@@ -98,7 +98,7 @@ impl ClientConfig {
 pub struct JobSubmission<'a> {
     pub partner_params: &'a PartnerParams,
     pub callback_url: Option<&'a str>,
-    pub selfie_jpeg: &'a [u8],
+    pub selfie_jpeg: &'a bytes::Bytes,
     pub liveness_jpegs: &'a [bytes::Bytes],
     /// This job_id is ours and an earlier attempt may have reached Smile ID: on
     /// 2215 (job already exists) resume it with `retry: true`.
@@ -299,12 +299,22 @@ impl SmileIdClient {
             retry: resumed,
             upload_url: &upload.upload_url,
         };
-        let zip = build_zip(&info, job.selfie_jpeg, job.liveness_jpegs).map_err(|error| {
+        let packaged = match info_bytes(&info, job.liveness_jpegs.len()) {
+            Ok(info_bytes) => {
+                let (selfie, liveness) = (job.selfie_jpeg.clone(), job.liveness_jpegs.to_vec());
+                tokio::task::spawn_blocking(move || build_zip(&info_bytes, &selfie, &liveness))
+                    .await
+                    .map_err(|error| error.to_string())
+                    .and_then(|zipped| zipped.map_err(|error| error.to_string()))
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        let zip = packaged.map_err(|error| {
             fail(
                 SubmitStage::Package,
                 SubmitOutcome::Unknown,
                 Some(smile_job_id),
-                SmileIdError::Malformed(error.to_string()),
+                SmileIdError::Malformed(error),
             )
         })?;
         self.upload_zip(&upload.upload_url, zip.into())

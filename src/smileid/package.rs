@@ -63,9 +63,16 @@ pub fn info_json(info: &PackageInfo<'_>, liveness_count: usize) -> Value {
     })
 }
 
-/// Builds the zip. JPEG is already compressed, so images are stored; `info.json` is deflated.
+/// `info.json`'s bytes.
+pub fn info_bytes(info: &PackageInfo<'_>, liveness_count: usize) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&info_json(info, liveness_count))
+}
+
+/// Builds the zip around `info.json`'s bytes. JPEG is already compressed, so images
+/// are stored; `info.json` is deflated. CPU work (CRCs of every byte): run it off
+/// the async workers.
 pub fn build_zip(
-    info: &PackageInfo<'_>,
+    info_bytes: &[u8],
     selfie_jpeg: &[u8],
     liveness_jpegs: &[impl AsRef<[u8]>],
 ) -> zip::result::ZipResult<Vec<u8>> {
@@ -74,10 +81,8 @@ pub fn build_zip(
     )));
     let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
     let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
-
-    let info_bytes = serde_json::to_vec(&info_json(info, liveness_jpegs.len())).map_err(std::io::Error::from)?;
     writer.start_file("info.json", deflated)?;
-    writer.write_all(&info_bytes)?;
+    writer.write_all(info_bytes)?;
     writer.start_file(SELFIE_ENTRY, stored)?;
     writer.write_all(selfie_jpeg)?;
     for (index, frame) in liveness_jpegs.iter().enumerate() {
