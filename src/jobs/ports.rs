@@ -108,13 +108,22 @@ pub enum FanoutMessage {
     Resync,
 }
 
+/// Which events a subscriber wants to hear of.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Interest {
+    Job(String),
+    User(String),
+    All,
+}
+
 /// Tells this process's streams that events were stored. Notices carry ids
 /// only; subscribers read events from the store, so a missed notice can delay
-/// an event but never lose it.
+/// an event but never lose it. A subscriber hears only what it is interested
+/// in (and every resync), so idle streams cost nothing when others' jobs move.
 pub trait EventFanout: Send + Sync + 'static {
     fn publish(&self, notice: EventNotice);
 
-    fn subscribe(&self) -> broadcast::Receiver<FanoutMessage>;
+    fn subscribe(&self, interest: Interest) -> broadcast::Receiver<FanoutMessage>;
 }
 
 // === Smile ID ===

@@ -17,6 +17,7 @@ use super::reconciler::ReconcilePolicy;
 use super::results::Confirmations;
 use super::submission::Sending;
 use super::validate::ImageLimits;
+use super::watch::LogReads;
 use crate::metrics::Metrics;
 
 #[derive(Clone, Debug)]
@@ -116,6 +117,7 @@ pub struct JobService {
     /// The submissions this process is sending now.
     pub(crate) sending: Sending,
     pub(crate) confirmations: Confirmations,
+    pub(crate) log_reads: LogReads,
 }
 
 impl JobService {
@@ -134,6 +136,7 @@ impl JobService {
             metrics,
             sending: Sending::default(),
             confirmations: Confirmations::default(),
+            log_reads: LogReads::default(),
         })
     }
 

@@ -39,11 +39,17 @@ pub struct MemoryStore {
     failing_reads: AtomicU32,
     /// Whether it plays a store other replicas share.
     shared: std::sync::atomic::AtomicBool,
+    /// Reads of the global event log so far.
+    log_reads: AtomicU32,
 }
 
 impl MemoryStore {
     pub fn inject_conflicts(&self, count: u32) {
         self.conflicts.store(count, Ordering::SeqCst);
+    }
+
+    pub fn log_reads(&self) -> u32 {
+        self.log_reads.load(Ordering::SeqCst)
     }
 
     pub fn set_shared(&self, shared: bool) {
@@ -156,6 +162,9 @@ impl JobStore for MemoryStore {
         user_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<JobEvent>, StoreError> {
+        self.log_reads.fetch_add(1, Ordering::SeqCst);
+        // A database answers a moment later, not at once.
+        tokio::time::sleep(Duration::from_millis(1)).await;
         self.read_fault()?;
         Ok(lock(&self.tables)
             .events
@@ -234,7 +243,7 @@ impl EventFanout for LocalFanout {
         let _ = self.0.send(FanoutMessage::Event(notice));
     }
 
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FanoutMessage> {
+    fn subscribe(&self, _interest: super::ports::Interest) -> tokio::sync::broadcast::Receiver<FanoutMessage> {
         self.0.subscribe()
     }
 }

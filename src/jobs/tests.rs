@@ -598,3 +598,25 @@ async fn a_submit_may_wait_for_the_final_result() {
     let job = waiting.await.expect("joined").expect("submit");
     assert_eq!(job.state, JobState::Completed);
 }
+
+#[tokio::test]
+async fn log_watchers_at_the_same_place_share_their_reads() {
+    let h = harness();
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(h.service.watch_log(None, LogStart::Now).await.expect("watch"));
+    }
+    let before = h.store.log_reads();
+    h.service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect("submit");
+    for stream in &mut streams {
+        assert_eq!(
+            next_kinds(stream, 2).await,
+            [(1, EventKind::Created), (2, EventKind::Submitted)]
+        );
+    }
+    let reads = h.store.log_reads() - before;
+    assert!(reads <= 8, "{reads} log reads for 20 streams and 2 events");
+}

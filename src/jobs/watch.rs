@@ -2,6 +2,7 @@
 //! duplicate at the seam. Live notices only say "look again"; events are always
 //! read from the store after the last delivered position.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,10 @@ use tokio::sync::mpsc;
 
 use super::error::JobError;
 use super::model::{EventNotice, Job, JobEvent};
-use super::ports::{FanoutMessage, StoreError};
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+
+use super::ports::{FanoutMessage, Interest, SharedStore, StoreError};
 use super::service::JobService;
 
 const PAGE: u32 = 200;
@@ -47,7 +51,7 @@ pub enum LogStart {
 impl JobService {
     /// Waits until the job is final or `deadline`, then returns it as it stands.
     pub async fn wait_for_final(&self, job_id: &str, deadline: tokio::time::Instant) -> Result<Job, JobError> {
-        let mut notices = self.fanout.subscribe();
+        let mut notices = self.fanout.subscribe(Interest::Job(job_id.to_owned()));
         loop {
             let job = self.load(job_id).await?;
             if job.state.is_terminal() {
@@ -74,7 +78,7 @@ impl JobService {
     /// Streams one job's events after `after_sequence`; ends after its final event.
     pub async fn watch_job(self: &Arc<Self>, job_id: &str, after_sequence: u64) -> Result<WatchStream, JobError> {
         // Subscribe before the first read so nothing falls between replay and live.
-        let mut notices = self.fanout.subscribe();
+        let mut notices = self.fanout.subscribe(Interest::Job(job_id.to_owned()));
         let job = self.load(job_id).await?;
         if after_sequence > job.last_sequence {
             return Err(JobError::invalid_field(
@@ -139,7 +143,8 @@ impl JobService {
         user_id: Option<String>,
         start: LogStart,
     ) -> Result<WatchStream, JobError> {
-        let mut notices = self.fanout.subscribe();
+        let interest = user_id.clone().map_or(Interest::All, Interest::User);
+        let mut notices = self.fanout.subscribe(interest);
         let mut cursor = match start {
             LogStart::After(id) => {
                 // A position past the log's end was never issued: it would wait forever.
@@ -156,10 +161,15 @@ impl JobService {
         tokio::spawn(async move {
             let mut heartbeat = tokio::time::interval(service.config.heartbeat_interval);
             heartbeat.tick().await;
+            let mut wanted = None;
             loop {
                 loop {
                     let events = match service
-                        .read_patiently(|| service.store.log_events(cursor, user_id.as_deref(), PAGE))
+                        .read_patiently(|| {
+                            service
+                                .log_reads
+                                .read(&service.store, cursor, user_id.as_deref(), wanted)
+                        })
                         .await
                     {
                         Ok(events) => events,
@@ -168,6 +178,8 @@ impl JobService {
                             return;
                         }
                     };
+                    // Seen: the rest of the log is read like any other page.
+                    wanted = None;
                     if events.is_empty() {
                         break;
                     }
@@ -185,12 +197,12 @@ impl JobService {
                     last_sequence: 0,
                     log_position: cursor,
                 };
-                if service
+                match service
                     .wait_to_look(&mut notices, &mut heartbeat, &sender, relevant, heartbeat_item)
                     .await
-                    == Wake::Stop
                 {
-                    return;
+                    Wake::Look { wanted: event } => wanted = event,
+                    Wake::Stop => return,
                 }
             }
         });
@@ -232,13 +244,19 @@ impl JobService {
         loop {
             tokio::select! {
                 notice = notices.recv() => match notice {
-                    Ok(FanoutMessage::Event(notice)) if relevant(&notice) => return Wake::Look,
-                    Ok(FanoutMessage::Resync) | Err(RecvError::Lagged(_)) => return Wake::Look,
+                    Ok(FanoutMessage::Event(notice)) if relevant(&notice) => {
+                        return Wake::Look { wanted: Some(notice.global_id) };
+                    }
+                    Ok(FanoutMessage::Resync) | Err(RecvError::Lagged(_)) => return Wake::Look { wanted: None },
                     Ok(FanoutMessage::Event(_)) => continue,
                     Err(RecvError::Closed) => return Wake::Stop,
                 },
                 _ = heartbeat.tick() => {
-                    return if sender.send(Ok(heartbeat_item)).await.is_ok() { Wake::Look } else { Wake::Stop };
+                    return if sender.send(Ok(heartbeat_item)).await.is_ok() {
+                        Wake::Look { wanted: None }
+                    } else {
+                        Wake::Stop
+                    };
                 }
                 () = self.shutdown.cancelled() => {
                     let _ = sender.send(Err(JobError::shutting_down())).await;
@@ -253,7 +271,67 @@ impl JobService {
 /// What a stream does after waiting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wake {
-    /// Read the store after the cursor.
-    Look,
+    /// Read the store after the cursor; an event notice says which event must be seen.
+    Look {
+        wanted: Option<i64>,
+    },
     Stop,
+}
+
+type LogPage = Result<Arc<Vec<JobEvent>>, StoreError>;
+type SharedPage = Shared<BoxFuture<'static, LogPage>>;
+/// A place in the log: after this global id, one user's events or all.
+type LogPlace = (i64, Option<String>);
+
+/// Reads of the event log shared by every WatchJobs stream at the same place:
+/// streams woken by one event, at one position, cost one database read.
+#[derive(Default)]
+pub struct LogReads {
+    reading: std::sync::Mutex<HashMap<LogPlace, SharedPage>>,
+}
+
+impl LogReads {
+    /// The page of the log after `after` (one user's, or all), from the read
+    /// in flight at that place if there is one. A read that began before the
+    /// event `wanted` was stored may not hold it: then the page is read again.
+    pub async fn read(
+        &self,
+        store: &SharedStore,
+        after: i64,
+        user_id: Option<&str>,
+        wanted: Option<i64>,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        let key = (after, user_id.map(str::to_owned));
+        let shared = self.page(store, &key, false).await?;
+        let reaches = |page: &[JobEvent]| wanted.is_none_or(|id| page.last().is_some_and(|last| last.global_id >= id));
+        if reaches(&shared) {
+            return Ok(shared.as_ref().clone());
+        }
+        Ok(self.page(store, &key, true).await?.as_ref().clone())
+    }
+
+    async fn page(&self, store: &SharedStore, key: &LogPlace, fresh: bool) -> LogPage {
+        let page = {
+            let mut reading = self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match reading.get(key) {
+                Some(page) if !fresh => page.clone(),
+                _ => {
+                    let store = store.clone();
+                    let (after, user) = key.clone();
+                    let page = async move { store.log_events(after, user.as_deref(), PAGE).await.map(Arc::new) }
+                        .boxed()
+                        .shared();
+                    reading.insert(key.clone(), page.clone());
+                    page
+                }
+            }
+        };
+        let events = page.clone().await;
+        let mut reading = self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The read is over: later wake-ups read afresh.
+        if reading.get(key).is_some_and(|current| current.ptr_eq(&page)) {
+            reading.remove(key);
+        }
+        events
+    }
 }
