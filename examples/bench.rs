@@ -1,67 +1,90 @@
-//! Load benchmark on loopback: the service (SQLite in a temporary directory) and
-//! the simulator in one process, driven by a gRPC client with N calls in flight.
+//! The benchmark: each figure next to a floor measured in the same run, so the
+//! machine's noise cancels out.
 //!
-//!     cargo run --release --example bench -- [JOBS] [CONCURRENCY]
+//!     cargo run --release --example bench [-- --quick]
 //!
-//! Measures SubmitAuthentication (a 640x640 JPEG selfie, the size Smile ID's
-//! own SDKs capture, through the whole Smile ID flow) and GetJob, and reports
-//! the peak resident memory of the process (service and simulator together).
+//! Prints a table and writes `docs/benchmarks.md`. Everything runs on loopback
+//! against the project's simulator (zero delays), on SQLite in a temporary
+//! directory and, when it answers, the local PostgreSQL (`TEST_DATABASE_URL`).
+//! Resident-memory figures come from a separate `selfie-auth serve` process
+//! (built first with `cargo build --release --bin selfie-auth`).
 
+use std::fmt::Write as _;
 use std::io::Cursor;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use selfie_auth::config::Config;
 use selfie_auth::grpc::pb;
 use selfie_auth::grpc::pb::selfie_auth_client::SelfieAuthClient;
-use selfie_auth::simulator::{self, SimulatorConfig};
-use selfie_auth::smileid::ApiKey;
+use selfie_auth::grpc::pb::selfie_auth_server::{SelfieAuth, SelfieAuthServer};
+use selfie_auth::simulator::{self, CallbackMode, RunningSimulator, SimulatorConfig};
+use selfie_auth::smileid::{ApiKey, Credentials};
 use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 const PARTNER: &str = "1234";
 const KEY: &str = "bench-key";
+const USER: &str = "bench-user";
 
-fn selfie() -> Vec<u8> {
-    let image = image::RgbImage::from_fn(640, 640, |x, y| {
-        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8])
+type Client = SelfieAuthClient<Channel>;
+
+/// A JPEG of about `kib` KiB: noise compresses badly, so size follows the side.
+fn jpeg_of(side: u32, seed: u32) -> Bytes {
+    let image = image::RgbImage::from_fn(side, side, |x, y| {
+        let v = x
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(y.wrapping_mul(40_503))
+            .wrapping_add(seed);
+        image::Rgb([(v >> 3) as u8, (v >> 11) as u8, (v >> 19) as u8])
     });
     let mut out = Cursor::new(Vec::new());
     image::DynamicImage::ImageRgb8(image)
         .write_to(&mut out, image::ImageFormat::Jpeg)
         .expect("jpeg");
-    out.into_inner()
+    Bytes::from(out.into_inner())
 }
 
-fn report(name: &str, mut latencies: Vec<Duration>, elapsed: Duration) {
-    latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    println!(
-        "{name:<22} {:>6} calls  {:>8.0} calls/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
-        latencies.len(),
-        latencies.len() as f64 / elapsed.as_secs_f64(),
-        at(0.50).as_secs_f64() * 1e3,
-        at(0.99).as_secs_f64() * 1e3,
-        at(1.0).as_secs_f64() * 1e3,
-    );
+/// Latencies of a phase, sorted.
+struct Sample {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
 }
 
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+impl Sample {
+    fn at(&self, quantile: f64) -> Duration {
+        self.latencies[((self.latencies.len() - 1) as f64 * quantile) as usize]
+    }
+
+    fn p50_ms(&self) -> f64 {
+        self.at(0.5).as_secs_f64() * 1e3
+    }
+
+    fn p99_ms(&self) -> f64 {
+        self.at(0.99).as_secs_f64() * 1e3
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
 }
 
-async fn run_phase<F, Fut>(name: &str, jobs: usize, concurrency: usize, call: F)
+/// Runs `calls` calls of `call`, `in_flight` at a time.
+async fn measure<F, Fut>(calls: usize, in_flight: usize, call: F) -> Sample
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: Future<Output = ()> + Send,
 {
     let call = Arc::new(call);
-    let permits = Arc::new(Semaphore::new(concurrency));
+    let permits = Arc::new(Semaphore::new(in_flight));
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(jobs);
-    for index in 0..jobs {
+    let mut tasks = Vec::with_capacity(calls);
+    for index in 0..calls {
         let permit = permits.clone().acquire_owned().await.expect("semaphore");
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
@@ -70,89 +93,722 @@ where
             drop(permit);
             begun.elapsed()
         }));
-        if (index + 1) % 500 == 0 {
-            eprintln!("  {name}: {} of {jobs} started", index + 1);
-        }
     }
-    let mut latencies = Vec::with_capacity(jobs);
+    let mut latencies = Vec::with_capacity(calls);
     for task in tasks {
         latencies.push(task.await.expect("call"));
     }
-    report(name, latencies, started.elapsed());
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Sample { latencies, elapsed }
+}
+
+/// The report: rows of (measure, selfie-auth, floor, ratio or target), and notes.
+#[derive(Default)]
+struct Report {
+    rows: Vec<[String; 4]>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn row(&mut self, measure: &str, ours: String, floor: String, verdict: String) {
+        println!("{measure:<58} {ours:>22} {floor:>30} {verdict}");
+        self.rows.push([measure.to_owned(), ours, floor, verdict]);
+    }
+}
+
+fn verdict(ok: bool, text: String) -> String {
+    format!("{} {text}", if ok { "met:" } else { "MISSED:" })
+}
+
+/// A bare tonic server answering SubmitAuthentication at once: the floor of
+/// moving the same bytes through gRPC.
+struct Echo;
+
+#[tonic::async_trait]
+impl SelfieAuth for Echo {
+    async fn submit_authentication(
+        &self,
+        request: tonic::Request<pb::SubmitAuthenticationRequest>,
+    ) -> Result<tonic::Response<pb::SubmitAuthenticationResponse>, tonic::Status> {
+        let request = request.into_inner();
+        Ok(tonic::Response::new(pb::SubmitAuthenticationResponse {
+            job: Some(pb::Job {
+                job_id: request.job_id,
+                ..Default::default()
+            }),
+            created: true,
+        }))
+    }
+
+    async fn get_job(&self, _: tonic::Request<pb::GetJobRequest>) -> Result<tonic::Response<pb::Job>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+
+    type WatchJobStream = futures::stream::Empty<Result<pb::JobEvent, tonic::Status>>;
+
+    async fn watch_job(
+        &self,
+        _: tonic::Request<pb::WatchJobRequest>,
+    ) -> Result<tonic::Response<Self::WatchJobStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+
+    type WatchJobsStream = futures::stream::Empty<Result<pb::JobEvent, tonic::Status>>;
+
+    async fn watch_jobs(
+        &self,
+        _: tonic::Request<pb::WatchJobsRequest>,
+    ) -> Result<tonic::Response<Self::WatchJobsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+}
+
+async fn start_echo() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .add_service(SelfieAuthServer::new(Echo).max_decoding_message_size(32 * 1024 * 1024));
+    tokio::spawn(server.serve_with_incoming(incoming));
+    Ok(addr)
+}
+
+async fn client_for(addr: SocketAddr) -> anyhow::Result<Client> {
+    let channel = tonic::transport::Endpoint::new(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    Ok(SelfieAuthClient::new(channel).max_encoding_message_size(32 * 1024 * 1024))
+}
+
+struct Service {
+    running: selfie_auth::server::RunningService,
+    callback_url: String,
+}
+
+/// A service on 127.0.0.1:0 over `database_url`, talking to `sim`.
+async fn start_service(sim: &RunningSimulator, database_url: &str, flags: &[&str]) -> anyhow::Result<Service> {
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let callback_url = format!("http://{}/callbacks/smileid", http.local_addr()?);
+    let base_url = sim.v1_url();
+    let mut args = vec![
+        "--database-url",
+        database_url,
+        "--partner-id",
+        PARTNER,
+        "--smileid-base-url",
+        &base_url,
+        "--callback-url",
+        &callback_url,
+        "--concurrency-limit",
+        "4096",
+        "--shutdown-delay",
+        "0s",
+        "--reconcile-after",
+        "10m",
+    ];
+    args.extend_from_slice(flags);
+    let config = Config::parse_from(args, Some(ApiKey::new(KEY)))?;
+    let running = selfie_auth::server::start_on(config, grpc, http).await?;
+    running.ready().await;
+    Ok(Service { running, callback_url })
+}
+
+fn submit_request(job_id: String, selfie: &Bytes, liveness: &[Bytes]) -> pb::SubmitAuthenticationRequest {
+    pb::SubmitAuthenticationRequest {
+        user_id: USER.into(),
+        job_id,
+        selfie_image: selfie.clone(),
+        liveness_images: liveness.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Health/Check and GetJob on the same server, 1 and 64 in flight.
+async fn get_job_against_health(report: &mut Report, service: &Service, calls: usize) -> anyhow::Result<()> {
+    let client = client_for(service.running.grpc_addr).await?;
+    client
+        .clone()
+        .submit_authentication(submit_request("get-target".into(), &jpeg_of(64, 1), &[]))
+        .await?;
+    let health = HealthClient::new(client_channel(service.running.grpc_addr).await?);
+    for in_flight in [1, 64] {
+        let calls = if in_flight == 1 { calls } else { calls * 4 };
+        let floor = {
+            let health = health.clone();
+            measure(calls, in_flight, move |_| {
+                let mut health = health.clone();
+                async move {
+                    health.check(HealthCheckRequest::default()).await.expect("health");
+                }
+            })
+            .await
+        };
+        let ours = {
+            let client = client.clone();
+            measure(calls, in_flight, move |_| {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .get_job(pb::GetJobRequest {
+                            job_id: "get-target".into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("get");
+                }
+            })
+            .await
+        };
+        if in_flight == 1 {
+            let ratio = ours.p50_ms() / floor.p50_ms();
+            report.row(
+                "GetJob p50, 1 in flight",
+                format!("{:.3} ms (p99 {:.3})", ours.p50_ms(), ours.p99_ms()),
+                format!("Health/Check {:.3} ms (p99 {:.3})", floor.p50_ms(), floor.p99_ms()),
+                verdict(ratio <= 2.0, format!("{ratio:.2}x the floor, target <= 2x")),
+            );
+        } else {
+            let ratio = ours.rate() / floor.rate();
+            report.row(
+                "GetJob throughput, 64 in flight",
+                format!("{:.0} calls/s", ours.rate()),
+                format!("Health/Check {:.0} calls/s", floor.rate()),
+                verdict(ratio >= 0.6, format!("{ratio:.2}x the floor, target >= 0.6x")),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn client_channel(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(tonic::transport::Endpoint::new(format!("http://{addr}"))?
+        .connect()
+        .await?)
+}
+
+/// SubmitAuthentication against a bare echo of the same payload and the Python SDK.
+async fn submit_against_echo(
+    report: &mut Report,
+    service: &Service,
+    sim: &RunningSimulator,
+    calls: usize,
+) -> anyhow::Result<()> {
+    let selfie = jpeg_of(330, 7);
+    let liveness: Vec<Bytes> = (0..8).map(|index| jpeg_of(165, 100 + index)).collect();
+    report.notes.push(format!(
+        "Submission payload: a {} KiB selfie and 8 liveness frames of {} KiB (noise JPEGs).",
+        selfie.len() / 1024,
+        liveness[0].len() / 1024
+    ));
+    let echo = client_for(start_echo().await?).await?;
+    let client = client_for(service.running.grpc_addr).await?;
+    for in_flight in [1, 16] {
+        let floor = {
+            let (echo, selfie, liveness) = (echo.clone(), selfie.clone(), liveness.clone());
+            measure(calls, in_flight, move |index| {
+                let mut echo = echo.clone();
+                let request = submit_request(format!("echo-{in_flight}-{index}"), &selfie, &liveness);
+                async move {
+                    echo.submit_authentication(request).await.expect("echo");
+                }
+            })
+            .await
+        };
+        let ours = {
+            let (client, selfie, liveness) = (client.clone(), selfie.clone(), liveness.clone());
+            measure(calls, in_flight, move |index| {
+                let mut client = client.clone();
+                let request = submit_request(format!("submit-{in_flight}-{index}"), &selfie, &liveness);
+                async move {
+                    client.submit_authentication(request).await.expect("submit");
+                }
+            })
+            .await
+        };
+        if in_flight == 1 {
+            let python = python_sdk_p50(sim, &selfie, &liveness, calls.min(100)).await;
+            let (floor_text, met) = match python {
+                Some(python) => (
+                    format!("Python SDK {python:.2} ms; echo {:.2} ms", floor.p50_ms()),
+                    verdict(
+                        ours.p50_ms() < python,
+                        format!("target: below the Python SDK's {python:.2} ms"),
+                    ),
+                ),
+                None => (
+                    format!("echo {:.2} ms (Python SDK not installed)", floor.p50_ms()),
+                    "target: below the Python SDK (run the test suite once to install it)".to_owned(),
+                ),
+            };
+            report.row(
+                "SubmitAuthentication p50, 1 in flight",
+                format!("{:.2} ms (p99 {:.2})", ours.p50_ms(), ours.p99_ms()),
+                floor_text,
+                met,
+            );
+        } else {
+            let ratio = ours.rate() / floor.rate();
+            report.row(
+                "SubmitAuthentication throughput, 16 in flight",
+                format!("{:.0} calls/s", ours.rate()),
+                format!("echo {:.0} calls/s", floor.rate()),
+                verdict(ratio >= 0.35, format!("{ratio:.2}x the echo, target >= 0.35x")),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The official Python SDK (`smile-id-core`, installed by the test suite in
+/// `target/sdk-venv`) submitting the same job to the same simulator: its p50.
+async fn python_sdk_p50(sim: &RunningSimulator, selfie: &Bytes, liveness: &[Bytes], calls: usize) -> Option<f64> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
+    if !python.exists() {
+        return None;
+    }
+    let dir = tempfile::tempdir().ok()?;
+    std::fs::write(dir.path().join("selfie.jpg"), selfie).ok()?;
+    for (index, frame) in liveness.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("liveness_{index}.jpg")), frame).ok()?;
+    }
+    let script = r#"
+import os, sys, time, uuid
+from smile_id_core import WebApi
+base, partner, key, folder, user, calls = sys.argv[1:7]
+images = [{"image_type_id": 0, "file_name": os.path.join(folder, "selfie.jpg")}]
+images += [{"image_type_id": 4, "file_name": os.path.join(folder, f"liveness_{i}.jpg")} for i in range(8)]
+options = {"return_job_status": False, "return_history": False, "return_images": False, "use_enrolled_image": False}
+api = WebApi(partner, "http://127.0.0.1:9/unused", key, base)
+times = []
+for _ in range(int(calls)):
+    params = {"user_id": user, "job_id": "py-" + uuid.uuid4().hex[:16], "job_type": 2}
+    started = time.perf_counter()
+    api.submit_job(params, images, {}, options)
+    times.append(time.perf_counter() - started)
+times.sort()
+print(times[len(times) // 2] * 1000)
+"#;
+    let output = tokio::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args([
+            sim.v1_url().as_str(),
+            PARTNER,
+            KEY,
+            dir.path().to_str()?,
+            USER,
+            &calls.to_string(),
+        ])
+        .output()
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+}
+
+/// A signed final callback for `job_id`.
+fn callback(job_id: &str, smile_job_id: &str) -> serde_json::Value {
+    let (timestamp, signature) = Credentials::new(PARTNER, ApiKey::new(KEY)).sign_now();
+    serde_json::json!({
+        "ResultCode": "0820", "ResultText": "", "IsFinalResult": "true", "SmileJobID": smile_job_id,
+        "PartnerParams": {"job_id": job_id, "user_id": USER, "job_type": 2},
+        "timestamp": timestamp, "signature": signature.as_str(),
+    })
+}
+
+/// Jobs accepted by Smile ID whose results have not come (callbacks dropped).
+async fn pending_jobs(client: &Client, prefix: &str, count: usize) -> Vec<(String, String)> {
+    let selfie = jpeg_of(64, 3);
+    let sample = measure(count, 32, {
+        let client = client.clone();
+        let prefix = prefix.to_owned();
+        move |index| {
+            let mut client = client.clone();
+            let request = submit_request(format!("{prefix}-{index}"), &selfie, &[]);
+            async move {
+                client.submit_authentication(request).await.expect("pending job");
+            }
+        }
+    })
+    .await;
+    drop(sample);
+    let mut jobs = Vec::with_capacity(count);
+    for index in 0..count {
+        let job_id = format!("{prefix}-{index}");
+        let job = client
+            .clone()
+            .get_job(pb::GetJobRequest {
+                job_id: job_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        jobs.push((job_id, job.smile_job_id));
+    }
+    jobs
+}
+
+/// Callback POST → FINAL_RESULT on an open WatchJob (on `watcher`), at `rate` callbacks/s offered to `receiver`.
+async fn callback_to_event(
+    receiver: &Service,
+    watcher: &Service,
+    jobs: &[(String, String)],
+    rate: f64,
+) -> anyhow::Result<Sample> {
+    let client = client_for(watcher.running.grpc_addr).await?;
+    let mut streams = Vec::with_capacity(jobs.len());
+    for (job_id, _) in jobs {
+        let mut stream = client
+            .clone()
+            .watch_job(pb::WatchJobRequest {
+                job_id: job_id.clone(),
+                after_sequence: 2,
+            })
+            .await?
+            .into_inner();
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<Instant>();
+        streams.push((
+            tokio::spawn(async move {
+                while let Ok(Some(event)) = stream.message().await {
+                    if event.kind() == pb::JobEventKind::FinalResult {
+                        let received = Instant::now();
+                        let sent = sent_rx.await.ok()?;
+                        return Some(received.duration_since(sent));
+                    }
+                }
+                None
+            }),
+            sent_tx,
+        ));
+    }
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let started = Instant::now();
+    let mut posts = Vec::with_capacity(jobs.len());
+    for ((job_id, smile_job_id), (_, sent)) in jobs.iter().zip(streams.iter_mut().map(|(task, sent)| (task, sent))) {
+        let body = callback(job_id, smile_job_id);
+        let url = receiver.callback_url.clone();
+        let http = http.clone();
+        let send_at = started + gap * posts.len() as u32;
+        tokio::time::sleep_until(send_at.into()).await;
+        let now = Instant::now();
+        let sender = std::mem::replace(sent, tokio::sync::oneshot::channel().0);
+        let _ = sender.send(now);
+        posts.push(tokio::spawn(async move {
+            let answer = http.post(url).json(&body).send().await.expect("post");
+            assert!(answer.status().is_success(), "{}", answer.status());
+        }));
+    }
+    for post in posts {
+        post.await?;
+    }
+    let elapsed = started.elapsed();
+    let mut latencies = Vec::with_capacity(jobs.len());
+    for (task, _) in streams {
+        if let Some(latency) = task.await? {
+            latencies.push(latency);
+        }
+    }
+    latencies.sort_unstable();
+    Ok(Sample { latencies, elapsed })
+}
+
+/// Callbacks acknowledged per second, 64 posted at a time.
+async fn ingestion(receiver: &Service, jobs: &[(String, String)]) -> anyhow::Result<f64> {
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let bodies: Vec<(String, serde_json::Value)> = jobs
+        .iter()
+        .map(|(job_id, smile_job_id)| (receiver.callback_url.clone(), callback(job_id, smile_job_id)))
+        .collect();
+    let bodies = Arc::new(bodies);
+    let sample = measure(bodies.len(), 64, move |index| {
+        let http = http.clone();
+        let bodies = bodies.clone();
+        async move {
+            let (url, body) = &bodies[index];
+            let answer = http.post(url).json(body).send().await.expect("post");
+            assert!(answer.status().is_success());
+        }
+    })
+    .await;
+    Ok(sample.rate())
+}
+
+async fn postgres_url() -> Option<String> {
+    use sqlx::Connection as _;
+    let base = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut connection = tokio::time::timeout(Duration::from_secs(3), sqlx::PgConnection::connect(&base))
+        .await
+        .ok()?
+        .ok()?;
+    let schema = format!("bench_{}", rand::random::<u32>());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut connection)
+        .await
+        .ok()?;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{separator}options=-c%20search_path%3D{schema}"))
+}
+
+/// Callback → event latency and ingestion on one store.
+async fn callbacks_on(
+    report: &mut Report,
+    sim: &RunningSimulator,
+    name: &str,
+    receiver: &Service,
+    watcher: &Service,
+    calls: usize,
+    targets: (f64, f64, f64),
+) -> anyhow::Result<()> {
+    let client = client_for(receiver.running.grpc_addr).await?;
+    sim.set_callback_mode(CallbackMode::Drop);
+    let latency_jobs = pending_jobs(&client, &format!("{name}-latency"), calls).await;
+    let sample = callback_to_event(receiver, watcher, &latency_jobs, 500.0).await?;
+    let (p50_target, p99_target, rate_target) = targets;
+    let met = sample.p50_ms() <= p50_target && sample.p99_ms() <= p99_target;
+    report.row(
+        &format!("callback -> WatchJob event, 500/s offered, {name}"),
+        format!("p50 {:.2} ms, p99 {:.2} ms", sample.p50_ms(), sample.p99_ms()),
+        format!("{} of {} events", sample.latencies.len(), latency_jobs.len()),
+        verdict(met, format!("target p50 <= {p50_target} ms, p99 <= {p99_target} ms")),
+    );
+    let ingest_jobs = pending_jobs(&client, &format!("{name}-ingest"), calls * 2).await;
+    let rate = ingestion(receiver, &ingest_jobs).await?;
+    report.row(
+        &format!("callbacks acknowledged (stored, confirmed), {name}"),
+        format!("{rate:.0} /s"),
+        "64 posted at a time".into(),
+        verdict(rate >= rate_target, format!("target >= {rate_target:.0}/s")),
+    );
+    sim.set_callback_mode(CallbackMode::Deliver);
+    Ok(())
+}
+
+/// The resident memory of a process, in bytes.
+fn resident(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Idle RSS and RSS per open stream of a `selfie-auth serve` process.
+async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[usize]) -> anyhow::Result<()> {
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/selfie-auth");
+    if !binary.exists() {
+        report
+            .notes
+            .push("Memory figures skipped: build `target/release/selfie-auth` first.".into());
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let grpc = free_port();
+    let mut child = tokio::process::Command::new(&binary)
+        .arg("serve")
+        .env("SMILEID_PARTNER_ID", PARTNER)
+        .env("SMILEID_API_KEY", KEY)
+        .env("SMILEID_BASE_URL", sim.v1_url())
+        .env("SELFIE_AUTH_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("SELFIE_AUTH_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("rss.db").display()),
+        )
+        .env("SELFIE_AUTH_GRPC_MAX_CONNECTIONS", "10000")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let addr: SocketAddr = format!("127.0.0.1:{grpc}").parse()?;
+    let client = loop {
+        if let Ok(client) = client_for(addr).await
+            && client
+                .clone()
+                .get_job(pb::GetJobRequest {
+                    job_id: "none".into(),
+                    ..Default::default()
+                })
+                .await
+                .is_err_and(|status| status.code() == tonic::Code::NotFound)
+        {
+            break client;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    sim.set_callback_mode(CallbackMode::Drop);
+    client
+        .clone()
+        .submit_authentication(submit_request("watched".into(), &jpeg_of(64, 9), &[]))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = resident(pid).unwrap_or_default();
+    report.row(
+        "idle resident memory (serve, SQLite)",
+        format!("{:.1} MiB", idle as f64 / 1048576.0),
+        "-".into(),
+        verdict(idle <= 30 * 1000 * 1000, "target <= 30 MB".into()),
+    );
+    let mut open = Vec::new();
+    let mut channels = Vec::new();
+    for &count in counts {
+        while open.len() < count {
+            if open.len() % 100 == 0 {
+                channels.push(client_channel(addr).await?);
+            }
+            let channel = channels.last().cloned().expect("a channel");
+            let stream = SelfieAuthClient::new(channel)
+                .watch_job(pb::WatchJobRequest {
+                    job_id: "watched".into(),
+                    after_sequence: 2,
+                })
+                .await?
+                .into_inner();
+            open.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let with_streams = resident(pid).unwrap_or_default();
+        let per_stream = with_streams.saturating_sub(idle) as f64 / count as f64 / 1024.0;
+        let started = Instant::now();
+        let answered = client
+            .clone()
+            .get_job(pb::GetJobRequest {
+                job_id: "watched".into(),
+                ..Default::default()
+            })
+            .await
+            .is_ok();
+        report.row(
+            &format!("{count} open WatchJob streams ({} connections)", channels.len()),
+            format!("{per_stream:.1} KiB per stream"),
+            format!(
+                "GetJob {} in {:.1} ms",
+                if answered { "answered" } else { "FAILED" },
+                started.elapsed().as_secs_f64() * 1e3
+            ),
+            verdict(
+                answered && (count < 50_000 || per_stream <= 8.0),
+                if count >= 50_000 {
+                    "target <= 8 KiB per stream".into()
+                } else {
+                    "GetJob answers".into()
+                },
+            ),
+        );
+    }
+    sim.set_callback_mode(CallbackMode::Deliver);
+    drop(open);
+    child.kill().await?;
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or(0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|model| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{cores} cores ({cpu}), Linux, loopback")
+}
+
+fn write_markdown(report: &Report, path: &Path, command: &str) -> anyhow::Result<()> {
+    let mut text = String::new();
+    writeln!(text, "# Benchmarks\n")?;
+    writeln!(
+        text,
+        "Written by `{command}` on {} ({}). Each figure stands next to a floor measured in the \
+         same run, so the machine's noise cancels out; run it again to compare builds.\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        machine()
+    )?;
+    writeln!(text, "| measure | selfie-auth | floor in the same run | target |")?;
+    writeln!(text, "|---|---|---|---|")?;
+    for [measure, ours, floor, verdict] in &report.rows {
+        writeln!(text, "| {measure} | {ours} | {floor} | {verdict} |")?;
+    }
+    if !report.notes.is_empty() {
+        writeln!(text)?;
+        for note in &report.notes {
+            writeln!(text, "- {note}")?;
+        }
+    }
+    std::fs::write(path, text)?;
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let jobs: usize = args.next().map(|value| value.parse()).transpose()?.unwrap_or(2000);
-    let concurrency: usize = args.next().map(|value| value.parse()).transpose()?.unwrap_or(32);
-    let loopback = "127.0.0.1:0".parse()?;
-
+    let quick = std::env::args().any(|arg| arg == "--quick");
+    let calls = if quick { 200 } else { 2000 };
     let mut sim_config = SimulatorConfig::new(PARTNER, ApiKey::new(KEY));
-    sim_config.enrolled_users = vec!["bench-user".into()];
-    sim_config.max_jobs = jobs + 10;
-    let sim = simulator::start(sim_config, loopback).await?;
-    let dir = tempfile::tempdir()?;
-    let grpc = tokio::net::TcpListener::bind(loopback).await?;
-    let http = tokio::net::TcpListener::bind(loopback).await?;
-    let callback_url = format!("http://{}/callbacks/smileid", http.local_addr()?);
-    let database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let base_url = sim.v1_url();
-    let config = Config::parse_from(
-        [
-            "--database-url",
-            &database_url,
-            "--partner-id",
-            PARTNER,
-            "--smileid-base-url",
-            &base_url,
-            "--callback-url",
-            &callback_url,
-            "--concurrency-limit",
-            "4096",
-        ],
-        Some(ApiKey::new(KEY)),
-    )?;
-    let service = selfie_auth::server::start_on(config, grpc, http).await?;
-    service.ready().await;
-    let client = SelfieAuthClient::connect(format!("http://{}", service.grpc_addr)).await?;
-    let image = bytes::Bytes::from(selfie());
-    println!(
-        "selfie-auth bench: {jobs} jobs, {concurrency} in flight, selfie {} KiB, SQLite, loopback",
-        image.len() / 1024
-    );
+    sim_config.enrolled_users = vec![USER.into()];
+    sim_config.max_jobs = 200_000;
+    sim_config.callback_delay = Duration::ZERO;
+    sim_config.review_delay = Duration::ZERO;
+    let sim = simulator::start(sim_config, "127.0.0.1:0".parse()?).await?;
+    let mut report = Report::default();
+    println!("selfie-auth benchmark on {}\n", machine());
 
-    let submit_client = client.clone();
-    run_phase("SubmitAuthentication", jobs, concurrency, move |index| {
-        let mut client = submit_client.clone();
-        let image = image.clone();
-        async move {
-            let request = pb::SubmitAuthenticationRequest {
-                user_id: "bench-user".into(),
-                job_id: format!("bench-{index}"),
-                selfie_image: image,
-                ..Default::default()
-            };
-            client.submit_authentication(request).await.expect("submit");
+    let dir = tempfile::tempdir()?;
+    let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let service = start_service(&sim, &sqlite, &[]).await?;
+    get_job_against_health(&mut report, &service, calls).await?;
+    submit_against_echo(&mut report, &service, &sim, calls / 4).await?;
+    callbacks_on(
+        &mut report,
+        &sim,
+        "SQLite",
+        &service,
+        &service,
+        calls / 2,
+        (2.0, 5.0, 5000.0),
+    )
+    .await?;
+    service.running.shutdown().await;
+
+    match postgres_url().await {
+        Some(url) => {
+            let a = start_service(&sim, &url, &[]).await?;
+            let b = start_service(&sim, &url, &[]).await?;
+            callbacks_on(
+                &mut report,
+                &sim,
+                "PostgreSQL, 2 replicas",
+                &a,
+                &b,
+                calls / 2,
+                (f64::MAX, 25.0, 3000.0),
+            )
+            .await?;
+            a.running.shutdown().await;
+            b.running.shutdown().await;
         }
-    })
-    .await;
-    let get_client = client.clone();
-    run_phase("GetJob", jobs, concurrency, move |index| {
-        let mut client = get_client.clone();
-        async move {
-            let request = pb::GetJobRequest {
-                job_id: format!("bench-{}", index),
-                ..Default::default()
-            };
-            client.get_job(request).await.expect("get");
-        }
-    })
-    .await;
-    if let Some(peak) = peak_rss_mib() {
-        println!("peak resident memory   {peak:.0} MiB (service and simulator, one process)");
+        None => report
+            .notes
+            .push("PostgreSQL figures skipped: no database answered.".into()),
     }
-    service.shutdown().await;
+
+    let counts: &[usize] = if quick { &[1_000, 5_000] } else { &[10_000, 50_000] };
+    streams_and_rss(&mut report, &sim, counts).await?;
+
+    let out: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
+    if !quick {
+        std::fs::create_dir_all(out.parent().expect("docs"))?;
+        write_markdown(&report, &out, "cargo run --release --example bench")?;
+        println!("\nwritten to {}", out.display());
+    }
     sim.shutdown().await;
     Ok(())
 }
