@@ -1,6 +1,7 @@
 //! The contract's codec: prost, except that a request that is not valid
 //! protobuf is the caller's error (`INVALID_ARGUMENT`, reason
-//! `INVALID_MESSAGE`), not the server's (`INTERNAL`, as prost's codec says).
+//! `INVALID_MESSAGE`), not the server's (`INTERNAL`, as prost's codec says),
+//! and that responses start from a small buffer.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -12,6 +13,12 @@ use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 use super::status::reason_status;
 use crate::jobs::ErrorReason;
+
+/// A response's encoding buffer starts small and grows with the message:
+/// every open stream keeps one, and tonic's default is 8 KiB.
+fn encoder_buffer() -> BufferSettings {
+    BufferSettings::new(1024, 32 * 1024)
+}
 
 #[derive(Debug, Clone)]
 pub struct StrictCodec<T, U>(PhantomData<(T, U)>);
@@ -33,7 +40,7 @@ where
     type Decoder = StrictDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(BufferSettings::default())
+        ProstCodec::<T, U>::raw_encoder(encoder_buffer())
     }
 
     fn decoder(&mut self) -> Self::Decoder {

@@ -19,6 +19,8 @@ use super::ports::{FanoutMessage, Interest, SharedStore, StoreError};
 use super::service::JobService;
 
 const PAGE: u32 = 200;
+/// Items a stream holds for a slow reader before it waits for it.
+const STREAM_BUFFER: usize = 16;
 /// The longest pause between retries of a failed read (about 1.5 s in all).
 const READ_RETRY_CEILING: Duration = Duration::from_millis(800);
 
@@ -35,7 +37,9 @@ pub enum WatchItem {
     },
 }
 
-pub type WatchStream = mpsc::Receiver<Result<WatchItem, JobError>>;
+/// A stream's items. The error is boxed: a stream's channel holds its items
+/// inline, and tens of thousands of idle streams should cost little.
+pub type WatchStream = mpsc::Receiver<Result<WatchItem, Box<JobError>>>;
 
 /// Where a WatchJobs stream starts.
 #[derive(Clone, Copy, Debug)]
@@ -86,7 +90,7 @@ impl JobService {
                 format!("is past the job's last event ({})", job.last_sequence),
             ));
         }
-        let (sender, receiver) = mpsc::channel(64);
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
         let job_id = job.job_id.clone();
         tokio::spawn(async move {
@@ -105,7 +109,7 @@ impl JobService {
                     {
                         Ok(events) => events,
                         Err(error) => {
-                            let _ = sender.send(Err(error.into())).await;
+                            let _ = sender.send(Err(Box::new(error.into()))).await;
                             return;
                         }
                     };
@@ -156,7 +160,7 @@ impl JobService {
             LogStart::Beginning => 0,
             LogStart::Now => self.store.last_global_id().await?,
         };
-        let (sender, receiver) = mpsc::channel(64);
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
         tokio::spawn(async move {
             let mut heartbeat = tokio::time::interval(service.config.heartbeat_interval);
@@ -174,7 +178,7 @@ impl JobService {
                     {
                         Ok(events) => events,
                         Err(error) => {
-                            let _ = sender.send(Err(error.into())).await;
+                            let _ = sender.send(Err(Box::new(error.into()))).await;
                             return;
                         }
                     };
@@ -237,7 +241,7 @@ impl JobService {
         &self,
         notices: &mut broadcast::Receiver<FanoutMessage>,
         heartbeat: &mut tokio::time::Interval,
-        sender: &mpsc::Sender<Result<WatchItem, JobError>>,
+        sender: &mpsc::Sender<Result<WatchItem, Box<JobError>>>,
         relevant: impl Fn(&EventNotice) -> bool,
         heartbeat_item: WatchItem,
     ) -> Wake {
@@ -259,7 +263,7 @@ impl JobService {
                     };
                 }
                 () = self.shutdown.cancelled() => {
-                    let _ = sender.send(Err(JobError::shutting_down())).await;
+                    let _ = sender.send(Err(Box::new(JobError::shutting_down()))).await;
                     return Wake::Stop;
                 }
                 () = sender.closed() => return Wake::Stop,
