@@ -457,9 +457,13 @@ async fn callback_to_event(
     jobs: &[(String, String)],
     rate: f64,
 ) -> anyhow::Result<Sample> {
-    let client = client_for(watcher.running.grpc_addr).await?;
     let mut streams = Vec::with_capacity(jobs.len());
-    for (job_id, _) in jobs {
+    let mut client = client_for(watcher.running.grpc_addr).await?;
+    for (index, (job_id, _)) in jobs.iter().enumerate() {
+        // A connection carries at most 256 streams (the server's limit): spread them.
+        if index > 0 && index % 200 == 0 {
+            client = client_for(watcher.running.grpc_addr).await?;
+        }
         let mut stream = client
             .clone()
             .watch_job(pb::WatchJobRequest {
@@ -534,6 +538,53 @@ async fn ingestion(receiver: &Service, jobs: &[(String, String)]) -> anyhow::Res
     })
     .await;
     Ok(sample.rate())
+}
+
+/// Where a service's time went: the mean of each of its duration histograms
+/// (job store and Smile ID), from its own `/metrics`.
+async fn where_time_goes(service: &Service) -> Option<String> {
+    let text = reqwest::get(format!("http://{}/metrics", service.running.http_addr))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let mut sums = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    for line in text.lines() {
+        for family in [
+            "selfie_auth_db_operation_duration_seconds",
+            "selfie_auth_smileid_request_duration_seconds",
+        ] {
+            let Some(rest) = line.strip_prefix(family) else {
+                continue;
+            };
+            let (is_sum, rest) = if let Some(rest) = rest.strip_prefix("_sum") {
+                (true, rest)
+            } else if let Some(rest) = rest.strip_prefix("_count") {
+                (false, rest)
+            } else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            let entry = sums
+                .entry(labels.trim_matches(|c| c == '{' || c == '}').to_owned())
+                .or_default();
+            if is_sum {
+                entry.0 += value;
+            } else {
+                entry.1 += value;
+            }
+        }
+    }
+    let parts: Vec<String> = sums
+        .into_iter()
+        .filter(|(_, (_, count))| *count >= 10.0)
+        .map(|(labels, (sum, count))| format!("{labels}: {:.2} ms x {count:.0}", sum / count * 1e3))
+        .collect();
+    Some(parts.join("; "))
 }
 
 async fn postgres_url() -> Option<String> {
@@ -783,6 +834,11 @@ async fn main() -> anyhow::Result<()> {
         (Some(2.0), 5.0, 5000.0),
     )
     .await?;
+    if let Some(profile) = where_time_goes(&service).await {
+        report.notes.push(format!(
+            "Where the SQLite service's time went (mean per operation, its own metrics): {profile}."
+        ));
+    }
     service.running.shutdown().await;
 
     match postgres_url().await {
