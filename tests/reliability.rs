@@ -71,7 +71,28 @@ async fn all_final(client: &Client, within: Duration) -> Vec<pb::Job> {
         }
     })
     .await;
-    final_jobs.expect("every job final in time")
+    match final_jobs {
+        Some(jobs) => jobs,
+        None => {
+            let mut stuck = Vec::new();
+            for index in 0..JOBS {
+                if let Ok(job) = client
+                    .clone()
+                    .get_job(pb::GetJobRequest {
+                        job_id: job_id(index),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    let job = job.into_inner();
+                    if !matches!(job.state(), pb::JobState::Completed | pb::JobState::Failed) {
+                        stuck.push(format!("{} {:?} {:?}", job.job_id, job.state(), job.error));
+                    }
+                }
+            }
+            panic!("jobs not final in time: {stuck:?}");
+        }
+    }
 }
 
 /// Smile ID's final result code of a job, as the simulator holds it.

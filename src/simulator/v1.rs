@@ -155,14 +155,22 @@ pub async fn put_zip(
         job_id
     };
 
-    let zip = body.clone();
-    let inspected = tokio::task::spawn_blocking(move || zip_check::inspect(&zip))
+    // S3 has the object now: Smile ID processes it whether or not the uploader
+    // stays to hear the answer, so the work must not die with this request.
+    let processing = tokio::spawn(process_zip(app, job_id, body));
+    let _ = processing.await;
+    StatusCode::OK.into_response()
+}
+
+/// Inspects an uploaded zip and starts producing the job's results.
+async fn process_zip(app: App, job_id: String, body: Bytes) {
+    let inspected = tokio::task::spawn_blocking(move || zip_check::inspect(&body))
         .await
         .unwrap_or(Err(zip_check::ZipProblem::Corrupt));
     let (outcomes, selfie) = {
         let mut state = app.state();
         let Some(job) = state.jobs.get_mut(&job_id) else {
-            return StatusCode::OK.into_response();
+            return;
         };
         let sandbox = SandboxOutcome::from_partner_params(&job.partner_params);
         match &inspected {
@@ -186,7 +194,6 @@ pub async fn put_zip(
         }
     };
     delivery::process(app.clone(), job_id, outcomes, selfie);
-    StatusCode::OK.into_response()
 }
 
 pub async fn job_status(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {

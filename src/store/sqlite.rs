@@ -47,6 +47,11 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|error| StoreError::Unavailable(format!("migrating the database: {error}")))?;
+        // One process owns the file: a reconciler lease found here is a dead
+        // process's, and would only hold its jobs back until it expired.
+        sqlx::query("UPDATE jobs SET lease_until = NULL WHERE lease_until IS NOT NULL")
+            .execute(&pool)
+            .await?;
         Ok(Self { pool })
     }
 
