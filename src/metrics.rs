@@ -323,9 +323,6 @@ impl ProcessSample {
     }
 }
 
-/// Shared between the transports and the job service.
-pub type SharedMetrics = Arc<Metrics>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
