@@ -6,8 +6,8 @@
 //! units in the names. Labels only ever take values from fixed sets (methods,
 //! codes, outcomes), never ids, so series stay few.
 
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
