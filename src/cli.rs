@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::{Value, json};
@@ -52,13 +54,35 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
 }
 
+/// A server address as a URL: `host:port` (as grpcurl takes it) or a URL.
+fn server_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 async fn connect(args: &ClientArgs) -> anyhow::Result<SelfieAuthClient<tonic::transport::Channel>> {
-    let client = SelfieAuthClient::connect(args.addr.clone())
+    let endpoint = tonic::transport::Endpoint::from_shared(server_url(&args.addr))
+        .map_err(|_| anyhow::anyhow!("--addr {:?} is not host:port or a URL", args.addr))?;
+    let channel = endpoint
+        .connect()
         .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
+        .map_err(|error| anyhow::anyhow!("cannot connect to {}: {}", args.addr, error_source(&error)))?;
+    let client = SelfieAuthClient::new(channel);
     Ok(client
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024))
+}
+
+/// The innermost cause of an error, which says what went wrong (connection refused, ...).
+fn error_source(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// Turns a gRPC error into a readable message with its ErrorInfo reason and field problems.
@@ -108,14 +132,19 @@ pub async fn submit(client_args: &ClientArgs, args: SubmitArgs) -> anyhow::Resul
         .into_inner();
     let job = response.job.unwrap_or_default();
     if client_args.json {
-        println!("{}", json!({"created": response.created, "job": job_json(&job)}));
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            json!({"created": response.created, "job": job_json(&job)})
+        )?;
     } else {
-        println!(
+        writeln!(
+            std::io::stdout().lock(),
             "{} job {}",
             if response.created { "created" } else { "existing" },
             job.job_id
-        );
-        print_job(&job);
+        )?;
+        print_job(&job)?;
     }
     Ok(())
 }
@@ -130,9 +159,9 @@ pub async fn get(client_args: &ClientArgs, job_id: String, refresh: bool) -> any
     };
     let job = client.get_job(request).await.map_err(explain)?.into_inner();
     if client_args.json {
-        println!("{}", job_json(&job));
+        writeln!(std::io::stdout().lock(), "{}", job_json(&job))?;
     } else {
-        print_job(&job);
+        print_job(&job)?;
     }
     Ok(())
 }
@@ -151,16 +180,17 @@ pub async fn watch(client_args: &ClientArgs, job_id: String, after_sequence: u64
             .trim_start_matches("JOB_EVENT_KIND_")
             .to_owned();
         if client_args.json {
-            println!(
+            writeln!(
+                std::io::stdout().lock(),
                 "{}",
                 json!({"sequence": event.sequence, "kind": kind, "job": event.job.as_ref().map(job_json)})
-            );
+            )?;
         } else if event.kind() == pb::JobEventKind::Heartbeat {
             eprintln!("  (waiting; last event {})", event.sequence);
         } else {
-            println!("#{} {kind}", event.sequence);
+            writeln!(std::io::stdout().lock(), "#{} {kind}", event.sequence)?;
             if let Some(job) = &event.job {
-                print_job(job);
+                print_job(job)?;
             }
         }
     }
@@ -198,29 +228,44 @@ fn rfc3339(at: prost_types::Timestamp) -> Option<String> {
     Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-fn print_job(job: &pb::Job) {
-    println!("  job_id      {}", job.job_id);
-    println!("  user_id     {}", job.user_id);
+fn print_job(job: &pb::Job) -> std::io::Result<()> {
+    writeln!(std::io::stdout().lock(), "  job_id      {}", job.job_id)?;
+    writeln!(std::io::stdout().lock(), "  user_id     {}", job.user_id)?;
     if !job.smile_job_id.is_empty() {
-        println!("  smile job   {}", job.smile_job_id);
+        writeln!(std::io::stdout().lock(), "  smile job   {}", job.smile_job_id)?;
     }
-    println!("  state       {}", enum_name(job.state().as_str_name(), "JOB_STATE_"));
+    writeln!(
+        std::io::stdout().lock(),
+        "  state       {}",
+        enum_name(job.state().as_str_name(), "JOB_STATE_")
+    )?;
     if let Some(result) = &job.result {
-        println!("  decision    {}", enum_name(job.decision().as_str_name(), "DECISION_"));
-        println!(
+        writeln!(
+            std::io::stdout().lock(),
+            "  decision    {}",
+            enum_name(job.decision().as_str_name(), "DECISION_")
+        )?;
+        writeln!(
+            std::io::stdout().lock(),
             "  result      {} {} (confidence {}, {})",
             result.result_code,
             result.result_text,
             result.confidence,
             if result.is_final { "final" } else { "provisional" }
-        );
+        )?;
     }
     for (index, entry) in job.history.iter().enumerate() {
-        println!("  history[{index}]  {} {}", entry.result_code, entry.result_text);
+        writeln!(
+            std::io::stdout().lock(),
+            "  history[{index}]  {} {}",
+            entry.result_code,
+            entry.result_text
+        )?;
     }
     if let Some(error) = &job.error {
-        println!("  error       {}", error.message);
+        writeln!(std::io::stdout().lock(), "  error       {}", error.message)?;
     }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -243,11 +288,7 @@ const UNREACHABLE: u8 = 3;
 /// `selfie-auth health`: the server's gRPC health as an exit code, and a line saying it.
 pub async fn health(args: &HealthArgs) -> std::process::ExitCode {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let url = if args.addr.contains("://") {
-        args.addr.clone()
-    } else {
-        format!("http://{}", args.addr)
-    };
+    let url = server_url(&args.addr);
     let checked = async {
         let channel = tonic::transport::Endpoint::from_shared(url)?
             .connect_timeout(args.timeout)

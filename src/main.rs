@@ -152,11 +152,19 @@ async fn main() -> std::process::ExitCode {
     telemetry.shutdown();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // A reader that went away (`selfie-auth get x | head -1`) is not an error.
+        Err(error) if is_broken_pipe(&error) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<()> {

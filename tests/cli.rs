@@ -116,3 +116,35 @@ async fn health_exits_by_the_servers_status() {
     assert_eq!(unreachable.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("unreachable"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_as_grpcurl_takes_them_and_a_closed_pipe_is_no_panic() {
+    let (_sim, service, _dir) = simulator_and_service(|_| {}).await;
+    service
+        .client()
+        .await
+        .submit_authentication(submit_request(ENROLLED_USER, "piped-1"))
+        .await
+        .expect("submit");
+    let addr = service.running.grpc_addr.to_string();
+    let got = run(&["get", "--addr", &addr, "piped-1", "--json"]).await;
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+
+    let refused = run(&["get", "--addr", "127.0.0.1:1", "piped-1"]).await;
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(message.matches("127.0.0.1:1").count(), 1, "said once: {message}");
+
+    // A reader that closes the pipe at once: the command ends quietly, without a panic.
+    let mut reader = std::process::Command::new(env!("CARGO_BIN_EXE_selfie-auth"))
+        .args(["get", "--addr", &addr, "piped-1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(reader.stdout.take());
+    let output = reader.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(output.status.code(), Some(101), "{stderr}");
+}
