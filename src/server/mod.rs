@@ -115,7 +115,7 @@ fn reflection_descriptors() -> anyhow::Result<Vec<u8>> {
     .encode_to_vec())
 }
 
-/// Opens the store, binds both ports, starts serving, then reports SERVING.
+/// Binds both ports and starts serving; see [`start_on`].
 pub async fn start(config: Config) -> anyhow::Result<RunningService> {
     let grpc_listener = TcpListener::bind(config.grpc_addr).await.with_context(|| {
         format!(
