@@ -5,6 +5,7 @@
 //! its event are written in one transaction, so replicas and concurrent requests
 //! cannot lose or reorder each other's updates.
 
+mod cached;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -68,7 +69,8 @@ pub async fn open(database_url: &str, limits: PgLimits) -> Result<OpenedStore, S
         let store = SqliteStore::open(database_url).await?;
         let pool = store.pool().clone();
         return Ok(OpenedStore {
-            store: Arc::new(store),
+            // Only this process writes the file: its own copy of a job is never stale.
+            store: Arc::new(cached::CachedStore::new(store)),
             postgres: None,
             pool_status: pool_status(pool),
         });

@@ -1,0 +1,147 @@
+//! Jobs kept in memory for a store only this process writes (SQLite): a
+//! GetJob, and the read before each write, need not touch the database. Every
+//! write goes through here, so the copy can only be replaced by a newer one.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::jobs::model::{EventKind, Job, JobEvent};
+use crate::jobs::ports::{Backlog, Created, JobStore, Saved, StoreError};
+
+/// Jobs kept; the oldest kept first goes first.
+const CAPACITY: usize = 4096;
+
+#[derive(Default)]
+struct Recent {
+    jobs: HashMap<String, Job>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    /// Keeps `job` unless a newer version of it is kept already.
+    fn keep(&mut self, job: &Job) {
+        match self.jobs.get_mut(&job.job_id) {
+            Some(kept) if kept.version >= job.version => {}
+            Some(kept) => *kept = job.clone(),
+            None => {
+                if self.jobs.len() >= CAPACITY
+                    && let Some(oldest) = self.order.pop_front()
+                {
+                    self.jobs.remove(&oldest);
+                }
+                self.order.push_back(job.job_id.clone());
+                self.jobs.insert(job.job_id.clone(), job.clone());
+            }
+        }
+    }
+}
+
+pub struct CachedStore<S> {
+    inner: S,
+    recent: Mutex<Recent>,
+}
+
+impl<S> CachedStore<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            recent: Mutex::default(),
+        }
+    }
+
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: JobStore> JobStore for CachedStore<S> {
+    async fn create(&self, job: &Job) -> Result<Created, StoreError> {
+        let created = self.inner.create(job).await?;
+        match &created {
+            Created::New(event) => self.recent().keep(&event.job),
+            Created::Existing(existing) => self.recent().keep(existing),
+        }
+        Ok(created)
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        if let Some(job) = self.recent().jobs.get(job_id) {
+            return Ok(Some(job.clone()));
+        }
+        let job = self.inner.get(job_id).await?;
+        if let Some(job) = &job {
+            self.recent().keep(job);
+        }
+        Ok(job)
+    }
+
+    async fn save(&self, job: &mut Job, event: Option<EventKind>) -> Result<Saved, StoreError> {
+        let saved = self.inner.save(job, event).await?;
+        if let Saved::Written(_) = saved {
+            self.recent().keep(job);
+        }
+        Ok(saved)
+    }
+
+    async fn job_events(&self, job_id: &str, after_sequence: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError> {
+        self.inner.job_events(job_id, after_sequence, limit).await
+    }
+
+    async fn log_events(
+        &self,
+        after_global_id: i64,
+        user_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        self.inner.log_events(after_global_id, user_id, limit).await
+    }
+
+    async fn last_global_id(&self) -> Result<i64, StoreError> {
+        self.inner.last_global_id().await
+    }
+
+    async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<Job>, StoreError> {
+        self.inner.claim_due(now, lease, limit).await
+    }
+
+    async fn release_lease(&self, job_id: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(job_id).await
+    }
+
+    async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
+        self.inner.backlog(now).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_newer_version_replaces_a_kept_job() {
+        let mut recent = Recent::default();
+        let mut job = Job::for_test("j", "u");
+        job.version = 3;
+        recent.keep(&job);
+        let mut older = job.clone();
+        older.version = 2;
+        recent.keep(&older);
+        assert_eq!(recent.jobs["j"].version, 3, "a late writer cannot roll a job back");
+        for index in 0..CAPACITY + 10 {
+            recent.keep(&Job::for_test(&format!("k{index}"), "u"));
+        }
+        assert_eq!(recent.jobs.len(), CAPACITY);
+    }
+}
