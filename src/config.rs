@@ -599,19 +599,9 @@ mod tests {
 
     /// The README's configuration table: `(variables, defaults)` of each row.
     fn documented() -> Vec<(String, String)> {
-        let readme = include_str!("../README.md");
-        let table = readme
-            .split("| variable | default | meaning |")
-            .nth(1)
-            .expect("the README has a configuration table");
-        table
-            .lines()
-            .skip(2)
-            .take_while(|line| line.starts_with('|'))
-            .map(|line| {
-                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-                (cells[1].to_owned(), cells[2].to_owned())
-            })
+        crate::readme_table("| variable | default | meaning |")
+            .into_iter()
+            .map(|cells| (cells[0].clone(), cells[1].clone()))
             .collect()
     }
 

@@ -20,3 +20,23 @@ pub mod simulator;
 pub mod smileid;
 pub mod store;
 pub mod telemetry;
+
+/// The cells of each row of the README table under `header`, for tests that
+/// keep the README true to the code.
+#[cfg(test)]
+fn readme_table(header: &str) -> Vec<Vec<String>> {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split(header)
+        .nth(1)
+        .unwrap_or_else(|| panic!("the README has a table headed {header}"));
+    table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            cells.into_iter().map(str::to_owned).collect()
+        })
+        .collect()
+}

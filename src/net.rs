@@ -90,10 +90,6 @@ impl<S> Guarded<S> {
         }
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// Notes that bytes moved.
     fn progressed(&mut self) {
         match self.silence {

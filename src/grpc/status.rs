@@ -139,20 +139,15 @@ pub fn to_rpc_status(status: &Status) -> tonic_types::pb::Status {
 mod tests {
     use super::*;
 
-    /// The README's error table: `(code, reason)` of each row.
+    /// The README's error table: `(code, reason)` of each row, without backticks.
     fn documented() -> Vec<(String, String)> {
-        let readme = include_str!("../../README.md");
-        let table = readme
-            .split("| code | reason | when |")
-            .nth(1)
-            .expect("the README has an error table");
-        table
-            .lines()
-            .skip(2)
-            .take_while(|line| line.starts_with('|'))
-            .map(|line| {
-                let cells: Vec<&str> = line.split('|').map(|cell| cell.trim().trim_matches('`')).collect();
-                (cells[1].to_owned(), cells[2].to_owned())
+        crate::readme_table("| code | reason | when |")
+            .into_iter()
+            .map(|cells| {
+                (
+                    cells[0].trim_matches('`').to_owned(),
+                    cells[1].trim_matches('`').to_owned(),
+                )
             })
             .collect()
     }

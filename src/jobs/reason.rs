@@ -2,8 +2,6 @@
 //! status mapper, the message-size layer and the README's error table all
 //! speak this vocabulary; callers match on these strings, so they never change.
 
-use std::fmt;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorReason {
     InvalidField,
@@ -84,11 +82,5 @@ impl ErrorReason {
             Self::Overloaded => "OVERLOADED",
             Self::Internal => "INTERNAL",
         }
-    }
-}
-
-impl fmt::Display for ErrorReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }

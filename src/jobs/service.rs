@@ -76,11 +76,6 @@ impl JobServiceHandle {
         (Self(receiver), JobServiceSlot(sender))
     }
 
-    /// A handle already holding `service`.
-    pub fn ready(service: Arc<JobService>) -> Self {
-        Self(watch::channel(Some(service)).1)
-    }
-
     pub fn get(&self) -> Result<Arc<JobService>, JobError> {
         self.0.borrow().clone().ok_or_else(|| {
             JobError::Store(StoreError::Unavailable(
