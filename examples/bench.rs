@@ -674,6 +674,7 @@ async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[
             format!("sqlite://{}", dir.path().join("rss.db").display()),
         )
         .env("SELFIE_AUTH_GRPC_MAX_CONNECTIONS", "10000")
+        .env("SELFIE_AUTH_MAX_OPEN_STREAMS", "60000")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()?;

@@ -168,6 +168,9 @@ pub struct ServeArgs {
     /// Connections open at once on the HTTP port; more are closed on arrival.
     #[arg(long, env = "SELFIE_AUTH_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
     pub http_max_connections: usize,
+    /// Streams (WatchJob, WatchJobs, submissions waiting for their result) open at once; more are shed (OVERLOADED).
+    #[arg(long, env = "SELFIE_AUTH_MAX_OPEN_STREAMS", default_value_t = service_defaults().max_open_streams)]
+    pub max_open_streams: usize,
     /// HTTP/2 streams (calls and watches) one gRPC connection may have open.
     #[arg(long, env = "SELFIE_AUTH_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
@@ -353,6 +356,7 @@ impl Config {
             ("grpc_max_connections", args.grpc_max_connections),
             ("http_max_connections", args.http_max_connections),
             ("max_concurrent_streams", args.max_concurrent_streams as usize),
+            ("max_open_streams", args.max_open_streams),
         ] {
             if value == 0 {
                 bail!("{} must be at least 1", name(id));
@@ -391,6 +395,7 @@ impl Config {
             submit_retry_budget: args.submit_retry_budget.0,
             submit_lease: args.submit_lease.0,
             submission_memory_bytes: args.submission_memory_bytes,
+            max_open_streams: args.max_open_streams,
             image_limits,
             sandbox_params_allowed: environment != Environment::Production,
             ..ServiceConfig::default()

@@ -116,10 +116,13 @@ impl SelfieAuth for SelfieAuthApi {
             .await
             .map_err(|error| to_status(&error))?;
         if request.wait_for_result && !output.job.state.is_terminal() {
-            // Admission is what the concurrency limit protects; waiting is cheap.
-            if let Some(admission) = admission {
-                admission.release();
-            }
+            // Admission is what the concurrency limit protects; waiting is cheap, and
+            // counts among the open streams instead (without a free one, it stays admitted).
+            let _stream = service.hold_stream().ok().inspect(|_| {
+                if let Some(admission) = &admission {
+                    admission.release();
+                }
+            });
             output.job = service
                 .wait_for_final(&output.job.job_id, deadline)
                 .await

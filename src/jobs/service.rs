@@ -37,6 +37,8 @@ pub struct ServiceConfig {
     pub submit_retry_budget: Duration,
     /// Bytes of images all submissions being sent may hold at once.
     pub submission_memory_bytes: usize,
+    /// Streams (WatchJob, WatchJobs, submissions waiting for their result) open at once.
+    pub max_open_streams: usize,
     /// How long a call without a deadline waits for its submission (and, with
     /// `wait_for_result`, for the result).
     pub default_wait: Duration,
@@ -55,6 +57,7 @@ impl Default for ServiceConfig {
             submit_lease: Duration::from_secs(15),
             submit_retry_budget: Duration::from_secs(120),
             submission_memory_bytes: 256 * 1024 * 1024,
+            max_open_streams: 10_000,
             default_wait: Duration::from_secs(60),
             sandbox_params_allowed: true,
         }
@@ -113,6 +116,7 @@ pub struct JobService {
     pub(crate) sending: Sending,
     pub(crate) confirmations: Confirmations,
     pub(crate) log_reads: LogReads,
+    pub(crate) open_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl JobService {
@@ -120,6 +124,7 @@ impl JobService {
         let Ports { store, fanout, smile } = ports;
         let decode_budget = MemoryBudget::new(config.image_limits.decode_memory_bytes);
         let submission_budget = MemoryBudget::new(config.submission_memory_bytes);
+        let open_streams = Arc::new(tokio::sync::Semaphore::new(config.max_open_streams));
         Arc::new(Self {
             decode_budget,
             submission_budget,
@@ -132,6 +137,7 @@ impl JobService {
             sending: Sending::default(),
             confirmations: Confirmations::default(),
             log_reads: LogReads::default(),
+            open_streams,
         })
     }
 

@@ -620,3 +620,38 @@ async fn log_watchers_at_the_same_place_share_their_reads() {
     let reads = h.store.log_reads() - before;
     assert!(reads <= 8, "{reads} log reads for 20 streams and 2 events");
 }
+
+#[tokio::test]
+async fn open_streams_are_bounded_and_a_closed_one_frees_its_slot() {
+    let h = Harness::new(ServiceConfig {
+        max_open_streams: 2,
+        ..ServiceConfig::default()
+    });
+    h.service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect("submit");
+    let first = h.service.watch_job("j1", 0).await.expect("first");
+    let _second = h.service.watch_log(None, LogStart::Now).await.expect("second");
+    let refused = h.service.watch_job("j1", 0).await.expect_err("over the bound");
+    assert!(
+        matches!(
+            refused,
+            JobError::Unavailable {
+                reason: UnavailableReason::Overloaded,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..100 {
+        if let Ok(stream) = h.service.watch_job("j1", 0).await {
+            reopened = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reopened.is_some(), "the slot of a closed stream is free again");
+}

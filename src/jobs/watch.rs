@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::error::JobError;
+use super::error::{JobError, UnavailableReason};
 use super::model::{EventNotice, Job, JobEvent};
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
@@ -53,6 +53,20 @@ pub enum LogStart {
 }
 
 impl JobService {
+    /// A slot among the streams (and waits for results) this process holds open
+    /// at once; none free is `UNAVAILABLE` / `OVERLOADED`. Streams cost little
+    /// each, but a client opening connections without end must not exhaust memory.
+    pub fn hold_stream(&self) -> Result<OwnedSemaphorePermit, JobError> {
+        self.open_streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| JobError::Unavailable {
+                reason: UnavailableReason::Overloaded,
+                message: "the server holds as many open streams as it can; retry shortly".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            })
+    }
+
     /// Waits until the job is final or `deadline`, then returns it as it stands.
     pub async fn wait_for_final(&self, job_id: &str, deadline: tokio::time::Instant) -> Result<Job, JobError> {
         let mut notices = self.fanout.subscribe(Interest::Job(job_id.to_owned()));
@@ -81,6 +95,7 @@ impl JobService {
 
     /// Streams one job's events after `after_sequence`; ends after its final event.
     pub async fn watch_job(self: &Arc<Self>, job_id: &str, after_sequence: u64) -> Result<WatchStream, JobError> {
+        let stream = self.hold_stream()?;
         // Subscribe before the first read so nothing falls between replay and live.
         let mut notices = self.fanout.subscribe(Interest::Job(job_id.to_owned()));
         let job = self.load(job_id).await?;
@@ -94,6 +109,7 @@ impl JobService {
         let service = self.clone();
         let job_id = job.job_id.clone();
         tokio::spawn(async move {
+            let _stream = stream;
             let mut cursor = after_sequence;
             if job.state.is_terminal() && cursor >= job.last_sequence {
                 return;
@@ -147,6 +163,7 @@ impl JobService {
         user_id: Option<String>,
         start: LogStart,
     ) -> Result<WatchStream, JobError> {
+        let stream = self.hold_stream()?;
         let interest = user_id.clone().map_or(Interest::All, Interest::User);
         let mut notices = self.fanout.subscribe(interest);
         let mut cursor = match start {
@@ -163,6 +180,7 @@ impl JobService {
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
         tokio::spawn(async move {
+            let _stream = stream;
             let mut heartbeat = tokio::time::interval(service.config.heartbeat_interval);
             heartbeat.tick().await;
             let mut wanted = None;

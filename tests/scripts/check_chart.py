@@ -135,6 +135,8 @@ def _():
     assert env["SELFIE_AUTH_DECODE_MEMORY_BYTES"] == "134217728", env
     greedy = {**REQUIRED, "config": {"memory": {"requestBytes": 268435456, "submissionBytes": 268435456, "decodeBytes": 268435456}}}
     expect_failure(greedy, "exceed resources.limits.memory")
+    expect_failure({**REQUIRED, "config": {"maxOpenStreams": 100000}}, "exceed resources.limits.memory")
+    assert env["SELFIE_AUTH_MAX_OPEN_STREAMS"] == "10000", env
     roomy = {**greedy, "resources": {"limits": {"memory": "1Gi"}}}
     render(roomy)
 
