@@ -151,7 +151,7 @@ impl Metrics {
         ours.register(
             "callbacks",
             "Smile ID callbacks by outcome (applied, unchanged, deferred, unknown_job, refused_signature, \
-             refused_malformed, too_large, timeout, not_stored)",
+             refused_malformed, too_large, timeout, busy, not_stored)",
             self.callbacks.clone(),
         );
         ours.register_with_unit(

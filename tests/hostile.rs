@@ -422,3 +422,38 @@ fn jpeg_header(side: u16) -> Vec<u8> {
     jpeg.extend_from_slice(&[0xFF, 0xD9]);
     jpeg
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_bodies_share_a_memory_budget() {
+    let (_sim, service, _dir) = service_with(&["--request-timeout", "1s"]).await;
+    let addr = service.running.http_addr;
+    // Sixteen callbacks declaring 2 MiB each, that never send it: the 32 MiB are taken.
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"POST /callbacks/smileid HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n{")
+            .await
+            .expect("write");
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let one_more = reqwest::Client::new()
+        .post(format!("http://{addr}/callbacks/smileid"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(one_more.status(), 503, "no room for another 2 MiB");
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("selfie_auth_callbacks_total{outcome=\"busy\"} 1"),
+        "{metrics}"
+    );
+}

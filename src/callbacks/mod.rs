@@ -8,16 +8,21 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use tracing::{info, warn};
 
+use crate::jobs::memory::MemoryBudget;
 use crate::jobs::{CallbackOutcome, JobServiceHandle};
 use crate::metrics::Metrics;
 use crate::smileid::{CallbackError, Credentials, verify_callback};
 
 /// Smile ID documents callbacks up to 1.5 MB.
 pub const MAX_CALLBACK_BYTES: usize = 2 * 1024 * 1024;
+
+/// Memory the bodies of callbacks being received may hold at once: genuine
+/// callbacks are a few KiB, and the connection cap alone would allow gigabytes.
+pub const CALLBACK_MEMORY_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct CallbackSettings {
@@ -27,6 +32,8 @@ pub struct CallbackSettings {
     pub window: Duration,
     /// Longest wait for a callback's body.
     pub body_timeout: Duration,
+    /// Memory the bodies of callbacks being received may hold at once.
+    pub memory: MemoryBudget,
 }
 
 #[derive(Clone)]
@@ -85,8 +92,8 @@ async fn render_metrics(State(endpoint): State<Endpoint>) -> ([(axum::http::Head
         body_bytes = tracing::field::Empty,
     )
 )]
-async fn receive(State(endpoint): State<Endpoint>, body: Body) -> (StatusCode, &'static str) {
-    let (outcome, answer) = handle(&endpoint, body).await;
+async fn receive(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Body) -> (StatusCode, &'static str) {
+    let (outcome, answer) = handle(&endpoint, &headers, body).await;
     endpoint.metrics.callback(outcome);
     let span = tracing::Span::current();
     span.record("http.response.status_code", answer.0.as_u16());
@@ -97,8 +104,24 @@ async fn receive(State(endpoint): State<Endpoint>, body: Body) -> (StatusCode, &
 }
 
 /// Takes one callback; returns its outcome (a metric label) and the answer.
-async fn handle(endpoint: &Endpoint, body: Body) -> (&'static str, (StatusCode, &'static str)) {
+async fn handle(endpoint: &Endpoint, headers: &HeaderMap, body: Body) -> (&'static str, (StatusCode, &'static str)) {
     let settings = &endpoint.settings;
+    // Room for the body as declared (the cap when undeclared), before reading a byte.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(MAX_CALLBACK_BYTES);
+    if declared > MAX_CALLBACK_BYTES {
+        return ("too_large", (StatusCode::PAYLOAD_TOO_LARGE, "callback body too large"));
+    }
+    // Waiting for room counts against the body's time; keep half of it for the body.
+    let Ok(_room) = settings
+        .memory
+        .reserve(declared as u64, settings.body_timeout / 2)
+        .await
+    else {
+        return ("busy", (StatusCode::SERVICE_UNAVAILABLE, "try again"));
+    };
     let body = match tokio::time::timeout(settings.body_timeout, axum::body::to_bytes(body, MAX_CALLBACK_BYTES)).await {
         Ok(Ok(body)) => body,
         Ok(Err(_)) => return ("too_large", (StatusCode::PAYLOAD_TOO_LARGE, "callback body too large")),

@@ -167,6 +167,7 @@ pub async fn start_on(
         credentials: config.smile.credentials.clone(),
         window: config.callback_window,
         body_timeout: config.http_limits.body_timeout,
+        memory: MemoryBudget::new(callbacks::CALLBACK_MEMORY_BYTES),
     };
     let http_router = callbacks::router(service.clone(), metrics.clone(), callback_settings, readiness.flag());
     let http_task = tokio::spawn(http::serve(
