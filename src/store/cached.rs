@@ -37,6 +37,12 @@ impl Recent {
             }
         }
     }
+
+    fn forget(&mut self, job_id: &str) {
+        if self.jobs.remove(job_id).is_some() {
+            self.order.retain(|kept| kept != job_id);
+        }
+    }
 }
 
 pub struct CachedStore<S> {
@@ -81,8 +87,11 @@ impl<S: JobStore> JobStore for CachedStore<S> {
 
     async fn save(&self, job: &mut Job, event: Option<EventKind>) -> Result<Saved, StoreError> {
         let saved = self.inner.save(job, event).await?;
-        if let Saved::Written(_) = saved {
-            self.recent().keep(job);
+        match saved {
+            Saved::Written(_) => self.recent().keep(job),
+            // A write whose caller stopped waiting still commits, unseen here:
+            // the next read goes to the database.
+            Saved::Conflict => self.recent().forget(&job.job_id),
         }
         Ok(saved)
     }

@@ -5,6 +5,7 @@
 //! its event are written in one transaction, so replicas and concurrent requests
 //! cannot lose or reorder each other's updates.
 
+mod batch;
 mod cached;
 mod postgres;
 mod sql;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 
+use super::batch::WriteQueue;
 use super::sql::impl_job_store;
 use crate::jobs::model::{EventNotice, JobEvent};
 use crate::jobs::ports::StoreError;
@@ -40,6 +41,7 @@ impl Default for PgLimits {
 
 pub struct PgStore {
     pool: PgPool,
+    writes: WriteQueue,
 }
 
 impl PgStore {
@@ -65,7 +67,8 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|error| StoreError::Unavailable(format!("migrating the database: {error}")))?;
-        Ok(Self { pool })
+        let writes = WriteQueue::start(pool.clone());
+        Ok(Self { pool, writes })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -104,4 +107,4 @@ impl PgStore {
     }
 }
 
-impl_job_store!(PgStore, PgRow, sqlx::PgConnection);
+impl_job_store!(PgStore, PgPool, PgRow, sqlx::PgConnection);

@@ -3,10 +3,11 @@
 //! and migrating, what surrounds an event write, claiming due jobs — each store
 //! defines as inherent `before_event`, `after_event` and `CLAIM_DUE_SQL`.
 
-/// Implements [`JobStore`](crate::jobs::ports::JobStore) for `$store`, whose rows are `$row`
-/// and whose connections are `$connection`.
+/// Implements [`JobStore`](crate::jobs::ports::JobStore) for `$store`, whose pool is `$pool`,
+/// whose rows are `$row` and whose connections are `$connection`; writes go
+/// through the store's [`WriteQueue`](super::batch::WriteQueue) in `writes`.
 macro_rules! impl_job_store {
-    ($store:ty, $row:ty, $connection:ty) => {
+    ($store:ty, $pool:ty, $row:ty, $connection:ty) => {
         /// Appends an event in the caller's transaction, between the store's own hooks.
         async fn insert_event(
             connection: &mut $connection,
@@ -58,43 +59,118 @@ macro_rules! impl_job_store {
             )
         }
 
+        /// Inserts a new job with its `CREATED` event, in the caller's transaction.
+        async fn create_in(
+            connection: &mut $connection,
+            job: &$crate::jobs::model::Job,
+        ) -> Result<$crate::jobs::ports::Created, $crate::jobs::ports::StoreError> {
+            use $crate::jobs::ports::{Created, StoreError};
+            use $crate::store::millis;
+            let mut job = job.clone();
+            job.version = 1;
+            job.last_sequence = 1;
+            let data = serde_json::to_string(&job)?;
+            let inserted = sqlx::query(
+                "INSERT INTO jobs (job_id, user_id, state, data, version, last_sequence, next_poll_at,
+                                   created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 1, 1, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING",
+            )
+            .bind(&job.job_id)
+            .bind(&job.user_id)
+            .bind(job.state.as_str())
+            .bind(&data)
+            .bind(job.next_poll_at.map(millis))
+            .bind(millis(job.created_at))
+            .bind(millis(job.updated_at))
+            .execute(&mut *connection)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                let existing = sqlx::query("SELECT data, version, last_sequence FROM jobs WHERE job_id = $1")
+                    .bind(&job.job_id)
+                    .fetch_optional(&mut *connection)
+                    .await?;
+                return match existing.as_ref().map(job_from_row).transpose()? {
+                    Some(existing) => Ok(Created::Existing(existing)),
+                    None => Err(StoreError::Unavailable("job vanished during create".into())),
+                };
+            }
+            let event = insert_event(&mut *connection, &job, $crate::jobs::model::EventKind::Created, &data).await?;
+            Ok(Created::New(event))
+        }
+
+        /// Writes `job` if its stored version is still `job.version`, in the
+        /// caller's transaction; answers with the job as written.
+        async fn save_in(
+            connection: &mut $connection,
+            job: &$crate::jobs::model::Job,
+            event: Option<$crate::jobs::model::EventKind>,
+        ) -> Result<($crate::jobs::ports::Saved, $crate::jobs::model::Job), $crate::jobs::ports::StoreError> {
+            use $crate::jobs::ports::Saved;
+            use $crate::store::millis;
+            let mut next = job.clone();
+            next.version += 1;
+            if event.is_some() {
+                next.last_sequence += 1;
+            }
+            let data = serde_json::to_string(&next)?;
+            let updated = sqlx::query(
+                "UPDATE jobs SET state = $1, data = $2, version = $3, last_sequence = $4, next_poll_at = $5,
+                                 updated_at = $6
+                 WHERE job_id = $7 AND version = $8",
+            )
+            .bind(next.state.as_str())
+            .bind(&data)
+            .bind(next.version)
+            .bind(next.last_sequence as i64)
+            .bind(next.next_poll_at.map(millis))
+            .bind(millis(next.updated_at))
+            .bind(&next.job_id)
+            .bind(job.version)
+            .execute(&mut *connection)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Ok((Saved::Conflict, job.clone()));
+            }
+            let written = match event {
+                Some(kind) => Some(Box::new(insert_event(&mut *connection, &next, kind, &data).await?)),
+                None => None,
+            };
+            Ok((Saved::Written(written), next))
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::batch::Transact for $pool {
+            async fn transact(
+                &self,
+                writes: &[$crate::store::batch::Write],
+            ) -> Result<Vec<$crate::store::batch::Written>, $crate::jobs::ports::StoreError> {
+                use $crate::store::batch::{Write, Written};
+                let mut tx = self.begin().await?;
+                let mut written = Vec::with_capacity(writes.len());
+                for write in writes {
+                    written.push(match write {
+                        Write::Create(job) => Written::Created(create_in(&mut *tx, job).await?),
+                        Write::Save { job, event } => {
+                            let (saved, job) = save_in(&mut *tx, job, *event).await?;
+                            Written::Saved(saved, job)
+                        }
+                    });
+                }
+                tx.commit().await?;
+                Ok(written)
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::jobs::ports::JobStore for $store {
             async fn create(
                 &self,
                 job: &$crate::jobs::model::Job,
             ) -> Result<$crate::jobs::ports::Created, $crate::jobs::ports::StoreError> {
-                use $crate::jobs::ports::{Created, StoreError};
-                use $crate::store::millis;
-                let mut job = job.clone();
-                job.version = 1;
-                job.last_sequence = 1;
-                let data = serde_json::to_string(&job)?;
-                let mut tx = self.pool.begin().await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO jobs (job_id, user_id, state, data, version, last_sequence, next_poll_at,
-                                       created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, 1, 1, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING",
-                )
-                .bind(&job.job_id)
-                .bind(&job.user_id)
-                .bind(job.state.as_str())
-                .bind(&data)
-                .bind(job.next_poll_at.map(millis))
-                .bind(millis(job.created_at))
-                .bind(millis(job.updated_at))
-                .execute(&mut *tx)
-                .await?;
-                if inserted.rows_affected() == 0 {
-                    tx.rollback().await?;
-                    let existing = self.get(&job.job_id).await?;
-                    return existing
-                        .map(Created::Existing)
-                        .ok_or_else(|| StoreError::Unavailable("job vanished during create".into()));
+                match self.writes.write($crate::store::batch::Write::Create(job.clone())).await? {
+                    $crate::store::batch::Written::Created(created) => Ok(created),
+                    $crate::store::batch::Written::Saved(..) => unreachable!("a create answers as a create"),
                 }
-                let event = insert_event(&mut *tx, &job, $crate::jobs::model::EventKind::Created, &data).await?;
-                tx.commit().await?;
-                Ok(Created::New(event))
             }
 
             async fn get(
@@ -113,41 +189,16 @@ macro_rules! impl_job_store {
                 job: &mut $crate::jobs::model::Job,
                 event: Option<$crate::jobs::model::EventKind>,
             ) -> Result<$crate::jobs::ports::Saved, $crate::jobs::ports::StoreError> {
-                use $crate::jobs::ports::Saved;
-                use $crate::store::millis;
-                let mut next = job.clone();
-                next.version += 1;
-                if event.is_some() {
-                    next.last_sequence += 1;
+                let write = $crate::store::batch::Write::Save { job: job.clone(), event };
+                match self.writes.write(write).await? {
+                    $crate::store::batch::Written::Saved(saved, written) => {
+                        if let $crate::jobs::ports::Saved::Written(_) = saved {
+                            *job = written;
+                        }
+                        Ok(saved)
+                    }
+                    $crate::store::batch::Written::Created(_) => unreachable!("a save answers as a save"),
                 }
-                let data = serde_json::to_string(&next)?;
-                let mut tx = self.pool.begin().await?;
-                let updated = sqlx::query(
-                    "UPDATE jobs SET state = $1, data = $2, version = $3, last_sequence = $4, next_poll_at = $5,
-                                     updated_at = $6
-                     WHERE job_id = $7 AND version = $8",
-                )
-                .bind(next.state.as_str())
-                .bind(&data)
-                .bind(next.version)
-                .bind(next.last_sequence as i64)
-                .bind(next.next_poll_at.map(millis))
-                .bind(millis(next.updated_at))
-                .bind(&next.job_id)
-                .bind(job.version)
-                .execute(&mut *tx)
-                .await?;
-                if updated.rows_affected() == 0 {
-                    tx.rollback().await?;
-                    return Ok(Saved::Conflict);
-                }
-                let written = match event {
-                    Some(kind) => Some(Box::new(insert_event(&mut *tx, &next, kind, &data).await?)),
-                    None => None,
-                };
-                tx.commit().await?;
-                *job = next;
-                Ok(Saved::Written(written))
             }
 
             async fn job_events(

@@ -7,12 +7,14 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 
+use super::batch::WriteQueue;
 use super::sql::impl_job_store;
 use crate::jobs::model::JobEvent;
 use crate::jobs::ports::StoreError;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    writes: WriteQueue,
 }
 
 impl SqliteStore {
@@ -52,7 +54,8 @@ impl SqliteStore {
         sqlx::query("UPDATE jobs SET lease_until = NULL WHERE lease_until IS NOT NULL")
             .execute(&pool)
             .await?;
-        Ok(Self { pool })
+        let writes = WriteQueue::start(pool.clone());
+        Ok(Self { pool, writes })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -80,4 +83,4 @@ impl SqliteStore {
     }
 }
 
-impl_job_store!(SqliteStore, SqliteRow, sqlx::SqliteConnection);
+impl_job_store!(SqliteStore, SqlitePool, SqliteRow, sqlx::SqliteConnection);
