@@ -1,7 +1,7 @@
 //! The benchmark: each figure next to a floor measured in the same run, so the
 //! machine's noise cancels out.
 //!
-//!     cargo run --release --example bench [-- --quick]
+//!     cargo run --release --example bench [-- --quick] [--only getjob|submit|callbacks|streams]
 //!
 //! Prints a table and writes `docs/benchmarks.md`. Everything runs on loopback
 //! against the project's simulator (zero delays), on SQLite in a temporary
@@ -809,7 +809,11 @@ fn write_markdown(report: &Report, path: &Path, command: &str) -> anyhow::Result
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|arg| arg == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|arg| arg == "--quick");
+    // `--only callbacks` (or getjob, submit, streams) runs one section, e.g. under a profiler.
+    let only = args.iter().position(|arg| arg == "--only").and_then(|at| args.get(at + 1)).cloned();
+    let runs = |section: &str| only.as_deref().is_none_or(|only| only == section);
     let calls = if quick { 200 } else { 2000 };
     let mut sim_config = SimulatorConfig::new(PARTNER, ApiKey::new(KEY));
     sim_config.enrolled_users = vec![USER.into()];
@@ -823,18 +827,24 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
     let service = start_service(&sim, &sqlite, &[]).await?;
-    get_job_against_health(&mut report, &service, calls).await?;
-    submit_against_echo(&mut report, &service, &sim, calls / 4).await?;
-    callbacks_on(
-        &mut report,
-        &sim,
-        "SQLite",
-        &service,
-        &service,
-        calls / 2,
-        (Some(2.0), 5.0, 5000.0),
-    )
-    .await?;
+    if runs("getjob") {
+        get_job_against_health(&mut report, &service, calls).await?;
+    }
+    if runs("submit") {
+        submit_against_echo(&mut report, &service, &sim, calls / 4).await?;
+    }
+    if runs("callbacks") {
+        callbacks_on(
+            &mut report,
+            &sim,
+            "SQLite",
+            &service,
+            &service,
+            calls / 2,
+            (Some(2.0), 5.0, 5000.0),
+        )
+        .await?;
+    }
     if let Some(profile) = where_time_goes(&service).await {
         report.notes.push(format!(
             "Where the SQLite service's time went (mean per operation, its own metrics): {profile}."
@@ -843,6 +853,7 @@ async fn main() -> anyhow::Result<()> {
     service.running.shutdown().await;
 
     match postgres_url().await {
+        _ if !runs("callbacks") => {}
         Some(url) => {
             let a = start_service(&sim, &url, &[]).await?;
             let b = start_service(&sim, &url, &[]).await?;
@@ -856,6 +867,11 @@ async fn main() -> anyhow::Result<()> {
                 (None, 25.0, 3000.0),
             )
             .await?;
+            if let Some(profile) = where_time_goes(&a).await {
+                report.notes.push(format!(
+                    "Where the receiving PostgreSQL replica's time went (mean per operation, its own metrics): {profile}."
+                ));
+            }
             a.running.shutdown().await;
             b.running.shutdown().await;
         }
@@ -865,10 +881,15 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let counts: &[usize] = if quick { &[1_000, 5_000] } else { &[10_000, 50_000] };
-    streams_and_rss(&mut report, &sim, counts).await?;
+    if runs("streams") {
+        streams_and_rss(&mut report, &sim, counts).await?;
+    }
 
+    for note in &report.notes {
+        println!("- {note}");
+    }
     let out: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
-    if !quick {
+    if !quick && only.is_none() {
         std::fs::create_dir_all(out.parent().expect("docs"))?;
         write_markdown(&report, &out, "cargo run --release --example bench")?;
         println!("\nwritten to {}", out.display());

@@ -109,7 +109,7 @@ impl JobService {
             match self.smile.job_status(&job.user_id, job_id, options).await {
                 Ok(status) => {
                     debug!(job_id, complete = status.complete, "reconciler fetched status");
-                    self.apply_status(job_id, status).await?;
+                    self.apply_status(job.clone(), status).await?;
                     SmileIdKnows::Job
                 }
                 Err(StatusFailure::NotFound) => {

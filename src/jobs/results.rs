@@ -63,7 +63,7 @@ impl JobService {
                     history: status.history.clone(),
                     image_links: status.image_links.clone(),
                 };
-                let job = self.apply_status(&job.job_id, status).await?;
+                let job = self.apply_status(job, status).await?;
                 Ok((job, fetched))
             }
             Err(StatusFailure::NotFound) => Ok((job, Fetched::default())),
@@ -99,7 +99,7 @@ impl JobService {
         }
         if !self.config.confirm_callbacks {
             let before = job.last_sequence;
-            let after = self.apply_results(&job_id, vec![result]).await?;
+            let after = self.apply_results(job, vec![result]).await?;
             return Ok(if after.last_sequence > before {
                 CallbackOutcome::Applied
             } else {
@@ -108,7 +108,7 @@ impl JobService {
         }
         let before = job.last_sequence;
         let after = match self.confirmations.confirm(&self.smile, &job.user_id, &job_id).await {
-            Ok(status) => self.apply_status(&job_id, status).await?,
+            Ok(status) => self.apply_status(job, status).await?,
             Err(error) => {
                 warn!(job_id = %job_id, error = %error, "could not confirm a callback; it is kept until the reconciler can");
                 job
@@ -129,29 +129,25 @@ impl JobService {
     }
 
     /// Applies a job_status answer: every result in order, then the latest.
-    pub(crate) async fn apply_status(&self, job_id: &str, status: StatusReport) -> Result<Job, JobError> {
+    pub(crate) async fn apply_status(&self, job: Job, status: StatusReport) -> Result<Job, JobError> {
         let mut results = status.history;
         if let Some(latest) = status.result {
             results.push(latest);
         }
         // Smile ID does not promise history order; a provisional result must precede a final one.
         results.sort_by_key(|result| result.is_final);
-        self.apply_results(job_id, results).await
+        self.apply_results(job, results).await
     }
 
-    async fn apply_results(&self, job_id: &str, results: Vec<ResultEntry>) -> Result<Job, JobError> {
-        let mut applied = None;
+    /// Applies `results` in order to `job`, a copy read before Smile ID was asked.
+    async fn apply_results(&self, mut job: Job, results: Vec<ResultEntry>) -> Result<Job, JobError> {
         for result in results {
             let now = Utc::now();
-            applied = Some(
-                self.transition(job_id, |job| job.apply_result(result.clone(), now))
-                    .await?,
-            );
+            job = self
+                .transition_from(job, |job| job.apply_result(result.clone(), now))
+                .await?;
         }
-        match applied {
-            Some(job) => Ok(job),
-            None => self.load(job_id).await,
-        }
+        Ok(job)
     }
 }
 

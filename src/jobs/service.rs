@@ -165,10 +165,26 @@ impl JobService {
     pub(crate) async fn transition(
         &self,
         job_id: &str,
+        change: impl FnMut(&mut Job) -> Option<EventKind>,
+    ) -> Result<Job, JobError> {
+        let job = self.load(job_id).await?;
+        self.transition_from(job, change).await
+    }
+
+    /// [`transition`](Self::transition) starting from a copy of the job the
+    /// caller has read already; a stale copy costs one conflict and a reload.
+    pub(crate) async fn transition_from(
+        &self,
+        known: Job,
         mut change: impl FnMut(&mut Job) -> Option<EventKind>,
     ) -> Result<Job, JobError> {
+        let job_id = known.job_id.clone();
+        let mut known = Some(known);
         for _ in 0..32 {
-            let mut job = self.load(job_id).await?;
+            let mut job = match known.take() {
+                Some(job) => job,
+                None => self.load(&job_id).await?,
+            };
             let before = job.clone();
             let event = change(&mut job);
             if event.is_none() && job == before {

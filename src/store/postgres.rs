@@ -1,8 +1,9 @@
 //! PostgreSQL, for several replicas sharing one database.
 //!
 //! Event ids must become visible in id order, or a WatchJobs reader could skip an
-//! event committed late with a smaller id. Event writes therefore take one
-//! transaction-scoped advisory lock, so ids are allocated and committed in order.
+//! event committed late with a smaller id. Each batch of writes (see `batch`)
+//! therefore takes one transaction-scoped advisory lock before its first event,
+//! so ids are allocated and committed in order.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -88,7 +89,7 @@ impl PgStore {
          RETURNING data, version, last_sequence";
 
     /// Takes the event-log lock, so ids are allocated and committed in order.
-    async fn before_event(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    async fn before_batch(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(EVENT_LOG_LOCK)
             .execute(tx)
@@ -96,11 +97,20 @@ impl PgStore {
         Ok(())
     }
 
-    /// Announces the event to every replica; delivered when the transaction commits.
-    async fn after_event(tx: &mut sqlx::PgConnection, event: &JobEvent) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, $2)")
+    /// Announces the batch's events to every replica, in one statement;
+    /// delivered when the transaction commits.
+    async fn after_batch(tx: &mut sqlx::PgConnection, events: &[&JobEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let payloads: Vec<String> = events
+            .iter()
+            .map(|event| EventNotice::from(*event).to_payload())
+            .collect();
+        // WITH ORDINALITY keeps the notices in commit order.
+        sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) WITH ORDINALITY AS n(payload, at) ORDER BY at")
             .bind(EVENT_CHANNEL)
-            .bind(EventNotice::from(event).to_payload())
+            .bind(payloads)
             .execute(tx)
             .await?;
         Ok(())

@@ -1,21 +1,20 @@
 //! The SQL both stores share. The same statements run on SQLite and PostgreSQL
 //! (`$N` placeholders, `CAST(.. AS TEXT)`); what differs between them — opening
-//! and migrating, what surrounds an event write, claiming due jobs — each store
-//! defines as inherent `before_event`, `after_event` and `CLAIM_DUE_SQL`.
+//! and migrating, what surrounds a batch of writes, claiming due jobs — each
+//! store defines as inherent `before_batch`, `after_batch` and `CLAIM_DUE_SQL`.
 
 /// Implements [`JobStore`](crate::jobs::ports::JobStore) for `$store`, whose pool is `$pool`,
 /// whose rows are `$row` and whose connections are `$connection`; writes go
 /// through the store's [`WriteQueue`](super::batch::WriteQueue) in `writes`.
 macro_rules! impl_job_store {
     ($store:ty, $pool:ty, $row:ty, $connection:ty) => {
-        /// Appends an event in the caller's transaction, between the store's own hooks.
+        /// Appends an event in the caller's transaction.
         async fn insert_event(
             connection: &mut $connection,
             job: &$crate::jobs::model::Job,
             kind: $crate::jobs::model::EventKind,
             data: &str,
         ) -> Result<$crate::jobs::model::JobEvent, $crate::jobs::ports::StoreError> {
-            <$store>::before_event(&mut *connection).await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO job_events (job_id, user_id, sequence, kind, snapshot, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -35,7 +34,6 @@ macro_rules! impl_job_store {
                 at: job.updated_at,
                 job: job.clone(),
             };
-            <$store>::after_event(&mut *connection, &event).await?;
             Ok(event)
         }
 
@@ -145,7 +143,9 @@ macro_rules! impl_job_store {
                 writes: &[$crate::store::batch::Write],
             ) -> Result<Vec<$crate::store::batch::Written>, $crate::jobs::ports::StoreError> {
                 use $crate::store::batch::{Write, Written};
+                use $crate::jobs::ports::{Created, Saved};
                 let mut tx = self.begin().await?;
+                <$store>::before_batch(&mut *tx).await?;
                 let mut written = Vec::with_capacity(writes.len());
                 for write in writes {
                     written.push(match write {
@@ -156,6 +156,15 @@ macro_rules! impl_job_store {
                         }
                     });
                 }
+                let events: Vec<&$crate::jobs::model::JobEvent> = written
+                    .iter()
+                    .filter_map(|written| match written {
+                        Written::Created(Created::New(event)) => Some(event),
+                        Written::Saved(Saved::Written(Some(event)), _) => Some(&**event),
+                        _ => None,
+                    })
+                    .collect();
+                <$store>::after_batch(&mut *tx, &events).await?;
                 tx.commit().await?;
                 Ok(written)
             }

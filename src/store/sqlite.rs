@@ -74,11 +74,11 @@ impl SqliteStore {
 
     // SQLite has one writer at a time: event ids are assigned in commit order,
     // and there are no other replicas to tell.
-    async fn before_event(_: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+    async fn before_batch(_: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
         Ok(())
     }
 
-    async fn after_event(_: &mut sqlx::SqliteConnection, _: &JobEvent) -> Result<(), StoreError> {
+    async fn after_batch(_: &mut sqlx::SqliteConnection, _: &[&JobEvent]) -> Result<(), StoreError> {
         Ok(())
     }
 }
