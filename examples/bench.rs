@@ -812,7 +812,11 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|arg| arg == "--quick");
     // `--only callbacks` (or getjob, submit, streams) runs one section, e.g. under a profiler.
-    let only = args.iter().position(|arg| arg == "--only").and_then(|at| args.get(at + 1)).cloned();
+    let only = args
+        .iter()
+        .position(|arg| arg == "--only")
+        .and_then(|at| args.get(at + 1))
+        .cloned();
     let runs = |section: &str| only.as_deref().is_none_or(|only| only == section);
     let calls = if quick { 200 } else { 2000 };
     let mut sim_config = SimulatorConfig::new(PARTNER, ApiKey::new(KEY));

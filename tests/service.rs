@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use selfie_auth::grpc::pb;
-use selfie_auth::simulator::{CallbackMode, Endpoint, Fault};
+use selfie_auth::simulator::{CallbackMode, Endpoint, Fault, UserStanding};
 use selfie_auth_testkit::*;
 use tonic::Code;
 use tonic_types::StatusExt as _;
@@ -294,6 +294,45 @@ async fn unknown_user_fails_with_user_not_enrolled_and_the_job_records_it() {
         .await
         .expect_err("replayed");
     assert_eq!(reason(&again), "USER_NOT_ENROLLED");
+    service.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_refusal_smile_id_gives_for_a_user_reaches_the_caller_with_its_code() {
+    let (sim, service, _dir) = setup().await;
+    let mut client = service.client().await;
+    let standings = [
+        (UserStanding::Disabled, "2207"),
+        (UserStanding::Deleted, "2208"),
+        (UserStanding::ReEnrollmentRequired, "2211"),
+        (UserStanding::NoPhoto, "2216"),
+    ];
+    for (index, (standing, code)) in standings.into_iter().enumerate() {
+        let user = format!("standing-{index}");
+        sim.set_user(&user, standing);
+        let status = client
+            .submit_authentication(submit_request(&user, &format!("standing-job-{index}")))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{standing:?}");
+        let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+        assert_eq!(info.reason, "USER_NOT_AUTHENTICATABLE", "{standing:?}");
+        assert_eq!(
+            info.metadata.get("smileIdCode").map(String::as_str),
+            Some(code),
+            "{standing:?}"
+        );
+        let job = client
+            .get_job(pb::GetJobRequest {
+                job_id: format!("standing-job-{index}"),
+                ..Default::default()
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(job.state(), pb::JobState::Failed, "{standing:?}");
+    }
+    assert_eq!(sim.counters().uploads, 0, "no refused job reached the upload");
     service.running.shutdown().await;
 }
 

@@ -75,6 +75,17 @@ async fn registration_then_authentication_with_and_without_liveness() {
     submit(&client, &enrol, 8, None).await.expect("registration");
     let enrolled = final_status(&client, "new-user", "enrol-1").await;
     assert_eq!(enrolled.result.expect("result").result_code, "0840");
+    let again = submit(
+        &client,
+        &params("new-user", "enrol-2", JOB_TYPE_REGISTRATION, &[]),
+        0,
+        None,
+    )
+    .await;
+    assert!(
+        matches!(again, Err(ref e) if matches!(e.source, SmileIdError::Refused { code: ErrorCode::UserAlreadyEnrolled, .. })),
+        "a user is enrolled once, as Smile ID does: {again:?}"
+    );
 
     for (job_id, liveness) in [("auth-selfie", 0), ("auth-liveness", 8)] {
         let smile_job_id = submit(

@@ -189,6 +189,11 @@ async fn upload_zip_and_job_status_have_the_server_sdk_shape() {
         ]
     );
     assert_eq!(
+        keys(&info["package_information"]),
+        ["apiVersion", "language"],
+        "only the fields the server SDKs send"
+    );
+    assert_eq!(
         info["package_information"]["apiVersion"],
         json!({"buildNumber": 0, "majorVersion": 2, "minorVersion": 0})
     );

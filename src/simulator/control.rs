@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::app::App;
 use super::delivery;
-use super::state::{CallbackMode, Counters, Endpoint, Fault};
+use super::state::{CallbackMode, Counters, Endpoint, Fault, UserStanding};
 
 pub fn router() -> axum::Router<App> {
     axum::Router::new()
@@ -29,6 +29,7 @@ pub fn router() -> axum::Router<App> {
         .route("/_control/jobs/{job_id}", get(job))
         .route("/_control/jobs/{job_id}/replay", post(replay))
         .route("/_control/enroll", post(enroll))
+        .route("/_control/users/{user_id}", put(set_user))
         .route("/_control/faults/{endpoint}", put(set_fault).delete(clear_fault))
         .route("/_control/faults", axum::routing::delete(clear_faults))
         .route("/_control/callbacks", put(set_callback_mode))
@@ -63,7 +64,22 @@ async fn enroll(State(app): State<App>, Json(body): Json<Enroll>) -> StatusCode 
     if body.user_id.trim().is_empty() {
         return StatusCode::BAD_REQUEST;
     }
-    app.state().enrolled.insert(body.user_id);
+    app.state().users.insert(body.user_id, UserStanding::Active);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct Standing {
+    standing: UserStanding,
+}
+
+/// `PUT /_control/users/{user_id}` `{"standing": "disabled"}`: where an enrolled
+/// user stands (`active`, `disabled`, `deleted`, `re_enrollment_required`, `no_photo`).
+async fn set_user(State(app): State<App>, Path(user_id): Path<String>, Json(body): Json<Standing>) -> StatusCode {
+    if user_id.trim().is_empty() {
+        return StatusCode::BAD_REQUEST;
+    }
+    app.state().users.insert(user_id, body.standing);
     StatusCode::NO_CONTENT
 }
 

@@ -5,7 +5,7 @@ use tracing::{debug, warn};
 
 use super::app::App;
 use super::results::{self, Outcome};
-use super::state::CallbackMode;
+use super::state::{CallbackMode, UserStanding};
 
 /// Produces `outcomes` in order: the first right away, each later one (human
 /// review) after the review delay. Runs in the background.
@@ -36,7 +36,7 @@ fn record(app: &App, job_id: &str, outcome: &Outcome, selfie_provided: bool) -> 
     let enrols = job.job_type == 4 && outcome.is_final && results::is_success(&result);
     let user_id = job.user_id.clone();
     if enrols {
-        state.enrolled.insert(user_id);
+        state.users.insert(user_id, UserStanding::Active);
     }
     Some(result)
 }

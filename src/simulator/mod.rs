@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use serve::RunningSimulator;
-pub use state::{CallbackMode, Counters, Endpoint, Fault};
+pub use state::{CallbackMode, Counters, Endpoint, Fault, UserStanding};
 
 use crate::smileid::signature::{ApiKey, Credentials};
 

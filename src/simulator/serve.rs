@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::app::{App, AppInner};
-use super::state::{CallbackMode, Counters, Endpoint, Fault, SimState};
+use super::state::{CallbackMode, Counters, Endpoint, Fault, SimState, UserStanding};
 use super::{SimulatorConfig, TlsFiles, control, v1, v2};
 
 /// A simulator that is serving. Dropping it does not stop it; call [`Self::shutdown`].
@@ -46,7 +46,12 @@ impl RunningSimulator {
     }
 
     pub fn enroll(&self, user_id: &str) {
-        self.app.state().enrolled.insert(user_id.to_owned());
+        self.set_user(user_id, UserStanding::Active);
+    }
+
+    /// Sets where a user stands, e.g. disabled, as Smile ID's console would.
+    pub fn set_user(&self, user_id: &str, standing: UserStanding) {
+        self.app.state().users.insert(user_id.to_owned(), standing);
     }
 
     pub fn set_fault(&self, endpoint: Endpoint, fault: Fault) {

@@ -1,10 +1,12 @@
 //! The simulator's memory: partner, enrolled users, jobs, faults and counters.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::smileid::ErrorCode;
 
 /// A request path whose behaviour a test can script.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -103,8 +105,44 @@ impl SimJob {
     }
 }
 
+/// Where an enrolled user stands with Smile ID; the control API sets it, so
+/// each refusal Smile ID documents for a user can be produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStanding {
+    Active,
+    Disabled,
+    Deleted,
+    ReEnrollmentRequired,
+    NoPhoto,
+}
+
+impl UserStanding {
+    /// Why an authentication (job_type 2) of a user standing so is refused.
+    pub fn refuses_authentication(standing: Option<Self>) -> Option<ErrorCode> {
+        match standing {
+            None => Some(ErrorCode::UserNotEnrolled),
+            Some(Self::Active) => None,
+            Some(Self::Disabled) => Some(ErrorCode::UserDisabled),
+            Some(Self::Deleted) => Some(ErrorCode::UserDeleted),
+            Some(Self::ReEnrollmentRequired) => Some(ErrorCode::ReEnrollmentRequired),
+            Some(Self::NoPhoto) => Some(ErrorCode::NoPhotoOnFile),
+        }
+    }
+
+    /// Why an enrolment (job_type 4) of a user standing so is refused: an
+    /// enrolled user is enrolled once, until deleted or asked to re-enrol.
+    pub fn refuses_enrolment(standing: Option<Self>) -> Option<ErrorCode> {
+        match standing {
+            Some(Self::Active | Self::NoPhoto) => Some(ErrorCode::UserAlreadyEnrolled),
+            Some(Self::Disabled) => Some(ErrorCode::UserDisabled),
+            None | Some(Self::Deleted | Self::ReEnrollmentRequired) => None,
+        }
+    }
+}
+
 pub struct SimState {
-    pub enrolled: HashSet<String>,
+    pub users: HashMap<String, UserStanding>,
     pub jobs: HashMap<String, SimJob>,
     job_order: VecDeque<String>,
     pub by_ref: HashMap<String, String>,
@@ -125,7 +163,7 @@ impl SimState {
         callback_delay: Duration,
     ) -> Self {
         Self {
-            enrolled: enrolled.into_iter().collect(),
+            users: enrolled.into_iter().map(|user| (user, UserStanding::Active)).collect(),
             jobs: HashMap::new(),
             job_order: VecDeque::new(),
             by_ref: HashMap::new(),

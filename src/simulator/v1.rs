@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use super::app::{App, decode_json, refuse, truthy, value_text};
 use super::delivery;
 use super::results::{self, SandboxOutcome};
-use super::state::{Endpoint, SimJob};
+use super::state::{Endpoint, SimJob, UserStanding};
 use super::zip_check::{self, ZipProblem};
 use crate::smileid::codes::ErrorCode;
 use crate::smileid::signature::{ApiKey, Credentials};
@@ -58,8 +58,14 @@ pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
     let upload_token = Alphanumeric.sample_string(&mut rand::rng(), 32);
 
     let mut state = app.state();
-    if job_type == 2 && !state.enrolled.contains(&user_id) {
-        return refuse(ErrorCode::UserNotEnrolled);
+    let standing = state.users.get(&user_id).copied();
+    let refusal = match job_type {
+        2 => UserStanding::refuses_authentication(standing),
+        4 => UserStanding::refuses_enrolment(standing),
+        _ => None,
+    };
+    if let Some(code) = refusal {
+        return refuse(code);
     }
     let (smile_job_id, ref_id) = match state.jobs.get_mut(&job_id) {
         Some(_) if !retry => return refuse(ErrorCode::JobAlreadyExists),

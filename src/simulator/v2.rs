@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use super::app::{App, gunzip_off_thread, is_gzipped};
 use super::delivery;
 use super::results::{self, SandboxOutcome};
-use super::state::{Endpoint, SimJob};
+use super::state::{Endpoint, SimJob, UserStanding};
 use crate::smileid::codes::ErrorCode;
 use crate::smileid::signature::format_timestamp;
 
@@ -108,8 +108,8 @@ pub async fn smart_selfie_authentication(State(app): State<App>, headers: Header
     let created_at = format_timestamp(chrono::Utc::now());
     {
         let mut state = app.state();
-        if !state.enrolled.contains(&user_id) {
-            return v2_error(StatusCode::BAD_REQUEST, ErrorCode::UserNotEnrolled);
+        if let Some(code) = UserStanding::refuses_authentication(state.users.get(&user_id).copied()) {
+            return v2_error(StatusCode::BAD_REQUEST, code);
         }
         let smile_job_id = state.next_smile_job_id();
         *state.counters.jobs_created_by_job_id.entry(job_id.clone()).or_default() += 1;

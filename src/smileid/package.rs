@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use zip::CompressionMethod;
 use zip::write::{SimpleFileOptions, ZipWriter};
 
-use super::wire::{PartnerParams, SOURCE_SDK_VERSION};
+use super::wire::PartnerParams;
 
 pub const ZIP_FILE_NAME: &str = "selfie.zip";
 pub const SELFIE_ENTRY: &str = "selfie.jpg";
@@ -41,7 +41,6 @@ pub fn info_json(info: &PackageInfo<'_>, liveness_count: usize) -> Value {
         "package_information": {
             "apiVersion": {"buildNumber": 0, "majorVersion": 2, "minorVersion": 0},
             "language": "rust",
-            "sdkVersion": SOURCE_SDK_VERSION,
         },
         "misc_information": {
             "timestamp": info.timestamp,

@@ -60,10 +60,7 @@ impl WriteQueue {
     pub(super) async fn write(&self, write: Write) -> Result<Written, StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the store's writer has stopped".into());
-        self.sender
-            .send(Queued { write, reply })
-            .await
-            .map_err(|_| stopped())?;
+        self.sender.send(Queued { write, reply }).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -91,11 +88,14 @@ async fn commit_batches(target: impl Transact, mut receiver: mpsc::Receiver<Queu
             // and gets its own answer.
             Err(_) => {
                 for (write, reply) in writes.into_iter().zip(replies) {
-                    let alone = target.transact(std::slice::from_ref(&write)).await.and_then(|mut written| {
-                        written
-                            .pop()
-                            .ok_or_else(|| StoreError::Unavailable("a write went missing from its batch".into()))
-                    });
+                    let alone = target
+                        .transact(std::slice::from_ref(&write))
+                        .await
+                        .and_then(|mut written| {
+                            written
+                                .pop()
+                                .ok_or_else(|| StoreError::Unavailable("a write went missing from its batch".into()))
+                        });
                     let _ = reply.send(alone);
                 }
             }
@@ -121,7 +121,11 @@ mod tests {
     #[async_trait::async_trait]
     impl Transact for std::sync::Arc<Recorder> {
         async fn transact(&self, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
-            assert_eq!(self.running.fetch_add(1, Ordering::SeqCst), 0, "one transaction at a time");
+            assert_eq!(
+                self.running.fetch_add(1, Ordering::SeqCst),
+                0,
+                "one transaction at a time"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
             self.running.fetch_sub(1, Ordering::SeqCst);
             self.batches.lock().expect("not poisoned").push(writes.len());
@@ -157,7 +161,11 @@ mod tests {
         }
         let batches = recorder.batches.lock().expect("not poisoned").clone();
         assert_eq!(batches.iter().sum::<usize>(), 40);
-        assert!(batches.len() < 10, "40 writes queued together took {} commits", batches.len());
+        assert!(
+            batches.len() < 10,
+            "40 writes queued together took {} commits",
+            batches.len()
+        );
     }
 
     #[tokio::test]

@@ -108,11 +108,13 @@ impl PgStore {
             .map(|event| EventNotice::from(*event).to_payload())
             .collect();
         // WITH ORDINALITY keeps the notices in commit order.
-        sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) WITH ORDINALITY AS n(payload, at) ORDER BY at")
-            .bind(EVENT_CHANNEL)
-            .bind(payloads)
-            .execute(tx)
-            .await?;
+        sqlx::query(
+            "SELECT pg_notify($1, payload) FROM unnest($2::text[]) WITH ORDINALITY AS n(payload, at) ORDER BY at",
+        )
+        .bind(EVENT_CHANNEL)
+        .bind(payloads)
+        .execute(tx)
+        .await?;
         Ok(())
     }
 }

@@ -92,7 +92,13 @@ macro_rules! impl_job_store {
                     None => Err(StoreError::Unavailable("job vanished during create".into())),
                 };
             }
-            let event = insert_event(&mut *connection, &job, $crate::jobs::model::EventKind::Created, &data).await?;
+            let event = insert_event(
+                &mut *connection,
+                &job,
+                $crate::jobs::model::EventKind::Created,
+                &data,
+            )
+            .await?;
             Ok(Created::New(event))
         }
 
@@ -130,7 +136,9 @@ macro_rules! impl_job_store {
                 return Ok((Saved::Conflict, job.clone()));
             }
             let written = match event {
-                Some(kind) => Some(Box::new(insert_event(&mut *connection, &next, kind, &data).await?)),
+                Some(kind) => Some(Box::new(
+                    insert_event(&mut *connection, &next, kind, &data).await?,
+                )),
                 None => None,
             };
             Ok((Saved::Written(written), next))
@@ -142,8 +150,8 @@ macro_rules! impl_job_store {
                 &self,
                 writes: &[$crate::store::batch::Write],
             ) -> Result<Vec<$crate::store::batch::Written>, $crate::jobs::ports::StoreError> {
-                use $crate::store::batch::{Write, Written};
                 use $crate::jobs::ports::{Created, Saved};
+                use $crate::store::batch::{Write, Written};
                 let mut tx = self.begin().await?;
                 <$store>::before_batch(&mut *tx).await?;
                 let mut written = Vec::with_capacity(writes.len());
@@ -176,7 +184,11 @@ macro_rules! impl_job_store {
                 &self,
                 job: &$crate::jobs::model::Job,
             ) -> Result<$crate::jobs::ports::Created, $crate::jobs::ports::StoreError> {
-                match self.writes.write($crate::store::batch::Write::Create(job.clone())).await? {
+                match self
+                    .writes
+                    .write($crate::store::batch::Write::Create(job.clone()))
+                    .await?
+                {
                     $crate::store::batch::Written::Created(created) => Ok(created),
                     $crate::store::batch::Written::Saved(..) => unreachable!("a create answers as a create"),
                 }
@@ -198,7 +210,10 @@ macro_rules! impl_job_store {
                 job: &mut $crate::jobs::model::Job,
                 event: Option<$crate::jobs::model::EventKind>,
             ) -> Result<$crate::jobs::ports::Saved, $crate::jobs::ports::StoreError> {
-                let write = $crate::store::batch::Write::Save { job: job.clone(), event };
+                let write = $crate::store::batch::Write::Save {
+                    job: job.clone(),
+                    event,
+                };
                 match self.writes.write(write).await? {
                     $crate::store::batch::Written::Saved(saved, written) => {
                         if let $crate::jobs::ports::Saved::Written(_) = saved {
