@@ -19,8 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .extern_path(".google.rpc", "::tonic_types::pb")
         .bytes(".selfieauth.v1.SubmitAuthenticationRequest")
-        // Image bytes must never reach a log: this message gets a redacting Debug.
-        .skip_debug(["selfieauth.v1.SubmitAuthenticationRequest"])
+        .bytes(".selfieauth.v1.EnrollUserRequest")
+        // Image bytes must never reach a log: these messages get a redacting Debug.
+        .skip_debug([
+            "selfieauth.v1.SubmitAuthenticationRequest",
+            "selfieauth.v1.EnrollUserRequest",
+        ])
         // Undecodable requests are INVALID_ARGUMENT, not prost's INTERNAL.
         .codec_path("crate::grpc::codec::StrictCodec")
         .compile_fds(descriptor_set)?;

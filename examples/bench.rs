@@ -141,6 +141,13 @@ impl SelfieAuth for Echo {
         }))
     }
 
+    async fn enroll_user(
+        &self,
+        _: tonic::Request<pb::EnrollUserRequest>,
+    ) -> Result<tonic::Response<pb::EnrollUserResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+
     async fn get_job(&self, _: tonic::Request<pb::GetJobRequest>) -> Result<tonic::Response<pb::Job>, tonic::Status> {
         Err(tonic::Status::unimplemented("echo"))
     }

@@ -28,7 +28,7 @@ pub struct ClientArgs {
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
-    /// The enrolled user to authenticate.
+    /// The user to authenticate (or, with `enroll`, to enrol).
     #[arg(long)]
     pub user_id: String,
     /// Idempotency key; generated when omitted.
@@ -100,7 +100,17 @@ fn explain(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(text)
 }
 
-pub async fn submit(client_args: &ClientArgs, args: SubmitArgs) -> anyhow::Result<()> {
+/// A request that waits for a final result gets two minutes.
+fn waiting<T>(message: T, wait: bool) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if wait {
+        request.set_timeout(std::time::Duration::from_secs(120));
+    }
+    request
+}
+
+/// `submit` (an authentication) or `enroll` (an enrolment), as `kind` says.
+pub async fn submit(client_args: &ClientArgs, args: SubmitArgs, kind: pb::JobKind) -> anyhow::Result<()> {
     let selfie = std::fs::read(&args.selfie).with_context(|| format!("reading {}", args.selfie.display()))?;
     let liveness = args
         .liveness
@@ -112,7 +122,8 @@ pub async fn submit(client_args: &ClientArgs, args: SubmitArgs) -> anyhow::Resul
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut client = connect(client_args).await?;
-    let mut request = tonic::Request::new(pb::SubmitAuthenticationRequest {
+    let wait = args.wait;
+    let request = pb::SubmitAuthenticationRequest {
         user_id: args.user_id,
         job_id: args.job_id,
         selfie_image: selfie.into(),
@@ -121,27 +132,44 @@ pub async fn submit(client_args: &ClientArgs, args: SubmitArgs) -> anyhow::Resul
         wait_for_result: args.wait,
         include_history: args.wait,
         include_image_links: false,
-    });
-    if args.wait {
-        request.set_timeout(std::time::Duration::from_secs(120));
-    }
-    let response = client
-        .submit_authentication(request)
-        .await
-        .map_err(explain)?
-        .into_inner();
-    let job = response.job.unwrap_or_default();
+    };
+    let (job, created) = if kind == pb::JobKind::Enrollment {
+        let request = pb::EnrollUserRequest {
+            user_id: request.user_id,
+            job_id: request.job_id,
+            selfie_image: request.selfie_image,
+            liveness_images: request.liveness_images,
+            partner_params: request.partner_params,
+            wait_for_result: request.wait_for_result,
+            include_history: request.include_history,
+            include_image_links: request.include_image_links,
+        };
+        let response = client
+            .enroll_user(waiting(request, wait))
+            .await
+            .map_err(explain)?
+            .into_inner();
+        (response.job, response.created)
+    } else {
+        let response = client
+            .submit_authentication(waiting(request, wait))
+            .await
+            .map_err(explain)?
+            .into_inner();
+        (response.job, response.created)
+    };
+    let job = job.unwrap_or_default();
     if client_args.json {
         writeln!(
             std::io::stdout().lock(),
             "{}",
-            json!({"created": response.created, "job": job_json(&job)})
+            json!({"created": created, "job": job_json(&job)})
         )?;
     } else {
         writeln!(
             std::io::stdout().lock(),
             "{} job {}",
-            if response.created { "created" } else { "existing" },
+            if created { "created" } else { "existing" },
             job.job_id
         )?;
         print_job(&job)?;
@@ -212,6 +240,7 @@ fn result_json(result: &pb::Result) -> Value {
 fn job_json(job: &pb::Job) -> Value {
     json!({
         "job_id": job.job_id, "user_id": job.user_id, "smile_job_id": job.smile_job_id,
+        "kind": enum_name(job.kind().as_str_name(), "JOB_KIND_"),
         "state": enum_name(job.state().as_str_name(), "JOB_STATE_"),
         "decision": enum_name(job.decision().as_str_name(), "DECISION_"),
         "result": job.result.as_ref().map(result_json),

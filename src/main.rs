@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use selfie_auth::cli::{self, ClientArgs, SubmitArgs};
 use selfie_auth::config::{self, Config, ServeArgs};
+use selfie_auth::grpc::pb;
 use selfie_auth::server::{self, RunningService};
 use selfie_auth::simulator::{self, SimulatorConfig, TlsFiles};
 use selfie_auth::smileid::ApiKey;
@@ -51,6 +52,13 @@ enum Command {
     Simulator(SimulatorArgs),
     /// Submit a selfie for authentication.
     Submit {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: SubmitArgs,
+    },
+    /// Enrol a user (SmartSelfie Registration), so they can be authenticated.
+    Enroll {
         #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
@@ -177,7 +185,8 @@ async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<()> {
         }
         Command::Dev(args) => run_dev(*args, command_matches).await,
         Command::Simulator(args) => run_simulator(args).await,
-        Command::Submit { client, args } => cli::submit(&client, args).await,
+        Command::Submit { client, args } => cli::submit(&client, args, pb::JobKind::Authentication).await,
+        Command::Enroll { client, args } => cli::submit(&client, args, pb::JobKind::Enrollment).await,
         Command::Get {
             client,
             job_id,

@@ -45,6 +45,33 @@ async fn submit_get_and_watch_for_people_and_scripts() {
     assert_eq!(answer["job"]["decision"], "APPROVED");
 
     let output = run(&[
+        "enroll",
+        "--addr",
+        &addr,
+        "--user-id",
+        "cli-newcomer",
+        "--selfie",
+        selfie,
+        "--wait",
+        "--json",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        (
+            &answer["job"]["kind"],
+            &answer["job"]["state"],
+            &answer["job"]["decision"]
+        ),
+        (
+            &Value::from("ENROLLMENT"),
+            &Value::from("COMPLETED"),
+            &Value::from("APPROVED")
+        )
+    );
+
+    let output = run(&[
         "submit",
         "--addr",
         &addr,

@@ -59,7 +59,7 @@ async fn the_contract_lints_and_works_from_python() {
     );
     assert_eq!(
         stdout.lines().filter(|line| line.starts_with("ok ")).count(),
-        5,
+        6,
         "{stdout}"
     );
     service.running.shutdown().await;

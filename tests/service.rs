@@ -337,6 +337,77 @@ async fn each_refusal_smile_id_gives_for_a_user_reaches_the_caller_with_its_code
 }
 
 #[tokio::test]
+async fn a_user_enrolled_through_the_api_can_then_be_authenticated() {
+    let (sim, service, _dir) = setup().await;
+    let mut client = service.client().await;
+    let refused = client
+        .submit_authentication(submit_request("newcomer", "before-enrolment"))
+        .await
+        .expect_err("not enrolled yet");
+    assert_eq!(reason(&refused), "USER_NOT_ENROLLED");
+
+    let mut request = enroll_request("newcomer", "enrol-newcomer");
+    request.wait_for_result = true;
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(Duration::from_secs(10));
+    let enrolled = client.enroll_user(request).await.expect("enrol").into_inner();
+    let job = enrolled.job.expect("job");
+    assert!(enrolled.created);
+    assert_eq!(job.kind(), pb::JobKind::Enrollment);
+    assert_eq!(
+        (job.state(), job.decision()),
+        (pb::JobState::Completed, pb::Decision::Approved)
+    );
+    assert_eq!(job.result.expect("result").result_code, "0840");
+    assert_eq!(
+        sim.job_type("enrol-newcomer"),
+        Some(4),
+        "sent to Smile ID as job_type 4"
+    );
+
+    // The same enrolment again is the same job; the same job_id cannot become an authentication.
+    let again = client
+        .enroll_user(enroll_request("newcomer", "enrol-newcomer"))
+        .await
+        .expect("idempotent")
+        .into_inner();
+    assert!(!again.created);
+    let mut reused = submit_request("newcomer", "enrol-newcomer");
+    reused.selfie_image = enroll_request("newcomer", "x").selfie_image;
+    let reused = client.submit_authentication(reused).await.expect_err("another kind");
+    assert_eq!(reason(&reused), "JOB_ID_REUSED");
+
+    let authenticated = client
+        .submit_authentication(submit_request("newcomer", "after-enrolment"))
+        .await
+        .expect("enrolled through the API")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(authenticated.kind(), pb::JobKind::Authentication);
+
+    let twice = client
+        .enroll_user(enroll_request("newcomer", "enrol-again"))
+        .await
+        .expect_err("enrolled already");
+    assert_eq!(twice.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&twice), "USER_ALREADY_ENROLLED");
+    let failed = client
+        .get_job(pb::GetJobRequest {
+            job_id: "enrol-again".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        (failed.state(), failed.kind()),
+        (pb::JobState::Failed, pb::JobKind::Enrollment)
+    );
+    service.running.shutdown().await;
+}
+
+#[tokio::test]
 async fn idempotency_on_job_id_even_under_concurrent_duplicates() {
     let (sim, service, _dir) = setup().await;
     let mut client = service.client().await;

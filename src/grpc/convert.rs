@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::pb;
 use super::status::{problem_status, to_rpc_status};
-use crate::jobs::{EventKind, Fetched, Job, JobEvent, JobState};
+use crate::jobs::{EventKind, Fetched, Job, JobEvent, JobKind, JobState};
 use crate::smileid::{Decision, ResultEntry};
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -79,6 +79,10 @@ pub fn job(job: &Job, include: Include, fetched: Option<&Fetched>) -> pb::Job {
         create_time: Some(timestamp(job.created_at)),
         update_time: Some(timestamp(job.updated_at)),
         partner_params: job.partner_params.clone().into_iter().collect(),
+        kind: match job.kind {
+            JobKind::Authentication => pb::JobKind::Authentication,
+            JobKind::Enrollment => pb::JobKind::Enrollment,
+        } as i32,
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::jobs::validate::id_problem;
-use crate::jobs::{JobError, JobService, JobServiceHandle, LogStart, SubmitRequest, WatchItem};
+use crate::jobs::{JobError, JobKind, JobService, JobServiceHandle, LogStart, SubmitRequest, WatchItem};
 use crate::smileid::StatusOptions;
 use convert::Include;
 use load_shed::Admission;
@@ -30,19 +30,25 @@ pub mod pb {
     /// The encoded descriptor set of the contract and its imports, for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/selfieauth_descriptor.bin"));
 
-    impl std::fmt::Debug for SubmitAuthenticationRequest {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            // Image bytes never reach a log: only their sizes.
-            f.debug_struct("SubmitAuthenticationRequest")
-                .field("user_id", &self.user_id)
-                .field("job_id", &self.job_id)
-                .field("selfie_image_bytes", &self.selfie_image.len())
-                .field("liveness_images", &self.liveness_images.len())
-                .field("partner_params", &self.partner_params)
-                .field("wait_for_result", &self.wait_for_result)
-                .finish_non_exhaustive()
-        }
+    /// A `Debug` that shows image sizes, never image bytes.
+    macro_rules! redacting_debug {
+        ($message:ident) => {
+            impl std::fmt::Debug for $message {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.debug_struct(stringify!($message))
+                        .field("user_id", &self.user_id)
+                        .field("job_id", &self.job_id)
+                        .field("selfie_image_bytes", &self.selfie_image.len())
+                        .field("liveness_images", &self.liveness_images.len())
+                        .field("partner_params", &self.partner_params)
+                        .field("wait_for_result", &self.wait_for_result)
+                        .finish_non_exhaustive()
+                }
+            }
+        };
     }
+    redacting_debug!(SubmitAuthenticationRequest);
+    redacting_debug!(EnrollUserRequest);
 }
 
 use pb::selfie_auth_server::SelfieAuth;
@@ -91,31 +97,33 @@ fn deadline<T>(request: &Request<T>) -> Option<Duration> {
     })
 }
 
-#[tonic::async_trait]
-impl SelfieAuth for SelfieAuthApi {
-    async fn submit_authentication(
+/// A submission of either kind, with what the caller asked to get back.
+struct Submission {
+    request: SubmitRequest,
+    wait_for_result: bool,
+    include_history: bool,
+    include_image_links: bool,
+}
+
+impl SelfieAuthApi {
+    /// Submits a job and answers with it and whether it is new; with
+    /// `wait_for_result`, once it is final or `budget` (the call's deadline) nears.
+    async fn submit(
         &self,
-        request: Request<pb::SubmitAuthenticationRequest>,
-    ) -> Result<Response<pb::SubmitAuthenticationResponse>, Status> {
+        submission: Submission,
+        budget: Option<Duration>,
+        admission: Option<Admission>,
+    ) -> Result<(pb::Job, bool), Status> {
         let service = self.service()?;
-        let wait = deadline(&request)
+        let wait = budget
             .map(|budget| budget.saturating_sub(DEADLINE_MARGIN))
             .unwrap_or(service.config().default_wait);
-        let admission = request.extensions().get::<Admission>().cloned();
-        let request = request.into_inner();
         let deadline = tokio::time::Instant::now() + wait;
-        let submit = SubmitRequest {
-            user_id: request.user_id,
-            job_id: request.job_id,
-            selfie: request.selfie_image,
-            liveness: request.liveness_images,
-            partner_params: request.partner_params.into_iter().collect(),
-        };
         let mut output = service
-            .submit(submit, deadline)
+            .submit(submission.request, deadline)
             .await
             .map_err(|error| to_status(&error))?;
-        if request.wait_for_result && !output.job.state.is_terminal() {
+        if submission.wait_for_result && !output.job.state.is_terminal() {
             // Admission is what the concurrency limit protects; waiting is cheap, and
             // counts among the open streams instead (without a free one, it stays admitted).
             let _stream = service.hold_stream().ok().inspect(|_| {
@@ -129,12 +137,12 @@ impl SelfieAuth for SelfieAuthApi {
                 .map_err(|error| to_status(&error))?;
         }
         let include = Include {
-            history: request.include_history,
+            history: submission.include_history,
         };
-        let fetched = if request.wait_for_result && (request.include_history || request.include_image_links) {
+        let fetched = if submission.wait_for_result && (submission.include_history || submission.include_image_links) {
             let options = StatusOptions {
-                history: request.include_history,
-                image_links: request.include_image_links,
+                history: submission.include_history,
+                image_links: submission.include_image_links,
             };
             // Best effort: the job itself is the answer; links are extra.
             service.refresh(&output.job.job_id, options).await.ok()
@@ -145,9 +153,61 @@ impl SelfieAuth for SelfieAuthApi {
             Some((job, fetched)) => (job, Some(fetched)),
             None => (output.job, None),
         };
+        Ok((convert::job(&job, include, fetched.as_ref()), output.created))
+    }
+}
+
+#[tonic::async_trait]
+impl SelfieAuth for SelfieAuthApi {
+    async fn submit_authentication(
+        &self,
+        request: Request<pb::SubmitAuthenticationRequest>,
+    ) -> Result<Response<pb::SubmitAuthenticationResponse>, Status> {
+        let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
+        let request = request.into_inner();
+        let submission = Submission {
+            request: SubmitRequest {
+                kind: JobKind::Authentication,
+                user_id: request.user_id,
+                job_id: request.job_id,
+                selfie: request.selfie_image,
+                liveness: request.liveness_images,
+                partner_params: request.partner_params.into_iter().collect(),
+            },
+            wait_for_result: request.wait_for_result,
+            include_history: request.include_history,
+            include_image_links: request.include_image_links,
+        };
+        let (job, created) = self.submit(submission, budget, admission).await?;
         Ok(Response::new(pb::SubmitAuthenticationResponse {
-            job: Some(convert::job(&job, include, fetched.as_ref())),
-            created: output.created,
+            job: Some(job),
+            created,
+        }))
+    }
+
+    async fn enroll_user(
+        &self,
+        request: Request<pb::EnrollUserRequest>,
+    ) -> Result<Response<pb::EnrollUserResponse>, Status> {
+        let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
+        let request = request.into_inner();
+        let submission = Submission {
+            request: SubmitRequest {
+                kind: JobKind::Enrollment,
+                user_id: request.user_id,
+                job_id: request.job_id,
+                selfie: request.selfie_image,
+                liveness: request.liveness_images,
+                partner_params: request.partner_params.into_iter().collect(),
+            },
+            wait_for_result: request.wait_for_result,
+            include_history: request.include_history,
+            include_image_links: request.include_image_links,
+        };
+        let (job, created) = self.submit(submission, budget, admission).await?;
+        Ok(Response::new(pb::EnrollUserResponse {
+            job: Some(job),
+            created,
         }))
     }
 

@@ -1,7 +1,7 @@
 //! Per-RPC request limits, enforced on the request body before any decoding.
 //!
 //! - Size: tonic sets one decoding limit per service, but only
-//!   SubmitAuthentication carries images: it gets the large limit, every other
+//!   SubmitAuthentication and EnrollUser carry images: they get the large limit, every other
 //!   call the gRPC default of 4 MiB. A message declaring more is refused as soon
 //!   as its 5-byte frame header arrives, with RESOURCE_EXHAUSTED (as gRPC's own
 //!   implementations answer) and the `MESSAGE_TOO_LARGE` reason.
@@ -28,7 +28,11 @@ use crate::jobs::ErrorReason;
 use crate::jobs::memory::MemoryBudget;
 
 pub const DEFAULT_LIMIT: usize = 4 * 1024 * 1024;
-const SUBMIT_PATH: &str = "/selfieauth.v1.SelfieAuth/SubmitAuthentication";
+/// The methods that carry images.
+const IMAGE_PATHS: [&str; 2] = [
+    "/selfieauth.v1.SelfieAuth/SubmitAuthentication",
+    "/selfieauth.v1.SelfieAuth/EnrollUser",
+];
 /// The gRPC frame header before each message: a flag byte and a big-endian length.
 const FRAME_HEADER: usize = 5;
 
@@ -84,7 +88,7 @@ where
         if !path.starts_with("/selfieauth.v1.") {
             return self.inner.call(request);
         }
-        let limit = if path == SUBMIT_PATH {
+        let limit = if IMAGE_PATHS.contains(&path) {
             self.limits.submit_limit
         } else {
             DEFAULT_LIMIT

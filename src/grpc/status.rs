@@ -23,7 +23,7 @@ pub fn code(reason: ErrorReason) -> Code {
         MessageTooLarge => Code::ResourceExhausted,
         JobIdReused => Code::AlreadyExists,
         JobNotFound => Code::NotFound,
-        UserNotEnrolled | UserNotAuthenticatable | UpstreamRejected => Code::FailedPrecondition,
+        UserNotEnrolled | UserNotAuthenticatable | UserAlreadyEnrolled | UpstreamRejected => Code::FailedPrecondition,
         UpstreamAuthFailed | Internal => Code::Internal,
         UpstreamUnavailable
         | SubmissionInProgress
@@ -119,7 +119,7 @@ pub fn problem_status(problem: &JobProblem) -> Status {
     reason_status(problem.reason.into(), &problem.message, metadata, |details| {
         if matches!(
             problem.reason,
-            ProblemReason::UserNotEnrolled | ProblemReason::UserNotAuthenticatable
+            ProblemReason::UserNotEnrolled | ProblemReason::UserNotAuthenticatable | ProblemReason::UserAlreadyEnrolled
         ) {
             details.add_precondition_failure_violation("USER_ENROLLMENT", "user_id", &problem.message);
         }

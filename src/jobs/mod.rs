@@ -18,7 +18,7 @@ pub mod validate;
 pub mod watch;
 
 pub use error::{FieldViolation, InvalidReason, JobError, UnavailableReason};
-pub use model::{EventKind, Job, JobEvent, JobProblem, JobState, ProblemReason};
+pub use model::{EventKind, Job, JobEvent, JobKind, JobProblem, JobState, ProblemReason};
 pub use ports::{EventFanout, JobStore, SharedStore, SmileId, StoreError};
 pub use reason::ErrorReason;
 pub use reconciler::ReconcilePolicy;

@@ -10,6 +10,17 @@ use super::reconciler::ReconcilePolicy;
 use super::validate::Prepared;
 use crate::smileid::{Decision, ResultEntry};
 
+/// What a job asks of Smile ID.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobKind {
+    /// SmartSelfie Authentication (job_type 2): is this the enrolled user?
+    #[default]
+    Authentication,
+    /// SmartSelfie Registration (job_type 4): enrols the user.
+    Enrollment,
+}
+
 /// Where a job is in its life. Transitions only move forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -66,6 +77,7 @@ pub struct JobProblem {
 pub enum ProblemReason {
     UserNotEnrolled,
     UserNotAuthenticatable,
+    UserAlreadyEnrolled,
     UpstreamRejected,
     UpstreamAuthFailed,
     UpstreamUnavailable,
@@ -87,6 +99,7 @@ impl From<ProblemReason> for ErrorReason {
         match reason {
             ProblemReason::UserNotEnrolled => Self::UserNotEnrolled,
             ProblemReason::UserNotAuthenticatable => Self::UserNotAuthenticatable,
+            ProblemReason::UserAlreadyEnrolled => Self::UserAlreadyEnrolled,
             ProblemReason::UpstreamRejected => Self::UpstreamRejected,
             ProblemReason::UpstreamAuthFailed => Self::UpstreamAuthFailed,
             ProblemReason::UpstreamUnavailable => Self::UpstreamUnavailable,
@@ -101,6 +114,9 @@ impl From<ProblemReason> for ErrorReason {
 pub struct Job {
     pub job_id: String,
     pub user_id: String,
+    /// Jobs stored before enrolment existed are authentications.
+    #[serde(default)]
+    pub kind: JobKind,
     pub smile_job_id: Option<String>,
     pub state: JobState,
     pub submission: Submission,
@@ -147,6 +163,7 @@ impl Job {
         Self {
             job_id: prepared.job_id.clone(),
             user_id: prepared.user_id.clone(),
+            kind: prepared.kind,
             smile_job_id: None,
             state: JobState::Submitting,
             submission: Submission::InFlight { lease_until },
@@ -171,6 +188,7 @@ impl Job {
         Self {
             job_id: job_id.into(),
             user_id: user_id.into(),
+            kind: JobKind::Authentication,
             smile_job_id: None,
             state: JobState::Submitting,
             submission: Submission::InFlight { lease_until: now },

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use super::model::{EventKind, EventNotice, Job, JobEvent};
+use super::model::{EventKind, EventNotice, Job, JobEvent, JobKind};
 use crate::smileid::{ErrorCode, ResultEntry, StatusOptions};
 
 // === the job store ===
@@ -130,6 +130,7 @@ pub trait EventFanout: Send + Sync + 'static {
 
 /// One job for Smile ID: who, what, and the images (JPEG).
 pub struct SmileJob<'a> {
+    pub kind: JobKind,
     pub user_id: &'a str,
     pub job_id: &'a str,
     pub partner_params: &'a BTreeMap<String, String>,
@@ -144,6 +145,7 @@ pub struct SmileJob<'a> {
 impl std::fmt::Debug for SmileJob<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmileJob")
+            .field("kind", &self.kind)
             .field("user_id", &self.user_id)
             .field("job_id", &self.job_id)
             .field("selfie_bytes", &self.selfie_jpeg.len())

@@ -15,6 +15,7 @@ pub enum ErrorReason {
     JobNotFound,
     UserNotEnrolled,
     UserNotAuthenticatable,
+    UserAlreadyEnrolled,
     UpstreamRejected,
     UpstreamAuthFailed,
     UpstreamUnavailable,
@@ -30,7 +31,7 @@ pub enum ErrorReason {
 }
 
 impl ErrorReason {
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::InvalidField,
         Self::InvalidImage,
         Self::ImageTooLarge,
@@ -42,6 +43,7 @@ impl ErrorReason {
         Self::JobNotFound,
         Self::UserNotEnrolled,
         Self::UserNotAuthenticatable,
+        Self::UserAlreadyEnrolled,
         Self::UpstreamRejected,
         Self::UpstreamAuthFailed,
         Self::UpstreamUnavailable,
@@ -69,6 +71,7 @@ impl ErrorReason {
             Self::JobNotFound => "JOB_NOT_FOUND",
             Self::UserNotEnrolled => "USER_NOT_ENROLLED",
             Self::UserNotAuthenticatable => "USER_NOT_AUTHENTICATABLE",
+            Self::UserAlreadyEnrolled => "USER_ALREADY_ENROLLED",
             Self::UpstreamRejected => "UPSTREAM_REJECTED",
             Self::UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",

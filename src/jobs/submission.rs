@@ -217,6 +217,7 @@ impl JobService {
         let job_id = job.job_id.as_str();
         loop {
             let submission = SmileJob {
+                kind: job.kind,
                 user_id: &job.user_id,
                 job_id,
                 partner_params: &job.partner_params,
@@ -345,6 +346,10 @@ fn refusal_problem(code: &ErrorCode, message: &str) -> JobProblem {
         ErrorCode::UserNotEnrolled => (
             ProblemReason::UserNotEnrolled,
             "the user is not enrolled for SmartSelfie Authentication".to_owned(),
+        ),
+        ErrorCode::UserAlreadyEnrolled => (
+            ProblemReason::UserAlreadyEnrolled,
+            "the user is enrolled already; authenticate them, or ask Smile ID to re-enrol them".to_owned(),
         ),
         ErrorCode::UserDisabled
         | ErrorCode::UserDeleted

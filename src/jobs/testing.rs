@@ -360,6 +360,7 @@ pub fn submission(user_id: &str, job_id: &str, seed: u8) -> super::SubmitRequest
         .write_to(&mut jpeg, image::ImageFormat::Jpeg)
         .expect("encode a jpeg");
     super::SubmitRequest {
+        kind: super::JobKind::Authentication,
         user_id: user_id.into(),
         job_id: job_id.into(),
         selfie: jpeg.into_inner().into(),

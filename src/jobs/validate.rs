@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::error::{FieldViolation, InvalidReason, JobError, UnavailableReason, quoted};
 use super::memory::{MemoryBudget, Refused};
+use super::model::JobKind;
 use bytes::Bytes;
 use image::{ImageDecoder as _, ImageFormat, ImageReader, Limits};
 use sha2::{Digest, Sha256};
@@ -47,6 +48,7 @@ const RESERVED_PARAMS: [&str; 3] = ["user_id", "job_id", "job_type"];
 
 /// A submission as callers send it.
 pub struct SubmitRequest {
+    pub kind: JobKind,
     pub user_id: String,
     pub job_id: String,
     pub selfie: Bytes,
@@ -57,6 +59,7 @@ pub struct SubmitRequest {
 impl std::fmt::Debug for SubmitRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SubmitRequest")
+            .field("kind", &self.kind)
             .field("user_id", &self.user_id)
             .field("job_id", &self.job_id)
             .field("selfie_bytes", &self.selfie.len())
@@ -68,6 +71,7 @@ impl std::fmt::Debug for SubmitRequest {
 
 /// A checked submission, ready for Smile ID.
 pub struct Prepared {
+    pub kind: JobKind,
     pub user_id: String,
     /// Empty when the caller left it to us.
     pub job_id: String,
@@ -144,6 +148,7 @@ pub async fn prepare(
         JobError::invalid(InvalidReason::InvalidImage, vec![FieldViolation { field, description }])
     })?;
     Ok(Prepared {
+        kind: request.kind,
         user_id: request.user_id,
         job_id: request.job_id,
         selfie_jpeg,
@@ -273,6 +278,11 @@ fn fingerprint(request: &SubmitRequest) -> String {
         hasher.update((bytes.len() as u64).to_be_bytes());
         hasher.update(bytes);
     };
+    // An authentication's fingerprint predates kinds; an enrolment's differs
+    // from it, so one job_id cannot be both.
+    if request.kind == JobKind::Enrollment {
+        field(b"enrollment");
+    }
     field(request.user_id.as_bytes());
     for (key, value) in &request.partner_params {
         field(key.as_bytes());

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::jobs::model::JobKind;
 use crate::jobs::ports::{Accepted, SmileId, SmileJob, StatusFailure, StatusReport, SubmitFailure};
 use crate::metrics::Metrics;
-use crate::smileid::wire::JOB_TYPE_AUTHENTICATION;
+use crate::smileid::wire::{JOB_TYPE_AUTHENTICATION, JOB_TYPE_REGISTRATION};
 use crate::smileid::{JobSubmission, PartnerParams, SmileIdClient, SmileIdError, StatusOptions, SubmitOutcome};
 
 pub struct SmileIdAdapter {
@@ -25,7 +26,10 @@ impl SmileId for SmileIdAdapter {
         let partner_params = PartnerParams {
             user_id: job.user_id.to_owned(),
             job_id: job.job_id.to_owned(),
-            job_type: JOB_TYPE_AUTHENTICATION,
+            job_type: match job.kind {
+                JobKind::Authentication => JOB_TYPE_AUTHENTICATION,
+                JobKind::Enrollment => JOB_TYPE_REGISTRATION,
+            },
             extra: job.partner_params.clone(),
         };
         let submission = JobSubmission {

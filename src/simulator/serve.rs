@@ -49,6 +49,11 @@ impl RunningSimulator {
         self.set_user(user_id, UserStanding::Active);
     }
 
+    /// The Smile ID job_type a partner job_id was submitted with.
+    pub fn job_type(&self, job_id: &str) -> Option<u32> {
+        self.app.state().jobs.get(job_id).map(|job| job.job_type)
+    }
+
     /// Sets where a user stands, e.g. disabled, as Smile ID's console would.
     pub fn set_user(&self, user_id: &str, standing: UserStanding) {
         self.app.state().users.insert(user_id.to_owned(), standing);

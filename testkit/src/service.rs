@@ -124,6 +124,16 @@ pub fn submit_request(user_id: &str, job_id: &str) -> pb::SubmitAuthenticationRe
     }
 }
 
+/// An enrolment of `user_id` with one selfie.
+pub fn enroll_request(user_id: &str, job_id: &str) -> pb::EnrollUserRequest {
+    pb::EnrollUserRequest {
+        user_id: user_id.into(),
+        job_id: job_id.into(),
+        selfie_image: jpeg(64, 64, 2).into(),
+        ..Default::default()
+    }
+}
+
 /// A submission the simulator answers provisionally (0822), then finally (1220) after its review delay.
 pub fn provisional_request(user_id: &str, job_id: &str) -> pb::SubmitAuthenticationRequest {
     let mut request = submit_request(user_id, job_id);

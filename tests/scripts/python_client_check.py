@@ -102,4 +102,26 @@ def _():
     raise AssertionError("expected FAILED_PRECONDITION")
 
 
+@scenario("EnrollUser enrols a new user, who can then be authenticated")
+def _():
+    user = "py-newcomer"
+    response = stub.EnrollUser(
+        pb.EnrollUserRequest(user_id=user, job_id="py-enrol", selfie_image=selfie, wait_for_result=True), timeout=20)
+    job = response.job
+    expect(response.created and job.kind == pb.JOB_KIND_ENROLLMENT, job)
+    expect(job.state == pb.JOB_STATE_COMPLETED and job.decision == pb.DECISION_APPROVED, job)
+    authenticated = stub.SubmitAuthentication(
+        pb.SubmitAuthenticationRequest(user_id=user, job_id="py-after-enrol", selfie_image=selfie,
+                                       wait_for_result=True), timeout=20).job
+    expect(authenticated.kind == pb.JOB_KIND_AUTHENTICATION and authenticated.decision == pb.DECISION_APPROVED,
+           authenticated)
+    try:
+        stub.EnrollUser(pb.EnrollUserRequest(user_id=user, job_id="py-enrol-again", selfie_image=selfie))
+    except grpc.RpcError as error:
+        reason = details_of(error)["ErrorInfo"].reason
+        expect(error.code() == grpc.StatusCode.FAILED_PRECONDITION and reason == "USER_ALREADY_ENROLLED", error)
+        return
+    raise AssertionError("expected FAILED_PRECONDITION / USER_ALREADY_ENROLLED")
+
+
 finish()
