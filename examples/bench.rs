@@ -152,6 +152,13 @@ impl SelfieAuth for Echo {
         Err(tonic::Status::unimplemented("echo"))
     }
 
+    async fn list_jobs(
+        &self,
+        _: tonic::Request<pb::ListJobsRequest>,
+    ) -> Result<tonic::Response<pb::ListJobsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+
     type WatchJobStream = futures::stream::Empty<Result<pb::JobEvent, tonic::Status>>;
 
     async fn watch_job(

@@ -408,6 +408,109 @@ async fn a_user_enrolled_through_the_api_can_then_be_authenticated() {
 }
 
 #[tokio::test]
+async fn list_jobs_pages_a_users_jobs_newest_first_and_refuses_foreign_tokens() {
+    let (_sim, service, _dir) = setup().await;
+    let mut client = service.client().await;
+    for index in 0..5 {
+        client
+            .submit_authentication(submit_request(ENROLLED_USER, &format!("list-{index}")))
+            .await
+            .expect("submit");
+    }
+    client
+        .submit_authentication(submit_request("stranger", "list-other"))
+        .await
+        .expect_err("not enrolled, but stored as FAILED");
+
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..5 {
+        let page = client
+            .list_jobs(pb::ListJobsRequest {
+                user_id: ENROLLED_USER.into(),
+                page_size: 2,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.jobs.len() <= 2);
+        seen.extend(page.jobs.iter().map(|job| job.job_id.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen, ["list-4", "list-3", "list-2", "list-1", "list-0"]);
+
+    let failed = client
+        .list_jobs(pb::ListJobsRequest {
+            state: pb::JobState::Failed as i32,
+            kind: pb::JobKind::Authentication as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        failed.jobs.iter().map(|job| job.job_id.as_str()).collect::<Vec<_>>(),
+        ["list-other"]
+    );
+
+    let first = client
+        .list_jobs(pb::ListJobsRequest {
+            user_id: ENROLLED_USER.into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let foreign = client
+        .list_jobs(pb::ListJobsRequest {
+            user_id: "stranger".into(),
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a token for another filter");
+    assert_eq!(
+        (foreign.code(), reason(&foreign)),
+        (Code::InvalidArgument, "INVALID_PAGE_TOKEN".into())
+    );
+    for (request, field) in [
+        (
+            pb::ListJobsRequest {
+                page_size: -1,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+        (
+            pb::ListJobsRequest {
+                state: 99,
+                ..Default::default()
+            },
+            "state",
+        ),
+        (
+            pb::ListJobsRequest {
+                user_id: "bad user".into(),
+                ..Default::default()
+            },
+            "user_id",
+        ),
+    ] {
+        let refused = client.list_jobs(request).await.expect_err("invalid");
+        assert_eq!(reason(&refused), "INVALID_FIELD");
+        let violations = refused.get_error_details().bad_request().cloned().expect("BadRequest");
+        assert_eq!(violations.field_violations[0].field, field);
+    }
+    service.running.shutdown().await;
+}
+
+#[tokio::test]
 async fn idempotency_on_job_id_even_under_concurrent_duplicates() {
     let (sim, service, _dir) = setup().await;
     let mut client = service.client().await;

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use selfie_auth::jobs::model::{EventKind, Job, JobState};
-use selfie_auth::jobs::ports::{Created, Saved, SharedStore};
+use selfie_auth::jobs::model::{EventKind, Job, JobKind, JobState};
+use selfie_auth::jobs::ports::{Created, JobCursor, JobFilter, Saved, SharedStore};
 use selfie_auth::store::PgLimits;
 
 fn job(job_id: &str, user_id: &str) -> Job {
@@ -168,6 +168,74 @@ async fn concurrent_writers_all_land_with_contiguous_sequences(store: SharedStor
 }
 
 /// A fresh SQLite store; the directory lives as long as the test.
+async fn listing_pages_newest_first_by_filter(store: SharedStore) {
+    let base = Utc::now() - chrono::Duration::hours(1);
+    // Seven jobs, one a minute; j3 and j4 share a creation time (job_id breaks the tie).
+    for (index, user) in ["alice", "bob", "alice", "alice", "bob", "alice", "alice"]
+        .iter()
+        .enumerate()
+    {
+        let mut new = job(&format!("j{index}"), user);
+        new.created_at = base + chrono::Duration::minutes(if index == 4 { 3 } else { index as i64 });
+        if index % 2 == 1 {
+            new.kind = JobKind::Enrollment;
+        }
+        store.create(&new).await.expect("create");
+    }
+    let mut done = store.get("j6").await.expect("get").expect("exists");
+    done.state = JobState::Completed;
+    store.save(&mut done, Some(EventKind::FinalResult)).await.expect("save");
+
+    let ids = |jobs: Vec<Job>| jobs.into_iter().map(|job| job.job_id).collect::<Vec<_>>();
+    let every = JobFilter::default();
+    assert_eq!(
+        ids(store.list_jobs(&every, None, 10).await.expect("list")),
+        ["j6", "j5", "j4", "j3", "j2", "j1", "j0"]
+    );
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_jobs(&every, after.as_ref(), 3).await.expect("list");
+        after = page.last().map(JobCursor::of);
+        let full = page.len() == 3;
+        pages.push(ids(page));
+        if !full {
+            break;
+        }
+    }
+    assert_eq!(
+        pages,
+        [vec!["j6", "j5", "j4"], vec!["j3", "j2", "j1"], vec!["j0"]],
+        "pages meet without a gap or a repeat, ties included"
+    );
+    let alice = JobFilter {
+        user_id: Some("alice".into()),
+        ..JobFilter::default()
+    };
+    assert_eq!(
+        ids(store.list_jobs(&alice, None, 10).await.expect("list")),
+        ["j6", "j5", "j3", "j2", "j0"]
+    );
+    let alice_enrolments = JobFilter {
+        kind: Some(JobKind::Enrollment),
+        ..alice.clone()
+    };
+    assert_eq!(
+        ids(store.list_jobs(&alice_enrolments, None, 10).await.expect("list")),
+        ["j5", "j3"]
+    );
+    let completed = JobFilter {
+        state: Some(JobState::Completed),
+        ..JobFilter::default()
+    };
+    assert_eq!(ids(store.list_jobs(&completed, None, 10).await.expect("list")), ["j6"]);
+    assert_eq!(
+        store.get("j5").await.expect("get").expect("exists").kind,
+        JobKind::Enrollment,
+        "the kind is kept"
+    );
+}
+
 async fn sqlite_store() -> (SharedStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let opened = selfie_auth::store::open(&selfie_auth_testkit::sqlite_url(&dir), PgLimits::default())
@@ -216,6 +284,7 @@ conformance!(
     the_global_log_is_ordered_and_filtered_by_user,
     claim_due_leases_to_one_claimant_until_expiry,
     concurrent_writers_all_land_with_contiguous_sequences,
+    listing_pages_newest_first_by_filter,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 
 use super::pb;
 use super::status::{problem_status, to_rpc_status};
-use crate::jobs::{EventKind, Fetched, Job, JobEvent, JobKind, JobState};
+use crate::jobs::ports::JobFilter;
+use crate::jobs::{EventKind, Fetched, Job, JobError, JobEvent, JobKind, JobState};
 use crate::smileid::{Decision, ResultEntry};
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -53,6 +54,40 @@ pub fn result(entry: &ResultEntry) -> pb::Result {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Include {
     pub history: bool,
+}
+
+/// A ListJobs filter; an enum value this version does not know is refused.
+pub fn job_filter(request: &pb::ListJobsRequest) -> Result<JobFilter, JobError> {
+    let state = match pb::JobState::try_from(request.state) {
+        Ok(pb::JobState::Unspecified) => None,
+        Ok(pb::JobState::Submitting) => Some(JobState::Submitting),
+        Ok(pb::JobState::Submitted) => Some(JobState::Submitted),
+        Ok(pb::JobState::Provisional) => Some(JobState::Provisional),
+        Ok(pb::JobState::Completed) => Some(JobState::Completed),
+        Ok(pb::JobState::Failed) => Some(JobState::Failed),
+        Err(_) => {
+            return Err(JobError::invalid_field(
+                "state",
+                format!("unknown JobState {}", request.state),
+            ));
+        }
+    };
+    let kind = match pb::JobKind::try_from(request.kind) {
+        Ok(pb::JobKind::Unspecified) => None,
+        Ok(pb::JobKind::Authentication) => Some(JobKind::Authentication),
+        Ok(pb::JobKind::Enrollment) => Some(JobKind::Enrollment),
+        Err(_) => {
+            return Err(JobError::invalid_field(
+                "kind",
+                format!("unknown JobKind {}", request.kind),
+            ));
+        }
+    };
+    Ok(JobFilter {
+        user_id: (!request.user_id.is_empty()).then(|| request.user_id.clone()),
+        state,
+        kind,
+    })
 }
 
 pub fn job(job: &Job, include: Include, fetched: Option<&Fetched>) -> pb::Job {

@@ -15,6 +15,7 @@ use futures::{Stream, StreamExt as _};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::jobs::listing;
 use crate::jobs::validate::id_problem;
 use crate::jobs::{JobError, JobKind, JobService, JobServiceHandle, LogStart, SubmitRequest, WatchItem};
 use crate::smileid::StatusOptions;
@@ -208,6 +209,25 @@ impl SelfieAuth for SelfieAuthApi {
         Ok(Response::new(pb::EnrollUserResponse {
             job: Some(job),
             created,
+        }))
+    }
+
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let request = request.into_inner();
+        let filter = convert::job_filter(&request).map_err(|error| to_status(&error))?;
+        let page_size = listing::page_size(request.page_size).map_err(|error| to_status(&error))?;
+        let page = self
+            .service()?
+            .list_jobs(&filter, page_size, &request.page_token)
+            .await
+            .map_err(|error| to_status(&error))?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: page
+                .jobs
+                .iter()
+                .map(|job| convert::job(job, Include { history: false }, None))
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 

@@ -24,7 +24,14 @@ const UNKNOWN: i32 = 2;
 
 /// The contract's method a path names, as a fixed label value.
 fn method_of(path: &str) -> &'static str {
-    const METHODS: [&str; 5] = ["SubmitAuthentication", "EnrollUser", "GetJob", "WatchJob", "WatchJobs"];
+    const METHODS: [&str; 6] = [
+        "SubmitAuthentication",
+        "EnrollUser",
+        "GetJob",
+        "ListJobs",
+        "WatchJob",
+        "WatchJobs",
+    ];
     let name = path.strip_prefix(OBSERVED_PREFIX).unwrap_or_default();
     METHODS.into_iter().find(|method| *method == name).unwrap_or("unknown")
 }

@@ -18,7 +18,9 @@ pub const ERROR_DOMAIN: &str = "selfieauth.v1";
 pub fn code(reason: ErrorReason) -> Code {
     use ErrorReason::*;
     match reason {
-        InvalidField | InvalidImage | ImageTooLarge | InvalidMessage | InvalidResumeToken => Code::InvalidArgument,
+        InvalidField | InvalidImage | ImageTooLarge | InvalidMessage | InvalidResumeToken | InvalidPageToken => {
+            Code::InvalidArgument
+        }
         RequestTimeout => Code::DeadlineExceeded,
         MessageTooLarge => Code::ResourceExhausted,
         JobIdReused => Code::AlreadyExists,
@@ -75,6 +77,14 @@ pub fn to_status(job_error: &JobError) -> Status {
             reason_status(ErrorReason::InvalidResumeToken, message, HashMap::new(), |details| {
                 details
                     .add_bad_request_violation("resume_token", "pass back a resume_token from a JobEvent, or nothing");
+            })
+        }
+        JobError::InvalidPageToken => {
+            reason_status(ErrorReason::InvalidPageToken, message, HashMap::new(), |details| {
+                details.add_bad_request_violation(
+                    "page_token",
+                    "pass back next_page_token from the previous page, with the same filter",
+                );
             })
         }
         JobError::Rejected(problem) => problem_status(problem),

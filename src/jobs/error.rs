@@ -85,6 +85,8 @@ pub enum JobError {
     NotFound { job_id: String },
     #[error("resume token is not one this service issued")]
     InvalidResumeToken,
+    #[error("page token is not one this service issued for this filter")]
+    InvalidPageToken,
     /// Smile ID refused the job; the stored job is FAILED with this problem.
     #[error("{}", .0.message)]
     Rejected(JobProblem),

@@ -2,6 +2,7 @@
 //! reconciliation. Transport-free: gRPC and HTTP adapters call into it.
 
 pub mod error;
+pub mod listing;
 pub mod memory;
 pub mod model;
 pub mod ports;
@@ -18,6 +19,7 @@ pub mod validate;
 pub mod watch;
 
 pub use error::{FieldViolation, InvalidReason, JobError, UnavailableReason};
+pub use listing::JobPage;
 pub use model::{EventKind, Job, JobEvent, JobKind, JobProblem, JobState, ProblemReason};
 pub use ports::{EventFanout, JobStore, SharedStore, SmileId, StoreError};
 pub use reason::ErrorReason;

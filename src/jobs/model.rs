@@ -21,6 +21,16 @@ pub enum JobKind {
     Enrollment,
 }
 
+impl JobKind {
+    /// The name stores keep, as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authentication => "AUTHENTICATION",
+            Self::Enrollment => "ENROLLMENT",
+        }
+    }
+}
+
 /// Where a job is in its life. Transitions only move forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use super::model::{EventKind, EventNotice, Job, JobEvent, JobKind};
+use super::model::{EventKind, EventNotice, Job, JobEvent, JobKind, JobState};
 use crate::smileid::{ErrorCode, ResultEntry, StatusOptions};
 
 // === the job store ===
@@ -78,6 +78,15 @@ pub trait JobStore: Send + Sync + 'static {
     /// How far behind the reconciler is.
     async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError>;
 
+    /// Up to `limit` jobs matching `filter`, newest first (by creation, then
+    /// job_id descending), starting after `after`.
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<&JobCursor>,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError>;
+
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -87,6 +96,45 @@ pub trait JobStore: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn JobStore>;
+
+/// Which jobs a listing returns; `None` matches any.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct JobFilter {
+    pub user_id: Option<String>,
+    pub state: Option<JobState>,
+    pub kind: Option<JobKind>,
+}
+
+impl JobFilter {
+    pub fn matches(&self, job: &Job) -> bool {
+        self.user_id.as_ref().is_none_or(|user| *user == job.user_id)
+            && self.state.is_none_or(|state| state == job.state)
+            && self.kind.is_none_or(|kind| kind == job.kind)
+    }
+}
+
+/// Where a listing page ended: the last job it returned. Stores order by
+/// creation time in milliseconds, then job_id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobCursor {
+    pub created_ms: i64,
+    pub job_id: String,
+}
+
+impl JobCursor {
+    pub fn of(job: &Job) -> Self {
+        Self {
+            created_ms: job.created_at.timestamp_millis(),
+            job_id: job.job_id.clone(),
+        }
+    }
+
+    /// Whether `job` comes after this cursor, newest first.
+    pub fn precedes(&self, job: &Job) -> bool {
+        let other = Self::of(job);
+        (other.created_ms, other.job_id) < (self.created_ms, self.job_id.clone())
+    }
+}
 
 /// Jobs waiting on the reconciler.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -11,6 +11,7 @@ pub enum ErrorReason {
     InvalidMessage,
     RequestTimeout,
     InvalidResumeToken,
+    InvalidPageToken,
     JobIdReused,
     JobNotFound,
     UserNotEnrolled,
@@ -31,7 +32,7 @@ pub enum ErrorReason {
 }
 
 impl ErrorReason {
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::InvalidField,
         Self::InvalidImage,
         Self::ImageTooLarge,
@@ -39,6 +40,7 @@ impl ErrorReason {
         Self::InvalidMessage,
         Self::RequestTimeout,
         Self::InvalidResumeToken,
+        Self::InvalidPageToken,
         Self::JobIdReused,
         Self::JobNotFound,
         Self::UserNotEnrolled,
@@ -67,6 +69,7 @@ impl ErrorReason {
             Self::InvalidMessage => "INVALID_MESSAGE",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::InvalidResumeToken => "INVALID_RESUME_TOKEN",
+            Self::InvalidPageToken => "INVALID_PAGE_TOKEN",
             Self::JobIdReused => "JOB_ID_REUSED",
             Self::JobNotFound => "JOB_NOT_FOUND",
             Self::UserNotEnrolled => "USER_NOT_ENROLLED",

@@ -220,6 +220,24 @@ impl JobStore for MemoryStore {
         })
     }
 
+    async fn list_jobs(
+        &self,
+        filter: &super::ports::JobFilter,
+        after: Option<&super::ports::JobCursor>,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        let tables = lock(&self.tables);
+        let mut jobs: Vec<Job> = tables
+            .jobs
+            .values()
+            .filter(|job| filter.matches(job) && after.is_none_or(|cursor| cursor.precedes(job)))
+            .cloned()
+            .collect();
+        jobs.sort_by_key(|job| std::cmp::Reverse((job.created_at.timestamp_millis(), job.job_id.clone())));
+        jobs.truncate(limit as usize);
+        Ok(jobs)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::jobs::model::{EventKind, Job, JobEvent};
-use crate::jobs::ports::{Backlog, Created, JobStore, Saved, SharedStore, StoreError};
+use crate::jobs::ports::{Backlog, Created, JobCursor, JobFilter, JobStore, Saved, SharedStore, StoreError};
 use crate::metrics::Metrics;
 
 pub struct TimedStore {
@@ -70,6 +70,16 @@ impl JobStore for TimedStore {
 
     async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
         self.timed("backlog", self.inner.backlog(now)).await
+    }
+
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<&JobCursor>,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.timed("list_jobs", self.inner.list_jobs(filter, after, limit))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

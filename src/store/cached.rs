@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::jobs::model::{EventKind, Job, JobEvent};
-use crate::jobs::ports::{Backlog, Created, JobStore, Saved, StoreError};
+use crate::jobs::ports::{Backlog, Created, JobCursor, JobFilter, JobStore, Saved, StoreError};
 
 /// Jobs kept; the oldest kept first goes first.
 const CAPACITY: usize = 4096;
@@ -123,6 +123,15 @@ impl<S: JobStore> JobStore for CachedStore<S> {
 
     async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
         self.inner.backlog(now).await
+    }
+
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<&JobCursor>,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.inner.list_jobs(filter, after, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
