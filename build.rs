@@ -6,7 +6,13 @@ use std::path::PathBuf;
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/selfieauth/v1/selfie_auth.proto"];
+    let protos = [
+        "proto/selfieauth/v1/selfie_auth.proto",
+        "proto/selfieauth/v1/error_reason.proto",
+        // Not imported by the contract; vendored so callers can decode ErrorInfo,
+        // BadRequest and the other details, and served by reflection with it.
+        "proto/google/rpc/error_details.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     let descriptor_set = protox::compile(protos, ["proto"])?;
 

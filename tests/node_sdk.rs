@@ -3,37 +3,14 @@
 //! over https. The SDK is installed with npm into `target/node-sdk` on first use.
 
 use std::path::Path;
-use std::process::Command;
 
 use selfie_auth_testkit::*;
 
 const SDK: &str = "smile-identity-core@3.2.1";
 
-fn install_sdk() -> Result<std::path::PathBuf, String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("node-sdk");
-    if dir.join("node_modules/smile-identity-core/package.json").exists() {
-        return Ok(dir);
-    }
-    std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
-    std::fs::write(
-        dir.join("package.json"),
-        r#"{"name": "node-sdk-check", "private": true}"#,
-    )
-    .map_err(|error| error.to_string())?;
-    let npm = Command::new("npm")
-        .args(["install", "--silent", "--no-audit", "--no-fund", SDK])
-        .current_dir(&dir)
-        .status()
-        .map_err(|error| format!("npm: {error}"))?;
-    if !npm.success() {
-        return Err(format!("npm install {SDK} failed"));
-    }
-    Ok(dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_node_sdk_flows_succeed_against_the_simulator_over_https() {
-    let sdk = match install_sdk() {
+    let sdk = match npm_packages("node-sdk", &[SDK]) {
         Ok(sdk) => sdk,
         Err(reason) => {
             skip_or_fail("the Node SDK check (needs node, npm and the npm registry)", &reason);

@@ -52,7 +52,7 @@ pub fn reason_status(
 }
 
 fn job_id_metadata(job_id: &str) -> HashMap<String, String> {
-    HashMap::from([("job_id".to_owned(), job_id.to_owned())])
+    HashMap::from([("jobId".to_owned(), job_id.to_owned())])
 }
 
 pub fn to_status(job_error: &JobError) -> Status {
@@ -70,7 +70,7 @@ pub fn to_status(job_error: &JobError) -> Status {
         }
         JobError::NotFound { job_id } => {
             reason_status(ErrorReason::JobNotFound, message, job_id_metadata(job_id), |details| {
-                details.set_resource_info("selfieauth.v1.Job", job_id, "", "no such job");
+                details.set_resource_info("selfieauth.v1.Job", format!("jobs/{job_id}"), "", "no such job");
             })
         }
         JobError::InvalidResumeToken => {
@@ -181,6 +181,28 @@ mod tests {
             .map(|reason| (code_name(code(*reason)), reason.as_str().to_owned()))
             .collect();
         assert_eq!(documented(), expected);
+    }
+
+    #[test]
+    fn the_contract_names_every_reason() {
+        let in_contract: std::collections::BTreeSet<&str> = (1..100)
+            .filter_map(|number| crate::grpc::pb::ErrorReason::try_from(number).ok())
+            .map(|reason| reason.as_str_name())
+            .collect();
+        let served: std::collections::BTreeSet<&str> = ErrorReason::ALL.iter().map(|reason| reason.as_str()).collect();
+        assert_eq!(in_contract, served, "error_reason.proto and ErrorReason differ");
+    }
+
+    #[test]
+    fn metadata_keys_are_lower_camel_case_and_resources_are_named() {
+        let status = to_status(&JobError::NotFound { job_id: "j-1".into() });
+        let details = status.get_error_details();
+        let info = details.error_info().cloned().expect("error info");
+        assert_eq!(info.metadata.get("jobId").map(String::as_str), Some("j-1"));
+        assert_eq!(
+            details.resource_info().expect("resource info").resource_name,
+            "jobs/j-1"
+        );
     }
 
     #[test]

@@ -38,6 +38,40 @@ pub fn python_venv(name: &str, packages: &[&str], probe: &str) -> Result<std::pa
     Ok(python)
 }
 
+/// A directory `target/NAME` with npm `packages` installed on first use
+/// (each `name@version`); ready once every package's `package.json` is there.
+pub fn npm_packages(name: &str, packages: &[&str]) -> Result<std::path::PathBuf, String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join(name);
+    let installed = |dir: &std::path::Path| {
+        packages.iter().all(|package| {
+            let name = package.rsplit_once('@').map_or(*package, |(name, _)| name);
+            dir.join("node_modules").join(name).join("package.json").exists()
+        })
+    };
+    if installed(&dir) {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
+    std::fs::write(
+        dir.join("package.json"),
+        format!(r#"{{"name": "{name}", "private": true}}"#),
+    )
+    .map_err(|error| error.to_string())?;
+    let npm = std::process::Command::new("npm")
+        .args(["install", "--silent", "--no-audit", "--no-fund"])
+        .args(packages)
+        .current_dir(&dir)
+        .status()
+        .map_err(|error| format!("npm: {error}"))?;
+    if !npm.success() || !installed(&dir) {
+        return Err(format!("npm install {} failed", packages.join(" ")));
+    }
+    Ok(dir)
+}
+
 /// Skips a test that needs an external tool, loudly; under `CI=true` fails instead.
 pub fn skip_or_fail(what: &str, reason: &str) {
     if std::env::var("CI").as_deref() == Ok("true") {

@@ -124,4 +124,15 @@ def _():
     raise AssertionError("expected FAILED_PRECONDITION / USER_ALREADY_ENROLLED")
 
 
+@scenario("ListJobs pages a user's jobs newest first")
+def _():
+    first = stub.ListJobs(pb.ListJobsRequest(user_id="py-newcomer", page_size=1))
+    expect([job.job_id for job in first.jobs] == ["py-enrol-again"] and first.next_page_token, first)
+    rest = stub.ListJobs(pb.ListJobsRequest(user_id="py-newcomer", page_token=first.next_page_token))
+    expect([job.job_id for job in rest.jobs] == ["py-after-enrol", "py-enrol"] and not rest.next_page_token, rest)
+    enrolments = stub.ListJobs(pb.ListJobsRequest(user_id="py-newcomer", kind=pb.JOB_KIND_ENROLLMENT,
+                                                  state=pb.JOB_STATE_COMPLETED))
+    expect([job.job_id for job in enrolments.jobs] == ["py-enrol"], enrolments)
+
+
 finish()
