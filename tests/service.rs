@@ -404,6 +404,15 @@ async fn a_user_enrolled_through_the_api_can_then_be_authenticated() {
         (failed.state(), failed.kind()),
         (pb::JobState::Failed, pb::JobKind::Enrollment)
     );
+
+    sim.set_user("disabled-newcomer", UserStanding::Disabled);
+    let disabled = client
+        .enroll_user(enroll_request("disabled-newcomer", "enrol-disabled"))
+        .await
+        .expect_err("disabled");
+    assert_eq!(reason(&disabled), "USER_NOT_ENROLLABLE");
+    let info = disabled.get_error_details().error_info().cloned().expect("ErrorInfo");
+    assert_eq!(info.metadata.get("smileIdCode").map(String::as_str), Some("2207"));
     service.running.shutdown().await;
 }
 

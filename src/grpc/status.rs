@@ -25,7 +25,9 @@ pub fn code(reason: ErrorReason) -> Code {
         MessageTooLarge => Code::ResourceExhausted,
         JobIdReused => Code::AlreadyExists,
         JobNotFound => Code::NotFound,
-        UserNotEnrolled | UserNotAuthenticatable | UserAlreadyEnrolled | UpstreamRejected => Code::FailedPrecondition,
+        UserNotEnrolled | UserNotAuthenticatable | UserAlreadyEnrolled | UserNotEnrollable | UpstreamRejected => {
+            Code::FailedPrecondition
+        }
         UpstreamAuthFailed | Internal => Code::Internal,
         UpstreamUnavailable
         | SubmissionInProgress
@@ -129,7 +131,10 @@ pub fn problem_status(problem: &JobProblem) -> Status {
     reason_status(problem.reason.into(), &problem.message, metadata, |details| {
         if matches!(
             problem.reason,
-            ProblemReason::UserNotEnrolled | ProblemReason::UserNotAuthenticatable | ProblemReason::UserAlreadyEnrolled
+            ProblemReason::UserNotEnrolled
+                | ProblemReason::UserNotAuthenticatable
+                | ProblemReason::UserAlreadyEnrolled
+                | ProblemReason::UserNotEnrollable
         ) {
             details.add_precondition_failure_violation("USER_ENROLLMENT", "user_id", &problem.message);
         }

@@ -17,6 +17,7 @@ pub enum ErrorReason {
     UserNotEnrolled,
     UserNotAuthenticatable,
     UserAlreadyEnrolled,
+    UserNotEnrollable,
     UpstreamRejected,
     UpstreamAuthFailed,
     UpstreamUnavailable,
@@ -32,7 +33,7 @@ pub enum ErrorReason {
 }
 
 impl ErrorReason {
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::InvalidField,
         Self::InvalidImage,
         Self::ImageTooLarge,
@@ -46,6 +47,7 @@ impl ErrorReason {
         Self::UserNotEnrolled,
         Self::UserNotAuthenticatable,
         Self::UserAlreadyEnrolled,
+        Self::UserNotEnrollable,
         Self::UpstreamRejected,
         Self::UpstreamAuthFailed,
         Self::UpstreamUnavailable,
@@ -75,6 +77,7 @@ impl ErrorReason {
             Self::UserNotEnrolled => "USER_NOT_ENROLLED",
             Self::UserNotAuthenticatable => "USER_NOT_AUTHENTICATABLE",
             Self::UserAlreadyEnrolled => "USER_ALREADY_ENROLLED",
+            Self::UserNotEnrollable => "USER_NOT_ENROLLABLE",
             Self::UpstreamRejected => "UPSTREAM_REJECTED",
             Self::UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::{Instrument as _, info, warn};
 
 use super::error::{JobError, UnavailableReason};
-use super::model::{Job, JobProblem, JobState, ProblemReason, TakeOver};
+use super::model::{Job, JobKind, JobProblem, JobState, ProblemReason, TakeOver};
 use super::ports::{Created, Saved, SmileJob, SubmitFailure};
 use super::service::JobService;
 use super::validate::{Prepared, SubmitRequest, prepare};
@@ -240,7 +240,7 @@ impl JobService {
             warn!(job_id, error = %failure, "smile id submission failed");
             let retry_after = match &failure {
                 SubmitFailure::Refused { code, message } => {
-                    let problem = refusal_problem(code, message);
+                    let problem = refusal_problem(code, message, job.kind);
                     self.transition(job_id, |job| job.refused(problem.clone())).await?;
                     self.metrics.submission("refused");
                     return Err(JobError::Rejected(problem));
@@ -341,8 +341,12 @@ fn generate_job_id() -> String {
 }
 
 /// What a Smile ID refusal means for the stored job.
-fn refusal_problem(code: &ErrorCode, message: &str) -> JobProblem {
+fn refusal_problem(code: &ErrorCode, message: &str, kind: JobKind) -> JobProblem {
     let (reason, message) = match code {
+        ErrorCode::UserDisabled if kind == JobKind::Enrollment => (
+            ProblemReason::UserNotEnrollable,
+            format!("the user cannot be enrolled: {}", code.text()),
+        ),
         ErrorCode::UserNotEnrolled => (
             ProblemReason::UserNotEnrolled,
             "the user is not enrolled for SmartSelfie Authentication".to_owned(),
