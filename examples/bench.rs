@@ -221,6 +221,8 @@ async fn start_service(sim: &RunningSimulator, database_url: &str, flags: &[&str
         "0s",
         "--reconcile-after",
         "10m",
+        "--insecure-no-auth",
+        "true",
     ];
     args.extend_from_slice(flags);
     let config = Config::parse_from(args, Some(ApiKey::new(KEY)))?;
@@ -689,6 +691,7 @@ async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[
         )
         .env("SELFIE_AUTH_GRPC_MAX_CONNECTIONS", "10000")
         .env("SELFIE_AUTH_MAX_OPEN_STREAMS", "60000")
+        .env("SELFIE_AUTH_INSECURE_NO_AUTH", "true")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()?;

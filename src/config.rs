@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches as _};
 
+use crate::auth::{IdentityModes, PolicySource};
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
 use crate::server::{GrpcLimits, HttpLimits};
 use crate::smileid::{ApiKey, ClientConfig, Credentials, Environment};
@@ -174,6 +175,17 @@ pub struct ServeArgs {
     /// HTTP/2 streams (calls and watches) one gRPC connection may have open.
     #[arg(long, env = "SELFIE_AUTH_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
+
+    /// Identify callers by the x-forwarded-client-cert header a service mesh sidecar sets. Only
+    /// behind a sidecar that replaces the header: anyone else can forge it.
+    #[arg(long, env = "SELFIE_AUTH_TRUST_XFCC", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_xfcc: bool,
+    /// Identify nobody and let every caller do everything. For development only.
+    #[arg(long, env = "SELFIE_AUTH_INSECURE_NO_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub insecure_no_auth: bool,
+    /// Authorization policy (TOML): which identities may do what. Re-read when it changes.
+    #[arg(long, env = "SELFIE_AUTH_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
 }
 
 /// Where each setting came from, to name it as the user wrote it.
@@ -237,6 +249,10 @@ pub struct Config {
     pub http_limits: HttpLimits,
     /// Where each setting came from.
     pub sources: Sources,
+    /// How callers are identified.
+    pub identity: IdentityModes,
+    /// The authorization policy's file (none: callers work with their own jobs).
+    pub policy_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -375,6 +391,22 @@ impl Config {
         if args.database_max_connections == 0 {
             bail!("{} must be at least 1", name("database_max_connections"));
         }
+        let identity = IdentityModes {
+            trust_xfcc: args.trust_xfcc,
+            client_certificates: false,
+            insecure_no_auth: args.insecure_no_auth,
+        };
+        if !identity.is_configured() {
+            bail!(
+                "no way to identify callers: set {} behind a service mesh that sets x-forwarded-client-cert, \
+                 or {} to let every caller do everything (development only)",
+                name("trust_xfcc"),
+                name("insecure_no_auth")
+            );
+        }
+        if let Some(path) = &args.policy_file {
+            PolicySource::open(Some(path)).map_err(|error| anyhow::anyhow!("{}: {error}", name("policy_file")))?;
+        }
         let database_url = args
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("selfie-auth.db").display()));
@@ -433,6 +465,8 @@ impl Config {
                 body_timeout: args.request_timeout.0,
             },
             sources,
+            identity,
+            policy_file: args.policy_file,
         })
     }
 }
@@ -562,8 +596,25 @@ mod tests {
 
     #[test]
     fn defaults_are_the_domain_defaults_and_build_working_settings() {
-        let config = Config::parse_from(
+        let unidentified = Config::parse_from(
             ["--partner-id", "085", "--smileid-environment", "production"],
+            Some(ApiKey::new("k")),
+        )
+        .expect_err("serve needs a way to identify callers");
+        assert!(
+            unidentified.to_string().contains("--trust-xfcc")
+                && unidentified.to_string().contains("--insecure-no-auth"),
+            "{unidentified}"
+        );
+        let config = Config::parse_from(
+            [
+                "--partner-id",
+                "085",
+                "--smileid-environment",
+                "production",
+                "--trust-xfcc",
+                "true",
+            ],
             Some(ApiKey::new("k")),
         )
         .expect("config");
@@ -585,7 +636,14 @@ mod tests {
         );
         assert!(config.service.image_limits.max_total_bytes < config.max_message_bytes);
         let custom = Config::parse_from(
-            ["--partner-id", "1", "--smileid-base-url", "http://127.0.0.1:8780/v1"],
+            [
+                "--partner-id",
+                "1",
+                "--smileid-base-url",
+                "http://127.0.0.1:8780/v1",
+                "--insecure-no-auth",
+                "true",
+            ],
             Some(ApiKey::new("k")),
         )
         .expect("config");

@@ -7,6 +7,7 @@
 //! `server` wires everything and is the one place that knows concrete types.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod callbacks;
 pub mod cli;
 pub mod config;

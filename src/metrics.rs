@@ -49,6 +49,12 @@ pub struct OperationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub rpc_method: &'static str,
+    pub permission: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     pub state: &'static str,
 }
@@ -71,6 +77,8 @@ pub struct Metrics {
     pub ready: Gauge,
     pub calls_in_flight: Gauge,
     pub calls_shed: Counter,
+    pub calls_denied: Family<DenialLabels, Counter>,
+    pub calls_unidentified: Counter,
     pub streams_open: Family<MethodLabel, Gauge>,
     pub jobs_created: Counter,
     pub submissions: Family<OutcomeLabel, Counter>,
@@ -93,6 +101,8 @@ impl Default for Metrics {
             ready: Gauge::default(),
             calls_in_flight: Gauge::default(),
             calls_shed: Counter::default(),
+            calls_denied: Family::default(),
+            calls_unidentified: Counter::default(),
             streams_open: Family::default(),
             jobs_created: Counter::default(),
             submissions: Family::default(),
@@ -130,6 +140,16 @@ impl Metrics {
             "calls_shed",
             "SelfieAuth calls shed at the concurrency limit",
             self.calls_shed.clone(),
+        );
+        ours.register(
+            "calls_denied",
+            "SelfieAuth calls refused by the authorization policy, by method and missing permission",
+            self.calls_denied.clone(),
+        );
+        ours.register(
+            "calls_unidentified",
+            "SelfieAuth calls refused because the caller could not be identified",
+            self.calls_unidentified.clone(),
         );
         ours.register(
             "streams_open",

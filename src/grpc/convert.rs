@@ -84,6 +84,7 @@ pub fn job_filter(request: &pb::ListJobsRequest) -> Result<JobFilter, JobError> 
         }
     };
     Ok(JobFilter {
+        owner: None,
         user_id: (!request.user_id.is_empty()).then(|| request.user_id.clone()),
         state,
         kind,
@@ -114,6 +115,7 @@ pub fn job(job: &Job, include: Include, fetched: Option<&Fetched>) -> pb::Job {
         create_time: Some(timestamp(job.created_at)),
         update_time: Some(timestamp(job.updated_at)),
         partner_params: job.partner_params.clone().into_iter().collect(),
+        creator: job.owner.clone().unwrap_or_default(),
         kind: match job.kind {
             JobKind::Authentication => pb::JobKind::Authentication,
             JobKind::Enrollment => pb::JobKind::Enrollment,

@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod convert;
+pub mod identity;
 pub mod load_shed;
 pub mod observe;
 pub mod request_limits;
@@ -15,13 +16,15 @@ use futures::{Stream, StreamExt as _};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{AuthError, Caller, Permission, PolicySource, audit};
 use crate::jobs::listing;
 use crate::jobs::validate::id_problem;
-use crate::jobs::{JobError, JobKind, JobService, JobServiceHandle, LogStart, SubmitRequest, WatchItem};
+use crate::jobs::{Job, JobError, JobKind, JobService, JobServiceHandle, LogStart, SubmitRequest, WatchItem};
+use crate::metrics::{DenialLabels, Metrics};
 use crate::smileid::StatusOptions;
 use convert::Include;
 use load_shed::Admission;
-use status::to_status;
+use status::{auth_status, to_status};
 
 /// Generated code of `proto/selfieauth/v1/selfie_auth.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -61,16 +64,54 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 pub struct SelfieAuthApi {
     service: JobServiceHandle,
+    policy: Arc<PolicySource>,
+    metrics: Arc<Metrics>,
 }
 
 impl SelfieAuthApi {
-    pub fn new(service: JobServiceHandle) -> Self {
-        Self { service }
+    pub fn new(service: JobServiceHandle, policy: Arc<PolicySource>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            service,
+            policy,
+            metrics,
+        }
     }
 
     fn service(&self) -> Result<Arc<JobService>, Status> {
         self.service.get().map_err(|error| to_status(&error))
     }
+
+    /// Refuses the call unless the policy grants `caller` the `permission`.
+    fn permit(&self, caller: &Caller, method: &'static str, permission: Permission) -> Result<(), Status> {
+        self.policy.check(caller, permission).map_err(|error| {
+            self.metrics
+                .calls_denied
+                .get_or_create(&DenialLabels {
+                    rpc_method: method,
+                    permission: permission.as_str(),
+                })
+                .inc();
+            audit::denied(caller, method, permission.as_str());
+            auth_status(&error)
+        })
+    }
+
+    /// Refuses the call unless `caller` created the job, or may see others' jobs.
+    fn permit_job(&self, caller: &Caller, method: &'static str, job: &Job) -> Result<(), Status> {
+        if caller.owns(job.owner.as_deref()) {
+            return Ok(());
+        }
+        self.permit(caller, method, Permission::OthersJobs)
+    }
+}
+
+/// The caller the identity layer found.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| auth_status(&AuthError::Unidentified("the caller could not be identified".into())))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send + 'static>>;
@@ -98,6 +139,23 @@ fn deadline<T>(request: &Request<T>) -> Option<Duration> {
     })
 }
 
+/// Records a result an event carries.
+fn audit_event(caller: &Caller, method: &'static str, event: &pb::JobEvent) {
+    if let Some(job) = event.job.as_ref().filter(|job| job.result.is_some()) {
+        audit::read(caller, method, &job.job_id, audit::Read::Result);
+    }
+}
+
+/// Records the reads a job answer carries.
+fn audit_job(caller: &Caller, method: &'static str, job: &pb::Job) {
+    if job.result.is_some() {
+        audit::read(caller, method, &job.job_id, audit::Read::Result);
+    }
+    if !job.image_links.is_empty() {
+        audit::read(caller, method, &job.job_id, audit::Read::ImageLinks);
+    }
+}
+
 /// A submission of either kind, with what the caller asked to get back.
 struct Submission {
     request: SubmitRequest,
@@ -111,10 +169,19 @@ impl SelfieAuthApi {
     /// `wait_for_result`, once it is final or `budget` (the call's deadline) nears.
     async fn submit(
         &self,
+        (caller, method): (&Caller, &'static str),
         submission: Submission,
         budget: Option<Duration>,
         admission: Option<Admission>,
     ) -> Result<(pb::Job, bool), Status> {
+        let permission = match submission.request.kind {
+            JobKind::Authentication => Permission::Submit,
+            JobKind::Enrollment => Permission::Enroll,
+        };
+        self.permit(caller, method, permission)?;
+        if submission.wait_for_result && submission.include_image_links {
+            self.permit(caller, method, Permission::ImageLinks)?;
+        }
         let service = self.service()?;
         let wait = budget
             .map(|budget| budget.saturating_sub(DEADLINE_MARGIN))
@@ -124,6 +191,8 @@ impl SelfieAuthApi {
             .submit(submission.request, deadline)
             .await
             .map_err(|error| to_status(&error))?;
+        // A job_id someone else used answers with their job only to those who may see it.
+        self.permit_job(caller, method, &output.job)?;
         if submission.wait_for_result && !output.job.state.is_terminal() {
             // Admission is what the concurrency limit protects; waiting is cheap, and
             // counts among the open streams instead (without a free one, it stays admitted).
@@ -154,7 +223,9 @@ impl SelfieAuthApi {
             Some((job, fetched)) => (job, Some(fetched)),
             None => (output.job, None),
         };
-        Ok((convert::job(&job, include, fetched.as_ref()), output.created))
+        let job = convert::job(&job, include, fetched.as_ref());
+        audit_job(caller, method, &job);
+        Ok((job, output.created))
     }
 }
 
@@ -165,10 +236,12 @@ impl SelfieAuth for SelfieAuthApi {
         request: Request<pb::SubmitAuthenticationRequest>,
     ) -> Result<Response<pb::SubmitAuthenticationResponse>, Status> {
         let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let submission = Submission {
             request: SubmitRequest {
                 kind: JobKind::Authentication,
+                owner: caller.owner(),
                 user_id: request.user_id,
                 job_id: request.job_id,
                 selfie: request.selfie_image,
@@ -179,7 +252,9 @@ impl SelfieAuth for SelfieAuthApi {
             include_history: request.include_history,
             include_image_links: request.include_image_links,
         };
-        let (job, created) = self.submit(submission, budget, admission).await?;
+        let (job, created) = self
+            .submit((&caller, "SubmitAuthentication"), submission, budget, admission)
+            .await?;
         Ok(Response::new(pb::SubmitAuthenticationResponse {
             job: Some(job),
             created,
@@ -191,10 +266,12 @@ impl SelfieAuth for SelfieAuthApi {
         request: Request<pb::EnrollUserRequest>,
     ) -> Result<Response<pb::EnrollUserResponse>, Status> {
         let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let submission = Submission {
             request: SubmitRequest {
                 kind: JobKind::Enrollment,
+                owner: caller.owner(),
                 user_id: request.user_id,
                 job_id: request.job_id,
                 selfie: request.selfie_image,
@@ -205,7 +282,9 @@ impl SelfieAuth for SelfieAuthApi {
             include_history: request.include_history,
             include_image_links: request.include_image_links,
         };
-        let (job, created) = self.submit(submission, budget, admission).await?;
+        let (job, created) = self
+            .submit((&caller, "EnrollUser"), submission, budget, admission)
+            .await?;
         Ok(Response::new(pb::EnrollUserResponse {
             job: Some(job),
             created,
@@ -213,28 +292,46 @@ impl SelfieAuth for SelfieAuthApi {
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        const METHOD: &str = "ListJobs";
+        let caller = caller(&request)?;
+        self.permit(&caller, METHOD, Permission::List)?;
         let request = request.into_inner();
-        let filter = convert::job_filter(&request).map_err(|error| to_status(&error))?;
+        let mut filter = convert::job_filter(&request).map_err(|error| to_status(&error))?;
+        if !self.policy.current().allows(&caller, Permission::OthersJobs) {
+            filter.owner = caller.owner();
+        }
         let page_size = listing::page_size(request.page_size).map_err(|error| to_status(&error))?;
         let page = self
             .service()?
             .list_jobs(&filter, page_size, &request.page_token)
             .await
             .map_err(|error| to_status(&error))?;
+        let jobs: Vec<pb::Job> = page
+            .jobs
+            .iter()
+            .map(|job| convert::job(job, Include { history: false }, None))
+            .collect();
+        for job in &jobs {
+            audit_job(&caller, METHOD, job);
+        }
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: page
-                .jobs
-                .iter()
-                .map(|job| convert::job(job, Include { history: false }, None))
-                .collect(),
+            jobs,
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        const METHOD: &str = "GetJob";
+        let caller = caller(&request)?;
+        self.permit(&caller, METHOD, Permission::Get)?;
         let request = request.into_inner();
+        if request.refresh && request.include_image_links {
+            self.permit(&caller, METHOD, Permission::ImageLinks)?;
+        }
         check_job_id(&request.job_id)?;
         let service = self.service()?;
+        let stored = service.get(&request.job_id).await.map_err(|e| to_status(&e))?;
+        self.permit_job(&caller, METHOD, &stored)?;
         let include = Include {
             history: request.include_history,
         };
@@ -249,24 +346,33 @@ impl SelfieAuth for SelfieAuthApi {
                 .map_err(|e| to_status(&e))?;
             convert::job(&job, include, Some(&fetched))
         } else {
-            let job = service.get(&request.job_id).await.map_err(|e| to_status(&e))?;
-            convert::job(&job, include, None)
+            convert::job(&stored, include, None)
         };
+        audit_job(&caller, METHOD, &job);
         Ok(Response::new(job))
     }
 
     type WatchJobStream = EventStream;
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+        const METHOD: &str = "WatchJob";
+        let caller = caller(&request)?;
+        self.permit(&caller, METHOD, Permission::WatchJob)?;
         let request = request.into_inner();
         check_job_id(&request.job_id)?;
-        let items = self
-            .service()?
+        let service = self.service()?;
+        let stored = service.get(&request.job_id).await.map_err(|e| to_status(&e))?;
+        self.permit_job(&caller, METHOD, &stored)?;
+        let items = service
             .watch_job(&request.job_id, request.after_sequence)
             .await
             .map_err(|e| to_status(&e))?;
-        let stream = ReceiverStream::new(items).map(|item| match item {
-            Ok(WatchItem::Event(event)) => Ok(convert::event(&event, String::new())),
+        let stream = ReceiverStream::new(items).map(move |item| match item {
+            Ok(WatchItem::Event(event)) => {
+                let event = convert::event(&event, String::new());
+                audit_event(&caller, METHOD, &event);
+                Ok(event)
+            }
             Ok(WatchItem::Heartbeat { last_sequence, .. }) => Ok(convert::heartbeat(last_sequence, String::new())),
             Err(error) => Err(to_status(&error)),
         });
@@ -276,6 +382,11 @@ impl SelfieAuth for SelfieAuthApi {
     type WatchJobsStream = EventStream;
 
     async fn watch_jobs(&self, request: Request<pb::WatchJobsRequest>) -> Result<Response<EventStream>, Status> {
+        const METHOD: &str = "WatchJobs";
+        let caller = caller(&request)?;
+        self.permit(&caller, METHOD, Permission::WatchJob)?;
+        // Without watch_all, a caller hears of its own jobs only.
+        let everyone = self.policy.current().allows(&caller, Permission::WatchAll);
         let request = request.into_inner();
         let user_id = (!request.user_id.is_empty()).then_some(request.user_id);
         if let Some(description) = user_id.as_deref().and_then(id_problem) {
@@ -296,12 +407,20 @@ impl SelfieAuth for SelfieAuthApi {
             .watch_log(user_id, start)
             .await
             .map_err(|e| to_status(&e))?;
-        let stream = ReceiverStream::new(items).map(|item| match item {
-            Ok(WatchItem::Event(event)) => Ok(convert::event(&event, convert::resume_token(event.global_id))),
-            Ok(WatchItem::Heartbeat { log_position, .. }) => {
-                Ok(convert::heartbeat(0, convert::resume_token(log_position)))
-            }
-            Err(error) => Err(to_status(&error)),
+        let stream = ReceiverStream::new(items).filter_map(move |item| {
+            let answer = match item {
+                Ok(WatchItem::Event(event)) if !everyone && !caller.owns(event.job.owner.as_deref()) => None,
+                Ok(WatchItem::Event(event)) => {
+                    let event = convert::event(&event, convert::resume_token(event.global_id));
+                    audit_event(&caller, METHOD, &event);
+                    Some(Ok(event))
+                }
+                Ok(WatchItem::Heartbeat { log_position, .. }) => {
+                    Some(Ok(convert::heartbeat(0, convert::resume_token(log_position))))
+                }
+                Err(error) => Some(Err(to_status(&error))),
+            };
+            std::future::ready(answer)
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 use tracing::{error, warn};
 
+use crate::auth::AuthError;
 use crate::jobs::{ErrorReason, JobError, JobProblem, ProblemReason, StoreError};
 
 /// `ErrorInfo.domain` of every error this service returns.
@@ -37,6 +38,8 @@ pub fn code(reason: ErrorReason) -> Code {
         | Contention
         | Overloaded => Code::Unavailable,
         SubmissionAbandoned => Code::Aborted,
+        CallerUnidentified => Code::Unauthenticated,
+        NotPermitted => Code::PermissionDenied,
         ResultNotReceived => Code::DeadlineExceeded,
     }
 }
@@ -55,6 +58,21 @@ pub fn reason_status(
 
 fn job_id_metadata(job_id: &str) -> HashMap<String, String> {
     HashMap::from([("jobId".to_owned(), job_id.to_owned())])
+}
+
+/// The status of a call refused before it runs.
+pub fn auth_status(error: &AuthError) -> Status {
+    match error {
+        AuthError::Unidentified(message) => {
+            reason_status(ErrorReason::CallerUnidentified, message.clone(), HashMap::new(), |_| {})
+        }
+        AuthError::Denied(permission) => reason_status(
+            ErrorReason::NotPermitted,
+            error.to_string(),
+            HashMap::from([("permission".to_owned(), permission.as_str().to_owned())]),
+            |_| {},
+        ),
+    }
 }
 
 pub fn to_status(job_error: &JobError) -> Status {

@@ -41,7 +41,8 @@ pub fn page_size(requested: i32) -> Result<u32, JobError> {
 /// A short digest of a filter, carried in its page tokens.
 fn fingerprint(filter: &JobFilter) -> String {
     let text = format!(
-        "{}\u{0}{}\u{0}{}",
+        "{}\u{0}{}\u{0}{}\u{0}{}",
+        filter.owner.as_deref().unwrap_or_default(),
         filter.user_id.as_deref().unwrap_or_default(),
         filter.state.map(|state| state.as_str()).unwrap_or_default(),
         filter.kind.map(|kind| kind.as_str()).unwrap_or_default()
@@ -117,6 +118,7 @@ mod tests {
 
     fn filter() -> JobFilter {
         JobFilter {
+            owner: None,
             user_id: Some("alice".into()),
             state: Some(JobState::Completed),
             kind: None,

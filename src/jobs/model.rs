@@ -129,6 +129,10 @@ pub struct Job {
     /// Jobs stored before enrolment existed are authentications.
     #[serde(default)]
     pub kind: JobKind,
+    /// The identity of the caller that created the job (none: authentication
+    /// was off, or the job predates it).
+    #[serde(default)]
+    pub owner: Option<String>,
     pub smile_job_id: Option<String>,
     pub state: JobState,
     pub submission: Submission,
@@ -176,6 +180,7 @@ impl Job {
             job_id: prepared.job_id.clone(),
             user_id: prepared.user_id.clone(),
             kind: prepared.kind,
+            owner: prepared.owner.clone(),
             smile_job_id: None,
             state: JobState::Submitting,
             submission: Submission::InFlight { lease_until },
@@ -201,6 +206,7 @@ impl Job {
             job_id: job_id.into(),
             user_id: user_id.into(),
             kind: JobKind::Authentication,
+            owner: None,
             smile_job_id: None,
             state: JobState::Submitting,
             submission: Submission::InFlight { lease_until: now },

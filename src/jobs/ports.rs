@@ -100,6 +100,8 @@ pub type SharedStore = Arc<dyn JobStore>;
 /// Which jobs a listing returns; `None` matches any.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct JobFilter {
+    /// Jobs this identity created.
+    pub owner: Option<String>,
     pub user_id: Option<String>,
     pub state: Option<JobState>,
     pub kind: Option<JobKind>,
@@ -107,7 +109,10 @@ pub struct JobFilter {
 
 impl JobFilter {
     pub fn matches(&self, job: &Job) -> bool {
-        self.user_id.as_ref().is_none_or(|user| *user == job.user_id)
+        self.owner
+            .as_ref()
+            .is_none_or(|owner| job.owner.as_ref() == Some(owner))
+            && self.user_id.as_ref().is_none_or(|user| *user == job.user_id)
             && self.state.is_none_or(|state| state == job.state)
             && self.kind.is_none_or(|kind| kind == job.kind)
     }

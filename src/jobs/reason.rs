@@ -29,11 +29,13 @@ pub enum ErrorReason {
     ShuttingDown,
     Contention,
     Overloaded,
+    CallerUnidentified,
+    NotPermitted,
     Internal,
 }
 
 impl ErrorReason {
-    pub const ALL: [Self; 26] = [
+    pub const ALL: [Self; 28] = [
         Self::InvalidField,
         Self::InvalidImage,
         Self::ImageTooLarge,
@@ -59,6 +61,8 @@ impl ErrorReason {
         Self::ShuttingDown,
         Self::Contention,
         Self::Overloaded,
+        Self::CallerUnidentified,
+        Self::NotPermitted,
         Self::Internal,
     ];
 
@@ -89,6 +93,8 @@ impl ErrorReason {
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Contention => "CONTENTION",
             Self::Overloaded => "OVERLOADED",
+            Self::CallerUnidentified => "CALLER_UNIDENTIFIED",
+            Self::NotPermitted => "NOT_PERMITTED",
             Self::Internal => "INTERNAL",
         }
     }

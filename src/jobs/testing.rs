@@ -379,6 +379,7 @@ pub fn submission(user_id: &str, job_id: &str, seed: u8) -> super::SubmitRequest
         .expect("encode a jpeg");
     super::SubmitRequest {
         kind: super::JobKind::Authentication,
+        owner: None,
         user_id: user_id.into(),
         job_id: job_id.into(),
         selfie: jpeg.into_inner().into(),

@@ -49,6 +49,8 @@ const RESERVED_PARAMS: [&str; 3] = ["user_id", "job_id", "job_type"];
 /// A submission as callers send it.
 pub struct SubmitRequest {
     pub kind: JobKind,
+    /// The identity of the caller, recorded on a new job.
+    pub owner: Option<String>,
     pub user_id: String,
     pub job_id: String,
     pub selfie: Bytes,
@@ -72,6 +74,7 @@ impl std::fmt::Debug for SubmitRequest {
 /// A checked submission, ready for Smile ID.
 pub struct Prepared {
     pub kind: JobKind,
+    pub owner: Option<String>,
     pub user_id: String,
     /// Empty when the caller left it to us.
     pub job_id: String,
@@ -149,6 +152,7 @@ pub async fn prepare(
     })?;
     Ok(Prepared {
         kind: request.kind,
+        owner: request.owner,
         user_id: request.user_id,
         job_id: request.job_id,
         selfie_jpeg,

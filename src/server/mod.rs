@@ -20,9 +20,11 @@ mod timed_store;
 
 pub use http::HttpLimits;
 
+use crate::auth::PolicySource;
 use crate::callbacks::{self, CallbackSettings};
 use crate::config::Config;
 use crate::events::EventBus;
+use crate::grpc::identity::IdentityLayer;
 use crate::grpc::load_shed::LoadShedLayer;
 use crate::grpc::observe::ObserveLayer;
 use crate::grpc::request_limits::RequestLimitsLayer;
@@ -115,6 +117,9 @@ fn reflection_descriptors() -> anyhow::Result<Vec<u8>> {
     .encode_to_vec())
 }
 
+/// How often the authorization policy file is checked for changes.
+const POLICY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Binds both ports and starts serving; see [`start_on`].
 pub async fn start(config: Config) -> anyhow::Result<RunningService> {
     let grpc_listener = TcpListener::bind(config.grpc_addr).await.with_context(|| {
@@ -152,8 +157,19 @@ pub async fn start_on(
              signed callback can forge results for five minutes. Use this only against a simulator or the sandbox"
         );
     }
+    if config.identity.insecure_no_auth {
+        warn!(
+            setting = %config.sources.name("insecure_no_auth"),
+            "authentication is OFF: every caller may submit, read and watch every job, image links included. \
+             Use this only on a developer machine"
+        );
+    }
     store::check_url(&config.database_url)
         .with_context(|| format!("the job store ({})", config.sources.name("database_url")))?;
+    let policy = Arc::new(
+        PolicySource::open(config.policy_file.as_deref())
+            .map_err(|error| anyhow::anyhow!("{}: {error}", config.sources.name("policy_file")))?,
+    );
     let smile = SmileIdClient::new(config.smile.clone()).context("building the Smile ID client")?;
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
@@ -188,7 +204,8 @@ pub async fn start_on(
         .context("building reflection v1alpha")?;
     // The per-method limits are enforced by RequestLimitsLayer, with precise errors,
     // as soon as a frame header declares too much; tonic's own limit is a backstop.
-    let api = SelfieAuthServer::new(SelfieAuthApi::new(service))
+    tokio::spawn(policy.clone().follow(POLICY_RELOAD_INTERVAL, shutdown.clone()));
+    let api = SelfieAuthServer::new(SelfieAuthApi::new(service, policy, metrics.clone()))
         .max_decoding_message_size(config.max_message_bytes + 1024)
         .max_encoding_message_size(config.max_message_bytes);
     let router = tonic::transport::Server::builder()
@@ -196,6 +213,8 @@ pub async fn start_on(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(config.grpc_limits.max_concurrent_streams)
         .layer(ObserveLayer::new(metrics.clone()))
+        // Before load shedding: a flood of unidentified calls takes no slot.
+        .layer(IdentityLayer::new(config.identity, metrics.clone()))
         .layer(LoadShedLayer::new(config.concurrency_limit, metrics.clone()))
         .layer(RequestLimitsLayer::new(
             config.max_message_bytes,

@@ -69,9 +69,9 @@ macro_rules! impl_job_store {
             job.last_sequence = 1;
             let data = serde_json::to_string(&job)?;
             let inserted = sqlx::query(
-                "INSERT INTO jobs (job_id, user_id, state, kind, data, version, last_sequence, next_poll_at,
+                "INSERT INTO jobs (job_id, user_id, state, kind, owner, data, version, last_sequence, next_poll_at,
                                    created_at, updated_at)
-                 VALUES ($1, $2, $3, $8, $4, 1, 1, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING",
+                 VALUES ($1, $2, $3, $8, $9, $4, 1, 1, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING",
             )
             .bind(&job.job_id)
             .bind(&job.user_id)
@@ -81,6 +81,7 @@ macro_rules! impl_job_store {
             .bind(millis(job.created_at))
             .bind(millis(job.updated_at))
             .bind(job.kind.as_str())
+            .bind(job.owner.as_deref())
             .execute(&mut *connection)
             .await?;
             if inserted.rows_affected() == 0 {
@@ -329,6 +330,9 @@ macro_rules! impl_job_store {
                     next += 1;
                     format!("${next}")
                 };
+                if filter.owner.is_some() {
+                    sql += &format!(" AND owner = {}", placeholder());
+                }
                 if filter.user_id.is_some() {
                     sql += &format!(" AND user_id = {}", placeholder());
                 }
@@ -344,6 +348,9 @@ macro_rules! impl_job_store {
                 }
                 sql += &format!(" ORDER BY created_at DESC, job_id DESC LIMIT {}", placeholder());
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                if let Some(owner) = &filter.owner {
+                    query = query.bind(owner);
+                }
                 if let Some(user_id) = &filter.user_id {
                     query = query.bind(user_id);
                 }

@@ -48,6 +48,7 @@ impl ServeProcess {
             .env("SELFIE_AUTH_GRPC_ADDR", "127.0.0.1:0")
             .env("SELFIE_AUTH_HTTP_ADDR", "127.0.0.1:0")
             .env("SELFIE_AUTH_SHUTDOWN_DELAY", "0s")
+            .env("SELFIE_AUTH_INSECURE_NO_AUTH", "true")
             .envs(env.iter().copied())
             .env("SELFIE_AUTH_LOG_FORMAT", "json")
             .stderr(std::process::Stdio::piped())

@@ -56,6 +56,13 @@ pub fn config_with(sim: &RunningSimulator, database_url: &str, flags: &[&str]) -
         "--shutdown-delay",
         "0s",
     ];
+    // Tests that are not about identities call as anyone.
+    let identified = flags
+        .iter()
+        .any(|flag| flag.starts_with("--trust-xfcc") || flag.starts_with("--insecure-no-auth"));
+    if !identified {
+        args.extend_from_slice(&["--insecure-no-auth", "true"]);
+    }
     args.extend_from_slice(flags);
     let mut config = Config::parse_from(args, Some(ApiKey::new(API_KEY))).expect("a valid test configuration");
     // Internals no operator sets, quickened for tests.

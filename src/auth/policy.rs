@@ -1,0 +1,331 @@
+//! The authorization policy: which identities may do what. A TOML file,
+//! checked when the service starts and re-read when it changes (a Kubernetes
+//! ConfigMap update), for example:
+//!
+//! ```toml
+//! [[grant]]
+//! identities = ["spiffe://cluster.local/ns/payments/sa/checkout"]
+//! permissions = ["submit", "enroll", "get", "list", "watch_job"]
+//!
+//! [[grant]]
+//! identities = ["spiffe://cluster.local/ns/support/*"]
+//! permissions = ["get", "list", "watch_job", "watch_all", "image_links", "others_jobs"]
+//! ```
+//!
+//! An identity ending in `*` matches every identity with that prefix. Without a
+//! file, every identified caller may submit, enrol, get, list and watch its own
+//! jobs, and nothing more.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{AuthError, Caller};
+
+/// What a caller may be permitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// SubmitAuthentication.
+    Submit,
+    /// EnrollUser.
+    Enroll,
+    /// GetJob.
+    Get,
+    /// ListJobs.
+    List,
+    /// WatchJob.
+    WatchJob,
+    /// WatchJobs over every caller's jobs (without it, a caller's own only).
+    WatchAll,
+    /// Smile ID's signed links to a user's images.
+    ImageLinks,
+    /// Jobs other callers created.
+    OthersJobs,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submit => "submit",
+            Self::Enroll => "enroll",
+            Self::Get => "get",
+            Self::List => "list",
+            Self::WatchJob => "watch_job",
+            Self::WatchAll => "watch_all",
+            Self::ImageLinks => "image_links",
+            Self::OthersJobs => "others_jobs",
+        }
+    }
+
+    /// What the permission allows, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Submit => "submit authentications",
+            Self::Enroll => "enrol users",
+            Self::Get => "get jobs",
+            Self::List => "list jobs",
+            Self::WatchJob => "watch jobs",
+            Self::WatchAll => "watch every caller's jobs",
+            Self::ImageLinks => "fetch image links",
+            Self::OthersJobs => "see jobs other callers created",
+        }
+    }
+}
+
+/// Identities a grant names: exact, or a prefix before a trailing `*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        match text.strip_suffix('*') {
+            Some(prefix) if prefix.contains('*') => Err(format!("{text:?}: only a trailing * is allowed")),
+            Some(prefix) => Ok(Self::Prefix(prefix.to_owned())),
+            None if text.is_empty() || text.contains('*') => {
+                Err(format!("{text:?}: an identity, or a prefix ending in *"))
+            }
+            None => Ok(Self::Exact(text.to_owned())),
+        }
+    }
+
+    fn matches(&self, identity: &str) -> bool {
+        match self {
+            Self::Exact(exact) => identity == exact,
+            Self::Prefix(prefix) => identity.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Grant {
+    identities: Vec<Pattern>,
+    permissions: BTreeSet<Permission>,
+}
+
+/// Who may do what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    grants: Vec<Grant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    grant: Vec<GrantFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantFile {
+    identities: Vec<String>,
+    permissions: Vec<Permission>,
+}
+
+impl Default for Policy {
+    /// Every identified caller may work with its own jobs.
+    fn default() -> Self {
+        Self {
+            grants: vec![Grant {
+                identities: vec![Pattern::Prefix(String::new())],
+                permissions: [
+                    Permission::Submit,
+                    Permission::Enroll,
+                    Permission::Get,
+                    Permission::List,
+                    Permission::WatchJob,
+                ]
+                .into(),
+            }],
+        }
+    }
+}
+
+impl Policy {
+    /// Reads a policy file's text; the error says what is wrong and where.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|error| error.to_string())?;
+        let mut grants = Vec::new();
+        for (index, grant) in file.grant.into_iter().enumerate() {
+            if grant.identities.is_empty() || grant.permissions.is_empty() {
+                return Err(format!("grant {}: needs identities and permissions", index + 1));
+            }
+            let identities = grant
+                .identities
+                .iter()
+                .map(|text| Pattern::parse(text).map_err(|error| format!("grant {}: {error}", index + 1)))
+                .collect::<Result<_, _>>()?;
+            grants.push(Grant {
+                identities,
+                permissions: grant.permissions.into_iter().collect(),
+            });
+        }
+        Ok(Self { grants })
+    }
+
+    pub fn allows(&self, caller: &Caller, permission: Permission) -> bool {
+        match caller {
+            Caller::Anyone => true,
+            Caller::Identified(identity) => self.grants.iter().any(|grant| {
+                grant.permissions.contains(&permission)
+                    && grant
+                        .identities
+                        .iter()
+                        .any(|pattern| pattern.matches(identity.as_str()))
+            }),
+        }
+    }
+}
+
+/// The policy in force: the file's latest valid contents, or the default.
+pub struct PolicySource {
+    current: RwLock<Arc<Policy>>,
+    path: Option<PathBuf>,
+}
+
+impl PolicySource {
+    /// The policy `path` holds (none: the default); a file that cannot be read
+    /// or parsed stops the service from starting.
+    pub fn open(path: Option<&Path>) -> Result<Self, String> {
+        let policy = match path {
+            Some(path) => read(path)?.1,
+            None => Policy::default(),
+        };
+        Ok(Self {
+            current: RwLock::new(Arc::new(policy)),
+            path: path.map(Path::to_path_buf),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Checks `permission`, as the current policy says.
+    pub fn check(&self, caller: &Caller, permission: Permission) -> Result<(), AuthError> {
+        if self.current().allows(caller, permission) {
+            Ok(())
+        } else {
+            Err(AuthError::Denied(permission))
+        }
+    }
+
+    /// Re-reads the file every `interval` until `shutdown`, and puts a changed,
+    /// valid policy in force; an invalid one is logged and the last kept.
+    pub async fn follow(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let Some(path) = self.path.clone() else { return };
+        let mut seen = read(&path).map(|(digest, _)| digest).ok();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            match read(&path) {
+                Ok((digest, _)) if Some(&digest) == seen.as_ref() => {}
+                Ok((digest, policy)) => {
+                    *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
+                    seen = Some(digest);
+                    info!(path = %path.display(), "authorization policy reloaded");
+                }
+                Err(error) => {
+                    warn!(path = %path.display(), %error, "authorization policy not reloaded; the last one stays")
+                }
+            }
+        }
+    }
+}
+
+/// A policy file's digest and contents.
+fn read(path: &Path) -> Result<([u8; 32], Policy), String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("reading {}: {error}", path.display()))?;
+    let policy = Policy::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+    Ok((Sha256::digest(text.as_bytes()).into(), policy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Identity;
+
+    fn caller(name: &str) -> Caller {
+        Caller::Identified(Identity::new(name).expect("an identity"))
+    }
+
+    #[test]
+    fn grants_match_exact_identities_and_prefixes() {
+        let policy = Policy::parse(
+            r#"
+            [[grant]]
+            identities = ["spiffe://c/ns/pay/sa/api"]
+            permissions = ["submit", "get"]
+
+            [[grant]]
+            identities = ["spiffe://c/ns/support/*"]
+            permissions = ["get", "others_jobs", "watch_all"]
+            "#,
+        )
+        .expect("valid");
+        assert!(policy.allows(&caller("spiffe://c/ns/pay/sa/api"), Permission::Submit));
+        assert!(!policy.allows(&caller("spiffe://c/ns/pay/sa/api"), Permission::OthersJobs));
+        assert!(!policy.allows(&caller("spiffe://c/ns/pay/sa/api2"), Permission::Submit));
+        assert!(policy.allows(&caller("spiffe://c/ns/support/sa/desk"), Permission::WatchAll));
+        assert!(!policy.allows(&caller("spiffe://c/ns/other/sa/x"), Permission::Get));
+        assert!(
+            policy.allows(&Caller::Anyone, Permission::ImageLinks),
+            "no authentication, no limits"
+        );
+    }
+
+    #[test]
+    fn the_default_lets_callers_work_with_their_own_jobs_only() {
+        let policy = Policy::default();
+        for permission in [
+            Permission::Submit,
+            Permission::Enroll,
+            Permission::Get,
+            Permission::List,
+            Permission::WatchJob,
+        ] {
+            assert!(policy.allows(&caller("spiffe://any"), permission));
+        }
+        for permission in [Permission::WatchAll, Permission::ImageLinks, Permission::OthersJobs] {
+            assert!(!policy.allows(&caller("spiffe://any"), permission));
+        }
+    }
+
+    #[test]
+    fn invalid_files_say_what_is_wrong() {
+        for (text, says) in [
+            (
+                "[[grant]]\nidentities = [\"a\"]\npermissions = [\"fly\"]",
+                "unknown variant",
+            ),
+            (
+                "[[grant]]\nidentities = []\npermissions = [\"get\"]",
+                "needs identities",
+            ),
+            (
+                "[[grant]]\nidentities = [\"a*b*\"]\npermissions = [\"get\"]",
+                "only a trailing *",
+            ),
+            ("[[grants]]\nidentities = [\"a\"]", "unknown field"),
+        ] {
+            let error = Policy::parse(text).expect_err(text);
+            assert!(error.contains(says), "{text}: {error}");
+        }
+    }
+}

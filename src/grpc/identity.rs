@@ -1,0 +1,82 @@
+//! Identifies the caller of every SelfieAuth call (see [`IdentityModes`]) and
+//! hands the [`Caller`] to the handlers; a call whose caller cannot be
+//! identified ends at once with UNAUTHENTICATED / `CALLER_UNIDENTIFIED`.
+//! Health checks and reflection need no identity.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tower::{Layer, Service};
+use tracing::debug;
+
+use super::status::auth_status;
+use crate::auth::{IdentityModes, PeerIdentity};
+use crate::metrics::Metrics;
+
+const IDENTIFIED_PREFIX: &str = "/selfieauth.v1.SelfieAuth/";
+
+#[derive(Clone)]
+pub struct IdentityLayer {
+    modes: IdentityModes,
+    metrics: Arc<Metrics>,
+}
+
+impl IdentityLayer {
+    pub fn new(modes: IdentityModes, metrics: Arc<Metrics>) -> Self {
+        Self { modes, metrics }
+    }
+}
+
+impl<S> Layer<S> for IdentityLayer {
+    type Service = Identify<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Identify {
+            inner,
+            modes: self.modes,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Identify<S> {
+    inner: S,
+    modes: IdentityModes,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> Service<http::Request<B>> for Identify<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if !request.uri().path().starts_with(IDENTIFIED_PREFIX) {
+            return Box::pin(self.inner.call(request));
+        }
+        let peer = request.extensions().get::<PeerIdentity>();
+        match self.modes.identify(request.headers(), peer) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            Err(error) => {
+                self.metrics.calls_unidentified.inc();
+                debug!(method = request.uri().path(), "caller not identified");
+                let status = auth_status(&error);
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}

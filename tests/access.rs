@@ -1,0 +1,338 @@
+//! Only the right callers see a user's results: identities from a service
+//! mesh's forwarded client certificate, the authorization policy and its
+//! reloading, and the audit trail.
+
+use std::time::Duration;
+
+use selfie_auth::grpc::pb;
+use selfie_auth_testkit::*;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+const CHECKOUT: &str = "spiffe://cluster.local/ns/payments/sa/checkout";
+const BILLING: &str = "spiffe://cluster.local/ns/payments/sa/billing";
+const SUPPORT: &str = "spiffe://cluster.local/ns/support/sa/console";
+
+/// `message` as sent by the caller whose sidecar forwards `identity`.
+fn from<T>(identity: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let header = format!("By=spiffe://cluster.local/ns/selfie/sa/server;Hash=ab12;URI={identity}");
+    request
+        .metadata_mut()
+        .insert("x-forwarded-client-cert", header.parse().expect("ascii"));
+    request
+}
+
+fn get(job_id: &str) -> pb::GetJobRequest {
+    pb::GetJobRequest {
+        job_id: job_id.into(),
+        ..Default::default()
+    }
+}
+
+fn denied_permission(status: &tonic::Status) -> String {
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+    assert_eq!(info.reason, "NOT_PERMITTED");
+    info.metadata.get("permission").cloned().unwrap_or_default()
+}
+
+async fn final_job(client: &mut Client, identity: &str, job_id: &str) -> pb::Job {
+    let mut stream = client
+        .watch_job(from(
+            identity,
+            pb::WatchJobRequest {
+                job_id: job_id.into(),
+                after_sequence: 0,
+            },
+        ))
+        .await
+        .expect("watch own job")
+        .into_inner();
+    let mut last = None;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("events keep coming")
+        .expect("stream")
+    {
+        if event.job.is_some() {
+            last = event.job;
+        }
+    }
+    last.expect("a final job")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_cannot_read_or_watch_another_callers_job() {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &["--trust-xfcc", "true"])).await;
+    let mut client = service.client().await;
+
+    let unidentified = client
+        .get_job(get("anything"))
+        .await
+        .expect_err("no forwarded certificate");
+    assert_eq!(unidentified.code(), Code::Unauthenticated);
+    assert_eq!(reason(&unidentified), "CALLER_UNIDENTIFIED");
+
+    let created = client
+        .submit_authentication(from(CHECKOUT, submit_request(ENROLLED_USER, "checkout-1")))
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(created.creator, CHECKOUT, "the job records who created it");
+    let done = final_job(&mut client, CHECKOUT, "checkout-1").await;
+    assert_eq!(done.state(), pb::JobState::Completed);
+    client
+        .submit_authentication(from(BILLING, submit_request(ENROLLED_USER, "billing-1")))
+        .await
+        .expect("submit");
+
+    // Billing sees its own job, and nothing of checkout's.
+    let own = client.get_job(from(BILLING, get("billing-1"))).await.expect("own job");
+    assert_eq!(own.into_inner().creator, BILLING);
+    let status = client
+        .get_job(from(BILLING, get("checkout-1")))
+        .await
+        .expect_err("another caller's job");
+    assert_eq!(denied_permission(&status), "others_jobs");
+    let status = client
+        .watch_job(from(
+            BILLING,
+            pb::WatchJobRequest {
+                job_id: "checkout-1".into(),
+                after_sequence: 0,
+            },
+        ))
+        .await
+        .expect_err("another caller's job");
+    assert_eq!(denied_permission(&status), "others_jobs");
+    let status = client
+        .submit_authentication(from(BILLING, submit_request(ENROLLED_USER, "checkout-1")))
+        .await
+        .expect_err("the same job_id and content answer with checkout's job only to checkout");
+    assert_eq!(denied_permission(&status), "others_jobs");
+    let listed = client
+        .list_jobs(from(BILLING, pb::ListJobsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        listed.jobs.iter().map(|job| job.job_id.as_str()).collect::<Vec<_>>(),
+        ["billing-1"]
+    );
+    let mut everything = client
+        .watch_jobs(from(
+            BILLING,
+            pb::WatchJobsRequest {
+                from_start: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("watch own jobs")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), everything.message())
+        .await
+        .expect("an event")
+        .expect("stream")
+        .expect("open");
+    let mut seen = vec![first];
+    // Replay and heartbeats: read until the first heartbeat, which follows the replay.
+    while seen
+        .last()
+        .is_some_and(|event| event.kind() != pb::JobEventKind::Heartbeat)
+    {
+        let event = tokio::time::timeout(Duration::from_secs(5), everything.message())
+            .await
+            .expect("an event")
+            .expect("stream")
+            .expect("open");
+        seen.push(event);
+    }
+    let jobs: std::collections::BTreeSet<String> = seen
+        .iter()
+        .filter_map(|event| event.job.as_ref().map(|job| job.job_id.clone()))
+        .collect();
+    assert_eq!(
+        jobs,
+        ["billing-1".to_owned()].into(),
+        "WatchJobs shows only the caller's own jobs"
+    );
+
+    // Image links need their own grant, which the default policy gives nobody.
+    let status = client
+        .get_job(from(
+            CHECKOUT,
+            pb::GetJobRequest {
+                job_id: "checkout-1".into(),
+                refresh: true,
+                include_image_links: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("image links");
+    assert_eq!(denied_permission(&status), "image_links");
+
+    let metrics = reqwest::get(format!("http://{}/metrics", service.running.http_addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"selfie_auth_calls_denied_total{rpc_method="GetJob",permission="others_jobs"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("selfie_auth_calls_unidentified_total 1"), "{metrics}");
+    service.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_forwarded_certificate_is_ignored_unless_trusted() {
+    let (_sim, service, _dir) = simulator_and_service(|_| {}).await;
+    let job = service
+        .client()
+        .await
+        .submit_authentication(from(SUPPORT, submit_request(ENROLLED_USER, "forged-1")))
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(job.creator, "", "the header names nobody when the mesh is not trusted");
+    service.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_grants_more_and_reloads_when_its_file_changes() {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    let grants = |support: &str| {
+        format!(
+            "[[grant]]\nidentities = [\"spiffe://cluster.local/ns/payments/*\"]\npermissions = [\"submit\", \"get\", \"watch_job\"]\n\n\
+             [[grant]]\nidentities = [\"{SUPPORT}\"]\npermissions = [{support}]\n"
+        )
+    };
+    std::fs::write(&policy, grants(r#""get", "others_jobs""#)).expect("write policy");
+    let policy_path = policy.to_str().expect("utf-8");
+    let service = start_service(config_with(
+        &sim,
+        &sqlite_url(&dir),
+        &["--trust-xfcc", "true", "--policy-file", policy_path],
+    ))
+    .await;
+    let mut client = service.client().await;
+    client
+        .submit_authentication(from(CHECKOUT, submit_request(ENROLLED_USER, "policy-1")))
+        .await
+        .expect("payments may submit");
+    let status = client
+        .list_jobs(from(CHECKOUT, pb::ListJobsRequest::default()))
+        .await
+        .expect_err("list is not granted");
+    assert_eq!(denied_permission(&status), "list");
+    let seen = client
+        .get_job(from(SUPPORT, get("policy-1")))
+        .await
+        .expect("support sees others' jobs")
+        .into_inner();
+    assert_eq!(seen.creator, CHECKOUT);
+
+    // An invalid file changes nothing; a valid one is in force within seconds.
+    std::fs::write(&policy, "[[grant]]\npermissions = 3").expect("write policy");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client
+        .get_job(from(SUPPORT, get("policy-1")))
+        .await
+        .expect("the last valid policy stays");
+    std::fs::write(&policy, grants(r#""get""#)).expect("write policy");
+    let mut denied = None;
+    for _ in 0..40 {
+        match client.get_job(from(SUPPORT, get("policy-1"))).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(status) => {
+                denied = Some(status);
+                break;
+            }
+        }
+    }
+    let status = denied.expect("the reloaded policy takes others_jobs away");
+    assert_eq!(denied_permission(&status), "others_jobs");
+    service.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_results_and_denials_are_audited_without_personal_data() {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = sqlite_url(&dir);
+    let serve = ServeProcess::start(
+        env!("CARGO_BIN_EXE_selfie-auth"),
+        &sim.v1_url(),
+        &[
+            ("DATABASE_URL", database.as_str()),
+            ("SELFIE_AUTH_INSECURE_NO_AUTH", "false"),
+            ("SELFIE_AUTH_TRUST_XFCC", "true"),
+            // No callback URL here: the reconciler fetches the result.
+            ("SELFIE_AUTH_RECONCILE_AFTER", "200ms"),
+            ("SELFIE_AUTH_RECONCILE_MAX_INTERVAL", "400ms"),
+        ],
+    )
+    .await;
+    let mut client = pb::selfie_auth_client::SelfieAuthClient::connect(format!("http://{}", serve.grpc_addr))
+        .await
+        .expect("connect");
+    let mut request = submit_request(ENROLLED_USER, "audited-1");
+    request.wait_for_result = true;
+    let mut request = from(CHECKOUT, request);
+    request.set_timeout(Duration::from_secs(10));
+    client.submit_authentication(request).await.expect("submit");
+    client.get_job(from(CHECKOUT, get("audited-1"))).await.expect("get");
+    client
+        .get_job(from(BILLING, get("audited-1")))
+        .await
+        .expect_err("denied");
+    let mut audit = Vec::new();
+    for _ in 0..40 {
+        audit = serve.logs_containing("selfie_auth::audit");
+        if audit.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events: Vec<serde_json::Value> = audit
+        .iter()
+        .map(|line| serde_json::from_str(line).expect("a JSON log line"))
+        .collect();
+    let reads: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|event| event["fields"]["message"] == "audit: read")
+        .map(|event| {
+            (
+                event["fields"]["method"].as_str().unwrap_or_default(),
+                event["fields"]["caller"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reads,
+        [("SubmitAuthentication", CHECKOUT), ("GetJob", CHECKOUT)],
+        "{audit:?}"
+    );
+    assert!(
+        events.iter().any(|event| event["fields"]["message"] == "audit: denied"
+            && event["fields"]["caller"] == BILLING
+            && event["fields"]["permission"] == "others_jobs"),
+        "{audit:?}"
+    );
+    for line in &audit {
+        assert!(line.contains("audited-1") || line.contains("denied"), "{line}");
+        assert!(!line.contains(ENROLLED_USER), "no user id in the audit trail: {line}");
+    }
+}
