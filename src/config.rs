@@ -18,6 +18,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches as _};
 
 use crate::auth::{IdentityModes, PolicySource};
+use crate::jobs::retention::RetentionPolicy;
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
 use crate::server::{GrpcLimits, HttpLimits};
 use crate::smileid::{ApiKey, ClientConfig, Credentials, Environment};
@@ -186,6 +187,9 @@ pub struct ServeArgs {
     /// Authorization policy (TOML): which identities may do what. Re-read when it changes.
     #[arg(long, env = "SELFIE_AUTH_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
+    /// Delete finished jobs and their events this long after they finished (e.g. 90d). Off when unset.
+    #[arg(long, env = "SELFIE_AUTH_RETENTION")]
+    pub retention: Option<Span>,
 }
 
 /// Where each setting came from, to name it as the user wrote it.
@@ -253,6 +257,8 @@ pub struct Config {
     pub identity: IdentityModes,
     /// The authorization policy's file (none: callers work with their own jobs).
     pub policy_file: Option<PathBuf>,
+    /// How long finished jobs are kept (none: forever).
+    pub retention: Option<RetentionPolicy>,
 }
 
 impl Config {
@@ -404,6 +410,9 @@ impl Config {
                 name("insecure_no_auth")
             );
         }
+        if args.retention.is_some_and(|span| span.0.is_zero()) {
+            bail!("{} must be greater than zero, or unset to keep jobs", name("retention"));
+        }
         if let Some(path) = &args.policy_file {
             PolicySource::open(Some(path)).map_err(|error| anyhow::anyhow!("{}: {error}", name("policy_file")))?;
         }
@@ -467,6 +476,7 @@ impl Config {
             sources,
             identity,
             policy_file: args.policy_file,
+            retention: args.retention.map(|span| RetentionPolicy::keeping(span.0)),
         })
     }
 }

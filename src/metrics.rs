@@ -81,6 +81,7 @@ pub struct Metrics {
     pub calls_unidentified: Counter,
     pub streams_open: Family<MethodLabel, Gauge>,
     pub jobs_created: Counter,
+    pub jobs_deleted: Counter,
     pub submissions: Family<OutcomeLabel, Counter>,
     pub events_written: Counter,
     pub callbacks: Family<OutcomeLabel, Counter>,
@@ -105,6 +106,7 @@ impl Default for Metrics {
             calls_unidentified: Counter::default(),
             streams_open: Family::default(),
             jobs_created: Counter::default(),
+            jobs_deleted: Counter::default(),
             submissions: Family::default(),
             events_written: Counter::default(),
             callbacks: Family::default(),
@@ -162,6 +164,11 @@ impl Metrics {
             self.ready.clone(),
         );
         ours.register("jobs_created", "Jobs created", self.jobs_created.clone());
+        ours.register(
+            "jobs_deleted",
+            "Finished jobs deleted by retention",
+            self.jobs_deleted.clone(),
+        );
         ours.register(
             "submissions",
             "Submissions to Smile ID by outcome (accepted, refused)",

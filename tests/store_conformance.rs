@@ -236,6 +236,53 @@ async fn listing_pages_newest_first_by_filter(store: SharedStore) {
     );
 }
 
+async fn retention_deletes_only_finished_jobs_older_than_the_cutoff(store: SharedStore) {
+    let now = Utc::now();
+    let cutoff = now - chrono::Duration::minutes(10);
+    for (job_id, state, minutes_ago) in [
+        ("old-done", JobState::Completed, 60),
+        ("old-failed", JobState::Failed, 30),
+        ("old-open", JobState::Submitted, 60),
+        ("new-done", JobState::Completed, 1),
+    ] {
+        store.create(&job(job_id, "alice")).await.expect("create");
+        let mut current = store.get(job_id).await.expect("get").expect("exists");
+        current.state = state;
+        current.updated_at = now - chrono::Duration::minutes(minutes_ago);
+        store
+            .save(&mut current, Some(EventKind::Submitted))
+            .await
+            .expect("save");
+    }
+    let mut deleted = store.delete_finished(cutoff, 1).await.expect("delete a batch");
+    assert_eq!(deleted.len(), 1, "batches are bounded");
+    deleted.extend(store.delete_finished(cutoff, 10).await.expect("delete the rest"));
+    deleted.sort();
+    assert_eq!(deleted, ["old-done", "old-failed"]);
+    for gone in ["old-done", "old-failed"] {
+        assert!(store.get(gone).await.expect("get").is_none(), "{gone}");
+        assert!(
+            store.job_events(gone, 0, 10).await.expect("events").is_empty(),
+            "{gone}'s events"
+        );
+    }
+    for kept in ["old-open", "new-done"] {
+        assert!(store.get(kept).await.expect("get").is_some(), "{kept}");
+    }
+    let log = store.log_events(0, None, 100).await.expect("log");
+    assert!(
+        log.iter()
+            .all(|event| event.job.job_id.starts_with("old-open") || event.job.job_id == "new-done")
+    );
+    assert!(
+        store
+            .delete_finished(cutoff, 10)
+            .await
+            .expect("nothing left")
+            .is_empty()
+    );
+}
+
 async fn sqlite_store() -> (SharedStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let opened = selfie_auth::store::open(&selfie_auth_testkit::sqlite_url(&dir), PgLimits::default())
@@ -285,7 +332,34 @@ conformance!(
     claim_due_leases_to_one_claimant_until_expiry,
     concurrent_writers_all_land_with_contiguous_sequences,
     listing_pages_newest_first_by_filter,
+    retention_deletes_only_finished_jobs_older_than_the_cutoff,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_postgres_replica_deletes_expired_jobs_at_a_time() {
+    use sqlx::Connection as _;
+    let Some(url) = selfie_auth_testkit::pg_schema_url().await else {
+        return;
+    };
+    let store = selfie_auth::store::open(&url, PgLimits::default())
+        .await
+        .expect("open")
+        .store;
+    let mut done = job("expired", "alice");
+    done.state = JobState::Completed;
+    store.create(&done).await.expect("create");
+    let later = Utc::now() + chrono::Duration::minutes(1);
+    // Another replica holds the retention lock: this one deletes nothing meanwhile.
+    let mut other = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let mut holding = other.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock(x'5E1F1EA1'::bigint)")
+        .execute(&mut *holding)
+        .await
+        .expect("lock");
+    assert!(store.delete_finished(later, 10).await.expect("delete").is_empty());
+    holding.rollback().await.expect("release");
+    assert_eq!(store.delete_finished(later, 10).await.expect("delete"), ["expired"]);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_one_database_once() {

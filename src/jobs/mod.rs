@@ -9,6 +9,7 @@ pub mod ports;
 pub mod reason;
 pub mod reconciler;
 pub mod results;
+pub mod retention;
 pub mod service;
 pub mod submission;
 #[cfg(test)]

@@ -87,6 +87,11 @@ pub trait JobStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Job>, StoreError>;
 
+    /// Deletes up to `limit` finished (COMPLETED or FAILED) jobs last changed
+    /// before `before`, with their events, and answers with their job_ids. On a
+    /// shared store one replica deletes at a time; the others get nothing.
+    async fn delete_finished(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError>;
+
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

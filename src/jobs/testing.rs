@@ -238,6 +238,22 @@ impl JobStore for MemoryStore {
         Ok(jobs)
     }
 
+    async fn delete_finished(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError> {
+        let mut tables = lock(&self.tables);
+        let doomed: Vec<String> = tables
+            .jobs
+            .values()
+            .filter(|job| job.state.is_terminal() && job.updated_at < before)
+            .take(limit as usize)
+            .map(|job| job.job_id.clone())
+            .collect();
+        for job_id in &doomed {
+            tables.jobs.remove(job_id);
+        }
+        tables.events.retain(|event| !doomed.contains(&event.job.job_id));
+        Ok(doomed)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

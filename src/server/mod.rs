@@ -300,6 +300,9 @@ async fn open_then_work(
     readiness.set(true);
     info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");
     tokio::spawn(follow_database(store, readiness, config.readiness_interval, shutdown));
+    if let Some(retention) = config.retention {
+        tokio::spawn(service.clone().run_retention(retention));
+    }
     service.run_reconciler().await;
 }
 

@@ -82,6 +82,11 @@ impl JobStore for TimedStore {
             .await
     }
 
+    async fn delete_finished(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.timed("delete_finished", self.inner.delete_finished(before, limit))
+            .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping()).await
     }

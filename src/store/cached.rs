@@ -134,6 +134,15 @@ impl<S: JobStore> JobStore for CachedStore<S> {
         self.inner.list_jobs(filter, after, limit).await
     }
 
+    async fn delete_finished(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError> {
+        let deleted = self.inner.delete_finished(before, limit).await?;
+        let mut recent = self.recent();
+        for job_id in &deleted {
+            recent.forget(job_id);
+        }
+        Ok(deleted)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -22,6 +22,9 @@ pub const EVENT_CHANNEL: &str = "selfie_auth_events";
 /// Serialises event inserts (an arbitrary constant naming this lock).
 const EVENT_LOG_LOCK: i64 = 0x5E1F_1EA0;
 
+/// Held by the one replica deleting expired jobs (another arbitrary constant).
+const RETENTION_LOCK: i64 = 0x5E1F_1EA1;
+
 /// Connection limits of the PostgreSQL store.
 #[derive(Clone, Copy, Debug)]
 pub struct PgLimits {
@@ -95,6 +98,14 @@ impl PgStore {
             .execute(tx)
             .await?;
         Ok(())
+    }
+
+    /// Whether this replica's transaction is the one deleting expired jobs now.
+    async fn may_delete(tx: &mut sqlx::PgConnection) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RETENTION_LOCK)
+            .fetch_one(tx)
+            .await?)
     }
 
     /// Announces the batch's events to every replica, in one statement;

@@ -370,6 +370,37 @@ macro_rules! impl_job_store {
                 rows.iter().map(job_from_row).collect()
             }
 
+            async fn delete_finished(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<String>, $crate::jobs::ports::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                if !<$store>::may_delete(&mut *tx).await? {
+                    return Ok(Vec::new());
+                }
+                let doomed: Vec<String> = sqlx::query_scalar(
+                    "SELECT job_id FROM jobs WHERE state IN ('COMPLETED', 'FAILED') AND updated_at < $1
+                     ORDER BY updated_at LIMIT $2",
+                )
+                .bind($crate::store::millis(before))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+                for job_id in &doomed {
+                    sqlx::query("DELETE FROM job_events WHERE job_id = $1")
+                        .bind(job_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM jobs WHERE job_id = $1")
+                        .bind(job_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(doomed)
+            }
+
             async fn ping(&self) -> Result<(), $crate::jobs::ports::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())

@@ -81,6 +81,11 @@ impl SqliteStore {
     async fn after_batch(_: &mut sqlx::SqliteConnection, _: &[&JobEvent]) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Only this process deletes.
+    async fn may_delete(_: &mut sqlx::SqliteConnection) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 impl_job_store!(SqliteStore, SqlitePool, SqliteRow, sqlx::SqliteConnection);

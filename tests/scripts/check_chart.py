@@ -175,15 +175,16 @@ def _():
     assert pod["spec"]["containers"][0]["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
-@scenario("callers are identified through the mesh, and a policy is mounted from a ConfigMap")
+@scenario("callers are identified through the mesh, a policy is mounted from a ConfigMap, retention is set")
 def _():
     policy = '[[grant]]\nidentities = ["spiffe://cluster.local/ns/payments/*"]\npermissions = ["submit", "get"]\n'
-    docs = render({**REQUIRED, "auth": {"policy": policy}})
+    docs = render({**REQUIRED, "auth": {"policy": policy}, "config": {"retention": "90d"}})
     validate(docs)
     container = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["SELFIE_AUTH_TRUST_XFCC"] == "true" and env["SELFIE_AUTH_INSECURE_NO_AUTH"] == "false", env
     assert env["SELFIE_AUTH_POLICY_FILE"] == "/etc/selfie-auth/policy/policy.toml"
+    assert env["SELFIE_AUTH_RETENTION"] == "90d"
     maps = [doc for doc in by_kind(docs, "ConfigMap") if doc["metadata"]["name"].endswith("-policy")]
     assert maps and maps[0]["data"]["policy.toml"].strip() == policy.strip(), maps
     assert any(mount["mountPath"] == "/etc/selfie-auth/policy" for mount in container["volumeMounts"])

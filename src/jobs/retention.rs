@@ -1,0 +1,71 @@
+//! Retention: finished jobs, with their events, are deleted once they have been
+//! finished for the configured period (`SELFIE_AUTH_RETENTION`; off by
+//! default), in bounded batches, by one replica at a time. A deleted job is
+//! NOT_FOUND; its WatchJob streams have ended already, with its final event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tracing::{info, warn};
+
+use super::error::JobError;
+use super::service::JobService;
+
+/// Jobs deleted in one transaction at most.
+const BATCH: u32 = 500;
+
+/// How long finished jobs are kept, and how often expired ones are looked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub keep_for: Duration,
+    pub every: Duration,
+}
+
+impl RetentionPolicy {
+    /// Keeps finished jobs for `keep_for`, looking a few times per period
+    /// (between once a second and every five minutes).
+    pub fn keeping(keep_for: Duration) -> Self {
+        Self {
+            keep_for,
+            every: (keep_for / 4).clamp(Duration::from_secs(1), Duration::from_secs(300)),
+        }
+    }
+}
+
+impl JobService {
+    /// Deletes expired jobs every `policy.every` until shutdown.
+    pub async fn run_retention(self: Arc<Self>, policy: RetentionPolicy) {
+        let mut tick = tokio::time::interval(policy.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            match self.delete_expired(policy).await {
+                Ok(0) => {}
+                Ok(deleted) => info!(deleted, "expired jobs deleted"),
+                Err(error) => warn!(error = %error, "deleting expired jobs failed; trying again later"),
+            }
+        }
+    }
+
+    /// Deletes every job finished longer than `policy.keep_for` ago, a batch at
+    /// a time; answers how many this replica deleted.
+    pub async fn delete_expired(&self, policy: RetentionPolicy) -> Result<usize, JobError> {
+        let keep_for = chrono::Duration::from_std(policy.keep_for).unwrap_or(chrono::Duration::MAX);
+        let Some(before) = Utc::now().checked_sub_signed(keep_for) else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        loop {
+            let deleted = self.store.delete_finished(before, BATCH).await?;
+            total += deleted.len();
+            self.metrics.jobs_deleted.inc_by(deleted.len() as u64);
+            if deleted.len() < BATCH as usize || self.shutdown.is_cancelled() {
+                return Ok(total);
+            }
+        }
+    }
+}
