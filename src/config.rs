@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// File holding the Smile ID API key (or set SMILEID_API_KEY; never a flag).
     #[arg(long, env = "SMILEID_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// After the key file changes, signatures made with the previous key stay valid this long.
+    #[arg(long, env = "SMILEID_API_KEY_OVERLAP", default_value = "15m")]
+    pub api_key_overlap: Span,
     /// Smile ID environment.
     #[arg(long = "smileid-environment", env = "SMILEID_ENVIRONMENT", value_enum)]
     pub environment: Option<SmileEnvironment>,
@@ -259,6 +262,10 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     /// How long finished jobs are kept (none: forever).
     pub retention: Option<RetentionPolicy>,
+    /// The API key's file, followed for rotations (none: the key came from the environment).
+    pub api_key_file: Option<PathBuf>,
+    /// How long the previous key stays valid after a rotation.
+    pub api_key_overlap: Duration,
 }
 
 impl Config {
@@ -477,6 +484,8 @@ impl Config {
             identity,
             policy_file: args.policy_file,
             retention: args.retention.map(|span| RetentionPolicy::keeping(span.0)),
+            api_key_file: args.api_key_file,
+            api_key_overlap: args.api_key_overlap.0,
         })
     }
 }

@@ -82,6 +82,7 @@ pub struct Metrics {
     pub streams_open: Family<MethodLabel, Gauge>,
     pub jobs_created: Counter,
     pub jobs_deleted: Counter,
+    pub api_key_rotations: Counter,
     pub submissions: Family<OutcomeLabel, Counter>,
     pub events_written: Counter,
     pub callbacks: Family<OutcomeLabel, Counter>,
@@ -107,6 +108,7 @@ impl Default for Metrics {
             streams_open: Family::default(),
             jobs_created: Counter::default(),
             jobs_deleted: Counter::default(),
+            api_key_rotations: Counter::default(),
             submissions: Family::default(),
             events_written: Counter::default(),
             callbacks: Family::default(),
@@ -164,6 +166,11 @@ impl Metrics {
             self.ready.clone(),
         );
         ours.register("jobs_created", "Jobs created", self.jobs_created.clone());
+        ours.register(
+            "api_key_rotations",
+            "Smile ID API key changes taken from the key file",
+            self.api_key_rotations.clone(),
+        );
         ours.register(
             "jobs_deleted",
             "Finished jobs deleted by retention",

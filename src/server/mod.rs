@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 mod health;
 mod http;
+mod key_file;
 mod smile_adapter;
 mod timed_store;
 
@@ -205,6 +206,15 @@ pub async fn start_on(
     // The per-method limits are enforced by RequestLimitsLayer, with precise errors,
     // as soon as a frame header declares too much; tonic's own limit is a backstop.
     tokio::spawn(policy.clone().follow(POLICY_RELOAD_INTERVAL, shutdown.clone()));
+    if let Some(path) = config.api_key_file.clone() {
+        tokio::spawn(key_file::follow(
+            path,
+            config.smile.credentials.keys.clone(),
+            config.api_key_overlap,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let api = SelfieAuthServer::new(SelfieAuthApi::new(service, policy, metrics.clone()))
         .max_decoding_message_size(config.max_message_bytes + 1024)
         .max_encoding_message_size(config.max_message_bytes);

@@ -17,6 +17,7 @@ use tracing::{debug, info};
 use super::app::{App, AppInner};
 use super::state::{CallbackMode, Counters, Endpoint, Fault, SimState, UserStanding};
 use super::{SimulatorConfig, TlsFiles, control, v1, v2};
+use crate::smileid::ApiKey;
 
 /// A simulator that is serving. Dropping it does not stop it; call [`Self::shutdown`].
 pub struct RunningSimulator {
@@ -52,6 +53,12 @@ impl RunningSimulator {
     /// The Smile ID job_type a partner job_id was submitted with.
     pub fn job_type(&self, job_id: &str) -> Option<u32> {
         self.app.state().jobs.get(job_id).map(|job| job.job_type)
+    }
+
+    /// Rotates the partner's API key as Smile ID's portal would: signs with
+    /// `key` from now on, and accepts the old one for `overlap`.
+    pub fn rotate_api_key(&self, key: ApiKey, overlap: Duration) {
+        self.app.credentials.keys.rotate(key, overlap);
     }
 
     /// Sets where a user stands, e.g. disabled, as Smile ID's console would.

@@ -5,6 +5,8 @@
 //! API key at a time; it does not cover any body.
 
 use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -33,6 +35,69 @@ impl ApiKey {
     pub fn is_empty(&self) -> bool {
         self.0.expose_secret().is_empty()
     }
+
+    /// Whether both are the same key.
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+}
+
+/// The API key in use and, for a while after a rotation, the one it replaced:
+/// requests are signed with the current key, and signatures made with either
+/// are accepted until the overlap ends, so nothing Smile ID signed just before
+/// the rotation (a callback in flight, a retry) is refused.
+#[derive(Debug)]
+pub struct KeyRing {
+    keys: RwLock<Keys>,
+}
+
+#[derive(Debug)]
+struct Keys {
+    current: ApiKey,
+    previous: Option<(ApiKey, Instant)>,
+}
+
+impl KeyRing {
+    pub fn new(key: ApiKey) -> Self {
+        Self {
+            keys: RwLock::new(Keys {
+                current: key,
+                previous: None,
+            }),
+        }
+    }
+
+    fn keys(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn current(&self) -> ApiKey {
+        self.keys().current.clone()
+    }
+
+    /// Makes `key` the current key; the replaced one stays valid for `overlap`.
+    /// Answers false (and changes nothing) when `key` is the current key.
+    pub fn rotate(&self, key: ApiKey, overlap: Duration) -> bool {
+        let mut keys = self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys.current.same_as(&key) {
+            return false;
+        }
+        let replaced = std::mem::replace(&mut keys.current, key);
+        keys.previous = Some((replaced, Instant::now() + overlap));
+        true
+    }
+
+    /// The keys a signature may have been made with now.
+    fn accepted(&self) -> Vec<ApiKey> {
+        let keys = self.keys();
+        let mut accepted = vec![keys.current.clone()];
+        if let Some((previous, until)) = &keys.previous
+            && Instant::now() < *until
+        {
+            accepted.push(previous.clone());
+        }
+        accepted
+    }
 }
 
 impl fmt::Debug for ApiKey {
@@ -57,29 +122,31 @@ impl fmt::Debug for Signature {
     }
 }
 
-/// Partner id and API key: everything needed to sign and verify.
+/// Partner id and API key: everything needed to sign and verify. Clones share
+/// one [`KeyRing`], so a rotation reaches every user of the credentials.
 #[derive(Clone, Debug)]
 pub struct Credentials {
     pub partner_id: String,
-    pub api_key: ApiKey,
+    pub keys: Arc<KeyRing>,
 }
 
 impl Credentials {
     pub fn new(partner_id: impl Into<String>, api_key: ApiKey) -> Self {
         Self {
             partner_id: partner_id.into(),
-            api_key,
+            keys: Arc::new(KeyRing::new(api_key)),
         }
     }
 
-    /// Signs `timestamp` exactly as given: the characters sent are the characters MACed.
+    /// Signs `timestamp` exactly as given with the current key: the characters
+    /// sent are the characters MACed.
     pub fn sign(&self, timestamp: &str) -> Signature {
-        Signature(BASE64.encode(self.mac_over(timestamp).finalize().into_bytes()))
+        Signature(BASE64.encode(self.mac_over(&self.keys.current(), timestamp).finalize().into_bytes()))
     }
 
     /// HMAC over `timestamp ‖ partner_id ‖ "sid_request"`.
-    fn mac_over(&self, timestamp: &str) -> Hmac<Sha256> {
-        let mut mac = self.api_key.mac();
+    fn mac_over(&self, key: &ApiKey, timestamp: &str) -> Hmac<Sha256> {
+        let mut mac = key.mac();
         mac.update(timestamp.as_bytes());
         mac.update(self.partner_id.as_bytes());
         mac.update(SIGNATURE_SUFFIX);
@@ -93,12 +160,17 @@ impl Credentials {
         (timestamp, signature)
     }
 
-    /// Checks a signature in constant time. Malformed base64 is simply a mismatch.
+    /// Checks a signature, made with the current key or (during a rotation's
+    /// overlap) the previous one, in constant time per key. Malformed base64 is
+    /// simply a mismatch.
     pub fn verify(&self, timestamp: &str, signature: &str) -> bool {
         let Ok(claimed) = BASE64.decode(signature.trim()) else {
             return false;
         };
-        self.mac_over(timestamp).verify_slice(&claimed).is_ok()
+        self.keys
+            .accepted()
+            .iter()
+            .any(|key| self.mac_over(key, timestamp).verify_slice(&claimed).is_ok())
     }
 }
 
@@ -137,6 +209,35 @@ mod tests {
 
     fn creds(partner: &str, key: &str) -> Credentials {
         Credentials::new(partner, ApiKey::new(key))
+    }
+
+    #[test]
+    fn after_a_rotation_the_previous_key_verifies_only_during_the_overlap() {
+        let credentials = creds("085", "old");
+        let old_signature = credentials.sign("2026-11-26T10:00:00.000Z");
+        assert!(
+            !credentials.keys.rotate(ApiKey::new("old"), Duration::from_secs(60)),
+            "the same key is no rotation"
+        );
+        assert!(credentials.keys.rotate(ApiKey::new("new"), Duration::from_millis(200)));
+        let shared = credentials.clone();
+        assert_eq!(
+            shared.sign("2026-11-26T10:00:00.000Z"),
+            creds("085", "new").sign("2026-11-26T10:00:00.000Z"),
+            "clones sign with the new key"
+        );
+        assert!(
+            shared.verify("2026-11-26T10:00:00.000Z", old_signature.as_str()),
+            "within the overlap"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            !shared.verify("2026-11-26T10:00:00.000Z", old_signature.as_str()),
+            "after it"
+        );
+        let signature = shared.sign("2026-11-26T10:00:00.000Z");
+        assert!(shared.verify("2026-11-26T10:00:00.000Z", signature.as_str()));
+        assert!(!creds("085", "other").verify("2026-11-26T10:00:00.000Z", signature.as_str()));
     }
 
     /// Every vector of smileid-protocol.md §2.3 and sdk-wire-traces.md §5.
