@@ -20,6 +20,7 @@ use clap::{ArgMatches, Args, FromArgMatches as _};
 use crate::auth::{IdentityModes, PolicySource};
 use crate::jobs::retention::RetentionPolicy;
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
+use crate::server::tls::GrpcTls;
 use crate::server::{GrpcLimits, HttpLimits};
 use crate::smileid::{ApiKey, ClientConfig, Credentials, Environment};
 use crate::store::PgLimits;
@@ -184,6 +185,15 @@ pub struct ServeArgs {
     /// behind a sidecar that replaces the header: anyone else can forge it.
     #[arg(long, env = "SELFIE_AUTH_TRUST_XFCC", default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_xfcc: bool,
+    /// Serve gRPC over TLS with this certificate (PEM; with --grpc-tls-key).
+    #[arg(long, env = "SELFIE_AUTH_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --grpc-tls-cert.
+    #[arg(long, env = "SELFIE_AUTH_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// Require client certificates from this CA (PEM) and identify callers by them (SPIFFE URI SAN, else CN).
+    #[arg(long, env = "SELFIE_AUTH_GRPC_CLIENT_CA", requires = "grpc_tls_cert")]
+    pub grpc_client_ca: Option<PathBuf>,
     /// Identify nobody and let every caller do everything. For development only.
     #[arg(long, env = "SELFIE_AUTH_INSECURE_NO_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub insecure_no_auth: bool,
@@ -258,6 +268,8 @@ pub struct Config {
     pub sources: Sources,
     /// How callers are identified.
     pub identity: IdentityModes,
+    /// TLS on the gRPC port (none: plaintext, for a mesh sidecar in front).
+    pub grpc_tls: Option<GrpcTls>,
     /// The authorization policy's file (none: callers work with their own jobs).
     pub policy_file: Option<PathBuf>,
     /// How long finished jobs are kept (none: forever).
@@ -404,16 +416,26 @@ impl Config {
         if args.database_max_connections == 0 {
             bail!("{} must be at least 1", name("database_max_connections"));
         }
+        let grpc_tls = args.grpc_tls_cert.zip(args.grpc_tls_key).map(|(cert, key)| GrpcTls {
+            cert,
+            key,
+            client_ca: args.grpc_client_ca,
+        });
+        if let Some(tls) = &grpc_tls {
+            crate::server::tls::acceptor(tls)
+                .map_err(|error| anyhow::anyhow!("{}: {error:#}", name("grpc_tls_cert")))?;
+        }
         let identity = IdentityModes {
             trust_xfcc: args.trust_xfcc,
-            client_certificates: false,
+            client_certificates: grpc_tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
             insecure_no_auth: args.insecure_no_auth,
         };
         if !identity.is_configured() {
             bail!(
                 "no way to identify callers: set {} behind a service mesh that sets x-forwarded-client-cert, \
-                 or {} to let every caller do everything (development only)",
+                 or {} to require client certificates, or {} to let every caller do everything (development only)",
                 name("trust_xfcc"),
+                name("grpc_client_ca"),
                 name("insecure_no_auth")
             );
         }
@@ -482,6 +504,7 @@ impl Config {
             },
             sources,
             identity,
+            grpc_tls,
             policy_file: args.policy_file,
             retention: args.retention.map(|span| RetentionPolicy::keeping(span.0)),
             api_key_file: args.api_key_file,

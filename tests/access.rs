@@ -336,3 +336,145 @@ async fn reads_of_results_and_denials_are_audited_without_personal_data() {
         assert!(!line.contains(ENROLLED_USER), "no user id in the audit trail: {line}");
     }
 }
+
+/// A CA, and certificates it signs.
+struct Authority {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Authority {
+    fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("self-signed");
+        Self { cert, key }
+    }
+
+    /// A leaf certificate for `names` (IP addresses and URIs), and its key, in PEM.
+    fn issue(&self, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        for name in names {
+            params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => rcgen::SanType::IpAddress(ip),
+                Err(_) => rcgen::SanType::URI((*name).try_into().expect("a URI")),
+            });
+        }
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("signed");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A client over TLS to `addr`, trusting `ca`, presenting `identity` (certificate and key PEM) if any.
+async fn tls_client(
+    addr: std::net::SocketAddr,
+    ca: &Authority,
+    identity: Option<&(String, String)>,
+) -> Result<Client, tonic::transport::Error> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let channel = tonic::transport::Endpoint::new(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await?;
+    Ok(pb::selfie_auth_client::SelfieAuthClient::new(channel))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_identify_callers_and_another_cas_are_refused() {
+    let ours = Authority::new("selfie-auth callers");
+    let theirs = Authority::new("someone else");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server_cert, server_key) = ours.issue(&["127.0.0.1"], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let files = [
+        ("server.pem", server_cert),
+        ("server-key.pem", server_key),
+        ("ca.pem", ours.cert.pem()),
+    ];
+    for (name, text) in &files {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
+    let sim = start_simulator(|_| {}).await;
+    let service = start_service(config_with(
+        &sim,
+        &sqlite_url(&dir),
+        &[
+            "--grpc-tls-cert",
+            &path("server.pem"),
+            "--grpc-tls-key",
+            &path("server-key.pem"),
+            "--grpc-client-ca",
+            &path("ca.pem"),
+        ],
+    ))
+    .await;
+    let addr = service.running.grpc_addr;
+
+    let checkout = ours.issue(&[CHECKOUT], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    let mut client = tls_client(addr, &ours, Some(&checkout)).await.expect("connect");
+    // A forwarded-certificate header is not trusted here: the certificate is the identity.
+    let job = client
+        .submit_authentication(from(SUPPORT, submit_request(ENROLLED_USER, "mtls-1")))
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(job.creator, CHECKOUT);
+
+    let billing = ours.issue(&[BILLING], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    let mut other = tls_client(addr, &ours, Some(&billing)).await.expect("connect");
+    let status = other.get_job(get("mtls-1")).await.expect_err("another caller's job");
+    assert_eq!(denied_permission(&status), "others_jobs");
+
+    let stranger = theirs.issue(&[SUPPORT], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    // TLS 1.3 finishes the client's side of the handshake first: the refusal arrives
+    // as an alert (or a closed connection) on the first call.
+    for identity in [Some(&stranger), None] {
+        let failure = match tls_client(addr, &ours, identity).await {
+            Err(error) => format!("{error:?}"),
+            Ok(mut client) => match client.get_job(get("mtls-1")).await {
+                Ok(job) => panic!("served without a certificate from our CA: {job:?}"),
+                Err(status) => format!("{status:?}"),
+            },
+        };
+        assert!(
+            failure.contains("UnknownCA")
+                || failure.contains("CertificateRequired")
+                || failure.contains("connection closed"),
+            "{failure}"
+        );
+    }
+    service.running.shutdown().await;
+}

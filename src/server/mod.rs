@@ -18,6 +18,7 @@ mod http;
 mod key_file;
 mod smile_adapter;
 mod timed_store;
+pub mod tls;
 
 pub use http::HttpLimits;
 
@@ -235,6 +236,7 @@ pub async fn start_on(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api);
+    let grpc_tls = config.grpc_tls.as_ref().map(tls::acceptor).transpose()?;
     let grpc_shutdown = shutdown.clone();
     let grpc_limits = config.grpc_limits;
     let grpc_task = tokio::spawn(async move {
@@ -245,9 +247,19 @@ pub async fn start_on(
                 silence: Silence::FirstBytesWithin(grpc_limits.preface_timeout),
             },
         );
-        let served = router
-            .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
-            .await;
+        let served = match grpc_tls {
+            Some(acceptor) => {
+                let incoming = tls::handshakes(incoming, acceptor, grpc_limits.preface_timeout);
+                router
+                    .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+                    .await
+            }
+        };
         if let Err(error) = served {
             warn!(%error, "grpc server stopped with an error");
         }

@@ -59,7 +59,7 @@ pub fn config_with(sim: &RunningSimulator, database_url: &str, flags: &[&str]) -
     // Tests that are not about identities call as anyone.
     let identified = flags
         .iter()
-        .any(|flag| flag.starts_with("--trust-xfcc") || flag.starts_with("--insecure-no-auth"));
+        .any(|flag| ["--trust-xfcc", "--insecure-no-auth", "--grpc-client-ca"].contains(flag));
     if !identified {
         args.extend_from_slice(&["--insecure-no-auth", "true"]);
     }
