@@ -119,6 +119,31 @@ macro_rules! impl_job_store {
                 next.last_sequence += 1;
             }
             let data = serde_json::to_string(&next)?;
+            if let (Some(kind), Some(sql)) = (event, <$store>::SAVE_WITH_EVENT_SQL) {
+                let id: Option<i64> = sqlx::query_scalar(sql)
+                    .bind(next.state.as_str())
+                    .bind(&data)
+                    .bind(next.version)
+                    .bind(next.last_sequence as i64)
+                    .bind(next.next_poll_at.map(millis))
+                    .bind(millis(next.updated_at))
+                    .bind(&next.job_id)
+                    .bind(job.version)
+                    .bind(kind.as_str())
+                    .fetch_optional(&mut *connection)
+                    .await?;
+                let Some(id) = id else {
+                    return Ok((Saved::Conflict, job.clone()));
+                };
+                let event = $crate::jobs::model::JobEvent {
+                    global_id: id,
+                    sequence: next.last_sequence,
+                    kind,
+                    at: next.updated_at,
+                    job: next.clone(),
+                };
+                return Ok((Saved::Written(Some(Box::new(event))), next));
+            }
             let updated = sqlx::query(
                 "UPDATE jobs SET state = $1, data = $2, version = $3, last_sequence = $4, next_poll_at = $5,
                                  updated_at = $6

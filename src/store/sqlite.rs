@@ -82,6 +82,9 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// In-process: a second statement costs no round trip.
+    const SAVE_WITH_EVENT_SQL: Option<&'static str> = None;
+
     /// Only this process deletes.
     async fn may_delete(_: &mut sqlx::SqliteConnection) -> Result<bool, StoreError> {
         Ok(true)
