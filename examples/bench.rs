@@ -824,6 +824,10 @@ fn write_markdown(report: &Report, path: &Path, command: &str) -> anyhow::Result
     Ok(())
 }
 
+// The allocator the `selfie-auth` binary uses, so the in-process figures are its own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
