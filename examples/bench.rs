@@ -692,7 +692,7 @@ async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[
         .env("SELFIE_AUTH_GRPC_MAX_CONNECTIONS", "10000")
         .env("SELFIE_AUTH_MAX_OPEN_STREAMS", "60000")
         .env("SELFIE_AUTH_INSECURE_NO_AUTH", "true")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "error")
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().unwrap_or_default();
