@@ -238,7 +238,7 @@ fn error_json(failure: &Failure) -> Value {
         Failure::Rpc(status) => status,
     };
     let mut answer = json!({
-        "code": code_name(status.code()),
+        "code": crate::grpc::status::code_name(status.code()),
         "message": status.message(),
     });
     if let Some(info) = status.get_error_details().error_info() {
@@ -248,19 +248,6 @@ fn error_json(failure: &Failure) -> Value {
         answer["details"] = proto_json(&full, "google.rpc.Status")["details"].clone();
     }
     answer
-}
-
-/// A gRPC code as the protos name it: `NOT_FOUND`, `INVALID_ARGUMENT`, ...
-fn code_name(code: tonic::Code) -> String {
-    let name = format!("{code:?}");
-    let mut screaming = String::new();
-    for (index, c) in name.chars().enumerate() {
-        if c.is_uppercase() && index > 0 {
-            screaming.push('_');
-        }
-        screaming.push(c.to_ascii_uppercase());
-    }
-    screaming
 }
 
 /// The contract and the google.rpc details, for proto3 JSON.
@@ -304,15 +291,10 @@ async fn submit(client_args: &ClientArgs, args: SubmitArgs, kind: pb::JobKind) -
         ..Default::default()
     };
     let (job, created) = if kind == pb::JobKind::Enrollment {
-        let request = pb::EnrollUserRequest {
-            user_id: request.user_id,
-            job_id: request.job_id,
-            selfie_image: request.selfie_image,
-            liveness_images: request.liveness_images,
-            partner_params: request.partner_params,
-            ..Default::default()
-        };
-        let response = client.enroll_user(request).await?.into_inner();
+        let response = client
+            .enroll_user(pb::EnrollUserRequest::from(request))
+            .await?
+            .into_inner();
         if client_args.json {
             print_json(&response, "selfieauth.v1.EnrollUserResponse")?;
         }

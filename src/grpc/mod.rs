@@ -53,6 +53,28 @@ pub mod pb {
     }
     redacting_debug!(SubmitAuthenticationRequest);
     redacting_debug!(EnrollUserRequest);
+
+    /// An enrolment asks for what an authentication asks, field for field.
+    macro_rules! same_fields {
+        ($from:ident => $to:ident) => {
+            impl From<$from> for $to {
+                fn from(request: $from) -> Self {
+                    Self {
+                        user_id: request.user_id,
+                        job_id: request.job_id,
+                        selfie_image: request.selfie_image,
+                        liveness_images: request.liveness_images,
+                        partner_params: request.partner_params,
+                        wait_for_result: request.wait_for_result,
+                        include_history: request.include_history,
+                        include_image_links: request.include_image_links,
+                    }
+                }
+            }
+        };
+    }
+    same_fields!(EnrollUserRequest => SubmitAuthenticationRequest);
+    same_fields!(SubmitAuthenticationRequest => EnrollUserRequest);
 }
 
 use pb::selfie_auth_server::SelfieAuth;
@@ -156,25 +178,19 @@ fn audit_job(caller: &Caller, method: &'static str, job: &pb::Job) {
     }
 }
 
-/// A submission of either kind, with what the caller asked to get back.
-struct Submission {
-    request: SubmitRequest,
-    wait_for_result: bool,
-    include_history: bool,
-    include_image_links: bool,
-}
-
 impl SelfieAuthApi {
-    /// Submits a job and answers with it and whether it is new; with
-    /// `wait_for_result`, once it is final or `budget` (the call's deadline) nears.
+    /// Submits a job of `kind` and answers with it and whether it is new; with
+    /// `wait_for_result`, once it is final or the call's deadline nears.
     async fn submit(
         &self,
-        (caller, method): (&Caller, &'static str),
-        submission: Submission,
-        budget: Option<Duration>,
-        admission: Option<Admission>,
+        kind: JobKind,
+        method: &'static str,
+        request: Request<pb::SubmitAuthenticationRequest>,
     ) -> Result<(pb::Job, bool), Status> {
-        let permission = match submission.request.kind {
+        let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
+        let caller = &caller(&request)?;
+        let submission = request.into_inner();
+        let permission = match kind {
             JobKind::Authentication => Permission::Submit,
             JobKind::Enrollment => Permission::Enroll,
         };
@@ -182,13 +198,22 @@ impl SelfieAuthApi {
         if submission.wait_for_result && submission.include_image_links {
             self.permit(caller, method, Permission::ImageLinks)?;
         }
+        let request = SubmitRequest {
+            kind,
+            owner: caller.owner(),
+            user_id: submission.user_id,
+            job_id: submission.job_id,
+            selfie: submission.selfie_image,
+            liveness: submission.liveness_images,
+            partner_params: submission.partner_params.into_iter().collect(),
+        };
         let service = self.service()?;
         let wait = budget
             .map(|budget| budget.saturating_sub(DEADLINE_MARGIN))
             .unwrap_or(service.config().default_wait);
         let deadline = tokio::time::Instant::now() + wait;
         let mut output = service
-            .submit(submission.request, deadline)
+            .submit(request, deadline)
             .await
             .map_err(|error| to_status(&error))?;
         // A job_id someone else used answers with their job only to those who may see it.
@@ -235,25 +260,8 @@ impl SelfieAuth for SelfieAuthApi {
         &self,
         request: Request<pb::SubmitAuthenticationRequest>,
     ) -> Result<Response<pb::SubmitAuthenticationResponse>, Status> {
-        let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
-        let caller = caller(&request)?;
-        let request = request.into_inner();
-        let submission = Submission {
-            request: SubmitRequest {
-                kind: JobKind::Authentication,
-                owner: caller.owner(),
-                user_id: request.user_id,
-                job_id: request.job_id,
-                selfie: request.selfie_image,
-                liveness: request.liveness_images,
-                partner_params: request.partner_params.into_iter().collect(),
-            },
-            wait_for_result: request.wait_for_result,
-            include_history: request.include_history,
-            include_image_links: request.include_image_links,
-        };
         let (job, created) = self
-            .submit((&caller, "SubmitAuthentication"), submission, budget, admission)
+            .submit(JobKind::Authentication, "SubmitAuthentication", request)
             .await?;
         Ok(Response::new(pb::SubmitAuthenticationResponse {
             job: Some(job),
@@ -265,26 +273,8 @@ impl SelfieAuth for SelfieAuthApi {
         &self,
         request: Request<pb::EnrollUserRequest>,
     ) -> Result<Response<pb::EnrollUserResponse>, Status> {
-        let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
-        let caller = caller(&request)?;
-        let request = request.into_inner();
-        let submission = Submission {
-            request: SubmitRequest {
-                kind: JobKind::Enrollment,
-                owner: caller.owner(),
-                user_id: request.user_id,
-                job_id: request.job_id,
-                selfie: request.selfie_image,
-                liveness: request.liveness_images,
-                partner_params: request.partner_params.into_iter().collect(),
-            },
-            wait_for_result: request.wait_for_result,
-            include_history: request.include_history,
-            include_image_links: request.include_image_links,
-        };
-        let (job, created) = self
-            .submit((&caller, "EnrollUser"), submission, budget, admission)
-            .await?;
+        let request = request.map(pb::SubmitAuthenticationRequest::from);
+        let (job, created) = self.submit(JobKind::Enrollment, "EnrollUser", request).await?;
         Ok(Response::new(pb::EnrollUserResponse {
             job: Some(job),
             created,

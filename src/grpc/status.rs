@@ -60,6 +60,19 @@ fn job_id_metadata(job_id: &str) -> HashMap<String, String> {
     HashMap::from([("jobId".to_owned(), job_id.to_owned())])
 }
 
+/// A gRPC code as the protos name it: `NOT_FOUND`, `INVALID_ARGUMENT`, ...
+pub fn code_name(code: Code) -> String {
+    let name = format!("{code:?}");
+    let mut screaming = String::new();
+    for (index, c) in name.chars().enumerate() {
+        if c.is_uppercase() && index > 0 {
+            screaming.push('_');
+        }
+        screaming.push(c.to_ascii_uppercase());
+    }
+    screaming
+}
+
 /// The status of a call refused before it runs.
 pub fn auth_status(error: &AuthError) -> Status {
     match error {
@@ -183,18 +196,6 @@ mod tests {
                 )
             })
             .collect()
-    }
-
-    fn code_name(code: Code) -> String {
-        let name = format!("{code:?}");
-        let mut screaming = String::new();
-        for (index, c) in name.chars().enumerate() {
-            if c.is_uppercase() && index > 0 {
-                screaming.push('_');
-            }
-            screaming.push(c.to_ascii_uppercase());
-        }
-        screaming
     }
 
     #[test]
