@@ -1279,22 +1279,24 @@ async fn reflection_lists_the_service_in_v1_and_v1alpha() {
 
 #[tokio::test]
 async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
-    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(30)).await;
+    let sim = start_simulator(|_| {}).await;
+    // A zip upload that never answers keeps a submission, and so its slot, busy.
+    sim.set_fault(
+        Endpoint::Put,
+        Fault {
+            hang: true,
+            ..Fault::default()
+        },
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = config_for(&sim, &sqlite_url(&dir));
     settings.concurrency_limit = 1;
     let service = start_service(settings).await;
     let client = service.client().await;
 
-    let provisional = || provisional_request(ENROLLED_USER, "shed-1");
-    let mut other = client.clone();
-    other.submit_authentication(provisional()).await.expect("created");
-    // A repeated submission waiting for the result holds the connection's only slot.
     let mut holder = client.clone();
     let held = tokio::spawn(async move {
-        let mut request = provisional();
-        request.wait_for_result = true;
-        let mut request = tonic::Request::new(request);
+        let mut request = tonic::Request::new(submit_request(ENROLLED_USER, "shed-1"));
         request.set_timeout(Duration::from_secs(3));
         holder.submit_authentication(request).await
     });
@@ -1305,7 +1307,8 @@ async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
         async move { in_flight(reqwest::get(url).await.ok()?.text().await.ok()?).then_some(()) }
     })
     .await;
-    assert!(holding.is_some(), "the waiting call holds the slot");
+    assert!(holding.is_some(), "the submission holds the only slot");
+    let mut other = client.clone();
     let shed = other
         .get_job(pb::GetJobRequest {
             job_id: "shed-1".into(),
@@ -1325,25 +1328,20 @@ async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
         .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
         .await
         .expect("health answers");
-    let job = held
+    let status = held
         .await
         .expect("join")
-        .expect("the held call answers before its deadline")
-        .into_inner()
-        .job
-        .expect("job");
-    assert_eq!(
-        job.state(),
-        pb::JobState::Provisional,
-        "returned as it stood when the deadline neared"
-    );
-    other
+        .expect_err("still being sent when the deadline neared");
+    assert_eq!(reason(&status), "SUBMISSION_IN_PROGRESS");
+    let job = other
         .get_job(pb::GetJobRequest {
             job_id: "shed-1".into(),
             ..Default::default()
         })
         .await
-        .expect("served again");
+        .expect("served again once the slot is free")
+        .into_inner();
+    assert_eq!(job.state(), pb::JobState::Submitting);
     service.running.shutdown().await;
 }
 
