@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches as _};
 
+use crate::auth::jwt::JwtVerifier;
 use crate::auth::{IdentityModes, PolicySource};
 use crate::jobs::retention::RetentionPolicy;
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
@@ -194,6 +195,15 @@ pub struct ServeArgs {
     /// Require client certificates from this CA (PEM) and identify callers by them (SPIFFE URI SAN, else CN).
     #[arg(long, env = "SELFIE_AUTH_GRPC_CLIENT_CA", requires = "grpc_tls_cert")]
     pub grpc_client_ca: Option<PathBuf>,
+    /// Identify callers by bearer JWTs signed with a key of this JWKS file (with --jwt-issuer and --jwt-audience).
+    #[arg(long, env = "SELFIE_AUTH_JWT_JWKS_FILE", requires_all = ["jwt_issuer", "jwt_audience"])]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// The `iss` a bearer token must carry.
+    #[arg(long, env = "SELFIE_AUTH_JWT_ISSUER", requires = "jwt_jwks_file")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` a bearer token must carry.
+    #[arg(long, env = "SELFIE_AUTH_JWT_AUDIENCE", requires = "jwt_jwks_file")]
+    pub jwt_audience: Option<String>,
     /// Identify nobody and let every caller do everything. For development only.
     #[arg(long, env = "SELFIE_AUTH_INSECURE_NO_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub insecure_no_auth: bool,
@@ -425,17 +435,27 @@ impl Config {
             crate::server::tls::acceptor(tls)
                 .map_err(|error| anyhow::anyhow!("{}: {error:#}", name("grpc_tls_cert")))?;
         }
+        let bearer_tokens = match (&args.jwt_jwks_file, &args.jwt_issuer, &args.jwt_audience) {
+            (Some(path), Some(issuer), Some(audience)) => Some(std::sync::Arc::new(
+                JwtVerifier::open(path, issuer, audience)
+                    .map_err(|error| anyhow::anyhow!("{}: {error}", name("jwt_jwks_file")))?,
+            )),
+            _ => None,
+        };
         let identity = IdentityModes {
             trust_xfcc: args.trust_xfcc,
             client_certificates: grpc_tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
             insecure_no_auth: args.insecure_no_auth,
+            bearer_tokens,
         };
         if !identity.is_configured() {
             bail!(
                 "no way to identify callers: set {} behind a service mesh that sets x-forwarded-client-cert, \
-                 or {} to require client certificates, or {} to let every caller do everything (development only)",
+                 or {} to require client certificates, or {} for bearer tokens, or {} to let every caller do \
+                 everything (development only)",
                 name("trust_xfcc"),
                 name("grpc_client_ca"),
+                name("jwt_jwks_file"),
                 name("insecure_no_auth")
             );
         }

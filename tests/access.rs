@@ -477,3 +477,91 @@ async fn client_certificates_identify_callers_and_another_cas_are_refused() {
     }
     service.running.shutdown().await;
 }
+
+/// An ES256 signing key and the JWKS that publishes its public half as `kid`.
+fn signing_key(kid: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let point = key.public_key_raw();
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jwk = serde_json::json!({
+        "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+        "x": encode(&point[1..33]), "y": encode(&point[33..65]),
+    });
+    let signing = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("pem");
+    (signing, jwk)
+}
+
+fn token(key: &jsonwebtoken::EncodingKey, kid: &str, claims: serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, &claims, key).expect("sign")
+}
+
+fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_identify_callers_when_valid() {
+    let (key, jwk) = signing_key("k1");
+    let (forger, _) = signing_key("k1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, serde_json::json!({"keys": [jwk]}).to_string()).expect("write");
+    let sim = start_simulator(|_| {}).await;
+    let service = start_service(config_with(
+        &sim,
+        &sqlite_url(&dir),
+        &[
+            "--jwt-jwks-file",
+            jwks.to_str().expect("utf-8"),
+            "--jwt-issuer",
+            "https://issuer.example",
+            "--jwt-audience",
+            "selfie-auth",
+        ],
+    ))
+    .await;
+    let mut client = service.client().await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = |sub: &str, aud: &str, exp: u64| serde_json::json!({"sub": sub, "iss": "https://issuer.example", "aud": aud, "exp": exp});
+
+    let valid = token(&key, "k1", claims(CHECKOUT, "selfie-auth", now + 300));
+    let job = client
+        .submit_authentication(bearer(&valid, submit_request(ENROLLED_USER, "jwt-1")))
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(job.creator, CHECKOUT);
+
+    for (what, refused) in [
+        ("expired", token(&key, "k1", claims(CHECKOUT, "selfie-auth", now - 600))),
+        (
+            "wrong audience",
+            token(&key, "k1", claims(CHECKOUT, "another-service", now + 300)),
+        ),
+        (
+            "bad signature",
+            token(&forger, "k1", claims(CHECKOUT, "selfie-auth", now + 300)),
+        ),
+        ("not a JWT", "not.a.jwt".to_owned()),
+    ] {
+        let status = client.get_job(bearer(&refused, get("jwt-1"))).await.expect_err(what);
+        assert_eq!(
+            (status.code(), reason(&status)),
+            (Code::Unauthenticated, "CALLER_UNIDENTIFIED".to_owned())
+        );
+        assert!(status.message().contains(what), "{what}: {}", status.message());
+        assert!(!status.message().contains(&refused), "the token is never echoed");
+    }
+    let status = client.get_job(get("jwt-1")).await.expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    service.running.shutdown().await;
+}

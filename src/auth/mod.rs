@@ -6,6 +6,7 @@
 //! only identities the policy grants `others_jobs` see anyone else's.
 
 pub mod audit;
+pub mod jwt;
 pub mod policy;
 pub mod xfcc;
 
@@ -93,7 +94,7 @@ pub enum AuthError {
 pub struct PeerIdentity(pub Option<Identity>);
 
 /// How this server identifies callers, as configured.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct IdentityModes {
     /// Trust `x-forwarded-client-cert` from a service mesh sidecar.
     pub trust_xfcc: bool,
@@ -101,16 +102,18 @@ pub struct IdentityModes {
     pub client_certificates: bool,
     /// Nobody is identified; every caller may do everything.
     pub insecure_no_auth: bool,
+    /// Bearer JWTs identify callers (`authorization: Bearer …`).
+    pub bearer_tokens: Option<std::sync::Arc<jwt::JwtVerifier>>,
 }
 
 impl IdentityModes {
     /// Whether any caller can be identified (or authentication is knowingly off).
-    pub fn is_configured(self) -> bool {
-        self.trust_xfcc || self.client_certificates || self.insecure_no_auth
+    pub fn is_configured(&self) -> bool {
+        self.trust_xfcc || self.client_certificates || self.bearer_tokens.is_some() || self.insecure_no_auth
     }
 
     /// Who makes a call with these `headers` over a connection with `peer`.
-    pub fn identify(self, headers: &http::HeaderMap, peer: Option<&PeerIdentity>) -> Result<Caller, AuthError> {
+    pub fn identify(&self, headers: &http::HeaderMap, peer: Option<&PeerIdentity>) -> Result<Caller, AuthError> {
         if self.trust_xfcc
             && let Some(value) = headers.get(xfcc::HEADER)
         {
@@ -126,11 +129,24 @@ impl IdentityModes {
         {
             return Ok(Caller::Identified(identity.clone()));
         }
+        if let Some(verifier) = &self.bearer_tokens
+            && let Some(value) = headers.get(http::header::AUTHORIZATION)
+        {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .ok_or_else(|| AuthError::Unidentified("the authorization header is not a bearer token".into()))?;
+            return verifier
+                .identify(token.trim())
+                .map(Caller::Identified)
+                .map_err(AuthError::Unidentified);
+        }
         if self.insecure_no_auth {
             return Ok(Caller::Anyone);
         }
         Err(AuthError::Unidentified(
-            "the caller could not be identified: call through the service mesh or present a client certificate".into(),
+            "the caller could not be identified: call through the service mesh, or present a client certificate or a bearer token".into(),
         ))
     }
 }

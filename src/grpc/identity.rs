@@ -34,7 +34,7 @@ impl<S> Layer<S> for IdentityLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Identify {
             inner,
-            modes: self.modes,
+            modes: self.modes.clone(),
             metrics: self.metrics.clone(),
         }
     }

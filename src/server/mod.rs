@@ -225,7 +225,7 @@ pub async fn start_on(
         .max_concurrent_streams(config.grpc_limits.max_concurrent_streams)
         .layer(ObserveLayer::new(metrics.clone()))
         // Before load shedding: a flood of unidentified calls takes no slot.
-        .layer(IdentityLayer::new(config.identity, metrics.clone()))
+        .layer(IdentityLayer::new(config.identity.clone(), metrics.clone()))
         .layer(LoadShedLayer::new(config.concurrency_limit, metrics.clone()))
         .layer(RequestLimitsLayer::new(
             config.max_message_bytes,

@@ -57,9 +57,15 @@ pub fn config_with(sim: &RunningSimulator, database_url: &str, flags: &[&str]) -
         "0s",
     ];
     // Tests that are not about identities call as anyone.
-    let identified = flags
-        .iter()
-        .any(|flag| ["--trust-xfcc", "--insecure-no-auth", "--grpc-client-ca"].contains(flag));
+    let identified = flags.iter().any(|flag| {
+        [
+            "--trust-xfcc",
+            "--insecure-no-auth",
+            "--grpc-client-ca",
+            "--jwt-jwks-file",
+        ]
+        .contains(flag)
+    });
     if !identified {
         args.extend_from_slice(&["--insecure-no-auth", "true"]);
     }
