@@ -21,7 +21,7 @@ use crate::auth::jwt::JwtVerifier;
 use crate::auth::{IdentityModes, PolicySource};
 use crate::jobs::retention::RetentionPolicy;
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
-use crate::server::tls::GrpcTls;
+use crate::server::tls::{GrpcTls, GrpcTlsAcceptor};
 use crate::server::{GrpcLimits, HttpLimits};
 use crate::smileid::{ApiKey, ClientConfig, Credentials, Environment};
 use crate::store::PgLimits;
@@ -279,9 +279,9 @@ pub struct Config {
     /// How callers are identified.
     pub identity: IdentityModes,
     /// TLS on the gRPC port (none: plaintext, for a mesh sidecar in front).
-    pub grpc_tls: Option<GrpcTls>,
-    /// The authorization policy's file (none: callers work with their own jobs).
-    pub policy_file: Option<PathBuf>,
+    pub grpc_tls: Option<GrpcTlsAcceptor>,
+    /// The authorization policy in force, followed in its file when there is one.
+    pub policy: std::sync::Arc<PolicySource>,
     /// How long finished jobs are kept (none: forever).
     pub retention: Option<RetentionPolicy>,
     /// The API key's file, followed for rotations (none: the key came from the environment).
@@ -426,15 +426,16 @@ impl Config {
         if args.database_max_connections == 0 {
             bail!("{} must be at least 1", name("database_max_connections"));
         }
-        let grpc_tls = args.grpc_tls_cert.zip(args.grpc_tls_key).map(|(cert, key)| GrpcTls {
+        let grpc_tls_files = args.grpc_tls_cert.zip(args.grpc_tls_key).map(|(cert, key)| GrpcTls {
             cert,
             key,
             client_ca: args.grpc_client_ca,
         });
-        if let Some(tls) = &grpc_tls {
-            crate::server::tls::acceptor(tls)
-                .map_err(|error| anyhow::anyhow!("{}: {error:#}", name("grpc_tls_cert")))?;
-        }
+        let grpc_tls = grpc_tls_files
+            .as_ref()
+            .map(crate::server::tls::acceptor)
+            .transpose()
+            .map_err(|error| anyhow::anyhow!("{}: {error:#}", name("grpc_tls_cert")))?;
         let bearer_tokens = match (&args.jwt_jwks_file, &args.jwt_issuer, &args.jwt_audience) {
             (Some(path), Some(issuer), Some(audience)) => Some(std::sync::Arc::new(
                 JwtVerifier::open(path, issuer, audience)
@@ -444,7 +445,7 @@ impl Config {
         };
         let identity = IdentityModes {
             trust_xfcc: args.trust_xfcc,
-            client_certificates: grpc_tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+            client_certificates: grpc_tls_files.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
             insecure_no_auth: args.insecure_no_auth,
             bearer_tokens,
         };
@@ -462,9 +463,8 @@ impl Config {
         if args.retention.is_some_and(|span| span.0.is_zero()) {
             bail!("{} must be greater than zero, or unset to keep jobs", name("retention"));
         }
-        if let Some(path) = &args.policy_file {
-            PolicySource::open(Some(path)).map_err(|error| anyhow::anyhow!("{}: {error}", name("policy_file")))?;
-        }
+        let policy = PolicySource::open(args.policy_file.as_deref())
+            .map_err(|error| anyhow::anyhow!("{}: {error}", name("policy_file")))?;
         let database_url = args
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("selfie-auth.db").display()));
@@ -525,7 +525,7 @@ impl Config {
             sources,
             identity,
             grpc_tls,
-            policy_file: args.policy_file,
+            policy: std::sync::Arc::new(policy),
             retention: args.retention.map(|span| RetentionPolicy::keeping(span.0)),
             api_key_file: args.api_key_file,
             api_key_overlap: args.api_key_overlap.0,

@@ -189,6 +189,7 @@ impl Policy {
 }
 
 /// The policy in force: the file's latest valid contents, or the default.
+#[derive(Debug)]
 pub struct PolicySource {
     current: RwLock<Arc<Policy>>,
     path: Option<PathBuf>,

@@ -112,17 +112,6 @@ pub struct JobFilter {
     pub kind: Option<JobKind>,
 }
 
-impl JobFilter {
-    pub fn matches(&self, job: &Job) -> bool {
-        self.owner
-            .as_ref()
-            .is_none_or(|owner| job.owner.as_ref() == Some(owner))
-            && self.user_id.as_ref().is_none_or(|user| *user == job.user_id)
-            && self.state.is_none_or(|state| state == job.state)
-            && self.kind.is_none_or(|kind| kind == job.kind)
-    }
-}
-
 /// Where a listing page ended: the last job it returned. Stores order by
 /// creation time in milliseconds, then job_id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,12 +126,6 @@ impl JobCursor {
             created_ms: job.created_at.timestamp_millis(),
             job_id: job.job_id.clone(),
         }
-    }
-
-    /// Whether `job` comes after this cursor, newest first.
-    pub fn precedes(&self, job: &Job) -> bool {
-        let other = Self::of(job);
-        (other.created_ms, other.job_id) < (self.created_ms, self.job_id.clone())
     }
 }
 

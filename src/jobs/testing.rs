@@ -230,7 +230,20 @@ impl JobStore for MemoryStore {
         let mut jobs: Vec<Job> = tables
             .jobs
             .values()
-            .filter(|job| filter.matches(job) && after.is_none_or(|cursor| cursor.precedes(job)))
+            .filter(|job| {
+                // The SQL stores' WHERE clause, and their (created_ms, job_id) descending order.
+                filter
+                    .owner
+                    .as_ref()
+                    .is_none_or(|owner| job.owner.as_ref() == Some(owner))
+                    && filter.user_id.as_ref().is_none_or(|user| *user == job.user_id)
+                    && filter.state.is_none_or(|state| state == job.state)
+                    && filter.kind.is_none_or(|kind| kind == job.kind)
+                    && after.is_none_or(|cursor| {
+                        let this = super::ports::JobCursor::of(job);
+                        (this.created_ms, &this.job_id) < (cursor.created_ms, &cursor.job_id)
+                    })
+            })
             .cloned()
             .collect();
         jobs.sort_by_key(|job| std::cmp::Reverse((job.created_at.timestamp_millis(), job.job_id.clone())));

@@ -125,17 +125,11 @@ impl Health for HealthService {
                 {
                     return;
                 }
+                // Biased: a status set just before closing (NOT_SERVING) is sent before the end.
                 tokio::select! {
                     biased;
                     changed = status.changed() => if changed.is_err() { return },
-                    () = closing.cancelled() => {
-                        // A status set just before closing (NOT_SERVING) still reaches the watcher.
-                        if service_known && status.has_changed().unwrap_or(false) {
-                            let last = *status.borrow_and_update();
-                            let _ = sender.send(Ok(HealthCheckResponse { status: last as i32 })).await;
-                        }
-                        return;
-                    }
+                    () = closing.cancelled() => return,
                 }
             }
         });

@@ -22,7 +22,6 @@ pub mod tls;
 
 pub use http::HttpLimits;
 
-use crate::auth::PolicySource;
 use crate::callbacks::{self, CallbackSettings};
 use crate::config::Config;
 use crate::events::EventBus;
@@ -168,10 +167,7 @@ pub async fn start_on(
     }
     store::check_url(&config.database_url)
         .with_context(|| format!("the job store ({})", config.sources.name("database_url")))?;
-    let policy = Arc::new(
-        PolicySource::open(config.policy_file.as_deref())
-            .map_err(|error| anyhow::anyhow!("{}: {error}", config.sources.name("policy_file")))?,
-    );
+    let policy = config.policy.clone();
     let smile = SmileIdClient::new(config.smile.clone()).context("building the Smile ID client")?;
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
@@ -236,7 +232,7 @@ pub async fn start_on(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api);
-    let grpc_tls = config.grpc_tls.as_ref().map(tls::acceptor).transpose()?;
+    let grpc_tls = config.grpc_tls.clone();
     let grpc_shutdown = shutdown.clone();
     let grpc_limits = config.grpc_limits;
     let grpc_task = tokio::spawn(async move {
@@ -248,7 +244,7 @@ pub async fn start_on(
             },
         );
         let served = match grpc_tls {
-            Some(acceptor) => {
+            Some(tls::GrpcTlsAcceptor(acceptor)) => {
                 let incoming = tls::handshakes(incoming, acceptor, grpc_limits.preface_timeout);
                 router
                     .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())

@@ -33,8 +33,18 @@ pub struct GrpcTls {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The gRPC port's TLS acceptor, its files read and checked once, with the configuration.
+#[derive(Clone)]
+pub struct GrpcTlsAcceptor(pub TlsAcceptor);
+
+impl std::fmt::Debug for GrpcTlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrpcTlsAcceptor")
+    }
+}
+
 /// The acceptor for `tls`; a file that cannot be read or used stops start-up.
-pub fn acceptor(tls: &GrpcTls) -> anyhow::Result<TlsAcceptor> {
+pub fn acceptor(tls: &GrpcTls) -> anyhow::Result<GrpcTlsAcceptor> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -64,7 +74,7 @@ pub fn acceptor(tls: &GrpcTls) -> anyhow::Result<TlsAcceptor> {
         .with_single_cert(certs, key)
         .context("building the gRPC TLS configuration")?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(GrpcTlsAcceptor(TlsAcceptor::from(Arc::new(config))))
 }
 
 /// A TLS connection on the gRPC port, with its client's identity.
