@@ -295,13 +295,17 @@ async fn reads_of_results_and_denials_are_audited_without_personal_data() {
     client.submit_authentication(request).await.expect("submit");
     client.get_job(from(CHECKOUT, get("audited-1"))).await.expect("get");
     client
+        .list_jobs(from(CHECKOUT, pb::ListJobsRequest::default()))
+        .await
+        .expect("list");
+    client
         .get_job(from(BILLING, get("audited-1")))
         .await
         .expect_err("denied");
     let mut audit = Vec::new();
     for _ in 0..40 {
         audit = serve.logs_containing("selfie_auth::audit");
-        if audit.len() >= 3 {
+        if audit.len() >= 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -322,7 +326,11 @@ async fn reads_of_results_and_denials_are_audited_without_personal_data() {
         .collect();
     assert_eq!(
         reads,
-        [("SubmitAuthentication", CHECKOUT), ("GetJob", CHECKOUT)],
+        [
+            ("SubmitAuthentication", CHECKOUT),
+            ("GetJob", CHECKOUT),
+            ("ListJobs", CHECKOUT)
+        ],
         "{audit:?}"
     );
     assert!(
