@@ -18,12 +18,12 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches as _};
 
 use crate::auth::jwt::JwtVerifier;
-use crate::auth::{IdentityModes, PolicySource};
+use crate::auth::{Identity, IdentityModes, PolicySource, TrustedForwarders};
 use crate::jobs::retention::RetentionPolicy;
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
 use crate::server::tls::{GrpcTls, GrpcTlsAcceptor};
 use crate::server::{GrpcLimits, HttpLimits};
-use crate::smileid::{ApiKey, ClientConfig, Credentials, Environment};
+use crate::smileid::{ApiKey, ClientConfig, Credentials, Environment, Upstream};
 use crate::store::PgLimits;
 
 /// A duration written as people write them (`90s`, `2m`, `1h 30m`).
@@ -182,10 +182,28 @@ pub struct ServeArgs {
     #[arg(long, env = "SELFIE_AUTH_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
 
-    /// Identify callers by the x-forwarded-client-cert header a service mesh sidecar sets. Only
-    /// behind a sidecar that replaces the header: anyone else can forge it.
+    /// Identify callers by the x-forwarded-client-cert header a service mesh proxy sets, when the
+    /// call comes from a trusted proxy (--xfcc-trusted-peers, --xfcc-trusted-proxies).
     #[arg(long, env = "SELFIE_AUTH_TRUST_XFCC", default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_xfcc: bool,
+    /// Addresses or networks (comma-separated, e.g. 127.0.0.6/32 for an Istio sidecar) whose
+    /// connections may carry x-forwarded-client-cert; from anyone else it is refused.
+    #[arg(
+        long,
+        env = "SELFIE_AUTH_XFCC_TRUSTED_PEERS",
+        value_delimiter = ',',
+        requires = "trust_xfcc"
+    )]
+    pub xfcc_trusted_peers: Vec<String>,
+    /// SPIFFE IDs (comma-separated) of proxies whose client certificates may carry
+    /// x-forwarded-client-cert (with --grpc-client-ca).
+    #[arg(
+        long,
+        env = "SELFIE_AUTH_XFCC_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        requires = "trust_xfcc"
+    )]
+    pub xfcc_trusted_proxies: Vec<String>,
     /// Serve gRPC over TLS with this certificate (PEM; with --grpc-tls-key).
     #[arg(long, env = "SELFIE_AUTH_GRPC_TLS_CERT", requires = "grpc_tls_key")]
     pub grpc_tls_cert: Option<PathBuf>,
@@ -204,6 +222,9 @@ pub struct ServeArgs {
     /// The `aud` a bearer token must carry.
     #[arg(long, env = "SELFIE_AUTH_JWT_AUDIENCE", requires = "jwt_jwks_file")]
     pub jwt_audience: Option<String>,
+    /// Longest lifetime a bearer token may have (from its `iat`, or from now without one).
+    #[arg(long, env = "SELFIE_AUTH_JWT_MAX_LIFETIME", default_value = "24h")]
+    pub jwt_max_lifetime: Span,
     /// Identify nobody and let every caller do everything. For development only.
     #[arg(long, env = "SELFIE_AUTH_INSECURE_NO_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub insecure_no_auth: bool,
@@ -334,11 +355,15 @@ impl Config {
                 name("base_url")
             ),
         };
-        if !args.confirm_callbacks && environment == Environment::Production {
+        let upstream = environment.upstream();
+        if !args.confirm_callbacks && upstream == Upstream::Production {
             bail!(
-                "{} is false: against Smile ID production every callback must be confirmed with job_status, \
-                 since Smile ID's signature does not cover the result",
-                name("confirm_callbacks")
+                "{} is false, but {} reaches Smile ID production (or a host that may lead there): every \
+                 callback must be confirmed with job_status there, since Smile ID's signature does not cover \
+                 the result. Only the sandbox ({}) and loopback simulators may skip it",
+                name("confirm_callbacks"),
+                environment.base_url(),
+                Environment::Sandbox.base_url()
             );
         }
         if let Some(url) = &args.callback_url
@@ -436,16 +461,35 @@ impl Config {
             .map(crate::server::tls::acceptor)
             .transpose()
             .map_err(|error| anyhow::anyhow!("{}: {error:#}", name("grpc_tls_cert")))?;
+        if args.jwt_max_lifetime.0.is_zero() {
+            bail!("{} must be greater than zero", name("jwt_max_lifetime"));
+        }
         let bearer_tokens = match (&args.jwt_jwks_file, &args.jwt_issuer, &args.jwt_audience) {
             (Some(path), Some(issuer), Some(audience)) => Some(std::sync::Arc::new(
-                JwtVerifier::open(path, issuer, audience)
+                JwtVerifier::open(path, issuer, audience, args.jwt_max_lifetime.0)
                     .map_err(|error| anyhow::anyhow!("{}: {error}", name("jwt_jwks_file")))?,
             )),
             _ => None,
         };
+        let forwarded = args
+            .trust_xfcc
+            .then(|| trusted_forwarders(&args.xfcc_trusted_peers, &args.xfcc_trusted_proxies, &name))
+            .transpose()?;
+        let client_certificates = grpc_tls_files.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+        if forwarded
+            .as_ref()
+            .is_some_and(|trusted| !trusted.certificates.is_empty())
+            && !client_certificates
+        {
+            bail!(
+                "{} names proxies by their client certificates, which needs {}",
+                name("xfcc_trusted_proxies"),
+                name("grpc_client_ca")
+            );
+        }
         let identity = IdentityModes {
-            trust_xfcc: args.trust_xfcc,
-            client_certificates: grpc_tls_files.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+            forwarded,
+            client_certificates,
             insecure_no_auth: args.insecure_no_auth,
             bearer_tokens,
         };
@@ -487,7 +531,7 @@ impl Config {
             submission_memory_bytes: args.submission_memory_bytes,
             max_open_streams: args.max_open_streams,
             image_limits,
-            sandbox_params_allowed: environment != Environment::Production,
+            sandbox_params_allowed: upstream != Upstream::Production,
             ..ServiceConfig::default()
         };
         Ok(Self {
@@ -565,6 +609,47 @@ pub fn name_environment_errors(error: clap::Error, command: &clap::Command) -> c
     )
 }
 
+/// The proxies trusted to forward identities; at least one must be named, since
+/// a header believed from anyone makes anyone anyone.
+fn trusted_forwarders(
+    peers: &[String],
+    proxies: &[String],
+    name: &dyn Fn(&str) -> String,
+) -> anyhow::Result<TrustedForwarders> {
+    let networks = peers
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}: {text:?} is not an address or network (e.g. 127.0.0.6/32)",
+                        name("xfcc_trusted_peers")
+                    )
+                })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let certificates = proxies
+        .iter()
+        .map(|text| {
+            Identity::spiffe(text.trim())
+                .with_context(|| format!("{}: {:?} is not a SPIFFE ID", name("xfcc_trusted_proxies"), text.trim()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let trusted = TrustedForwarders { networks, certificates };
+    if trusted.is_empty() {
+        bail!(
+            "{} is true, but no proxy is trusted to set x-forwarded-client-cert: set {} to the addresses the \
+             mesh proxy connects from (Istio's sidecar: 127.0.0.6/32), or {} to its client certificate's SPIFFE ID",
+            name("trust_xfcc"),
+            name("xfcc_trusted_peers"),
+            name("xfcc_trusted_proxies")
+        );
+    }
+    Ok(trusted)
+}
+
 /// The API key from `SMILEID_API_KEY`, or the file `SMILEID_API_KEY_FILE` names.
 fn read_api_key(file: Option<&std::path::Path>, file_setting: &str) -> anyhow::Result<ApiKey> {
     if let Some(path) = file {
@@ -636,6 +721,93 @@ mod tests {
     }
 
     #[test]
+    fn production_is_production_however_it_is_named() {
+        let unconfirmed = |url: &str| {
+            Config::parse_from(
+                [
+                    "--partner-id",
+                    "085",
+                    "--smileid-base-url",
+                    url,
+                    "--confirm-callbacks",
+                    "false",
+                    "--insecure-no-auth",
+                    "true",
+                ],
+                Some(ApiKey::new("k")),
+            )
+        };
+        for production in [
+            "https://api.smileidentity.com/v1",
+            "https://API.SmileIdentity.com./v1/",
+            "https://api.smileidentity.com:443/v1",
+            "https://prod.smileidentity.com/api/v2",
+            "https://smileid-proxy.internal/v1",
+            "http://10.0.0.1:8780/v1",
+        ] {
+            let error = unconfirmed(production).expect_err(production).to_string();
+            assert!(error.starts_with("--confirm-callbacks"), "{production}: {error}");
+        }
+        for relaxed in [
+            "http://127.0.0.1:8780/v1",
+            "http://[::1]:8780/v1",
+            "http://localhost:8780/v1",
+            "https://testapi.smileidentity.com/v1",
+        ] {
+            let config = unconfirmed(relaxed).unwrap_or_else(|error| panic!("{relaxed}: {error}"));
+            assert!(config.service.sandbox_params_allowed, "{relaxed}");
+        }
+        let proxied = Config::parse_from(
+            [
+                "--partner-id",
+                "085",
+                "--smileid-base-url",
+                "https://api.smileidentity.com/v1",
+                "--insecure-no-auth",
+                "true",
+            ],
+            Some(ApiKey::new("k")),
+        )
+        .expect("confirmed production");
+        assert!(
+            !proxied.service.sandbox_params_allowed,
+            "sandbox_result never reaches production"
+        );
+    }
+
+    #[test]
+    fn a_trusted_mesh_needs_a_trusted_proxy() {
+        let mesh = |extra: &[&str]| {
+            let mut args = vec![
+                "--partner-id",
+                "085",
+                "--smileid-environment",
+                "sandbox",
+                "--trust-xfcc",
+                "true",
+            ];
+            args.extend_from_slice(extra);
+            Config::parse_from(args, Some(ApiKey::new("k")))
+        };
+        let error = mesh(&[]).expect_err("no proxy named").to_string();
+        assert!(
+            error.contains("--xfcc-trusted-peers") && error.contains("127.0.0.6/32"),
+            "{error}"
+        );
+        let error = mesh(&["--xfcc-trusted-peers", "sidecar"])
+            .expect_err("not an address")
+            .to_string();
+        assert!(error.starts_with("--xfcc-trusted-peers"), "{error}");
+        let error = mesh(&["--xfcc-trusted-proxies", "spiffe://c/ns/mesh/sa/gw"])
+            .expect_err("proxy certificates need client certificates")
+            .to_string();
+        assert!(error.contains("--grpc-client-ca"), "{error}");
+        let config = mesh(&["--xfcc-trusted-peers", "127.0.0.6,fd00::/8"]).expect("config");
+        let trusted = config.identity.forwarded.expect("trusted");
+        assert_eq!(trusted.networks.len(), 2);
+    }
+
+    #[test]
     fn the_api_key_file_is_read_and_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let setting = "--api-key-file";
@@ -676,6 +848,8 @@ mod tests {
                 "production",
                 "--trust-xfcc",
                 "true",
+                "--xfcc-trusted-peers",
+                "127.0.0.6/32,::1",
             ],
             Some(ApiKey::new("k")),
         )

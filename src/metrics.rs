@@ -79,6 +79,7 @@ pub struct Metrics {
     pub calls_shed: Counter,
     pub calls_denied: Family<DenialLabels, Counter>,
     pub calls_unidentified: Counter,
+    pub forwarded_identities_refused: Counter,
     pub streams_open: Family<MethodLabel, Gauge>,
     pub jobs_created: Counter,
     pub jobs_deleted: Counter,
@@ -105,6 +106,7 @@ impl Default for Metrics {
             calls_shed: Counter::default(),
             calls_denied: Family::default(),
             calls_unidentified: Counter::default(),
+            forwarded_identities_refused: Counter::default(),
             streams_open: Family::default(),
             jobs_created: Counter::default(),
             jobs_deleted: Counter::default(),
@@ -156,6 +158,11 @@ impl Metrics {
             self.calls_unidentified.clone(),
         );
         ours.register(
+            "forwarded_identities_refused",
+            "SelfieAuth calls refused because x-forwarded-client-cert came from a peer that is not a trusted proxy",
+            self.forwarded_identities_refused.clone(),
+        );
+        ours.register(
             "streams_open",
             "Open WatchJob and WatchJobs streams",
             self.streams_open.clone(),
@@ -184,7 +191,7 @@ impl Metrics {
         ours.register("events_written", "Job events written", self.events_written.clone());
         ours.register(
             "callbacks",
-            "Smile ID callbacks by outcome (applied, unchanged, deferred, unknown_job, refused_signature, \
+            "Smile ID callbacks by outcome (applied, unchanged, deferred, unknown_job, replayed, refused_signature, \
              refused_malformed, too_large, timeout, busy, not_stored)",
             self.callbacks.clone(),
         );

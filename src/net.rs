@@ -159,6 +159,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 }
 
+impl Guarded<TcpStream> {
+    /// The address the connection comes from.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.peer_addr().ok()
+    }
+}
+
 impl tonic::transport::server::Connected for Guarded<TcpStream> {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 

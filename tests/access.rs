@@ -13,6 +13,9 @@ const CHECKOUT: &str = "spiffe://cluster.local/ns/payments/sa/checkout";
 const BILLING: &str = "spiffe://cluster.local/ns/payments/sa/billing";
 const SUPPORT: &str = "spiffe://cluster.local/ns/support/sa/console";
 
+/// The test client stands in for the mesh sidecar, which connects from loopback.
+const MESH: &[&str] = &["--trust-xfcc", "true", "--xfcc-trusted-peers", "127.0.0.1"];
+
 /// `message` as sent by the caller whose sidecar forwards `identity`.
 fn from<T>(identity: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -28,6 +31,12 @@ fn get(job_id: &str) -> pb::GetJobRequest {
         job_id: job_id.into(),
         ..Default::default()
     }
+}
+
+/// What a refusal shows, with `job_id` written as `{job}`: code, message and every detail.
+fn looks(status: &tonic::Status, job_id: &str) -> (Code, String, String) {
+    let details = format!("{:?}", status.get_error_details()).replace(job_id, "{job}");
+    (status.code(), status.message().replace(job_id, "{job}"), details)
 }
 
 fn denied_permission(status: &tonic::Status) -> String {
@@ -66,7 +75,7 @@ async fn final_job(client: &mut Client, identity: &str, job_id: &str) -> pb::Job
 async fn a_caller_cannot_read_or_watch_another_callers_job() {
     let sim = start_simulator(|_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(config_with(&sim, &sqlite_url(&dir), &["--trust-xfcc", "true"])).await;
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), MESH)).await;
     let mut client = service.client().await;
 
     let unidentified = client
@@ -94,27 +103,48 @@ async fn a_caller_cannot_read_or_watch_another_callers_job() {
     // Billing sees its own job, and nothing of checkout's.
     let own = client.get_job(from(BILLING, get("billing-1"))).await.expect("own job");
     assert_eq!(own.into_inner().creator, BILLING);
+    // Another caller's job answers exactly as a job that does not exist.
+    let nothing = client
+        .get_job(from(BILLING, get("no-such-job")))
+        .await
+        .expect_err("no job");
     let status = client
         .get_job(from(BILLING, get("checkout-1")))
         .await
         .expect_err("another caller's job");
-    assert_eq!(denied_permission(&status), "others_jobs");
-    let status = client
-        .watch_job(from(
+    assert_eq!(looks(&status, "checkout-1"), looks(&nothing, "no-such-job"));
+    assert_eq!(status.code(), Code::NotFound);
+    let watch = |job_id: &str| {
+        from(
             BILLING,
             pb::WatchJobRequest {
-                job_id: "checkout-1".into(),
+                job_id: job_id.into(),
                 after_sequence: 0,
             },
-        ))
+        )
+    };
+    let nothing = client.watch_job(watch("no-such-job")).await.expect_err("no job");
+    let status = client
+        .watch_job(watch("checkout-1"))
         .await
         .expect_err("another caller's job");
-    assert_eq!(denied_permission(&status), "others_jobs");
+    assert_eq!(looks(&status, "checkout-1"), looks(&nothing, "no-such-job"));
+    // Its job_id is taken, as by a submission of other content: nothing of the job shows.
     let status = client
         .submit_authentication(from(BILLING, submit_request(ENROLLED_USER, "checkout-1")))
         .await
-        .expect_err("the same job_id and content answer with checkout's job only to checkout");
-    assert_eq!(denied_permission(&status), "others_jobs");
+        .expect_err("the same job_id and content never answer with checkout's job");
+    assert_eq!(
+        (status.code(), reason(&status)),
+        (Code::AlreadyExists, "JOB_ID_REUSED".to_owned())
+    );
+    let mut other_content = submit_request(ENROLLED_USER, "billing-1");
+    other_content.partner_params.insert("order".into(), "2".into());
+    let own_reuse = client
+        .submit_authentication(from(BILLING, other_content))
+        .await
+        .expect_err("its own job_id with other content");
+    assert_eq!(looks(&status, "checkout-1"), looks(&own_reuse, "billing-1"));
     let listed = client
         .list_jobs(from(BILLING, pb::ListJobsRequest::default()))
         .await
@@ -188,6 +218,10 @@ async fn a_caller_cannot_read_or_watch_another_callers_job() {
         metrics.contains(r#"selfie_auth_calls_denied_total{rpc_method="GetJob",permission="others_jobs"} 1"#),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(r#"selfie_auth_calls_denied_total{rpc_method="WatchJob",permission="others_jobs"} 1"#),
+        "the hidden job is still counted: {metrics}"
+    );
     assert!(metrics.contains("selfie_auth_calls_unidentified_total 1"), "{metrics}");
     service.running.shutdown().await;
 }
@@ -224,7 +258,7 @@ async fn the_policy_grants_more_and_reloads_when_its_file_changes() {
     let service = start_service(config_with(
         &sim,
         &sqlite_url(&dir),
-        &["--trust-xfcc", "true", "--policy-file", policy_path],
+        &[MESH, &["--policy-file", policy_path]].concat(),
     ))
     .await;
     let mut client = service.client().await;
@@ -263,7 +297,10 @@ async fn the_policy_grants_more_and_reloads_when_its_file_changes() {
         }
     }
     let status = denied.expect("the reloaded policy takes others_jobs away");
-    assert_eq!(denied_permission(&status), "others_jobs");
+    assert_eq!(
+        (status.code(), reason(&status)),
+        (Code::NotFound, "JOB_NOT_FOUND".to_owned())
+    );
     service.running.shutdown().await;
 }
 
@@ -279,6 +316,7 @@ async fn reads_of_results_and_denials_are_audited_without_personal_data() {
             ("DATABASE_URL", database.as_str()),
             ("SELFIE_AUTH_INSECURE_NO_AUTH", "false"),
             ("SELFIE_AUTH_TRUST_XFCC", "true"),
+            ("SELFIE_AUTH_XFCC_TRUSTED_PEERS", "127.0.0.1"),
             // No callback URL here: the reconciler fetches the result.
             ("SELFIE_AUTH_RECONCILE_AFTER", "200ms"),
             ("SELFIE_AUTH_RECONCILE_MAX_INTERVAL", "400ms"),
@@ -345,79 +383,6 @@ async fn reads_of_results_and_denials_are_audited_without_personal_data() {
     }
 }
 
-/// A CA, and certificates it signs.
-struct Authority {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Authority {
-    fn new(name: &str) -> Self {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).expect("self-signed");
-        Self { cert, key }
-    }
-
-    /// A leaf certificate for `names` (IP addresses and URIs), and its key, in PEM.
-    fn issue(&self, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
-        for name in names {
-            params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
-                Ok(ip) => rcgen::SanType::IpAddress(ip),
-                Err(_) => rcgen::SanType::URI((*name).try_into().expect("a URI")),
-            });
-        }
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.cert, &self.key).expect("signed");
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// A client over TLS to `addr`, trusting `ca`, presenting `identity` (certificate and key PEM) if any.
-async fn tls_client(
-    addr: std::net::SocketAddr,
-    ca: &Authority,
-    identity: Option<&(String, String)>,
-) -> Result<Client, tonic::transport::Error> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).expect("root");
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
-    let mut config = match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")],
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
-            )
-            .expect("client auth"),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let channel = tonic::transport::Endpoint::new(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await?;
-    Ok(pb::selfie_auth_client::SelfieAuthClient::new(channel))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_identify_callers_and_another_cas_are_refused() {
     let ours = Authority::new("selfie-auth callers");
@@ -464,7 +429,10 @@ async fn client_certificates_identify_callers_and_another_cas_are_refused() {
     let billing = ours.issue(&[BILLING], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
     let mut other = tls_client(addr, &ours, Some(&billing)).await.expect("connect");
     let status = other.get_job(get("mtls-1")).await.expect_err("another caller's job");
-    assert_eq!(denied_permission(&status), "others_jobs");
+    assert_eq!(
+        (status.code(), reason(&status)),
+        (Code::NotFound, "JOB_NOT_FOUND".to_owned())
+    );
 
     let stranger = theirs.issue(&[SUPPORT], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
     // TLS 1.3 finishes the client's side of the handshake first: the refusal arrives
@@ -487,23 +455,37 @@ async fn client_certificates_identify_callers_and_another_cas_are_refused() {
 }
 
 /// An ES256 signing key and the JWKS that publishes its public half as `kid`.
-fn signing_key(kid: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
-    use base64::Engine as _;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let point = key.public_key_raw();
-    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+fn signing_key(kid: &str) -> (ring::signature::EcdsaKeyPair, serde_json::Value) {
+    use ring::signature::KeyPair as _;
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key");
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("key");
+    let point = key.public_key().as_ref().to_vec();
     let jwk = serde_json::json!({
         "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-        "x": encode(&point[1..33]), "y": encode(&point[33..65]),
+        "x": b64(&point[1..33]), "y": b64(&point[33..65]),
     });
-    let signing = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("pem");
-    (signing, jwk)
+    (key, jwk)
 }
 
-fn token(key: &jsonwebtoken::EncodingKey, kid: &str, claims: serde_json::Value) -> String {
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(&header, &claims, key).expect("sign")
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A compact JWS of `claims`, signed with `key` as `kid`.
+fn token(key: &ring::signature::EcdsaKeyPair, kid: &str, claims: serde_json::Value) -> String {
+    let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": kid});
+    let message = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = key
+        .sign(&ring::rand::SystemRandom::new(), message.as_bytes())
+        .expect("sign");
+    format!("{message}.{}", b64(signature.as_ref()))
 }
 
 fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
@@ -536,7 +518,7 @@ async fn bearer_tokens_identify_callers_when_valid() {
     ))
     .await;
     let mut client = service.client().await;
-    let now = jsonwebtoken::get_current_timestamp();
+    let now = u64::try_from(chrono::Utc::now().timestamp()).expect("after 1970");
     let claims = |sub: &str, aud: &str, exp: u64| serde_json::json!({"sub": sub, "iss": "https://issuer.example", "aud": aud, "exp": exp});
 
     let valid = token(&key, "k1", claims(CHECKOUT, "selfie-auth", now + 300));
@@ -560,6 +542,16 @@ async fn bearer_tokens_identify_callers_when_valid() {
             token(&forger, "k1", claims(CHECKOUT, "selfie-auth", now + 300)),
         ),
         ("not a JWT", "not.a.jwt".to_owned()),
+        ("not valid yet", {
+            let mut early = claims(CHECKOUT, "selfie-auth", now + 31 * 86_400);
+            early["nbf"] = (now + 30 * 86_400).into();
+            early["iat"] = (now + 30 * 86_400).into();
+            token(&key, "k1", early)
+        }),
+        (
+            "lifetime",
+            token(&key, "k1", claims(CHECKOUT, "selfie-auth", now + 100 * 365 * 86_400)),
+        ),
     ] {
         let status = client.get_job(bearer(&refused, get("jwt-1"))).await.expect_err(what);
         assert_eq!(

@@ -113,3 +113,48 @@ async fn help_shows_the_defaults_in_force() {
         "dev talks to its own simulator:\n{help}"
     );
 }
+
+#[tokio::test]
+async fn unsafe_identity_and_confirmation_settings_stop_serve_with_their_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weak_jwks = dir.path().join("jwks.json");
+    // A 512-bit RSA modulus, as an old identity provider may still publish.
+    let modulus = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xc3; 64])
+    };
+    std::fs::write(
+        &weak_jwks,
+        serde_json::json!({"keys": [{"kty": "RSA", "kid": "legacy", "n": modulus, "e": "AQAB"}]}).to_string(),
+    )
+    .expect("write");
+    let weak_jwks = weak_jwks.to_str().expect("utf-8");
+    for (env, says) in [
+        (
+            vec![
+                ("SMILEID_BASE_URL", "https://API.smileidentity.com/v1"),
+                ("SELFIE_AUTH_CONFIRM_CALLBACKS", "false"),
+                ("SELFIE_AUTH_INSECURE_NO_AUTH", "true"),
+            ],
+            "SELFIE_AUTH_CONFIRM_CALLBACKS is false, but https://API.smileidentity.com/v1 reaches Smile ID production",
+        ),
+        (
+            vec![("SELFIE_AUTH_TRUST_XFCC", "true")],
+            "no proxy is trusted to set x-forwarded-client-cert",
+        ),
+        (
+            vec![
+                ("SELFIE_AUTH_JWT_JWKS_FILE", weak_jwks),
+                ("SELFIE_AUTH_JWT_ISSUER", "https://issuer.example"),
+                ("SELFIE_AUTH_JWT_AUDIENCE", "selfie-auth"),
+            ],
+            "key \"legacy\": an RSA key of 512 bits is too weak",
+        ),
+    ] {
+        let mut all = SERVE_ENV.to_vec();
+        all.extend(env);
+        let output = run(&["serve"], &all).await;
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(stderr(&output).contains(says), "{says}: {}", stderr(&output));
+    }
+}

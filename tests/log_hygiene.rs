@@ -78,6 +78,24 @@ async fn secrets_signatures_and_images_stay_out_of_the_logs() {
         .send()
         .await
         .expect("post");
+    // Genuinely signed callbacks whose strings carry line breaks cannot forge log lines.
+    let forged_line = "\nFORGED-LINE INFO selfie_auth::audit: audit: read caller=admin";
+    for (job_id, smile_job_id) in [
+        (format!("nobody{forged_line}"), "1".to_owned()),
+        ("hygiene-1".to_owned(), format!("999{forged_line}")),
+    ] {
+        let (timestamp, signature) = credentials().sign_now();
+        reqwest::Client::new()
+            .post(&service.callback_url)
+            .json(&serde_json::json!({
+                "ResultCode": format!("0820{forged_line}"), "SmileJobID": smile_job_id,
+                "PartnerParams": {"job_id": job_id, "user_id": ENROLLED_USER},
+                "timestamp": timestamp, "signature": signature.as_str(),
+            }))
+            .send()
+            .await
+            .expect("post");
+    }
     service.running.shutdown().await;
     sim.shutdown().await;
 
@@ -87,6 +105,14 @@ async fn secrets_signatures_and_images_stay_out_of_the_logs() {
         "the logs were captured:\n{logs}"
     );
     assert!(!logs.contains(API_KEY), "the API key leaked");
+    assert!(
+        logs.contains("FORGED-LINE"),
+        "the forged callbacks were logged:\n{logs}"
+    );
+    assert!(
+        !logs.lines().any(|line| line.starts_with("FORGED-LINE")),
+        "a caller's string forged a log line:\n{logs}"
+    );
     assert!(!logs.contains("X-Amz-Signature"), "a pre-signed upload URL leaked");
     assert!(!logs.contains(signature.as_str()), "a callback signature leaked");
     for image in std::iter::once(&selfie).chain(&liveness) {

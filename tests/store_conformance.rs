@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use selfie_auth::jobs::model::{EventKind, Job, JobKind, JobState};
-use selfie_auth::jobs::ports::{Created, JobCursor, JobFilter, Saved, SharedStore};
+use selfie_auth::jobs::ports::{Created, JobCursor, JobFilter, LogFilter, Saved, SharedStore};
 use selfie_auth::store::PgLimits;
 
 fn job(job_id: &str, user_id: &str) -> Job {
@@ -87,18 +87,56 @@ async fn job_events_are_in_order_after_a_sequence(store: SharedStore) {
     assert_eq!(store.job_events("j1", 0, 1).await.expect("events").len(), 1, "limit");
 }
 
-async fn the_global_log_is_ordered_and_filtered_by_user(store: SharedStore) {
+async fn the_global_log_is_ordered_and_filtered_by_user_and_owner(store: SharedStore) {
+    let owned = |job_id: &str, user_id: &str, owner: &str| {
+        let mut job = job(job_id, user_id);
+        job.owner = Some(owner.into());
+        job
+    };
     with_submitted_job(&store, "j1", "alice").await;
-    store.create(&job("j2", "bob")).await.expect("create");
-    let log = store.log_events(0, None, 100).await.expect("log");
-    assert_eq!(log.len(), 3);
+    store.create(&owned("j2", "bob", "cn:billing")).await.expect("create");
+    store
+        .create(&owned("j3", "alice", "cn:checkout"))
+        .await
+        .expect("create");
+    let all = LogFilter::default();
+    let log = store.log_events(0, &all, 100).await.expect("log");
+    assert_eq!(log.len(), 4);
     assert!(log.windows(2).all(|pair| pair[0].global_id < pair[1].global_id));
-    assert_eq!(store.last_global_id().await.expect("last"), log[2].global_id);
-    let bobs = store.log_events(0, Some("bob"), 100).await.expect("log");
-    assert_eq!(bobs.iter().map(|e| e.job.job_id.as_str()).collect::<Vec<_>>(), ["j2"]);
+    assert_eq!(store.last_global_id(None).await.expect("last"), log[3].global_id);
+    let ids = |events: Vec<selfie_auth::jobs::JobEvent>| events.into_iter().map(|e| e.job.job_id).collect::<Vec<_>>();
+    let filter = |user: Option<&str>, owner: Option<&str>| LogFilter {
+        user_id: user.map(str::to_owned),
+        owner: owner.map(str::to_owned),
+    };
+    let bobs = store.log_events(0, &filter(Some("bob"), None), 100).await.expect("log");
+    assert_eq!(ids(bobs), ["j2"]);
+    let checkouts = store
+        .log_events(0, &filter(None, Some("cn:checkout")), 100)
+        .await
+        .expect("log");
+    assert_eq!(ids(checkouts), ["j3"]);
+    let both = store
+        .log_events(0, &filter(Some("alice"), Some("cn:checkout")), 100)
+        .await
+        .expect("log");
+    assert_eq!(ids(both), ["j3"]);
     assert!(
         store
-            .log_events(log[2].global_id, None, 100)
+            .log_events(0, &filter(Some("bob"), Some("cn:checkout")), 100)
+            .await
+            .expect("log")
+            .is_empty()
+    );
+    // Positions in an owner's view are its own events'.
+    assert_eq!(
+        store.last_global_id(Some("cn:billing")).await.expect("last"),
+        log[2].global_id
+    );
+    assert_eq!(store.last_global_id(Some("cn:nobody")).await.expect("last"), 0);
+    assert!(
+        store
+            .log_events(log[3].global_id, &all, 100)
             .await
             .expect("log")
             .is_empty()
@@ -269,7 +307,7 @@ async fn retention_deletes_only_finished_jobs_older_than_the_cutoff(store: Share
     for kept in ["old-open", "new-done"] {
         assert!(store.get(kept).await.expect("get").is_some(), "{kept}");
     }
-    let log = store.log_events(0, None, 100).await.expect("log");
+    let log = store.log_events(0, &LogFilter::default(), 100).await.expect("log");
     assert!(
         log.iter()
             .all(|event| event.job.job_id.starts_with("old-open") || event.job.job_id == "new-done")
@@ -328,7 +366,7 @@ conformance!(
     create_is_insert_once,
     save_is_compare_and_set_on_version,
     job_events_are_in_order_after_a_sequence,
-    the_global_log_is_ordered_and_filtered_by_user,
+    the_global_log_is_ordered_and_filtered_by_user_and_owner,
     claim_due_leases_to_one_claimant_until_expiry,
     concurrent_writers_all_land_with_contiguous_sequences,
     listing_pages_newest_first_by_filter,

@@ -6,15 +6,19 @@
 //! [[grant]]
 //! identities = ["spiffe://cluster.local/ns/payments/sa/checkout"]
 //! permissions = ["submit", "enroll", "get", "list", "watch_job"]
+//! users = ["pay-*"]
 //!
 //! [[grant]]
 //! identities = ["spiffe://cluster.local/ns/support/*"]
 //! permissions = ["get", "list", "watch_job", "watch_all", "image_links", "others_jobs"]
 //! ```
 //!
-//! An identity ending in `*` matches every identity with that prefix. Without a
-//! file, every identified caller may submit, enrol, get, list and watch its own
-//! jobs, and nothing more.
+//! An identity or user ending in `*` matches every one with that prefix. A
+//! grant with `users` lets its identities submit and enrol only for those
+//! user_ids. Whoever enrols a user first owns it: other callers may act for it
+//! only with `others_users`. Without a file, every identified caller may
+//! submit, enrol, get, list and watch its own jobs, for users no other caller
+//! owns, and nothing more.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -48,6 +52,8 @@ pub enum Permission {
     ImageLinks,
     /// Jobs other callers created.
     OthersJobs,
+    /// Submitting and enrolling for users another caller enrolled.
+    OthersUsers,
 }
 
 impl Permission {
@@ -61,6 +67,7 @@ impl Permission {
             Self::WatchAll => "watch_all",
             Self::ImageLinks => "image_links",
             Self::OthersJobs => "others_jobs",
+            Self::OthersUsers => "others_users",
         }
     }
 
@@ -75,6 +82,7 @@ impl Permission {
             Self::WatchAll => "watch every caller's jobs",
             Self::ImageLinks => "fetch image links",
             Self::OthersJobs => "see jobs other callers created",
+            Self::OthersUsers => "act for users other callers enrolled",
         }
     }
 }
@@ -111,6 +119,8 @@ impl Pattern {
 struct Grant {
     identities: Vec<Pattern>,
     permissions: BTreeSet<Permission>,
+    /// The user_ids submissions and enrolments under this grant may name; none: any.
+    users: Option<Vec<Pattern>>,
 }
 
 /// Who may do what.
@@ -131,6 +141,7 @@ struct PolicyFile {
 struct GrantFile {
     identities: Vec<String>,
     permissions: Vec<Permission>,
+    users: Option<Vec<String>>,
 }
 
 impl Default for Policy {
@@ -147,6 +158,7 @@ impl Default for Policy {
                     Permission::WatchJob,
                 ]
                 .into(),
+                users: None,
             }],
         }
     }
@@ -161,30 +173,57 @@ impl Policy {
             if grant.identities.is_empty() || grant.permissions.is_empty() {
                 return Err(format!("grant {}: needs identities and permissions", index + 1));
             }
-            let identities = grant
-                .identities
-                .iter()
-                .map(|text| Pattern::parse(text).map_err(|error| format!("grant {}: {error}", index + 1)))
-                .collect::<Result<_, _>>()?;
+            let patterns = |texts: &[String]| {
+                texts
+                    .iter()
+                    .map(|text| Pattern::parse(text).map_err(|error| format!("grant {}: {error}", index + 1)))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let identities = patterns(&grant.identities)?;
+            let users = match &grant.users {
+                Some(users) if users.is_empty() => {
+                    return Err(format!("grant {}: users, when given, names at least one", index + 1));
+                }
+                Some(users) => Some(patterns(users)?),
+                None => None,
+            };
             grants.push(Grant {
                 identities,
                 permissions: grant.permissions.into_iter().collect(),
+                users,
             });
         }
         Ok(Self { grants })
     }
 
     pub fn allows(&self, caller: &Caller, permission: Permission) -> bool {
-        match caller {
-            Caller::Anyone => true,
-            Caller::Identified(identity) => self.grants.iter().any(|grant| {
+        self.granting(caller, permission).next().is_some() || matches!(caller, Caller::Anyone)
+    }
+
+    /// Whether `caller` holds `permission` for `user_id`: by a grant that
+    /// names no users, or one of whose users patterns matches it.
+    pub fn allows_for_user(&self, caller: &Caller, permission: Permission, user_id: &str) -> bool {
+        matches!(caller, Caller::Anyone)
+            || self.granting(caller, permission).any(|grant| {
+                grant
+                    .users
+                    .as_ref()
+                    .is_none_or(|users| users.iter().any(|pattern| pattern.matches(user_id)))
+            })
+    }
+
+    /// The grants that give `caller` `permission`.
+    fn granting(&self, caller: &Caller, permission: Permission) -> impl Iterator<Item = &Grant> {
+        let identity = match caller {
+            Caller::Anyone => None,
+            Caller::Identified(identity) => Some(identity.as_str()),
+        };
+        self.grants.iter().filter(move |grant| {
+            identity.is_some_and(|identity| {
                 grant.permissions.contains(&permission)
-                    && grant
-                        .identities
-                        .iter()
-                        .any(|pattern| pattern.matches(identity.as_str()))
-            }),
-        }
+                    && grant.identities.iter().any(|pattern| pattern.matches(identity))
+            })
+        })
     }
 }
 
@@ -263,7 +302,7 @@ mod tests {
     use crate::auth::Identity;
 
     fn caller(name: &str) -> Caller {
-        Caller::Identified(Identity::new(name).expect("an identity"))
+        Caller::Identified(Identity::token_subject(name).expect("an identity"))
     }
 
     #[test]
@@ -292,6 +331,30 @@ mod tests {
     }
 
     #[test]
+    fn grants_with_users_cover_those_users_only() {
+        let policy = Policy::parse(
+            r#"
+            [[grant]]
+            identities = ["spiffe://c/ns/pay/*"]
+            permissions = ["submit", "enroll"]
+            users = ["pay-*", "shared-user"]
+
+            [[grant]]
+            identities = ["spiffe://c/ns/pay/sa/api"]
+            permissions = ["get"]
+            "#,
+        )
+        .expect("valid");
+        let api = caller("spiffe://c/ns/pay/sa/api");
+        assert!(policy.allows_for_user(&api, Permission::Submit, "pay-123"));
+        assert!(policy.allows_for_user(&api, Permission::Enroll, "shared-user"));
+        assert!(!policy.allows_for_user(&api, Permission::Enroll, "ride-123"));
+        assert!(!policy.allows_for_user(&api, Permission::OthersUsers, "pay-123"));
+        assert!(policy.allows_for_user(&Caller::Anyone, Permission::Submit, "ride-123"));
+        assert!(Policy::parse("[[grant]]\nidentities = [\"a\"]\npermissions = [\"get\"]\nusers = []").is_err());
+    }
+
+    #[test]
     fn the_default_lets_callers_work_with_their_own_jobs_only() {
         let policy = Policy::default();
         for permission in [
@@ -303,7 +366,12 @@ mod tests {
         ] {
             assert!(policy.allows(&caller("spiffe://any"), permission));
         }
-        for permission in [Permission::WatchAll, Permission::ImageLinks, Permission::OthersJobs] {
+        for permission in [
+            Permission::WatchAll,
+            Permission::ImageLinks,
+            Permission::OthersJobs,
+            Permission::OthersUsers,
+        ] {
             assert!(!policy.allows(&caller("spiffe://any"), permission));
         }
     }

@@ -1,28 +1,36 @@
 //! Envoy's `x-forwarded-client-cert` header: the client certificate a service
-//! mesh sidecar verified, forwarded to us. Anyone can send the header, so it is
-//! read only when the operator says a sidecar sets it (`SELFIE_AUTH_TRUST_XFCC`).
+//! mesh proxy verified, forwarded to us. Anyone can send the header, so it is
+//! read only from the proxies the operator trusts (see `TrustedForwarders`).
 //!
-//! The header holds one element per hop, comma-separated; each is
-//! `Key=Value` pairs separated by `;`, a value double-quoted when it holds `,`
-//! `;` or `=`. The last element is the one our own sidecar added.
+//! The header holds one element per hop, comma-separated, and may arrive as
+//! several header lines, which HTTP reads as one list in order; each element
+//! is `Key=Value` pairs separated by `;`, a value double-quoted when it holds
+//! `,` `;` or `=`. A proxy appends its element (Envoy's `APPEND_FORWARD`) or
+//! replaces the header (`SANITIZE_SET`): either way the last element is the
+//! one the nearest proxy, ours, added. Earlier ones are the caller's to write.
 
 use super::Identity;
 
 /// The header's name.
 pub const HEADER: &str = "x-forwarded-client-cert";
 
-/// The SPIFFE ID (`URI=`) of the last element of an `x-forwarded-client-cert`
-/// value, or none when the value is malformed or names no URI.
-pub fn identity(header: &str) -> Option<Identity> {
-    let elements = split_unquoted(header, ',')?;
-    let last = elements.last()?;
-    for pair in split_unquoted(last, ';')? {
-        let (key, value) = pair.split_once('=')?;
-        if key.trim().eq_ignore_ascii_case("URI") {
-            return Identity::new(unquote(value.trim())?);
-        }
+/// The SPIFFE ID (`URI=`) of the last element over every line of the header,
+/// or none when a line is malformed, or the last element names no URI, more
+/// than one, or one that is not a SPIFFE ID.
+pub fn identity(headers: &http::HeaderMap) -> Option<Identity> {
+    let mut last = None;
+    for line in headers.get_all(HEADER) {
+        last = split_unquoted(line.to_str().ok()?, ',')?.pop();
     }
-    None
+    let mut uris = split_unquoted(last?, ';')?.into_iter().filter_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        key.trim().eq_ignore_ascii_case("URI").then_some(value)
+    });
+    let uri = unquote(uris.next()?.trim())?;
+    if uris.next().is_some() {
+        return None;
+    }
+    Identity::spiffe(&uri)
 }
 
 /// Splits at `separator` outside double quotes; none if a quote is left open.
@@ -66,22 +74,32 @@ fn unquote(value: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn identity_of(lines: &[&'static str]) -> Option<String> {
+        let mut headers = http::HeaderMap::new();
+        for line in lines {
+            headers.append(HEADER, http::HeaderValue::from_static(line));
+        }
+        identity(&headers).map(|id| id.to_string())
+    }
+
     #[test]
     fn the_last_elements_uri_is_the_identity() {
         let header = r#"By=spiffe://cluster.local/ns/selfie/sa/server;Hash=0f1e;Subject="CN=a,O=b";URI=spiffe://cluster.local/ns/payments/sa/checkout"#;
         assert_eq!(
-            identity(header).map(|id| id.to_string()).as_deref(),
+            identity_of(&[header]).as_deref(),
             Some("spiffe://cluster.local/ns/payments/sa/checkout")
         );
-        let two_hops = "URI=spiffe://first;By=x,Hash=1;URI=\"spiffe://second\"";
+        let two_hops = "URI=spiffe://first/a;By=x,Hash=1;URI=\"spiffe://second/b\"";
+        assert_eq!(identity_of(&[two_hops]).as_deref(), Some("spiffe://second/b"));
         assert_eq!(
-            identity(two_hops).map(|id| id.to_string()).as_deref(),
-            Some("spiffe://second")
+            identity_of(&["URI=spiffe://forged/admin", "URI=spiffe://real/client"]).as_deref(),
+            Some("spiffe://real/client"),
+            "the last line holds the nearest proxy's element"
         );
     }
 
     #[test]
-    fn malformed_or_uriless_headers_name_nobody() {
+    fn malformed_ambiguous_or_uriless_headers_name_nobody() {
         for header in [
             "",
             "Hash=1",
@@ -89,8 +107,12 @@ mod tests {
             "URI=",
             "garbage",
             "By=x;Subject=\"CN=x\"",
+            "URI=spiffe://a/x;URI=spiffe://b/y",
+            "URI=https://not-spiffe/x",
+            "URI=spiffe://real/client,Hash=1",
         ] {
-            assert!(identity(header).is_none(), "{header}");
+            assert!(identity_of(&[header]).is_none(), "{header}");
         }
+        assert!(identity_of(&["URI=spiffe://a/x", "URI=\"spiffe://open"]).is_none());
     }
 }

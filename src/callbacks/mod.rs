@@ -16,6 +16,12 @@ use crate::jobs::memory::MemoryBudget;
 use crate::jobs::{CallbackOutcome, JobServiceHandle};
 use crate::metrics::Metrics;
 use crate::smileid::{CallbackError, Credentials, verify_callback};
+use replays::SeenDeliveries;
+
+mod replays;
+
+/// Deliveries remembered at most: a few minutes of a busy partner's callbacks.
+const DELIVERIES_KEPT: usize = 65_536;
 
 /// Smile ID documents callbacks up to 1.5 MB.
 pub const MAX_CALLBACK_BYTES: usize = 2 * 1024 * 1024;
@@ -42,6 +48,7 @@ struct Endpoint {
     metrics: Arc<Metrics>,
     settings: Arc<CallbackSettings>,
     ready: Arc<AtomicBool>,
+    seen: Arc<SeenDeliveries>,
 }
 
 pub fn router(
@@ -51,11 +58,14 @@ pub fn router(
     ready: Arc<AtomicBool>,
 ) -> Router {
     let path = settings.path.clone();
+    // A delivery older than the window is refused anyway: remember it that long on either side.
+    let seen = Arc::new(SeenDeliveries::new(settings.window * 2, DELIVERIES_KEPT));
     let endpoint = Endpoint {
         service,
         metrics,
         settings: Arc::new(settings),
         ready,
+        seen,
     };
     Router::new()
         .route(&path, post(receive).layer(DefaultBodyLimit::disable()))
@@ -151,22 +161,30 @@ async fn handle(endpoint: &Endpoint, headers: &HeaderMap, body: Body) -> (&'stat
     };
     let job_id = verified.result.job_id().unwrap_or_default().to_owned();
     let code = verified.result.result_code.clone();
+    let timestamp = verified.timestamp.clone();
+    // The same signed delivery again: answered as taken, costs nothing.
+    if !endpoint.seen.first_time(&timestamp, &job_id) {
+        return ("replayed", (StatusCode::OK, "ok"));
+    }
     let handled = match endpoint.service.get() {
         Ok(service) => service.handle_callback(verified).await,
         Err(error) => Err(error),
     };
     match handled {
         Ok(outcome) => {
-            info!(job_id = %job_id, result_code = %code, outcome = ?outcome, "callback handled");
-            let answer = match outcome {
-                CallbackOutcome::UnknownJob => (StatusCode::OK, "unknown job"),
-                _ => (StatusCode::OK, "ok"),
-            };
-            (outcome.as_str(), answer)
+            // Caller-controlled strings are logged escaped (Debug), never raw.
+            info!(job_id = ?job_id, result_code = ?code, outcome = ?outcome, "callback handled");
+            if outcome == CallbackOutcome::UnknownJob {
+                // Nothing was done; remembering it would only let forgeries fill the memory.
+                endpoint.seen.forget(&timestamp, &job_id);
+            }
+            // The same answer whether or not the job exists: a signed callback probes nothing.
+            (outcome.as_str(), (StatusCode::OK, "ok"))
         }
         // Not stored: Smile ID must not take this as delivered.
         Err(error) => {
-            warn!(job_id = %job_id, error = %error, "callback could not be stored");
+            endpoint.seen.forget(&timestamp, &job_id);
+            warn!(job_id = ?job_id, error = %error, "callback could not be stored");
             ("not_stored", (StatusCode::SERVICE_UNAVAILABLE, "try again"))
         }
     }

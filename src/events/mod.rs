@@ -119,6 +119,7 @@ mod tests {
             job_id: job_id.into(),
             user_id: user_id.into(),
             sequence: 1,
+            owner: None,
         }
     }
 

@@ -19,7 +19,9 @@ use tonic::{Request, Response, Status};
 use crate::auth::{AuthError, Caller, Permission, PolicySource, audit};
 use crate::jobs::listing;
 use crate::jobs::validate::id_problem;
-use crate::jobs::{Job, JobError, JobKind, JobService, JobServiceHandle, LogStart, SubmitRequest, WatchItem};
+use crate::jobs::{
+    Job, JobError, JobKind, JobService, JobServiceHandle, LogFilter, LogStart, SubmitRequest, WatchItem,
+};
 use crate::metrics::{DenialLabels, Metrics};
 use crate::smileid::StatusOptions;
 use convert::Include;
@@ -119,11 +121,64 @@ impl SelfieAuthApi {
     }
 
     /// Refuses the call unless `caller` created the job, or may see others' jobs.
+    /// A job the caller may not see answers exactly as no job does (the denial
+    /// is still counted and audited), so its existence cannot be probed.
     fn permit_job(&self, caller: &Caller, method: &'static str, job: &Job) -> Result<(), Status> {
         if caller.owns(job.owner.as_deref()) {
             return Ok(());
         }
-        self.permit(caller, method, Permission::OthersJobs)
+        self.permit(caller, method, Permission::OthersJobs).map_err(|_| {
+            to_status(&JobError::NotFound {
+                job_id: job.job_id.clone(),
+            })
+        })
+    }
+}
+
+impl SelfieAuthApi {
+    /// Refuses a submission for `user_id` unless the policy lets `caller` act
+    /// for that user and no other caller owns it (or `caller` may act for
+    /// others' users). An enrolment makes its caller the owner of a user
+    /// nobody owns yet, atomically, so two callers cannot both enrol one user.
+    async fn permit_user(
+        &self,
+        service: &JobService,
+        caller: &Caller,
+        method: &'static str,
+        kind: JobKind,
+        permission: Permission,
+        user_id: &str,
+    ) -> Result<(), Status> {
+        let Some(identity) = caller.owner() else {
+            return Ok(());
+        };
+        if id_problem(user_id).is_some() {
+            // The submission's own checks say what is wrong with it.
+            return Ok(());
+        }
+        let policy = self.policy.current();
+        let refuse = || {
+            self.metrics
+                .calls_denied
+                .get_or_create(&DenialLabels {
+                    rpc_method: method,
+                    permission: Permission::OthersUsers.as_str(),
+                })
+                .inc();
+            audit::denied(caller, method, Permission::OthersUsers.as_str());
+            status::user_not_permitted(user_id)
+        };
+        if !policy.allows_for_user(caller, permission, user_id) {
+            return Err(refuse());
+        }
+        let owner = match kind {
+            JobKind::Enrollment => Some(service.claim_user(user_id, &identity).await),
+            JobKind::Authentication => service.user_owner(user_id).await.transpose(),
+        };
+        match owner.transpose().map_err(|error| to_status(&error))? {
+            Some(owner) if owner != identity && !policy.allows(caller, Permission::OthersUsers) => Err(refuse()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -198,6 +253,9 @@ impl SelfieAuthApi {
         if submission.wait_for_result && submission.include_image_links {
             self.permit(caller, method, Permission::ImageLinks)?;
         }
+        let service = self.service()?;
+        self.permit_user(&service, caller, method, kind, permission, &submission.user_id)
+            .await?;
         let request = SubmitRequest {
             kind,
             owner: caller.owner(),
@@ -207,7 +265,6 @@ impl SelfieAuthApi {
             liveness: submission.liveness_images,
             partner_params: submission.partner_params.into_iter().collect(),
         };
-        let service = self.service()?;
         let wait = budget
             .map(|budget| budget.saturating_sub(DEADLINE_MARGIN))
             .unwrap_or(service.config().default_wait);
@@ -216,8 +273,6 @@ impl SelfieAuthApi {
             .submit(request, deadline)
             .await
             .map_err(|error| to_status(&error))?;
-        // A job_id someone else used answers with their job only to those who may see it.
-        self.permit_job(caller, method, &output.job)?;
         if submission.wait_for_result && !output.job.state.is_terminal() {
             // Admission is what the concurrency limit protects; waiting is cheap, and
             // counts among the open streams instead (without a free one, it stays admitted).
@@ -392,25 +447,26 @@ impl SelfieAuth for SelfieAuthApi {
         } else {
             LogStart::Now
         };
+        // The store reads a caller's own events by index, and positions are its own view's.
+        let filter = LogFilter {
+            user_id,
+            owner: if everyone { None } else { caller.owner() },
+        };
         let items = self
             .service()?
-            .watch_log(user_id, start)
+            .watch_log(filter, start)
             .await
             .map_err(|e| to_status(&e))?;
-        let stream = ReceiverStream::new(items).filter_map(move |item| {
-            let answer = match item {
-                Ok(WatchItem::Event(event)) if !everyone && !caller.owns(event.job.owner.as_deref()) => None,
-                Ok(WatchItem::Event(event)) => {
-                    let event = convert::event(&event, convert::resume_token(event.global_id));
-                    audit_event(&caller, METHOD, &event);
-                    Some(Ok(event))
-                }
-                Ok(WatchItem::Heartbeat { log_position, .. }) => {
-                    Some(Ok(convert::heartbeat(0, convert::resume_token(log_position))))
-                }
-                Err(error) => Some(Err(to_status(&error))),
-            };
-            std::future::ready(answer)
+        let stream = ReceiverStream::new(items).map(move |item| match item {
+            Ok(WatchItem::Event(event)) => {
+                let event = convert::event(&event, convert::resume_token(event.global_id));
+                audit_event(&caller, METHOD, &event);
+                Ok(event)
+            }
+            Ok(WatchItem::Heartbeat { log_position, .. }) => {
+                Ok(convert::heartbeat(0, convert::resume_token(log_position)))
+            }
+            Err(error) => Err(to_status(&error)),
         });
         Ok(Response::new(Box::pin(stream)))
     }

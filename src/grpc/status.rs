@@ -38,8 +38,8 @@ pub fn code(reason: ErrorReason) -> Code {
         | Contention
         | Overloaded => Code::Unavailable,
         SubmissionAbandoned => Code::Aborted,
-        CallerUnidentified => Code::Unauthenticated,
-        NotPermitted => Code::PermissionDenied,
+        CallerUnidentified | ForwardedIdentityUntrusted => Code::Unauthenticated,
+        NotPermitted | UserNotPermitted => Code::PermissionDenied,
         ResultNotReceived => Code::DeadlineExceeded,
     }
 }
@@ -79,6 +79,15 @@ pub fn auth_status(error: &AuthError) -> Status {
         AuthError::Unidentified(message) => {
             reason_status(ErrorReason::CallerUnidentified, message.clone(), HashMap::new(), |_| {})
         }
+        AuthError::UntrustedForwarder(message) => reason_status(
+            ErrorReason::ForwardedIdentityUntrusted,
+            message.clone(),
+            HashMap::new(),
+            |_| {},
+        ),
+        AuthError::UserNotPermitted => {
+            reason_status(ErrorReason::UserNotPermitted, error.to_string(), HashMap::new(), |_| {})
+        }
         AuthError::Denied(permission) => reason_status(
             ErrorReason::NotPermitted,
             error.to_string(),
@@ -86,6 +95,16 @@ pub fn auth_status(error: &AuthError) -> Status {
             |_| {},
         ),
     }
+}
+
+/// PERMISSION_DENIED / `USER_NOT_PERMITTED` for a submission naming `user_id`.
+pub fn user_not_permitted(user_id: &str) -> Status {
+    reason_status(
+        ErrorReason::UserNotPermitted,
+        AuthError::UserNotPermitted.to_string(),
+        HashMap::from([("userId".to_owned(), user_id.to_owned())]),
+        |_| {},
+    )
 }
 
 pub fn to_status(job_error: &JobError) -> Status {

@@ -79,7 +79,9 @@ pub enum JobError {
         message: String,
         violations: Vec<FieldViolation>,
     },
-    #[error("job_id {job_id} was already used for different content")]
+    /// The job_id names another submission: different content, or another
+    /// caller's (which is told apart from nothing else, so reveals nothing more).
+    #[error("job_id {job_id} is already taken by a different submission; choose another job_id")]
     JobIdReused { job_id: String },
     #[error("no job with job_id {job_id}")]
     NotFound { job_id: String },

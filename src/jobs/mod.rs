@@ -22,7 +22,7 @@ pub mod watch;
 pub use error::{FieldViolation, InvalidReason, JobError, UnavailableReason};
 pub use listing::JobPage;
 pub use model::{EventKind, Job, JobEvent, JobKind, JobProblem, JobState, ProblemReason};
-pub use ports::{EventFanout, JobStore, SharedStore, SmileId, StoreError};
+pub use ports::{EventFanout, JobStore, LogFilter, SharedStore, SmileId, StoreError};
 pub use reason::ErrorReason;
 pub use reconciler::ReconcilePolicy;
 pub use results::{CallbackOutcome, Fetched};

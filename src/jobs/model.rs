@@ -326,17 +326,34 @@ impl Job {
             .any(|known| known.result_code == result.result_code && known.is_final == result.is_final)
     }
 
-    /// Keeps a callback's result until Smile ID confirms it, and asks the
-    /// reconciler to confirm it now.
+    /// Notes that a callback claimed a result Smile ID has not confirmed yet,
+    /// and asks the reconciler to confirm it now. Only the claim (its code and
+    /// finality, cut short) is kept, a few at most: job_status, not the
+    /// callback, supplies what is applied, so a forged body costs a few bytes.
     pub fn await_confirmation(&mut self, result: ResultEntry, now: DateTime<Utc>) -> Option<EventKind> {
         /// Enough for a provisional and a final result, with room for a replay.
         const KEPT: usize = 4;
-        let waiting = |kept: &ResultEntry| kept.result_code == result.result_code && kept.is_final == result.is_final;
+        /// Result codes are four digits; anything longer is not one.
+        const CODE_CHARS: usize = 8;
+        let claim = ResultEntry {
+            result_code: result.result_code.chars().take(CODE_CHARS).collect(),
+            result_text: String::new(),
+            result_type: String::new(),
+            smile_job_id: String::new(),
+            is_final: result.is_final,
+            is_machine_result: result.is_machine_result,
+            confidence: 0.0,
+            actions: BTreeMap::new(),
+            partner_params: BTreeMap::new(),
+            timestamp: None,
+            decision: result.decision.clone(),
+        };
+        let waiting = |kept: &ResultEntry| kept.result_code == claim.result_code && kept.is_final == claim.is_final;
         // Already known or already waiting: a replay changes nothing and costs no poll.
         if !self.takes_results() || self.has_result(&result) || self.unconfirmed.iter().any(waiting) {
             return None;
         }
-        self.unconfirmed.push(result);
+        self.unconfirmed.push(claim);
         let excess = self.unconfirmed.len().saturating_sub(KEPT);
         self.unconfirmed.drain(..excess);
         self.next_poll_at = Some(now);
@@ -508,24 +525,42 @@ pub struct EventNotice {
     pub job_id: String,
     pub user_id: String,
     pub sequence: u64,
+    /// Who created the job; `None` when it has no owner or the notice came
+    /// from a replica that does not say (subscribers then look anyway).
+    pub owner: Option<String>,
 }
 
 impl EventNotice {
-    /// The notice as text (`global_id sequence job_id user_id`; ids never
-    /// contain spaces), e.g. for a PostgreSQL `NOTIFY` payload.
+    /// The notice as text (`global_id sequence job_id user_id owner`; ids never
+    /// contain spaces, and the owner, which may, comes last), e.g. for a
+    /// PostgreSQL `NOTIFY` payload.
     pub fn to_payload(&self) -> String {
-        format!("{} {} {} {}", self.global_id, self.sequence, self.job_id, self.user_id)
+        let owner = self.owner.as_deref().unwrap_or_default();
+        format!(
+            "{} {} {} {} {owner}",
+            self.global_id, self.sequence, self.job_id, self.user_id
+        )
     }
 
     pub fn from_payload(payload: &str) -> Option<Self> {
-        let mut parts = payload.split(' ');
+        let mut parts = payload.splitn(5, ' ');
         let notice = Self {
             global_id: parts.next()?.parse().ok()?,
             sequence: parts.next()?.parse().ok()?,
             job_id: parts.next()?.to_owned(),
             user_id: parts.next()?.to_owned(),
+            owner: parts.next().filter(|owner| !owner.is_empty()).map(str::to_owned),
         };
-        parts.next().is_none().then_some(notice)
+        (!notice.user_id.contains(' ')).then_some(notice)
+    }
+
+    /// Whether a subscriber to `filter`'s events may need to look at this one.
+    pub fn may_match(&self, filter: &super::ports::LogFilter) -> bool {
+        filter.user_id.as_ref().is_none_or(|user| *user == self.user_id)
+            && filter
+                .owner
+                .as_ref()
+                .is_none_or(|owner| self.owner.as_ref().is_none_or(|noticed| noticed == owner))
     }
 }
 
@@ -536,6 +571,7 @@ impl From<&JobEvent> for EventNotice {
             job_id: event.job.job_id.clone(),
             user_id: event.job.user_id.clone(),
             sequence: event.sequence,
+            owner: event.job.owner.clone(),
         }
     }
 }
@@ -598,15 +634,24 @@ mod tests {
 
     #[test]
     fn notices_round_trip_as_payloads_and_garbage_is_refused() {
-        let notice = EventNotice {
+        let mut notice = EventNotice {
             global_id: 42,
             sequence: 3,
             job_id: "job-1".into(),
             user_id: "user@x".into(),
+            owner: None,
         };
-        assert_eq!(notice.to_payload(), "42 3 job-1 user@x");
+        assert_eq!(notice.to_payload(), "42 3 job-1 user@x ");
+        assert_eq!(EventNotice::from_payload(&notice.to_payload()), Some(notice.clone()));
+        assert_eq!(
+            EventNotice::from_payload("42 3 job-1 user@x"),
+            Some(notice.clone()),
+            "a replica that does not say who owns the job"
+        );
+        notice.owner = Some("cn:Payments API".into());
+        assert_eq!(notice.to_payload(), "42 3 job-1 user@x cn:Payments API");
         assert_eq!(EventNotice::from_payload(&notice.to_payload()), Some(notice));
-        for bad in ["", "1 2 3", "x 1 j u", "1 2 j u extra"] {
+        for bad in ["", "1 2 3", "x 1 j u"] {
             assert_eq!(EventNotice::from_payload(bad), None, "{bad:?}");
         }
     }

@@ -57,16 +57,17 @@ pub trait JobStore: Send + Sync + 'static {
     /// A job's events with sequence greater than `after_sequence`, in order.
     async fn job_events(&self, job_id: &str, after_sequence: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError>;
 
-    /// The global event log after `after_global_id`, optionally one user's, in order.
+    /// The global event log after `after_global_id`, the events `filter` matches, in order.
     async fn log_events(
         &self,
         after_global_id: i64,
-        user_id: Option<&str>,
+        filter: &LogFilter,
         limit: u32,
     ) -> Result<Vec<JobEvent>, StoreError>;
 
-    /// The position a live-only WatchJobs starts after.
-    async fn last_global_id(&self) -> Result<i64, StoreError>;
+    /// The position of the last event in the log, or of the last of the jobs
+    /// `owner` created: where a live-only WatchJobs starts.
+    async fn last_global_id(&self, owner: Option<&str>) -> Result<i64, StoreError>;
 
     /// Leases up to `limit` jobs whose `next_poll_at` has passed, so that one
     /// replica polls each; a lease expires after `lease`.
@@ -92,6 +93,13 @@ pub trait JobStore: Send + Sync + 'static {
     /// shared store one replica deletes at a time; the others get nothing.
     async fn delete_finished(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError>;
 
+    /// Records `owner` as the caller that enrols `user_id`, unless a caller
+    /// did before; answers with the user's owner, whoever that is.
+    async fn claim_user(&self, user_id: &str, owner: &str) -> Result<String, StoreError>;
+
+    /// The caller that enrolled `user_id` through this service, if any.
+    async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError>;
+
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -110,6 +118,24 @@ pub struct JobFilter {
     pub user_id: Option<String>,
     pub state: Option<JobState>,
     pub kind: Option<JobKind>,
+}
+
+/// Which events a read of the log returns; `None` matches any.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LogFilter {
+    pub user_id: Option<String>,
+    /// Events of jobs this identity created.
+    pub owner: Option<String>,
+}
+
+impl LogFilter {
+    pub fn matches(&self, event: &JobEvent) -> bool {
+        self.user_id.as_ref().is_none_or(|user| *user == event.job.user_id)
+            && self
+                .owner
+                .as_ref()
+                .is_none_or(|owner| event.job.owner.as_ref() == Some(owner))
+    }
 }
 
 /// Where a listing page ended: the last job it returned. Stores order by

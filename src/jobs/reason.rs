@@ -31,11 +31,13 @@ pub enum ErrorReason {
     Overloaded,
     CallerUnidentified,
     NotPermitted,
+    ForwardedIdentityUntrusted,
+    UserNotPermitted,
     Internal,
 }
 
 impl ErrorReason {
-    pub const ALL: [Self; 28] = [
+    pub const ALL: [Self; 30] = [
         Self::InvalidField,
         Self::InvalidImage,
         Self::ImageTooLarge,
@@ -63,6 +65,8 @@ impl ErrorReason {
         Self::Overloaded,
         Self::CallerUnidentified,
         Self::NotPermitted,
+        Self::ForwardedIdentityUntrusted,
+        Self::UserNotPermitted,
         Self::Internal,
     ];
 
@@ -95,6 +99,8 @@ impl ErrorReason {
             Self::Overloaded => "OVERLOADED",
             Self::CallerUnidentified => "CALLER_UNIDENTIFIED",
             Self::NotPermitted => "NOT_PERMITTED",
+            Self::ForwardedIdentityUntrusted => "FORWARDED_IDENTITY_UNTRUSTED",
+            Self::UserNotPermitted => "USER_NOT_PERMITTED",
             Self::Internal => "INTERNAL",
         }
     }

@@ -76,11 +76,11 @@ impl JobService {
     pub async fn handle_callback(&self, callback: VerifiedCallback) -> Result<CallbackOutcome, JobError> {
         let result = callback.result;
         let Some(job_id) = result.job_id().map(str::to_owned) else {
-            warn!(smile_job_id = %result.smile_job_id, "callback without PartnerParams.job_id");
+            warn!(smile_job_id = ?result.smile_job_id, "callback without PartnerParams.job_id");
             return Ok(CallbackOutcome::UnknownJob);
         };
         let Some(job) = self.store.get(&job_id).await? else {
-            warn!(job_id = %job_id, smile_job_id = %result.smile_job_id, "callback for an unknown job");
+            warn!(job_id = ?job_id, smile_job_id = ?result.smile_job_id, "callback for an unknown job");
             return Ok(CallbackOutcome::UnknownJob);
         };
         let smile_job_mismatch = matches!(&job.smile_job_id, Some(known) if !result.smile_job_id.is_empty() && *known != result.smile_job_id);
@@ -90,7 +90,7 @@ impl JobService {
                 .get("user_id")
                 .is_some_and(|user| *user != job.user_id)
         {
-            warn!(job_id = %job_id, smile_job_id = %result.smile_job_id, "callback does not match the stored job");
+            warn!(job_id = ?job_id, smile_job_id = ?result.smile_job_id, "callback does not match the stored job");
             return Ok(CallbackOutcome::UnknownJob);
         }
         // A duplicate, a replay, or anything after the final result: nothing to ask Smile ID.
@@ -110,7 +110,7 @@ impl JobService {
         let after = match self.confirmations.confirm(&self.smile, &job.user_id, &job_id).await {
             Ok(status) => self.apply_status(job, status).await?,
             Err(error) => {
-                warn!(job_id = %job_id, error = %error, "could not confirm a callback; it is kept until the reconciler can");
+                warn!(job_id = ?job_id, error = %error, "could not confirm a callback; it is kept until the reconciler can");
                 job
             }
         };

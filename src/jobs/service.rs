@@ -154,6 +154,17 @@ impl JobService {
         self.load(job_id).await
     }
 
+    /// The caller that enrolled `user_id` through this service, if any.
+    pub async fn user_owner(&self, user_id: &str) -> Result<Option<String>, JobError> {
+        Ok(self.store.user_owner(user_id).await?)
+    }
+
+    /// Makes `owner` the owner of `user_id` unless another caller is; answers
+    /// with the user's owner.
+    pub async fn claim_user(&self, user_id: &str, owner: &str) -> Result<String, JobError> {
+        Ok(self.store.claim_user(user_id, owner).await?)
+    }
+
     pub(crate) async fn load(&self, job_id: &str) -> Result<Job, JobError> {
         self.store.get(job_id).await?.ok_or_else(|| JobError::NotFound {
             job_id: job_id.to_owned(),

@@ -41,6 +41,7 @@ struct Attempt {
     /// Tells this attempt from a later one of the same job.
     id: u64,
     content_hash: String,
+    owner: Option<String>,
     outcome: Shared<BoxFuture<'static, Outcome>>,
 }
 
@@ -66,6 +67,14 @@ impl Sending {
             attempts.remove(job_id);
         }
     }
+}
+
+/// Whether `prepared` comes from the caller that created a job owned by `owner`:
+/// another caller's job_id is refused as taken, never joined or resumed, and
+/// answers as a job_id reused with other content does. Unidentified callers
+/// (authentication off) are everyone.
+fn same_submitter(owner: Option<&str>, prepared: &Prepared) -> bool {
+    prepared.owner.is_none() || prepared.owner.as_deref() == owner
 }
 
 /// Longest wait for room to hold a submission's images.
@@ -124,7 +133,7 @@ impl JobService {
     ) -> Result<(Shared<BoxFuture<'static, Outcome>>, bool), JobError> {
         let mut attempts = self.sending.lock();
         if let Some(running) = attempts.get(&prepared.job_id) {
-            if running.content_hash != prepared.content_hash {
+            if running.content_hash != prepared.content_hash || !same_submitter(running.owner.as_deref(), &prepared) {
                 return Err(JobError::JobIdReused {
                     job_id: prepared.job_id,
                 });
@@ -134,6 +143,7 @@ impl JobService {
         let id = self.sending.next_id.fetch_add(1, Ordering::Relaxed);
         let job_id = prepared.job_id.clone();
         let content_hash = prepared.content_hash.clone();
+        let owner = prepared.owner.clone();
         let service = self.clone();
         // The attempt belongs to the call's trace, though it may outlive the call.
         let task = tokio::spawn(
@@ -156,6 +166,7 @@ impl JobService {
             Attempt {
                 id,
                 content_hash,
+                owner,
                 outcome: outcome.clone(),
             },
         );
@@ -171,11 +182,11 @@ impl JobService {
             Created::New(event) => {
                 self.publish(&event);
                 self.metrics.jobs_created.inc();
-                info!(job_id = %event.job.job_id, "job created");
+                info!(job_id = ?event.job.job_id, "job created");
                 (event.job, true, false)
             }
             Created::Existing(mut job) => {
-                if job.content_hash != prepared.content_hash {
+                if job.content_hash != prepared.content_hash || !same_submitter(job.owner.as_deref(), prepared) {
                     return Err(JobError::JobIdReused {
                         job_id: prepared.job_id.clone(),
                     });
@@ -229,7 +240,7 @@ impl JobService {
             let failure = match self.smile.submit(submission).await {
                 Ok(accepted) => {
                     self.metrics.submission("accepted");
-                    info!(job_id, smile_job_id = %accepted.smile_job_id, resumed = accepted.resumed, "job submitted to smile id");
+                    info!(job_id, smile_job_id = ?accepted.smile_job_id, resumed = accepted.resumed, "job submitted to smile id");
                     let first_poll = Utc::now() + self.config.reconcile.first_delay;
                     return self
                         .transition(job_id, |job| job.accepted(&accepted.smile_job_id, first_poll))

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::model::{EventKind, EventNotice, Job, JobEvent};
 use super::ports::{
-    Accepted, Created, EventFanout, FanoutMessage, JobStore, Saved, SmileId, SmileJob, StatusFailure, StatusReport,
-    StoreError, SubmitFailure,
+    Accepted, Created, EventFanout, FanoutMessage, JobStore, LogFilter, Saved, SmileId, SmileJob, StatusFailure,
+    StatusReport, StoreError, SubmitFailure,
 };
 use super::service::{JobService, Ports, ServiceConfig};
 use crate::metrics::Metrics;
@@ -27,6 +27,7 @@ struct Tables {
     jobs: BTreeMap<String, Job>,
     events: Vec<JobEvent>,
     leases: BTreeMap<String, DateTime<Utc>>,
+    users: BTreeMap<String, String>,
 }
 
 /// A [`JobStore`] in memory, with the SQL stores' semantics, and faults on request.
@@ -159,7 +160,7 @@ impl JobStore for MemoryStore {
     async fn log_events(
         &self,
         after_global_id: i64,
-        user_id: Option<&str>,
+        filter: &LogFilter,
         limit: u32,
     ) -> Result<Vec<JobEvent>, StoreError> {
         self.log_reads.fetch_add(1, Ordering::SeqCst);
@@ -170,14 +171,19 @@ impl JobStore for MemoryStore {
             .events
             .iter()
             .filter(|event| event.global_id > after_global_id)
-            .filter(|event| user_id.is_none_or(|user| user == event.job.user_id))
+            .filter(|event| filter.matches(event))
             .take(limit as usize)
             .cloned()
             .collect())
     }
 
-    async fn last_global_id(&self) -> Result<i64, StoreError> {
-        Ok(lock(&self.tables).events.last().map_or(0, |event| event.global_id))
+    async fn last_global_id(&self, owner: Option<&str>) -> Result<i64, StoreError> {
+        Ok(lock(&self.tables)
+            .events
+            .iter()
+            .rev()
+            .find(|event| owner.is_none_or(|owner| event.job.owner.as_deref() == Some(owner)))
+            .map_or(0, |event| event.global_id))
     }
 
     async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<Job>, StoreError> {
@@ -265,6 +271,18 @@ impl JobStore for MemoryStore {
         }
         tables.events.retain(|event| !doomed.contains(&event.job.job_id));
         Ok(doomed)
+    }
+
+    async fn claim_user(&self, user_id: &str, owner: &str) -> Result<String, StoreError> {
+        Ok(lock(&self.tables)
+            .users
+            .entry(user_id.to_owned())
+            .or_insert_with(|| owner.to_owned())
+            .clone())
+    }
+
+    async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(lock(&self.tables).users.get(user_id).cloned())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

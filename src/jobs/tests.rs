@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::error::{JobError, UnavailableReason};
 use super::model::{EventKind, JobState, ProblemReason, Submission};
-use super::ports::{StatusFailure, StatusReport, SubmitFailure};
+use super::ports::{LogFilter, StatusFailure, StatusReport, SubmitFailure};
 use super::reconciler::ReconcilePolicy;
 use super::service::ServiceConfig;
 use super::testing::{Harness, SmileCall, result, submission};
@@ -545,7 +545,13 @@ async fn a_log_watch_filters_by_user_and_rides_out_failed_reads() {
         .expect("submit");
     let mut alice = h
         .service
-        .watch_log(Some("alice".into()), LogStart::Beginning)
+        .watch_log(
+            LogFilter {
+                user_id: Some("alice".into()),
+                owner: None,
+            },
+            LogStart::Beginning,
+        )
         .await
         .expect("watch");
     h.store.fail_reads(3);
@@ -604,7 +610,12 @@ async fn log_watchers_at_the_same_place_share_their_reads() {
     let h = harness();
     let mut streams = Vec::new();
     for _ in 0..20 {
-        streams.push(h.service.watch_log(None, LogStart::Now).await.expect("watch"));
+        streams.push(
+            h.service
+                .watch_log(LogFilter::default(), LogStart::Now)
+                .await
+                .expect("watch"),
+        );
     }
     let before = h.store.log_reads();
     h.service
@@ -632,7 +643,11 @@ async fn open_streams_are_bounded_and_a_closed_one_frees_its_slot() {
         .await
         .expect("submit");
     let first = h.service.watch_job("j1", 0).await.expect("first");
-    let _second = h.service.watch_log(None, LogStart::Now).await.expect("second");
+    let _second = h
+        .service
+        .watch_log(LogFilter::default(), LogStart::Now)
+        .await
+        .expect("second");
     let refused = h.service.watch_job("j1", 0).await.expect_err("over the bound");
     assert!(
         matches!(

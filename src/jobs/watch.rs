@@ -15,7 +15,7 @@ use super::model::{EventNotice, Job, JobEvent};
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
-use super::ports::{FanoutMessage, Interest, SharedStore, StoreError};
+use super::ports::{FanoutMessage, Interest, LogFilter, SharedStore, StoreError};
 use super::service::JobService;
 
 const PAGE: u32 = 200;
@@ -157,25 +157,25 @@ impl JobService {
         Ok(receiver)
     }
 
-    /// Streams every job's events (or one user's) from `start`; never ends by itself.
-    pub async fn watch_log(
-        self: &Arc<Self>,
-        user_id: Option<String>,
-        start: LogStart,
-    ) -> Result<WatchStream, JobError> {
+    /// Streams the events `filter` matches from `start`; never ends by itself.
+    ///
+    /// Positions — where the stream starts, what heartbeats report, which
+    /// resume tokens are valid — are those of the filter's owner's own view of
+    /// the log, so a caller learns nothing of how others' jobs move.
+    pub async fn watch_log(self: &Arc<Self>, filter: LogFilter, start: LogStart) -> Result<WatchStream, JobError> {
         let stream = self.hold_stream()?;
-        let interest = user_id.clone().map_or(Interest::All, Interest::User);
+        let interest = filter.user_id.clone().map_or(Interest::All, Interest::User);
         let mut notices = self.fanout.subscribe(interest);
         let mut cursor = match start {
             LogStart::After(id) => {
-                // A position past the log's end was never issued: it would wait forever.
-                if id > self.store.last_global_id().await? {
+                // A position past the end of the caller's view was never issued to it.
+                if id > self.store.last_global_id(filter.owner.as_deref()).await? {
                     return Err(JobError::InvalidResumeToken);
                 }
                 id
             }
             LogStart::Beginning => 0,
-            LogStart::Now => self.store.last_global_id().await?,
+            LogStart::Now => self.store.last_global_id(filter.owner.as_deref()).await?,
         };
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
@@ -187,11 +187,7 @@ impl JobService {
             loop {
                 loop {
                     let events = match service
-                        .read_patiently(|| {
-                            service
-                                .log_reads
-                                .read(&service.store, cursor, user_id.as_deref(), wanted)
-                        })
+                        .read_patiently(|| service.log_reads.read(&service.store, cursor, &filter, wanted))
                         .await
                     {
                         Ok(events) => events,
@@ -212,9 +208,7 @@ impl JobService {
                         }
                     }
                 }
-                let relevant = |notice: &EventNotice| {
-                    notice.global_id > cursor && user_id.as_deref().is_none_or(|user| user == notice.user_id)
-                };
+                let relevant = |notice: &EventNotice| notice.global_id > cursor && notice.may_match(&filter);
                 let heartbeat_item = WatchItem::Heartbeat {
                     last_sequence: 0,
                     log_position: cursor,
@@ -302,8 +296,8 @@ enum Wake {
 
 type LogPage = Result<Arc<Vec<JobEvent>>, StoreError>;
 type SharedPage = Shared<BoxFuture<'static, LogPage>>;
-/// A place in the log: after this global id, one user's events or all.
-type LogPlace = (i64, Option<String>);
+/// A place in the log: after this global id, the events a filter matches.
+type LogPlace = (i64, LogFilter);
 
 /// Reads of the event log shared by every WatchJobs stream at the same place:
 /// streams woken by one event, at one position, cost one database read.
@@ -313,17 +307,17 @@ pub struct LogReads {
 }
 
 impl LogReads {
-    /// The page of the log after `after` (one user's, or all), from the read
+    /// The page of the log after `after` that `filter` matches, from the read
     /// in flight at that place if there is one. A read that began before the
     /// event `wanted` was stored may not hold it: then the page is read again.
     pub async fn read(
         &self,
         store: &SharedStore,
         after: i64,
-        user_id: Option<&str>,
+        filter: &LogFilter,
         wanted: Option<i64>,
     ) -> Result<Vec<JobEvent>, StoreError> {
-        let key = (after, user_id.map(str::to_owned));
+        let key = (after, filter.clone());
         let shared = self.page(store, &key, false).await?;
         let reaches = |page: &[JobEvent]| wanted.is_none_or(|id| page.last().is_some_and(|last| last.global_id >= id));
         if reaches(&shared) {
@@ -339,8 +333,8 @@ impl LogReads {
                 Some(page) if !fresh => page.clone(),
                 _ => {
                     let store = store.clone();
-                    let (after, user) = key.clone();
-                    let page = async move { store.log_events(after, user.as_deref(), PAGE).await.map(Arc::new) }
+                    let (after, filter) = key.clone();
+                    let page = async move { store.log_events(after, &filter, PAGE).await.map(Arc::new) }
                         .boxed()
                         .shared();
                     reading.insert(key.clone(), page.clone());

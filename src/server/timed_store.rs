@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::jobs::model::{EventKind, Job, JobEvent};
-use crate::jobs::ports::{Backlog, Created, JobCursor, JobFilter, JobStore, Saved, SharedStore, StoreError};
+use crate::jobs::ports::{Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, SharedStore, StoreError};
 use crate::metrics::Metrics;
 
 pub struct TimedStore {
@@ -49,15 +49,15 @@ impl JobStore for TimedStore {
     async fn log_events(
         &self,
         after_global_id: i64,
-        user_id: Option<&str>,
+        filter: &LogFilter,
         limit: u32,
     ) -> Result<Vec<JobEvent>, StoreError> {
-        self.timed("log_events", self.inner.log_events(after_global_id, user_id, limit))
+        self.timed("log_events", self.inner.log_events(after_global_id, filter, limit))
             .await
     }
 
-    async fn last_global_id(&self) -> Result<i64, StoreError> {
-        self.timed("last_global_id", self.inner.last_global_id()).await
+    async fn last_global_id(&self, owner: Option<&str>) -> Result<i64, StoreError> {
+        self.timed("last_global_id", self.inner.last_global_id(owner)).await
     }
 
     async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<Job>, StoreError> {
@@ -85,6 +85,14 @@ impl JobStore for TimedStore {
     async fn delete_finished(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError> {
         self.timed("delete_finished", self.inner.delete_finished(before, limit))
             .await
+    }
+
+    async fn claim_user(&self, user_id: &str, owner: &str) -> Result<String, StoreError> {
+        self.timed("claim_user", self.inner.claim_user(user_id, owner)).await
+    }
+
+    async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        self.timed("user_owner", self.inner.user_owner(user_id)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,6 +1,9 @@
 //! TLS on the gRPC port, with client certificates from a configured CA when
-//! callers are identified by them. A caller's identity is its certificate's
-//! SPIFFE ID (URI SAN), or else its subject's common name.
+//! callers are identified by them. A certificate is parsed (never searched):
+//! its identity is its one SPIFFE ID (URI SAN); a certificate without a URI SAN
+//! is identified by its subject's one common name, as a name of its own kind
+//! (`cn:…`). Anything ambiguous — two SPIFFE IDs, a malformed one, two common
+//! names — identifies nobody.
 //!
 //! Handshakes run on tasks of their own, each within the header timeout, so a
 //! client that stalls its handshake holds up nobody else's connection.
@@ -21,7 +24,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
-use crate::auth::{Identity, PeerIdentity};
+use crate::auth::{Identity, Peer};
 use crate::net::Guarded;
 
 /// The gRPC port's certificate, and the CA whose client certificates identify callers.
@@ -80,7 +83,7 @@ pub fn acceptor(tls: &GrpcTls) -> anyhow::Result<GrpcTlsAcceptor> {
 /// A TLS connection on the gRPC port, with its client's identity.
 pub struct TlsConnection {
     stream: TlsStream<Guarded<TcpStream>>,
-    identity: PeerIdentity,
+    peer: Peer,
 }
 
 /// The accepted connections after their handshakes; failed and stalled
@@ -105,8 +108,16 @@ pub fn handshakes(
             tokio::spawn(async move {
                 match tokio::time::timeout(timeout, acceptor.accept(connection)).await {
                     Ok(Ok(stream)) => {
-                        let identity = peer_identity(stream.get_ref().1);
-                        let _ = deliver.send(Ok(TlsConnection { stream, identity })).await;
+                        let peer = Peer {
+                            addr: stream.get_ref().0.peer_addr(),
+                            certificate: stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|leaf| certificate_identity(leaf)),
+                        };
+                        let _ = deliver.send(Ok(TlsConnection { stream, peer })).await;
                     }
                     Ok(Err(error)) => debug!(%error, "gRPC TLS handshake failed"),
                     Err(_) => debug!("gRPC TLS handshake timed out"),
@@ -117,52 +128,43 @@ pub fn handshakes(
     ReceiverStream::new(receiver)
 }
 
-/// The identity the client's (verified) certificate states.
-fn peer_identity(connection: &rustls::ServerConnection) -> PeerIdentity {
-    let identity = connection
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|leaf| {
-            let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
-            let uri = cert
-                .valid_uri_names()
-                .find(|uri| uri.starts_with("spiffe://"))
-                .map(str::to_owned);
-            uri.or_else(|| common_name(cert.subject()))
-        })
-        .and_then(Identity::new);
-    PeerIdentity(identity)
-}
-
-/// The common name (OID 2.5.4.3) of a DER-encoded X.509 name's contents.
-fn common_name(subject: &[u8]) -> Option<String> {
-    const COMMON_NAME: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x03];
-    let at = subject
-        .windows(COMMON_NAME.len())
-        .position(|window| window == COMMON_NAME)?;
-    let rest = subject.get(at + COMMON_NAME.len()..)?;
-    let (&tag, rest) = rest.split_first()?;
-    // UTF8String, PrintableString, IA5String.
-    if !matches!(tag, 0x0c | 0x13 | 0x16) {
-        return None;
-    }
-    let (&length, rest) = rest.split_first()?;
-    let (length, rest) = match length {
-        0..=0x7f => (usize::from(length), rest),
-        0x81 => {
-            let (&long, rest) = rest.split_first()?;
-            (usize::from(long), rest)
-        }
-        _ => return None,
+/// The identity a (verified) certificate states, read by an X.509 parser.
+pub fn certificate_identity(der: &[u8]) -> Option<Identity> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let uris: Vec<&str> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        // A duplicated or malformed extension: trust nothing in it.
+        Err(_) => return None,
     };
-    String::from_utf8(rest.get(..length)?.to_vec()).ok()
+    match uris.as_slice() {
+        [] => {
+            let mut names = cert.subject().iter_common_name();
+            let name = names.next()?.as_str().ok()?;
+            if names.next().is_some() {
+                return None;
+            }
+            Identity::common_name(name)
+        }
+        [uri] => Identity::spiffe(uri),
+        _ => None,
+    }
 }
 
 impl tonic::transport::server::Connected for TlsConnection {
-    type ConnectInfo = PeerIdentity;
+    type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.identity.clone()
+        self.peer.clone()
     }
 }
 
@@ -202,14 +204,75 @@ impl AsyncWrite for TlsConnection {
 mod tests {
     use super::*;
 
+    fn certificate(uris: &[&str], names: &[(rcgen::DnType, &str)]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (kind, value) in names {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI((*uri).try_into().expect("a URI")));
+        }
+        params.self_signed(&key).expect("signed").der().to_vec()
+    }
+
+    fn identity(uris: &[&str], names: &[(rcgen::DnType, &str)]) -> Option<String> {
+        certificate_identity(&certificate(uris, names)).map(|identity| identity.to_string())
+    }
+
     #[test]
-    fn the_common_name_is_read_from_a_subject() {
-        // SEQUENCE-less contents of: SET { SEQUENCE { OID 2.5.4.3, UTF8String "api" } }
-        let subject = [
-            0x31, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x03, b'a', b'p', b'i',
-        ];
-        assert_eq!(common_name(&subject).as_deref(), Some("api"));
-        assert_eq!(common_name(&subject[..12]), None, "truncated");
-        assert_eq!(common_name(&[]), None);
+    fn the_spiffe_id_is_the_identity() {
+        assert_eq!(
+            identity(&["spiffe://c/ns/pay/sa/api"], &[(rcgen::DnType::CommonName, "other")]).as_deref(),
+            Some("spiffe://c/ns/pay/sa/api")
+        );
+    }
+
+    #[test]
+    fn a_common_name_is_its_own_kind_and_read_from_its_attribute() {
+        assert_eq!(
+            identity(&[], &[(rcgen::DnType::CommonName, "spiffe://c/ns/support/sa/console")]).as_deref(),
+            Some("cn:spiffe://c/ns/support/sa/console")
+        );
+        // An earlier attribute carrying a CN's encoding is an organisation, not a name.
+        let crafted = "\u{6}\u{3}U\u{4}\u{3}\u{c}\u{5}admin";
+        assert_eq!(
+            identity(
+                &[],
+                &[
+                    (rcgen::DnType::OrganizationName, crafted),
+                    (rcgen::DnType::CommonName, "api")
+                ]
+            )
+            .as_deref(),
+            Some("cn:api")
+        );
+        assert_eq!(identity(&[], &[(rcgen::DnType::OrganizationName, crafted)]), None);
+    }
+
+    #[test]
+    fn ambiguous_or_malformed_names_identify_nobody() {
+        assert_eq!(identity(&["spiffe://c/a", "spiffe://c/b"], &[]), None);
+        assert_eq!(identity(&["https://c/a"], &[(rcgen::DnType::CommonName, "api")]), None);
+        assert_eq!(identity(&["spiffe://C/a"], &[]), None);
+        // Two common names: rcgen writes one per type, so an OU is turned into a CN in the DER.
+        let mut two_names = certificate(
+            &[],
+            &[
+                (rcgen::DnType::CommonName, "a"),
+                (rcgen::DnType::OrganizationalUnitName, "b"),
+            ],
+        );
+        let ou = [0x06, 0x03, 0x55, 0x04, 0x0b];
+        // In the issuer and the subject alike (the certificate signs itself).
+        while let Some(at) = two_names.windows(5).position(|window| window == ou) {
+            two_names[at + 4] = 0x03;
+        }
+        assert_eq!(certificate_identity(&two_names), None);
+        assert_eq!(identity(&[], &[]), None);
+        assert_eq!(certificate_identity(b"not a certificate"), None);
     }
 }

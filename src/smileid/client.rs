@@ -28,12 +28,50 @@ pub enum Environment {
     Custom(String),
 }
 
+/// Smile ID's sandbox host (docs.usesmileid.com, "Environments"); every other
+/// `*.smileidentity.com` host is production.
+const SANDBOX_HOST: &str = "testapi.smileidentity.com";
+
+/// What an environment's base URL reaches, as far as what may be relaxed there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// Smile ID production, or a host that may lead there (a proxy, an alias).
+    Production,
+    /// Smile ID's sandbox.
+    Sandbox,
+    /// A server on this machine's loopback: the simulator, in development and tests.
+    Loopback,
+}
+
 impl Environment {
     pub fn base_url(&self) -> &str {
         match self {
             Self::Sandbox => "https://testapi.smileidentity.com/v1",
             Self::Production => "https://api.smileidentity.com/v1",
             Self::Custom(url) => url.trim_end_matches('/'),
+        }
+    }
+
+    /// What the base URL reaches, by its host however it is written: only
+    /// the sandbox host and loopback addresses are not production.
+    pub fn upstream(&self) -> Upstream {
+        let Ok(url) = reqwest::Url::parse(self.base_url()) else {
+            return Upstream::Production;
+        };
+        match url.host() {
+            Some(url::Host::Domain(host)) => {
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                if host == SANDBOX_HOST {
+                    Upstream::Sandbox
+                } else if host == "localhost" {
+                    Upstream::Loopback
+                } else {
+                    Upstream::Production
+                }
+            }
+            Some(url::Host::Ipv4(ip)) if ip.is_loopback() => Upstream::Loopback,
+            Some(url::Host::Ipv6(ip)) if ip.is_loopback() => Upstream::Loopback,
+            _ => Upstream::Production,
         }
     }
 }

@@ -10,7 +10,7 @@ pub mod wire;
 
 pub use callback::{CallbackError, VerifiedCallback, verify_callback};
 pub use client::{
-    ClientConfig, Environment, JobStatus, JobSubmission, RetryPolicy, SmileIdClient, StatusOptions, Submitted,
+    ClientConfig, Environment, JobStatus, JobSubmission, RetryPolicy, SmileIdClient, StatusOptions, Submitted, Upstream,
 };
 pub use codes::{Decision, ErrorCode, classify_result};
 pub use error::{SmileIdError, SubmitError, SubmitOutcome, SubmitStage};

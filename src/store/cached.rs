@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::jobs::model::{EventKind, Job, JobEvent};
-use crate::jobs::ports::{Backlog, Created, JobCursor, JobFilter, JobStore, Saved, StoreError};
+use crate::jobs::ports::{Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, StoreError};
 
 /// Jobs kept; the oldest kept first goes first.
 const CAPACITY: usize = 4096;
@@ -103,14 +103,14 @@ impl<S: JobStore> JobStore for CachedStore<S> {
     async fn log_events(
         &self,
         after_global_id: i64,
-        user_id: Option<&str>,
+        filter: &LogFilter,
         limit: u32,
     ) -> Result<Vec<JobEvent>, StoreError> {
-        self.inner.log_events(after_global_id, user_id, limit).await
+        self.inner.log_events(after_global_id, filter, limit).await
     }
 
-    async fn last_global_id(&self) -> Result<i64, StoreError> {
-        self.inner.last_global_id().await
+    async fn last_global_id(&self, owner: Option<&str>) -> Result<i64, StoreError> {
+        self.inner.last_global_id(owner).await
     }
 
     async fn claim_due(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<Job>, StoreError> {
@@ -141,6 +141,14 @@ impl<S: JobStore> JobStore for CachedStore<S> {
             recent.forget(job_id);
         }
         Ok(deleted)
+    }
+
+    async fn claim_user(&self, user_id: &str, owner: &str) -> Result<String, StoreError> {
+        self.inner.claim_user(user_id, owner).await
+    }
+
+    async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        self.inner.user_owner(user_id).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -106,9 +106,9 @@ impl PgStore {
         "WITH updated AS (
              UPDATE jobs SET state = $1, data = $2, version = $3, last_sequence = $4, next_poll_at = $5,
                              updated_at = $6
-             WHERE job_id = $7 AND version = $8 RETURNING job_id, user_id)
-         INSERT INTO job_events (job_id, user_id, sequence, kind, snapshot, created_at)
-         SELECT job_id, user_id, $4, $9, $2, $6 FROM updated RETURNING id",
+             WHERE job_id = $7 AND version = $8 RETURNING job_id, user_id, owner)
+         INSERT INTO job_events (job_id, user_id, owner, sequence, kind, snapshot, created_at)
+         SELECT job_id, user_id, owner, $4, $9, $2, $6 FROM updated RETURNING id",
     );
 
     /// Whether this replica's transaction is the one deleting expired jobs now.

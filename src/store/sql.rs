@@ -16,8 +16,8 @@ macro_rules! impl_job_store {
             data: &str,
         ) -> Result<$crate::jobs::model::JobEvent, $crate::jobs::ports::StoreError> {
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO job_events (job_id, user_id, sequence, kind, snapshot, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                "INSERT INTO job_events (job_id, user_id, owner, sequence, kind, snapshot, created_at)
+                 VALUES ($1, $2, $7, $3, $4, $5, $6) RETURNING id",
             )
             .bind(&job.job_id)
             .bind(&job.user_id)
@@ -25,6 +25,7 @@ macro_rules! impl_job_store {
             .bind(kind.as_str())
             .bind(data)
             .bind($crate::store::millis(job.updated_at))
+            .bind(job.owner.as_deref())
             .fetch_one(&mut *connection)
             .await?;
             let event = $crate::jobs::model::JobEvent {
@@ -273,27 +274,56 @@ macro_rules! impl_job_store {
             async fn log_events(
                 &self,
                 after_global_id: i64,
-                user_id: Option<&str>,
+                filter: &$crate::jobs::ports::LogFilter,
                 limit: u32,
             ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::jobs::ports::StoreError> {
-                let rows = sqlx::query(
-                    "SELECT id, sequence, kind, snapshot, created_at FROM job_events
-                     WHERE id > $1 AND (CAST($2 AS TEXT) IS NULL OR user_id = $2) ORDER BY id LIMIT $3",
-                )
-                .bind(after_global_id)
-                .bind(user_id)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
+                // One statement per filter, each served by its own index.
+                let (sql, first, second) = match (filter.user_id.as_deref(), filter.owner.as_deref()) {
+                    (None, None) => (
+                        "SELECT id, sequence, kind, snapshot, created_at FROM job_events
+                         WHERE id > $1 ORDER BY id LIMIT $2",
+                        None,
+                        None,
+                    ),
+                    (Some(user), None) => (
+                        "SELECT id, sequence, kind, snapshot, created_at FROM job_events
+                         WHERE user_id = $3 AND id > $1 ORDER BY id LIMIT $2",
+                        Some(user),
+                        None,
+                    ),
+                    (None, Some(owner)) => (
+                        "SELECT id, sequence, kind, snapshot, created_at FROM job_events
+                         WHERE owner = $3 AND id > $1 ORDER BY id LIMIT $2",
+                        Some(owner),
+                        None,
+                    ),
+                    (Some(user), Some(owner)) => (
+                        "SELECT id, sequence, kind, snapshot, created_at FROM job_events
+                         WHERE user_id = $3 AND owner = $4 AND id > $1 ORDER BY id LIMIT $2",
+                        Some(user),
+                        Some(owner),
+                    ),
+                };
+                let mut query = sqlx::query(sql).bind(after_global_id).bind(i64::from(limit));
+                if let Some(first) = first {
+                    query = query.bind(first);
+                }
+                if let Some(second) = second {
+                    query = query.bind(second);
+                }
+                let rows = query.fetch_all(&self.pool).await?;
                 rows.iter().map(event_from_row).collect()
             }
 
-            async fn last_global_id(&self) -> Result<i64, $crate::jobs::ports::StoreError> {
-                Ok(
-                    sqlx::query_scalar("SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM job_events")
-                        .fetch_one(&self.pool)
-                        .await?,
-                )
+            async fn last_global_id(&self, owner: Option<&str>) -> Result<i64, $crate::jobs::ports::StoreError> {
+                let query = match owner {
+                    None => sqlx::query_scalar("SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM job_events"),
+                    Some(owner) => sqlx::query_scalar(
+                        "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM job_events WHERE owner = $1",
+                    )
+                    .bind(owner),
+                };
+                Ok(query.fetch_one(&self.pool).await?)
             }
 
             async fn claim_due(
@@ -393,6 +423,28 @@ macro_rules! impl_job_store {
                 }
                 let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
                 rows.iter().map(job_from_row).collect()
+            }
+
+            async fn claim_user(&self, user_id: &str, owner: &str) -> Result<String, $crate::jobs::ports::StoreError> {
+                sqlx::query(
+                    "INSERT INTO users (user_id, owner, created_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(owner)
+                .bind($crate::store::millis(chrono::Utc::now()))
+                .execute(&self.pool)
+                .await?;
+                self.user_owner(user_id)
+                    .await?
+                    .ok_or_else(|| $crate::jobs::ports::StoreError::Unavailable("a claimed user vanished".into()))
+            }
+
+            async fn user_owner(&self, user_id: &str) -> Result<Option<String>, $crate::jobs::ports::StoreError> {
+                Ok(sqlx::query_scalar("SELECT owner FROM users WHERE user_id = $1")
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await?)
             }
 
             async fn delete_finished(

@@ -1,7 +1,8 @@
 //! Helpers of selfie-auth's black-box tests, one module per concern: fixture
-//! images, the simulator, the service under test, streams, PostgreSQL and
-//! external tools.
+//! images, caller identities, the simulator, the service under test, streams,
+//! PostgreSQL and external tools.
 
+pub mod identity;
 pub mod images;
 pub mod postgres;
 pub mod process;
@@ -13,6 +14,7 @@ pub mod tools;
 
 use std::time::Duration;
 
+pub use identity::*;
 pub use images::*;
 pub use postgres::*;
 pub use process::*;

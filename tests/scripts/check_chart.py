@@ -45,6 +45,12 @@ def render(values):
     return docs
 
 
+def render_notes(values):
+    with Chart.load(CHART) as chart:
+        manifests = chart.render(values=values, name="auth", namespace="payments")
+    return "".join(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
 def by_kind(docs, kind):
     return [doc for doc in docs if doc["kind"] == kind]
 
@@ -183,11 +189,19 @@ def _():
     container = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["SELFIE_AUTH_TRUST_XFCC"] == "true" and env["SELFIE_AUTH_INSECURE_NO_AUTH"] == "false", env
+    assert env["SELFIE_AUTH_XFCC_TRUSTED_PEERS"] == "127.0.0.6/32", "only the sidecar's address by default"
+    assert "SELFIE_AUTH_XFCC_TRUSTED_PROXIES" not in env, env
     assert env["SELFIE_AUTH_POLICY_FILE"] == "/etc/selfie-auth/policy/policy.toml"
     assert env["SELFIE_AUTH_RETENTION"] == "90d"
     maps = [doc for doc in by_kind(docs, "ConfigMap") if doc["metadata"]["name"].endswith("-policy")]
     assert maps and maps[0]["data"]["policy.toml"].strip() == policy.strip(), maps
     assert any(mount["mountPath"] == "/etc/selfie-auth/policy" for mount in container["volumeMounts"])
+    expect_failure(
+        {**REQUIRED, "auth": {"forwardedClientCert": {"trustedPeers": []}}},
+        "auth.trustForwardedClientCert needs auth.forwardedClientCert.trustedPeers",
+    )
+    notes = render_notes(REQUIRED)
+    assert "port-forward" not in notes.replace("port-forward bypasses", ""), notes
     plain = by_kind(render(REQUIRED), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     assert "SELFIE_AUTH_POLICY_FILE" not in {item["name"] for item in plain["env"]}
 

@@ -80,6 +80,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail (printf "config.memory budgets, config.maxOpenStreams at 8 KiB each, 32 MiB of callbacks and 100 MiB for the process (%d bytes) exceed resources.limits.memory (%d bytes): a flood of requests could get the pod OOM-killed" (int64 $needed) $limit) -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.auth.trustForwardedClientCert (not .Values.auth.forwardedClientCert.trustedPeers) (not .Values.auth.forwardedClientCert.trustedProxies) -}}
+{{- fail "auth.trustForwardedClientCert needs auth.forwardedClientCert.trustedPeers (Istio's sidecar connects from 127.0.0.6/32) or trustedProxies: a header believed from anyone makes anyone anyone" -}}
+{{- end -}}
 {{- if not (include "selfie-auth.usesPostgres" .) -}}
 {{- if or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled -}}
 {{- fail "several replicas need PostgreSQL: set database.existingSecret.name (or replicaCount: 1 for SQLite)" -}}
