@@ -18,8 +18,56 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// The content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the OpenMetrics exposition.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the Prometheus text exposition (format 0.0.4).
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The contract's methods, as `rpc_method` label values.
+pub const RPC_METHODS: [&str; 6] = [
+    "SubmitAuthentication",
+    "EnrollUser",
+    "GetJob",
+    "ListJobs",
+    "WatchJob",
+    "WatchJobs",
+];
+/// The streaming methods among them.
+pub const STREAMING_METHODS: [&str; 2] = ["WatchJob", "WatchJobs"];
+/// gRPC codes alerts and dashboards select: OK, and those the OpenTelemetry
+/// conventions count as the server's errors (UNKNOWN, DEADLINE_EXCEEDED,
+/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+pub const WATCHED_CODES: [i32; 7] = [0, 2, 4, 12, 13, 14, 15];
+/// What becomes of a callback.
+pub const CALLBACK_OUTCOMES: [&str; 11] = [
+    "applied",
+    "unchanged",
+    "deferred",
+    "unknown_job",
+    "replayed",
+    "refused_signature",
+    "refused_malformed",
+    "too_large",
+    "timeout",
+    "busy",
+    "not_stored",
+];
+/// The permissions each method may be refused, as `calls_denied` labels.
+pub const DENIALS: [(&str, &[&str]); 6] = [
+    ("SubmitAuthentication", &["submit", "image_links", "others_users"]),
+    ("EnrollUser", &["enroll", "image_links", "others_users"]),
+    ("GetJob", &["get", "image_links", "others_jobs"]),
+    ("ListJobs", &["list"]),
+    ("WatchJob", &["watch_job", "others_jobs"]),
+    ("WatchJobs", &["watch_job"]),
+];
+/// What becomes of a submission to Smile ID.
+pub const SUBMISSION_OUTCOMES: [&str; 2] = ["accepted", "refused"];
+/// Smile ID operations and their outcomes.
+pub const SMILEID_OUTCOMES: [(&str, &[&str]); 2] = [
+    ("submit", &["accepted", "refused", "not_sent", "unknown"]),
+    ("job_status", &["ok", "not_found", "unavailable", "unusable"]),
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
@@ -123,6 +171,7 @@ impl Default for Metrics {
             pool: OnceLock::new(),
         };
         metrics.register();
+        metrics.create_watched_series();
         metrics
     }
 }
@@ -231,6 +280,44 @@ impl Metrics {
         registry.register_collector(Box::new(ProcessCollector));
     }
 
+    /// Every series an alert or the dashboard reads, at zero, so that `rate()`
+    /// and `increase()` see the first event of each kind.
+    fn create_watched_series(&self) {
+        for rpc_method in RPC_METHODS {
+            for rpc_grpc_status_code in WATCHED_CODES {
+                drop(self.rpc_duration.get_or_create(&RpcLabels {
+                    rpc_method,
+                    rpc_grpc_status_code,
+                }));
+            }
+        }
+        for rpc_method in STREAMING_METHODS {
+            drop(self.streams_open.get_or_create(&MethodLabel { rpc_method }));
+        }
+        for outcome in CALLBACK_OUTCOMES {
+            drop(self.callbacks.get_or_create(&OutcomeLabel { outcome }));
+        }
+        for (rpc_method, permissions) in DENIALS {
+            for permission in permissions {
+                drop(
+                    self.calls_denied
+                        .get_or_create(&DenialLabels { rpc_method, permission }),
+                );
+            }
+        }
+        for outcome in SUBMISSION_OUTCOMES {
+            drop(self.submissions.get_or_create(&OutcomeLabel { outcome }));
+        }
+        for (endpoint, outcomes) in SMILEID_OUTCOMES {
+            for outcome in outcomes {
+                drop(
+                    self.smileid_duration
+                        .get_or_create(&SmileIdLabels { endpoint, outcome }),
+                );
+            }
+        }
+    }
+
     /// Reports the store's pool from now on.
     pub fn watch_pool(&self, status: PoolStatus) {
         let _ = self.pool.set(status);
@@ -245,15 +332,35 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    pub fn denied(&self, rpc_method: &'static str, permission: &'static str) {
+        debug_assert!(
+            DENIALS
+                .iter()
+                .any(|(method, permissions)| *method == rpc_method && permissions.contains(&permission)),
+            "{rpc_method}/{permission} is not listed"
+        );
+        self.calls_denied
+            .get_or_create(&DenialLabels { rpc_method, permission })
+            .inc();
+    }
+
     pub fn callback(&self, outcome: &'static str) {
+        debug_assert!(CALLBACK_OUTCOMES.contains(&outcome), "{outcome} is not listed");
         self.callbacks.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub fn submission(&self, outcome: &'static str) {
+        debug_assert!(SUBMISSION_OUTCOMES.contains(&outcome), "{outcome} is not listed");
         self.submissions.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub fn observe_smileid(&self, endpoint: &'static str, outcome: &'static str, elapsed: Duration) {
+        debug_assert!(
+            SMILEID_OUTCOMES
+                .iter()
+                .any(|(listed, outcomes)| *listed == endpoint && outcomes.contains(&outcome)),
+            "{endpoint}/{outcome} is not listed"
+        );
         self.smileid_duration
             .get_or_create(&SmileIdLabels { endpoint, outcome })
             .observe(elapsed.as_secs_f64());
@@ -263,6 +370,17 @@ impl Metrics {
         self.db_duration
             .get_or_create(&OperationLabel { operation })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Every metric in the format `accept` (an HTTP `Accept` header) asks for,
+    /// and its content type: OpenMetrics when it is named (as Prometheus's
+    /// scrapes do), else the Prometheus text format that every tool reads.
+    pub fn render_for(&self, accept: Option<&str>) -> (&'static str, String) {
+        if accept.is_some_and(|accept| accept.contains("application/openmetrics-text")) {
+            (OPENMETRICS_CONTENT_TYPE, self.render())
+        } else {
+            (TEXT_CONTENT_TYPE, openmetrics_to_text(&self.render()))
+        }
     }
 
     /// Every metric, in the OpenMetrics text format.
@@ -285,6 +403,36 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition: the
+/// samples are the same; a counter's HELP and TYPE name its `_total` sample,
+/// and there are no UNIT lines and no EOF.
+fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| line.strip_prefix(prefix).map(|rest| (prefix, rest)));
+        match described.and_then(|(prefix, rest)| rest.split_once(' ').map(|(name, tail)| (prefix, name, tail))) {
+            Some((prefix, name, tail)) if counters.contains(name) => {
+                text.push_str(&format!("{prefix}{name}_total {tail}\n"));
+            }
+            _ => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text
 }
 
 /// The standard `process_*` metrics, read from `/proc/self` at each scrape.
@@ -393,5 +541,39 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn watched_series_exist_at_zero_from_the_start() {
+        let text = Metrics::default().render();
+        for expected in [
+            r#"rpc_server_duration_seconds_count{rpc_method="SubmitAuthentication",rpc_grpc_status_code="14"} 0"#,
+            r#"rpc_server_duration_seconds_count{rpc_method="GetJob",rpc_grpc_status_code="13"} 0"#,
+            r#"selfie_auth_callbacks_total{outcome="not_stored"} 0"#,
+            r#"selfie_auth_smileid_request_duration_seconds_count{endpoint="submit",outcome="not_sent"} 0"#,
+            r#"selfie_auth_submissions_total{outcome="refused"} 0"#,
+            r#"selfie_auth_streams_open{rpc_method="WatchJobs"} 0"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_text_format_names_counters_by_their_samples() {
+        let metrics = Metrics::default();
+        metrics.callback("applied");
+        let (content_type, text) = metrics.render_for(Some("text/plain;version=0.0.4"));
+        assert_eq!(content_type, TEXT_CONTENT_TYPE);
+        assert!(text.contains("# TYPE selfie_auth_callbacks_total counter"), "{text}");
+        assert!(
+            text.contains("# HELP selfie_auth_callbacks_total Smile ID callbacks"),
+            "{text}"
+        );
+        assert!(text.contains(r#"selfie_auth_callbacks_total{outcome="applied"} 1"#));
+        assert!(text.contains("# TYPE rpc_server_duration_seconds histogram"));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        let (content_type, text) = metrics.render_for(Some("application/openmetrics-text;version=1.0.0,*/*"));
+        assert_eq!(content_type, OPENMETRICS_CONTENT_TYPE);
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -277,6 +277,27 @@ async fn health_exits_by_the_servers_status() {
     let unreachable = run(&["health", "--addr", &nobody, "--timeout", "1s"]).await;
     assert_eq!(unreachable.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("unreachable"));
+
+    // As the image's HEALTHCHECK runs it: no flag, the port the server listens by.
+    let listen = format!("0.0.0.0:{}", service.running.grpc_addr.port());
+    let by_environment = |grpc_addr: String| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_selfie-auth"))
+            .args(["health", "--service", "selfieauth.v1.SelfieAuth", "--timeout", "2s"])
+            .env_remove("SELFIE_AUTH_HEALTH_ADDR")
+            .env("SELFIE_AUTH_GRPC_ADDR", grpc_addr)
+            .output()
+    };
+    let found = by_environment(listen).await.expect("run");
+    assert_eq!(
+        found.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    let moved = by_environment(format!("0.0.0.0:{}", nobody.rsplit(':').next().unwrap_or_default()))
+        .await
+        .expect("run");
+    assert_eq!(moved.status.code(), Some(3), "another port is another server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

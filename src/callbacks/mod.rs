@@ -83,11 +83,13 @@ async fn readyz(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) 
     }
 }
 
-async fn render_metrics(State(endpoint): State<Endpoint>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    (
-        [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        endpoint.metrics.render(),
-    )
+async fn render_metrics(
+    State(endpoint): State<Endpoint>,
+    headers: HeaderMap,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let accept = headers.get(header::ACCEPT).and_then(|value| value.to_str().ok());
+    let (content_type, text) = endpoint.metrics.render_for(accept);
+    ([(header::CONTENT_TYPE, content_type)], text)
 }
 
 #[tracing::instrument(

@@ -22,7 +22,7 @@ use crate::jobs::validate::id_problem;
 use crate::jobs::{
     Job, JobError, JobKind, JobService, JobServiceHandle, LogFilter, LogStart, SubmitRequest, WatchItem,
 };
-use crate::metrics::{DenialLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::smileid::StatusOptions;
 use convert::Include;
 use load_shed::Admission;
@@ -108,13 +108,7 @@ impl SelfieAuthApi {
     /// Refuses the call unless the policy grants `caller` the `permission`.
     fn permit(&self, caller: &Caller, method: &'static str, permission: Permission) -> Result<(), Status> {
         self.policy.check(caller, permission).map_err(|error| {
-            self.metrics
-                .calls_denied
-                .get_or_create(&DenialLabels {
-                    rpc_method: method,
-                    permission: permission.as_str(),
-                })
-                .inc();
+            self.metrics.denied(method, permission.as_str());
             audit::denied(caller, method, permission.as_str());
             auth_status(&error)
         })
@@ -158,13 +152,7 @@ impl SelfieAuthApi {
         }
         let policy = self.policy.current();
         let refuse = || {
-            self.metrics
-                .calls_denied
-                .get_or_create(&DenialLabels {
-                    rpc_method: method,
-                    permission: Permission::OthersUsers.as_str(),
-                })
-                .inc();
+            self.metrics.denied(method, Permission::OthersUsers.as_str());
             audit::denied(caller, method, Permission::OthersUsers.as_str());
             status::user_not_permitted(user_id)
         };

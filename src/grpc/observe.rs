@@ -14,26 +14,21 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
-use crate::metrics::{MethodLabel, Metrics};
+use crate::metrics::{MethodLabel, Metrics, RPC_METHODS, STREAMING_METHODS};
 
 const OBSERVED_PREFIX: &str = "/selfieauth.v1.SelfieAuth/";
-const STREAMING: [&str; 2] = ["WatchJob", "WatchJobs"];
+
 /// gRPC's CANCELLED: the caller went away before the call ended.
 const CANCELLED: i32 = 1;
 const UNKNOWN: i32 = 2;
 
 /// The contract's method a path names, as a fixed label value.
 fn method_of(path: &str) -> &'static str {
-    const METHODS: [&str; 6] = [
-        "SubmitAuthentication",
-        "EnrollUser",
-        "GetJob",
-        "ListJobs",
-        "WatchJob",
-        "WatchJobs",
-    ];
     let name = path.strip_prefix(OBSERVED_PREFIX).unwrap_or_default();
-    METHODS.into_iter().find(|method| *method == name).unwrap_or("unknown")
+    RPC_METHODS
+        .into_iter()
+        .find(|method| *method == name)
+        .unwrap_or("unknown")
 }
 
 /// Whether a server-side status is the server's fault, as the OpenTelemetry
@@ -99,7 +94,7 @@ where
             metrics: self.metrics.clone(),
             method,
             started: Instant::now(),
-            streaming: STREAMING.contains(&method),
+            streaming: STREAMING_METHODS.contains(&method),
         };
         let response = self.inner.call(request).instrument(span);
         Box::pin(async move {

@@ -112,12 +112,22 @@ impl Health for HealthService {
         let mut status = self.status.clone();
         let closing = self.closing.clone();
         let stream = async_stream_of(move |sender| async move {
-            loop {
-                let current = if service_known {
-                    *status.borrow_and_update()
-                } else {
-                    ServingStatus::ServiceUnknown
+            if !service_known {
+                // The services served never change: one SERVICE_UNKNOWN, then the stream stays
+                // open, as the health protocol asks, until the server stops.
+                let unknown = HealthCheckResponse {
+                    status: ServingStatus::ServiceUnknown as i32,
                 };
+                if sender.send(Ok(unknown)).await.is_ok() {
+                    tokio::select! {
+                        () = closing.cancelled() => {}
+                        () = sender.closed() => {}
+                    }
+                }
+                return;
+            }
+            loop {
+                let current = *status.borrow_and_update();
                 if sender
                     .send(Ok(HealthCheckResponse { status: current as i32 }))
                     .await

@@ -79,3 +79,40 @@ pub fn skip_or_fail(what: &str, reason: &str) {
     }
     eprintln!("\n*** SKIPPED: {what}: {reason} ***\n");
 }
+
+/// The path of `command`, installing Debian's `packages` first when it is
+/// missing (as root, with apt-get); why not otherwise. Tests installing the
+/// same packages at once wait for each other on dpkg's lock.
+pub fn debian_tool(command: &str, packages: &[&str]) -> Result<std::path::PathBuf, String> {
+    let find = || {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(command))
+                .find(|candidate| candidate.is_file())
+        })
+    };
+    if let Some(path) = find() {
+        return Ok(path);
+    }
+    eprintln!("installing {} (Debian) for {command} ...", packages.join(" "));
+    let apt_get = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .args(["-o", "DPkg::Lock::Timeout=300"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|error| format!("apt-get: {error}"))
+    };
+    let install = [&["install", "-y", "--no-install-recommends"][..], packages].concat();
+    let mut installed = apt_get(&install)?;
+    if !installed.success() {
+        // A fresh machine may not have read the package lists yet.
+        apt_get(&["update", "-q"])?;
+        installed = apt_get(&install)?;
+    }
+    if !installed.success() {
+        return Err(format!("apt-get install {} failed ({installed})", packages.join(" ")));
+    }
+    find().ok_or_else(|| format!("{command} is not on PATH after installing {}", packages.join(" ")))
+}

@@ -230,6 +230,16 @@ def _():
     expect_failure({"smileid": {**REQUIRED["smileid"], "environment": "staging"}}, "environment")
 
 
+@scenario("the image's health check and data folder follow the server's settings")
+def _():
+    with open(os.path.join(ROOT, "Dockerfile")) as handle:
+        dockerfile = handle.read()
+    healthcheck = dockerfile[dockerfile.index("HEALTHCHECK"):].split("\n\n")[0]
+    assert "--addr" not in healthcheck, "a flag would override SELFIE_AUTH_HEALTH_ADDR and SELFIE_AUTH_GRPC_ADDR"
+    assert "install -d -m 0750 /out/var/lib/selfie-auth" in dockerfile
+    assert "COPY --from=build --chown=65532:65532 /out/var/lib/ /var/lib/" in dockerfile, "copy the parent to keep 0750"
+
+
 @scenario("hadolint Dockerfile")
 def _():
     run = subprocess.run(["hadolint", os.path.join(ROOT, "Dockerfile")], capture_output=True, text=True)
