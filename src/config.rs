@@ -19,6 +19,7 @@ use clap::{ArgMatches, Args, FromArgMatches as _};
 
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{Identity, IdentityModes, PolicySource, TrustedForwarders};
+use crate::grpc::load_shed::Admissions;
 use crate::jobs::retention::RetentionPolicy;
 use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
 use crate::server::tls::{GrpcTls, GrpcTlsAcceptor};
@@ -150,9 +151,16 @@ pub struct ServeArgs {
     /// Bytes of gRPC requests arriving at once (by their declared sizes); more are shed (OVERLOADED).
     #[arg(long, env = "SELFIE_AUTH_REQUEST_MEMORY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub request_memory_bytes: usize,
-    /// SelfieAuth calls in flight before load shedding (UNAVAILABLE, reason OVERLOADED).
+    /// SelfieAuth calls in flight before load shedding (UNAVAILABLE, reason OVERLOADED): submissions
+    /// and reads each have this many.
     #[arg(long, env = "SELFIE_AUTH_CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
+    /// Calls one caller (identity) may have in flight, of submissions and of reads each.
+    #[arg(long, env = "SELFIE_AUTH_CALLER_CONCURRENCY_LIMIT", default_value_t = 64)]
+    pub caller_concurrency_limit: usize,
+    /// Bytes of requests one caller may have arriving at once (by declared size).
+    #[arg(long, env = "SELFIE_AUTH_CALLER_REQUEST_MEMORY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub caller_request_memory_bytes: usize,
     /// After SIGTERM, how long to keep serving while not ready, so load balancers and meshes withdraw this replica first.
     #[arg(long, env = "SELFIE_AUTH_SHUTDOWN_DELAY", default_value = "5s")]
     pub shutdown_delay: Span,
@@ -175,6 +183,15 @@ pub struct ServeArgs {
     /// Connections open at once on the HTTP port; more are closed on arrival.
     #[arg(long, env = "SELFIE_AUTH_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
     pub http_max_connections: usize,
+    /// Connections one peer address may have open on the gRPC port (a mesh sidecar needs a few).
+    #[arg(long, env = "SELFIE_AUTH_GRPC_MAX_CONNECTIONS_PER_PEER", default_value_t = 1024)]
+    pub grpc_max_connections_per_peer: usize,
+    /// Health Watch streams open at once (they need no identity); more are refused (UNAVAILABLE).
+    #[arg(long, env = "SELFIE_AUTH_MAX_HEALTH_WATCHES", default_value_t = 256)]
+    pub max_health_watches: usize,
+    /// Connections one peer address may have open on the HTTP port.
+    #[arg(long, env = "SELFIE_AUTH_HTTP_MAX_CONNECTIONS_PER_PEER", default_value_t = 256)]
+    pub http_max_connections_per_peer: usize,
     /// Streams (WatchJob, WatchJobs, submissions waiting for their result) open at once; more are shed (OVERLOADED).
     #[arg(long, env = "SELFIE_AUTH_MAX_OPEN_STREAMS", default_value_t = service_defaults().max_open_streams)]
     pub max_open_streams: usize,
@@ -286,8 +303,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Largest gRPC request accepted (SubmitAuthentication carries images).
     pub max_message_bytes: usize,
-    /// SelfieAuth calls in flight; more are shed with UNAVAILABLE (`OVERLOADED`).
-    pub concurrency_limit: usize,
+    /// SelfieAuth calls in flight, in all and per caller; more are shed with UNAVAILABLE (`OVERLOADED`).
+    pub admissions: Admissions,
     pub http2_keepalive_interval: Duration,
     /// How long to serve on, not ready, after a shutdown signal.
     pub shutdown_delay: Duration,
@@ -390,12 +407,11 @@ impl Config {
                 args.max_message_bytes
             );
         }
-        for id in ["submission_memory_bytes", "request_memory_bytes"] {
-            let bytes = if id == "submission_memory_bytes" {
-                args.submission_memory_bytes
-            } else {
-                args.request_memory_bytes
-            };
+        for (id, bytes) in [
+            ("submission_memory_bytes", args.submission_memory_bytes),
+            ("request_memory_bytes", args.request_memory_bytes),
+            ("caller_request_memory_bytes", args.caller_request_memory_bytes),
+        ] {
             if bytes < args.max_message_bytes {
                 bail!(
                     "{} must be at least the largest request ({}), got {bytes}",
@@ -422,8 +438,13 @@ impl Config {
                 args.decode_memory_bytes
             );
         }
-        if args.concurrency_limit == 0 {
-            bail!("{} must be at least 1", name("concurrency_limit"));
+        for (id, value) in [
+            ("concurrency_limit", args.concurrency_limit),
+            ("caller_concurrency_limit", args.caller_concurrency_limit),
+        ] {
+            if value == 0 {
+                bail!("{} must be at least 1", name(id));
+            }
         }
         if args.heartbeat_interval.0.is_zero() {
             bail!("{} must be greater than zero", name("heartbeat_interval"));
@@ -431,6 +452,9 @@ impl Config {
         for (id, value) in [
             ("grpc_max_connections", args.grpc_max_connections),
             ("http_max_connections", args.http_max_connections),
+            ("grpc_max_connections_per_peer", args.grpc_max_connections_per_peer),
+            ("max_health_watches", args.max_health_watches),
+            ("http_max_connections_per_peer", args.http_max_connections_per_peer),
             ("max_concurrent_streams", args.max_concurrent_streams as usize),
             ("max_open_streams", args.max_open_streams),
         ] {
@@ -549,19 +573,27 @@ impl Config {
             callback_window: args.callback_window.0,
             service,
             max_message_bytes: args.max_message_bytes,
-            concurrency_limit: args.concurrency_limit,
+            admissions: Admissions {
+                submissions: args.concurrency_limit,
+                reads: args.concurrency_limit,
+                per_caller: args.caller_concurrency_limit.min(args.concurrency_limit),
+            },
             http2_keepalive_interval: Duration::from_secs(30),
             shutdown_delay: args.shutdown_delay.0,
             drain_timeout: args.drain_timeout.0,
             grpc_limits: GrpcLimits {
                 max_connections: args.grpc_max_connections,
+                max_connections_per_peer: args.grpc_max_connections_per_peer.min(args.grpc_max_connections),
+                max_health_watches: args.max_health_watches,
                 max_concurrent_streams: args.max_concurrent_streams,
                 preface_timeout: args.header_timeout.0,
                 request_timeout: args.request_timeout.0,
                 request_memory_bytes: args.request_memory_bytes,
+                caller_request_memory_bytes: args.caller_request_memory_bytes.min(args.request_memory_bytes),
             },
             http_limits: HttpLimits {
                 max_connections: args.http_max_connections,
+                max_connections_per_peer: args.http_max_connections_per_peer.min(args.http_max_connections),
                 header_timeout: args.header_timeout.0,
                 idle_timeout: args.idle_timeout.0,
                 body_timeout: args.request_timeout.0,

@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod net;
 pub mod server;
+pub mod shares;
 pub mod simulator;
 pub mod smileid;
 pub mod store;

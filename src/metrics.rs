@@ -61,6 +61,17 @@ pub const DENIALS: [(&str, &[&str]); 6] = [
     ("WatchJob", &["watch_job", "others_jobs"]),
     ("WatchJobs", &["watch_job"]),
 ];
+/// The limits that shed calls: a pool's concurrency, a caller's share of it,
+/// the memory of requests arriving, a caller's share of that, and the caps on
+/// health watches and reflection streams.
+pub const SHED_LIMITS: [&str; 6] = [
+    "concurrency",
+    "caller_share",
+    "arrival_memory",
+    "caller_arrival",
+    "health_watches",
+    "reflection",
+];
 /// What becomes of a submission to Smile ID.
 pub const SUBMISSION_OUTCOMES: [&str; 2] = ["accepted", "refused"];
 /// Smile ID operations and their outcomes.
@@ -103,6 +114,11 @@ pub struct DenialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     pub state: &'static str,
 }
@@ -124,7 +140,7 @@ pub struct Metrics {
     pub rpc_duration: Histograms<RpcLabels>,
     pub ready: Gauge,
     pub calls_in_flight: Gauge,
-    pub calls_shed: Counter,
+    pub calls_shed: Family<LimitLabel, Counter>,
     pub calls_denied: Family<DenialLabels, Counter>,
     pub calls_unidentified: Counter,
     pub forwarded_identities_refused: Counter,
@@ -151,7 +167,7 @@ impl Default for Metrics {
             rpc_duration: Family::new_with_constructor(latency),
             ready: Gauge::default(),
             calls_in_flight: Gauge::default(),
-            calls_shed: Counter::default(),
+            calls_shed: Family::default(),
             calls_denied: Family::default(),
             calls_unidentified: Counter::default(),
             forwarded_identities_refused: Counter::default(),
@@ -193,7 +209,8 @@ impl Metrics {
         );
         ours.register(
             "calls_shed",
-            "SelfieAuth calls shed at the concurrency limit",
+            "Calls shed, by the limit that shed them (concurrency, caller_share, arrival_memory, caller_arrival, \
+             health_watches, reflection)",
             self.calls_shed.clone(),
         );
         ours.register(
@@ -305,6 +322,9 @@ impl Metrics {
                 );
             }
         }
+        for limit in SHED_LIMITS {
+            drop(self.calls_shed.get_or_create(&LimitLabel { limit }));
+        }
         for outcome in SUBMISSION_OUTCOMES {
             drop(self.submissions.get_or_create(&OutcomeLabel { outcome }));
         }
@@ -330,6 +350,11 @@ impl Metrics {
                 rpc_grpc_status_code: code,
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn shed(&self, limit: &'static str) {
+        debug_assert!(SHED_LIMITS.contains(&limit), "{limit} is not listed");
+        self.calls_shed.get_or_create(&LimitLabel { limit }).inc();
     }
 
     pub fn denied(&self, rpc_method: &'static str, permission: &'static str) {

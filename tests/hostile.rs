@@ -425,9 +425,16 @@ fn jpeg_header(side: u16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callback_bodies_share_a_memory_budget() {
-    let (_sim, service, _dir) = service_with(&["--request-timeout", "1s"]).await;
+    let (_sim, service, _dir) = service_with(&["--request-timeout", "2s"]).await;
     let addr = service.running.http_addr;
-    // Sixteen callbacks declaring 2 MiB each, that never send it: the 32 MiB are taken.
+    let post = |body: Vec<u8>| {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/callbacks/smileid"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Sixteen requests declaring 2 MiB each and sending a byte hold no memory at all.
     let mut stalled = Vec::new();
     for _ in 0..16 {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -438,13 +445,32 @@ async fn callback_bodies_share_a_memory_budget() {
         stalled.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let one_more = reqwest::Client::new()
-        .post(format!("http://{addr}/callbacks/smileid"))
-        .header("content-type", "application/json")
-        .body(vec![b' '; 2 * 1024 * 1024])
-        .send()
-        .await
-        .expect("answered");
+    let (timestamp, signature) = credentials().sign_now();
+    let genuine = serde_json::json!({
+        "ResultCode": "0820", "SmileJobID": "1", "PartnerParams": {"job_id": "nobody"},
+        "timestamp": timestamp, "signature": signature.as_str(),
+    });
+    let answered = post(genuine.to_string().into_bytes()).await.expect("answered");
+    assert_eq!(
+        answered.status(),
+        200,
+        "header-only requests keep no genuine callback out"
+    );
+    drop(stalled);
+
+    // Sixteen bodies that really arrived but for their last byte do take the 32 MiB.
+    let mut holding = Vec::new();
+    for _ in 0..16 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"POST /callbacks/smileid HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n")
+            .await
+            .expect("write");
+        stream.write_all(&vec![b' '; 2 * 1024 * 1024 - 1]).await.expect("write");
+        holding.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let one_more = post(vec![b' '; 2 * 1024 * 1024]).await.expect("answered");
     assert_eq!(one_more.status(), 503, "no room for another 2 MiB");
     let metrics = reqwest::get(format!("http://{addr}/metrics"))
         .await

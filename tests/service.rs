@@ -1290,7 +1290,7 @@ async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = config_for(&sim, &sqlite_url(&dir));
-    settings.concurrency_limit = 1;
+    settings.admissions.submissions = 1;
     let service = start_service(settings).await;
     let client = service.client().await;
 
@@ -1310,10 +1310,7 @@ async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
     assert!(holding.is_some(), "the submission holds the only slot");
     let mut other = client.clone();
     let shed = other
-        .get_job(pb::GetJobRequest {
-            job_id: "shed-1".into(),
-            ..Default::default()
-        })
+        .submit_authentication(submit_request(ENROLLED_USER, "shed-2"))
         .await
         .expect_err("shed");
     assert_eq!(
@@ -1322,6 +1319,18 @@ async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
         "{shed:?}"
     );
     assert!(shed.get_error_details().retry_info().is_some());
+    // Reads draw on a pool of their own: a full submission pool refuses none.
+    let read = other
+        .get_job(pb::GetJobRequest {
+            job_id: "shed-1".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        read.as_ref()
+            .map_or_else(|status| status.code() == Code::NotFound, |_| true),
+        "a read while submissions are saturated: {read:?}"
+    );
     // Health checks are never shed.
     let mut health = tonic_health::pb::health_client::HealthClient::new(service.channel().await);
     health

@@ -12,6 +12,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use tracing::{info, warn};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::jobs::memory::MemoryBudget;
 use crate::jobs::{CallbackOutcome, JobServiceHandle};
 use crate::metrics::Metrics;
@@ -115,28 +117,69 @@ async fn receive(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Bod
     answer
 }
 
+/// The step in which a body's room is reserved: its allowance beyond what arrived.
+const ROOM_STEP: usize = 64 * 1024;
+
+/// A refusal: its outcome (a metric label) and the answer.
+type Refusal = (&'static str, (StatusCode, &'static str));
+
+/// A callback's body, with memory reserved as its bytes arrive (not as they are
+/// announced), so requests that send headers and no body hold nothing; a chunk
+/// waits at most `wait` for room.
+async fn receive_body(
+    body: Body,
+    memory: &MemoryBudget,
+    wait: Duration,
+) -> Result<(bytes::Bytes, Option<OwnedSemaphorePermit>), Refusal> {
+    use futures::StreamExt as _;
+    let busy = ("busy", (StatusCode::SERVICE_UNAVAILABLE, "try again"));
+    let too_large = ("too_large", (StatusCode::PAYLOAD_TOO_LARGE, "callback body too large"));
+    let mut chunks = body.into_data_stream();
+    let mut received = bytes::BytesMut::new();
+    let mut room: Option<OwnedSemaphorePermit> = None;
+    let mut reserved = 0;
+    while let Some(chunk) = chunks.next().await {
+        let Ok(chunk) = chunk else {
+            return Err((
+                "refused_malformed",
+                (StatusCode::BAD_REQUEST, "callback body not received"),
+            ));
+        };
+        if received.len() + chunk.len() > MAX_CALLBACK_BYTES {
+            return Err(too_large);
+        }
+        // Room is taken a step at a time, so small chunks cost no rounding each.
+        while received.len() + chunk.len() > reserved {
+            let step = ROOM_STEP.min(MAX_CALLBACK_BYTES - reserved).max(1);
+            let more = memory.reserve(step as u64, wait).await.map_err(|_| busy)?;
+            match room.as_mut() {
+                Some(room) => room.merge(more),
+                None => room = Some(more),
+            }
+            reserved += step;
+        }
+        received.extend_from_slice(&chunk);
+    }
+    Ok((received.freeze(), room))
+}
+
 /// Takes one callback; returns its outcome (a metric label) and the answer.
 async fn handle(endpoint: &Endpoint, headers: &HeaderMap, body: Body) -> (&'static str, (StatusCode, &'static str)) {
     let settings = &endpoint.settings;
-    // Room for the body as declared (the cap when undeclared), before reading a byte.
     let declared = headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(MAX_CALLBACK_BYTES);
-    if declared > MAX_CALLBACK_BYTES {
+        .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|declared| declared > MAX_CALLBACK_BYTES) {
         return ("too_large", (StatusCode::PAYLOAD_TOO_LARGE, "callback body too large"));
     }
-    // Waiting for room counts against the body's time; keep half of it for the body.
-    let Ok(_room) = settings
-        .memory
-        .reserve(declared as u64, settings.body_timeout / 2)
-        .await
-    else {
-        return ("busy", (StatusCode::SERVICE_UNAVAILABLE, "try again"));
-    };
-    let body = match tokio::time::timeout(settings.body_timeout, axum::body::to_bytes(body, MAX_CALLBACK_BYTES)).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) => return ("too_large", (StatusCode::PAYLOAD_TOO_LARGE, "callback body too large")),
+    let body = match tokio::time::timeout(
+        settings.body_timeout,
+        receive_body(body, &settings.memory, settings.body_timeout / 4),
+    )
+    .await
+    {
+        Ok(Ok(received)) => received,
+        Ok(Err(refusal)) => return refusal,
         Err(_) => {
             return (
                 "timeout",
@@ -144,6 +187,8 @@ async fn handle(endpoint: &Endpoint, headers: &HeaderMap, body: Body) -> (&'stat
             );
         }
     };
+    // The body's room is held until the callback is handled.
+    let (body, _room) = body;
     tracing::Span::current().record("body_bytes", body.len());
     // Nothing in the body is trusted before the signature and time window check out.
     let verified = match verify_callback(&body, &settings.credentials, settings.window, chrono::Utc::now()) {

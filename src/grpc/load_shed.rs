@@ -1,11 +1,15 @@
-//! A concurrency limit that sheds excess calls at once with UNAVAILABLE
-//! (reason `OVERLOADED`, with `RetryInfo`), so callers back off and retry
-//! instead of queueing behind a saturated replica.
+//! Concurrency limits that shed excess calls at once with UNAVAILABLE (reason
+//! `OVERLOADED`, with `RetryInfo`), so callers back off and retry instead of
+//! queueing behind a saturated replica.
 //!
-//! Only SelfieAuth calls count and are shed; health checks and reflection always
-//! pass, so an overloaded replica still answers its orchestrator. A stream holds
-//! its slot only until its response starts, and a submission waiting for its
-//! result gives its slot back once Smile ID has the job.
+//! A call is admitted once its request has arrived in full (the request limits
+//! sit in front), so a caller trickling or stalling its bodies holds no slot.
+//! Submissions and reads (everything else) draw on pools of their own, so a
+//! flood of one never refuses the other, and each caller may hold at most its
+//! share of either pool, so a saturated replica still serves every caller.
+//! Only SelfieAuth calls count; health checks and reflection have caps of their
+//! own. A stream holds its slot only until its response starts, and a
+//! submission waiting for its result gives its slot back once Smile ID has the job.
 
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -15,22 +19,55 @@ use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
-use super::status::to_status;
-use crate::jobs::{JobError, UnavailableReason};
+use super::request_limits::is_submission;
+use super::status::overloaded;
+use crate::auth::Caller;
 use crate::metrics::Metrics;
+use crate::shares::{Share, Shares};
 
 const LIMITED_PREFIX: &str = "/selfieauth.v1.SelfieAuth/";
 
+/// How many calls may be in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admissions {
+    /// Submissions and enrolments in flight at once.
+    pub submissions: usize,
+    /// Every other call in flight at once.
+    pub reads: usize,
+    /// Calls one caller may have in flight in each pool.
+    pub per_caller: usize,
+}
+
+/// One pool of slots, and each caller's share of it.
+#[derive(Clone)]
+struct Pool {
+    name: &'static str,
+    slots: Arc<Semaphore>,
+    shares: Shares<String>,
+}
+
+impl Pool {
+    fn new(name: &'static str, slots: usize, per_caller: usize) -> Self {
+        Self {
+            name,
+            slots: Arc::new(Semaphore::new(slots)),
+            shares: Shares::new(per_caller.min(slots) as u64),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct LoadShedLayer {
-    permits: Arc<Semaphore>,
+    submissions: Pool,
+    reads: Pool,
     metrics: Arc<Metrics>,
 }
 
 impl LoadShedLayer {
-    pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(admissions: Admissions, metrics: Arc<Metrics>) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(max_in_flight)),
+            submissions: Pool::new("submissions", admissions.submissions, admissions.per_caller),
+            reads: Pool::new("reads", admissions.reads, admissions.per_caller),
             metrics,
         }
     }
@@ -42,8 +79,7 @@ impl<S> Layer<S> for LoadShedLayer {
     fn layer(&self, inner: S) -> Self::Service {
         LoadShed {
             inner,
-            permits: self.permits.clone(),
-            metrics: self.metrics.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -51,8 +87,7 @@ impl<S> Layer<S> for LoadShedLayer {
 #[derive(Clone)]
 pub struct LoadShed<S> {
     inner: S,
-    permits: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
+    layer: LoadShedLayer,
 }
 
 impl<S, B> Service<http::Request<B>> for LoadShed<S>
@@ -70,32 +105,51 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if !request.uri().path().starts_with(LIMITED_PREFIX) {
+        let path = request.uri().path();
+        if !path.starts_with(LIMITED_PREFIX) {
             return Box::pin(self.inner.call(request));
         }
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let admission = Admission(Arc::new(Mutex::new(Some(permit))));
-                let mut request = request;
-                request.extensions_mut().insert(admission.clone());
-                let call = self.inner.call(request);
-                let in_flight = InFlight::enter(self.metrics.clone());
-                Box::pin(async move {
-                    let response = call.await;
-                    drop((admission, in_flight));
-                    response
-                })
-            }
-            Err(_) => {
-                self.metrics.calls_shed.inc();
-                let status = to_status(&JobError::Unavailable {
-                    reason: UnavailableReason::Overloaded,
-                    message: "the server is at its concurrency limit; retry shortly".into(),
-                    retry_after: Some(Duration::from_millis(200)),
-                });
-                Box::pin(async move { Ok(status.into_http()) })
-            }
-        }
+        let pool = if is_submission(path) {
+            &self.layer.submissions
+        } else {
+            &self.layer.reads
+        };
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .map_or_else(|| "anyone".to_owned(), |caller| caller.name().to_owned());
+        let metrics = &self.layer.metrics;
+        let Some(share) = pool.shares.take(&caller, 1) else {
+            metrics.shed("caller_share");
+            let message = format!(
+                "this caller has {} {} in flight, its share of this replica; retry shortly",
+                pool.shares.limit(),
+                pool.name
+            );
+            return Box::pin(
+                async move { Ok(overloaded(message, "caller_share", Duration::from_millis(200)).into_http()) },
+            );
+        };
+        let Ok(permit) = pool.slots.clone().try_acquire_owned() else {
+            metrics.shed("concurrency");
+            let message = format!(
+                "the server is at its concurrency limit for {}; retry shortly",
+                pool.name
+            );
+            return Box::pin(
+                async move { Ok(overloaded(message, "concurrency", Duration::from_millis(200)).into_http()) },
+            );
+        };
+        let admission = Admission(Arc::new(Mutex::new(Some((permit, share)))));
+        let mut request = request;
+        request.extensions_mut().insert(admission.clone());
+        let call = self.inner.call(request);
+        let in_flight = InFlight::enter(metrics.clone());
+        Box::pin(async move {
+            let response = call.await;
+            drop((admission, in_flight));
+            response
+        })
     }
 }
 
@@ -103,7 +157,10 @@ where
 /// early, once the admitted work is done and it only waits (a submission
 /// waiting for its result).
 #[derive(Clone)]
-pub struct Admission(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub struct Admission(Arc<Mutex<Option<Slot>>>);
+
+/// A pool's slot and the caller's share of it.
+type Slot = (OwnedSemaphorePermit, Share<String>);
 
 impl Admission {
     pub fn release(&self) {

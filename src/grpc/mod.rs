@@ -7,6 +7,7 @@ pub mod load_shed;
 pub mod observe;
 pub mod request_limits;
 pub mod status;
+pub mod stream_caps;
 
 use std::pin::Pin;
 use std::sync::Arc;

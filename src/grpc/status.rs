@@ -97,6 +97,18 @@ pub fn auth_status(error: &AuthError) -> Status {
     }
 }
 
+/// UNAVAILABLE / `OVERLOADED`, saying which `limit` refused the call and when to retry.
+pub fn overloaded(message: impl Into<String>, limit: &str, retry_after: Duration) -> Status {
+    reason_status(
+        ErrorReason::Overloaded,
+        message,
+        HashMap::from([("limit".to_owned(), limit.to_owned())]),
+        |details| {
+            details.set_retry_info(Some(retry_after));
+        },
+    )
+}
+
 /// PERMISSION_DENIED / `USER_NOT_PERMITTED` for a submission naming `user_id`.
 pub fn user_not_permitted(user_id: &str) -> Status {
     reason_status(

@@ -18,6 +18,8 @@ use crate::net::{self, ConnectionLimits, Silence};
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
     pub max_connections: usize,
+    /// Connections open at once from one peer address.
+    pub max_connections_per_peer: usize,
     /// Longest wait for a request's headers.
     pub header_timeout: Duration,
     /// A connection without a byte in either direction this long is closed.
@@ -30,6 +32,7 @@ pub struct HttpLimits {
 pub async fn serve(listener: TcpListener, router: axum::Router, limits: HttpLimits, shutdown: CancellationToken) {
     let connection_limits = ConnectionLimits {
         max_connections: limits.max_connections,
+        max_per_peer: limits.max_connections_per_peer,
         silence: Silence::IdleFor(limits.idle_timeout),
     };
     let mut incoming = std::pin::pin!(net::accept(listener, connection_limits));

@@ -28,13 +28,15 @@ use crate::events::EventBus;
 use crate::grpc::identity::IdentityLayer;
 use crate::grpc::load_shed::LoadShedLayer;
 use crate::grpc::observe::ObserveLayer;
-use crate::grpc::request_limits::RequestLimitsLayer;
+use crate::grpc::request_limits::{ArrivalBudgets, READ_MEMORY_BYTES, RequestLimitsLayer};
+use crate::grpc::stream_caps::StreamCapsLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::SharedStore;
 use crate::jobs::memory::MemoryBudget;
 use crate::jobs::{JobService, JobServiceHandle, JobServiceSlot, Ports};
 use crate::metrics::Metrics;
 use crate::net::{self, ConnectionLimits, Silence};
+use crate::shares::Shares;
 use crate::smileid::SmileIdClient;
 use crate::store;
 use health::Readiness;
@@ -88,14 +90,20 @@ impl RunningService {
 #[derive(Clone, Copy, Debug)]
 pub struct GrpcLimits {
     pub max_connections: usize,
+    /// Connections open at once from one peer address.
+    pub max_connections_per_peer: usize,
+    /// Health `Watch` streams open at once (an orchestrator or mesh holds a few).
+    pub max_health_watches: usize,
     /// HTTP/2 streams one connection may have open (advertised in SETTINGS).
     pub max_concurrent_streams: u32,
-    /// A connection must send its HTTP/2 preface within this long.
+    /// A connection must send its HTTP/2 preface (and TLS handshake) within this long.
     pub preface_timeout: Duration,
     /// A request must arrive in full within this long.
     pub request_timeout: Duration,
     /// Bytes of requests arriving at once, by their declared sizes.
     pub request_memory_bytes: usize,
+    /// Bytes one caller's requests may hold while arriving.
+    pub caller_request_memory_bytes: usize,
 }
 
 /// The contract, google.rpc and health descriptors as one set, so reflection
@@ -117,6 +125,9 @@ fn reflection_descriptors() -> anyhow::Result<Vec<u8>> {
     }
     .encode_to_vec())
 }
+
+/// Reflection streams open at once: tools (grpcurl, a developer's client) need a few.
+const REFLECTION_STREAMS: usize = 32;
 
 /// How often the authorization policy file is checked for changes.
 const POLICY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -220,14 +231,25 @@ pub async fn start_on(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(config.grpc_limits.max_concurrent_streams)
         .layer(ObserveLayer::new(metrics.clone()))
-        // Before load shedding: a flood of unidentified calls takes no slot.
+        .layer(StreamCapsLayer::new(
+            config.grpc_limits.max_health_watches,
+            REFLECTION_STREAMS,
+            metrics.clone(),
+        ))
+        // Before load shedding: a flood of unidentified calls takes no slot, and a
+        // request is admitted only once it has arrived whole.
         .layer(IdentityLayer::new(config.identity.clone(), metrics.clone()))
-        .layer(LoadShedLayer::new(config.concurrency_limit, metrics.clone()))
         .layer(RequestLimitsLayer::new(
             config.max_message_bytes,
             config.grpc_limits.request_timeout,
-            MemoryBudget::new(config.grpc_limits.request_memory_bytes),
+            ArrivalBudgets {
+                submissions: MemoryBudget::new(config.grpc_limits.request_memory_bytes),
+                reads: MemoryBudget::new(READ_MEMORY_BYTES),
+                per_caller: Shares::new(config.grpc_limits.caller_request_memory_bytes as u64),
+            },
+            metrics.clone(),
         ))
+        .layer(LoadShedLayer::new(config.admissions, metrics.clone()))
         .add_service(readiness.service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -240,7 +262,8 @@ pub async fn start_on(
             grpc_listener,
             ConnectionLimits {
                 max_connections: grpc_limits.max_connections,
-                silence: Silence::FirstBytesWithin(grpc_limits.preface_timeout),
+                max_per_peer: grpc_limits.max_connections_per_peer,
+                silence: Silence::OpeningWithin(grpc_limits.preface_timeout),
             },
         );
         let served = match grpc_tls {

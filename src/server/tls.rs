@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use crate::auth::{Identity, Peer};
-use crate::net::Guarded;
+use crate::net::{Guarded, Opening};
 
 /// The gRPC port's certificate, and the CA whose client certificates identify callers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +84,8 @@ pub fn acceptor(tls: &GrpcTls) -> anyhow::Result<GrpcTlsAcceptor> {
 pub struct TlsConnection {
     stream: TlsStream<Guarded<TcpStream>>,
     peer: Peer,
+    /// The HTTP/2 preface inside TLS is due within the same timeout as the handshake.
+    opening: Opening,
 }
 
 /// The accepted connections after their handshakes; failed and stalled
@@ -117,7 +119,8 @@ pub fn handshakes(
                                 .and_then(|chain| chain.first())
                                 .and_then(|leaf| certificate_identity(leaf)),
                         };
-                        let _ = deliver.send(Ok(TlsConnection { stream, peer })).await;
+                        let opening = Opening::within(timeout);
+                        let _ = deliver.send(Ok(TlsConnection { stream, peer, opening })).await;
                     }
                     Ok(Err(error)) => debug!(%error, "gRPC TLS handshake failed"),
                     Err(_) => debug!("gRPC TLS handshake timed out"),
@@ -170,7 +173,16 @@ impl tonic::transport::server::Connected for TlsConnection {
 
 impl AsyncRead for TlsConnection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Err(_))) {
+            return polled;
+        }
+        let read = buf.filled().len() - before;
+        match self.opening.check(read, cx) {
+            Err(error) => Poll::Ready(Err(error)),
+            Ok(()) => polled,
+        }
     }
 }
 

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::client::{Connection, ResponseFuture, SendRequest};
-use h2::{RecvStream, SendStream};
+use h2::RecvStream;
+pub use h2::SendStream;
+pub use h2::client::ResponseFuture;
+use h2::client::{Connection, SendRequest};
 use tokio::net::TcpStream;
 
 /// One HTTP/2 connection to a gRPC server.

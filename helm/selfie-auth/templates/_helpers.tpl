@@ -74,10 +74,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $limit := include "selfie-auth.memoryBytes" . | int64 -}}
 {{- $budgets := $.Values.config.memory -}}
 {{- $streams := mul (int64 $.Values.config.maxOpenStreams) 8192 -}}
-{{- /* 100 MiB for the process and 32 MiB for callback bodies being received. */}}
-{{- $needed := add (int64 $budgets.requestBytes) (int64 $budgets.submissionBytes) (int64 $budgets.decodeBytes) $streams 104857600 33554432 -}}
+{{- /* 100 MiB for the process, 32 MiB for callback bodies and 32 MiB for reads being received. */}}
+{{- $needed := add (int64 $budgets.requestBytes) (int64 $budgets.submissionBytes) (int64 $budgets.decodeBytes) $streams 104857600 33554432 33554432 -}}
 {{- if gt (int64 $needed) $limit -}}
-{{- fail (printf "config.memory budgets, config.maxOpenStreams at 8 KiB each, 32 MiB of callbacks and 100 MiB for the process (%d bytes) exceed resources.limits.memory (%d bytes): a flood of requests could get the pod OOM-killed" (int64 $needed) $limit) -}}
+{{- fail (printf "config.memory budgets, config.maxOpenStreams at 8 KiB each, 32 MiB of callbacks, 32 MiB of reads and 100 MiB for the process (%d bytes) exceed resources.limits.memory (%d bytes): a flood of requests could get the pod OOM-killed" (int64 $needed) $limit) -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.auth.trustForwardedClientCert (not .Values.auth.forwardedClientCert.trustedPeers) (not .Values.auth.forwardedClientCert.trustedProxies) -}}

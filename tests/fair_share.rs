@@ -1,0 +1,241 @@
+//! No client, identified or not, can starve another: requests take a slot only
+//! once they have arrived, submissions and reads draw on pools of their own,
+//! each caller keeps to its share, and every path open before identity is known
+//! (connections, the HTTP/2 opening, health watches) is bounded.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use selfie_auth::grpc::pb;
+use selfie_auth::simulator::{Endpoint, Fault};
+use selfie_auth_testkit::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+const GET_JOB: &str = "/selfieauth.v1.SelfieAuth/GetJob";
+const SUBMIT: &str = "/selfieauth.v1.SelfieAuth/SubmitAuthentication";
+
+async fn service_with(flags: &[&str]) -> (selfie_auth::simulator::RunningSimulator, TestService, tempfile::TempDir) {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), flags)).await;
+    (sim, service, dir)
+}
+
+fn get_job(job_id: &str) -> pb::GetJobRequest {
+    pb::GetJobRequest {
+        job_id: job_id.into(),
+        ..Default::default()
+    }
+}
+
+/// The `limit` an OVERLOADED refusal names.
+fn shed_by(status: &tonic::Status) -> String {
+    assert_eq!(
+        (status.code(), reason(status)),
+        (Code::Unavailable, "OVERLOADED".to_owned()),
+        "{status:?}"
+    );
+    assert!(status.get_error_details().retry_info().is_some(), "says when to retry");
+    let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+    info.metadata.get("limit").cloned().unwrap_or_default()
+}
+
+/// Calls of `path` on their own connections that announce `declared` bytes and send ten.
+async fn stall(
+    addr: std::net::SocketAddr,
+    path: &str,
+    count: usize,
+    declared: u32,
+) -> Vec<(RawGrpc, ResponseFuture, SendStream<Bytes>)> {
+    let mut stalled = Vec::new();
+    for _ in 0..count {
+        let mut raw = RawGrpc::connect(addr).await;
+        let mut partial = vec![0u8];
+        partial.extend_from_slice(&declared.to_be_bytes());
+        partial.extend_from_slice(&[0x0A; 10]);
+        // The body stays open (its stream is kept): the call is still arriving.
+        let (response, stream) = raw.call(path, Bytes::from(partial), false).await;
+        stalled.push((raw, response, stream));
+    }
+    stalled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_still_arriving_hold_no_slot() {
+    let (_sim, service, _dir) = service_with(&["--concurrency-limit", "4", "--request-timeout", "4s"]).await;
+    let addr = service.running.grpc_addr;
+    let mut client = service.client().await;
+    client
+        .submit_authentication(submit_request(ENROLLED_USER, "arrive-1"))
+        .await
+        .expect("submit");
+    // Reads and submissions that never finish arriving: four times each pool's slots.
+    let mut stalled = stall(addr, GET_JOB, 16, 100).await;
+    stalled.extend(stall(addr, SUBMIT, 16, 1024 * 1024).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        client
+            .get_job(get_job("arrive-1"))
+            .await
+            .expect("a well-behaved read is never refused");
+    }
+    let mut again = submit_request(ENROLLED_USER, "arrive-1");
+    again.wait_for_result = false;
+    client
+        .submit_authentication(again)
+        .await
+        .expect("nor a well-behaved submission");
+    for (_raw, response, _stream) in stalled {
+        let status = raw_status(response, Duration::from_secs(10)).await.expect("a status");
+        assert_eq!(
+            (status.code, status.reason()),
+            (Code::DeadlineExceeded as i32, "REQUEST_TIMEOUT".to_owned()),
+            "a stalled request times out; it was never admitted to be shed"
+        );
+    }
+}
+
+/// Whether the peer closed `stream` within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buffer = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_openings_are_cut_off_and_one_address_cannot_take_every_connection() {
+    let (_sim, service, _dir) = service_with(&[
+        "--header-timeout",
+        "1s",
+        "--grpc-max-connections",
+        "8",
+        "--grpc-max-connections-per-peer",
+        "4",
+    ])
+    .await;
+    let addr = service.running.grpc_addr;
+    // Eight sockets from one address, each sending a byte or half the preface.
+    let mut trickling = Vec::new();
+    for index in 0..8 {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let opening: &[u8] = if index % 2 == 0 { b"P" } else { b"PRI * HTTP/2.0\r\n" };
+        let _ = socket.write_all(opening).await;
+        trickling.push(socket);
+    }
+    // Another address still gets in, and is served.
+    let mut other = client_from(addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))).await;
+    other
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .expect("served while one address holds all it may");
+    let started = std::time::Instant::now();
+    for socket in &mut trickling {
+        assert!(
+            closed_within(socket, Duration::from_secs(4)).await,
+            "a connection that never finishes its opening is closed"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watches_have_a_cap_of_their_own_and_checks_always_answer() {
+    let (_sim, service, _dir) = service_with(&["--max-health-watches", "3"]).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(service.channel().await);
+    let watch = tonic_health::pb::HealthCheckRequest { service: String::new() };
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut stream = health.watch(watch.clone()).await.expect("watch").into_inner();
+        stream.message().await.expect("first status").expect("a status");
+        open.push(stream);
+    }
+    let refused = match health.watch(watch.clone()).await {
+        Err(status) => status,
+        Ok(stream) => stream.into_inner().message().await.expect_err("over the cap"),
+    };
+    assert_eq!(shed_by(&refused), "health_watches");
+    health.check(watch.clone()).await.expect("a check always answers");
+    drop(open.pop());
+    let reopened = eventually(Duration::from_secs(5), || {
+        let mut health = health.clone();
+        let watch = watch.clone();
+        async move { health.watch(watch).await.ok() }
+    })
+    .await;
+    assert!(reopened.is_some(), "a closed watch gives its slot back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_keeps_its_share_of_a_saturated_replica() {
+    let sim = start_simulator(|_| {}).await;
+    // Uploads that never answer keep submissions, and so their slots, busy.
+    sim.set_fault(
+        Endpoint::Put,
+        Fault {
+            hang: true,
+            ..Fault::default()
+        },
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = [
+        "--trust-xfcc",
+        "true",
+        "--xfcc-trusted-peers",
+        "127.0.0.1",
+        "--concurrency-limit",
+        "4",
+        "--caller-concurrency-limit",
+        "2",
+    ];
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &flags)).await;
+    let client = service.client().await;
+    let submit = |identity: &'static str, job_id: &'static str| {
+        let mut client = client.clone();
+        async move {
+            let mut request = tonic::Request::new(submit_request(ENROLLED_USER, job_id));
+            request.metadata_mut().insert(
+                "x-forwarded-client-cert",
+                format!("URI=spiffe://cluster.local/ns/pay/sa/{identity}")
+                    .parse()
+                    .expect("ascii"),
+            );
+            request.set_timeout(Duration::from_secs(3));
+            client.submit_authentication(request).await
+        }
+    };
+    let flood: Vec<_> = ["flood-1", "flood-2"]
+        .into_iter()
+        .map(|job_id| tokio::spawn(submit("greedy", job_id)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let over = submit("greedy", "flood-3").await.expect_err("over its share");
+    assert_eq!(shed_by(&over), "caller_share");
+    assert!(over.message().contains("its share"), "{}", over.message());
+    // The other caller is admitted: its call ends as a submission still in progress, not shed.
+    let honest = submit("honest", "honest-1").await.expect_err("the upload hangs");
+    assert_eq!(reason(&honest), "SUBMISSION_IN_PROGRESS", "{honest:?}");
+    for call in flood {
+        let status = call.await.expect("join").expect_err("the upload hangs");
+        assert_eq!(reason(&status), "SUBMISSION_IN_PROGRESS");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", service.http_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"selfie_auth_calls_shed_total{limit="caller_share"} 1"#),
+        "{metrics}"
+    );
+    service.running.shutdown().await;
+}
