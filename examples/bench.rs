@@ -1,9 +1,10 @@
 //! The benchmark: each figure next to a floor measured in the same run, so the
 //! machine's noise cancels out.
 //!
-//!     cargo run --release --example bench [-- --quick] [--only getjob|submit|callbacks|streams]
+//!     cargo run --release --example bench [-- --quick] [--only getjob|submit|callbacks|streams|hostile]
 //!
-//! Prints a table and writes `docs/benchmarks.md`. Everything runs on loopback
+//! Prints a table and writes `docs/benchmarks.md` (with `--only`, its rows replace
+//! theirs in the file). Everything runs on loopback
 //! against the project's simulator (zero delays), on SQLite in a temporary
 //! directory and, when it answers, the local PostgreSQL (`TEST_DATABASE_URL`).
 //! Resident-memory figures come from a separate `selfie-auth serve` process
@@ -27,6 +28,9 @@ use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+
+#[path = "bench/hostile.rs"]
+mod hostile;
 
 const PARTNER: &str = "1234";
 const KEY: &str = "bench-key";
@@ -837,6 +841,39 @@ fn write_markdown(report: &Report, path: &Path, command: &str) -> anyhow::Result
     Ok(())
 }
 
+/// Puts `report`'s rows and notes into the file at `path` in place of the rows
+/// with the same measures (appended when new), leaving the other sections' rows.
+fn merge_rows(report: &Report, path: &Path, section: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    for [measure, ours, floor, verdict] in &report.rows {
+        let row = format!("| {measure} | {ours} | {floor} | {verdict} |");
+        let prefix = format!("| {measure} |");
+        match lines.iter().position(|line| line.starts_with(&prefix)) {
+            Some(at) => lines[at] = row,
+            None => {
+                let last = lines
+                    .iter()
+                    .rposition(|line| line.starts_with('|'))
+                    .unwrap_or(lines.len() - 1);
+                lines.insert(last + 1, row);
+            }
+        }
+    }
+    for note in &report.notes {
+        let line = format!("- {note}");
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    lines.push(format!(
+        "- The `{section}` rows: `cargo run --release --example bench -- --only {section}` on {}.",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    ));
+    std::fs::write(path, lines.join("\n") + "\n")?;
+    Ok(())
+}
+
 // The allocator the `selfie-auth` binary uses, so the in-process figures are its own.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -922,6 +959,9 @@ async fn main() -> anyhow::Result<()> {
     if runs("streams") {
         streams_and_rss(&mut report, &sim, counts).await?;
     }
+    if runs("hostile") {
+        hostile::beside_an_attacker(&mut report, &sim).await?;
+    }
 
     for note in &report.notes {
         println!("- {note}");
@@ -931,6 +971,9 @@ async fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(out.parent().expect("docs"))?;
         write_markdown(&report, &out, "cargo run --release --example bench")?;
         println!("\nwritten to {}", out.display());
+    } else if let (false, Some(section)) = (quick, &only) {
+        merge_rows(&report, &out, section)?;
+        println!("\nits rows written into {}", out.display());
     }
     sim.shutdown().await;
     Ok(())

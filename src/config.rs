@@ -195,6 +195,9 @@ pub struct ServeArgs {
     /// Streams (WatchJob, WatchJobs, submissions waiting for their result) open at once; more are shed (OVERLOADED).
     #[arg(long, env = "SELFIE_AUTH_MAX_OPEN_STREAMS", default_value_t = service_defaults().max_open_streams)]
     pub max_open_streams: usize,
+    /// Streams one caller (identity) may have open; more are shed (OVERLOADED).
+    #[arg(long, env = "SELFIE_AUTH_CALLER_MAX_OPEN_STREAMS", default_value_t = 2500)]
+    pub caller_max_open_streams: usize,
     /// HTTP/2 streams (calls and watches) one gRPC connection may have open.
     #[arg(long, env = "SELFIE_AUTH_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
@@ -305,6 +308,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// SelfieAuth calls in flight, in all and per caller; more are shed with UNAVAILABLE (`OVERLOADED`).
     pub admissions: Admissions,
+    /// Streams one caller may have open.
+    pub caller_max_open_streams: usize,
     pub http2_keepalive_interval: Duration,
     /// How long to serve on, not ready, after a shutdown signal.
     pub shutdown_delay: Duration,
@@ -457,6 +462,7 @@ impl Config {
             ("http_max_connections_per_peer", args.http_max_connections_per_peer),
             ("max_concurrent_streams", args.max_concurrent_streams as usize),
             ("max_open_streams", args.max_open_streams),
+            ("caller_max_open_streams", args.caller_max_open_streams),
         ] {
             if value == 0 {
                 bail!("{} must be at least 1", name(id));
@@ -573,6 +579,7 @@ impl Config {
             callback_window: args.callback_window.0,
             service,
             max_message_bytes: args.max_message_bytes,
+            caller_max_open_streams: args.caller_max_open_streams.min(args.max_open_streams),
             admissions: Admissions {
                 submissions: args.concurrency_limit,
                 reads: args.concurrency_limit,

@@ -61,16 +61,20 @@ pub const DENIALS: [(&str, &[&str]); 6] = [
     ("WatchJob", &["watch_job", "others_jobs"]),
     ("WatchJobs", &["watch_job"]),
 ];
-/// The limits that shed calls: a pool's concurrency, a caller's share of it,
-/// the memory of requests arriving, a caller's share of that, and the caps on
-/// health watches and reflection streams.
-pub const SHED_LIMITS: [&str; 6] = [
+/// The limits that refuse calls: a pool's concurrency, a caller's share of it,
+/// the memory of requests arriving, a caller's share of that and of open
+/// streams, the caps on health watches and reflection streams, and the
+/// policy's per-caller rates.
+pub const SHED_LIMITS: [&str; 9] = [
     "concurrency",
     "caller_share",
     "arrival_memory",
     "caller_arrival",
+    "caller_streams",
     "health_watches",
     "reflection",
+    "rate",
+    "refresh_rate",
 ];
 /// What becomes of a submission to Smile ID.
 pub const SUBMISSION_OUTCOMES: [&str; 2] = ["accepted", "refused"];
@@ -209,8 +213,8 @@ impl Metrics {
         );
         ours.register(
             "calls_shed",
-            "Calls shed, by the limit that shed them (concurrency, caller_share, arrival_memory, caller_arrival, \
-             health_watches, reflection)",
+            "Calls shed or throttled, by the limit that refused them (concurrency, caller_share, arrival_memory, \
+             caller_arrival, caller_streams, health_watches, reflection, rate, refresh_rate)",
             self.calls_shed.clone(),
         );
         ours.register(

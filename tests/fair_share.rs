@@ -239,3 +239,103 @@ async fn each_caller_keeps_its_share_of_a_saturated_replica() {
     );
     service.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_over_its_rate_is_told_its_quota_and_when_to_retry() {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[grant]]\nidentities = [\"*\"]\npermissions = [\"submit\", \"get\", \"watch_job\"]\n\n\
+         [[limit]]\nidentities = [\"spiffe://cluster.local/ns/pay/sa/batch\"]\n\
+         requests_per_second = 0.2\nburst = 3\nrefreshes_per_second = 0.1\n",
+    )
+    .expect("policy");
+    let flags = [
+        "--trust-xfcc",
+        "true",
+        "--xfcc-trusted-peers",
+        "127.0.0.1",
+        "--policy-file",
+        policy.to_str().expect("utf-8"),
+        "--caller-max-open-streams",
+        "2",
+    ];
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &flags)).await;
+    let mut client = service.client().await;
+    let from = |identity: &str, request: pb::GetJobRequest| {
+        let mut request = tonic::Request::new(request);
+        request.metadata_mut().insert(
+            "x-forwarded-client-cert",
+            format!("URI=spiffe://cluster.local/ns/pay/sa/{identity}")
+                .parse()
+                .expect("ascii"),
+        );
+        request
+    };
+    let mut job = tonic::Request::new(submit_request(ENROLLED_USER, "rated-1"));
+    job.metadata_mut().insert(
+        "x-forwarded-client-cert",
+        "URI=spiffe://cluster.local/ns/pay/sa/batch".parse().expect("ascii"),
+    );
+    client.submit_authentication(job).await.expect("submit");
+    let refresh = pb::GetJobRequest {
+        job_id: "rated-1".into(),
+        refresh: true,
+        ..Default::default()
+    };
+    client
+        .get_job(from("batch", refresh.clone()))
+        .await
+        .expect("a first refresh");
+    let status = client
+        .get_job(from("batch", refresh))
+        .await
+        .expect_err("refreshes are rarer");
+    assert_eq!(
+        (status.code(), reason(&status)),
+        (Code::ResourceExhausted, "RATE_LIMITED".to_owned())
+    );
+    let details = status.get_error_details();
+    let quota = details.quota_failure().expect("QuotaFailure");
+    assert_eq!(
+        quota.violations[0].subject,
+        "caller:spiffe://cluster.local/ns/pay/sa/batch"
+    );
+    assert!(quota.violations[0].description.contains("refreshes"), "{quota:?}");
+    assert!(details.retry_info().and_then(|retry| retry.retry_delay).is_some());
+    // Three calls were the burst: the next is over the rate, while others are not limited.
+    let status = client
+        .get_job(from("batch", get_job("rated-1")))
+        .await
+        .expect_err("over the rate");
+    assert_eq!(reason(&status), "RATE_LIMITED");
+    for _ in 0..5 {
+        client
+            .get_job(from("web", get_job("rated-1")))
+            .await
+            .expect_err("not its job");
+    }
+
+    // Streams: two each, whoever else watches.
+    let watch = |identity: &str| {
+        let mut request = tonic::Request::new(pb::WatchJobsRequest::default());
+        request.metadata_mut().insert(
+            "x-forwarded-client-cert",
+            format!("URI=spiffe://cluster.local/ns/pay/sa/{identity}")
+                .parse()
+                .expect("ascii"),
+        );
+        request
+    };
+    let _first = client.watch_jobs(watch("web")).await.expect("a watch");
+    let _second = client.watch_jobs(watch("web")).await.expect("a watch");
+    let status = client.watch_jobs(watch("web")).await.expect_err("over its streams");
+    assert_eq!(shed_by(&status), "caller_streams");
+    client
+        .watch_jobs(watch("mobile"))
+        .await
+        .expect("another caller's watch");
+    service.running.shutdown().await;
+}

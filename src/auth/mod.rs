@@ -10,6 +10,7 @@ pub mod audit;
 pub mod identity;
 pub mod jwt;
 pub mod policy;
+pub mod rates;
 pub mod xfcc;
 
 pub use identity::{Identity, IdentityKind};

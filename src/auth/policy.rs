@@ -11,6 +11,12 @@
 //! [[grant]]
 //! identities = ["spiffe://cluster.local/ns/support/*"]
 //! permissions = ["get", "list", "watch_job", "watch_all", "image_links", "others_jobs"]
+//!
+//! [[limit]]
+//! identities = ["spiffe://cluster.local/ns/batch/*"]
+//! requests_per_second = 20.0
+//! burst = 40
+//! refreshes_per_second = 0.5
 //! ```
 //!
 //! An identity or user ending in `*` matches every one with that prefix. A
@@ -18,7 +24,10 @@
 //! user_ids. Whoever enrols a user first owns it: other callers may act for it
 //! only with `others_users`. Without a file, every identified caller may
 //! submit, enrol, get, list and watch its own jobs, for users no other caller
-//! owns, and nothing more.
+//! owns, and nothing more. A `[[limit]]` gives each identity it names buckets
+//! of its own: SelfieAuth calls a second (with a burst), and `GetJob
+//! refresh=true` calls a second (each costs a Smile ID call; burst
+//! `refresh_burst`, 1 by default); the first limit naming an identity applies.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -123,10 +132,25 @@ struct Grant {
     users: Option<Vec<Pattern>>,
 }
 
-/// Who may do what.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A rate: tokens a second, and how many may be spent at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Limit {
+    identities: Vec<Pattern>,
+    requests: Option<Rate>,
+    refreshes: Option<Rate>,
+}
+
+/// Who may do what, and how often.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     grants: Vec<Grant>,
+    limits: Vec<Limit>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +158,18 @@ pub struct Policy {
 struct PolicyFile {
     #[serde(default)]
     grant: Vec<GrantFile>,
+    #[serde(default)]
+    limit: Vec<LimitFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitFile {
+    identities: Vec<String>,
+    requests_per_second: Option<f64>,
+    burst: Option<u32>,
+    refreshes_per_second: Option<f64>,
+    refresh_burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +196,7 @@ impl Default for Policy {
                 .into(),
                 users: None,
             }],
+            limits: Vec::new(),
         }
     }
 }
@@ -193,7 +230,52 @@ impl Policy {
                 users,
             });
         }
-        Ok(Self { grants })
+        let mut limits = Vec::new();
+        for (index, limit) in file.limit.into_iter().enumerate() {
+            let context = |error: String| format!("limit {}: {error}", index + 1);
+            if limit.identities.is_empty() {
+                return Err(context("needs identities".into()));
+            }
+            let identities = limit
+                .identities
+                .iter()
+                .map(|text| Pattern::parse(text).map_err(context))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rate = |per_second: Option<f64>, burst: Option<u32>, name: &str| match per_second {
+                None if burst.is_some() => Err(context(format!("a burst needs {name}"))),
+                None => Ok(None),
+                Some(rate) if !(rate.is_finite() && rate > 0.0) => {
+                    Err(context(format!("{name} must be a positive number")))
+                }
+                Some(rate) => Ok(Some(Rate {
+                    per_second: rate,
+                    burst: f64::from(burst.unwrap_or(1).max(1)),
+                })),
+            };
+            let requests = rate(limit.requests_per_second, limit.burst, "requests_per_second")?;
+            let refreshes = rate(limit.refreshes_per_second, limit.refresh_burst, "refreshes_per_second")?;
+            if requests.is_none() && refreshes.is_none() {
+                return Err(context("needs requests_per_second or refreshes_per_second".into()));
+            }
+            limits.push(Limit {
+                identities,
+                requests,
+                refreshes,
+            });
+        }
+        Ok(Self { grants, limits })
+    }
+
+    /// The rate `identity` may spend `spend` at, from the first limit naming it.
+    pub fn rate_for(&self, identity: &str, spend: super::rates::Spend) -> Option<Rate> {
+        let limit = self
+            .limits
+            .iter()
+            .find(|limit| limit.identities.iter().any(|pattern| pattern.matches(identity)))?;
+        match spend {
+            super::rates::Spend::Call => limit.requests,
+            super::rates::Spend::Refresh => limit.refreshes,
+        }
     }
 
     pub fn allows(&self, caller: &Caller, permission: Permission) -> bool {

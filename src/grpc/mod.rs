@@ -17,6 +17,7 @@ use futures::{Stream, StreamExt as _};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::rates::{RateLimits, Spend};
 use crate::auth::{AuthError, Caller, Permission, PolicySource, audit};
 use crate::jobs::listing;
 use crate::jobs::validate::id_problem;
@@ -24,6 +25,7 @@ use crate::jobs::{
     Job, JobError, JobKind, JobService, JobServiceHandle, LogFilter, LogStart, SubmitRequest, WatchItem,
 };
 use crate::metrics::Metrics;
+use crate::shares::{Share, Shares};
 use crate::smileid::StatusOptions;
 use convert::Include;
 use load_shed::Admission;
@@ -91,15 +93,50 @@ pub struct SelfieAuthApi {
     service: JobServiceHandle,
     policy: Arc<PolicySource>,
     metrics: Arc<Metrics>,
+    /// The policy's per-caller rate limits, spent as calls come.
+    rates: RateLimits,
+    /// Streams each caller has open (watches, and submissions waiting for their result).
+    streams: Shares<String>,
 }
 
 impl SelfieAuthApi {
-    pub fn new(service: JobServiceHandle, policy: Arc<PolicySource>, metrics: Arc<Metrics>) -> Self {
+    /// The API over `service`; each caller may have `caller_streams` streams open.
+    pub fn new(
+        service: JobServiceHandle,
+        policy: Arc<PolicySource>,
+        metrics: Arc<Metrics>,
+        caller_streams: usize,
+    ) -> Self {
         Self {
             service,
             policy,
             metrics,
+            rates: RateLimits::default(),
+            streams: Shares::new(caller_streams as u64),
         }
+    }
+
+    /// Refuses a call over the caller's rate limit (RESOURCE_EXHAUSTED with QuotaFailure).
+    fn throttle(&self, caller: &Caller, spend: Spend) -> Result<(), Status> {
+        self.rates.spend(&self.policy.current(), caller, spend).map_err(|over| {
+            self.metrics.shed(match spend {
+                Spend::Call => "rate",
+                Spend::Refresh => "refresh_rate",
+            });
+            status::rate_limited(&over, caller.name())
+        })
+    }
+
+    /// A stream slot of `caller`'s share, or UNAVAILABLE when it has as many open as it may.
+    fn caller_stream(&self, caller: &Caller) -> Result<Share<String>, Status> {
+        self.streams.take(&caller.name().to_owned(), 1).ok_or_else(|| {
+            self.metrics.shed("caller_streams");
+            let message = format!(
+                "this caller has {} streams open, its share of this replica; close some or retry shortly",
+                self.streams.limit()
+            );
+            status::overloaded(message, "caller_streams", Duration::from_secs(1))
+        })
     }
 
     fn service(&self) -> Result<Arc<JobService>, Status> {
@@ -182,6 +219,17 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send + 'static>>;
 
+/// `stream`, holding `held` (a caller's stream slot) for as long as it is open.
+fn holding<T: Send + 'static>(
+    stream: impl Stream<Item = T> + Send + 'static,
+    held: impl Send + 'static,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::unfold((Box::pin(stream), held), |(mut stream, held)| async move {
+        let item = stream.next().await?;
+        Some((item, (stream, held)))
+    })
+}
+
 fn check_job_id(job_id: &str) -> Result<(), Status> {
     match id_problem(job_id) {
         None => Ok(()),
@@ -233,6 +281,7 @@ impl SelfieAuthApi {
     ) -> Result<(pb::Job, bool), Status> {
         let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
         let caller = &caller(&request)?;
+        self.throttle(caller, Spend::Call)?;
         let submission = request.into_inner();
         let permission = match kind {
             JobKind::Authentication => Permission::Submit,
@@ -264,12 +313,17 @@ impl SelfieAuthApi {
             .map_err(|error| to_status(&error))?;
         if submission.wait_for_result && !output.job.state.is_terminal() {
             // Admission is what the concurrency limit protects; waiting is cheap, and
-            // counts among the open streams instead (without a free one, it stays admitted).
-            let _stream = service.hold_stream().ok().inspect(|_| {
-                if let Some(admission) = &admission {
-                    admission.release();
-                }
-            });
+            // counts among the open streams instead, the caller's own included (without a
+            // free one, it stays admitted).
+            let _stream = self
+                .caller_stream(caller)
+                .ok()
+                .and_then(|share| Some((share, service.hold_stream().ok()?)))
+                .inspect(|_| {
+                    if let Some(admission) = &admission {
+                        admission.release();
+                    }
+                });
             output.job = service
                 .wait_for_final(&output.job.job_id, deadline)
                 .await
@@ -328,6 +382,7 @@ impl SelfieAuth for SelfieAuthApi {
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         const METHOD: &str = "ListJobs";
         let caller = caller(&request)?;
+        self.throttle(&caller, Spend::Call)?;
         self.permit(&caller, METHOD, Permission::List)?;
         let request = request.into_inner();
         let mut filter = convert::job_filter(&request).map_err(|error| to_status(&error))?;
@@ -357,12 +412,16 @@ impl SelfieAuth for SelfieAuthApi {
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         const METHOD: &str = "GetJob";
         let caller = caller(&request)?;
+        self.throttle(&caller, Spend::Call)?;
         self.permit(&caller, METHOD, Permission::Get)?;
         let request = request.into_inner();
         if request.refresh && request.include_image_links {
             self.permit(&caller, METHOD, Permission::ImageLinks)?;
         }
         check_job_id(&request.job_id)?;
+        if request.refresh {
+            self.throttle(&caller, Spend::Refresh)?;
+        }
         let service = self.service()?;
         let stored = service.get(&request.job_id).await.map_err(|e| to_status(&e))?;
         self.permit_job(&caller, METHOD, &stored)?;
@@ -391,12 +450,14 @@ impl SelfieAuth for SelfieAuthApi {
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
         const METHOD: &str = "WatchJob";
         let caller = caller(&request)?;
+        self.throttle(&caller, Spend::Call)?;
         self.permit(&caller, METHOD, Permission::WatchJob)?;
         let request = request.into_inner();
         check_job_id(&request.job_id)?;
         let service = self.service()?;
         let stored = service.get(&request.job_id).await.map_err(|e| to_status(&e))?;
         self.permit_job(&caller, METHOD, &stored)?;
+        let share = self.caller_stream(&caller)?;
         let items = service
             .watch_job(&request.job_id, request.after_sequence)
             .await
@@ -410,7 +471,7 @@ impl SelfieAuth for SelfieAuthApi {
             Ok(WatchItem::Heartbeat { last_sequence, .. }) => Ok(convert::heartbeat(last_sequence, String::new())),
             Err(error) => Err(to_status(&error)),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(holding(stream, share))))
     }
 
     type WatchJobsStream = EventStream;
@@ -418,6 +479,7 @@ impl SelfieAuth for SelfieAuthApi {
     async fn watch_jobs(&self, request: Request<pb::WatchJobsRequest>) -> Result<Response<EventStream>, Status> {
         const METHOD: &str = "WatchJobs";
         let caller = caller(&request)?;
+        self.throttle(&caller, Spend::Call)?;
         self.permit(&caller, METHOD, Permission::WatchJob)?;
         // Without watch_all, a caller hears of its own jobs only.
         let everyone = self.policy.current().allows(&caller, Permission::WatchAll);
@@ -441,6 +503,7 @@ impl SelfieAuth for SelfieAuthApi {
             user_id,
             owner: if everyone { None } else { caller.owner() },
         };
+        let share = self.caller_stream(&caller)?;
         let items = self
             .service()?
             .watch_log(filter, start)
@@ -457,6 +520,6 @@ impl SelfieAuth for SelfieAuthApi {
             }
             Err(error) => Err(to_status(&error)),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(holding(stream, share))))
     }
 }

@@ -10,6 +10,7 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 use tracing::{error, warn};
 
 use crate::auth::AuthError;
+use crate::auth::rates::OverRate;
 use crate::jobs::{ErrorReason, JobError, JobProblem, ProblemReason, StoreError};
 
 /// `ErrorInfo.domain` of every error this service returns.
@@ -23,7 +24,7 @@ pub fn code(reason: ErrorReason) -> Code {
             Code::InvalidArgument
         }
         RequestTimeout => Code::DeadlineExceeded,
-        MessageTooLarge => Code::ResourceExhausted,
+        MessageTooLarge | RateLimited => Code::ResourceExhausted,
         JobIdReused => Code::AlreadyExists,
         JobNotFound => Code::NotFound,
         UserNotEnrolled | UserNotAuthenticatable | UserAlreadyEnrolled | UserNotEnrollable | UpstreamRejected => {
@@ -105,6 +106,26 @@ pub fn overloaded(message: impl Into<String>, limit: &str, retry_after: Duration
         HashMap::from([("limit".to_owned(), limit.to_owned())]),
         |details| {
             details.set_retry_info(Some(retry_after));
+        },
+    )
+}
+
+/// RESOURCE_EXHAUSTED / `RATE_LIMITED` for a call over `caller`'s rate limit,
+/// with the quota it is over and when to retry.
+pub fn rate_limited(over: &OverRate, caller: &str) -> Status {
+    let description = format!(
+        "{} {} a second, {} at once",
+        over.rate.per_second,
+        over.spend.as_str(),
+        over.rate.burst
+    );
+    reason_status(
+        ErrorReason::RateLimited,
+        format!("this caller is over its rate limit of {description}; retry after the delay given"),
+        HashMap::from([("limit".to_owned(), over.spend.as_str().to_owned())]),
+        |details| {
+            details.add_quota_failure_violation(format!("caller:{caller}"), description);
+            details.set_retry_info(Some(over.retry_after));
         },
     )
 }

@@ -33,11 +33,12 @@ pub enum ErrorReason {
     NotPermitted,
     ForwardedIdentityUntrusted,
     UserNotPermitted,
+    RateLimited,
     Internal,
 }
 
 impl ErrorReason {
-    pub const ALL: [Self; 30] = [
+    pub const ALL: [Self; 31] = [
         Self::InvalidField,
         Self::InvalidImage,
         Self::ImageTooLarge,
@@ -67,6 +68,7 @@ impl ErrorReason {
         Self::NotPermitted,
         Self::ForwardedIdentityUntrusted,
         Self::UserNotPermitted,
+        Self::RateLimited,
         Self::Internal,
     ];
 
@@ -101,6 +103,7 @@ impl ErrorReason {
             Self::NotPermitted => "NOT_PERMITTED",
             Self::ForwardedIdentityUntrusted => "FORWARDED_IDENTITY_UNTRUSTED",
             Self::UserNotPermitted => "USER_NOT_PERMITTED",
+            Self::RateLimited => "RATE_LIMITED",
             Self::Internal => "INTERNAL",
         }
     }

@@ -223,9 +223,14 @@ pub async fn start_on(
             shutdown.clone(),
         ));
     }
-    let api = SelfieAuthServer::new(SelfieAuthApi::new(service, policy, metrics.clone()))
-        .max_decoding_message_size(config.max_message_bytes + 1024)
-        .max_encoding_message_size(config.max_message_bytes);
+    let api = SelfieAuthServer::new(SelfieAuthApi::new(
+        service,
+        policy,
+        metrics.clone(),
+        config.caller_max_open_streams,
+    ))
+    .max_decoding_message_size(config.max_message_bytes + 1024)
+    .max_encoding_message_size(config.max_message_bytes);
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))

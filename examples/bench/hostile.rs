@@ -1,0 +1,288 @@
+//! The well-behaved caller beside a hostile one: its GetJob one at a time and
+//! its submissions four at a time, alone and then while another client stalls
+//! hundreds of request bodies, trickles one-byte connections, floods
+//! submissions under its own identity, opens thousands of health watches and
+//! sends header-only callbacks, and the simulator posts Smile ID's callbacks.
+//! Against a `selfie-auth serve` process, so its memory is the service's own.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use selfie_auth::grpc::pb;
+use selfie_auth::simulator::RunningSimulator;
+use selfie_auth_testkit::RawGrpc;
+use tokio::io::AsyncWriteExt as _;
+
+use super::{Client, KEY, PARTNER, Report, Sample, client_for, free_port, jpeg_of, measure, submit_request, verdict};
+
+/// The chart's memory limit.
+const CHART_MEMORY_LIMIT: u64 = 512 * 1024 * 1024;
+
+fn identified<T>(identity: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let header = format!("URI=spiffe://bench/ns/pay/sa/{identity}");
+    request
+        .metadata_mut()
+        .insert("x-forwarded-client-cert", header.parse().expect("ascii"));
+    request
+}
+
+/// The honest caller's two measures, and how many of its calls were refused.
+async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<AtomicUsize>) -> (Sample, Sample) {
+    let gets = {
+        let (client, refused) = (client.clone(), refused.clone());
+        measure(300, 1, move |_| {
+            let (mut client, refused) = (client.clone(), refused.clone());
+            async move {
+                let request = pb::GetJobRequest {
+                    job_id: "honest-target".into(),
+                    ..Default::default()
+                };
+                if client.get_job(identified("honest", request)).await.is_err() {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .await
+    };
+    let submissions = {
+        let (client, refused, selfie, round) = (client.clone(), refused.clone(), selfie.clone(), round.to_owned());
+        measure(60, 4, move |index| {
+            let (mut client, refused) = (client.clone(), refused.clone());
+            let request = submit_request(format!("honest-{round}-{index}"), &selfie, &[]);
+            async move {
+                if client
+                    .submit_authentication(identified("honest", request))
+                    .await
+                    .is_err()
+                {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .await
+    };
+    (gets, submissions)
+}
+
+/// Peak resident memory of process `pid` (VmHWM).
+fn peak_resident(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Starts every hostile client; they run until `stop`.
+async fn attack(grpc: SocketAddr, http: SocketAddr, stop: Arc<AtomicBool>, selfie: Bytes) -> anyhow::Result<()> {
+    // Hundreds of request bodies announced and never sent, on four connections.
+    let (mut connections, mut stalled) = (Vec::new(), Vec::new());
+    for connection in 0..4 {
+        let mut raw = RawGrpc::connect(grpc).await;
+        for stream in 0..100 {
+            let path = if (connection + stream) % 2 == 0 {
+                "/selfieauth.v1.SelfieAuth/GetJob"
+            } else {
+                "/selfieauth.v1.SelfieAuth/SubmitAuthentication"
+            };
+            let mut partial = vec![0u8];
+            partial.extend_from_slice(&(1024 * 1024u32).to_be_bytes());
+            partial.extend_from_slice(&[0x0A; 10]);
+            stalled.push(raw.call(path, Bytes::from(partial), false).await);
+        }
+        connections.push(raw);
+    }
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            drop((connections, stalled));
+        });
+    }
+    // One-byte connections, reopened as the service closes them.
+    for _ in 0..200 {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut socket) = tokio::net::TcpStream::connect(grpc).await {
+                    let _ = socket.write_all(b"P").await;
+                    let mut byte = [0u8; 1];
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(15),
+                        tokio::io::AsyncReadExt::read(&mut socket, &mut byte),
+                    )
+                    .await;
+                }
+            }
+        });
+    }
+    // A submission flood under one identity.
+    let greedy = client_for(grpc).await?;
+    for worker in 0..128 {
+        let (mut client, stop, selfie) = (greedy.clone(), stop.clone(), selfie.clone());
+        tokio::spawn(async move {
+            let mut index = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let request = submit_request(format!("greedy-{worker}-{index}"), &selfie, &[]);
+                let _ = client.submit_authentication(identified("greedy", request)).await;
+                index += 1;
+            }
+        });
+    }
+    // Thousands of health watches.
+    let channel = super::client_channel(grpc).await?;
+    for _ in 0..2000 {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        tokio::spawn(async move {
+            if let Ok(response) = health.watch(tonic_health::pb::HealthCheckRequest::default()).await {
+                let mut stream = response.into_inner();
+                while let Ok(Some(_)) = stream.message().await {}
+            }
+        });
+    }
+    // Callbacks that announce 2 MiB and send one byte.
+    for _ in 0..64 {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut socket) = tokio::net::TcpStream::connect(http).await {
+                    let _ = socket
+                        .write_all(b"POST /callbacks/smileid HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n{")
+                        .await;
+                    let mut byte = [0u8; 1];
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(40),
+                        tokio::io::AsyncReadExt::read(&mut socket, &mut byte),
+                    )
+                    .await;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+pub async fn beside_an_attacker(report: &mut Report, sim: &RunningSimulator) -> anyhow::Result<()> {
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/selfie-auth");
+    if !binary.exists() {
+        report
+            .notes
+            .push("Figures under attack skipped: build `target/release/selfie-auth` first.".into());
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let mut child = tokio::process::Command::new(&binary)
+        .arg("serve")
+        .env("SMILEID_PARTNER_ID", PARTNER)
+        .env("SMILEID_API_KEY", KEY)
+        .env("SMILEID_BASE_URL", sim.v1_url())
+        .env("SELFIE_AUTH_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+        .env("SELFIE_AUTH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env(
+            "SELFIE_AUTH_CALLBACK_URL",
+            format!("http://127.0.0.1:{http_port}/callbacks/smileid"),
+        )
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("attack.db").display()),
+        )
+        .env("SELFIE_AUTH_TRUST_XFCC", "true")
+        .env("SELFIE_AUTH_XFCC_TRUSTED_PEERS", "127.0.0.1")
+        // The chart's memory budgets.
+        .env("SELFIE_AUTH_REQUEST_MEMORY_BYTES", "67108864")
+        .env("SELFIE_AUTH_SUBMISSION_MEMORY_BYTES", "67108864")
+        .env("SELFIE_AUTH_CALLER_REQUEST_MEMORY_BYTES", "33554432")
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let (grpc, http): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{grpc_port}").parse()?,
+        format!("127.0.0.1:{http_port}").parse()?,
+    );
+    let selfie = jpeg_of(330, 3);
+    let client = loop {
+        if let Ok(client) = client_for(grpc).await {
+            let target = submit_request("honest-target".into(), &selfie, &[]);
+            if client
+                .clone()
+                .submit_authentication(identified("honest", target))
+                .await
+                .is_ok()
+            {
+                break client;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (solo_gets, solo_submissions) = honest(&client, &selfie, "solo", &refused).await;
+    let solo_refused = refused.swap(0, Ordering::Relaxed);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let before = sim.counters();
+    attack(grpc, http, stop.clone(), selfie.clone()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let (gets, submissions) = honest(&client, &selfie, "attacked", &refused).await;
+    let attacked_refused = refused.load(Ordering::Relaxed);
+    let during = started.elapsed();
+    let after = sim.counters();
+    stop.store(true, Ordering::Relaxed);
+    let peak = peak_resident(pid).unwrap_or_default();
+    child.kill().await?;
+
+    let within =
+        |ours: &Sample, solo: &Sample| ours.p50_ms() <= 2.0 * solo.p50_ms() && ours.p99_ms() <= 2.0 * solo.p99_ms();
+    for (measure, ours, solo) in [
+        ("under attack: GetJob, 1 in flight", &gets, &solo_gets),
+        (
+            "under attack: SubmitAuthentication, 4 in flight",
+            &submissions,
+            &solo_submissions,
+        ),
+    ] {
+        report.row(
+            measure,
+            format!("p50 {:.2} ms, p99 {:.2} ms", ours.p50_ms(), ours.p99_ms()),
+            format!("alone: p50 {:.2} ms, p99 {:.2} ms", solo.p50_ms(), solo.p99_ms()),
+            verdict(
+                within(ours, solo) && attacked_refused == 0,
+                format!(
+                    "{:.1}x / {:.1}x alone, {attacked_refused} refused (alone {solo_refused}); target <= 2x, none refused",
+                    ours.p50_ms() / solo.p50_ms(),
+                    ours.p99_ms() / solo.p99_ms()
+                ),
+            ),
+        );
+    }
+    let (sent, failed) = (
+        after.callbacks_sent - before.callbacks_sent,
+        after.callbacks_failed - before.callbacks_failed,
+    );
+    report.row(
+        "under attack: Smile ID callbacks acknowledged",
+        format!("{} of {sent}", sent - failed),
+        format!("during {:.1} s of attack", during.as_secs_f64()),
+        verdict(failed == 0 && sent > 0, "target: every one".into()),
+    );
+    report.row(
+        "under attack: peak resident memory (serve)",
+        format!("{:.0} MiB", peak as f64 / 1048576.0),
+        "the chart's limit: 512 MiB".into(),
+        verdict(peak <= CHART_MEMORY_LIMIT, "target <= the chart's limit".into()),
+    );
+    report.notes.push(
+        "Under attack: 400 request bodies announced (1 MiB each) and never sent, 200 one-byte connections \
+         reopened as they are closed, 128 concurrent submissions under one identity, 2000 health watches \
+         and 64 header-only callbacks, while the well-behaved caller (its own identity) measures again."
+            .into(),
+    );
+    Ok(())
+}
