@@ -920,7 +920,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     }
-    if let Some(profile) = where_time_goes(&service).await {
+    if let Some(profile) = where_time_goes(&service).await.filter(|profile| !profile.is_empty()) {
         report.notes.push(format!(
             "Where the SQLite service's time went (mean per operation, its own metrics): {profile}."
         ));
