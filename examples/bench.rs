@@ -860,16 +860,19 @@ fn merge_rows(report: &Report, path: &Path, section: &str) -> anyhow::Result<()>
             }
         }
     }
-    for note in &report.notes {
+    // A note replaces the one with the same lead (its words before the first colon).
+    let lead = |line: &str| line.split(':').next().unwrap_or(line).to_owned();
+    let written = format!(
+        "The `{section}` rows: `cargo run --release --example bench -- --only {section}` on {}.",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    for note in report.notes.iter().chain(std::iter::once(&written)) {
         let line = format!("- {note}");
-        if !lines.contains(&line) {
-            lines.push(line);
+        match lines.iter().position(|kept| lead(kept) == lead(&line)) {
+            Some(at) => lines[at] = line,
+            None => lines.push(line),
         }
     }
-    lines.push(format!(
-        "- The `{section}` rows: `cargo run --release --example bench -- --only {section}` on {}.",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
-    ));
     std::fs::write(path, lines.join("\n") + "\n")?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use selfie_auth::grpc::pb;
 use selfie_auth::simulator::{Endpoint, Fault};
 use selfie_auth_testkit::*;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
@@ -95,19 +95,6 @@ async fn requests_still_arriving_hold_no_slot() {
             (Code::DeadlineExceeded as i32, "REQUEST_TIMEOUT".to_owned()),
             "a stalled request times out; it was never admitted to be shed"
         );
-    }
-}
-
-/// Whether the peer closed `stream` within `within`.
-async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
-    let mut buffer = [0u8; 256];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
     }
 }
 

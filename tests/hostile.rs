@@ -26,19 +26,6 @@ fn get_job(job_id: &str) -> pb::GetJobRequest {
     }
 }
 
-/// Whether the peer closed `stream` within `within` (a read ends or fails).
-async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
-    let mut buffer = [0u8; 256];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_limit_is_refused_by_its_declared_size() {
     let (_sim, service, _dir) = service_with(&[]).await;

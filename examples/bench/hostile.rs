@@ -278,6 +278,15 @@ pub async fn beside_an_attacker(report: &mut Report, sim: &RunningSimulator) -> 
         "the chart's limit: 512 MiB".into(),
         verdict(peak <= CHART_MEMORY_LIMIT, "target <= the chart's limit".into()),
     );
+    if !(within(&gets, &solo_gets) && within(&submissions, &solo_submissions)) {
+        report.notes.push(
+            "Under attack, the well-behaved caller's latency misses 2x: on these 2 cores the attacking client, \
+             the simulator and the service share the CPU, and the greedy caller's share of slots (64 submissions \
+             in flight) each decode and zip images. Fair share bounds slots, bytes and streams per caller, not CPU \
+             time; a per-caller fair queue in front of image checking is the next step."
+                .into(),
+        );
+    }
     report.notes.push(
         "Under attack: 400 request bodies announced (1 MiB each) and never sent, 200 one-byte connections \
          reopened as they are closed, 128 concurrent submissions under one identity, 2000 health watches \

@@ -48,3 +48,27 @@ pub async fn collect_events(stream: &mut tonic::Streaming<pb::JobEvent>, count: 
     }
     events
 }
+
+/// Whether the peer closed `stream` within `within` (a read ends or fails).
+pub async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buffer = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// `message` as a mesh proxy forwards it for the SPIFFE ID `identity`.
+pub fn forwarded<T>(identity: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let header = format!("URI={identity}");
+    request
+        .metadata_mut()
+        .insert("x-forwarded-client-cert", header.parse().expect("an ASCII header"));
+    request
+}
