@@ -129,22 +129,41 @@ async fn a_caller_cannot_read_or_watch_another_callers_job() {
         .await
         .expect_err("another caller's job");
     assert_eq!(looks(&status, "checkout-1"), looks(&nothing, "no-such-job"));
-    // Its job_id is taken, as by a submission of other content: nothing of the job shows.
-    let status = client
+    // Its job_id is billing's to use as if checkout's job did not exist: a job of billing's own.
+    let own = client
         .submit_authentication(from(BILLING, submit_request(ENROLLED_USER, "checkout-1")))
         .await
-        .expect_err("the same job_id and content never answer with checkout's job");
+        .expect("the same job_id is billing's own job")
+        .into_inner();
+    let fresh = client
+        .submit_authentication(from(BILLING, submit_request(ENROLLED_USER, "billing-2")))
+        .await
+        .expect("a fresh job_id")
+        .into_inner();
+    let shape = |response: &pb::SubmitAuthenticationResponse| {
+        let job = response.job.clone().expect("job");
+        (response.created, job.creator, job.state, job.user_id)
+    };
+    assert_eq!(shape(&own), shape(&fresh), "answered as a job_id nobody used");
+    assert_eq!(own.job.as_ref().map(|job| job.job_id.as_str()), Some("checkout-1"));
+    let billings = final_job(&mut client, BILLING, "checkout-1").await;
     assert_eq!(
-        (status.code(), reason(&status)),
-        (Code::AlreadyExists, "JOB_ID_REUSED".to_owned())
+        (billings.creator.as_str(), billings.state()),
+        (BILLING, pb::JobState::Completed)
     );
+    let checkouts = client
+        .get_job(from(CHECKOUT, get("checkout-1")))
+        .await
+        .expect("checkout's own")
+        .into_inner();
+    assert_eq!(checkouts.creator, CHECKOUT, "checkout's job is untouched");
     let mut other_content = submit_request(ENROLLED_USER, "billing-1");
     other_content.partner_params.insert("order".into(), "2".into());
-    let own_reuse = client
+    let reused = client
         .submit_authentication(from(BILLING, other_content))
         .await
         .expect_err("its own job_id with other content");
-    assert_eq!(looks(&status, "checkout-1"), looks(&own_reuse, "billing-1"));
+    assert_eq!(reason(&reused), "JOB_ID_REUSED");
     let listed = client
         .list_jobs(from(BILLING, pb::ListJobsRequest::default()))
         .await
@@ -152,7 +171,7 @@ async fn a_caller_cannot_read_or_watch_another_callers_job() {
         .into_inner();
     assert_eq!(
         listed.jobs.iter().map(|job| job.job_id.as_str()).collect::<Vec<_>>(),
-        ["billing-1"]
+        ["billing-2", "checkout-1", "billing-1"]
     );
     let mut everything = client
         .watch_jobs(from(
@@ -189,8 +208,14 @@ async fn a_caller_cannot_read_or_watch_another_callers_job() {
         .collect();
     assert_eq!(
         jobs,
-        ["billing-1".to_owned()].into(),
+        ["billing-1", "billing-2", "checkout-1"].map(str::to_owned).into(),
         "WatchJobs shows only the caller's own jobs"
+    );
+    assert!(
+        seen.iter()
+            .filter_map(|event| event.job.as_ref())
+            .all(|job| job.creator == BILLING),
+        "billing's checkout-1 is billing's"
     );
 
     // Image links need their own grant, which the default policy gives nobody.

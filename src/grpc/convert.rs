@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::pb;
 use super::status::{problem_status, to_rpc_status};
+use crate::jobs::model::public_job_id;
 use crate::jobs::ports::JobFilter;
 use crate::jobs::{EventKind, Fetched, Job, JobError, JobEvent, JobKind, JobState};
 use crate::smileid::{Decision, ResultEntry};
@@ -99,7 +100,7 @@ pub fn job(job: &Job, include: Include, fetched: Option<&Fetched>) -> pb::Job {
     };
     pb::Job {
         user_id: job.user_id.clone(),
-        job_id: job.job_id.clone(),
+        job_id: public_job_id(&job.job_id).to_owned(),
         smile_job_id: job.smile_job_id.clone().unwrap_or_default(),
         state: state(job.state) as i32,
         decision: job.decision().map_or(pb::Decision::Unspecified, decision) as i32,

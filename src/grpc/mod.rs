@@ -161,7 +161,7 @@ impl SelfieAuthApi {
         }
         self.permit(caller, method, Permission::OthersJobs).map_err(|_| {
             to_status(&JobError::NotFound {
-                job_id: job.job_id.clone(),
+                job_id: crate::jobs::model::public_job_id(&job.job_id).to_owned(),
             })
         })
     }
@@ -423,7 +423,10 @@ impl SelfieAuth for SelfieAuthApi {
             self.throttle(&caller, Spend::Refresh)?;
         }
         let service = self.service()?;
-        let stored = service.get(&request.job_id).await.map_err(|e| to_status(&e))?;
+        let stored = service
+            .get_for(&request.job_id, caller.owner().as_deref())
+            .await
+            .map_err(|e| to_status(&e))?;
         self.permit_job(&caller, METHOD, &stored)?;
         let include = Include {
             history: request.include_history,
@@ -434,7 +437,7 @@ impl SelfieAuth for SelfieAuthApi {
                 image_links: request.include_image_links,
             };
             let (job, fetched) = service
-                .refresh(&request.job_id, options)
+                .refresh(&stored.job_id, options)
                 .await
                 .map_err(|e| to_status(&e))?;
             convert::job(&job, include, Some(&fetched))
@@ -455,11 +458,14 @@ impl SelfieAuth for SelfieAuthApi {
         let request = request.into_inner();
         check_job_id(&request.job_id)?;
         let service = self.service()?;
-        let stored = service.get(&request.job_id).await.map_err(|e| to_status(&e))?;
+        let stored = service
+            .get_for(&request.job_id, caller.owner().as_deref())
+            .await
+            .map_err(|e| to_status(&e))?;
         self.permit_job(&caller, METHOD, &stored)?;
         let share = self.caller_stream(&caller)?;
         let items = service
-            .watch_job(&request.job_id, request.after_sequence)
+            .watch_job(&stored.job_id, request.after_sequence)
             .await
             .map_err(|e| to_status(&e))?;
         let stream = ReceiverStream::new(items).map(move |item| match item {

@@ -518,6 +518,25 @@ pub struct JobEvent {
     pub at: DateTime<Utc>,
 }
 
+/// Separates a caller's job_id from the scope the service adds when another
+/// caller already holds that job_id: never in a job_id a caller writes.
+pub const SCOPE_SEPARATOR: char = '~';
+
+/// The key `owner`'s job `job_id` is stored (and sent to Smile ID) under when
+/// another caller holds `job_id`: job_ids are one namespace at Smile ID, but a
+/// caller must not learn that another one used an id.
+pub fn scoped_job_id(job_id: &str, owner: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(owner.as_bytes());
+    let scope: String = digest.iter().take(6).map(|byte| format!("{byte:02x}")).collect();
+    format!("{job_id}{SCOPE_SEPARATOR}{scope}")
+}
+
+/// The job_id its caller knows a stored job by.
+pub fn public_job_id(stored: &str) -> &str {
+    stored.split_once(SCOPE_SEPARATOR).map_or(stored, |(job_id, _)| job_id)
+}
+
 /// Announces that an event was stored; subscribers read the event itself from the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventNotice {
@@ -630,6 +649,19 @@ mod tests {
         job.state = JobState::Failed;
         assert_eq!(job.apply_result(result("0820", true), Utc::now()), None);
         assert!(job.results.is_empty());
+    }
+
+    #[test]
+    fn a_scoped_job_id_is_its_callers_and_shows_as_the_job_id() {
+        let alice = scoped_job_id("order-1", "spiffe://c/ns/pay/sa/alice");
+        let bob = scoped_job_id("order-1", "spiffe://c/ns/pay/sa/bob");
+        assert_ne!(alice, bob);
+        assert_eq!(public_job_id(&alice), "order-1");
+        assert_eq!(public_job_id("order-1"), "order-1");
+        assert!(
+            crate::jobs::validate::id_problem(&alice).is_some(),
+            "no caller can name a scoped key"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::{JobError, UnavailableReason};
 use super::memory::MemoryBudget;
-use super::model::{EventKind, EventNotice, Job, JobEvent};
+use super::model::{EventKind, EventNotice, Job, JobEvent, scoped_job_id};
 use super::ports::{EventFanout, Saved, SharedStore, SmileId, StoreError};
 use super::reconciler::ReconcilePolicy;
 use super::results::Confirmations;
@@ -152,6 +152,31 @@ impl JobService {
 
     pub async fn get(&self, job_id: &str) -> Result<Job, JobError> {
         self.load(job_id).await
+    }
+
+    /// The job `job_id` names for the caller `owner`: its own, scoped one when
+    /// another caller holds the job_id, else the job_id's (which the caller
+    /// may see only with leave to see others' jobs).
+    pub async fn get_for(&self, job_id: &str, owner: Option<&str>) -> Result<Job, JobError> {
+        let found = self.load(job_id).await;
+        match (owner, &found) {
+            (Some(owner), Ok(job)) if job.owner.as_deref() != Some(owner) => {
+                match self.store.get(&scoped_job_id(job_id, owner)).await? {
+                    Some(own) => Ok(own),
+                    None => found,
+                }
+            }
+            _ => found,
+        }
+    }
+
+    /// The key `owner`'s submission of `job_id` is stored under: the job_id,
+    /// or its scoped form when another caller holds it.
+    pub(crate) async fn key_for(&self, job_id: &str, owner: &str) -> Result<String, JobError> {
+        Ok(match self.store.get(job_id).await? {
+            Some(job) if job.owner.as_deref() != Some(owner) => scoped_job_id(job_id, owner),
+            _ => job_id.to_owned(),
+        })
     }
 
     /// The caller that enrolled `user_id` through this service, if any.

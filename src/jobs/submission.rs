@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::{Instrument as _, info, warn};
 
 use super::error::{JobError, UnavailableReason};
-use super::model::{Job, JobKind, JobProblem, JobState, ProblemReason, TakeOver};
+use super::model::{Job, JobKind, JobProblem, JobState, ProblemReason, TakeOver, public_job_id};
 use super::ports::{Created, Saved, SmileJob, SubmitFailure};
 use super::service::JobService;
 use super::validate::{Prepared, SubmitRequest, prepare};
@@ -70,9 +70,10 @@ impl Sending {
 }
 
 /// Whether `prepared` comes from the caller that created a job owned by `owner`:
-/// another caller's job_id is refused as taken, never joined or resumed, and
-/// answers as a job_id reused with other content does. Unidentified callers
-/// (authentication off) are everyone.
+/// another caller's job is never joined or resumed. (A job_id another caller
+/// held is scoped before this; only two callers racing to create one job_id
+/// meet here, and the later one is told the job_id is taken.) Unidentified
+/// callers (authentication off) are everyone.
 fn same_submitter(owner: Option<&str>, prepared: &Prepared) -> bool {
     prepared.owner.is_none() || prepared.owner.as_deref() == owner
 }
@@ -111,6 +112,9 @@ impl JobService {
         .await?;
         if prepared.job_id.is_empty() {
             prepared.job_id = generate_job_id();
+        } else if let Some(owner) = prepared.owner.as_deref() {
+            // Another caller's job_id is this caller's own, scoped, as if the other did not exist.
+            prepared.job_id = self.key_for(&prepared.job_id, owner).await?;
         }
         tracing::Span::current().record("job_id", prepared.job_id.as_str());
         let (outcome, joined) = self.start_or_join(prepared, held)?;
@@ -135,7 +139,7 @@ impl JobService {
         if let Some(running) = attempts.get(&prepared.job_id) {
             if running.content_hash != prepared.content_hash || !same_submitter(running.owner.as_deref(), &prepared) {
                 return Err(JobError::JobIdReused {
-                    job_id: prepared.job_id,
+                    job_id: public_job_id(&prepared.job_id).to_owned(),
                 });
             }
             return Ok((running.outcome.clone(), true));
@@ -188,7 +192,7 @@ impl JobService {
             Created::Existing(mut job) => {
                 if job.content_hash != prepared.content_hash || !same_submitter(job.owner.as_deref(), prepared) {
                     return Err(JobError::JobIdReused {
-                        job_id: prepared.job_id.clone(),
+                        job_id: public_job_id(&prepared.job_id).to_owned(),
                     });
                 }
                 match job.take_over(now, lease_until, self.store.is_shared()) {
