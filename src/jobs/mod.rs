@@ -2,6 +2,7 @@
 //! reconciliation. Transport-free: gRPC and HTTP adapters call into it.
 
 pub mod error;
+pub mod jpeg;
 pub mod listing;
 pub mod memory;
 pub mod model;

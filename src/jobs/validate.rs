@@ -322,23 +322,31 @@ fn decode_cost(bytes: &Bytes, limits: ImageLimits) -> Result<u64, String> {
         .map_err(|_| format!("{} header cannot be decoded", name_of(format)))?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, limits)?;
-    // A PNG is converted too: its pixels once more as RGB, and the JPEG written.
-    let conversion = if format == ImageFormat::Png {
-        u64::from(width) * u64::from(height) * 4
-    } else {
-        0
-    };
-    Ok(decoder.total_bytes() + conversion)
+    // A JPEG is checked by its structure, never decoded; a PNG is decoded and
+    // converted: its pixels, once more as RGB, and the JPEG written.
+    if format == ImageFormat::Jpeg {
+        return Ok(0);
+    }
+    Ok(decoder.total_bytes() + u64::from(width) * u64::from(height) * 4)
 }
 
-/// Decodes the whole image (a truncated or corrupt one is refused, so it never
-/// becomes a billed Smile ID job) and returns it as JPEG, which Smile ID expects.
+/// Checks the whole image (a truncated or corrupt one is refused, so it never
+/// becomes a billed Smile ID job) and returns it as JPEG, which Smile ID
+/// expects: a JPEG by its structure, as it came; a PNG decoded and transcoded.
 fn to_jpeg(bytes: &Bytes, limits: ImageLimits) -> Result<Bytes, String> {
     let format = format_of(bytes)?;
-    let name = name_of(format);
-    if format == ImageFormat::Jpeg && !ends_with_eoi(bytes) {
-        return Err(format!("{name} image is truncated"));
+    if format == ImageFormat::Jpeg {
+        return match super::jpeg::check(bytes) {
+            Ok(()) => Ok(bytes.clone()),
+            Err(problem) => Err(format!("JPEG image {problem}")),
+        };
     }
+    decode_to_jpeg(bytes, format, limits)
+}
+
+/// Decodes the whole image, within the limits, and returns it as JPEG.
+fn decode_to_jpeg(bytes: &Bytes, format: ImageFormat, limits: ImageLimits) -> Result<Bytes, String> {
+    let name = name_of(format);
     let mut reader = ImageReader::with_format(Cursor::new(bytes.as_ref()), format);
     let mut image_limits = Limits::default();
     image_limits.max_image_width = Some(limits.max_side_px);
@@ -355,12 +363,6 @@ fn to_jpeg(bytes: &Bytes, limits: ImageLimits) -> Result<Bytes, String> {
         .write_to(&mut jpeg, ImageFormat::Jpeg)
         .map_err(|_| "PNG image cannot be converted to JPEG".to_owned())?;
     Ok(Bytes::from(jpeg.into_inner()))
-}
-
-/// Whether a JPEG has its end-of-image marker (allowing the padding some encoders add).
-fn ends_with_eoi(bytes: &[u8]) -> bool {
-    let end = bytes.len() - bytes.iter().rev().take_while(|byte| **byte == 0).count();
-    bytes[..end].ends_with(&[0xFF, 0xD9])
 }
 
 fn check_dimensions(width: u32, height: u32, limits: ImageLimits) -> Result<(), String> {
@@ -401,10 +403,45 @@ mod tests {
         }
     }
 
+    /// Today's check of a JPEG before the structural one: the end marker, then a full decode.
+    fn fully_decodes(bytes: &[u8]) -> bool {
+        let end = bytes.len() - bytes.iter().rev().take_while(|byte| **byte == 0).count();
+        bytes[..end].ends_with(&[0xFF, 0xD9])
+            && decode_to_jpeg(
+                &Bytes::copy_from_slice(bytes),
+                ImageFormat::Jpeg,
+                ImageLimits::default(),
+            )
+            .is_ok()
+    }
+
+    #[test]
+    fn the_structure_refuses_every_broken_jpeg_a_full_decode_refuses() {
+        let limits = ImageLimits::default();
+        for (side, seed) in [(64, 3), (200, 9)] {
+            let good = crate::jobs::jpeg::tests::encode(side, seed);
+            assert!(fully_decodes(&good) && to_jpeg(&Bytes::from(good.clone()), limits).is_ok());
+            for (what, bad) in crate::jobs::jpeg::tests::corpus(&good) {
+                assert!(
+                    !fully_decodes(&bad),
+                    "{what}: the corpus holds only images a full decode refuses"
+                );
+                assert!(
+                    to_jpeg(&Bytes::from(bad), limits).is_err(),
+                    "{what}: passed the structural check"
+                );
+            }
+        }
+    }
+
     #[test]
     fn decoding_cost_is_known_from_the_header() {
         let limits = ImageLimits::default();
-        assert_eq!(decode_cost(&encode(ImageFormat::Jpeg, 64), limits), Ok(64 * 64 * 3));
+        assert_eq!(
+            decode_cost(&encode(ImageFormat::Jpeg, 64), limits),
+            Ok(0),
+            "never decoded"
+        );
         assert_eq!(
             decode_cost(&encode(ImageFormat::Png, 64), limits),
             Ok(64 * 64 * 3 + 64 * 64 * 4)
