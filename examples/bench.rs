@@ -23,7 +23,9 @@ use selfie_auth::grpc::pb;
 use selfie_auth::grpc::pb::selfie_auth_client::SelfieAuthClient;
 use selfie_auth::grpc::pb::selfie_auth_server::{SelfieAuth, SelfieAuthServer};
 use selfie_auth::simulator::{self, CallbackMode, RunningSimulator, SimulatorConfig};
-use selfie_auth::smileid::{ApiKey, Credentials};
+use selfie_auth::smileid::{
+    ApiKey, ClientConfig, Credentials, Environment, JobSubmission, PartnerParams, SmileIdClient,
+};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -125,9 +127,13 @@ fn verdict(ok: bool, text: String) -> String {
     format!("{} {text}", if ok { "met:" } else { "MISSED:" })
 }
 
-/// A bare tonic server answering SubmitAuthentication at once: the floor of
-/// moving the same bytes through gRPC.
-struct Echo;
+/// A bare tonic server answering SubmitAuthentication: at once (the floor of
+/// moving the same bytes through gRPC), or, as a gateway, once it has done the
+/// work no gateway can skip: the prep upload, the same zip and the upload,
+/// with the project's Smile ID client.
+struct Echo {
+    gateway: Option<Arc<SmileIdClient>>,
+}
 
 #[tonic::async_trait]
 impl SelfieAuth for Echo {
@@ -136,6 +142,25 @@ impl SelfieAuth for Echo {
         request: tonic::Request<pb::SubmitAuthenticationRequest>,
     ) -> Result<tonic::Response<pb::SubmitAuthenticationResponse>, tonic::Status> {
         let request = request.into_inner();
+        if let Some(client) = &self.gateway {
+            let partner_params = PartnerParams {
+                user_id: request.user_id.clone(),
+                job_id: request.job_id.clone(),
+                job_type: 2,
+                extra: std::collections::BTreeMap::new(),
+            };
+            let submission = JobSubmission {
+                partner_params: &partner_params,
+                callback_url: None,
+                selfie_jpeg: &request.selfie_image,
+                liveness_jpegs: &request.liveness_images,
+                may_resume: false,
+            };
+            client
+                .submit(&submission)
+                .await
+                .map_err(|error| tonic::Status::unavailable(error.source.to_string()))?;
+        }
         Ok(tonic::Response::new(pb::SubmitAuthenticationResponse {
             job: Some(pb::Job {
                 job_id: request.job_id,
@@ -182,12 +207,12 @@ impl SelfieAuth for Echo {
     }
 }
 
-async fn start_echo() -> anyhow::Result<SocketAddr> {
+async fn start_echo(gateway: Option<Arc<SmileIdClient>>) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
-        .add_service(SelfieAuthServer::new(Echo).max_decoding_message_size(32 * 1024 * 1024));
+        .add_service(SelfieAuthServer::new(Echo { gateway }).max_decoding_message_size(32 * 1024 * 1024));
     tokio::spawn(server.serve_with_incoming(incoming));
     Ok(addr)
 }
@@ -322,9 +347,28 @@ async fn submit_against_echo(
         selfie.len() / 1024,
         liveness[0].len() / 1024
     ));
-    let echo = client_for(start_echo().await?).await?;
+    let echo = client_for(start_echo(None).await?).await?;
+    let smile = SmileIdClient::new(ClientConfig::new(
+        Environment::Custom(sim.v1_url()),
+        Credentials::new(PARTNER, ApiKey::new(KEY)),
+    ))?;
+    let gateway = client_for(start_echo(Some(Arc::new(smile))).await?).await?;
     let client = client_for(service.running.grpc_addr).await?;
     for in_flight in [1, 16] {
+        // The gateway floor, and the CPU this whole process spends per submission on each.
+        let cpu = process_cpu_seconds();
+        let floor_gateway = {
+            let (gateway, selfie, liveness) = (gateway.clone(), selfie.clone(), liveness.clone());
+            measure(calls, in_flight, move |index| {
+                let mut gateway = gateway.clone();
+                let request = submit_request(format!("gateway-{in_flight}-{index}"), &selfie, &liveness);
+                async move {
+                    gateway.submit_authentication(request).await.expect("gateway");
+                }
+            })
+            .await
+        };
+        let floor_cpu = (process_cpu_seconds() - cpu) / calls as f64;
         let floor = {
             let (echo, selfie, liveness) = (echo.clone(), selfie.clone(), liveness.clone());
             measure(calls, in_flight, move |index| {
@@ -336,6 +380,7 @@ async fn submit_against_echo(
             })
             .await
         };
+        let cpu = process_cpu_seconds();
         let ours = {
             let (client, selfie, liveness) = (client.clone(), selfie.clone(), liveness.clone());
             measure(calls, in_flight, move |index| {
@@ -347,6 +392,32 @@ async fn submit_against_echo(
             })
             .await
         };
+        let our_cpu = (process_cpu_seconds() - cpu) / calls as f64;
+        let (rate_ratio, cpu_ratio) = (ours.rate() / floor_gateway.rate(), our_cpu / floor_cpu);
+        let met = if in_flight == 16 {
+            verdict(
+                rate_ratio >= 0.7 && cpu_ratio <= 1.3,
+                format!("{rate_ratio:.2}x its throughput, {cpu_ratio:.2}x its CPU; target >= 0.7x, <= 1.3x"),
+            )
+        } else {
+            format!("{rate_ratio:.2}x its throughput, {cpu_ratio:.2}x its CPU")
+        };
+        report.row(
+            &format!("SubmitAuthentication against the gateway floor, {in_flight} in flight"),
+            format!(
+                "{:.0} calls/s, p50 {:.2} ms, {:.2} ms CPU each",
+                ours.rate(),
+                ours.p50_ms(),
+                our_cpu * 1e3
+            ),
+            format!(
+                "prep upload + zip + upload: {:.0} calls/s, p50 {:.2} ms, {:.2} ms CPU each",
+                floor_gateway.rate(),
+                floor_gateway.p50_ms(),
+                floor_cpu * 1e3
+            ),
+            met,
+        );
         if in_flight == 1 {
             let python = python_sdk_p50(sim, &selfie, &liveness, calls.min(100)).await;
             let (floor_text, met) = match python {
@@ -793,6 +864,23 @@ async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[
     drop(open);
     child.kill().await?;
     Ok(())
+}
+
+/// User and system CPU this process has spent, from `/proc/self/stat`.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn free_port() -> u16 {
