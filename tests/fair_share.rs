@@ -17,13 +17,6 @@ use tonic_types::StatusExt as _;
 const GET_JOB: &str = "/selfieauth.v1.SelfieAuth/GetJob";
 const SUBMIT: &str = "/selfieauth.v1.SelfieAuth/SubmitAuthentication";
 
-async fn service_with(flags: &[&str]) -> (selfie_auth::simulator::RunningSimulator, TestService, tempfile::TempDir) {
-    let sim = start_simulator(|_| {}).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(config_with(&sim, &sqlite_url(&dir), flags)).await;
-    (sim, service, dir)
-}
-
 fn get_job(job_id: &str) -> pb::GetJobRequest {
     pb::GetJobRequest {
         job_id: job_id.into(),
@@ -299,10 +292,11 @@ async fn a_caller_over_its_rate_is_told_its_quota_and_when_to_retry() {
         .expect_err("over the rate");
     assert_eq!(reason(&status), "RATE_LIMITED");
     for _ in 0..5 {
-        client
+        let status = client
             .get_job(from("web", get_job("rated-1")))
             .await
             .expect_err("not its job");
+        assert_eq!(reason(&status), "JOB_NOT_FOUND", "another caller is not rate limited");
     }
 
     // Streams: two each, whoever else watches.
@@ -324,5 +318,45 @@ async fn a_caller_over_its_rate_is_told_its_quota_and_when_to_retry() {
         .watch_jobs(watch("mobile"))
         .await
         .expect("another caller's watch");
+    service.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_must_send_its_preface_within_the_header_timeout_too() {
+    let ca = Authority::new("selfie-auth callers");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ca.issue(&["127.0.0.1"], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server-key.pem"));
+    std::fs::write(&cert_path, cert).expect("write");
+    std::fs::write(&key_path, key).expect("write");
+    let sim = start_simulator(|_| {}).await;
+    let flags = [
+        "--grpc-tls-cert",
+        cert_path.to_str().expect("utf-8"),
+        "--grpc-tls-key",
+        key_path.to_str().expect("utf-8"),
+        "--header-timeout",
+        "1s",
+    ];
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &flags)).await;
+    // The handshake completes; then the HTTP/2 preface never comes, or only its first bytes.
+    for opening in [&b""[..], b"PRI * HTTP"] {
+        let mut tls = tls_handshake(service.running.grpc_addr, &ca, None)
+            .await
+            .expect("handshake");
+        tls.write_all(opening).await.expect("write");
+        tls.flush().await.expect("flush");
+        // The server's own SETTINGS arrive first; then the connection must end.
+        let mut buffer = [0u8; 256];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        let closed = loop {
+            match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut tls, &mut buffer)).await {
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "a TLS connection without its preface is closed ({opening:?})");
+    }
     service.running.shutdown().await;
 }

@@ -289,19 +289,17 @@ async fn a_user_belongs_to_the_caller_that_enrolled_it() {
         .await
         .expect_err("not a payments user");
     not_permitted(&status);
-    assert!(
-        client
-            .get_job(from(
-                ALICE,
-                pb::GetJobRequest {
-                    job_id: "enrol-ride".into(),
-                    ..Default::default()
-                }
-            ))
-            .await
-            .is_err(),
-        "the refused enrolment stored nothing"
-    );
+    let stored = client
+        .get_job(from(
+            ALICE,
+            pb::GetJobRequest {
+                job_id: "enrol-ride".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("the refused enrolment stored nothing");
+    assert_eq!(stored.code(), Code::NotFound, "{stored:?}");
     assert_eq!(
         sim.counters().jobs_created_by_job_id.get("auth-alice").copied(),
         None,

@@ -12,13 +12,6 @@ use tonic::Code;
 
 const GET_JOB: &str = "/selfieauth.v1.SelfieAuth/GetJob";
 
-async fn service_with(flags: &[&str]) -> (selfie_auth::simulator::RunningSimulator, TestService, tempfile::TempDir) {
-    let sim = start_simulator(|_| {}).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(config_with(&sim, &sqlite_url(&dir), flags)).await;
-    (sim, service, dir)
-}
-
 fn get_job(job_id: &str) -> pb::GetJobRequest {
     pb::GetJobRequest {
         job_id: job_id.into(),

@@ -165,7 +165,8 @@ where
 
 /// A request received in full, holding its memory until tonic has decoded it.
 struct Arrived {
-    data: Option<Bytes>,
+    /// The body's data frames as they came (not copied into one buffer).
+    frames: std::collections::VecDeque<Bytes>,
     _reserved: Option<Reserved>,
 }
 
@@ -174,15 +175,15 @@ impl Body for Arrived {
     type Error = tonic::Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.data.take().map(|data| Ok(Frame::data(data))))
+        Poll::Ready(self.frames.pop_front().map(|data| Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none()
+        self.frames.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |data| data.len() as u64))
+        SizeHint::with_exact(self.frames.iter().map(|data| data.len() as u64).sum())
     }
 }
 
@@ -258,7 +259,7 @@ impl Limited {
 impl Limited {
     /// The whole of `body`, within the limits.
     async fn receive(mut self, mut body: tonic::body::Body) -> Result<Arrived, tonic::Status> {
-        let mut received = bytes::BytesMut::new();
+        let mut frames = std::collections::VecDeque::new();
         loop {
             let frame = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
                 Poll::Pending => match self.deadline.as_mut().poll(cx) {
@@ -272,15 +273,15 @@ impl Limited {
                 None => break,
                 Some(Err(status)) => return Err(status),
                 Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.check(data)?;
-                        received.extend_from_slice(data);
+                    if let Ok(data) = frame.into_data() {
+                        self.check(&data)?;
+                        frames.push_back(data);
                     }
                 }
             }
         }
         Ok(Arrived {
-            data: Some(received.freeze()),
+            frames,
             _reserved: self.reserved.take(),
         })
     }

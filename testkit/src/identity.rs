@@ -66,12 +66,8 @@ impl Authority {
     }
 }
 
-/// A client over TLS to `addr`, trusting `ca`, presenting `identity` (certificate and key PEM) if any.
-pub async fn tls_client(
-    addr: SocketAddr,
-    ca: &Authority,
-    identity: Option<&(String, String)>,
-) -> Result<Client, tonic::transport::Error> {
+/// The rustls client configuration trusting `ca`, presenting `identity` if any, speaking h2.
+fn client_config(ca: &Authority, identity: Option<&(String, String)>) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert.der().clone()).expect("root");
@@ -89,7 +85,28 @@ pub async fn tls_client(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    config
+}
+
+/// A TLS connection to `addr` whose handshake is done and nothing else sent.
+pub async fn tls_handshake(
+    addr: SocketAddr,
+    ca: &Authority,
+    identity: Option<&(String, String)>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(ca, identity)));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    connector.connect(name, tcp).await
+}
+
+/// A client over TLS to `addr`, trusting `ca`, presenting `identity` (certificate and key PEM) if any.
+pub async fn tls_client(
+    addr: SocketAddr,
+    ca: &Authority,
+    identity: Option<&(String, String)>,
+) -> Result<Client, tonic::transport::Error> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(ca, identity)));
     let channel = tonic::transport::Endpoint::new(format!("http://{addr}"))
         .expect("endpoint")
         .connect_with_connector(tower::service_fn(move |_| {

@@ -166,6 +166,14 @@ pub async fn watch(client: &mut Client, job_id: &str, after_sequence: u64) -> to
         .into_inner()
 }
 
+/// A simulator, and a service with more `serve` flags on SQLite in a fresh directory.
+pub async fn service_with(flags: &[&str]) -> (RunningSimulator, TestService, tempfile::TempDir) {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), flags)).await;
+    (sim, service, dir)
+}
+
 /// A simulator configured by `configure`, and a service on SQLite in a fresh directory.
 pub async fn simulator_and_service(
     configure: impl FnOnce(&mut SimulatorConfig),
