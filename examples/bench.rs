@@ -155,6 +155,7 @@ impl SelfieAuth for Echo {
                 selfie_jpeg: &request.selfie_image,
                 liveness_jpegs: &request.liveness_images,
                 may_resume: false,
+                allow_new_enroll: false,
             };
             client
                 .submit(&submission)

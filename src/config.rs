@@ -90,6 +90,9 @@ pub struct ServeArgs {
     /// After the key file changes, signatures made with the previous key stay valid this long.
     #[arg(long, env = "SMILEID_API_KEY_OVERLAP", default_value = "15m")]
     pub api_key_overlap: Span,
+    /// The partner's contact address, sent with user-management calls to Smile ID.
+    #[arg(long = "smileid-contact-email", env = "SMILEID_CONTACT_EMAIL")]
+    pub contact_email: Option<String>,
     /// Smile ID environment.
     #[arg(long = "smileid-environment", env = "SMILEID_ENVIRONMENT", value_enum)]
     pub environment: Option<SmileEnvironment>,
@@ -254,6 +257,9 @@ pub struct ServeArgs {
     /// Delete finished jobs and their events this long after they finished (e.g. 90d). Off when unset.
     #[arg(long, env = "SELFIE_AUTH_RETENTION")]
     pub retention: Option<Span>,
+    /// Erase a user's jobs and events this long after their last job changed, once all are finished (e.g. 3y). Off when unset.
+    #[arg(long, env = "SELFIE_AUTH_RETENTION_AFTER_LAST_ACTIVITY")]
+    pub retention_after_last_activity: Option<Span>,
 }
 
 /// Where each setting came from, to name it as the user wrote it.
@@ -327,6 +333,8 @@ pub struct Config {
     pub policy: std::sync::Arc<PolicySource>,
     /// How long finished jobs are kept (none: forever).
     pub retention: Option<RetentionPolicy>,
+    /// How long a user's jobs are kept after their last activity (none: forever).
+    pub activity_retention: Option<RetentionPolicy>,
     /// The API key's file, followed for rotations (none: the key came from the environment).
     pub api_key_file: Option<PathBuf>,
     /// How long the previous key stays valid after a rotation.
@@ -537,12 +545,19 @@ impl Config {
         if args.retention.is_some_and(|span| span.0.is_zero()) {
             bail!("{} must be greater than zero, or unset to keep jobs", name("retention"));
         }
+        if args.retention_after_last_activity.is_some_and(|span| span.0.is_zero()) {
+            bail!(
+                "{} must be greater than zero, or unset to keep users' jobs",
+                name("retention_after_last_activity")
+            );
+        }
         let policy = PolicySource::open(args.policy_file.as_deref())
             .map_err(|error| anyhow::anyhow!("{}: {error}", name("policy_file")))?;
         let database_url = args
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("selfie-auth.db").display()));
         let mut smile = ClientConfig::new(environment.clone(), Credentials::new(partner_id, api_key));
+        smile.contact_email = args.contact_email.clone();
         smile.connect_timeout = args.smileid_connect_timeout.0;
         smile.request_timeout = args.smileid_request_timeout.0;
         let service = ServiceConfig {
@@ -610,6 +625,9 @@ impl Config {
             grpc_tls,
             policy: std::sync::Arc::new(policy),
             retention: args.retention.map(|span| RetentionPolicy::keeping(span.0)),
+            activity_retention: args
+                .retention_after_last_activity
+                .map(|span| RetentionPolicy::keeping(span.0)),
             api_key_file: args.api_key_file,
             api_key_overlap: args.api_key_overlap.0,
         })

@@ -22,6 +22,7 @@ pub mod simulator;
 pub mod smileid;
 pub mod store;
 pub mod telemetry;
+pub mod users;
 
 /// The cells of each row of the README table under `header`, for tests that
 /// keep the README true to the code.

@@ -79,9 +79,10 @@ pub const SHED_LIMITS: [&str; 9] = [
 /// What becomes of a submission to Smile ID.
 pub const SUBMISSION_OUTCOMES: [&str; 2] = ["accepted", "refused"];
 /// Smile ID operations and their outcomes.
-pub const SMILEID_OUTCOMES: [(&str, &[&str]); 2] = [
+pub const SMILEID_OUTCOMES: [(&str, &[&str]); 3] = [
     ("submit", &["accepted", "refused", "not_sent", "unknown"]),
     ("job_status", &["ok", "not_found", "unavailable", "unusable"]),
+    ("block_user", &["ok", "refused", "unavailable"]),
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

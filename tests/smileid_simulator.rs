@@ -39,6 +39,7 @@ async fn submit(
         selfie_jpeg: &selfie,
         liveness_jpegs: &frames,
         may_resume: false,
+        allow_new_enroll: false,
     };
     client.submit(&job).await.map(|submitted| submitted.smile_job_id)
 }
@@ -278,6 +279,7 @@ async fn our_own_job_meeting_2215_is_resumed_with_retry() {
         selfie_jpeg: &selfie,
         liveness_jpegs: &[],
         may_resume: true,
+        allow_new_enroll: false,
     };
     let failed = client.submit(&job).await.expect_err("put fails");
     assert_eq!(
@@ -624,7 +626,7 @@ async fn broken_zips_get_the_documented_failure_result() {
     ];
     for (job_id, zip, code) in cases {
         let (upload, _, _) = client
-            .prep_upload(&params(ENROLLED_USER, job_id, 2, &[]), None, false)
+            .prep_upload(&params(ENROLLED_USER, job_id, 2, &[]), None, false, false)
             .await
             .expect("prep");
         let response = http
@@ -642,7 +644,7 @@ async fn broken_zips_get_the_documented_failure_result() {
     }
     // A mobile-shaped info.json (string image_type_id, no misc_information) with a junk entry works.
     let (upload, _, _) = client
-        .prep_upload(&params(ENROLLED_USER, "zip-mobile", 2, &[]), None, false)
+        .prep_upload(&params(ENROLLED_USER, "zip-mobile", 2, &[]), None, false, false)
         .await
         .expect("prep");
     let zip = zip_of(&[

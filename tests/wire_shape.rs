@@ -100,6 +100,7 @@ async fn upload_zip_and_job_status_have_the_server_sdk_shape() {
         selfie_jpeg: &selfie,
         liveness_jpegs: &liveness,
         may_resume: false,
+        allow_new_enroll: false,
     };
     let submitted = client.submit(&job).await.expect("submit");
     assert_eq!(submitted.smile_job_id, "0000001003");

@@ -1,4 +1,5 @@
-//! The audit trail: who read which job's result or image links, and when, as
+//! The audit trail: who read which job's result or image links, and who asked
+//! for which user operation (the user lifecycle records those), and when, as
 //! structured log events on their own target (`selfie_auth::audit`), so
 //! operators can route them to their SIEM apart from the service's other logs.
 //! Events carry the caller's identity and the job_id, never a user's data.
@@ -29,6 +30,11 @@ impl Read {
 /// Records that `caller` read `what` of job `job_id` through `method`.
 pub fn read(caller: &Caller, method: &'static str, job_id: &str, what: Read) {
     tracing::info!(target: TARGET, caller = caller.name(), method, job_id, read = what.as_str(), "audit: read");
+}
+
+/// Records that `caller` read what the service knows of `user_id`.
+pub fn read_user(caller: &Caller, method: &'static str, user_id: &str) {
+    tracing::info!(target: TARGET, caller = caller.name(), method, user_id, read = "user", "audit: read");
 }
 
 /// Records that `caller` was refused `permission` on `method`.

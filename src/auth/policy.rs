@@ -12,6 +12,10 @@
 //! identities = ["spiffe://cluster.local/ns/support/*"]
 //! permissions = ["get", "list", "watch_job", "watch_all", "image_links", "others_jobs"]
 //!
+//! [[grant]]
+//! identities = ["spiffe://cluster.local/ns/privacy/sa/erasure"]
+//! permissions = ["read_users", "manage_users", "delete_users", "others_users"]
+//!
 //! [[limit]]
 //! identities = ["spiffe://cluster.local/ns/batch/*"]
 //! requests_per_second = 20.0
@@ -24,7 +28,8 @@
 //! user_ids. Whoever enrols a user first owns it: other callers may act for it
 //! only with `others_users`. Without a file, every identified caller may
 //! submit, enrol, get, list and watch its own jobs, for users no other caller
-//! owns, and nothing more. A `[[limit]]` gives each identity it names buckets
+//! owns, and nothing more: reading, managing and deleting users
+//! (`read_users`, `manage_users`, `delete_users`) are granted only by name. A `[[limit]]` gives each identity it names buckets
 //! of its own: SelfieAuth calls a second (with a burst), and `GetJob
 //! refresh=true` calls a second (each costs a Smile ID call; burst
 //! `refresh_burst`, 1 by default); the first limit naming an identity applies.
@@ -61,8 +66,15 @@ pub enum Permission {
     ImageLinks,
     /// Jobs other callers created.
     OthersJobs,
-    /// Submitting and enrolling for users another caller enrolled.
+    /// Submitting and enrolling for users another caller enrolled, and
+    /// reading or managing them.
     OthersUsers,
+    /// GetUser.
+    ReadUsers,
+    /// AllowReenrollment, DeactivateUser, ReactivateUser, SetUserFraudFlag.
+    ManageUsers,
+    /// DeleteUser: erases a user for good.
+    DeleteUsers,
 }
 
 impl Permission {
@@ -77,6 +89,9 @@ impl Permission {
             Self::ImageLinks => "image_links",
             Self::OthersJobs => "others_jobs",
             Self::OthersUsers => "others_users",
+            Self::ReadUsers => "read_users",
+            Self::ManageUsers => "manage_users",
+            Self::DeleteUsers => "delete_users",
         }
     }
 
@@ -92,6 +107,9 @@ impl Permission {
             Self::ImageLinks => "fetch image links",
             Self::OthersJobs => "see jobs other callers created",
             Self::OthersUsers => "act for users other callers enrolled",
+            Self::ReadUsers => "read users",
+            Self::ManageUsers => "re-enrol, deactivate, reactivate or flag users",
+            Self::DeleteUsers => "delete users",
         }
     }
 }
@@ -453,6 +471,9 @@ mod tests {
             Permission::ImageLinks,
             Permission::OthersJobs,
             Permission::OthersUsers,
+            Permission::ReadUsers,
+            Permission::ManageUsers,
+            Permission::DeleteUsers,
         ] {
             assert!(!policy.allows(&caller("spiffe://any"), permission));
         }

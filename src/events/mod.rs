@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
 
-use crate::jobs::model::EventNotice;
+use crate::jobs::model::{Erasure, EventNotice};
 use crate::jobs::ports::{EventFanout, FanoutMessage, Interest};
 
 /// Notices a topic holds for a subscriber that has not read them yet; beyond
@@ -85,6 +85,20 @@ impl EventFanout for EventBus {
             let mut topics = self.topics();
             send_to(&mut topics.jobs, &notice.job_id, &message);
             send_to(&mut topics.users, &notice.user_id, &message);
+        }
+        let _ = self.all.send(message);
+    }
+
+    fn publish_erasure(&self, erasure: Erasure) {
+        let user_id = erasure.user_id.clone();
+        let job_ids: Vec<String> = erasure.jobs.iter().map(|job| job.job_id.clone()).collect();
+        let message = FanoutMessage::Erased(Arc::new(erasure));
+        {
+            let mut topics = self.topics();
+            for job_id in &job_ids {
+                send_to(&mut topics.jobs, job_id, &message);
+            }
+            send_to(&mut topics.users, &user_id, &message);
         }
         let _ = self.all.send(message);
     }

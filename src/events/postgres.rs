@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::EventBus;
-use crate::jobs::model::EventNotice;
+use crate::jobs::model::{Erasure, EventNotice};
 use crate::jobs::ports::EventFanout as _;
 
 /// Listens on `channel` until shutdown, reconnecting with backoff.
@@ -58,10 +58,16 @@ pub fn spawn_listener(
                     () = shutdown.cancelled() => return,
                 };
                 match received {
-                    Ok(Some(notification)) => match EventNotice::from_payload(notification.payload()) {
-                        Some(notice) => bus.publish(notice),
-                        None => warn!("ignoring a malformed event notice"),
-                    },
+                    Ok(Some(notification)) => {
+                        let payload = notification.payload();
+                        if let Some(notice) = EventNotice::from_payload(payload) {
+                            bus.publish(notice);
+                        } else if let Some(erasure) = Erasure::from_payload(payload) {
+                            bus.publish_erasure(erasure);
+                        } else {
+                            warn!("ignoring a malformed event notice");
+                        }
+                    }
                     Ok(None) => {
                         warn!("event listener connection lost; reconnecting");
                         break;

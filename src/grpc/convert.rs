@@ -4,10 +4,11 @@ use chrono::{DateTime, Utc};
 
 use super::pb;
 use super::status::{problem_status, to_rpc_status};
-use crate::jobs::model::public_job_id;
+use crate::jobs::model::{ErasedJob, public_job_id};
 use crate::jobs::ports::JobFilter;
 use crate::jobs::{EventKind, Fetched, Job, JobError, JobEvent, JobKind, JobState};
 use crate::smileid::{Decision, ResultEntry};
+use crate::users::{Operation, Standing, UserView};
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -151,6 +152,62 @@ pub fn heartbeat(last_sequence: u64, resume_token: String) -> pb::JobEvent {
         job: None,
         resume_token,
         event_time: Some(timestamp(Utc::now())),
+    }
+}
+
+/// The last event of a job erased with its user: ids only.
+pub fn erased(job: &ErasedJob, user_id: &str, sequence: u64, resume_token: String) -> pb::JobEvent {
+    pb::JobEvent {
+        sequence,
+        kind: pb::JobEventKind::Erased as i32,
+        job: Some(pb::Job {
+            user_id: user_id.to_owned(),
+            job_id: public_job_id(&job.job_id).to_owned(),
+            creator: job.owner.clone().unwrap_or_default(),
+            ..pb::Job::default()
+        }),
+        resume_token,
+        event_time: Some(timestamp(Utc::now())),
+    }
+}
+
+pub fn user(view: &UserView) -> pb::User {
+    let user = &view.user;
+    let enrollment = view.activity.latest_enrollment.as_ref();
+    let last_activity = view.activity.last_job_at.max(user.managed_at);
+    pb::User {
+        user_id: user.user_id.clone(),
+        state: match user.standing {
+            Standing::Active => pb::UserState::Active,
+            Standing::Deactivated => pb::UserState::Deactivated,
+            Standing::Deleted => pb::UserState::Deleted,
+        } as i32,
+        fraud_flagged: user.fraud_flagged,
+        reenrollment_allowed: user.reenrollment_allowed,
+        enrollment_job_id: enrollment.map(|job| public_job_id(&job.job_id).to_owned()).unwrap_or_default(),
+        enrollment_decision: enrollment
+            .and_then(Job::decision)
+            .map_or(pb::Decision::Unspecified, decision) as i32,
+        job_count: i64::try_from(view.activity.job_count).unwrap_or(i64::MAX),
+        last_activity_time: last_activity.map(timestamp),
+        owner: user.owner.clone().unwrap_or_default(),
+        pending_operation: user
+            .pending
+            .as_ref()
+            .map_or(pb::UserOperation::Unspecified, |pending| operation(pending.operation)) as i32,
+        delete_time: user.deleted_at.map(timestamp),
+        deleted_by: user.deleted_by.clone().unwrap_or_default(),
+    }
+}
+
+fn operation(operation: Operation) -> pb::UserOperation {
+    match operation {
+        Operation::AllowReenrollment => pb::UserOperation::AllowReenrollment,
+        Operation::Deactivate => pb::UserOperation::Deactivate,
+        Operation::Reactivate => pb::UserOperation::Reactivate,
+        Operation::Flag => pb::UserOperation::Flag,
+        Operation::Unflag => pb::UserOperation::Unflag,
+        Operation::Delete => pb::UserOperation::Delete,
     }
 }
 

@@ -25,6 +25,7 @@ use crate::jobs::{
     Job, JobError, JobKind, JobService, JobServiceHandle, LogFilter, LogStart, SubmitRequest, WatchItem,
 };
 use crate::metrics::Metrics;
+use crate::users::Operation;
 use crate::shares::{Share, Shares};
 use crate::smileid::StatusOptions;
 use convert::Include;
@@ -61,7 +62,7 @@ pub mod pb {
 
     /// An enrolment asks for what an authentication asks, field for field.
     macro_rules! same_fields {
-        ($from:ident => $to:ident) => {
+        ($from:ident => $to:ident $(, $extra:ident: $value:expr)*) => {
             impl From<$from> for $to {
                 fn from(request: $from) -> Self {
                     Self {
@@ -73,13 +74,14 @@ pub mod pb {
                         wait_for_result: request.wait_for_result,
                         include_history: request.include_history,
                         include_image_links: request.include_image_links,
+                        $($extra: $value,)*
                     }
                 }
             }
         };
     }
     same_fields!(EnrollUserRequest => SubmitAuthenticationRequest);
-    same_fields!(SubmitAuthenticationRequest => EnrollUserRequest);
+    same_fields!(SubmitAuthenticationRequest => EnrollUserRequest, allow_new_enroll: false);
 }
 
 use pb::selfie_auth_server::SelfieAuth;
@@ -278,6 +280,7 @@ impl SelfieAuthApi {
         kind: JobKind,
         method: &'static str,
         request: Request<pb::SubmitAuthenticationRequest>,
+        allow_new_enroll: bool,
     ) -> Result<(pb::Job, bool), Status> {
         let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
         let caller = &caller(&request)?;
@@ -302,6 +305,7 @@ impl SelfieAuthApi {
             selfie: submission.selfie_image,
             liveness: submission.liveness_images,
             partner_params: submission.partner_params.into_iter().collect(),
+            allow_new_enroll,
         };
         let wait = budget
             .map(|budget| budget.saturating_sub(DEADLINE_MARGIN))
@@ -359,7 +363,7 @@ impl SelfieAuth for SelfieAuthApi {
         request: Request<pb::SubmitAuthenticationRequest>,
     ) -> Result<Response<pb::SubmitAuthenticationResponse>, Status> {
         let (job, created) = self
-            .submit(JobKind::Authentication, "SubmitAuthentication", request)
+            .submit(JobKind::Authentication, "SubmitAuthentication", request, false)
             .await?;
         Ok(Response::new(pb::SubmitAuthenticationResponse {
             job: Some(job),
@@ -371,8 +375,11 @@ impl SelfieAuth for SelfieAuthApi {
         &self,
         request: Request<pb::EnrollUserRequest>,
     ) -> Result<Response<pb::EnrollUserResponse>, Status> {
+        let allow_new_enroll = request.get_ref().allow_new_enroll;
         let request = request.map(pb::SubmitAuthenticationRequest::from);
-        let (job, created) = self.submit(JobKind::Enrollment, "EnrollUser", request).await?;
+        let (job, created) = self
+            .submit(JobKind::Enrollment, "EnrollUser", request, allow_new_enroll)
+            .await?;
         Ok(Response::new(pb::EnrollUserResponse {
             job: Some(job),
             created,
@@ -475,6 +482,9 @@ impl SelfieAuth for SelfieAuthApi {
                 Ok(event)
             }
             Ok(WatchItem::Heartbeat { last_sequence, .. }) => Ok(convert::heartbeat(last_sequence, String::new())),
+            Ok(WatchItem::Erased {
+                job, user_id, sequence, ..
+            }) => Ok(convert::erased(&job, &user_id, sequence, String::new())),
             Err(error) => Err(to_status(&error)),
         });
         Ok(Response::new(Box::pin(holding(stream, share))))
@@ -524,8 +534,122 @@ impl SelfieAuth for SelfieAuthApi {
             Ok(WatchItem::Heartbeat { log_position, .. }) => {
                 Ok(convert::heartbeat(0, convert::resume_token(log_position)))
             }
+            Ok(WatchItem::Erased {
+                job,
+                user_id,
+                log_position,
+                ..
+            }) => Ok(convert::erased(&job, &user_id, 0, convert::resume_token(log_position))),
             Err(error) => Err(to_status(&error)),
         });
         Ok(Response::new(Box::pin(holding(stream, share))))
+    }
+
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+        const METHOD: &str = "GetUser";
+        let caller = caller(&request)?;
+        self.throttle(&caller, Spend::Call)?;
+        let user_id = request.into_inner().user_id;
+        let service = self.service()?;
+        self.permit_user_operation(&service, &caller, METHOD, Permission::ReadUsers, &user_id)
+            .await?;
+        let view = service.users().get(&user_id).await.map_err(|e| to_status(&e))?;
+        audit::read_user(&caller, METHOD, &user_id);
+        Ok(Response::new(convert::user(&view)))
+    }
+
+    async fn allow_reenrollment(
+        &self,
+        request: Request<pb::AllowReenrollmentRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let user_id = request.get_ref().user_id.clone();
+        self.operate(request, "AllowReenrollment", user_id, Operation::AllowReenrollment)
+            .await
+    }
+
+    async fn deactivate_user(&self, request: Request<pb::DeactivateUserRequest>) -> Result<Response<pb::User>, Status> {
+        let user_id = request.get_ref().user_id.clone();
+        self.operate(request, "DeactivateUser", user_id, Operation::Deactivate).await
+    }
+
+    async fn reactivate_user(&self, request: Request<pb::ReactivateUserRequest>) -> Result<Response<pb::User>, Status> {
+        let user_id = request.get_ref().user_id.clone();
+        self.operate(request, "ReactivateUser", user_id, Operation::Reactivate).await
+    }
+
+    async fn set_user_fraud_flag(
+        &self,
+        request: Request<pb::SetUserFraudFlagRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let pb::SetUserFraudFlagRequest { user_id, flagged } = request.get_ref().clone();
+        let operation = if flagged { Operation::Flag } else { Operation::Unflag };
+        self.operate(request, "SetUserFraudFlag", user_id, operation).await
+    }
+
+    async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Result<Response<pb::User>, Status> {
+        let user_id = request.get_ref().user_id.clone();
+        self.operate(request, "DeleteUser", user_id, Operation::Delete).await
+    }
+}
+
+impl SelfieAuthApi {
+    /// Refuses a user call unless the policy grants `permission` for
+    /// `user_id`, and the caller owns the user, nobody does, or it may act for
+    /// others' users.
+    async fn permit_user_operation(
+        &self,
+        service: &JobService,
+        caller: &Caller,
+        method: &'static str,
+        permission: Permission,
+        user_id: &str,
+    ) -> Result<(), Status> {
+        self.permit(caller, method, permission)?;
+        if let Some(description) = id_problem(user_id) {
+            return Err(to_status(&JobError::invalid_field("user_id", description)));
+        }
+        let policy = self.policy.current();
+        let refuse = || {
+            self.metrics.denied(method, Permission::OthersUsers.as_str());
+            audit::denied(caller, method, Permission::OthersUsers.as_str());
+            status::user_not_permitted(user_id)
+        };
+        if !policy.allows_for_user(caller, permission, user_id) {
+            return Err(refuse());
+        }
+        let owner = service.user_owner(user_id).await.map_err(|e| to_status(&e))?;
+        match (owner, caller.owner()) {
+            (Some(owner), Some(identity)) if owner != identity && !policy.allows(caller, Permission::OthersUsers) => {
+                Err(refuse())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs a user operation for the caller, within its deadline.
+    async fn operate<T>(
+        &self,
+        request: Request<T>,
+        method: &'static str,
+        user_id: String,
+        operation: Operation,
+    ) -> Result<Response<pb::User>, Status> {
+        let budget = deadline(&request);
+        let caller = caller(&request)?;
+        self.throttle(&caller, Spend::Call)?;
+        let permission = match operation {
+            Operation::Delete => Permission::DeleteUsers,
+            _ => Permission::ManageUsers,
+        };
+        let service = self.service()?;
+        self.permit_user_operation(&service, &caller, method, permission, &user_id)
+            .await?;
+        let users = service.users();
+        let wait = budget.map_or(users.config().wait, |budget| budget.saturating_sub(DEADLINE_MARGIN));
+        let view = users
+            .operate(&user_id, operation, caller.owner(), tokio::time::Instant::now() + wait)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(convert::user(&view)))
     }
 }

@@ -26,10 +26,13 @@ pub fn code(reason: ErrorReason) -> Code {
         RequestTimeout => Code::DeadlineExceeded,
         MessageTooLarge | RateLimited => Code::ResourceExhausted,
         JobIdReused => Code::AlreadyExists,
-        JobNotFound => Code::NotFound,
-        UserNotEnrolled | UserNotAuthenticatable | UserAlreadyEnrolled | UserNotEnrollable | UpstreamRejected => {
-            Code::FailedPrecondition
-        }
+        JobNotFound | UserNotFound => Code::NotFound,
+        UserNotEnrolled
+        | UserNotAuthenticatable
+        | UserAlreadyEnrolled
+        | UserNotEnrollable
+        | UpstreamRejected
+        | UserDeleted => Code::FailedPrecondition,
         UpstreamAuthFailed | Internal => Code::Internal,
         UpstreamUnavailable
         | SubmissionInProgress
@@ -37,7 +40,8 @@ pub fn code(reason: ErrorReason) -> Code {
         | DatabaseUnavailable
         | ShuttingDown
         | Contention
-        | Overloaded => Code::Unavailable,
+        | Overloaded
+        | UserOperationInProgress => Code::Unavailable,
         SubmissionAbandoned => Code::Aborted,
         CallerUnidentified | ForwardedIdentityUntrusted => Code::Unauthenticated,
         NotPermitted | UserNotPermitted => Code::PermissionDenied,
@@ -59,6 +63,10 @@ pub fn reason_status(
 
 fn job_id_metadata(job_id: &str) -> HashMap<String, String> {
     HashMap::from([("jobId".to_owned(), job_id.to_owned())])
+}
+
+fn user_id_metadata(user_id: &str) -> HashMap<String, String> {
+    HashMap::from([("userId".to_owned(), user_id.to_owned())])
 }
 
 /// A gRPC code as the protos name it: `NOT_FOUND`, `INVALID_ARGUMENT`, ...
@@ -156,6 +164,28 @@ pub fn to_status(job_error: &JobError) -> Status {
         JobError::NotFound { job_id } => {
             reason_status(ErrorReason::JobNotFound, message, job_id_metadata(job_id), |details| {
                 details.set_resource_info("selfieauth.v1.Job", format!("jobs/{job_id}"), "", "no such job");
+            })
+        }
+        JobError::UserNotFound { user_id } => {
+            reason_status(ErrorReason::UserNotFound, message, user_id_metadata(user_id), |details| {
+                details.set_resource_info("selfieauth.v1.User", format!("users/{user_id}"), "", "no such user");
+            })
+        }
+        JobError::UserDeleted { user_id } => {
+            let violation = message.clone();
+            reason_status(ErrorReason::UserDeleted, message, user_id_metadata(user_id), |details| {
+                details.add_precondition_failure_violation("USER_DELETED", format!("users/{user_id}"), violation);
+            })
+        }
+        JobError::UserOperationPending {
+            user_id,
+            operation,
+            retry_after,
+        } => {
+            let mut metadata = user_id_metadata(user_id);
+            metadata.insert("operation".to_owned(), operation.as_str().to_owned());
+            reason_status(ErrorReason::UserOperationInProgress, message, metadata, |details| {
+                details.set_retry_info(Some(*retry_after));
             })
         }
         JobError::InvalidResumeToken => {

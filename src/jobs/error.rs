@@ -85,6 +85,18 @@ pub enum JobError {
     JobIdReused { job_id: String },
     #[error("no job with job_id {job_id}")]
     NotFound { job_id: String },
+    #[error("this service has no record of user {user_id}")]
+    UserNotFound { user_id: String },
+    /// The user was deleted through this service; their user_id is never used again.
+    #[error("user {user_id} was deleted; their user_id cannot be used again")]
+    UserDeleted { user_id: String },
+    /// A user operation is being carried out and its outcome is not known yet.
+    #[error("{} of user {user_id} is in progress; the service finishes it by itself, repeat the call to learn the outcome", .operation.as_str())]
+    UserOperationPending {
+        user_id: String,
+        operation: crate::users::model::Operation,
+        retry_after: Duration,
+    },
     #[error("resume token is not one this service issued")]
     InvalidResumeToken,
     #[error("page token is not one this service issued for this filter")]

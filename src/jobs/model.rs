@@ -583,6 +583,64 @@ impl EventNotice {
     }
 }
 
+/// One job erased with its user.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErasedJob {
+    pub job_id: String,
+    /// Who created the job, so streams of other callers hear nothing of it.
+    pub owner: Option<String>,
+}
+
+/// The jobs of one user that were erased.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Erasure {
+    pub user_id: String,
+    pub jobs: Vec<ErasedJob>,
+}
+
+/// The most bytes of one erasure notice's payload: PostgreSQL refuses `NOTIFY`
+/// payloads of 8,000 bytes or more.
+const ERASURE_PAYLOAD_BYTES: usize = 7000;
+
+impl Erasure {
+    /// The erasure as `NOTIFY` payloads, each under PostgreSQL's limit, in as
+    /// few as fit. A payload is JSON, so it cannot be taken for an event notice.
+    pub fn to_payloads(&self) -> Vec<String> {
+        let mut payloads = Vec::new();
+        let mut part = Self {
+            user_id: self.user_id.clone(),
+            jobs: Vec::new(),
+        };
+        let mut size = self.user_id.len() + 32;
+        for job in &self.jobs {
+            let job_size = job.job_id.len() + job.owner.as_ref().map_or(4, String::len) + 24;
+            if !part.jobs.is_empty() && size + job_size > ERASURE_PAYLOAD_BYTES {
+                payloads.push(serde_json::to_string(&part).unwrap_or_default());
+                part.jobs.clear();
+                size = self.user_id.len() + 32;
+            }
+            size += job_size;
+            part.jobs.push(job.clone());
+        }
+        if !part.jobs.is_empty() || payloads.is_empty() {
+            payloads.push(serde_json::to_string(&part).unwrap_or_default());
+        }
+        payloads
+    }
+
+    pub fn from_payload(payload: &str) -> Option<Self> {
+        payload.starts_with('{').then(|| serde_json::from_str(payload).ok()).flatten()
+    }
+
+    /// The erased jobs a stream whose filter is `filter` may hear of.
+    pub fn visible_to<'a>(&'a self, filter: &'a super::ports::LogFilter) -> impl Iterator<Item = &'a ErasedJob> + 'a {
+        let user_matches = filter.user_id.as_ref().is_none_or(|user| *user == self.user_id);
+        self.jobs.iter().filter(move |job| {
+            user_matches && filter.owner.as_ref().is_none_or(|owner| job.owner.as_ref() == Some(owner))
+        })
+    }
+}
+
 impl From<&JobEvent> for EventNotice {
     fn from(event: &JobEvent) -> Self {
         Self {

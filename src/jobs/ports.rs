@@ -10,8 +10,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use super::model::{EventKind, EventNotice, Job, JobEvent, JobKind, JobState};
+use super::model::{Erasure, EventKind, EventNotice, Job, JobEvent, JobKind, JobState};
 use crate::smileid::{ErrorCode, ResultEntry, StatusOptions};
+use crate::users::model::{Operation, UserRecord};
 
 // === the job store ===
 
@@ -30,6 +31,8 @@ pub enum Created {
     New(JobEvent),
     /// A job with this job_id already exists.
     Existing(Job),
+    /// The job's user is deleted, or being deleted: nothing was stored.
+    UserErased,
 }
 
 /// The result of [`JobStore::save`].
@@ -100,6 +103,32 @@ pub trait JobStore: Send + Sync + 'static {
     /// The caller that enrolled `user_id` through this service, if any.
     async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError>;
 
+    /// The user as stored, with its version.
+    async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Writes `user` if its stored version is still `user.version` (0: inserts
+    /// it, unless it exists); on success `user.version` advances. False when
+    /// someone else wrote the user first.
+    async fn put_user(&self, user: &mut UserRecord) -> Result<bool, StoreError>;
+
+    /// What the stored jobs of `user_id` say about them.
+    async fn user_activity(&self, user_id: &str) -> Result<Activity, StoreError>;
+
+    /// Writes the tombstone `user` (compare-and-set as in [`put_user`](Self::put_user))
+    /// and, in the same transaction, deletes every job and event of the user.
+    /// `None` when someone else wrote the user first.
+    async fn erase_user(&self, user: &mut UserRecord) -> Result<Option<Erasure>, StoreError>;
+
+    /// Deletes every job and event of `user_id`, keeping the user.
+    async fn erase_jobs_of(&self, user_id: &str) -> Result<Erasure, StoreError>;
+
+    /// Up to `limit` users whose pending operation is due at `now`.
+    async fn due_user_operations(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<UserRecord>, StoreError>;
+
+    /// Up to `limit` users all of whose jobs are finished and none of which
+    /// changed since `before`.
+    async fn idle_users(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError>;
+
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -155,6 +184,16 @@ impl JobCursor {
     }
 }
 
+/// What the stored jobs of a user say about them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Activity {
+    pub job_count: u64,
+    /// When a job of the user last changed.
+    pub last_job_at: Option<DateTime<Utc>>,
+    /// The user's latest enrolment job.
+    pub latest_enrollment: Option<Job>,
+}
+
 /// Jobs waiting on the reconciler.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backlog {
@@ -173,6 +212,8 @@ pub enum FanoutMessage {
     Event(EventNotice),
     /// Notices may have been missed (a listener reconnected): re-read from the store.
     Resync,
+    /// A user's jobs were erased: streams send a last event for each.
+    Erased(Arc<Erasure>),
 }
 
 /// Which events a subscriber wants to hear of.
@@ -189,6 +230,10 @@ pub enum Interest {
 /// in (and every resync), so idle streams cost nothing when others' jobs move.
 pub trait EventFanout: Send + Sync + 'static {
     fn publish(&self, notice: EventNotice);
+
+    /// Tells the streams of the erased jobs, and those of their user, that
+    /// they are gone.
+    fn publish_erasure(&self, erasure: Erasure);
 
     fn subscribe(&self, interest: Interest) -> broadcast::Receiver<FanoutMessage>;
 }
@@ -207,6 +252,8 @@ pub struct SmileJob<'a> {
     /// An earlier attempt may have reached Smile ID: resume that job rather
     /// than be refused as a duplicate.
     pub may_resume: bool,
+    /// Enrol the user again although they are enrolled.
+    pub allow_new_enroll: bool,
 }
 
 impl std::fmt::Debug for SmileJob<'_> {
@@ -287,4 +334,21 @@ pub trait SmileId: Send + Sync + 'static {
         job_id: &str,
         options: StatusOptions,
     ) -> Result<StatusReport, StatusFailure>;
+
+    /// Carries out a user operation at Smile ID.
+    async fn manage_user(&self, user_id: &str, operation: Operation) -> Result<(), ManageFailure>;
+}
+
+/// Why Smile ID did not carry out a user operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManageFailure {
+    /// Smile ID refused it; repeating it will not help.
+    #[error("smile id refused the user operation with code {code}: {message}")]
+    Refused { code: ErrorCode, message: String },
+    /// Smile ID could not be reached or did not say; it may or may not be done.
+    #[error("smile id did not confirm the user operation: {detail}")]
+    Unavailable {
+        retry_after: Option<Duration>,
+        detail: String,
+    },
 }

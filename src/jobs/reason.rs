@@ -34,11 +34,14 @@ pub enum ErrorReason {
     ForwardedIdentityUntrusted,
     UserNotPermitted,
     RateLimited,
+    UserNotFound,
+    UserDeleted,
+    UserOperationInProgress,
     Internal,
 }
 
 impl ErrorReason {
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 34] = [
         Self::InvalidField,
         Self::InvalidImage,
         Self::ImageTooLarge,
@@ -69,6 +72,9 @@ impl ErrorReason {
         Self::ForwardedIdentityUntrusted,
         Self::UserNotPermitted,
         Self::RateLimited,
+        Self::UserNotFound,
+        Self::UserDeleted,
+        Self::UserOperationInProgress,
         Self::Internal,
     ];
 
@@ -104,6 +110,9 @@ impl ErrorReason {
             Self::ForwardedIdentityUntrusted => "FORWARDED_IDENTITY_UNTRUSTED",
             Self::UserNotPermitted => "USER_NOT_PERMITTED",
             Self::RateLimited => "RATE_LIMITED",
+            Self::UserNotFound => "USER_NOT_FOUND",
+            Self::UserDeleted => "USER_DELETED",
+            Self::UserOperationInProgress => "USER_OPERATION_IN_PROGRESS",
             Self::Internal => "INTERNAL",
         }
     }

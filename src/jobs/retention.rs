@@ -2,6 +2,10 @@
 //! finished for the configured period (`SELFIE_AUTH_RETENTION`; off by
 //! default), in bounded batches, by one replica at a time. A deleted job is
 //! NOT_FOUND; its WatchJob streams have ended already, with its final event.
+//!
+//! Retention by last activity (`SELFIE_AUTH_RETENTION_AFTER_LAST_ACTIVITY`,
+//! off by default) erases all of a user's jobs once none has changed for the
+//! period; open streams get an ERASED event for each.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +18,8 @@ use super::service::JobService;
 
 /// Jobs deleted in one transaction at most.
 const BATCH: u32 = 500;
+/// Idle users looked up at once.
+const USER_BATCH: u32 = 100;
 
 /// How long finished jobs are kept, and how often expired ones are looked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +70,51 @@ impl JobService {
             total += deleted.len();
             self.metrics.jobs_deleted.inc_by(deleted.len() as u64);
             if deleted.len() < BATCH as usize || self.shutdown.is_cancelled() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Erases the jobs of users idle longer than `policy.keep_for` every
+    /// `policy.every` until shutdown.
+    pub async fn run_activity_retention(self: Arc<Self>, policy: RetentionPolicy) {
+        let mut tick = tokio::time::interval(policy.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            match self.erase_idle_users(policy).await {
+                Ok(0) => {}
+                Ok(users) => info!(users, "jobs of idle users erased"),
+                Err(error) => warn!(error = %error, "erasing idle users' jobs failed; trying again later"),
+            }
+        }
+    }
+
+    /// Erases the jobs and events of every user whose jobs are all finished
+    /// and none of which changed for `policy.keep_for` (BIPA's "within 3
+    /// years of the individual's last interaction"); the user's record stays,
+    /// so who owns the user and a deletion's tombstone are kept. Answers how
+    /// many users this replica erased.
+    pub async fn erase_idle_users(&self, policy: RetentionPolicy) -> Result<usize, JobError> {
+        let keep_for = chrono::Duration::from_std(policy.keep_for).unwrap_or(chrono::Duration::MAX);
+        let Some(before) = Utc::now().checked_sub_signed(keep_for) else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        loop {
+            let idle = self.store.idle_users(before, USER_BATCH).await?;
+            for user_id in &idle {
+                let erasure = self.store.erase_jobs_of(user_id).await?;
+                self.metrics.jobs_deleted.inc_by(erasure.jobs.len() as u64);
+                if !erasure.jobs.is_empty() {
+                    self.fanout.publish_erasure(erasure);
+                }
+            }
+            total += idle.len();
+            if idle.len() < USER_BATCH as usize || self.shutdown.is_cancelled() {
                 return Ok(total);
             }
         }

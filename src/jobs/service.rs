@@ -19,6 +19,7 @@ use super::submission::Sending;
 use super::validate::ImageLimits;
 use super::watch::LogReads;
 use crate::metrics::Metrics;
+use crate::users::{UserConfig, UserService};
 
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -44,6 +45,8 @@ pub struct ServiceConfig {
     pub default_wait: Duration,
     /// Accept `partner_params.sandbox_result` (not against Smile ID production).
     pub sandbox_params_allowed: bool,
+    /// How user operations are carried out.
+    pub users: UserConfig,
 }
 
 impl Default for ServiceConfig {
@@ -60,6 +63,7 @@ impl Default for ServiceConfig {
             max_open_streams: 10_000,
             default_wait: Duration::from_secs(60),
             sandbox_params_allowed: true,
+            users: UserConfig::default(),
         }
     }
 }
@@ -143,6 +147,17 @@ impl JobService {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.config
+    }
+
+    /// The user lifecycle over the same ports.
+    pub fn users(&self) -> UserService {
+        UserService::new(
+            self.store.clone(),
+            self.fanout.clone(),
+            self.smile.clone(),
+            self.config.users,
+            self.shutdown.clone(),
+        )
     }
 
     /// Tells this process's streams about a stored event.

@@ -187,7 +187,15 @@ impl JobService {
                 self.publish(&event);
                 self.metrics.jobs_created.inc();
                 info!(job_id = ?event.job.job_id, "job created");
+                if event.job.kind == JobKind::Enrollment {
+                    self.use_reenrollment(&event.job.user_id).await;
+                }
                 (event.job, true, false)
+            }
+            Created::UserErased => {
+                return Err(JobError::UserDeleted {
+                    user_id: prepared.user_id.clone(),
+                });
             }
             Created::Existing(mut job) => {
                 if job.content_hash != prepared.content_hash || !same_submitter(job.owner.as_deref(), prepared) {
@@ -210,6 +218,20 @@ impl JobService {
             never = self.renew_lease(&job.job_id) => match never {},
         };
         Ok(SubmitOutput { job, created })
+    }
+
+    /// Records that an enrolment used the user's leave to enrol again. Best
+    /// effort: the leave is Smile ID's to keep, this is what GetUser shows.
+    async fn use_reenrollment(&self, user_id: &str) {
+        let Ok(Some(mut user)) = self.store.user(user_id).await else {
+            return;
+        };
+        if user.reenrollment_allowed {
+            user.reenrollment_allowed = false;
+            if let Err(error) = self.store.put_user(&mut user).await {
+                warn!(user_id, error = %error, "could not record that a re-enrolment was used");
+            }
+        }
     }
 
     /// Keeps this attempt's lease on the job alive; never returns.
@@ -240,6 +262,7 @@ impl JobService {
                 selfie_jpeg: &prepared.selfie_jpeg,
                 liveness_jpegs: &prepared.liveness_jpegs,
                 may_resume,
+                allow_new_enroll: prepared.allow_new_enroll,
             };
             let failure = match self.smile.submit(submission).await {
                 Ok(accepted) => {

@@ -9,11 +9,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::model::{EventKind, EventNotice, Job, JobEvent};
+use super::model::{ErasedJob, Erasure, EventKind, EventNotice, Job, JobEvent};
 use super::ports::{
-    Accepted, Created, EventFanout, FanoutMessage, JobStore, LogFilter, Saved, SmileId, SmileJob, StatusFailure,
-    StatusReport, StoreError, SubmitFailure,
+    Accepted, Activity, Created, EventFanout, FanoutMessage, JobStore, LogFilter, ManageFailure, Saved, SmileId,
+    SmileJob, StatusFailure, StatusReport, StoreError, SubmitFailure,
 };
+use crate::users::model::{Operation, UserRecord};
 use super::service::{JobService, Ports, ServiceConfig};
 use crate::metrics::Metrics;
 use crate::smileid::StatusOptions;
@@ -27,7 +28,38 @@ struct Tables {
     jobs: BTreeMap<String, Job>,
     events: Vec<JobEvent>,
     leases: BTreeMap<String, DateTime<Utc>>,
-    users: BTreeMap<String, String>,
+    users: BTreeMap<String, UserRecord>,
+}
+
+impl Tables {
+    fn erase_jobs_of(&mut self, user_id: &str) -> Erasure {
+        let jobs = self
+            .jobs
+            .values()
+            .filter(|job| job.user_id == user_id)
+            .map(|job| ErasedJob {
+                job_id: job.job_id.clone(),
+                owner: job.owner.clone(),
+            })
+            .collect();
+        self.jobs.retain(|_, job| job.user_id != user_id);
+        self.events.retain(|event| event.job.user_id != user_id);
+        Erasure {
+            user_id: user_id.to_owned(),
+            jobs,
+        }
+    }
+
+    /// Writes `user` if its stored version is still `user.version`.
+    fn put_user(&mut self, user: &mut UserRecord) -> bool {
+        let stored = self.users.get(&user.user_id).map_or(0, |stored| stored.version);
+        if stored != user.version {
+            return false;
+        }
+        user.version += 1;
+        self.users.insert(user.user_id.clone(), user.clone());
+        true
+    }
 }
 
 /// A [`JobStore`] in memory, with the SQL stores' semantics, and faults on request.
@@ -114,6 +146,9 @@ impl JobStore for MemoryStore {
         let mut tables = lock(&self.tables);
         if let Some(existing) = tables.jobs.get(&job.job_id) {
             return Ok(Created::Existing(existing.clone()));
+        }
+        if tables.users.get(&job.user_id).is_some_and(UserRecord::refuses_jobs) {
+            return Ok(Created::UserErased);
         }
         let mut job = job.clone();
         job.version = 1;
@@ -274,15 +309,80 @@ impl JobStore for MemoryStore {
     }
 
     async fn claim_user(&self, user_id: &str, owner: &str) -> Result<String, StoreError> {
-        Ok(lock(&self.tables)
+        let mut tables = lock(&self.tables);
+        let user = tables
             .users
             .entry(user_id.to_owned())
-            .or_insert_with(|| owner.to_owned())
-            .clone())
+            .or_insert_with(|| UserRecord::new(user_id, None, Utc::now()));
+        Ok(user.owner.get_or_insert_with(|| owner.to_owned()).clone())
     }
 
     async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(lock(&self.tables).users.get(user_id).and_then(|user| user.owner.clone()))
+    }
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
         Ok(lock(&self.tables).users.get(user_id).cloned())
+    }
+
+    async fn put_user(&self, user: &mut UserRecord) -> Result<bool, StoreError> {
+        Ok(lock(&self.tables).put_user(user))
+    }
+
+    async fn user_activity(&self, user_id: &str) -> Result<Activity, StoreError> {
+        let tables = lock(&self.tables);
+        let jobs: Vec<&Job> = tables.jobs.values().filter(|job| job.user_id == user_id).collect();
+        Ok(Activity {
+            job_count: jobs.len() as u64,
+            last_job_at: jobs.iter().map(|job| job.updated_at).max(),
+            latest_enrollment: jobs
+                .iter()
+                .filter(|job| job.kind == super::JobKind::Enrollment)
+                .max_by_key(|job| (job.created_at.timestamp_millis(), job.job_id.clone()))
+                .map(|job| (*job).clone()),
+        })
+    }
+
+    async fn erase_user(&self, user: &mut UserRecord) -> Result<Option<Erasure>, StoreError> {
+        let mut tables = lock(&self.tables);
+        if !tables.put_user(user) {
+            return Ok(None);
+        }
+        Ok(Some(tables.erase_jobs_of(&user.user_id)))
+    }
+
+    async fn erase_jobs_of(&self, user_id: &str) -> Result<Erasure, StoreError> {
+        Ok(lock(&self.tables).erase_jobs_of(user_id))
+    }
+
+    async fn due_user_operations(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<UserRecord>, StoreError> {
+        let tables = lock(&self.tables);
+        let mut due: Vec<UserRecord> = tables
+            .users
+            .values()
+            .filter(|user| user.due_at().is_some_and(|at| at <= now))
+            .cloned()
+            .collect();
+        due.sort_by_key(UserRecord::due_at);
+        due.truncate(limit as usize);
+        Ok(due)
+    }
+
+    async fn idle_users(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError> {
+        let tables = lock(&self.tables);
+        let mut last: BTreeMap<&str, (DateTime<Utc>, bool)> = BTreeMap::new();
+        for job in tables.jobs.values() {
+            let entry = last.entry(&job.user_id).or_insert((job.updated_at, true));
+            entry.0 = entry.0.max(job.updated_at);
+            entry.1 &= job.state.is_terminal();
+        }
+        let mut idle: Vec<(DateTime<Utc>, String)> = last
+            .into_iter()
+            .filter(|(_, (at, finished))| *finished && *at < before)
+            .map(|(user, (at, _))| (at, user.to_owned()))
+            .collect();
+        idle.sort();
+        Ok(idle.into_iter().take(limit as usize).map(|(_, user)| user).collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -308,6 +408,10 @@ impl EventFanout for LocalFanout {
         let _ = self.0.send(FanoutMessage::Event(notice));
     }
 
+    fn publish_erasure(&self, erasure: Erasure) {
+        let _ = self.0.send(FanoutMessage::Erased(Arc::new(erasure)));
+    }
+
     fn subscribe(&self, _interest: super::ports::Interest) -> tokio::sync::broadcast::Receiver<FanoutMessage> {
         self.0.subscribe()
     }
@@ -318,6 +422,7 @@ impl EventFanout for LocalFanout {
 pub enum SmileCall {
     Submit { job_id: String, may_resume: bool },
     Status { job_id: String },
+    Manage { user_id: String, operation: Operation },
 }
 
 /// Smile ID answering from scripts: queued answers first, then acceptance of
@@ -326,6 +431,7 @@ pub enum SmileCall {
 pub struct FakeSmileId {
     submits: Mutex<VecDeque<Result<Accepted, SubmitFailure>>>,
     statuses: Mutex<VecDeque<Result<StatusReport, StatusFailure>>>,
+    manages: Mutex<VecDeque<Result<(), ManageFailure>>>,
     calls: Mutex<Vec<SmileCall>>,
     /// How long each submission takes.
     submit_delay: Mutex<Duration>,
@@ -342,6 +448,10 @@ impl FakeSmileId {
 
     pub fn answer_status(&self, answer: Result<StatusReport, StatusFailure>) {
         lock(&self.statuses).push_back(answer);
+    }
+
+    pub fn answer_manage(&self, answer: Result<(), ManageFailure>) {
+        lock(&self.manages).push_back(answer);
     }
 
     pub fn calls(&self) -> Vec<SmileCall> {
@@ -376,6 +486,14 @@ impl SmileId for FakeSmileId {
             job_id: job_id.to_owned(),
         });
         lock(&self.statuses).pop_front().unwrap_or(Err(StatusFailure::NotFound))
+    }
+
+    async fn manage_user(&self, user_id: &str, operation: Operation) -> Result<(), ManageFailure> {
+        lock(&self.calls).push(SmileCall::Manage {
+            user_id: user_id.to_owned(),
+            operation,
+        });
+        lock(&self.manages).pop_front().unwrap_or(Ok(()))
     }
 }
 
@@ -432,5 +550,6 @@ pub fn submission(user_id: &str, job_id: &str, seed: u8) -> super::SubmitRequest
         selfie: jpeg.into_inner().into(),
         liveness: Vec::new(),
         partner_params: BTreeMap::new(),
+        allow_new_enroll: false,
     }
 }

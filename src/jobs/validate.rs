@@ -56,6 +56,8 @@ pub struct SubmitRequest {
     pub selfie: Bytes,
     pub liveness: Vec<Bytes>,
     pub partner_params: BTreeMap<String, String>,
+    /// Enrolments: ask Smile ID to enrol the user again although they are enrolled.
+    pub allow_new_enroll: bool,
 }
 
 impl std::fmt::Debug for SubmitRequest {
@@ -82,6 +84,7 @@ pub struct Prepared {
     pub liveness_jpegs: Vec<Bytes>,
     pub partner_params: BTreeMap<String, String>,
     pub content_hash: String,
+    pub allow_new_enroll: bool,
 }
 
 /// Whether `id` is a valid user_id / job_id: 1-100 of `[A-Za-z0-9._:@-]`.
@@ -159,6 +162,7 @@ pub async fn prepare(
         liveness_jpegs,
         partner_params: request.partner_params,
         content_hash,
+        allow_new_enroll: request.allow_new_enroll,
     })
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::error::{JobError, UnavailableReason};
-use super::model::{EventNotice, Job, JobEvent};
+use super::model::{ErasedJob, Erasure, EventNotice, Job, JobEvent};
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
@@ -23,6 +23,9 @@ const PAGE: u32 = 200;
 const STREAM_BUFFER: usize = 16;
 /// The longest pause between retries of a failed read (about 1.5 s in all).
 const READ_RETRY_CEILING: Duration = Duration::from_millis(800);
+/// Erased jobs a WatchJobs stream remembers announcing, so a second notice of
+/// one erasure (every replica's) is not announced twice.
+const ANNOUNCED_ERASURES: usize = 4096;
 
 /// One item of a stream.
 #[derive(Debug)]
@@ -33,6 +36,15 @@ pub enum WatchItem {
     /// resumes after.
     Heartbeat {
         last_sequence: u64,
+        log_position: i64,
+    },
+    /// The job was erased with its user; nothing of it follows.
+    Erased {
+        job: ErasedJob,
+        user_id: String,
+        /// The sequence after the last one delivered (WatchJob); the log
+        /// position a WatchJobs stream resumes after.
+        sequence: u64,
         log_position: i64,
     },
 }
@@ -79,7 +91,7 @@ impl JobService {
                 tokio::select! {
                     notice = notices.recv() => match notice {
                         Ok(FanoutMessage::Event(notice)) if notice.job_id == job_id => break,
-                        Ok(FanoutMessage::Resync) => break,
+                        Ok(FanoutMessage::Resync | FanoutMessage::Erased(_)) => break,
                         Ok(_) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(job),
@@ -145,12 +157,24 @@ impl JobService {
                     last_sequence: cursor,
                     log_position: 0,
                 };
-                if service
+                match service
                     .wait_to_look(&mut notices, &mut heartbeat, &sender, relevant, heartbeat_item)
                     .await
-                    == Wake::Stop
                 {
-                    return;
+                    Wake::Stop => return,
+                    Wake::Erased(erasure) => {
+                        if let Some(erased) = erasure.jobs.iter().find(|erased| erased.job_id == job_id) {
+                            let item = WatchItem::Erased {
+                                job: erased.clone(),
+                                user_id: erasure.user_id.clone(),
+                                sequence: cursor + 1,
+                                log_position: 0,
+                            };
+                            let _ = sender.send(Ok(item)).await;
+                            return;
+                        }
+                    }
+                    Wake::Look { .. } => {}
                 }
             }
         });
@@ -184,6 +208,8 @@ impl JobService {
             let mut heartbeat = tokio::time::interval(service.config.heartbeat_interval);
             heartbeat.tick().await;
             let mut wanted = None;
+            // Erasures this stream announced: every replica's notice of one reaches it.
+            let mut announced = std::collections::HashSet::new();
             loop {
                 loop {
                     let events = match service
@@ -218,6 +244,25 @@ impl JobService {
                     .await
                 {
                     Wake::Look { wanted: event } => wanted = event,
+                    Wake::Erased(erasure) => {
+                        if announced.len() > ANNOUNCED_ERASURES {
+                            announced.clear();
+                        }
+                        for erased in erasure.visible_to(&filter) {
+                            if !announced.insert(erased.job_id.clone()) {
+                                continue;
+                            }
+                            let item = WatchItem::Erased {
+                                job: erased.clone(),
+                                user_id: erasure.user_id.clone(),
+                                sequence: 0,
+                                log_position: cursor,
+                            };
+                            if sender.send(Ok(item)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                     Wake::Stop => return,
                 }
             }
@@ -264,6 +309,7 @@ impl JobService {
                         return Wake::Look { wanted: Some(notice.global_id) };
                     }
                     Ok(FanoutMessage::Resync) | Err(RecvError::Lagged(_)) => return Wake::Look { wanted: None },
+                    Ok(FanoutMessage::Erased(erasure)) => return Wake::Erased(erasure),
                     Ok(FanoutMessage::Event(_)) => continue,
                     Err(RecvError::Closed) => return Wake::Stop,
                 },
@@ -285,12 +331,14 @@ impl JobService {
 }
 
 /// What a stream does after waiting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Wake {
     /// Read the store after the cursor; an event notice says which event must be seen.
     Look {
         wanted: Option<i64>,
     },
+    /// A user's jobs were erased.
+    Erased(Arc<Erasure>),
     Stop,
 }
 

@@ -349,6 +349,10 @@ async fn open_then_work(
     if let Some(retention) = config.retention {
         tokio::spawn(service.clone().run_retention(retention));
     }
+    if let Some(retention) = config.activity_retention {
+        tokio::spawn(service.clone().run_activity_retention(retention));
+    }
+    tokio::spawn(service.users().run());
     service.run_reconciler().await;
 }
 

@@ -4,10 +4,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::jobs::model::JobKind;
-use crate::jobs::ports::{Accepted, SmileId, SmileJob, StatusFailure, StatusReport, SubmitFailure};
+use crate::jobs::ports::{Accepted, ManageFailure, SmileId, SmileJob, StatusFailure, StatusReport, SubmitFailure};
 use crate::metrics::Metrics;
 use crate::smileid::wire::{JOB_TYPE_AUTHENTICATION, JOB_TYPE_REGISTRATION};
-use crate::smileid::{JobSubmission, PartnerParams, SmileIdClient, SmileIdError, StatusOptions, SubmitOutcome};
+use crate::smileid::{
+    JobSubmission, PartnerParams, SmileIdClient, SmileIdError, StatusOptions, SubmitOutcome, UserAction,
+};
+use crate::users::model::Operation;
 
 pub struct SmileIdAdapter {
     client: SmileIdClient,
@@ -38,6 +41,7 @@ impl SmileId for SmileIdAdapter {
             selfie_jpeg: job.selfie_jpeg,
             liveness_jpegs: job.liveness_jpegs,
             may_resume: job.may_resume,
+            allow_new_enroll: job.allow_new_enroll,
         };
         let started = Instant::now();
         let submitted = self.client.submit(&submission).await;
@@ -103,5 +107,32 @@ impl SmileId for SmileIdAdapter {
             }),
             Err(error) => Err(StatusFailure::Unusable(error.to_string())),
         }
+    }
+
+    async fn manage_user(&self, user_id: &str, operation: Operation) -> Result<(), ManageFailure> {
+        let action = match operation {
+            Operation::AllowReenrollment => UserAction::AllowNewEnroll,
+            Operation::Deactivate => UserAction::Deactivate,
+            Operation::Reactivate => UserAction::Reactivate,
+            Operation::Flag => UserAction::FlagFraud,
+            Operation::Unflag => UserAction::ClearFraud,
+            Operation::Delete => UserAction::Delete,
+        };
+        let started = Instant::now();
+        let managed = self.client.manage_user(user_id, action).await;
+        let outcome = match &managed {
+            Ok(()) => "ok",
+            Err(SmileIdError::Refused { .. }) => "refused",
+            Err(_) => "unavailable",
+        };
+        self.metrics.observe_smileid("block_user", outcome, started.elapsed());
+        managed.map_err(|error| match error {
+            SmileIdError::Refused { code, message, .. } => ManageFailure::Refused { code, message },
+            // Anything else may or may not have been carried out: repeat it.
+            other => ManageFailure::Unavailable {
+                retry_after: other.retry_after(),
+                detail: other.to_string(),
+            },
+        })
     }
 }

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::jobs::model::{EventKind, Job, JobEvent};
-use crate::jobs::ports::{Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, SharedStore, StoreError};
+use crate::jobs::model::{Erasure, EventKind, Job, JobEvent};
+use crate::users::model::UserRecord;
+use crate::jobs::ports::{Activity, Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, SharedStore, StoreError};
 use crate::metrics::Metrics;
 
 pub struct TimedStore {
@@ -93,6 +94,35 @@ impl JobStore for TimedStore {
 
     async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
         self.timed("user_owner", self.inner.user_owner(user_id)).await
+    }
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.timed("user", self.inner.user(user_id)).await
+    }
+
+    async fn put_user(&self, user: &mut UserRecord) -> Result<bool, StoreError> {
+        self.timed("put_user", self.inner.put_user(user)).await
+    }
+
+    async fn user_activity(&self, user_id: &str) -> Result<Activity, StoreError> {
+        self.timed("user_activity", self.inner.user_activity(user_id)).await
+    }
+
+    async fn erase_user(&self, user: &mut UserRecord) -> Result<Option<Erasure>, StoreError> {
+        self.timed("erase_user", self.inner.erase_user(user)).await
+    }
+
+    async fn erase_jobs_of(&self, user_id: &str) -> Result<Erasure, StoreError> {
+        self.timed("erase_jobs_of", self.inner.erase_jobs_of(user_id)).await
+    }
+
+    async fn due_user_operations(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<UserRecord>, StoreError> {
+        self.timed("due_user_operations", self.inner.due_user_operations(now, limit))
+            .await
+    }
+
+    async fn idle_users(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.timed("idle_users", self.inner.idle_users(before, limit)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -6,7 +6,10 @@
 //! | `GET /_control/jobs/{job_id}` | | the job as the simulator holds it |
 //! | `POST /_control/jobs/{job_id}/replay` | | posts every result of the job again |
 //! | `POST /_control/enroll` | `{"user_id": "..."}` | enrols a user |
-//! | `PUT /_control/faults/{endpoint}` | [`Fault`] | scripts `upload`, `put`, `job_status` or `v2_authentication` |
+//! | `GET /_control/users/{user_id}` | | where the user stands, flagged or not, allowed to re-enrol or not |
+//! | `PUT /_control/users/{user_id}` | `{"standing": "disabled"}` | sets where the user stands |
+//! | `GET /_control/user-calls` | | the user-management calls received (`POST /v2/block-user`), oldest first |
+//! | `PUT /_control/faults/{endpoint}` | [`Fault`] | scripts `upload`, `put`, `job_status`, `v2_authentication` or `block_user` |
 //! | `DELETE /_control/faults` | | clears every fault |
 //! | `PUT /_control/callbacks` | `{"mode": "deliver" \| "drop" \| "duplicate" \| "reorder"}` | callback delivery mode |
 //! | `POST /_control/reset` | | clears faults and counters, mode back to deliver |
@@ -21,7 +24,7 @@ use serde_json::json;
 
 use super::app::App;
 use super::delivery;
-use super::state::{CallbackMode, Counters, Endpoint, Fault, UserStanding};
+use super::state::{CallbackMode, Counters, Endpoint, Fault, UserCall, UserStanding};
 
 pub fn router() -> axum::Router<App> {
     axum::Router::new()
@@ -29,7 +32,8 @@ pub fn router() -> axum::Router<App> {
         .route("/_control/jobs/{job_id}", get(job))
         .route("/_control/jobs/{job_id}/replay", post(replay))
         .route("/_control/enroll", post(enroll))
-        .route("/_control/users/{user_id}", put(set_user))
+        .route("/_control/users/{user_id}", put(set_user).get(user))
+        .route("/_control/user-calls", get(user_calls))
         .route("/_control/faults/{endpoint}", put(set_fault).delete(clear_fault))
         .route("/_control/faults", axum::routing::delete(clear_faults))
         .route("/_control/callbacks", put(set_callback_mode))
@@ -83,9 +87,23 @@ async fn set_user(State(app): State<App>, Path(user_id): Path<String>, Json(body
     StatusCode::NO_CONTENT
 }
 
+async fn user(State(app): State<App>, Path(user_id): Path<String>) -> Json<serde_json::Value> {
+    let state = app.state();
+    Json(json!({
+        "user_id": user_id,
+        "standing": state.users.get(&user_id),
+        "flagged": state.flagged.contains(&user_id),
+        "reenrollment_allowed": state.reenrollment_allowed.contains(&user_id),
+    }))
+}
+
+async fn user_calls(State(app): State<App>) -> Json<Vec<UserCall>> {
+    Json(app.state().user_calls.iter().cloned().collect())
+}
+
 async fn set_fault(State(app): State<App>, Path(endpoint): Path<String>, Json(fault): Json<Fault>) -> Response {
     let Some(endpoint) = Endpoint::parse(&endpoint) else {
-        let known = "upload, put, job_status, v2_authentication";
+        let known = "upload, put, job_status, v2_authentication, block_user";
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": format!("unknown endpoint; known: {known}")})),
@@ -132,6 +150,7 @@ async fn reset(State(app): State<App>) -> StatusCode {
     let mut state = app.state();
     state.faults.clear();
     state.counters = Counters::default();
+    state.user_calls.clear();
     state.callback_mode = CallbackMode::Deliver;
     StatusCode::NO_CONTENT
 }

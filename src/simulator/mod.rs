@@ -12,6 +12,7 @@ mod delivery;
 mod results;
 mod serve;
 mod state;
+mod users;
 mod v1;
 mod v2;
 mod zip_check;
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use serve::RunningSimulator;
-pub use state::{CallbackMode, Counters, Endpoint, Fault, UserStanding};
+pub use state::{CallbackMode, Counters, Endpoint, Fault, UserCall, UserStanding};
 
 use crate::smileid::signature::{ApiKey, Credentials};
 

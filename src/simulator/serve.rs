@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::app::{App, AppInner};
-use super::state::{CallbackMode, Counters, Endpoint, Fault, SimState, UserStanding};
-use super::{SimulatorConfig, TlsFiles, control, v1, v2};
+use super::state::{CallbackMode, Counters, Endpoint, Fault, SimState, UserCall, UserStanding};
+use super::{SimulatorConfig, TlsFiles, control, users, v1, v2};
 use crate::smileid::ApiKey;
 
 /// A simulator that is serving. Dropping it does not stop it; call [`Self::shutdown`].
@@ -59,6 +59,17 @@ impl RunningSimulator {
     /// `key` from now on, and accepts the old one for `overlap`.
     pub fn rotate_api_key(&self, key: ApiKey, overlap: Duration) {
         self.app.credentials.keys.rotate(key, overlap);
+    }
+
+    /// The user-management calls received, oldest first.
+    pub fn user_calls(&self) -> Vec<UserCall> {
+        self.app.state().user_calls.iter().cloned().collect()
+    }
+
+    /// Where a user stands, and whether they are flagged as suspected fraud.
+    pub fn user_standing(&self, user_id: &str) -> (Option<UserStanding>, bool) {
+        let state = self.app.state();
+        (state.users.get(user_id).copied(), state.flagged.contains(user_id))
     }
 
     /// Sets where a user stands, e.g. disabled, as Smile ID's console would.
@@ -113,6 +124,7 @@ pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Resu
         .route("/v1/upload", post(v1::upload))
         .route("/v1/job_status", post(v1::job_status))
         .route("/v2/smart-selfie-authentication", post(v2::smart_selfie_authentication))
+        .route(crate::smileid::users::BLOCK_USER_PATH, post(users::block_user))
         .route("/uploads/{ref_id}/selfie.zip", put(v1::put_zip))
         .merge(control::router())
         .layer(DefaultBodyLimit::max(app.max_zip_bytes))

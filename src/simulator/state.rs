@@ -1,6 +1,6 @@
 //! The simulator's memory: partner, enrolled users, jobs, faults and counters.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ pub enum Endpoint {
     Put,
     JobStatus,
     V2Authentication,
+    BlockUser,
 }
 
 impl Endpoint {
@@ -65,6 +66,7 @@ pub struct Counters {
     pub uploads: u64,
     pub job_status_requests: u64,
     pub v2_requests: u64,
+    pub user_management_requests: u64,
     pub callbacks_sent: u64,
     pub callbacks_dropped: u64,
     pub callbacks_failed: u64,
@@ -131,18 +133,39 @@ impl UserStanding {
     }
 
     /// Why an enrolment (job_type 4) of a user standing so is refused: an
-    /// enrolled user is enrolled once, until deleted or asked to re-enrol.
-    pub fn refuses_enrolment(standing: Option<Self>) -> Option<ErrorCode> {
+    /// enrolled user is enrolled once, unless allowed to enrol again; a
+    /// deleted user_id is never used again.
+    pub fn refuses_enrolment(standing: Option<Self>, new_enrolment_allowed: bool) -> Option<ErrorCode> {
         match standing {
+            Some(Self::Active | Self::NoPhoto) if new_enrolment_allowed => None,
             Some(Self::Active | Self::NoPhoto) => Some(ErrorCode::UserAlreadyEnrolled),
             Some(Self::Disabled) => Some(ErrorCode::UserDisabled),
-            None | Some(Self::Deleted | Self::ReEnrollmentRequired) => None,
+            Some(Self::Deleted) => Some(ErrorCode::UserDeleted),
+            None | Some(Self::ReEnrollmentRequired) => None,
         }
     }
 }
 
+/// One user-management call the simulator took, for tests to assert what was sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UserCall {
+    pub user_id: String,
+    /// `allow_new_enroll`, `deactivate`, `reactivate`, `flag_fraud`, `clear_fraud` or `delete`.
+    pub action: String,
+    pub environment: String,
+    pub email: Option<String>,
+}
+
+/// The user-management calls kept for the control API; older ones are forgotten.
+pub const USER_CALLS_KEPT: usize = 1000;
+
 pub struct SimState {
     pub users: HashMap<String, UserStanding>,
+    /// Users flagged as suspected fraud: their jobs are processed and fail.
+    pub flagged: HashSet<String>,
+    /// Enrolled users allowed one new enrolment.
+    pub reenrollment_allowed: HashSet<String>,
+    pub user_calls: VecDeque<UserCall>,
     pub jobs: HashMap<String, SimJob>,
     job_order: VecDeque<String>,
     pub by_ref: HashMap<String, String>,
@@ -164,6 +187,9 @@ impl SimState {
     ) -> Self {
         Self {
             users: enrolled.into_iter().map(|user| (user, UserStanding::Active)).collect(),
+            flagged: HashSet::new(),
+            reenrollment_allowed: HashSet::new(),
+            user_calls: VecDeque::new(),
             jobs: HashMap::new(),
             job_order: VecDeque::new(),
             by_ref: HashMap::new(),

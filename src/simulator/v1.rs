@@ -57,15 +57,23 @@ pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
         .or_else(|| app.default_callback_url.clone());
     let upload_token = Alphanumeric.sample_string(&mut rand::rng(), 32);
 
+    let allow_new_enroll = truthy(request.get("allow_new_enroll"));
     let mut state = app.state();
     let standing = state.users.get(&user_id).copied();
     let refusal = match job_type {
         2 => UserStanding::refuses_authentication(standing),
-        4 => UserStanding::refuses_enrolment(standing),
+        4 => {
+            let allowed = allow_new_enroll || state.reenrollment_allowed.contains(&user_id);
+            UserStanding::refuses_enrolment(standing, allowed)
+        }
         _ => None,
     };
     if let Some(code) = refusal {
         return refuse(code);
+    }
+    if job_type == 4 {
+        // The allowance is for one new enrolment.
+        state.reenrollment_allowed.remove(&user_id);
     }
     let (smile_job_id, ref_id) = match state.jobs.get_mut(&job_id) {
         Some(_) if !retry => return refuse(ErrorCode::JobAlreadyExists),
@@ -175,10 +183,19 @@ async fn process_zip(app: App, job_id: String, body: Bytes) {
         .unwrap_or(Err(zip_check::ZipProblem::Corrupt));
     let (outcomes, selfie) = {
         let mut state = app.state();
+        let Some(user_id) = state.jobs.get(&job_id).map(|job| job.user_id.clone()) else {
+            return;
+        };
+        // A flagged user's jobs are processed and all marked failed.
+        let flagged = state.flagged.contains(&user_id);
         let Some(job) = state.jobs.get_mut(&job_id) else {
             return;
         };
-        let sandbox = SandboxOutcome::from_partner_params(&job.partner_params);
+        let sandbox = if flagged {
+            SandboxOutcome::Reject
+        } else {
+            SandboxOutcome::from_partner_params(&job.partner_params)
+        };
         match &inspected {
             Ok(found) => {
                 job.liveness_frames = found.liveness_frames;

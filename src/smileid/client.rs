@@ -118,6 +118,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// The partner's contact address, sent with user-management calls.
+    pub contact_email: Option<String>,
 }
 
 impl ClientConfig {
@@ -128,6 +130,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            contact_email: None,
         }
     }
 }
@@ -141,6 +144,8 @@ pub struct JobSubmission<'a> {
     /// This job_id is ours and an earlier attempt may have reached Smile ID: on
     /// 2215 (job already exists) resume it with `retry: true`.
     pub may_resume: bool,
+    /// Enrol the user again although they are enrolled (enrolments only).
+    pub allow_new_enroll: bool,
 }
 
 /// Smile ID accepted the job and its images.
@@ -207,6 +212,20 @@ impl SmileIdClient {
         format!("{}/{name}", self.config.environment.base_url())
     }
 
+    /// `path` on the API host, beside the `/v1` endpoints (e.g. `/v2/block-user`).
+    pub(super) fn host_endpoint(&self, path: &str) -> String {
+        let base = self.config.environment.base_url();
+        format!("{}{path}", base.strip_suffix("/v1").unwrap_or(base))
+    }
+
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(super) fn contact_email(&self) -> Option<&str> {
+        self.config.contact_email.as_deref()
+    }
+
     /// `POST /v1/upload`: registers the job and returns the pre-signed upload URL.
     #[tracing::instrument(
         name = "POST upload",
@@ -220,6 +239,7 @@ impl SmileIdClient {
             smileid.operation = "prep_upload",
             job_id = %partner_params.job_id,
             retry,
+            allow_new_enroll,
         )
     )]
     pub async fn prep_upload(
@@ -227,6 +247,7 @@ impl SmileIdClient {
         partner_params: &PartnerParams,
         callback_url: Option<&str>,
         retry: bool,
+        allow_new_enroll: bool,
     ) -> Result<(UploadResponse, String, String), SmileIdError> {
         let credentials = &self.config.credentials;
         let (timestamp, signature) = credentials.sign_now();
@@ -240,6 +261,7 @@ impl SmileIdClient {
             callback_url,
             use_enrolled_image: false,
             retry,
+            allow_new_enroll,
             timestamp: &timestamp,
             signature: signature.as_str(),
         };
@@ -303,14 +325,14 @@ impl SmileIdClient {
             source,
         };
         let mut resumed = false;
-        let prepared = match self.prep_upload(job.partner_params, job.callback_url, false).await {
+        let prepared = match self.prep_upload(job.partner_params, job.callback_url, false, job.allow_new_enroll).await {
             Err(SmileIdError::Refused {
                 code: ErrorCode::JobAlreadyExists,
                 ..
             }) if job.may_resume => {
                 debug!(job_id = %job.partner_params.job_id, "job already exists at smile id, resuming it");
                 resumed = true;
-                self.prep_upload(job.partner_params, job.callback_url, true).await
+                self.prep_upload(job.partner_params, job.callback_url, true, job.allow_new_enroll).await
             }
             other => other,
         };
@@ -452,7 +474,7 @@ impl SmileIdClient {
         })
     }
 
-    async fn with_retries<T, F, Fut>(&self, call: &'static str, mut attempt_once: F) -> Result<T, SmileIdError>
+    pub(super) async fn with_retries<T, F, Fut>(&self, call: &'static str, mut attempt_once: F) -> Result<T, SmileIdError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, SmileIdError>>,
@@ -483,14 +505,14 @@ fn record_answer(status: StatusCode) {
 }
 
 /// Marks the current client span failed when `outcome` is an error that got no HTTP answer.
-fn record_failure<T>(outcome: Result<T, SmileIdError>) -> Result<T, SmileIdError> {
+pub(super) fn record_failure<T>(outcome: Result<T, SmileIdError>) -> Result<T, SmileIdError> {
     if let Err(SmileIdError::Connect(_) | SmileIdError::Timeout | SmileIdError::Transport(_)) = &outcome {
         tracing::Span::current().record("otel.status_code", "ERROR");
     }
     outcome
 }
 
-async fn read_json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, SmileIdError> {
+pub(super) async fn read_json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, SmileIdError> {
     let status = response.status();
     record_answer(status);
     let headers = response.headers().clone();

@@ -6,6 +6,7 @@ pub mod codes;
 pub mod error;
 pub mod package;
 pub mod signature;
+pub mod users;
 pub mod wire;
 
 pub use callback::{CallbackError, VerifiedCallback, verify_callback};
@@ -15,4 +16,5 @@ pub use client::{
 pub use codes::{Decision, ErrorCode, classify_result};
 pub use error::{SmileIdError, SubmitError, SubmitOutcome, SubmitStage};
 pub use signature::{ApiKey, Credentials};
+pub use users::UserAction;
 pub use wire::{PartnerParams, ResultEntry};

@@ -32,6 +32,9 @@ pub struct UploadRequest<'a> {
     pub callback_url: Option<&'a str>,
     pub use_enrolled_image: bool,
     pub retry: bool,
+    /// Sent only when set, as the SDKs do.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_new_enroll: bool,
     pub timestamp: &'a str,
     pub signature: &'a str,
 }

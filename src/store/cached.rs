@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::jobs::model::{EventKind, Job, JobEvent};
-use crate::jobs::ports::{Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, StoreError};
+use crate::jobs::model::{Erasure, EventKind, Job, JobEvent};
+use crate::users::model::UserRecord;
+use crate::jobs::ports::{Activity, Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, StoreError};
 
 /// Jobs kept; the oldest kept first goes first.
 const CAPACITY: usize = 4096;
@@ -58,6 +59,20 @@ impl<S> CachedStore<S> {
         }
     }
 
+    /// Drops every kept job of `user_id`: the user's jobs were erased.
+    fn forget_user(&self, user_id: &str) {
+        let mut recent = self.recent();
+        let erased: Vec<String> = recent
+            .jobs
+            .values()
+            .filter(|job| job.user_id == user_id)
+            .map(|job| job.job_id.clone())
+            .collect();
+        for job_id in &erased {
+            recent.forget(job_id);
+        }
+    }
+
     fn recent(&self) -> MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -70,6 +85,7 @@ impl<S: JobStore> JobStore for CachedStore<S> {
         match &created {
             Created::New(event) => self.recent().keep(&event.job),
             Created::Existing(existing) => self.recent().keep(existing),
+            Created::UserErased => {}
         }
         Ok(created)
     }
@@ -149,6 +165,38 @@ impl<S: JobStore> JobStore for CachedStore<S> {
 
     async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
         self.inner.user_owner(user_id).await
+    }
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.inner.user(user_id).await
+    }
+
+    async fn put_user(&self, user: &mut UserRecord) -> Result<bool, StoreError> {
+        self.inner.put_user(user).await
+    }
+
+    async fn user_activity(&self, user_id: &str) -> Result<Activity, StoreError> {
+        self.inner.user_activity(user_id).await
+    }
+
+    async fn erase_user(&self, user: &mut UserRecord) -> Result<Option<Erasure>, StoreError> {
+        let erasure = self.inner.erase_user(user).await?;
+        self.forget_user(&user.user_id);
+        Ok(erasure)
+    }
+
+    async fn erase_jobs_of(&self, user_id: &str) -> Result<Erasure, StoreError> {
+        let erasure = self.inner.erase_jobs_of(user_id).await?;
+        self.forget_user(user_id);
+        Ok(erasure)
+    }
+
+    async fn due_user_operations(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<UserRecord>, StoreError> {
+        self.inner.due_user_operations(now, limit).await
+    }
+
+    async fn idle_users(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.inner.idle_users(before, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

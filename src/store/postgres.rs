@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 
 use super::batch::WriteQueue;
 use super::sql::impl_job_store;
-use crate::jobs::model::{EventNotice, JobEvent};
+use crate::jobs::model::{Erasure, EventNotice, JobEvent};
 use crate::jobs::ports::StoreError;
 
 /// The `NOTIFY` channel announcing each stored event to every replica.
@@ -117,6 +117,17 @@ impl PgStore {
             .bind(RETENTION_LOCK)
             .fetch_one(tx)
             .await?)
+    }
+
+    /// Tells every replica's streams that a user's jobs are erased; delivered
+    /// when the transaction commits.
+    async fn announce_erasure(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS n(payload)")
+            .bind(EVENT_CHANNEL)
+            .bind(erasure.to_payloads())
+            .execute(tx)
+            .await?;
+        Ok(())
     }
 
     /// Announces the batch's events to every replica, in one statement;

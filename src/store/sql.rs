@@ -58,6 +58,103 @@ macro_rules! impl_job_store {
             )
         }
 
+        fn user_from_row(row: &$row) -> Result<$crate::users::model::UserRecord, $crate::jobs::ports::StoreError> {
+            use sqlx::Row as _;
+            let user_id: String = row.try_get("user_id")?;
+            let data: Option<String> = row.try_get("data")?;
+            let mut user = match data {
+                Some(data) => serde_json::from_str(&data)?,
+                None => $crate::users::model::UserRecord::new(&user_id, None, chrono::Utc::now()),
+            };
+            let owner: String = row.try_get("owner")?;
+            user.user_id = user_id;
+            user.owner = Some(owner).filter(|owner| !owner.is_empty());
+            user.created_at = $crate::store::from_millis(row.try_get("created_at")?);
+            user.version = row.try_get("version")?;
+            Ok(user)
+        }
+
+        /// Writes `user` if its stored version is still `user.version` (0:
+        /// inserts it), in the caller's transaction; advances the version.
+        async fn write_user_in(
+            connection: &mut $connection,
+            user: &mut $crate::users::model::UserRecord,
+        ) -> Result<bool, $crate::jobs::ports::StoreError> {
+            use $crate::store::millis;
+            let data = serde_json::to_string(&*user)?;
+            let owner = user.owner.as_deref().unwrap_or_default();
+            let due_at = user.due_at().map(millis);
+            let refuses_jobs = i64::from(user.refuses_jobs());
+            let written = if user.version == 0 {
+                sqlx::query(
+                    "INSERT INTO users (user_id, owner, created_at, data, version, due_at, refuses_jobs)
+                     VALUES ($1, $2, $3, $4, 1, $5, $6) ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(&user.user_id)
+                .bind(owner)
+                .bind(millis(user.created_at))
+                .bind(&data)
+                .bind(due_at)
+                .bind(refuses_jobs)
+                .execute(&mut *connection)
+                .await?
+            } else {
+                sqlx::query(
+                    "UPDATE users SET owner = CASE WHEN owner = '' THEN $2 ELSE owner END, data = $3,
+                                      version = version + 1, due_at = $4, refuses_jobs = $5
+                     WHERE user_id = $1 AND version = $6",
+                )
+                .bind(&user.user_id)
+                .bind(owner)
+                .bind(&data)
+                .bind(due_at)
+                .bind(refuses_jobs)
+                .bind(user.version)
+                .execute(&mut *connection)
+                .await?
+            };
+            if written.rows_affected() == 0 {
+                return Ok(false);
+            }
+            user.version += 1;
+            Ok(true)
+        }
+
+        /// Deletes every job and event of `user_id`, in the caller's transaction.
+        async fn erase_jobs_in(
+            connection: &mut $connection,
+            user_id: &str,
+        ) -> Result<$crate::jobs::model::Erasure, $crate::jobs::ports::StoreError> {
+            use sqlx::Row as _;
+            let rows = sqlx::query("SELECT job_id, owner FROM jobs WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_all(&mut *connection)
+                .await?;
+            let jobs = rows
+                .iter()
+                .map(|row| {
+                    Ok($crate::jobs::model::ErasedJob {
+                        job_id: row.try_get("job_id")?,
+                        owner: row.try_get("owner")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            sqlx::query("DELETE FROM job_events WHERE user_id = $1")
+                .bind(user_id)
+                .execute(&mut *connection)
+                .await?;
+            sqlx::query("DELETE FROM jobs WHERE user_id = $1")
+                .bind(user_id)
+                .execute(&mut *connection)
+                .await?;
+            let erasure = $crate::jobs::model::Erasure {
+                user_id: user_id.to_owned(),
+                jobs,
+            };
+            <$store>::announce_erasure(&mut *connection, &erasure).await?;
+            Ok(erasure)
+        }
+
         /// Inserts a new job with its `CREATED` event, in the caller's transaction.
         async fn create_in(
             connection: &mut $connection,
@@ -69,10 +166,14 @@ macro_rules! impl_job_store {
             job.version = 1;
             job.last_sequence = 1;
             let data = serde_json::to_string(&job)?;
+            // A deleted user's job is never stored, even by a submission racing
+            // the deletion: the check and the insert are one statement.
             let inserted = sqlx::query(
                 "INSERT INTO jobs (job_id, user_id, state, kind, owner, data, version, last_sequence, next_poll_at,
                                    created_at, updated_at)
-                 VALUES ($1, $2, $3, $8, $9, $4, 1, 1, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING",
+                 SELECT $1, $2, $3, $8, $9, $4, 1, 1, $5, $6, $7
+                 WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = $2 AND refuses_jobs = 1)
+                 ON CONFLICT (job_id) DO NOTHING",
             )
             .bind(&job.job_id)
             .bind(&job.user_id)
@@ -90,8 +191,16 @@ macro_rules! impl_job_store {
                     .bind(&job.job_id)
                     .fetch_optional(&mut *connection)
                     .await?;
-                return match existing.as_ref().map(job_from_row).transpose()? {
-                    Some(existing) => Ok(Created::Existing(existing)),
+                if let Some(existing) = existing.as_ref().map(job_from_row).transpose()? {
+                    return Ok(Created::Existing(existing));
+                }
+                let refused: Option<i64> =
+                    sqlx::query_scalar("SELECT refuses_jobs FROM users WHERE user_id = $1 AND refuses_jobs = 1")
+                        .bind(&job.user_id)
+                        .fetch_optional(&mut *connection)
+                        .await?;
+                return match refused {
+                    Some(_) => Ok(Created::UserErased),
                     None => Err(StoreError::Unavailable("job vanished during create".into())),
                 };
             }
@@ -428,7 +537,7 @@ macro_rules! impl_job_store {
             async fn claim_user(&self, user_id: &str, owner: &str) -> Result<String, $crate::jobs::ports::StoreError> {
                 sqlx::query(
                     "INSERT INTO users (user_id, owner, created_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (user_id) DO NOTHING",
+                     ON CONFLICT (user_id) DO UPDATE SET owner = excluded.owner WHERE users.owner = ''",
                 )
                 .bind(user_id)
                 .bind(owner)
@@ -441,10 +550,110 @@ macro_rules! impl_job_store {
             }
 
             async fn user_owner(&self, user_id: &str) -> Result<Option<String>, $crate::jobs::ports::StoreError> {
-                Ok(sqlx::query_scalar("SELECT owner FROM users WHERE user_id = $1")
+                let owner: Option<String> = sqlx::query_scalar("SELECT owner FROM users WHERE user_id = $1")
                     .bind(user_id)
                     .fetch_optional(&self.pool)
-                    .await?)
+                    .await?;
+                // A user first managed while authentication was off is nobody's.
+                Ok(owner.filter(|owner| !owner.is_empty()))
+            }
+
+            async fn user(
+                &self,
+                user_id: &str,
+            ) -> Result<Option<$crate::users::model::UserRecord>, $crate::jobs::ports::StoreError> {
+                let row = sqlx::query("SELECT user_id, owner, created_at, data, version FROM users WHERE user_id = $1")
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(user_from_row).transpose()
+            }
+
+            async fn put_user(
+                &self,
+                user: &mut $crate::users::model::UserRecord,
+            ) -> Result<bool, $crate::jobs::ports::StoreError> {
+                let mut connection = self.pool.acquire().await?;
+                write_user_in(&mut *connection, user).await
+            }
+
+            async fn user_activity(
+                &self,
+                user_id: &str,
+            ) -> Result<$crate::jobs::ports::Activity, $crate::jobs::ports::StoreError> {
+                let (count, last): (i64, Option<i64>) =
+                    sqlx::query_as("SELECT CAST(COUNT(*) AS BIGINT), MAX(updated_at) FROM jobs WHERE user_id = $1")
+                        .bind(user_id)
+                        .fetch_one(&self.pool)
+                        .await?;
+                let enrollment = sqlx::query(
+                    "SELECT data, version, last_sequence FROM jobs WHERE user_id = $1 AND kind = 'ENROLLMENT'
+                     ORDER BY created_at DESC, job_id DESC LIMIT 1",
+                )
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok($crate::jobs::ports::Activity {
+                    job_count: u64::try_from(count).unwrap_or_default(),
+                    last_job_at: last.map($crate::store::from_millis),
+                    latest_enrollment: enrollment.as_ref().map(job_from_row).transpose()?,
+                })
+            }
+
+            async fn erase_user(
+                &self,
+                user: &mut $crate::users::model::UserRecord,
+            ) -> Result<Option<$crate::jobs::model::Erasure>, $crate::jobs::ports::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                if !write_user_in(&mut *tx, user).await? {
+                    return Ok(None);
+                }
+                let erasure = erase_jobs_in(&mut *tx, &user.user_id).await?;
+                tx.commit().await?;
+                Ok(Some(erasure))
+            }
+
+            async fn erase_jobs_of(
+                &self,
+                user_id: &str,
+            ) -> Result<$crate::jobs::model::Erasure, $crate::jobs::ports::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let erasure = erase_jobs_in(&mut *tx, user_id).await?;
+                tx.commit().await?;
+                Ok(erasure)
+            }
+
+            async fn due_user_operations(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<$crate::users::model::UserRecord>, $crate::jobs::ports::StoreError> {
+                let rows = sqlx::query(
+                    "SELECT user_id, owner, created_at, data, version FROM users
+                     WHERE due_at IS NOT NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
+                )
+                .bind($crate::store::millis(now))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(user_from_row).collect()
+            }
+
+            async fn idle_users(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<String>, $crate::jobs::ports::StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT user_id FROM jobs GROUP BY user_id
+                     HAVING MAX(updated_at) < $1
+                        AND SUM(CASE WHEN state IN ('COMPLETED', 'FAILED') THEN 0 ELSE 1 END) = 0
+                     ORDER BY MAX(updated_at) LIMIT $2",
+                )
+                .bind($crate::store::millis(before))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?)
             }
 
             async fn delete_finished(

@@ -9,7 +9,7 @@ use sqlx::sqlite::{
 
 use super::batch::WriteQueue;
 use super::sql::impl_job_store;
-use crate::jobs::model::JobEvent;
+use crate::jobs::model::{Erasure, JobEvent};
 use crate::jobs::ports::StoreError;
 
 pub struct SqliteStore {
@@ -75,6 +75,11 @@ impl SqliteStore {
     // SQLite has one writer at a time: event ids are assigned in commit order,
     // and there are no other replicas to tell.
     async fn before_batch(_: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// One process writes the file: its own fan-out hears of every erasure.
+    async fn announce_erasure(_: &mut sqlx::SqliteConnection, _: &Erasure) -> Result<(), StoreError> {
         Ok(())
     }
 
