@@ -206,6 +206,47 @@ impl SelfieAuth for Echo {
     ) -> Result<tonic::Response<Self::WatchJobsStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("echo"))
     }
+    async fn get_user(
+        &self,
+        _: tonic::Request<pb::GetUserRequest>,
+    ) -> Result<tonic::Response<pb::User>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+
+    async fn allow_reenrollment(
+        &self,
+        _: tonic::Request<pb::AllowReenrollmentRequest>,
+    ) -> Result<tonic::Response<pb::User>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+
+    async fn deactivate_user(
+        &self,
+        _: tonic::Request<pb::DeactivateUserRequest>,
+    ) -> Result<tonic::Response<pb::User>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+
+    async fn reactivate_user(
+        &self,
+        _: tonic::Request<pb::ReactivateUserRequest>,
+    ) -> Result<tonic::Response<pb::User>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+
+    async fn set_user_fraud_flag(
+        &self,
+        _: tonic::Request<pb::SetUserFraudFlagRequest>,
+    ) -> Result<tonic::Response<pb::User>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+
+    async fn delete_user(
+        &self,
+        _: tonic::Request<pb::DeleteUserRequest>,
+    ) -> Result<tonic::Response<pb::User>, tonic::Status> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
 }
 
 async fn start_echo(gateway: Option<Arc<SmileIdClient>>) -> anyhow::Result<SocketAddr> {

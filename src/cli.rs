@@ -1,4 +1,4 @@
-//! The client commands: `submit`, `enroll`, `get`, `list`, `watch` and `health`.
+//! The client commands: `submit`, `enroll`, `get`, `list`, `watch`, `user` and `health`.
 //! Text for people; `--json` prints each message as grpcurl does (proto3 JSON),
 //! one per line, and errors as JSON on stderr. Exit codes tell failures apart
 //! (see [`exit_code`]).
@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::{Value, json};
@@ -103,6 +103,31 @@ pub enum Action {
     Get { job_id: String, refresh: bool },
     List(ListArgs),
     Watch { job_id: String, after_sequence: u64 },
+    User(UserCommand),
+}
+
+/// `selfie-auth user ...`: a user's lifecycle.
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Show what the service knows of a user.
+    Get { user_id: String },
+    /// Let a user enrol again under the same user_id.
+    AllowReenroll { user_id: String },
+    /// Deactivate a user: their jobs are refused until reactivated.
+    Deactivate { user_id: String },
+    /// Reactivate a deactivated user.
+    Reactivate { user_id: String },
+    /// Flag a user as suspected of fraud: Smile ID marks their jobs failed.
+    Flag { user_id: String },
+    /// Clear a user's fraud flag.
+    Unflag { user_id: String },
+    /// Delete a user for good at Smile ID, and erase their jobs here.
+    Delete {
+        user_id: String,
+        /// Confirm the deletion (needed when run at a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Why a client command failed.
@@ -112,6 +137,8 @@ enum Failure {
     Local(anyhow::Error),
     /// The server's (or the connection's) answer.
     Rpc(tonic::Status),
+    /// The command was not given what it needs.
+    Usage(String),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -134,6 +161,8 @@ impl From<tonic::Status> for Failure {
 
 /// Exit status of a local failure (a file, an address, the output).
 pub const EXIT_LOCAL: u8 = 1;
+/// Exit status of a command used wrongly, as clap exits for a bad flag.
+pub const EXIT_USAGE: u8 = 2;
 /// A gRPC error exits with this plus its code: NOT_FOUND 15, INVALID_ARGUMENT 13,
 /// FAILED_PRECONDITION 19, UNAVAILABLE 24 (a server that cannot be reached included).
 pub const EXIT_RPC_BASE: u8 = 10;
@@ -142,6 +171,7 @@ pub const EXIT_RPC_BASE: u8 = 10;
 fn exit_code(failure: &Failure) -> u8 {
     match failure {
         Failure::Local(_) => EXIT_LOCAL,
+        Failure::Usage(_) => EXIT_USAGE,
         Failure::Rpc(status) => EXIT_RPC_BASE + status.code() as u8,
     }
 }
@@ -153,6 +183,7 @@ pub async fn run(args: &ClientArgs, action: Action) -> ExitCode {
         Action::Get { job_id, refresh } => get(args, job_id, refresh).await,
         Action::List(list) => self::list(args, list).await,
         Action::Watch { job_id, after_sequence } => watch(args, job_id, after_sequence).await,
+        Action::User(command) => user(args, command).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -215,6 +246,7 @@ fn error_source(error: &(dyn std::error::Error + 'static)) -> String {
 fn error_text(failure: &Failure) -> String {
     let status = match failure {
         Failure::Local(error) => return format!("error: {error:#}"),
+        Failure::Usage(message) => return format!("error: {message}"),
         Failure::Rpc(status) => status,
     };
     let details = status.get_error_details();
@@ -235,6 +267,7 @@ fn error_text(failure: &Failure) -> String {
 fn error_json(failure: &Failure) -> Value {
     let status = match failure {
         Failure::Local(error) => return json!({"code": "LOCAL", "message": format!("{error:#}")}),
+        Failure::Usage(message) => return json!({"code": "USAGE", "message": message}),
         Failure::Rpc(status) => status,
     };
     let mut answer = json!({
@@ -343,6 +376,90 @@ async fn get(client_args: &ClientArgs, job_id: String, refresh: bool) -> Result<
         print_json(&job, "selfieauth.v1.Job")?;
     } else {
         print_job(&job)?;
+    }
+    Ok(())
+}
+
+async fn user(client_args: &ClientArgs, command: UserCommand) -> Result<(), Failure> {
+    use std::io::IsTerminal as _;
+    if let UserCommand::Delete { user_id, yes: false } = &command
+        && std::io::stdin().is_terminal()
+    {
+        return Err(Failure::Usage(format!(
+            "deleting {user_id} erases their enrolment at Smile ID and every job of theirs here, for good; \
+             pass --yes to do it"
+        )));
+    }
+    let mut client = connect(client_args).await?;
+    let user = match command {
+        UserCommand::Get { user_id } => client.get_user(pb::GetUserRequest { user_id }).await,
+        UserCommand::AllowReenroll { user_id } => {
+            client
+                .allow_reenrollment(pb::AllowReenrollmentRequest { user_id })
+                .await
+        }
+        UserCommand::Deactivate { user_id } => client.deactivate_user(pb::DeactivateUserRequest { user_id }).await,
+        UserCommand::Reactivate { user_id } => client.reactivate_user(pb::ReactivateUserRequest { user_id }).await,
+        UserCommand::Flag { user_id } => {
+            client
+                .set_user_fraud_flag(pb::SetUserFraudFlagRequest { user_id, flagged: true })
+                .await
+        }
+        UserCommand::Unflag { user_id } => {
+            client
+                .set_user_fraud_flag(pb::SetUserFraudFlagRequest {
+                    user_id,
+                    flagged: false,
+                })
+                .await
+        }
+        UserCommand::Delete { user_id, .. } => client.delete_user(pb::DeleteUserRequest { user_id }).await,
+    }?
+    .into_inner();
+    if client_args.json {
+        print_json(&user, "selfieauth.v1.User")?;
+    } else {
+        print_user(&user)?;
+    }
+    Ok(())
+}
+
+fn print_user(user: &pb::User) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "  user_id     {}", user.user_id)?;
+    writeln!(
+        out,
+        "  state       {}",
+        enum_name(user.state().as_str_name(), "USER_STATE_")
+    )?;
+    if !user.owner.is_empty() {
+        writeln!(out, "  owner       {}", user.owner)?;
+    }
+    writeln!(out, "  flagged     {}", user.fraud_flagged)?;
+    if user.reenrollment_allowed {
+        writeln!(out, "  may re-enrol")?;
+    }
+    if !user.enrollment_job_id.is_empty() {
+        writeln!(
+            out,
+            "  enrolment   {} {}",
+            user.enrollment_job_id,
+            enum_name(user.enrollment_decision().as_str_name(), "DECISION_")
+        )?;
+    }
+    writeln!(out, "  jobs        {}", user.job_count)?;
+    if let Some(at) = user.last_activity_time.and_then(rfc3339) {
+        writeln!(out, "  last active {at}")?;
+    }
+    if user.pending_operation() != pb::UserOperation::Unspecified {
+        writeln!(
+            out,
+            "  pending     {}",
+            enum_name(user.pending_operation().as_str_name(), "USER_OPERATION_")
+        )?;
+    }
+    if let Some(at) = user.delete_time.and_then(rfc3339) {
+        writeln!(out, "  deleted     {at} by {}", user.deleted_by)?;
     }
     Ok(())
 }

@@ -91,6 +91,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+    /// A user's lifecycle: show, allow re-enrolment, deactivate, reactivate, flag, unflag, delete.
+    User {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: cli::UserCommand,
+    },
     /// Check a server's gRPC health; exit 0 when serving, 1 when not, 3 when unreachable
     /// (for container health checks).
     Health(cli::HealthArgs),
@@ -202,6 +209,7 @@ fn client_action(command: Command) -> Result<(ClientArgs, Action), Box<Command>>
             refresh,
         } => (client, Action::Get { job_id, refresh }),
         Command::List { client, args } => (client, Action::List(args)),
+        Command::User { client, command } => (client, Action::User(command)),
         Command::Watch { client, job_id, after } => (
             client,
             Action::Watch {
@@ -234,6 +242,7 @@ async fn run(command: Command, matches: &ArgMatches) -> anyhow::Result<()> {
         | Command::Get { .. }
         | Command::List { .. }
         | Command::Watch { .. }
+        | Command::User { .. }
         | Command::Health(_) => Ok(()),
     }
 }

@@ -24,13 +24,19 @@ pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; versio
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The contract's methods, as `rpc_method` label values.
-pub const RPC_METHODS: [&str; 6] = [
+pub const RPC_METHODS: [&str; 12] = [
     "SubmitAuthentication",
     "EnrollUser",
     "GetJob",
     "ListJobs",
     "WatchJob",
     "WatchJobs",
+    "GetUser",
+    "AllowReenrollment",
+    "DeactivateUser",
+    "ReactivateUser",
+    "SetUserFraudFlag",
+    "DeleteUser",
 ];
 /// The streaming methods among them.
 pub const STREAMING_METHODS: [&str; 2] = ["WatchJob", "WatchJobs"];
@@ -53,13 +59,19 @@ pub const CALLBACK_OUTCOMES: [&str; 11] = [
     "not_stored",
 ];
 /// The permissions each method may be refused, as `calls_denied` labels.
-pub const DENIALS: [(&str, &[&str]); 6] = [
+pub const DENIALS: [(&str, &[&str]); 12] = [
     ("SubmitAuthentication", &["submit", "image_links", "others_users"]),
     ("EnrollUser", &["enroll", "image_links", "others_users"]),
     ("GetJob", &["get", "image_links", "others_jobs"]),
     ("ListJobs", &["list"]),
     ("WatchJob", &["watch_job", "others_jobs"]),
     ("WatchJobs", &["watch_job"]),
+    ("GetUser", &["read_users", "others_users"]),
+    ("AllowReenrollment", &["manage_users", "others_users"]),
+    ("DeactivateUser", &["manage_users", "others_users"]),
+    ("ReactivateUser", &["manage_users", "others_users"]),
+    ("SetUserFraudFlag", &["manage_users", "others_users"]),
+    ("DeleteUser", &["delete_users", "others_users"]),
 ];
 /// The limits that refuse calls: a pool's concurrency, a caller's share of it,
 /// the memory of requests arriving, a caller's share of that and of open

@@ -334,3 +334,60 @@ async fn addresses_as_grpcurl_takes_them_and_a_closed_pipe_is_no_panic() {
         output.status
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_manage_and_delete_a_user() {
+    let (sim, service, _dir) = service_with(&[]).await;
+    let addr = format!("http://{}", service.running.grpc_addr);
+    let mut client = service.client().await;
+    let mut enrolment = enroll_request("cli-user", "cli-user-enrol");
+    enrolment.wait_for_result = true;
+    client.enroll_user(enrolment).await.expect("enrol");
+
+    let output = run(&["user", "deactivate", "cli-user", "--addr", &addr, "--json"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let user = &json_lines(&output.stdout)[0];
+    assert_eq!(
+        (&user["userId"], &user["state"]),
+        (&Value::from("cli-user"), &Value::from("USER_STATE_DEACTIVATED"))
+    );
+    let output = run(&["user", "flag", "cli-user", "--addr", &addr, "--json"]).await;
+    assert_eq!(json_lines(&output.stdout)[0]["fraudFlagged"], true);
+    let output = run(&["user", "get", "cli-user", "--addr", &addr]).await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("DEACTIVATED") && text.contains("flagged     true"),
+        "{text}"
+    );
+
+    // At a terminal, a deletion needs --yes (usage: exit 2), and nothing is sent.
+    let command = format!(
+        "{} user delete cli-user --addr {addr}",
+        env!("CARGO_BIN_EXE_selfie-auth")
+    );
+    if let Ok(status) = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .await
+    {
+        assert_eq!(
+            status.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&status.stdout)
+        );
+        assert!(!sim.user_calls().iter().any(|call| call.action == "delete"));
+    }
+    let output = run(&["user", "delete", "cli-user", "--yes", "--addr", &addr, "--json"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(json_lines(&output.stdout)[0]["state"], "USER_STATE_DELETED");
+
+    // A server error exits 10 + its code: FAILED_PRECONDITION (9) is 19.
+    let output = run(&["user", "reactivate", "cli-user", "--addr", &addr, "--json"]).await;
+    assert_eq!(output.status.code(), Some(19));
+    let error: Value = serde_json::from_slice(&output.stderr).expect("a JSON error");
+    assert_eq!(error["reason"], "USER_DELETED");
+    let output = run(&["user", "get", "nobody-at-all", "--addr", &addr]).await;
+    assert_eq!(output.status.code(), Some(15), "NOT_FOUND");
+    service.running.shutdown().await;
+}

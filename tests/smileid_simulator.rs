@@ -911,3 +911,117 @@ async fn every_timestamp_style_and_gzip_bodies_are_accepted() {
     assert_eq!(broken.json::<Value>().await.expect("json")["code"], "2203");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn user_management_is_signed_and_has_every_consequence_smile_id_documents() {
+    use selfie_auth::simulator::UserStanding;
+    use selfie_auth::smileid::UserAction;
+    let sim = start_simulator(|_| {}).await;
+    let client = client_with(&sim, |config| config.contact_email = Some("ops@example.com".into()));
+    let wrong = client_with(&sim, |config| {
+        config.credentials = Credentials::new(PARTNER_ID, ApiKey::new("nope"))
+    });
+    assert!(matches!(
+        wrong.manage_user(ENROLLED_USER, UserAction::Delete).await,
+        Err(SmileIdError::Refused {
+            code: ErrorCode::Unauthorized,
+            ..
+        })
+    ));
+    assert_eq!(
+        sim.user_standing(ENROLLED_USER).0,
+        Some(UserStanding::Active),
+        "a forged call changes nothing"
+    );
+
+    client
+        .manage_user(ENROLLED_USER, UserAction::Deactivate)
+        .await
+        .expect("deactivate");
+    let refused = submit(
+        &client,
+        &params(ENROLLED_USER, "um-1", JOB_TYPE_AUTHENTICATION, &[]),
+        0,
+        None,
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(error) if matches!(error.source, SmileIdError::Refused { code: ErrorCode::UserDisabled, .. })),
+        "2207 while deactivated: {refused:?}"
+    );
+    client
+        .manage_user(ENROLLED_USER, UserAction::Reactivate)
+        .await
+        .expect("reactivate");
+    let enrolment = params(ENROLLED_USER, "um-2", JOB_TYPE_REGISTRATION, &[]);
+    let refused = submit(&client, &enrolment, 0, None).await;
+    assert!(
+        matches!(&refused, Err(error) if matches!(error.source, SmileIdError::Refused { code: ErrorCode::UserAlreadyEnrolled, .. })),
+        "2209 for an enrolled user: {refused:?}"
+    );
+    client
+        .manage_user(ENROLLED_USER, UserAction::AllowNewEnroll)
+        .await
+        .expect("allow");
+    submit(
+        &client,
+        &params(ENROLLED_USER, "um-3", JOB_TYPE_REGISTRATION, &[]),
+        0,
+        None,
+    )
+    .await
+    .expect("enrolled again after allow_new_enroll");
+    client
+        .manage_user(ENROLLED_USER, UserAction::FlagFraud)
+        .await
+        .expect("flag");
+    assert!(sim.user_standing(ENROLLED_USER).1);
+    client
+        .manage_user(ENROLLED_USER, UserAction::ClearFraud)
+        .await
+        .expect("clear");
+    client
+        .manage_user(ENROLLED_USER, UserAction::Delete)
+        .await
+        .expect("delete");
+    client
+        .manage_user(ENROLLED_USER, UserAction::Delete)
+        .await
+        .expect("deleting again is idempotent");
+    for (job_id, job_type) in [("um-4", JOB_TYPE_AUTHENTICATION), ("um-5", JOB_TYPE_REGISTRATION)] {
+        let refused = submit(&client, &params(ENROLLED_USER, job_id, job_type, &[]), 0, None).await;
+        assert!(
+            matches!(&refused, Err(error) if matches!(error.source, SmileIdError::Refused { code: ErrorCode::UserDeleted, .. })),
+            "2208 after deletion: {refused:?}"
+        );
+    }
+    assert!(matches!(
+        client.manage_user(ENROLLED_USER, UserAction::Reactivate).await,
+        Err(SmileIdError::Refused {
+            code: ErrorCode::UserDeleted,
+            ..
+        })
+    ));
+    let calls = sim.user_calls();
+    let actions: Vec<&str> = calls.iter().map(|call| call.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "deactivate",
+            "reactivate",
+            "allow_new_enroll",
+            "flag_fraud",
+            "clear_fraud",
+            "delete",
+            "delete",
+            "reactivate"
+        ],
+        "the forged call is not recorded"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|call| call.environment == "test" && call.email.as_deref() == Some("ops@example.com"))
+    );
+    sim.shutdown().await;
+}

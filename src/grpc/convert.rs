@@ -184,7 +184,9 @@ pub fn user(view: &UserView) -> pb::User {
         } as i32,
         fraud_flagged: user.fraud_flagged,
         reenrollment_allowed: user.reenrollment_allowed,
-        enrollment_job_id: enrollment.map(|job| public_job_id(&job.job_id).to_owned()).unwrap_or_default(),
+        enrollment_job_id: enrollment
+            .map(|job| public_job_id(&job.job_id).to_owned())
+            .unwrap_or_default(),
         enrollment_decision: enrollment
             .and_then(Job::decision)
             .map_or(pb::Decision::Unspecified, decision) as i32,
@@ -194,7 +196,8 @@ pub fn user(view: &UserView) -> pb::User {
         pending_operation: user
             .pending
             .as_ref()
-            .map_or(pb::UserOperation::Unspecified, |pending| operation(pending.operation)) as i32,
+            .map_or(pb::UserOperation::Unspecified, |pending| operation(pending.operation))
+            as i32,
         delete_time: user.deleted_at.map(timestamp),
         deleted_by: user.deleted_by.clone().unwrap_or_default(),
     }

@@ -25,9 +25,9 @@ use crate::jobs::{
     Job, JobError, JobKind, JobService, JobServiceHandle, LogFilter, LogStart, SubmitRequest, WatchItem,
 };
 use crate::metrics::Metrics;
-use crate::users::Operation;
 use crate::shares::{Share, Shares};
 use crate::smileid::StatusOptions;
+use crate::users::Operation;
 use convert::Include;
 use load_shed::Admission;
 use status::{auth_status, to_status};
@@ -569,12 +569,14 @@ impl SelfieAuth for SelfieAuthApi {
 
     async fn deactivate_user(&self, request: Request<pb::DeactivateUserRequest>) -> Result<Response<pb::User>, Status> {
         let user_id = request.get_ref().user_id.clone();
-        self.operate(request, "DeactivateUser", user_id, Operation::Deactivate).await
+        self.operate(request, "DeactivateUser", user_id, Operation::Deactivate)
+            .await
     }
 
     async fn reactivate_user(&self, request: Request<pb::ReactivateUserRequest>) -> Result<Response<pb::User>, Status> {
         let user_id = request.get_ref().user_id.clone();
-        self.operate(request, "ReactivateUser", user_id, Operation::Reactivate).await
+        self.operate(request, "ReactivateUser", user_id, Operation::Reactivate)
+            .await
     }
 
     async fn set_user_fraud_flag(

@@ -166,16 +166,24 @@ pub fn to_status(job_error: &JobError) -> Status {
                 details.set_resource_info("selfieauth.v1.Job", format!("jobs/{job_id}"), "", "no such job");
             })
         }
-        JobError::UserNotFound { user_id } => {
-            reason_status(ErrorReason::UserNotFound, message, user_id_metadata(user_id), |details| {
+        JobError::UserNotFound { user_id } => reason_status(
+            ErrorReason::UserNotFound,
+            message,
+            user_id_metadata(user_id),
+            |details| {
                 details.set_resource_info("selfieauth.v1.User", format!("users/{user_id}"), "", "no such user");
-            })
-        }
+            },
+        ),
         JobError::UserDeleted { user_id } => {
             let violation = message.clone();
-            reason_status(ErrorReason::UserDeleted, message, user_id_metadata(user_id), |details| {
-                details.add_precondition_failure_violation("USER_DELETED", format!("users/{user_id}"), violation);
-            })
+            reason_status(
+                ErrorReason::UserDeleted,
+                message,
+                user_id_metadata(user_id),
+                |details| {
+                    details.add_precondition_failure_violation("USER_DELETED", format!("users/{user_id}"), violation);
+                },
+            )
         }
         JobError::UserOperationPending {
             user_id,

@@ -14,7 +14,7 @@ pub mod retention;
 pub mod service;
 pub mod submission;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 pub mod validate;

@@ -629,14 +629,21 @@ impl Erasure {
     }
 
     pub fn from_payload(payload: &str) -> Option<Self> {
-        payload.starts_with('{').then(|| serde_json::from_str(payload).ok()).flatten()
+        payload
+            .starts_with('{')
+            .then(|| serde_json::from_str(payload).ok())
+            .flatten()
     }
 
     /// The erased jobs a stream whose filter is `filter` may hear of.
     pub fn visible_to<'a>(&'a self, filter: &'a super::ports::LogFilter) -> impl Iterator<Item = &'a ErasedJob> + 'a {
         let user_matches = filter.user_id.as_ref().is_none_or(|user| *user == self.user_id);
         self.jobs.iter().filter(move |job| {
-            user_matches && filter.owner.as_ref().is_none_or(|owner| job.owner.as_ref() == Some(owner))
+            user_matches
+                && filter
+                    .owner
+                    .as_ref()
+                    .is_none_or(|owner| job.owner.as_ref() == Some(owner))
         })
     }
 }

@@ -14,10 +14,10 @@ use super::ports::{
     Accepted, Activity, Created, EventFanout, FanoutMessage, JobStore, LogFilter, ManageFailure, Saved, SmileId,
     SmileJob, StatusFailure, StatusReport, StoreError, SubmitFailure,
 };
-use crate::users::model::{Operation, UserRecord};
 use super::service::{JobService, Ports, ServiceConfig};
 use crate::metrics::Metrics;
 use crate::smileid::StatusOptions;
+use crate::users::model::{Operation, UserRecord};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -318,7 +318,10 @@ impl JobStore for MemoryStore {
     }
 
     async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(lock(&self.tables).users.get(user_id).and_then(|user| user.owner.clone()))
+        Ok(lock(&self.tables)
+            .users
+            .get(user_id)
+            .and_then(|user| user.owner.clone()))
     }
 
     async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::jobs::model::{Erasure, EventKind, Job, JobEvent};
-use crate::users::model::UserRecord;
-use crate::jobs::ports::{Activity, Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, SharedStore, StoreError};
+use crate::jobs::ports::{
+    Activity, Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, SharedStore, StoreError,
+};
 use crate::metrics::Metrics;
+use crate::users::model::UserRecord;
 
 pub struct TimedStore {
     inner: SharedStore,

@@ -325,14 +325,18 @@ impl SmileIdClient {
             source,
         };
         let mut resumed = false;
-        let prepared = match self.prep_upload(job.partner_params, job.callback_url, false, job.allow_new_enroll).await {
+        let prepared = match self
+            .prep_upload(job.partner_params, job.callback_url, false, job.allow_new_enroll)
+            .await
+        {
             Err(SmileIdError::Refused {
                 code: ErrorCode::JobAlreadyExists,
                 ..
             }) if job.may_resume => {
                 debug!(job_id = %job.partner_params.job_id, "job already exists at smile id, resuming it");
                 resumed = true;
-                self.prep_upload(job.partner_params, job.callback_url, true, job.allow_new_enroll).await
+                self.prep_upload(job.partner_params, job.callback_url, true, job.allow_new_enroll)
+                    .await
             }
             other => other,
         };
@@ -474,7 +478,11 @@ impl SmileIdClient {
         })
     }
 
-    pub(super) async fn with_retries<T, F, Fut>(&self, call: &'static str, mut attempt_once: F) -> Result<T, SmileIdError>
+    pub(super) async fn with_retries<T, F, Fut>(
+        &self,
+        call: &'static str,
+        mut attempt_once: F,
+    ) -> Result<T, SmileIdError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, SmileIdError>>,

@@ -188,6 +188,9 @@ mod tests {
         );
         assert_eq!(UserAction::from_body(&body(&[("delete", "true".into())])), None);
         assert_eq!(UserAction::from_body(&body(&[("delete", false.into())])), None);
-        assert_eq!(UserAction::from_body(&body(&[("allow_new_enroll", false.into())])), None);
+        assert_eq!(
+            UserAction::from_body(&body(&[("allow_new_enroll", false.into())])),
+            None
+        );
     }
 }

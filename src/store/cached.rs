@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::jobs::model::{Erasure, EventKind, Job, JobEvent};
-use crate::users::model::UserRecord;
 use crate::jobs::ports::{Activity, Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, StoreError};
+use crate::users::model::UserRecord;
 
 /// Jobs kept; the oldest kept first goes first.
 const CAPACITY: usize = 4096;

@@ -148,14 +148,20 @@ impl UserRecord {
     /// Whether new jobs for the user must be refused here, without Smile ID:
     /// deleted, or being deleted.
     pub fn refuses_jobs(&self) -> bool {
-        self.is_deleted() || self.pending.as_ref().is_some_and(|pending| pending.operation == Operation::Delete)
+        self.is_deleted()
+            || self
+                .pending
+                .as_ref()
+                .is_some_and(|pending| pending.operation == Operation::Delete)
     }
 
     /// When the reconciler of user operations should look at the user next.
     pub fn due_at(&self) -> Option<DateTime<Utc>> {
-        self.pending
-            .as_ref()
-            .map(|pending| pending.lease_until.map_or(pending.next_attempt_at, |until| until.max(pending.next_attempt_at)))
+        self.pending.as_ref().map(|pending| {
+            pending
+                .lease_until
+                .map_or(pending.next_attempt_at, |until| until.max(pending.next_attempt_at))
+        })
     }
 
     /// Marks the pending operation carried out.

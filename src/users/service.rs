@@ -65,7 +65,7 @@ enum Accepted {
     /// The user stands as the operation would leave them already.
     Done,
     /// This call owns the operation's next attempt.
-    Leased(UserRecord),
+    Leased(Box<UserRecord>),
     /// Another call or replica is carrying it out now.
     Elsewhere,
 }
@@ -108,7 +108,10 @@ impl UserService {
         let user = match user {
             Some(user) => user,
             None if activity.job_count > 0 => {
-                let first_seen = activity.latest_enrollment.as_ref().map_or_else(Utc::now, |job| job.created_at);
+                let first_seen = activity
+                    .latest_enrollment
+                    .as_ref()
+                    .map_or_else(Utc::now, |job| job.created_at);
                 UserRecord::new(user_id, None, first_seen)
             }
             None => {
@@ -133,7 +136,7 @@ impl UserService {
         let deadline = deadline.min(Instant::now() + self.config.wait);
         match self.accept(user_id, operation, by).await? {
             Accepted::Done => {}
-            Accepted::Leased(user) => self.carry_out(user, deadline).await?,
+            Accepted::Leased(user) => self.carry_out(*user, deadline).await?,
             Accepted::Elsewhere => self.wait_elsewhere(user_id, operation, deadline).await?,
         }
         self.get(user_id).await
@@ -183,7 +186,7 @@ impl UserService {
                 if fresh {
                     info!(target: AUDIT, caller = by.as_deref().unwrap_or("anyone"), user_id, operation = operation.as_str(), "audit: user operation accepted");
                 }
-                return Ok(Accepted::Leased(user));
+                return Ok(Accepted::Leased(Box::new(user)));
             }
         }
         Err(contention())
@@ -217,7 +220,11 @@ impl UserService {
                     backoff = (backoff * 2).min(self.config.longest_retry);
                     if Instant::now() + wait >= deadline || self.shutdown.is_cancelled() {
                         self.postpone(&mut user, wait, detail).await?;
-                        return Err(pending_error(&user.user_id, operation, wait.max(Duration::from_secs(1))));
+                        return Err(pending_error(
+                            &user.user_id,
+                            operation,
+                            wait.max(Duration::from_secs(1)),
+                        ));
                     }
                     tokio::time::sleep(wait).await;
                 }
@@ -270,7 +277,12 @@ impl UserService {
                 return Ok(());
             }
             match self.store.user(&user.user_id).await? {
-                Some(again) if again.pending.as_ref().is_some_and(|pending| pending.operation == operation) => {
+                Some(again)
+                    if again
+                        .pending
+                        .as_ref()
+                        .is_some_and(|pending| pending.operation == operation) =>
+                {
                     user = again;
                 }
                 // Someone else recorded it.
@@ -388,5 +400,103 @@ fn refusal_problem(code: &ErrorCode, message: &str) -> JobProblem {
         reason,
         message,
         smile_code: Some(code.code().to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::ServiceConfig;
+    use crate::jobs::testing::{Harness, SmileCall};
+
+    fn users() -> (Harness, UserService) {
+        let config = ServiceConfig {
+            users: UserConfig {
+                wait: Duration::from_millis(300),
+                first_retry: Duration::from_millis(20),
+                ..UserConfig::default()
+            },
+            ..ServiceConfig::default()
+        };
+        let harness = Harness::new(config);
+        let users = harness.service.users();
+        (harness, users)
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn a_refused_operation_leaves_nothing_pending_and_says_why() {
+        let (harness, users) = users();
+        harness.smile.answer_manage(Err(ManageFailure::Refused {
+            code: ErrorCode::parse("2203"),
+            message: "invalid user".into(),
+        }));
+        let refused = users
+            .operate("u-1", Operation::Deactivate, Some("cn:a".into()), soon())
+            .await
+            .expect_err("refused");
+        assert!(matches!(&refused, JobError::Rejected(problem) if problem.reason == ProblemReason::UpstreamRejected));
+        let user = users.get("u-1").await.expect("the user is known now");
+        assert_eq!(
+            (user.user.pending, user.user.standing),
+            (None, super::super::Standing::Active)
+        );
+        assert_eq!(
+            user.user.owner.as_deref(),
+            Some("cn:a"),
+            "the first to manage a user owns it"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unconfirmed_operation_is_retried_then_finished_by_the_worker() {
+        let (harness, users) = users();
+        for _ in 0..40 {
+            harness.smile.answer_manage(Err(ManageFailure::Unavailable {
+                retry_after: Some(Duration::from_millis(10)),
+                detail: "503".into(),
+            }));
+        }
+        let pending = users
+            .operate(
+                "u-2",
+                Operation::Flag,
+                None,
+                Instant::now() + Duration::from_millis(100),
+            )
+            .await
+            .expect_err("in doubt");
+        assert!(matches!(
+            pending,
+            JobError::UserOperationPending {
+                operation: Operation::Flag,
+                ..
+            }
+        ));
+        let attempts_then = harness.smile.calls().len();
+        assert!(attempts_then >= 2, "retried within the call: {attempts_then}");
+        let mut finished = false;
+        for _ in 0..200 {
+            users.carry_out_due().await.expect("a pass");
+            let user = users.get("u-2").await.expect("user");
+            if user.user.pending.is_none() {
+                assert!(user.user.fraud_flagged);
+                finished = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(finished, "the worker carried the operation out");
+        let calls = harness.smile.calls();
+        assert!(calls.iter().all(|call| matches!(
+            call,
+            SmileCall::Manage {
+                operation: Operation::Flag,
+                ..
+            }
+        )));
     }
 }
