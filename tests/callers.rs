@@ -62,8 +62,14 @@ fn run(command: &mut Command, what: &str) {
     );
 }
 
-/// Every command of `commands`, installing `packages` when one is missing; why not otherwise.
+/// The protobuf well-known types protoc imports (`google/protobuf/timestamp.proto`, ...):
+/// Debian's protoc only recommends them.
+const WELL_KNOWN_TYPES: &str = "/usr/include/google/protobuf/timestamp.proto";
+
+/// Every command of `commands`, installing `packages` when one is missing, and
+/// the well-known types protoc needs; why not otherwise.
 fn toolchain(commands: &[&str], packages: &[&str]) -> Result<Vec<PathBuf>, String> {
+    debian_file(WELL_KNOWN_TYPES, &["libprotobuf-dev"])?;
     commands.iter().map(|command| debian_tool(command, packages)).collect()
 }
 

@@ -88,3 +88,83 @@ async fn finished_jobs_are_deleted_after_the_retention_period() {
     assert!(metrics.contains("selfie_auth_jobs_deleted_total 1"), "{metrics}");
     service.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_jobs_are_erased_after_their_last_activity() {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(config_with(
+        &sim,
+        &sqlite_url(&dir),
+        &[
+            "--retention-after-last-activity",
+            "2s",
+            "--reconcile-after",
+            "1h",
+            "--reconcile-max-interval",
+            "1h",
+        ],
+    ))
+    .await;
+    let mut client = service.client().await;
+    let mut log = client
+        .watch_jobs(pb::WatchJobsRequest::default())
+        .await
+        .expect("watch jobs")
+        .into_inner();
+    let mut idle = enroll_request("idle-user", "idle-enrol");
+    idle.wait_for_result = true;
+    client.enroll_user(idle).await.expect("enrol");
+    // Another user with a job that never finishes: kept, whatever its age.
+    sim.set_callback_mode(CallbackMode::Drop);
+    client
+        .submit_authentication(submit_request(ENROLLED_USER, "busy-open"))
+        .await
+        .expect("submit");
+
+    let erased = eventually(Duration::from_secs(15), || {
+        let mut client = client.clone();
+        async move {
+            let status = client
+                .get_job(pb::GetJobRequest {
+                    job_id: "idle-enrol".into(),
+                    ..Default::default()
+                })
+                .await
+                .err()?;
+            Some(status)
+        }
+    })
+    .await
+    .expect("the idle user's jobs are erased");
+    assert_eq!(erased.code(), Code::NotFound);
+    let mut announced = false;
+    for _ in 0..200 {
+        match next_event(&mut log, Duration::from_secs(5)).await {
+            Some(Ok(event)) if event.kind() == pb::JobEventKind::Erased => {
+                assert_eq!(event.job.expect("ids").job_id, "idle-enrol");
+                announced = true;
+                break;
+            }
+            Some(Ok(_)) => continue,
+            _ => break,
+        }
+    }
+    assert!(announced, "open streams hear of the erasure");
+    // Nobody was identified, so no caller owns the user: nothing of them is left.
+    let unknown = client
+        .get_user(pb::GetUserRequest {
+            user_id: "idle-user".into(),
+        })
+        .await
+        .expect_err("no record of the user remains");
+    assert_eq!(reason(&unknown), "USER_NOT_FOUND");
+    client
+        .get_job(pb::GetJobRequest {
+            job_id: "busy-open".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("an unfinished job stays");
+    service.running.shutdown().await;
+}

@@ -6,6 +6,7 @@ use chrono::Utc;
 use selfie_auth::jobs::model::{EventKind, Job, JobKind, JobState};
 use selfie_auth::jobs::ports::{Created, JobCursor, JobFilter, LogFilter, Saved, SharedStore};
 use selfie_auth::store::PgLimits;
+use selfie_auth::users::model::{Operation, Pending, UserRecord};
 
 fn job(job_id: &str, user_id: &str) -> Job {
     let mut job = Job::for_test(job_id, user_id);
@@ -321,6 +322,141 @@ async fn retention_deletes_only_finished_jobs_older_than_the_cutoff(store: Share
     );
 }
 
+fn pending(operation: Operation, next_attempt_at: chrono::DateTime<Utc>) -> Pending {
+    Pending {
+        operation,
+        requested_by: Some("cn:privacy".into()),
+        requested_at: Utc::now(),
+        attempts: 0,
+        next_attempt_at,
+        lease_until: None,
+        last_error: None,
+    }
+}
+
+async fn users_are_compare_and_set_and_keep_their_first_owner(store: SharedStore) {
+    let now = Utc::now();
+    let mut user = UserRecord::new("alice", None, now);
+    assert!(store.put_user(&mut user).await.expect("insert"));
+    assert_eq!(user.version, 1);
+    let mut twin = UserRecord::new("alice", Some("cn:b".into()), now);
+    assert!(!store.put_user(&mut twin).await.expect("insert again"), "inserted once");
+    // A user first stored without an owner goes to the first caller that claims it.
+    assert_eq!(store.claim_user("alice", "cn:a").await.expect("claim"), "cn:a");
+    assert_eq!(store.claim_user("alice", "cn:b").await.expect("claim"), "cn:a");
+    user.fraud_flagged = true;
+    assert!(store.put_user(&mut user).await.expect("update"));
+    let mut stale = store.user("alice").await.expect("get").expect("stored");
+    stale.version -= 1;
+    assert!(
+        !store.put_user(&mut stale).await.expect("stale"),
+        "compare-and-set on the version"
+    );
+    let stored = store.user("alice").await.expect("get").expect("stored");
+    assert_eq!(
+        (stored.owner.as_deref(), stored.fraud_flagged, stored.version),
+        (Some("cn:a"), true, 2),
+        "a write without the owner keeps the claim"
+    );
+    assert_eq!(store.user_owner("alice").await.expect("owner").as_deref(), Some("cn:a"));
+    assert!(store.user("nobody").await.expect("get").is_none());
+}
+
+async fn erasing_a_user_removes_their_jobs_and_refuses_new_ones(store: SharedStore) {
+    for (job_id, user_id) in [("a1", "alice"), ("a2", "alice"), ("b1", "bob")] {
+        let mut owned = job(job_id, user_id);
+        owned.owner = Some(format!("cn:{user_id}"));
+        store.create(&owned).await.expect("create");
+    }
+    let mut alice = UserRecord::new("alice", Some("cn:alice".into()), Utc::now());
+    alice.pending = Some(pending(Operation::Delete, Utc::now()));
+    assert!(store.put_user(&mut alice).await.expect("pending deletion"));
+    let Created::UserErased = store.create(&job("a3", "alice")).await.expect("create") else {
+        panic!("a user being deleted takes no new job")
+    };
+    alice.complete(Utc::now());
+    let mut erasure = store.erase_user(&mut alice).await.expect("erase").expect("written");
+    erasure.jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+    let erased: Vec<(&str, Option<&str>)> = erasure
+        .jobs
+        .iter()
+        .map(|job| (job.job_id.as_str(), job.owner.as_deref()))
+        .collect();
+    assert_eq!(erased, [("a1", Some("cn:alice")), ("a2", Some("cn:alice"))]);
+    for gone in ["a1", "a2", "a3"] {
+        assert!(store.get(gone).await.expect("get").is_none(), "{gone}");
+    }
+    let filter = LogFilter {
+        user_id: Some("alice".into()),
+        owner: None,
+    };
+    assert!(store.log_events(0, &filter, 10).await.expect("log").is_empty());
+    assert_eq!(store.user_activity("alice").await.expect("activity").job_count, 0);
+    assert!(store.user("alice").await.expect("get").expect("tombstone").is_deleted());
+    let Created::UserErased = store.create(&job("a4", "alice")).await.expect("create") else {
+        panic!("a deleted user takes no new job")
+    };
+    assert!(
+        store.get("b1").await.expect("get").is_some(),
+        "another user's job stays"
+    );
+    assert_eq!(store.user_activity("bob").await.expect("activity").job_count, 1);
+    let mut stale = UserRecord::new("bob", None, Utc::now());
+    stale.version = 7;
+    assert!(
+        store.erase_user(&mut stale).await.expect("erase").is_none(),
+        "compare-and-set"
+    );
+    assert!(
+        store.get("b1").await.expect("get").is_some(),
+        "a lost erasure erases nothing"
+    );
+}
+
+async fn due_operations_and_idle_users_are_found(store: SharedStore) {
+    let now = Utc::now();
+    let mut due = UserRecord::new("due", None, now);
+    due.pending = Some(pending(Operation::Deactivate, now - chrono::Duration::seconds(1)));
+    let mut later = UserRecord::new("later", None, now);
+    later.pending = Some(pending(Operation::Flag, now + chrono::Duration::minutes(5)));
+    let mut idle = UserRecord::new("idle", None, now);
+    for user in [&mut due, &mut later, &mut idle] {
+        assert!(store.put_user(user).await.expect("insert"));
+    }
+    let found: Vec<String> = store
+        .due_user_operations(now, 10)
+        .await
+        .expect("due")
+        .into_iter()
+        .map(|user| user.user_id)
+        .collect();
+    assert_eq!(found, ["due"]);
+
+    for (job_id, user_id, state, minutes_ago) in [
+        ("i1", "idle", JobState::Completed, 60),
+        ("i2", "idle", JobState::Failed, 40),
+        ("r1", "recent", JobState::Completed, 1),
+        ("o1", "open", JobState::Submitted, 60),
+    ] {
+        store.create(&job(job_id, user_id)).await.expect("create");
+        let mut current = store.get(job_id).await.expect("get").expect("exists");
+        current.state = state;
+        current.updated_at = now - chrono::Duration::minutes(minutes_ago);
+        store.save(&mut current, None).await.expect("save");
+    }
+    let idle_users = store
+        .idle_users(now - chrono::Duration::minutes(10), 10)
+        .await
+        .expect("idle");
+    assert_eq!(idle_users, ["idle"], "all finished and none recent");
+    let erasure = store.erase_jobs_of("idle").await.expect("erase");
+    assert_eq!(erasure.jobs.len(), 2);
+    assert!(
+        store.user("idle").await.expect("get").is_some(),
+        "the user record stays"
+    );
+}
+
 async fn sqlite_store() -> (SharedStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let opened = selfie_auth::store::open(&selfie_auth_testkit::sqlite_url(&dir), PgLimits::default())
@@ -371,6 +507,9 @@ conformance!(
     concurrent_writers_all_land_with_contiguous_sequences,
     listing_pages_newest_first_by_filter,
     retention_deletes_only_finished_jobs_older_than_the_cutoff,
+    users_are_compare_and_set_and_keep_their_first_owner,
+    erasing_a_user_removes_their_jobs_and_refuses_new_ones,
+    due_operations_and_idle_users_are_found,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 
 use super::batch::WriteQueue;
 use super::sql::impl_job_store;
-use crate::jobs::model::{Erasure, EventNotice, JobEvent};
+use crate::jobs::model::{ErasedJob, Erasure, EventNotice, JobEvent};
 use crate::jobs::ports::StoreError;
 
 /// The `NOTIFY` channel announcing each stored event to every replica.
@@ -117,6 +117,43 @@ impl PgStore {
             .bind(RETENTION_LOCK)
             .fetch_one(tx)
             .await?)
+    }
+
+    /// Holds `user_id`'s row (made if missing) in share mode until the
+    /// transaction ends: a deletion marked meanwhile waits for this job to be
+    /// stored, and one marked before is seen by the insert that follows.
+    async fn guard_user(tx: &mut sqlx::PgConnection, user_id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (user_id, owner, created_at) VALUES ($1, '', $2) ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT 1 FROM users WHERE user_id = $1 FOR SHARE")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Locks the jobs of `user_id` until the transaction ends, and names them.
+    async fn lock_jobs_of(tx: &mut sqlx::PgConnection, user_id: &str) -> Result<Option<Vec<ErasedJob>>, StoreError> {
+        use sqlx::Row as _;
+        let rows = sqlx::query("SELECT job_id, owner FROM jobs WHERE user_id = $1 FOR UPDATE")
+            .bind(user_id)
+            .fetch_all(tx)
+            .await?;
+        let jobs = rows
+            .iter()
+            .map(|row| {
+                Ok(ErasedJob {
+                    job_id: row.try_get("job_id")?,
+                    owner: row.try_get("owner")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Some(jobs))
     }
 
     /// Tells every replica's streams that a user's jobs are erased; delivered

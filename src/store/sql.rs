@@ -120,33 +120,44 @@ macro_rules! impl_job_store {
             Ok(true)
         }
 
-        /// Deletes every job and event of `user_id`, in the caller's transaction.
+        /// Deletes every job and event of `user_id`, in the caller's
+        /// transaction, which locked the user's jobs (`locked`) when its store
+        /// has row locks.
         async fn erase_jobs_in(
             connection: &mut $connection,
             user_id: &str,
+            locked: Option<Vec<$crate::jobs::model::ErasedJob>>,
         ) -> Result<$crate::jobs::model::Erasure, $crate::jobs::ports::StoreError> {
             use sqlx::Row as _;
-            let rows = sqlx::query("SELECT job_id, owner FROM jobs WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_all(&mut *connection)
-                .await?;
-            let jobs = rows
-                .iter()
-                .map(|row| {
-                    Ok($crate::jobs::model::ErasedJob {
-                        job_id: row.try_get("job_id")?,
-                        owner: row.try_get("owner")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
             sqlx::query("DELETE FROM job_events WHERE user_id = $1")
                 .bind(user_id)
                 .execute(&mut *connection)
                 .await?;
-            sqlx::query("DELETE FROM jobs WHERE user_id = $1")
-                .bind(user_id)
-                .execute(&mut *connection)
-                .await?;
+            let jobs = match locked {
+                Some(locked) => {
+                    for job in &locked {
+                        sqlx::query("DELETE FROM jobs WHERE job_id = $1")
+                            .bind(&job.job_id)
+                            .execute(&mut *connection)
+                            .await?;
+                    }
+                    locked
+                }
+                None => {
+                    let rows = sqlx::query("DELETE FROM jobs WHERE user_id = $1 RETURNING job_id, owner")
+                        .bind(user_id)
+                        .fetch_all(&mut *connection)
+                        .await?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok($crate::jobs::model::ErasedJob {
+                                job_id: row.try_get("job_id")?,
+                                owner: row.try_get("owner")?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()?
+                }
+            };
             let erasure = $crate::jobs::model::Erasure {
                 user_id: user_id.to_owned(),
                 jobs,
@@ -167,7 +178,9 @@ macro_rules! impl_job_store {
             job.last_sequence = 1;
             let data = serde_json::to_string(&job)?;
             // A deleted user's job is never stored, even by a submission racing
-            // the deletion: the check and the insert are one statement.
+            // the deletion: the check and the insert are one statement, after
+            // the store made sure no deletion is being marked meanwhile.
+            <$store>::guard_user(&mut *connection, &job.user_id, millis(job.created_at)).await?;
             let inserted = sqlx::query(
                 "INSERT INTO jobs (job_id, user_id, state, kind, owner, data, version, last_sequence, next_poll_at,
                                    created_at, updated_at)
@@ -605,10 +618,13 @@ macro_rules! impl_job_store {
                 user: &mut $crate::users::model::UserRecord,
             ) -> Result<Option<$crate::jobs::model::Erasure>, $crate::jobs::ports::StoreError> {
                 let mut tx = self.pool.begin().await?;
+                // The jobs before the user: a submission holds a job and then
+                // waits for its user, never the other way round.
+                let locked = <$store>::lock_jobs_of(&mut *tx, &user.user_id).await?;
                 if !write_user_in(&mut *tx, user).await? {
                     return Ok(None);
                 }
-                let erasure = erase_jobs_in(&mut *tx, &user.user_id).await?;
+                let erasure = erase_jobs_in(&mut *tx, &user.user_id, locked).await?;
                 tx.commit().await?;
                 Ok(Some(erasure))
             }
@@ -618,7 +634,8 @@ macro_rules! impl_job_store {
                 user_id: &str,
             ) -> Result<$crate::jobs::model::Erasure, $crate::jobs::ports::StoreError> {
                 let mut tx = self.pool.begin().await?;
-                let erasure = erase_jobs_in(&mut *tx, user_id).await?;
+                let locked = <$store>::lock_jobs_of(&mut *tx, user_id).await?;
+                let erasure = erase_jobs_in(&mut *tx, user_id, locked).await?;
                 tx.commit().await?;
                 Ok(erasure)
             }
@@ -665,24 +682,23 @@ macro_rules! impl_job_store {
                 if !<$store>::may_delete(&mut *tx).await? {
                     return Ok(Vec::new());
                 }
-                let doomed: Vec<String> = sqlx::query_scalar(
-                    "SELECT job_id FROM jobs WHERE state IN ('COMPLETED', 'FAILED') AND updated_at < $1
-                     ORDER BY updated_at LIMIT $2",
-                )
+                // Writes first (see `erase_jobs_in`); both pick the same batch.
+                let batch = "SELECT job_id FROM jobs WHERE state IN ('COMPLETED', 'FAILED') AND updated_at < $1
+                             ORDER BY updated_at, job_id LIMIT $2";
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM job_events WHERE job_id IN ({batch})"
+                )))
+                .bind($crate::store::millis(before))
+                .bind(i64::from(limit))
+                .execute(&mut *tx)
+                .await?;
+                let doomed: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM jobs WHERE job_id IN ({batch}) RETURNING job_id"
+                )))
                 .bind($crate::store::millis(before))
                 .bind(i64::from(limit))
                 .fetch_all(&mut *tx)
                 .await?;
-                for job_id in &doomed {
-                    sqlx::query("DELETE FROM job_events WHERE job_id = $1")
-                        .bind(job_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("DELETE FROM jobs WHERE job_id = $1")
-                        .bind(job_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
                 tx.commit().await?;
                 Ok(doomed)
             }

@@ -9,7 +9,7 @@ use sqlx::sqlite::{
 
 use super::batch::WriteQueue;
 use super::sql::impl_job_store;
-use crate::jobs::model::{Erasure, JobEvent};
+use crate::jobs::model::{ErasedJob, Erasure, JobEvent};
 use crate::jobs::ports::StoreError;
 
 pub struct SqliteStore {
@@ -76,6 +76,18 @@ impl SqliteStore {
     // and there are no other replicas to tell.
     async fn before_batch(_: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Nothing to hold: a job is created in a write transaction, and SQLite
+    /// runs one at a time, so its check sees every deletion marked before it.
+    async fn guard_user(_: &mut sqlx::SqliteConnection, _: &str, _: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Nothing to lock: SQLite has one writer at a time, and the erasure's
+    /// writes come first, so no other write lands until it commits.
+    async fn lock_jobs_of(_: &mut sqlx::SqliteConnection, _: &str) -> Result<Option<Vec<ErasedJob>>, StoreError> {
+        Ok(None)
     }
 
     /// One process writes the file: its own fan-out hears of every erasure.

@@ -91,10 +91,25 @@ pub fn debian_tool(command: &str, packages: &[&str]) -> Result<std::path::PathBu
                 .find(|candidate| candidate.is_file())
         })
     };
+    debian_install(command, find, packages)
+}
+
+/// `path`, installing Debian's `packages` first when it is not there (a
+/// header, a `.proto` a package ships); why not otherwise.
+pub fn debian_file(path: &str, packages: &[&str]) -> Result<std::path::PathBuf, String> {
+    let find = || Some(std::path::PathBuf::from(path)).filter(|file| file.is_file());
+    debian_install(path, find, packages)
+}
+
+fn debian_install(
+    what: &str,
+    find: impl Fn() -> Option<std::path::PathBuf>,
+    packages: &[&str],
+) -> Result<std::path::PathBuf, String> {
     if let Some(path) = find() {
         return Ok(path);
     }
-    eprintln!("installing {} (Debian) for {command} ...", packages.join(" "));
+    eprintln!("installing {} (Debian) for {what} ...", packages.join(" "));
     let apt_get = |args: &[&str]| {
         std::process::Command::new("apt-get")
             .args(args)
@@ -114,5 +129,5 @@ pub fn debian_tool(command: &str, packages: &[&str]) -> Result<std::path::PathBu
     if !installed.success() {
         return Err(format!("apt-get install {} failed ({installed})", packages.join(" ")));
     }
-    find().ok_or_else(|| format!("{command} is not on PATH after installing {}", packages.join(" ")))
+    find().ok_or_else(|| format!("{what} is not there after installing {}", packages.join(" ")))
 }
