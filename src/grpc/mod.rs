@@ -179,7 +179,7 @@ impl SelfieAuthApi {
         service: &JobService,
         caller: &Caller,
         method: &'static str,
-        kind: JobKind,
+        ownership: Ownership,
         permission: Permission,
         user_id: &str,
     ) -> Result<(), Status> {
@@ -199,15 +199,24 @@ impl SelfieAuthApi {
         if !policy.allows_for_user(caller, permission, user_id) {
             return Err(refuse());
         }
-        let owner = match kind {
-            JobKind::Enrollment => Some(service.claim_user(user_id, &identity).await),
-            JobKind::Authentication => service.user_owner(user_id).await.transpose(),
+        let owner = match ownership {
+            Ownership::Claim => Some(service.claim_user(user_id, &identity).await),
+            Ownership::Check => service.user_owner(user_id).await.transpose(),
         };
         match owner.transpose().map_err(|error| to_status(&error))? {
             Some(owner) if owner != identity && !policy.allows(caller, Permission::OthersUsers) => Err(refuse()),
             _ => Ok(()),
         }
     }
+}
+
+/// What a call does with the ownership of the user it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ownership {
+    /// Becomes the user's owner if nobody is (an enrolment).
+    Claim,
+    /// Only checks it.
+    Check,
 }
 
 /// The caller the identity layer found.
@@ -295,7 +304,11 @@ impl SelfieAuthApi {
             self.permit(caller, method, Permission::ImageLinks)?;
         }
         let service = self.service()?;
-        self.permit_user(&service, caller, method, kind, permission, &submission.user_id)
+        let ownership = match kind {
+            JobKind::Enrollment => Ownership::Claim,
+            JobKind::Authentication => Ownership::Check,
+        };
+        self.permit_user(&service, caller, method, ownership, permission, &submission.user_id)
             .await?;
         let request = SubmitRequest {
             kind,
@@ -610,22 +623,8 @@ impl SelfieAuthApi {
         if let Some(description) = id_problem(user_id) {
             return Err(to_status(&JobError::invalid_field("user_id", description)));
         }
-        let policy = self.policy.current();
-        let refuse = || {
-            self.metrics.denied(method, Permission::OthersUsers.as_str());
-            audit::denied(caller, method, Permission::OthersUsers.as_str());
-            status::user_not_permitted(user_id)
-        };
-        if !policy.allows_for_user(caller, permission, user_id) {
-            return Err(refuse());
-        }
-        let owner = service.user_owner(user_id).await.map_err(|e| to_status(&e))?;
-        match (owner, caller.owner()) {
-            (Some(owner), Some(identity)) if owner != identity && !policy.allows(caller, Permission::OthersUsers) => {
-                Err(refuse())
-            }
-            _ => Ok(()),
-        }
+        self.permit_user(service, caller, method, Ownership::Check, permission, user_id)
+            .await
     }
 
     /// Runs a user operation for the caller, within its deadline.

@@ -39,9 +39,34 @@ impl RetentionPolicy {
     }
 }
 
+/// What a retention pass erases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Jobs finished longer than the period ago (`SELFIE_AUTH_RETENTION`).
+    FinishedJobs,
+    /// Every job of users idle longer than the period (`SELFIE_AUTH_RETENTION_AFTER_LAST_ACTIVITY`).
+    IdleUsers,
+}
+
+impl Expiry {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::FinishedJobs => "finished_jobs",
+            Self::IdleUsers => "idle_users",
+        }
+    }
+}
+
+/// The moment before which data of `policy` has expired (none: the period
+/// reaches before any time there is).
+fn cutoff(policy: RetentionPolicy) -> Option<chrono::DateTime<Utc>> {
+    let keep_for = chrono::Duration::from_std(policy.keep_for).unwrap_or(chrono::Duration::MAX);
+    Utc::now().checked_sub_signed(keep_for)
+}
+
 impl JobService {
-    /// Deletes expired jobs every `policy.every` until shutdown.
-    pub async fn run_retention(self: Arc<Self>, policy: RetentionPolicy) {
+    /// Erases what `expiry` names every `policy.every` until shutdown.
+    pub async fn run_retention(self: Arc<Self>, expiry: Expiry, policy: RetentionPolicy) {
         let mut tick = tokio::time::interval(policy.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -49,10 +74,16 @@ impl JobService {
                 _ = tick.tick() => {}
                 () = self.shutdown.cancelled() => return,
             }
-            match self.delete_expired(policy).await {
+            let erased = match expiry {
+                Expiry::FinishedJobs => self.delete_expired(policy).await,
+                Expiry::IdleUsers => self.erase_idle_users(policy).await,
+            };
+            match erased {
                 Ok(0) => {}
-                Ok(deleted) => info!(deleted, "expired jobs deleted"),
-                Err(error) => warn!(error = %error, "deleting expired jobs failed; trying again later"),
+                Ok(count) => info!(count, expired = expiry.as_str(), "expired data erased"),
+                Err(error) => {
+                    warn!(expired = expiry.as_str(), error = %error, "erasing expired data failed; trying again later");
+                }
             }
         }
     }
@@ -60,8 +91,7 @@ impl JobService {
     /// Deletes every job finished longer than `policy.keep_for` ago, a batch at
     /// a time; answers how many this replica deleted.
     pub async fn delete_expired(&self, policy: RetentionPolicy) -> Result<usize, JobError> {
-        let keep_for = chrono::Duration::from_std(policy.keep_for).unwrap_or(chrono::Duration::MAX);
-        let Some(before) = Utc::now().checked_sub_signed(keep_for) else {
+        let Some(before) = cutoff(policy) else {
             return Ok(0);
         };
         let mut total = 0;
@@ -75,32 +105,13 @@ impl JobService {
         }
     }
 
-    /// Erases the jobs of users idle longer than `policy.keep_for` every
-    /// `policy.every` until shutdown.
-    pub async fn run_activity_retention(self: Arc<Self>, policy: RetentionPolicy) {
-        let mut tick = tokio::time::interval(policy.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = self.shutdown.cancelled() => return,
-            }
-            match self.erase_idle_users(policy).await {
-                Ok(0) => {}
-                Ok(users) => info!(users, "jobs of idle users erased"),
-                Err(error) => warn!(error = %error, "erasing idle users' jobs failed; trying again later"),
-            }
-        }
-    }
-
     /// Erases the jobs and events of every user whose jobs are all finished
     /// and none of which changed for `policy.keep_for` (BIPA's "within 3
     /// years of the individual's last interaction"); the user's record stays,
     /// so who owns the user and a deletion's tombstone are kept. Answers how
     /// many users this replica erased.
     pub async fn erase_idle_users(&self, policy: RetentionPolicy) -> Result<usize, JobError> {
-        let keep_for = chrono::Duration::from_std(policy.keep_for).unwrap_or(chrono::Duration::MAX);
-        let Some(before) = Utc::now().checked_sub_signed(keep_for) else {
+        let Some(before) = cutoff(policy) else {
             return Ok(0);
         };
         let mut total = 0;

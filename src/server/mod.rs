@@ -33,6 +33,7 @@ use crate::grpc::stream_caps::StreamCapsLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::SharedStore;
 use crate::jobs::memory::MemoryBudget;
+use crate::jobs::retention::Expiry;
 use crate::jobs::{JobService, JobServiceHandle, JobServiceSlot, Ports};
 use crate::metrics::Metrics;
 use crate::net::{self, ConnectionLimits, Silence};
@@ -347,10 +348,10 @@ async fn open_then_work(
     info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");
     tokio::spawn(follow_database(store, readiness, config.readiness_interval, shutdown));
     if let Some(retention) = config.retention {
-        tokio::spawn(service.clone().run_retention(retention));
+        tokio::spawn(service.clone().run_retention(Expiry::FinishedJobs, retention));
     }
     if let Some(retention) = config.activity_retention {
-        tokio::spawn(service.clone().run_activity_retention(retention));
+        tokio::spawn(service.clone().run_retention(Expiry::IdleUsers, retention));
     }
     tokio::spawn(service.users().run());
     service.run_reconciler().await;
