@@ -953,16 +953,19 @@ mod tests {
         assert!("10".parse::<Span>().is_err());
     }
 
-    /// The README's configuration table: `(variables, defaults)` of each row.
+    /// The configuration table of docs/operations.md: `(variables, defaults)` of each row.
     fn documented() -> Vec<(String, String)> {
-        crate::readme_table("| variable | default | meaning |")
-            .into_iter()
-            .map(|cells| (cells[0].clone(), cells[1].clone()))
-            .collect()
+        crate::documented_table(
+            include_str!("../docs/operations.md"),
+            "| variable | default | meaning |",
+        )
+        .into_iter()
+        .map(|cells| (cells[0].clone(), cells[1].clone()))
+        .collect()
     }
 
     #[test]
-    fn the_readme_shows_the_defaults_the_flags_have() {
+    fn the_operations_docs_show_the_defaults_the_flags_have() {
         let command = serve_command();
         let mut checked = 0;
         for (variables, defaults) in documented() {
@@ -988,11 +991,14 @@ mod tests {
                 assert_eq!(
                     flag_default.first().map(String::as_str),
                     documented,
-                    "{variable}: the README and --help disagree"
+                    "{variable}: docs/operations.md and --help disagree"
                 );
                 checked += 1;
             }
         }
-        assert!(checked >= 20, "only {checked} settings were found in the README");
+        assert!(
+            checked >= 20,
+            "only {checked} settings were found in docs/operations.md"
+        );
     }
 }

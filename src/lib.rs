@@ -24,15 +24,14 @@ pub mod store;
 pub mod telemetry;
 pub mod users;
 
-/// The cells of each row of the README table under `header`, for tests that
-/// keep the README true to the code.
+/// The cells of each row of `document`'s table under `header`, for tests that
+/// keep the docs true to the code.
 #[cfg(test)]
-fn readme_table(header: &str) -> Vec<Vec<String>> {
-    let readme = include_str!("../README.md");
-    let table = readme
+fn documented_table(document: &str, header: &str) -> Vec<Vec<String>> {
+    let table = document
         .split(header)
         .nth(1)
-        .unwrap_or_else(|| panic!("the README has a table headed {header}"));
+        .unwrap_or_else(|| panic!("the docs have a table headed {header}"));
     table
         .lines()
         .skip(2)

@@ -42,7 +42,7 @@ enum Command {
         mut_arg("reconcile_after", |arg| arg.default_value("10s")),
         mut_arg("reconcile_max_interval", |arg| arg.default_value("1m")),
         mut_arg("shutdown_delay", |arg| arg.default_value("0s")),
-        // One developer's machine: nobody to tell callers apart (the README says so loudly).
+        // One developer's machine: nobody to tell callers apart (the README's quick start says so loudly).
         mut_arg("insecure_no_auth", |arg| arg.default_value("true")),
         mut_arg("partner_id", |arg| arg.hide(true)),
         mut_arg("api_key_file", |arg| arg.hide(true)),

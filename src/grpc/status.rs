@@ -275,9 +275,9 @@ pub fn to_rpc_status(status: &Status) -> tonic_types::pb::Status {
 mod tests {
     use super::*;
 
-    /// The README's error table: `(code, reason)` of each row, without backticks.
+    /// The error table of docs/api.md: `(code, reason)` of each row, without backticks.
     fn documented() -> Vec<(String, String)> {
-        crate::readme_table("| code | reason | when |")
+        crate::documented_table(include_str!("../../docs/api.md"), "| code | reason | when |")
             .into_iter()
             .map(|cells| {
                 (
@@ -289,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_documents_every_reason_with_its_code() {
+    fn the_api_docs_list_every_reason_with_its_code() {
         let expected: Vec<(String, String)> = ErrorReason::ALL
             .iter()
             .map(|reason| (code_name(code(*reason)), reason.as_str().to_owned()))

@@ -1,5 +1,5 @@
 //! Every `ErrorInfo.reason` the service returns, written once. The gRPC
-//! status mapper, the message-size layer and the README's error table all
+//! status mapper, the message-size layer and the error table of docs/api.md all
 //! speak this vocabulary; callers match on these strings, so they never change.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
