@@ -10,21 +10,9 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_are_deleted_after_the_retention_period() {
-    let sim = start_simulator(|_| {}).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(config_with(
-        &sim,
-        &sqlite_url(&dir),
-        &[
-            "--retention",
-            "1s",
-            "--reconcile-after",
-            "1h",
-            "--reconcile-max-interval",
-            "1h",
-        ],
-    ))
-    .await;
+    // Nothing is polled: only retention removes jobs.
+    let quiet = ["--reconcile-after", "1h", "--reconcile-max-interval", "1h"];
+    let (sim, service, _dir) = service_with(&[&["--retention", "1s"][..], &quiet].concat()).await;
     let mut client = service.client().await;
     let mut request = submit_request(ENROLLED_USER, "kept-briefly");
     request.wait_for_result = true;
@@ -91,21 +79,9 @@ async fn finished_jobs_are_deleted_after_the_retention_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_jobs_are_erased_after_their_last_activity() {
-    let sim = start_simulator(|_| {}).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = start_service(config_with(
-        &sim,
-        &sqlite_url(&dir),
-        &[
-            "--retention-after-last-activity",
-            "2s",
-            "--reconcile-after",
-            "1h",
-            "--reconcile-max-interval",
-            "1h",
-        ],
-    ))
-    .await;
+    // Nothing is polled: only retention removes jobs.
+    let quiet = ["--reconcile-after", "1h", "--reconcile-max-interval", "1h"];
+    let (sim, service, _dir) = service_with(&[&["--retention-after-last-activity", "2s"][..], &quiet].concat()).await;
     let mut client = service.client().await;
     let mut log = client
         .watch_jobs(pb::WatchJobsRequest::default())

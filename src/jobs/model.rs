@@ -598,6 +598,11 @@ pub struct Erasure {
     pub jobs: Vec<ErasedJob>,
 }
 
+/// The length of `value` as JSON.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    serde_json::to_vec(value).map_or(0, |json| json.len())
+}
+
 /// The most bytes of one erasure notice's payload: PostgreSQL refuses `NOTIFY`
 /// payloads of 8,000 bytes or more.
 const ERASURE_PAYLOAD_BYTES: usize = 7000;
@@ -606,18 +611,20 @@ impl Erasure {
     /// The erasure as `NOTIFY` payloads, each under PostgreSQL's limit, in as
     /// few as fit. A payload is JSON, so it cannot be taken for an event notice.
     pub fn to_payloads(&self) -> Vec<String> {
-        let mut payloads = Vec::new();
-        let mut part = Self {
+        let empty = Self {
             user_id: self.user_id.clone(),
             jobs: Vec::new(),
         };
-        let mut size = self.user_id.len() + 32;
+        let mut payloads = Vec::new();
+        let mut part = empty.clone();
+        let mut size = json_len(&empty);
         for job in &self.jobs {
-            let job_size = job.job_id.len() + job.owner.as_ref().map_or(4, String::len) + 24;
+            // As serialized, escapes included, and a comma.
+            let job_size = json_len(job) + 1;
             if !part.jobs.is_empty() && size + job_size > ERASURE_PAYLOAD_BYTES {
                 payloads.push(serde_json::to_string(&part).unwrap_or_default());
                 part.jobs.clear();
-                size = self.user_id.len() + 32;
+                size = json_len(&empty);
             }
             size += job_size;
             part.jobs.push(job.clone());
@@ -751,6 +758,39 @@ mod tests {
         for bad in ["", "1 2 3", "x 1 j u"] {
             assert_eq!(EventNotice::from_payload(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_erasure_of_many_jobs_is_told_in_payloads_postgres_accepts() {
+        let erasure = Erasure {
+            user_id: "user@x".into(),
+            jobs: (0..400)
+                .map(|index| ErasedJob {
+                    job_id: format!("{}-{index}", "j".repeat(90)),
+                    // JSON escapes each of these six times over.
+                    owner: Some("\u{1}".repeat(40)),
+                })
+                .collect(),
+        };
+        let payloads = erasure.to_payloads();
+        assert!(payloads.len() > 1, "split");
+        let mut jobs = Vec::new();
+        for payload in &payloads {
+            assert!(payload.len() < 8000, "{} bytes", payload.len());
+            assert!(
+                EventNotice::from_payload(payload).is_none(),
+                "never read as an event notice"
+            );
+            let part = Erasure::from_payload(payload).expect("a payload reads back");
+            assert_eq!(part.user_id, erasure.user_id);
+            jobs.extend(part.jobs);
+        }
+        assert_eq!(jobs, erasure.jobs, "every job, in order, once");
+        let none = Erasure {
+            user_id: "u".into(),
+            jobs: Vec::new(),
+        };
+        assert_eq!(none.to_payloads().len(), 1);
     }
 
     #[test]

@@ -107,13 +107,8 @@ impl UserService {
         let activity = self.store.user_activity(user_id).await?;
         let user = match user {
             Some(user) => user,
-            None if activity.job_count > 0 => {
-                let first_seen = activity
-                    .latest_enrollment
-                    .as_ref()
-                    .map_or_else(Utc::now, |job| job.created_at);
-                UserRecord::new(user_id, None, first_seen)
-            }
+            // Jobs, but nothing ever set: what the jobs say is all there is.
+            None if activity.job_count > 0 => UserRecord::new(user_id, None, Utc::now()),
             None => {
                 return Err(JobError::UserNotFound {
                     user_id: user_id.to_owned(),
