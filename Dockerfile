@@ -16,7 +16,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=secret,id=cargo-config,target=/usr/local/cargo/config.toml,required=false \
     --mount=type=secret,id=build-ca,required=false \
     if [ -s /run/secrets/build-ca ]; then export CARGO_HTTP_CAINFO=/run/secrets/build-ca; fi \
-    && cargo build --release --locked --bin selfie-auth \
+    && cargo build --release --locked --no-default-features --bin selfie-auth \
     && install -D -m 0755 target/release/selfie-auth /out/selfie-auth \
     && install -d -m 0750 /out/var/lib/selfie-auth
 

@@ -18,11 +18,15 @@ pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod shares;
-pub mod simulator;
-pub mod smileid;
 pub mod store;
 pub mod telemetry;
 pub mod users;
+
+/// The Smile ID protocol client, a crate of its own (`crates/smileid`).
+pub use ::smileid;
+/// The Smile ID simulator (`crates/smileid-simulator`), behind the default `simulator` feature.
+#[cfg(feature = "simulator")]
+pub use ::smileid_simulator as simulator;
 
 /// The cells of each row of `document`'s table under `header`, for tests that
 /// keep the docs true to the code.

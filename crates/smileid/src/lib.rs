@@ -1,4 +1,6 @@
 //! Smile ID protocol client. Knows nothing of gRPC or storage.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod callback;
 pub mod client;

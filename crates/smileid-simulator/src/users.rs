@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::app::{App, decode_json, refuse, value_text};
 use super::state::{Endpoint, USER_CALLS_KEPT, UserCall, UserStanding};
-use crate::smileid::UserAction;
-use crate::smileid::codes::ErrorCode;
+use smileid::UserAction;
+use smileid::codes::ErrorCode;
 
 pub async fn block_user(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(response) = app.fault(Endpoint::BlockUser).await {

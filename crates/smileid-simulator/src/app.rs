@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::state::{Endpoint, SimState};
-use crate::smileid::codes::ErrorCode;
-use crate::smileid::signature::{Credentials, format_timestamp};
+use smileid::codes::ErrorCode;
+use smileid::signature::{Credentials, format_timestamp};
 
 pub struct AppInner {
     pub credentials: Credentials,

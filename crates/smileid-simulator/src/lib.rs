@@ -2,7 +2,7 @@
 //! `job_status`, the v2 `smart-selfie-authentication` endpoint, signed callbacks,
 //! and a control API that lets a test script faults.
 //!
-//! It shares only the signature function with [`crate::smileid`]: requests are
+//! It shares only the signature function with [`smileid`]: requests are
 //! read as raw JSON with its own tolerant rules, so a mistake in our client
 //! cannot hide behind the same mistake here.
 
@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use serve::RunningSimulator;
 pub use state::{CallbackMode, Counters, Endpoint, Fault, UserCall, UserStanding};
 
-use crate::smileid::signature::{ApiKey, Credentials};
+use smileid::signature::{ApiKey, Credentials};
 
 /// How to run a simulator.
 #[derive(Clone, Debug)]

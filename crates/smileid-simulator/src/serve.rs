@@ -17,7 +17,7 @@ use tracing::{debug, info};
 use super::app::{App, AppInner};
 use super::state::{CallbackMode, Counters, Endpoint, Fault, SimState, UserCall, UserStanding};
 use super::{SimulatorConfig, TlsFiles, control, users, v1, v2};
-use crate::smileid::ApiKey;
+use smileid::ApiKey;
 
 /// A simulator that is serving. Dropping it does not stop it; call [`Self::shutdown`].
 pub struct RunningSimulator {
@@ -124,7 +124,7 @@ pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Resu
         .route("/v1/upload", post(v1::upload))
         .route("/v1/job_status", post(v1::job_status))
         .route("/v2/smart-selfie-authentication", post(v2::smart_selfie_authentication))
-        .route(crate::smileid::users::BLOCK_USER_PATH, post(users::block_user))
+        .route(smileid::users::BLOCK_USER_PATH, post(users::block_user))
         .route("/uploads/{ref_id}/selfie.zip", put(v1::put_zip))
         .merge(control::router())
         .layer(DefaultBodyLimit::max(app.max_zip_bytes))
@@ -143,7 +143,10 @@ pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Resu
                 },
                 () = shutdown.cancelled() => break,
             };
-            crate::net::set_nodelay(&stream);
+            // Tests measure latency through the simulator; Nagle would add delayed-ACK stalls.
+            if let Err(error) = stream.set_nodelay(true) {
+                debug!(%error, "could not set TCP_NODELAY");
+            }
             let service = TowerToHyperService::new(router.clone());
             let tls = tls.clone();
             let shutdown = shutdown.clone();

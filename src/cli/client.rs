@@ -1,4 +1,4 @@
-//! The client commands: `submit`, `enroll`, `get`, `list`, `watch`, `user` and `health`.
+//! The client commands: `submit`, `enroll`, `get`, `list`, `watch` and `user`.
 //! Text for people; `--json` prints each message as grpcurl does (proto3 JSON),
 //! one per line, and errors as JSON on stderr. Exit codes tell failures apart
 //! (see [`exit_code`]).
@@ -16,6 +16,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::{Value, json};
 use tonic_types::StatusExt as _;
 
+use super::{is_broken_pipe, server_url};
 use crate::grpc::pb::{self, selfie_auth_client::SelfieAuthClient};
 
 #[derive(Args, Clone, Debug)]
@@ -201,25 +202,10 @@ pub async fn run(args: &ClientArgs, action: Action) -> ExitCode {
     }
 }
 
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<std::io::Error>()
-        .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
-}
-
 fn parse_param(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
-}
-
-/// A server address as a URL: `host:port` (as grpcurl takes it) or a URL.
-fn server_url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    }
 }
 
 async fn connect(args: &ClientArgs) -> Result<SelfieAuthClient<tonic::transport::Channel>, Failure> {
@@ -598,80 +584,4 @@ fn print_job(job: &pb::Job) -> std::io::Result<()> {
         writeln!(out, "  error       {}", error.message)?;
     }
     Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct HealthArgs {
-    /// gRPC address of the server: host:port or a URL. Default: this host's
-    /// port of SELFIE_AUTH_GRPC_ADDR, the variable `serve` listens by (else 50051).
-    #[arg(long, env = "SELFIE_AUTH_HEALTH_ADDR")]
-    pub addr: Option<String>,
-    /// Service to check; empty: the server as a whole.
-    #[arg(long, default_value = "")]
-    pub service: String,
-    /// Longest wait for an answer.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    pub timeout: std::time::Duration,
-}
-
-/// Where this host reaches a server listening on `listen` (`serve`'s
-/// SELFIE_AUTH_GRPC_ADDR): a wildcard address is reached on loopback.
-fn local_address_of(listen: Option<&str>) -> String {
-    match listen.and_then(|listen| listen.parse::<std::net::SocketAddr>().ok()) {
-        Some(addr) if addr.ip().is_unspecified() => {
-            let loopback = if addr.is_ipv4() {
-                std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
-            } else {
-                std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
-            };
-            std::net::SocketAddr::new(loopback, addr.port()).to_string()
-        }
-        Some(addr) => addr.to_string(),
-        None => "127.0.0.1:50051".to_owned(),
-    }
-}
-
-/// Exit codes of `health`.
-const NOT_SERVING: u8 = 1;
-const UNREACHABLE: u8 = 3;
-
-/// `selfie-auth health`: the server's gRPC health as an exit code, and a line saying it.
-pub async fn health(args: &HealthArgs) -> std::process::ExitCode {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    let addr = args
-        .addr
-        .clone()
-        .unwrap_or_else(|| local_address_of(std::env::var("SELFIE_AUTH_GRPC_ADDR").ok().as_deref()));
-    let url = server_url(&addr);
-    let checked = async {
-        let channel = tonic::transport::Endpoint::from_shared(url)?
-            .connect_timeout(args.timeout)
-            .timeout(args.timeout)
-            .connect()
-            .await?;
-        let response = tonic_health::pb::health_client::HealthClient::new(channel)
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: args.service.clone(),
-            })
-            .await?;
-        Ok::<_, Box<dyn std::error::Error>>(response.into_inner().status())
-    };
-    match tokio::time::timeout(args.timeout, checked).await {
-        Ok(Ok(ServingStatus::Serving)) => {
-            println!("SERVING");
-            std::process::ExitCode::SUCCESS
-        }
-        Ok(Ok(status)) => {
-            println!("{}", status.as_str_name());
-            std::process::ExitCode::from(NOT_SERVING)
-        }
-        Ok(Err(error)) => {
-            eprintln!("error: {addr} is unreachable: {error}");
-            std::process::ExitCode::from(UNREACHABLE)
-        }
-        Err(_) => {
-            eprintln!("error: {addr} did not answer within {:?}", args.timeout);
-            std::process::ExitCode::from(UNREACHABLE)
-        }
-    }
 }

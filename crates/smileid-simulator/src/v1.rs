@@ -13,8 +13,8 @@ use super::delivery;
 use super::results::{self, SandboxOutcome};
 use super::state::{Endpoint, SimJob, UserStanding};
 use super::zip_check::{self, ZipProblem};
-use crate::smileid::codes::ErrorCode;
-use crate::smileid::signature::{ApiKey, Credentials};
+use smileid::codes::ErrorCode;
+use smileid::signature::{ApiKey, Credentials};
 
 pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(response) = app.fault(Endpoint::Upload).await {

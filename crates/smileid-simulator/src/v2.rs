@@ -12,8 +12,8 @@ use super::app::{App, gunzip_off_thread, is_gzipped};
 use super::delivery;
 use super::results::{self, SandboxOutcome};
 use super::state::{Endpoint, SimJob, UserStanding};
-use crate::smileid::codes::ErrorCode;
-use crate::smileid::signature::format_timestamp;
+use smileid::codes::ErrorCode;
+use smileid::signature::format_timestamp;
 
 fn v2_error(status: StatusCode, code: ErrorCode) -> Response {
     (status, Json(json!({"error": code.text(), "code": code.code()}))).into_response()

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::smileid::signature::format_timestamp;
+use smileid::signature::format_timestamp;
 
 /// The sandbox outcome a job asked for through `partner_params.sandbox_result`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -71,7 +71,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::smileid::signature::{ApiKey, format_timestamp};
+    use crate::signature::{ApiKey, format_timestamp};
 
     fn credentials() -> Credentials {
         Credentials::new("1234", ApiKey::new("key"))
@@ -135,7 +135,7 @@ mod tests {
 #[cfg(test)]
 mod robustness {
     use super::*;
-    use crate::smileid::signature::{ApiKey, format_timestamp};
+    use crate::signature::{ApiKey, format_timestamp};
 
     #[test]
     fn no_body_makes_verification_panic() {
