@@ -5,6 +5,7 @@
 //! It shares only the signature function with [`smileid`]: requests are
 //! read as raw JSON with its own tolerant rules, so a mistake in our client
 //! cannot hide behind the same mistake here.
+#![forbid(unsafe_code)]
 
 mod app;
 mod control;

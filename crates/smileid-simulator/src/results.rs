@@ -1,4 +1,4 @@
-//! The result entries the simulator produces (smileid-protocol.md §3.4, §7.1, §7.2).
+//! The result entries the simulator produces (Smile ID's job-status, result-code and `Actions` pages at <https://docs.usesmileid.com>).
 
 use serde_json::{Map, Value, json};
 

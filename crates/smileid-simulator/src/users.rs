@@ -1,4 +1,4 @@
-//! `POST /v2/block-user`: Smile ID's user management (smileid-protocol.md §10a).
+//! `POST /v2/block-user`: Smile ID's user management (<https://docs.usesmileid.com/further-reading/faqs/how-to-re-enroll-or-delete-a-user>).
 
 use axum::Json;
 use axum::body::Bytes;

@@ -28,7 +28,7 @@ pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
     if let Err(code) = app.check_body_signature(&request, &["smile_client_id", "partner_id"]) {
         return refuse(code);
     }
-    // The real service answers 2212 when partner_params is null (smileid-protocol.md §3.1).
+    // The real service answers 2212 when partner_params is null (as the official SDKs' recorded sandbox traffic shows).
     let Some(params) = request.get("partner_params").and_then(Value::as_object) else {
         return refuse(ErrorCode::InvalidJobType);
     };

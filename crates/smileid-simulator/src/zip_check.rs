@@ -1,5 +1,5 @@
 //! Inspects an uploaded zip the way Smile ID must: tolerant of every shape the
-//! SDKs send (smileid-protocol.md §3.2, §9; sdk-wire-traces §2.3, §7).
+//! SDKs send (smile-identity-core-python, smile-identity-core-js).
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read};

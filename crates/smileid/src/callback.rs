@@ -1,5 +1,7 @@
 //! Callbacks Smile ID posts to us: a flat result entry with a top-level
-//! `signature` and `timestamp` (smileid-protocol.md §3.6).
+//! `signature` and `timestamp`, verified as Smile ID documents
+//! (<https://docs.usesmileid.com/integration-options/rest-api/signing-your-api-request/generate-signature>,
+//! "Confirming an incoming signature").
 
 use std::time::Duration;
 
@@ -10,24 +12,35 @@ use super::signature::{Credentials, parse_timestamp};
 use super::wire::ResultEntry;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why a callback body was refused; nothing in it is trusted until it verifies.
 pub enum CallbackError {
     #[error("callback body is not a JSON object")]
+    /// The body is not a JSON object.
     NotJson,
     #[error("callback has no signature or timestamp")]
+    /// The body has no top-level `signature` or `timestamp`.
     Unsigned,
     #[error("callback timestamp cannot be read")]
+    /// The `timestamp` is not a time this client can read.
     BadTimestamp,
+    /// The signed time is too far from now: a replay, or a clock far off.
     #[error("callback timestamp is {skew_seconds}s away from now, outside the window")]
-    OutsideWindow { skew_seconds: i64 },
+    OutsideWindow {
+        /// Seconds between the signed time and now (negative: in the future).
+        skew_seconds: i64,
+    },
     #[error("callback signature does not verify")]
+    /// The signature was made with none of the accepted keys.
     BadSignature,
     #[error("callback carries no result entry")]
+    /// The body verified but holds no result entry.
     NoResult,
 }
 
 /// A callback whose signature and timestamp checked out.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerifiedCallback {
+    /// The result the callback reports.
     pub result: ResultEntry,
     /// The signed timestamp, kept to tell a duplicate delivery from a new one.
     pub timestamp: String,

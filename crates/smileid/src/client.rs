@@ -22,7 +22,9 @@ use super::wire::{
 /// Where Smile ID lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Environment {
+    /// `https://testapi.smileidentity.com/v1`.
     Sandbox,
+    /// `https://api.smileidentity.com/v1`.
     Production,
     /// A full base URL ending in `/v1`, e.g. the simulator's `http://127.0.0.1:8780/v1`.
     Custom(String),
@@ -44,6 +46,7 @@ pub enum Upstream {
 }
 
 impl Environment {
+    /// The v1 base URL, without a trailing `/`.
     pub fn base_url(&self) -> &str {
         match self {
             Self::Sandbox => "https://testapi.smileidentity.com/v1",
@@ -79,8 +82,11 @@ impl Environment {
 /// Exponential backoff with full jitter for idempotent calls.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
+    /// Attempts in all, the first included.
     pub max_attempts: u32,
+    /// Ceiling of the wait before the first retry; it doubles with each retry.
     pub initial_backoff: Duration,
+    /// Largest ceiling of a wait between attempts.
     pub max_backoff: Duration,
     /// Longest `Retry-After` honoured.
     pub max_retry_after: Duration,
@@ -112,17 +118,24 @@ impl RetryPolicy {
 }
 
 #[derive(Clone, Debug)]
+/// How a [`SmileIdClient`] reaches Smile ID.
 pub struct ClientConfig {
+    /// Which Smile ID to talk to.
     pub environment: Environment,
+    /// Partner id and API keys.
     pub credentials: Credentials,
+    /// Longest wait for a TCP and TLS connection.
     pub connect_timeout: Duration,
+    /// Longest wait for a whole request and its answer.
     pub request_timeout: Duration,
+    /// How idempotent calls are retried.
     pub retry: RetryPolicy,
     /// The partner's contact address, sent with user-management calls.
     pub contact_email: Option<String>,
 }
 
 impl ClientConfig {
+    /// A configuration with the default timeouts (connect 5 s, request 30 s) and retries.
     pub fn new(environment: Environment, credentials: Credentials) -> Self {
         Self {
             environment,
@@ -137,9 +150,13 @@ impl ClientConfig {
 
 /// One job to submit: partner params, images (JPEG), and where results go.
 pub struct JobSubmission<'a> {
+    /// The job's ids and type, echoed back in every result.
     pub partner_params: &'a PartnerParams,
+    /// Where Smile ID posts the job's results; `None` leaves it to the partner's portal setting.
     pub callback_url: Option<&'a str>,
+    /// The selfie, a JPEG.
     pub selfie_jpeg: &'a bytes::Bytes,
+    /// Liveness frames, JPEGs; may be empty.
     pub liveness_jpegs: &'a [bytes::Bytes],
     /// This job_id is ours and an earlier attempt may have reached Smile ID: on
     /// 2215 (job already exists) resume it with `retry: true`.
@@ -151,36 +168,49 @@ pub struct JobSubmission<'a> {
 /// Smile ID accepted the job and its images.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Submitted {
+    /// Smile ID's id of the job.
     pub smile_job_id: String,
+    /// Whether an earlier attempt's job was resumed (`retry: true`) rather than made.
     pub resumed: bool,
 }
 
 /// What `job_status` said.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobStatus {
+    /// Whether Smile ID has finished the job.
     pub job_complete: bool,
+    /// Whether the finished job succeeded.
     pub job_success: bool,
+    /// Smile ID's status code of the lookup.
     pub code: Option<String>,
+    /// The latest result, once the zip was processed.
     pub result: Option<ResultEntry>,
     /// The text Smile ID answers in place of a result before the zip is processed.
     pub pending_text: Option<String>,
+    /// Every result so far, oldest first, when asked for with [`StatusOptions::history`].
     pub history: Vec<ResultEntry>,
+    /// Links to the job's images by name, when asked for with [`StatusOptions::image_links`].
     pub image_links: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
+/// What a `job_status` lookup asks for besides the latest result.
 pub struct StatusOptions {
+    /// Every result so far, not just the latest.
     pub history: bool,
+    /// Links to the images Smile ID holds (they expire).
     pub image_links: bool,
 }
 
 #[derive(Clone, Debug)]
+/// A client of Smile ID's server API. Cheap to clone; clones share one connection pool.
 pub struct SmileIdClient {
     http: reqwest::Client,
     config: ClientConfig,
 }
 
 impl SmileIdClient {
+    /// A client for `config`; fails only when no HTTP client can be built (no TLS roots).
     pub fn new(config: ClientConfig) -> Result<Self, SmileIdError> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
@@ -192,10 +222,12 @@ impl SmileIdClient {
         Ok(Self { http, config })
     }
 
+    /// The credentials requests are signed with.
     pub fn credentials(&self) -> &Credentials {
         &self.config.credentials
     }
 
+    /// The Smile ID this client talks to.
     pub fn environment(&self) -> &Environment {
         &self.config.environment
     }

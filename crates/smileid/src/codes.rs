@@ -1,16 +1,22 @@
 //! Catalogues of Smile ID codes: result codes (what a job's result means) and
 //! error codes (why a request was refused before any job existed).
 //!
-//! Sources: smileid-protocol.md §7.1 and §7.3. Codes are reliable; texts are indicative.
+//! Sources: Smile ID's result-code and error-code pages (<https://docs.usesmileid.com/further-reading/result-codes>,
+//! <https://docs.usesmileid.com/further-reading/result-codes/error-codes>)
+//! and the official server SDKs. Codes are reliable; texts are indicative.
 
 use std::fmt;
 
 /// What a result means for the caller.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Decision {
+    /// The selfie matches the enrolled user.
     Approved,
+    /// The selfie does not match, or the user cannot be authenticated.
     Rejected,
+    /// A machine approval awaiting human review; a final result follows.
     ProvisionallyApproved,
+    /// The selfie looks like a spoof (a photo of a photo, a mask, a screen).
     SuspectedSpoof,
     /// Smile ID could not process the submission (corrupt zip, unusable image).
     Error,
@@ -21,9 +27,11 @@ pub enum Decision {
 /// A result code looked up in the catalogue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResultMeaning {
+    /// What the result means for the caller.
     pub decision: Decision,
     /// Whether Smile ID reports no further result after this one.
     pub is_final: bool,
+    /// Smile ID's wording of the code, for people; callers should go by the code.
     pub text: &'static str,
 }
 
@@ -101,26 +109,44 @@ pub fn classify_result(code: &str) -> ResultMeaning {
 /// Smile ID's synchronous request errors (no job record was made).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
+    /// `2201`, `2301`, `2401`: a system error at Smile ID; try again later. The raw code is kept.
     SystemError(String),
+    /// `2203`: the body is not valid JSON.
     InvalidJson,
+    /// `2204`: a field has the wrong type.
     WrongDataType,
+    /// `2205`, `2405`: the signature or partner id was refused.
     Unauthorized,
+    /// `2207`: the user was deactivated.
     UserDisabled,
+    /// `2208`: the user was deleted.
     UserDeleted,
+    /// `2209`: the user is already enrolled (enrolling again needs `allow_new_enroll`).
     UserAlreadyEnrolled,
+    /// `2210`: the user is not enrolled, so cannot be authenticated.
     UserNotEnrolled,
+    /// `2211`: the user must enrol again before authenticating.
     ReEnrollmentRequired,
+    /// `2212`: the job type (or the partner params) is not one Smile ID accepts.
     InvalidJobType,
+    /// `2213`, `2413`: a required field is missing.
     MissingParameter,
+    /// `2215`: a job with this job id exists; resend with `retry: true` to resume it.
     JobAlreadyExists,
+    /// `2216`: Smile ID holds no enrolled photo of the user.
     NoPhotoOnFile,
+    /// `2217`: the product is not enabled for the partner.
     InvalidProduct,
+    /// `2220`: the partner is not enabled for production.
     ProductionNotEnabled,
+    /// `2314`: the pre-signed upload received no zip.
     NoZipReceived,
+    /// A code this catalogue does not know; the raw code is kept.
     Other(String),
 }
 
 impl ErrorCode {
+    /// The error code `code` (as Smile ID sends it, string or number text).
     pub fn parse(code: &str) -> Self {
         use ErrorCode::*;
         match code.trim() {

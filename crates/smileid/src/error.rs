@@ -7,27 +7,40 @@ use super::codes::ErrorCode;
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum SmileIdError {
     #[error("smile id refused the request with code {code}: {message}")]
+    /// Smile ID refused the request: no job was made.
     Refused {
+        /// Smile ID's error code.
         code: ErrorCode,
+        /// The HTTP status it came with.
         http_status: u16,
+        /// Smile ID's error text.
         message: String,
     },
     #[error("smile id is unavailable (http {http_status})")]
+    /// Smile ID answered 5xx or 429.
     Unavailable {
+        /// The HTTP status.
         http_status: u16,
+        /// How long Smile ID asked to wait (`Retry-After`), if it said.
         retry_after: Option<Duration>,
     },
     #[error("could not connect to smile id: {0}")]
+    /// No connection could be made: the request never left.
     Connect(String),
     #[error("smile id did not answer in time")]
+    /// No answer within the request timeout.
     Timeout,
     #[error("transport error talking to smile id: {0}")]
+    /// The connection failed during the exchange.
     Transport(String),
     #[error("the signature of smile id's response did not verify")]
+    /// A signed answer whose signature did not verify.
     BadSignature,
     #[error("smile id has no job with this job_id")]
+    /// Smile ID has no job with this id.
     NotFound,
     #[error("unexpected response from smile id: {0}")]
+    /// An answer this client cannot read.
     Malformed(String),
 }
 
@@ -58,6 +71,7 @@ impl SmileIdError {
         matches!(self, Self::Connect(_))
     }
 
+    /// How long Smile ID asked to wait before the next attempt, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Unavailable { retry_after, .. } => *retry_after,
@@ -80,8 +94,11 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// The step of a submission that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubmitStage {
+    /// `POST /v1/upload`, which makes the job and answers the upload URL.
     PrepUpload,
+    /// Building the zip.
     Package,
+    /// The `PUT` of the zip to the pre-signed URL.
     Upload,
 }
 
@@ -98,11 +115,15 @@ pub enum SubmitOutcome {
 
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("submission failed at {stage:?}: {source}")]
+/// A failed submission: where it failed, what Smile ID may hold, and why.
 pub struct SubmitError {
+    /// The step that failed.
     pub stage: SubmitStage,
+    /// What Smile ID may hold now; it decides whether trying again is safe.
     pub outcome: SubmitOutcome,
     /// Smile ID's job id when the prep upload succeeded before the failure.
     pub smile_job_id: Option<String>,
     #[source]
+    /// The failure itself.
     pub source: SmileIdError,
 }

@@ -1,10 +1,11 @@
-//! Smile ID protocol client. Knows nothing of gRPC or storage.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod callback;
 pub mod client;
 pub mod codes;
+/// Why a call to Smile ID failed, and what Smile ID may hold after a failed submission.
 pub mod error;
 pub mod package;
 pub mod signature;

@@ -1,5 +1,6 @@
 //! The zip uploaded to Smile ID's pre-signed URL: `info.json` first, then one
-//! entry per image file, in the shape the server SDKs produce (sdk-wire-traces §2.3).
+//! entry per image file, in the shape the official server SDKs (smile-identity-core-python,
+//! smile-identity-core-js) produce.
 
 use std::io::{Cursor, Write};
 
@@ -9,22 +10,34 @@ use zip::write::{SimpleFileOptions, ZipWriter};
 
 use super::wire::PartnerParams;
 
+/// The `file_name` announced in the prep upload.
 pub const ZIP_FILE_NAME: &str = "selfie.zip";
+/// The zip entry holding the selfie.
 pub const SELFIE_ENTRY: &str = "selfie.jpg";
+/// `image_type_id` of a selfie sent as a file in the zip.
 pub const IMAGE_TYPE_SELFIE_FILE: u32 = 0;
+/// `image_type_id` of a liveness frame sent as a file in the zip.
 pub const IMAGE_TYPE_LIVENESS_FILE: u32 = 4;
 
 /// Everything `info.json` needs besides the images.
 pub struct PackageInfo<'a> {
+    /// The partner id.
     pub partner_id: &'a str,
+    /// The job's partner params, as sent in the prep upload.
     pub partner_params: &'a PartnerParams,
+    /// Where results go, as sent in the prep upload.
     pub callback_url: Option<&'a str>,
+    /// The signed timestamp of the prep upload.
     pub timestamp: &'a str,
+    /// The signature of the prep upload.
     pub signature: &'a str,
+    /// Whether this resumes an existing job.
     pub retry: bool,
+    /// The pre-signed URL the zip is sent to.
     pub upload_url: &'a str,
 }
 
+/// The zip entry holding liveness frame `index` (from 0).
 pub fn liveness_entry_name(index: usize) -> String {
     format!("liveness_{index}.jpg")
 }

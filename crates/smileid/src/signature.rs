@@ -22,6 +22,7 @@ const SIGNATURE_SUFFIX: &[u8] = b"sid_request";
 pub struct ApiKey(SecretString);
 
 impl ApiKey {
+    /// Wraps `key`; it is shown to nothing but the signing function.
     pub fn new(key: impl Into<String>) -> Self {
         Self(SecretString::from(key.into()))
     }
@@ -32,6 +33,7 @@ impl ApiKey {
             .unwrap_or_else(|_| unreachable!("hmac takes keys of any length"))
     }
 
+    /// Whether the key is empty (a configuration mistake).
     pub fn is_empty(&self) -> bool {
         self.0.expose_secret().is_empty()
     }
@@ -58,6 +60,7 @@ struct Keys {
 }
 
 impl KeyRing {
+    /// A ring whose only key is `key`.
     pub fn new(key: ApiKey) -> Self {
         Self {
             keys: RwLock::new(Keys {
@@ -71,6 +74,7 @@ impl KeyRing {
         self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The key requests are signed with now.
     pub fn current(&self) -> ApiKey {
         self.keys().current.clone()
     }
@@ -111,6 +115,7 @@ impl fmt::Debug for ApiKey {
 pub struct Signature(String);
 
 impl Signature {
+    /// The base64 text sent as `signature`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -126,11 +131,14 @@ impl fmt::Debug for Signature {
 /// one [`KeyRing`], so a rotation reaches every user of the credentials.
 #[derive(Clone, Debug)]
 pub struct Credentials {
+    /// The partner id, digits as Smile ID issues them.
     pub partner_id: String,
+    /// The API keys, shared by every clone.
     pub keys: Arc<KeyRing>,
 }
 
 impl Credentials {
+    /// Credentials with one API key.
     pub fn new(partner_id: impl Into<String>, api_key: ApiKey) -> Self {
         Self {
             partner_id: partner_id.into(),
@@ -240,7 +248,7 @@ mod tests {
         assert!(!creds("085", "other").verify("2026-11-26T10:00:00.000Z", signature.as_str()));
     }
 
-    /// Every vector of smileid-protocol.md §2.3 and sdk-wire-traces.md §5.
+    /// Vectors from Smile ID's signing page and the official SDKs' tests.
     const VECTORS: &[(&str, &str, &str, &str)] = &[
         (
             "085",

@@ -32,11 +32,17 @@ use super::wire::{SOURCE_SDK, SOURCE_SDK_VERSION};
 /// One user-management action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UserAction {
+    /// Let an enrolled user enrol again (`allow_new_enroll`).
     AllowNewEnroll,
+    /// Refuse the user's jobs until reactivated (`active: false`).
     Deactivate,
+    /// Accept the user's jobs again (`active: true`).
     Reactivate,
+    /// Mark the user as fraudulent (`is_fraudulent: true`).
     FlagFraud,
+    /// Clear the fraud mark (`is_fraudulent: false`).
     ClearFraud,
+    /// Delete the user and their enrolment (`delete: true`); it cannot be undone.
     Delete,
 }
 
@@ -71,6 +77,7 @@ impl UserAction {
         }
     }
 
+    /// A short name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AllowNewEnroll => "allow_new_enroll",

@@ -1,6 +1,6 @@
 //! Smile ID v1 JSON shapes as our client sends and reads them.
 //!
-//! Reading is tolerant (smileid-protocol.md §9): numbers may arrive as strings
+//! Reading is tolerant, as the official SDKs are: numbers may arrive as strings
 //! and booleans as `"true"`/`"false"`.
 
 use std::collections::BTreeMap;
@@ -14,49 +14,72 @@ use super::signature::parse_timestamp;
 
 /// `source_sdk` sent on every request, so Smile ID can tell our traffic apart.
 pub const SOURCE_SDK: &str = "selfie-auth";
+/// `source_sdk_version` sent on every request.
 pub const SOURCE_SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// SmartSelfie Authentication: compare a selfie with the enrolled user.
 pub const JOB_TYPE_AUTHENTICATION: u32 = 2;
+/// SmartSelfie Registration: enrol a user.
 pub const JOB_TYPE_REGISTRATION: u32 = 4;
 
 /// Body of `POST /v1/upload`, in the server SDKs' field set.
 #[derive(Serialize)]
 pub struct UploadRequest<'a> {
+    /// Who sends: [`SOURCE_SDK`].
     pub source_sdk: &'a str,
+    /// Its version: [`SOURCE_SDK_VERSION`].
     pub source_sdk_version: &'a str,
+    /// The zip's name.
     pub file_name: &'a str,
+    /// The partner id.
     pub smile_client_id: &'a str,
+    /// The job's ids and type.
     pub partner_params: &'a PartnerParams,
+    /// Always empty for SmartSelfie jobs.
     pub model_parameters: serde_json::Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Where results go.
     pub callback_url: Option<&'a str>,
+    /// Whether to compare with the enrolled image; false, since the selfie is sent.
     pub use_enrolled_image: bool,
+    /// Resume an existing job of this job id.
     pub retry: bool,
     /// Sent only when set, as the SDKs do.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_new_enroll: bool,
+    /// When the request was signed.
     pub timestamp: &'a str,
+    /// The request's signature.
     pub signature: &'a str,
 }
 
 /// `partner_params`: the caller's ids and job type plus extra string keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PartnerParams {
+    /// The partner's id of the user.
     pub user_id: String,
+    /// The partner's id of the job; Smile ID refuses a second job with it (`2215`).
     pub job_id: String,
+    /// [`JOB_TYPE_AUTHENTICATION`] or [`JOB_TYPE_REGISTRATION`].
     pub job_type: u32,
     #[serde(flatten)]
+    /// Further string keys, echoed back in every result.
     pub extra: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
+/// Answer of `POST /v1/upload`.
 pub struct UploadResponse {
+    /// The pre-signed URL the zip goes to (a credential: never logged).
     pub upload_url: String,
     #[serde(deserialize_with = "string_or_number")]
+    /// Smile ID's id of the job.
     pub smile_job_id: String,
     #[serde(default)]
+    /// Smile ID's reference of the upload, when it sends one.
     pub ref_id: Option<String>,
     #[serde(default, deserialize_with = "opt_string_or_number")]
+    /// Smile ID's status code.
     pub code: Option<String>,
 }
 
@@ -64,59 +87,89 @@ pub struct UploadResponse {
 #[derive(Clone, Debug, Deserialize)]
 pub struct ErrorBody {
     #[serde(default)]
+    /// Smile ID's error text.
     pub error: String,
     #[serde(default, deserialize_with = "opt_string_or_number")]
+    /// Smile ID's error code.
     pub code: Option<String>,
 }
 
 /// Body of `POST /v1/job_status`.
 #[derive(Serialize)]
 pub struct JobStatusRequest<'a> {
+    /// The partner id.
     pub partner_id: &'a str,
+    /// The partner's id of the user.
     pub user_id: &'a str,
+    /// The partner's id of the job.
     pub job_id: &'a str,
+    /// Ask for links to the images.
     pub image_links: bool,
+    /// Ask for every result so far.
     pub history: bool,
+    /// Who asks: [`SOURCE_SDK`].
     pub source_sdk: &'a str,
+    /// Its version: [`SOURCE_SDK_VERSION`].
     pub source_sdk_version: &'a str,
+    /// When the request was signed.
     pub timestamp: &'a str,
+    /// The request's signature.
     pub signature: &'a str,
 }
 
 #[derive(Clone, Debug, Deserialize)]
+/// Answer of `POST /v1/job_status`, read tolerantly.
 pub struct JobStatusResponse {
     #[serde(default, deserialize_with = "opt_string_or_number")]
+    /// When Smile ID signed the answer.
     pub timestamp: Option<String>,
     #[serde(default)]
+    /// Smile ID's signature of the answer.
     pub signature: Option<String>,
     #[serde(default, deserialize_with = "bool_or_string")]
+    /// Whether the job is finished.
     pub job_complete: bool,
     #[serde(default, deserialize_with = "bool_or_string")]
+    /// Whether the finished job succeeded.
     pub job_success: bool,
     #[serde(default, deserialize_with = "opt_string_or_number")]
+    /// Smile ID's status code.
     pub code: Option<String>,
     /// An object once the zip was processed; before that a free-text string.
     #[serde(default)]
     pub result: Value,
     #[serde(default)]
+    /// Every result so far, when asked for.
     pub history: Option<Vec<Value>>,
     #[serde(default)]
+    /// Links to the images, when asked for.
     pub image_links: Option<BTreeMap<String, Value>>,
 }
 
 /// One Smile ID result: the `result` of job_status, each `history` entry, and a callback body.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultEntry {
+    /// Smile ID's result code, e.g. `0820` (see [`crate::codes::classify_result`]).
     pub result_code: String,
+    /// Smile ID's wording of the result.
     pub result_text: String,
+    /// The kind of result, e.g. `SAIA`.
     pub result_type: String,
+    /// Smile ID's id of the job.
     pub smile_job_id: String,
+    /// Whether no further result follows.
     pub is_final: bool,
+    /// Whether a machine, not a reviewer, decided.
     pub is_machine_result: bool,
+    /// Smile ID's confidence in the match, 0 to 100.
     pub confidence: f64,
+    /// The checks and their outcomes (`Liveness_Check`: `Passed`, ...).
     pub actions: BTreeMap<String, String>,
+    /// The partner params, echoed back.
     pub partner_params: BTreeMap<String, String>,
+    /// When Smile ID produced the result, when it says.
     pub timestamp: Option<DateTime<Utc>>,
+    /// What the result code means.
     pub decision: Decision,
 }
 
@@ -210,19 +263,23 @@ fn value_to_bool(value: &Value) -> Option<bool> {
     }
 }
 
+/// Serde reader of a string that may arrive as a number.
 pub fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     value_to_string(Value::deserialize(deserializer)?)
         .ok_or_else(|| serde::de::Error::custom("expected a string or a number"))
 }
 
+/// Serde reader of an optional string that may arrive as a number.
 pub fn opt_string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     Ok(value_to_string(Value::deserialize(deserializer)?))
 }
 
+/// Serde reader of a boolean that may arrive as `"true"` / `"false"` (absent or unreadable: false).
 pub fn bool_or_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
     Ok(value_to_bool(&Value::deserialize(deserializer)?).unwrap_or(false))
 }
 
+/// Serde reader of an optional boolean that may arrive as text.
 pub fn opt_bool_or_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
     Ok(value_to_bool(&Value::deserialize(deserializer)?))
 }
