@@ -9,6 +9,12 @@
 //! directory and, when it answers, the local PostgreSQL (`TEST_DATABASE_URL`).
 //! Resident-memory figures come from a separate `selfie-auth serve` process
 //! (built first with `cargo build --release --bin selfie-auth`).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss,
+    reason = "figures for people: counts, bytes and latencies become floats, quantiles become indices"
+)]
 
 use std::fmt::Write as _;
 use std::io::Cursor;
@@ -851,7 +857,7 @@ async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[
     let idle = resident(pid).unwrap_or_default();
     report.row(
         "idle resident memory (serve, SQLite)",
-        format!("{:.1} MiB", idle as f64 / 1048576.0),
+        format!("{:.1} MiB", idle as f64 / 1_048_576.0),
         "-".into(),
         verdict(idle <= 30 * 1000 * 1000, "target <= 30 MB".into()),
     );
@@ -928,8 +934,7 @@ fn process_cpu_seconds() -> f64 {
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or(0)
+        .map_or(0, |addr| addr.port())
 }
 
 fn machine() -> String {
@@ -979,15 +984,14 @@ fn merge_rows(report: &Report, path: &Path, section: &str) -> anyhow::Result<()>
     for [measure, ours, floor, verdict] in &report.rows {
         let row = format!("| {measure} | {ours} | {floor} | {verdict} |");
         let prefix = format!("| {measure} |");
-        match lines.iter().position(|line| line.starts_with(&prefix)) {
-            Some(at) => lines[at] = row,
-            None => {
-                let last = lines
-                    .iter()
-                    .rposition(|line| line.starts_with('|'))
-                    .unwrap_or(lines.len() - 1);
-                lines.insert(last + 1, row);
-            }
+        if let Some(at) = lines.iter().position(|line| line.starts_with(&prefix)) {
+            lines[at] = row
+        } else {
+            let last = lines
+                .iter()
+                .rposition(|line| line.starts_with('|'))
+                .unwrap_or(lines.len() - 1);
+            lines.insert(last + 1, row);
         }
     }
     // A note replaces the one with the same lead (its words before the first colon).

@@ -6,6 +6,7 @@
 //! of its own: `jobs` uses its value types (results, codes), never its client.
 //! `server` wires everything and is the one place that knows concrete types.
 #![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
 
 pub mod auth;
 pub mod callbacks;
@@ -27,6 +28,17 @@ pub use ::smileid;
 /// The Smile ID simulator (`crates/smileid-simulator`), behind the default `simulator` feature.
 #[cfg(feature = "simulator")]
 pub use ::smileid_simulator as simulator;
+
+/// `bytes` as lowercase hexadecimal.
+pub(crate) fn lower_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
 
 /// The cells of each row of `document`'s table under `header`, for tests that
 /// keep the docs true to the code.

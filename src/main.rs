@@ -1,5 +1,6 @@
 //! The `selfie-auth` command line.
 #![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
 
 use anyhow::Context as _;
 use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};

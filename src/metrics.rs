@@ -6,6 +6,7 @@
 //! units in the names. Labels only ever take values from fixed sets (methods,
 //! codes, outcomes), never ids, so series stay few.
 
+use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -211,7 +212,8 @@ impl Default for Metrics {
 
 impl Metrics {
     fn register(&mut self) {
-        let registry = &mut self.registry;
+        // Taken out while the groups below register into it, which borrow the handles.
+        let mut registry = std::mem::take(&mut self.registry);
         registry.register_with_unit(
             "rpc_server_duration",
             "Duration of SelfieAuth gRPC calls (streams: until they end), by method and gRPC status code",
@@ -219,6 +221,15 @@ impl Metrics {
             self.rpc_duration.clone(),
         );
         let ours = registry.sub_registry_with_prefix("selfie_auth");
+        self.register_calls(ours);
+        self.register_jobs(ours);
+        self.register_upstreams(ours);
+        registry.register_collector(Box::new(ProcessCollector));
+        self.registry = registry;
+    }
+
+    /// Calls, their refusals, streams and readiness.
+    fn register_calls(&self, ours: &mut Registry) {
         ours.register(
             "calls_in_flight",
             "SelfieAuth calls being served",
@@ -255,6 +266,10 @@ impl Metrics {
             "1 when this replica serves (its store is open and it is not shutting down), else 0",
             self.ready.clone(),
         );
+    }
+
+    /// Jobs, their events, callbacks and key rotations.
+    fn register_jobs(&self, ours: &mut Registry) {
         ours.register("jobs_created", "Jobs created", self.jobs_created.clone());
         ours.register(
             "api_key_rotations",
@@ -278,6 +293,10 @@ impl Metrics {
              refused_malformed, too_large, timeout, busy, not_stored)",
             self.callbacks.clone(),
         );
+    }
+
+    /// Smile ID, the job store and the reconciler.
+    fn register_upstreams(&self, ours: &mut Registry) {
         ours.register_with_unit(
             "smileid_request_duration",
             "Duration of Smile ID operations (submit: prep upload, zip and upload; job_status) by outcome",
@@ -311,7 +330,6 @@ impl Metrics {
             Unit::Seconds,
             self.oldest_unfinished_job_age.clone(),
         );
-        registry.register_collector(Box::new(ProcessCollector));
     }
 
     /// Every series an alert or the dashboard reads, at zero, so that `rate()`
@@ -466,7 +484,7 @@ fn openmetrics_to_text(openmetrics: &str) -> String {
             .find_map(|prefix| line.strip_prefix(prefix).map(|rest| (prefix, rest)));
         match described.and_then(|(prefix, rest)| rest.split_once(' ').map(|(name, tail)| (prefix, name, tail))) {
             Some((prefix, name, tail)) if counters.contains(name) => {
-                text.push_str(&format!("{prefix}{name}_total {tail}\n"));
+                let _ = writeln!(text, "{prefix}{name}_total {tail}");
             }
             _ => {
                 text.push_str(line);
@@ -535,9 +553,10 @@ impl ProcessSample {
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let field = |index: usize| fields.get(index).and_then(|value| value.parse::<f64>().ok());
         let (utime, stime, start_ticks) = (field(11)?, field(12)?, field(19)?);
-        let virtual_bytes = field(20)?;
-        let resident_pages = field(21)?;
-        let page_size = 4096.0;
+        let int_field = |index: usize| fields.get(index).and_then(|value| value.parse::<i64>().ok());
+        let virtual_bytes = int_field(20)?;
+        let resident_pages = int_field(21)?;
+        let page_size = 4096;
         let boot_time = std::fs::read_to_string("/proc/stat")
             .ok()?
             .lines()
@@ -546,8 +565,8 @@ impl ProcessSample {
         let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
         Some(Self {
             cpu_seconds: (utime + stime) / TICKS_PER_SECOND,
-            resident_bytes: (resident_pages * page_size) as i64,
-            virtual_bytes: virtual_bytes as i64,
+            resident_bytes: resident_pages.saturating_mul(page_size),
+            virtual_bytes,
             open_fds: i64::try_from(open_fds).unwrap_or(i64::MAX),
             start_time_seconds: boot_time + start_ticks / TICKS_PER_SECOND,
         })

@@ -55,8 +55,7 @@ async fn post_all(url: &str, bodies: Vec<Value>) -> Vec<u16> {
                 .json(&body)
                 .send()
                 .await
-                .map(|response| response.status().as_u16())
-                .unwrap_or(0)
+                .map_or(0, |response| response.status().as_u16())
         }
     });
     futures::future::join_all(posts).await
@@ -68,7 +67,7 @@ fn job_status_calls(sim: &RunningSimulator, job_id: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_callbacks_cost_no_upstream_calls() {
-    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(600)).await;
+    let sim = start_simulator(|config| config.review_delay = Duration::from_mins(10)).await;
     sim.set_callback_mode(CallbackMode::Drop);
     let dir = tempfile::tempdir().expect("tempdir");
     let service = start_service(config_with(&sim, &sqlite_url(&dir), &["--reconcile-after", "10m"])).await;
@@ -122,7 +121,7 @@ async fn a_callback_smile_id_cannot_confirm_yet_is_kept_until_it_can() {
     let flags = ["--reconcile-after", "10m", "--reconcile-max-interval", "10m"];
     let mut config = config_with(&sim, &sqlite_url(&dir), &flags);
     // This first replica's reconciler stays idle: only the restarted one confirms.
-    config.service.reconcile.tick = Duration::from_secs(3600);
+    config.service.reconcile.tick = Duration::from_hours(1);
     let database_url = config.database_url.clone();
     let service = start_service(config).await;
     let mut client = service.client().await;

@@ -164,7 +164,9 @@ async fn a_java_caller_built_from_the_protos_passes_every_check() {
         .filter(|path| {
             let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
             name.starts_with("netty-")
-                && name.ends_with(".jar")
+                && std::path::Path::new(name)
+                    .extension()
+                    .is_some_and(|ext| ext.eq_ignore_ascii_case("jar"))
                 && !name.starts_with("netty-all")
                 && !name.trim_end_matches(".jar").ends_with(|c: char| c.is_ascii_digit())
         })

@@ -352,7 +352,7 @@ async fn a_tls_connection_must_send_its_preface_within_the_header_timeout_too() 
         let closed = loop {
             match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut tls, &mut buffer)).await {
                 Ok(Ok(0) | Err(_)) => break true,
-                Ok(Ok(_)) => continue,
+                Ok(Ok(_)) => {}
                 Err(_) => break false,
             }
         };

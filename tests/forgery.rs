@@ -325,7 +325,7 @@ async fn post(url: &str, body: &serde_json::Value) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_forgery_costs_nothing_and_probes_nothing() {
-    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(600)).await;
+    let sim = start_simulator(|config| config.review_delay = Duration::from_mins(10)).await;
     sim.set_callback_mode(CallbackMode::Drop);
     let dir = tempfile::tempdir().expect("tempdir");
     let database = sqlite_url(&dir);

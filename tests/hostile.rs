@@ -294,12 +294,12 @@ async fn stream_positions_are_checked_and_heartbeats_carry_one() {
 /// A PNG of `side` x `side` black RGB pixels: tiny on the wire, `side² × 3` bytes decoded.
 fn png_bomb(side: u32) -> Vec<u8> {
     use std::io::Write as _;
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    fn chunk(out: &mut Vec<u8>, kind: [u8; 4], data: &[u8]) {
         out.extend_from_slice(&u32::try_from(data.len()).expect("small").to_be_bytes());
-        out.extend_from_slice(kind);
+        out.extend_from_slice(&kind);
         out.extend_from_slice(data);
         let mut crc = flate2::Crc::new();
-        crc.update(kind);
+        crc.update(&kind);
         crc.update(data);
         out.extend_from_slice(&crc.sum().to_be_bytes());
     }
@@ -314,9 +314,9 @@ fn png_bomb(side: u32) -> Vec<u8> {
     }
     let data = deflate.finish().expect("finish");
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    chunk(&mut png, b"IHDR", &header);
-    chunk(&mut png, b"IDAT", &data);
-    chunk(&mut png, b"IEND", &[]);
+    chunk(&mut png, *b"IHDR", &header);
+    chunk(&mut png, *b"IDAT", &data);
+    chunk(&mut png, *b"IEND", &[]);
     png
 }
 

@@ -40,7 +40,7 @@ async fn metric(service: &TestService, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_mid_run_loses_no_callback() {
-    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(600)).await;
+    let sim = start_simulator(|config| config.review_delay = Duration::from_mins(10)).await;
     sim.set_callback_mode(CallbackMode::Drop);
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = dir.path().join("api-key");

@@ -1,5 +1,6 @@
 //! The API key, signatures and image bytes never reach the logs, even at debug level.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,7 +119,10 @@ async fn secrets_signatures_and_images_stay_out_of_the_logs() {
     for image in std::iter::once(&selfie).chain(&liveness) {
         let encoded = base64::engine::general_purpose::STANDARD.encode(&image[20..68]);
         assert!(!logs.contains(&encoded[..40]), "image bytes leaked as base64");
-        let hex: String = image[20..44].iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = image[20..44].iter().fold(String::new(), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        });
         assert!(!logs.contains(&hex), "image bytes leaked as hex");
         let debug_bytes = format!("{:?}", &image[20..32]);
         assert!(

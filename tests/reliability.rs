@@ -71,27 +71,26 @@ async fn all_final(client: &Client, within: Duration) -> Vec<pb::Job> {
         }
     })
     .await;
-    match final_jobs {
-        Some(jobs) => jobs,
-        None => {
-            let mut stuck = Vec::new();
-            for index in 0..JOBS {
-                if let Ok(job) = client
-                    .clone()
-                    .get_job(pb::GetJobRequest {
-                        job_id: job_id(index),
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    let job = job.into_inner();
-                    if !matches!(job.state(), pb::JobState::Completed | pb::JobState::Failed) {
-                        stuck.push(format!("{} {:?} {:?}", job.job_id, job.state(), job.error));
-                    }
+    if let Some(jobs) = final_jobs {
+        jobs
+    } else {
+        let mut stuck = Vec::new();
+        for index in 0..JOBS {
+            if let Ok(job) = client
+                .clone()
+                .get_job(pb::GetJobRequest {
+                    job_id: job_id(index),
+                    ..Default::default()
+                })
+                .await
+            {
+                let job = job.into_inner();
+                if !matches!(job.state(), pb::JobState::Completed | pb::JobState::Failed) {
+                    stuck.push(format!("{} {:?} {:?}", job.job_id, job.state(), job.error));
                 }
             }
-            panic!("jobs not final in time: {stuck:?}");
         }
+        panic!("jobs not final in time: {stuck:?}");
     }
 }
 
@@ -160,7 +159,7 @@ async fn crash_twice(database_url: &str) {
     let mut served = ServeProcess::start(binary, &sim.v1_url(), &env).await;
     let addr = format!("http://{grpc_addr}");
     let callers: Vec<_> = (0..JOBS)
-        .map(|index| tokio::spawn(submit_until_accepted(addr.clone(), index, Duration::from_secs(60))))
+        .map(|index| tokio::spawn(submit_until_accepted(addr.clone(), index, Duration::from_mins(1))))
         .collect();
     for pause in [Duration::from_millis(300), Duration::from_millis(700)] {
         tokio::time::sleep(pause).await;
@@ -170,7 +169,7 @@ async fn crash_twice(database_url: &str) {
     for caller in callers {
         caller.await.expect("caller").expect("accepted");
     }
-    let jobs = all_final(&served.client().await, Duration::from_secs(60)).await;
+    let jobs = all_final(&served.client().await, Duration::from_mins(1)).await;
     assert_faithful(&sim, &jobs).await;
     served.kill().await;
 }
@@ -280,7 +279,7 @@ async fn every_job_is_final_within_its_bound_under_upstream_faults() {
         })
     };
     let callers: Vec<_> = (0..JOBS)
-        .map(|index| tokio::spawn(submit_until_accepted(addr.clone(), index, Duration::from_secs(60))))
+        .map(|index| tokio::spawn(submit_until_accepted(addr.clone(), index, Duration::from_mins(1))))
         .collect();
     for caller in callers {
         caller.await.expect("caller").expect("accepted");

@@ -44,7 +44,7 @@ async fn metric(service: &TestService, name: &str) -> u64 {
 }
 
 fn kinds(events: &[pb::JobEvent]) -> Vec<pb::JobEventKind> {
-    events.iter().map(|event| event.kind()).collect()
+    events.iter().map(selfie_auth::grpc::pb::JobEvent::kind).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +107,7 @@ async fn a_stream_resumes_on_another_replica_when_its_replica_dies() {
     // Events already on the wire may still arrive; the stream then ends with UNAVAILABLE.
     let ended = loop {
         match next_event(&mut on_c, Duration::from_secs(5)).await {
-            Some(Ok(event)) if event.kind() == pb::JobEventKind::Heartbeat => continue,
+            Some(Ok(event)) if event.kind() == pb::JobEventKind::Heartbeat => {}
             Some(Ok(event)) => head.push(event),
             other => break other,
         }
@@ -121,7 +121,10 @@ async fn a_stream_resumes_on_another_replica_when_its_replica_dies() {
     let tail = collect_events(&mut on_a, 10).await;
     let sequences: Vec<u64> = head.iter().chain(&tail).map(|e| e.sequence).collect();
     assert_eq!(sequences, [1, 2, 3, 4], "no gap and no duplicate across replicas");
-    assert_eq!(tail.last().map(|e| e.kind()), Some(pb::JobEventKind::FinalResult));
+    assert_eq!(
+        tail.last().map(selfie_auth::grpc::pb::JobEvent::kind),
+        Some(pb::JobEventKind::FinalResult)
+    );
     for service in [a, b] {
         service.running.shutdown().await;
     }
@@ -245,7 +248,7 @@ async fn an_unreachable_database_loses_no_acknowledged_callback_and_readiness_fo
     sim.set_callback_mode(CallbackMode::Drop);
     let mut settings = config_for(&sim, &pg_url_via(&url, proxy.addr));
     settings.service.confirm_callbacks = false;
-    settings.service.reconcile.first_delay = Duration::from_secs(600);
+    settings.service.reconcile.first_delay = Duration::from_mins(10);
     settings.database_limits.acquire_timeout = Duration::from_millis(500);
     settings.database_limits.statement_timeout = Duration::from_millis(500);
     let service = start_service(settings).await;
@@ -270,13 +273,7 @@ async fn an_unreachable_database_loses_no_acknowledged_callback_and_readiness_fo
             "PartnerParams": {"job_id": format!("db-{i}"), "user_id": ENROLLED_USER, "job_type": 2},
             "timestamp": timestamp, "signature": signature.as_str()});
         let request = http.post(&service.callback_url).json(&body);
-        async move {
-            request
-                .send()
-                .await
-                .map(|response| response.status().as_u16())
-                .unwrap_or(0)
-        }
+        async move { request.send().await.map_or(0, |response| response.status().as_u16()) }
     };
     let mut acknowledged = Vec::new();
     assert_eq!(post_callback(0).await, 200);
@@ -367,7 +364,7 @@ async fn a_stream_catches_up_after_its_replicas_listener_connection_drops() {
     let quiet = |database_url: &str| {
         let mut settings = replica_settings(&sim, database_url);
         settings.service.confirm_callbacks = false;
-        settings.service.reconcile.first_delay = Duration::from_secs(600);
+        settings.service.reconcile.first_delay = Duration::from_mins(10);
         settings.readiness_interval = Duration::from_secs(30);
         settings
     };

@@ -122,7 +122,7 @@ async fn a_users_jobs_are_erased_after_their_last_activity() {
                 announced = true;
                 break;
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => {}
             _ => break,
         }
     }

@@ -19,7 +19,7 @@ async fn setup() -> (RunningSimulator, TestService, tempfile::TempDir) {
 use selfie_auth::simulator::RunningSimulator;
 
 fn kinds(events: &[pb::JobEvent]) -> Vec<pb::JobEventKind> {
-    events.iter().map(|event| event.kind()).collect()
+    events.iter().map(selfie_auth::grpc::pb::JobEvent::kind).collect()
 }
 
 #[tokio::test]
@@ -909,7 +909,7 @@ async fn duplicated_and_reordered_callbacks_change_nothing_twice() {
     let mut settings = config_for(&sim, &sqlite_url(&dir));
     // Confirmation would hide the callback body's order; test the callback path itself.
     settings.service.confirm_callbacks = false;
-    settings.service.reconcile.first_delay = Duration::from_secs(60);
+    settings.service.reconcile.first_delay = Duration::from_mins(1);
     let service = start_service(settings).await;
     let mut client = service.client().await;
 
@@ -994,7 +994,7 @@ async fn dropped_callbacks_are_recovered_by_the_reconciler() {
 
 #[tokio::test]
 async fn jobs_without_a_final_result_fail_after_the_give_up_time() {
-    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(60)).await;
+    let sim = start_simulator(|config| config.review_delay = Duration::from_mins(1)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = config_for(&sim, &sqlite_url(&dir));
     settings.service.reconcile.give_up_after = Duration::from_millis(800);
@@ -1004,7 +1004,10 @@ async fn jobs_without_a_final_result_fail_after_the_give_up_time() {
     client.submit_authentication(request).await.expect("submit");
     let mut stream = watch(&mut client, "giveup-1", 0).await;
     let events = collect_events(&mut stream, 10).await;
-    assert_eq!(events.last().map(|e| e.kind()), Some(pb::JobEventKind::Failed));
+    assert_eq!(
+        events.last().map(selfie_auth::grpc::pb::JobEvent::kind),
+        Some(pb::JobEventKind::Failed)
+    );
     let job = events.last().and_then(|e| e.job.clone()).expect("job");
     assert_eq!(job.state(), pb::JobState::Failed);
     assert_eq!(job.error.expect("error").code, Code::DeadlineExceeded as i32);
@@ -1149,7 +1152,7 @@ async fn a_restart_on_the_same_sqlite_file_keeps_every_job_and_event() {
 
 #[tokio::test]
 async fn shutdown_ends_streams_with_unavailable_and_health_follows() {
-    let (_sim, service, _dir) = simulator_and_service(|config| config.review_delay = Duration::from_secs(60)).await;
+    let (_sim, service, _dir) = simulator_and_service(|config| config.review_delay = Duration::from_mins(1)).await;
     let mut client = service.client().await;
     let channel = service.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -1191,7 +1194,7 @@ async fn shutdown_ends_streams_with_unavailable_and_health_follows() {
     );
     let ended = loop {
         match next_event(&mut stream, Duration::from_secs(5)).await {
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => {}
             other => break other,
         }
     };

@@ -32,7 +32,9 @@ async fn submit(
     callback: Option<&str>,
 ) -> Result<String, selfie_auth::smileid::SubmitError> {
     let selfie = bytes::Bytes::from(jpeg(64, 64, 1));
-    let frames: Vec<Bytes> = (0..liveness).map(|i| Bytes::from(jpeg(32, 32, i as u8))).collect();
+    let frames: Vec<Bytes> = (0..liveness)
+        .map(|i| Bytes::from(jpeg(32, 32, u8::try_from(i).expect("a few frames"))))
+        .collect();
     let job = JobSubmission {
         partner_params: params,
         callback_url: callback,
@@ -170,7 +172,7 @@ async fn sandbox_results_and_provisional_to_final() {
         let verified = verify_callback(
             &serde_json::to_vec(body).expect("json"),
             &credentials(),
-            Duration::from_secs(300),
+            Duration::from_mins(5),
             chrono::Utc::now(),
         )
         .expect("callback signature verifies");
@@ -343,7 +345,7 @@ async fn response_signatures_are_verified_in_both_directions() {
     // Our requests signed with the wrong key are refused by the simulator.
     let before = sim.counters().signature_failures;
     let wrong = client_with(&sim, |config| {
-        config.credentials = Credentials::new(PARTNER_ID, ApiKey::new("nope"))
+        config.credentials = Credentials::new(PARTNER_ID, ApiKey::new("nope"));
     });
     assert!(matches!(
         wrong.job_status(ENROLLED_USER, "sig-1", StatusOptions::default()).await,
@@ -791,7 +793,7 @@ async fn simulator_serves_https_when_given_a_certificate() {
         config.tls = Some(selfie_auth::simulator::TlsFiles {
             cert: cert_path.clone(),
             key: key_path.clone(),
-        })
+        });
     })
     .await;
     assert!(sim.url().starts_with("https://"));
@@ -919,7 +921,7 @@ async fn user_management_is_signed_and_has_every_consequence_smile_id_documents(
     let sim = start_simulator(|_| {}).await;
     let client = client_with(&sim, |config| config.contact_email = Some("ops@example.com".into()));
     let wrong = client_with(&sim, |config| {
-        config.credentials = Credentials::new(PARTNER_ID, ApiKey::new("nope"))
+        config.credentials = Credentials::new(PARTNER_ID, ApiKey::new("nope"));
     });
     assert!(matches!(
         wrong.manage_user(ENROLLED_USER, UserAction::Delete).await,

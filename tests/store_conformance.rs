@@ -215,7 +215,12 @@ async fn listing_pages_newest_first_by_filter(store: SharedStore) {
         .enumerate()
     {
         let mut new = job(&format!("j{index}"), user);
-        new.created_at = base + chrono::Duration::minutes(if index == 4 { 3 } else { index as i64 });
+        new.created_at = base
+            + chrono::Duration::minutes(if index == 4 {
+                3
+            } else {
+                i64::try_from(index).expect("a few jobs")
+            });
         if index % 2 == 1 {
             new.kind = JobKind::Enrollment;
         }

@@ -1,6 +1,7 @@
 //! Spans reach an OTLP collector (a fake one on 127.0.0.1:0), continue the
 //! caller's W3C trace, and carry no secrets or image bytes.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
@@ -94,7 +95,12 @@ async fn grpc_calls_are_traced_as_children_of_the_callers_trace() {
         .expect("flush");
 
     let spans = collector.spans.lock().expect("lock").clone();
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let hex = |bytes: &[u8]| {
+        bytes.iter().fold(String::new(), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+    };
     let submit = spans
         .iter()
         .find(|span| span.name == "selfieauth.v1.SelfieAuth/SubmitAuthentication")

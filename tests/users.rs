@@ -31,7 +31,7 @@ async fn next_change(stream: &mut tonic::Streaming<pb::JobEvent>) -> Option<pb::
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
         match next_event(stream, Duration::from_secs(10)).await {
-            Some(Ok(event)) if event.kind() == pb::JobEventKind::Heartbeat => continue,
+            Some(Ok(event)) if event.kind() == pb::JobEventKind::Heartbeat => {}
             Some(Ok(event)) => return Some(event),
             _ => return None,
         }
@@ -360,7 +360,7 @@ async fn erase_with_streams_open(sim: &RunningSimulator, deleting: &TestService,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_user_erases_them_on_sqlite() {
-    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(60)).await;
+    let sim = start_simulator(|config| config.review_delay = Duration::from_mins(1)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let service = start_service(config_for(&sim, &sqlite_url(&dir))).await;
     erase_with_streams_open(&sim, &service, &service).await;
@@ -370,7 +370,7 @@ async fn deleting_a_user_erases_them_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_user_on_one_replica_erases_them_on_every_replica() {
     let Some(url) = pg_schema_url().await else { return };
-    let sim = start_simulator(|config| config.review_delay = Duration::from_secs(60)).await;
+    let sim = start_simulator(|config| config.review_delay = Duration::from_mins(1)).await;
     let watching = start_service(config_for(&sim, &url)).await;
     // Smile ID posts every callback to the replica holding the streams.
     let mut settings = config_for(&sim, &url);

@@ -274,7 +274,7 @@ pub async fn beside_an_attacker(report: &mut Report, sim: &RunningSimulator) -> 
     );
     report.row(
         "under attack: peak resident memory (serve)",
-        format!("{:.0} MiB", peak as f64 / 1048576.0),
+        format!("{:.0} MiB", peak as f64 / 1_048_576.0),
         "the chart's limit: 512 MiB".into(),
         verdict(peak <= CHART_MEMORY_LIMIT, "target <= the chart's limit".into()),
     );

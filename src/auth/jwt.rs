@@ -161,7 +161,13 @@ impl JwtVerifier {
                 // NumericDate may carry a fraction; whole seconds are enough here.
                 Some(value) => value
                     .as_f64()
-                    .map(|at| Some(at as i64))
+                    .map(|at| {
+                        #[expect(
+                            clippy::cast_possible_truncation,
+                            reason = "saturating: a time beyond i64 seconds is never valid"
+                        )]
+                        Some(at as i64)
+                    })
                     .ok_or("a time claim is not a number"),
             }
         };
@@ -359,7 +365,7 @@ mod tests {
 
     #[test]
     fn not_before_and_lifetime_are_enforced() {
-        let issuer = Issuer::new(Duration::from_secs(3600));
+        let issuer = Issuer::new(Duration::from_hours(1));
         assert_eq!(issuer.check(claims(serde_json::json!({})), NOW), Ok("svc".into()));
         assert_eq!(
             issuer.check(claims(serde_json::json!({"nbf": NOW + 30})), NOW),
@@ -382,7 +388,7 @@ mod tests {
 
     #[test]
     fn forged_and_downgraded_tokens_are_refused() {
-        let issuer = Issuer::new(Duration::from_secs(3600));
+        let issuer = Issuer::new(Duration::from_hours(1));
         let valid = issuer.sign(
             &serde_json::json!({"alg": "ES256", "kid": "k1"}),
             &claims(serde_json::json!({})),
@@ -439,7 +445,7 @@ mod tests {
         let path = dir.path().join("jwks.json");
         let load = |jwks: Value| {
             std::fs::write(&path, jwks.to_string()).expect("write");
-            JwtVerifier::open(&path, "iss", "aud", Duration::from_secs(60))
+            JwtVerifier::open(&path, "iss", "aud", Duration::from_mins(1))
         };
         let modulus_512 = encode(&[0xc3; 64]);
         let error = load(serde_json::json!({"keys": [{"kty": "RSA", "kid": "old", "n": modulus_512, "e": "AQAB"}]}))

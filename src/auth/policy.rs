@@ -382,7 +382,7 @@ impl PolicySource {
                     info!(path = %path.display(), "authorization policy reloaded");
                 }
                 Err(error) => {
-                    warn!(path = %path.display(), %error, "authorization policy not reloaded; the last one stays")
+                    warn!(path = %path.display(), %error, "authorization policy not reloaded; the last one stays");
                 }
             }
         }

@@ -64,7 +64,7 @@ impl RateLimits {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if buckets.len() >= BUCKETS_KEPT {
-            let full_after = |bucket: &Bucket| now.duration_since(bucket.at) > Duration::from_secs(600);
+            let full_after = |bucket: &Bucket| now.duration_since(bucket.at) > Duration::from_mins(10);
             buckets.retain(|_, bucket| !full_after(bucket));
         }
         let bucket = buckets.entry((identity.as_str().to_owned(), spend)).or_insert(Bucket {

@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn a_delivery_is_taken_once_until_forgotten() {
-        let seen = SeenDeliveries::new(Duration::from_secs(600), 3);
+        let seen = SeenDeliveries::new(Duration::from_mins(10), 3);
         assert!(seen.first_time("t1", "job-1"));
         assert!(!seen.first_time("t1", "job-1"), "a replay");
         assert!(seen.first_time("t1", "job-2"), "another job");

@@ -3,6 +3,7 @@
 //! one per line, and errors as JSON on stderr. Exit codes tell failures apart
 //! (see [`exit_code`]).
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -238,11 +239,11 @@ fn error_text(failure: &Failure) -> String {
     let details = status.get_error_details();
     let mut text = format!("error: {:?}: {}", status.code(), status.message());
     if let Some(info) = details.error_info() {
-        text.push_str(&format!(" [{}]", info.reason));
+        let _ = write!(text, " [{}]", info.reason);
     }
     if let Some(bad_request) = details.bad_request() {
         for violation in &bad_request.field_violations {
-            text.push_str(&format!("\n  {}: {}", violation.field, violation.description));
+            let _ = write!(text, "\n  {}: {}", violation.field, violation.description);
         }
     }
     text

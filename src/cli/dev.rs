@@ -129,6 +129,11 @@ fn print_banner(
 
 /// A synthetic 320x320 JPEG to try the service with (the simulator judges by
 /// `sandbox_result`, not by the face).
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    reason = "pixel coordinates below 320 are exact as f32 and halve into a byte"
+)]
 fn write_sample_selfie(path: &Path) -> anyhow::Result<()> {
     let image = image::RgbImage::from_fn(320, 320, |x, y| {
         let dx = x as f32 - 160.0;

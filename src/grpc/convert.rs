@@ -13,7 +13,8 @@ use crate::users::{Operation, Standing, UserView};
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
+        // Below 2e9 (a leap second included), so it always fits.
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(999_999_999),
     }
 }
 

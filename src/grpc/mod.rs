@@ -320,9 +320,9 @@ impl SelfieAuthApi {
             partner_params: submission.partner_params.into_iter().collect(),
             allow_new_enroll,
         };
-        let wait = budget
-            .map(|budget| budget.saturating_sub(DEADLINE_MARGIN))
-            .unwrap_or(service.config().default_wait);
+        let wait = budget.map_or(service.config().default_wait, |budget| {
+            budget.saturating_sub(DEADLINE_MARGIN)
+        });
         let deadline = tokio::time::Instant::now() + wait;
         let mut output = service
             .submit(request, deadline)

@@ -266,7 +266,7 @@ impl Limited {
                     Poll::Ready(()) => Poll::Ready(Some(Err(self.timed_out()))),
                     Poll::Pending => Poll::Pending,
                 },
-                ready => ready,
+                ready @ Poll::Ready(_) => ready,
             })
             .await;
             match frame {

@@ -200,6 +200,7 @@ pub mod tests {
 
     use super::*;
 
+    #[expect(clippy::cast_possible_truncation, reason = "pixel patterns wrap on purpose")]
     pub fn encode(side: u32, seed: u8) -> Vec<u8> {
         let image = image::RgbImage::from_fn(side, side, |x, y| {
             image::Rgb([(x as u8).wrapping_mul(seed), (y as u8) ^ seed, seed])

@@ -44,13 +44,10 @@ fn fingerprint(filter: &JobFilter) -> String {
         "{}\u{0}{}\u{0}{}\u{0}{}",
         filter.owner.as_deref().unwrap_or_default(),
         filter.user_id.as_deref().unwrap_or_default(),
-        filter.state.map(|state| state.as_str()).unwrap_or_default(),
-        filter.kind.map(|kind| kind.as_str()).unwrap_or_default()
+        filter.state.map(super::model::JobState::as_str).unwrap_or_default(),
+        filter.kind.map(super::model::JobKind::as_str).unwrap_or_default()
     );
-    Sha256::digest(text.as_bytes())[..8]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    crate::lower_hex(&Sha256::digest(text.as_bytes())[..8])
 }
 
 /// The token that continues `filter`'s listing after `cursor`.

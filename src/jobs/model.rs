@@ -528,7 +528,7 @@ pub const SCOPE_SEPARATOR: char = '~';
 pub fn scoped_job_id(job_id: &str, owner: &str) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(owner.as_bytes());
-    let scope: String = digest.iter().take(6).map(|byte| format!("{byte:02x}")).collect();
+    let scope: String = crate::lower_hex(&digest[..6]);
     format!("{job_id}{SCOPE_SEPARATOR}{scope}")
 }
 
@@ -916,7 +916,7 @@ mod tests {
         let policy = ReconcilePolicy {
             first_delay: std::time::Duration::from_secs(10),
             max_delay: std::time::Duration::from_secs(40),
-            give_up_after: std::time::Duration::from_secs(3600),
+            give_up_after: std::time::Duration::from_hours(1),
             ..ReconcilePolicy::default()
         };
         let mut job = submitted();
@@ -963,7 +963,7 @@ mod tests {
     #[test]
     fn a_job_smile_id_never_received_is_abandoned_sooner() {
         let policy = ReconcilePolicy {
-            abandon_after: std::time::Duration::from_secs(600),
+            abandon_after: std::time::Duration::from_mins(10),
             ..ReconcilePolicy::default()
         };
         let mut job = Job::for_test("j", "u");

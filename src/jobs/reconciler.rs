@@ -38,12 +38,12 @@ pub struct ReconcilePolicy {
 impl Default for ReconcilePolicy {
     fn default() -> Self {
         Self {
-            first_delay: Duration::from_secs(120),
-            max_delay: Duration::from_secs(15 * 60),
-            give_up_after: Duration::from_secs(24 * 3600),
-            abandon_after: Duration::from_secs(15 * 60),
+            first_delay: Duration::from_mins(2),
+            max_delay: Duration::from_mins(15),
+            give_up_after: Duration::from_hours(24),
+            abandon_after: Duration::from_mins(15),
             tick: Duration::from_secs(1),
-            lease: Duration::from_secs(60),
+            lease: Duration::from_mins(1),
             batch: 50,
         }
     }
@@ -134,9 +134,9 @@ impl JobService {
                 self.metrics
                     .reconciler_due_jobs
                     .set(i64::try_from(backlog.due).unwrap_or(i64::MAX));
-                let age = backlog
-                    .oldest_unfinished
-                    .map_or(0.0, |created| (now - created).num_milliseconds().max(0) as f64 / 1000.0);
+                let age = backlog.oldest_unfinished.map_or(0.0, |created| {
+                    (now - created).to_std().unwrap_or_default().as_secs_f64()
+                });
                 self.metrics.oldest_unfinished_job_age.set(age);
             }
             Err(error) => debug!(error = %error, "could not measure the reconciler backlog"),

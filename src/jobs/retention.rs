@@ -34,7 +34,7 @@ impl RetentionPolicy {
     pub fn keeping(keep_for: Duration) -> Self {
         Self {
             keep_for,
-            every: (keep_for / 4).clamp(Duration::from_secs(1), Duration::from_secs(300)),
+            every: (keep_for / 4).clamp(Duration::from_secs(1), Duration::from_mins(5)),
         }
     }
 }

@@ -58,10 +58,10 @@ impl Default for ServiceConfig {
             reconcile: ReconcilePolicy::default(),
             image_limits: ImageLimits::default(),
             submit_lease: Duration::from_secs(15),
-            submit_retry_budget: Duration::from_secs(120),
+            submit_retry_budget: Duration::from_mins(2),
             submission_memory_bytes: 256 * 1024 * 1024,
             max_open_streams: 10_000,
-            default_wait: Duration::from_secs(60),
+            default_wait: Duration::from_mins(1),
             sandbox_params_allowed: true,
             users: UserConfig::default(),
         }

@@ -539,6 +539,7 @@ pub fn result(code: &str, is_final: bool) -> crate::smileid::ResultEntry {
 }
 
 /// A valid submission of a small generated JPEG; `seed` varies the content.
+#[expect(clippy::cast_possible_truncation, reason = "pixel patterns wrap on purpose")]
 pub fn submission(user_id: &str, job_id: &str, seed: u8) -> super::SubmitRequest {
     let image = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8, y as u8, seed]));
     let mut jpeg = std::io::Cursor::new(Vec::new());

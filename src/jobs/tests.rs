@@ -322,7 +322,7 @@ async fn a_job_smile_id_never_received_is_abandoned_and_a_later_result_still_com
     let h = Harness::new(ServiceConfig {
         submit_retry_budget: Duration::ZERO,
         reconcile: ReconcilePolicy {
-            abandon_after: Duration::from_secs(600),
+            abandon_after: Duration::from_mins(10),
             ..ReconcilePolicy::default()
         },
         ..ServiceConfig::default()
@@ -445,7 +445,7 @@ async fn the_reconciler_polls_due_jobs_backs_off_and_gives_up() {
         reconcile: ReconcilePolicy {
             first_delay: Duration::from_secs(10),
             max_delay: Duration::from_secs(40),
-            give_up_after: Duration::from_secs(3600),
+            give_up_after: Duration::from_hours(1),
             ..ReconcilePolicy::default()
         },
         ..ServiceConfig::default()

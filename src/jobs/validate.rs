@@ -69,7 +69,7 @@ impl std::fmt::Debug for SubmitRequest {
             .field("selfie_bytes", &self.selfie.len())
             .field("liveness_frames", &self.liveness.len())
             .field("partner_params", &self.partner_params)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -300,7 +300,7 @@ fn fingerprint(request: &SubmitRequest) -> String {
     for frame in &request.liveness {
         field(frame);
     }
-    hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::lower_hex(&hasher.finalize())
 }
 
 fn format_of(bytes: &[u8]) -> Result<ImageFormat, String> {
@@ -389,6 +389,7 @@ fn check_dimensions(width: u32, height: u32, limits: ImageLimits) -> Result<(), 
 mod tests {
     use super::*;
 
+    #[expect(clippy::cast_possible_truncation, reason = "pixel patterns wrap on purpose")]
     fn encode(format: ImageFormat, side: u32) -> Bytes {
         let image = image::RgbImage::from_fn(side, side, |x, y| image::Rgb([x as u8, y as u8, 7]));
         let mut out = Cursor::new(Vec::new());

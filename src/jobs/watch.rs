@@ -92,7 +92,7 @@ impl JobService {
                     notice = notices.recv() => match notice {
                         Ok(FanoutMessage::Event(notice)) if notice.job_id == job_id => break,
                         Ok(FanoutMessage::Resync | FanoutMessage::Erased(_)) => break,
-                        Ok(_) => continue,
+                        Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(job),
                     },
@@ -310,7 +310,7 @@ impl JobService {
                     }
                     Ok(FanoutMessage::Resync) | Err(RecvError::Lagged(_)) => return Wake::Look { wanted: None },
                     Ok(FanoutMessage::Erased(erasure)) => return Wake::Erased(erasure),
-                    Ok(FanoutMessage::Event(_)) => continue,
+                    Ok(FanoutMessage::Event(_)) => {}
                     Err(RecvError::Closed) => return Wake::Stop,
                 },
                 _ = heartbeat.tick() => {

@@ -99,6 +99,13 @@ pub(crate) fn from_millis(value: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(value).single().unwrap_or_default()
 }
 
+/// A job's event sequence as its column holds it (BIGINT). Sequences count
+/// events from 1 and never come near `i64::MAX`; saturating keeps one from ever
+/// being stored as a negative number.
+pub(crate) fn sequence_column(sequence: u64) -> i64 {
+    i64::try_from(sequence).unwrap_or(i64::MAX)
+}
+
 /// Reads a stored job document; the columns are authoritative for version and sequence.
 fn decode_job(data: &str, version: i64, last_sequence: i64) -> Result<Job, StoreError> {
     let mut job: Job = serde_json::from_str(data)?;

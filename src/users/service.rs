@@ -38,7 +38,7 @@ impl Default for UserConfig {
         Self {
             wait: Duration::from_secs(10),
             first_retry: Duration::from_millis(200),
-            longest_retry: Duration::from_secs(300),
+            longest_retry: Duration::from_mins(5),
             every: Duration::from_secs(1),
         }
     }

@@ -3,6 +3,7 @@
 use std::io::Cursor;
 
 /// A small real JPEG; `seed` varies the pixels so images differ.
+#[expect(clippy::cast_possible_truncation, reason = "pixel patterns wrap on purpose")]
 pub fn jpeg(width: u32, height: u32, seed: u8) -> Vec<u8> {
     let image = image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x as u8).wrapping_add(seed), (y as u8).wrapping_mul(3), seed])
@@ -14,6 +15,8 @@ pub fn jpeg(width: u32, height: u32, seed: u8) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A small real PNG; `seed` varies the pixels.
+#[expect(clippy::cast_possible_truncation, reason = "pixel patterns wrap on purpose")]
 pub fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
     let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, seed]));
     let mut out = Cursor::new(Vec::new());

@@ -33,7 +33,7 @@ pub async fn next_event(
     tokio::time::timeout(timeout, stream.message())
         .await
         .ok()
-        .and_then(|item| item.transpose())
+        .and_then(std::result::Result::transpose)
 }
 
 /// Reads non-heartbeat events until the stream ends or `count` were read.
@@ -41,7 +41,7 @@ pub async fn collect_events(stream: &mut tonic::Streaming<pb::JobEvent>, count: 
     let mut events = Vec::new();
     while events.len() < count {
         match next_event(stream, Duration::from_secs(10)).await {
-            Some(Ok(event)) if event.kind() == pb::JobEventKind::Heartbeat => continue,
+            Some(Ok(event)) if event.kind() == pb::JobEventKind::Heartbeat => {}
             Some(Ok(event)) => events.push(event),
             _ => break,
         }
@@ -57,7 +57,7 @@ pub async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration)
     loop {
         match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
             Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => continue,
+            Ok(Ok(_)) => {}
             Err(_) => return false,
         }
     }

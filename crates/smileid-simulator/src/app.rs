@@ -123,7 +123,7 @@ impl App {
 }
 
 /// Smile ID's refusal: HTTP 400 with `{"error", "code"}`.
-pub fn refuse(code: ErrorCode) -> Response {
+pub fn refuse(code: &ErrorCode) -> Response {
     (
         StatusCode::BAD_REQUEST,
         Json(json!({"error": code.text(), "code": code.code()})),

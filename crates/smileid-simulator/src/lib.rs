@@ -6,6 +6,7 @@
 //! read as raw JSON with its own tolerant rules, so a mistake in our client
 //! cannot hide behind the same mistake here.
 #![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
 
 mod app;
 mod control;
@@ -71,5 +72,5 @@ impl SimulatorConfig {
 /// Binds `addr` and serves until [`RunningSimulator::shutdown`].
 pub async fn start(config: SimulatorConfig, addr: SocketAddr) -> anyhow::Result<RunningSimulator> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve::run(config, listener).await
+    serve::run(config, listener)
 }

@@ -96,7 +96,7 @@ impl RunningSimulator {
     }
 }
 
-pub async fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Result<RunningSimulator> {
+pub fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Result<RunningSimulator> {
     let local_addr = listener.local_addr()?;
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };

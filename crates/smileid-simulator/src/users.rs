@@ -23,19 +23,19 @@ pub async fn block_user(State(app): State<App>, headers: HeaderMap, body: Bytes)
         header("smileid-timestamp"),
         header("smileid-request-signature"),
     ) else {
-        return refuse(ErrorCode::MissingParameter);
+        return refuse(&ErrorCode::MissingParameter);
     };
     if !app.signature_valid(partner, &Value::String(timestamp.to_owned()), signature) {
         app.state().counters.signature_failures += 1;
-        return refuse(ErrorCode::Unauthorized);
+        return refuse(&ErrorCode::Unauthorized);
     }
     let request = match decode_json(&headers, &body).await {
         Ok(Value::Object(request)) => request,
-        Ok(_) => return refuse(ErrorCode::InvalidJson),
-        Err(code) => return refuse(code),
+        Ok(_) => return refuse(&ErrorCode::InvalidJson),
+        Err(code) => return refuse(&code),
     };
     if let Err(code) = app.check_body_signature(&Value::Object(request.clone()), &["partner_id"]) {
-        return refuse(code);
+        return refuse(&code);
     }
     let user_id = request
         .get("user_id")
@@ -45,7 +45,7 @@ pub async fn block_user(State(app): State<App>, headers: HeaderMap, body: Bytes)
     let (Some(user_id), Some(environment @ ("test" | "production")), Some(action)) =
         (user_id, environment, UserAction::from_body(&request))
     else {
-        return refuse(ErrorCode::MissingParameter);
+        return refuse(&ErrorCode::MissingParameter);
     };
     let mut state = app.state();
     if state.user_calls.len() >= USER_CALLS_KEPT {
@@ -60,7 +60,7 @@ pub async fn block_user(State(app): State<App>, headers: HeaderMap, body: Bytes)
     let standing = state.users.get(&user_id).copied();
     // A deleted user_id is gone for good: only deleting it again is accepted.
     if standing == Some(UserStanding::Deleted) && action != UserAction::Delete {
-        return refuse(ErrorCode::UserDeleted);
+        return refuse(&ErrorCode::UserDeleted);
     }
     match action {
         UserAction::AllowNewEnroll => {

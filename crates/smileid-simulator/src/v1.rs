@@ -22,22 +22,22 @@ pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
     }
     let request = match decode_json(&headers, &body).await {
         Ok(request) => request,
-        Err(code) => return refuse(code),
+        Err(code) => return refuse(&code),
     };
     app.state().counters.prep_uploads += 1;
     if let Err(code) = app.check_body_signature(&request, &["smile_client_id", "partner_id"]) {
-        return refuse(code);
+        return refuse(&code);
     }
     // The real service answers 2212 when partner_params is null (as the official SDKs' recorded sandbox traffic shows).
     let Some(params) = request.get("partner_params").and_then(Value::as_object) else {
-        return refuse(ErrorCode::InvalidJobType);
+        return refuse(&ErrorCode::InvalidJobType);
     };
     let job_type = params
         .get("job_type")
         .and_then(value_text)
         .and_then(|text| text.trim().parse::<u32>().ok());
     let Some(job_type @ (2 | 4)) = job_type else {
-        return refuse(ErrorCode::InvalidJobType);
+        return refuse(&ErrorCode::InvalidJobType);
     };
     let text_param = |key| {
         params
@@ -46,7 +46,7 @@ pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
             .filter(|text| !text.trim().is_empty())
     };
     let (Some(user_id), Some(job_id)) = (text_param("user_id"), text_param("job_id")) else {
-        return refuse(ErrorCode::MissingParameter);
+        return refuse(&ErrorCode::MissingParameter);
     };
     let retry = truthy(request.get("retry"));
     let callback_url = request
@@ -69,16 +69,16 @@ pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
         _ => None,
     };
     if let Some(code) = refusal {
-        return refuse(code);
+        return refuse(&code);
     }
     if job_type == 4 {
         // The allowance is for one new enrolment.
         state.reenrollment_allowed.remove(&user_id);
     }
     let (smile_job_id, ref_id) = match state.jobs.get_mut(&job_id) {
-        Some(_) if !retry => return refuse(ErrorCode::JobAlreadyExists),
+        Some(_) if !retry => return refuse(&ErrorCode::JobAlreadyExists),
         Some(existing) => {
-            existing.upload_token = upload_token.clone();
+            existing.upload_token.clone_from(&upload_token);
             (existing.smile_job_id.clone(), existing.ref_id.clone())
         }
         None => {
@@ -226,16 +226,16 @@ pub async fn job_status(State(app): State<App>, headers: HeaderMap, body: Bytes)
     };
     let request = match decode_json(&headers, &body).await {
         Ok(request) => request,
-        Err(code) => return refuse(code),
+        Err(code) => return refuse(&code),
     };
     app.state().counters.job_status_requests += 1;
     if let Err(code) = app.check_body_signature(&request, &["partner_id", "smile_client_id"]) {
-        return refuse(code);
+        return refuse(&code);
     }
     let job_id = request.get("job_id").and_then(value_text).unwrap_or_default();
     let user_id = request.get("user_id").and_then(value_text).unwrap_or_default();
     if job_id.is_empty() || user_id.is_empty() {
-        return refuse(ErrorCode::MissingParameter);
+        return refuse(&ErrorCode::MissingParameter);
     }
     let mut body = {
         let mut state = app.state();

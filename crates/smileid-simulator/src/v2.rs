@@ -15,7 +15,7 @@ use super::state::{Endpoint, SimJob, UserStanding};
 use smileid::codes::ErrorCode;
 use smileid::signature::format_timestamp;
 
-fn v2_error(status: StatusCode, code: ErrorCode) -> Response {
+fn v2_error(status: StatusCode, code: &ErrorCode) -> Response {
     (status, Json(json!({"error": code.text(), "code": code.code()}))).into_response()
 }
 
@@ -75,20 +75,20 @@ pub async fn smart_selfie_authentication(State(app): State<App>, headers: Header
         header_text("SmileID-Timestamp"),
         header_text("SmileID-Request-Signature"),
     ) else {
-        return v2_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized);
+        return v2_error(StatusCode::UNAUTHORIZED, &ErrorCode::Unauthorized);
     };
     if !app.signature_valid(&partner, &Value::String(timestamp), &signature) {
         app.state().counters.signature_failures += 1;
-        return v2_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized);
+        return v2_error(StatusCode::UNAUTHORIZED, &ErrorCode::Unauthorized);
     }
     let Some(form) = read_form(&headers, body).await else {
-        return v2_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson);
+        return v2_error(StatusCode::BAD_REQUEST, &ErrorCode::InvalidJson);
     };
     let (Some(user_id), Some(selfie)) = (form.user_id, form.selfie) else {
-        return v2_error(StatusCode::BAD_REQUEST, ErrorCode::MissingParameter);
+        return v2_error(StatusCode::BAD_REQUEST, &ErrorCode::MissingParameter);
     };
     if selfie.is_empty() || form.liveness.is_empty() {
-        return v2_error(StatusCode::BAD_REQUEST, ErrorCode::MissingParameter);
+        return v2_error(StatusCode::BAD_REQUEST, &ErrorCode::MissingParameter);
     }
 
     let mut partner_params = form.partner_params;
@@ -109,7 +109,7 @@ pub async fn smart_selfie_authentication(State(app): State<App>, headers: Header
     {
         let mut state = app.state();
         if let Some(code) = UserStanding::refuses_authentication(state.users.get(&user_id).copied()) {
-            return v2_error(StatusCode::BAD_REQUEST, code);
+            return v2_error(StatusCode::BAD_REQUEST, &code);
         }
         let smile_job_id = state.next_smile_job_id();
         *state.counters.jobs_created_by_job_id.entry(job_id.clone()).or_default() += 1;

@@ -37,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         user_id: user_id.clone(),
         job_id: job_id.clone(),
         job_type: JOB_TYPE_AUTHENTICATION,
-        extra: Default::default(),
+        extra: std::collections::BTreeMap::new(),
     };
     let submitted = client
         .submit(&JobSubmission {

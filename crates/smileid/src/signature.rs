@@ -224,7 +224,7 @@ mod tests {
         let credentials = creds("085", "old");
         let old_signature = credentials.sign("2026-11-26T10:00:00.000Z");
         assert!(
-            !credentials.keys.rotate(ApiKey::new("old"), Duration::from_secs(60)),
+            !credentials.keys.rotate(ApiKey::new("old"), Duration::from_mins(1)),
             "the same key is no rotation"
         );
         assert!(credentials.keys.rotate(ApiKey::new("new"), Duration::from_millis(200)));

@@ -186,7 +186,10 @@ mod tests {
     #[test]
     fn a_body_with_no_flag_two_flags_or_a_non_boolean_asks_for_nothing() {
         let body = |pairs: &[(&str, Value)]| {
-            serde_json::Map::from_iter(pairs.iter().map(|(name, value)| ((*name).to_owned(), value.clone())))
+            pairs
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.clone()))
+                .collect::<serde_json::Map<_, _>>()
         };
         assert_eq!(UserAction::from_body(&body(&[])), None);
         assert_eq!(
