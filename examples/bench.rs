@@ -985,7 +985,7 @@ fn merge_rows(report: &Report, path: &Path, section: &str) -> anyhow::Result<()>
         let row = format!("| {measure} | {ours} | {floor} | {verdict} |");
         let prefix = format!("| {measure} |");
         if let Some(at) = lines.iter().position(|line| line.starts_with(&prefix)) {
-            lines[at] = row
+            lines[at] = row;
         } else {
             let last = lines
                 .iter()
