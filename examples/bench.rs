@@ -99,7 +99,7 @@ where
     for index in 0..calls {
         let permit = permits.clone().acquire_owned().await.expect("semaphore");
         let call = call.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(selfie_auth::task::spawn(async move {
             let begun = Instant::now();
             call(index).await;
             drop(permit);
@@ -261,7 +261,7 @@ async fn start_echo(gateway: Option<Arc<SmileIdClient>>) -> anyhow::Result<Socke
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
         .add_service(SelfieAuthServer::new(Echo { gateway }).max_decoding_message_size(32 * 1024 * 1024));
-    tokio::spawn(server.serve_with_incoming(incoming));
+    selfie_auth::task::spawn(server.serve_with_incoming(incoming));
     Ok(addr)
 }
 
@@ -613,7 +613,7 @@ async fn callback_to_event(
             .into_inner();
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<Instant>();
         streams.push((
-            tokio::spawn(async move {
+            selfie_auth::task::spawn(async move {
                 while let Ok(Some(event)) = stream.message().await {
                     if event.kind() == pb::JobEventKind::FinalResult {
                         let received = Instant::now();
@@ -639,7 +639,7 @@ async fn callback_to_event(
         let now = Instant::now();
         let sender = std::mem::replace(sent, tokio::sync::oneshot::channel().0);
         let _ = sender.send(now);
-        posts.push(tokio::spawn(async move {
+        posts.push(selfie_auth::task::spawn(async move {
             let answer = http.post(url).json(&body).send().await.expect("post");
             assert!(answer.status().is_success(), "{}", answer.status());
         }));

@@ -20,6 +20,7 @@ pub mod net;
 pub mod server;
 pub mod shares;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod users;
 

@@ -194,7 +194,7 @@ async fn each_caller_keeps_its_share_of_a_saturated_replica() {
     };
     let flood: Vec<_> = ["flood-1", "flood-2"]
         .into_iter()
-        .map(|job_id| tokio::spawn(submit("greedy", job_id)))
+        .map(|job_id| selfie_auth::task::spawn(submit("greedy", job_id)))
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let over = submit("greedy", "flood-3").await.expect_err("over its share");

@@ -348,7 +348,7 @@ async fn image_bombs_stay_within_the_decode_budget() {
             let mut client = client.clone();
             let mut request = submit_request(ENROLLED_USER, &format!("bomb-{index}"));
             request.selfie_image = bomb.clone();
-            tokio::spawn(async move { client.submit_authentication(request).await })
+            selfie_auth::task::spawn(async move { client.submit_authentication(request).await })
         })
         .collect();
     for bomb in bombs {

@@ -201,7 +201,7 @@ async fn a_health_watch_sends_one_message_per_change() {
     assert_eq!(next(&mut unknown).await, None, "SERVICE_UNKNOWN is sent once");
     assert_eq!(next(&mut known).await, None, "nothing changed");
     // Shutdown: the known service turns NOT_SERVING once; the unknown one says nothing more.
-    let shutdown = tokio::spawn(service.running.shutdown());
+    let shutdown = selfie_auth::task::spawn(service.running.shutdown());
     assert_eq!(next(&mut known).await, Some(Some(ServingStatus::NotServing)));
     let after = next(&mut unknown).await;
     assert!(

@@ -159,7 +159,7 @@ async fn crash_twice(database_url: &str) {
     let mut served = ServeProcess::start(binary, &sim.v1_url(), &env).await;
     let addr = format!("http://{grpc_addr}");
     let callers: Vec<_> = (0..JOBS)
-        .map(|index| tokio::spawn(submit_until_accepted(addr.clone(), index, Duration::from_mins(1))))
+        .map(|index| selfie_auth::task::spawn(submit_until_accepted(addr.clone(), index, Duration::from_mins(1))))
         .collect();
     for pause in [Duration::from_millis(300), Duration::from_millis(700)] {
         tokio::time::sleep(pause).await;
@@ -253,7 +253,7 @@ async fn every_job_is_final_within_its_bound_under_upstream_faults() {
     let addr = format!("http://{}", service.running.grpc_addr);
     let chaos = {
         let sim_url = sim.url().to_owned();
-        tokio::spawn(async move {
+        selfie_auth::task::spawn(async move {
             let http = reqwest::Client::new();
             let mut rng = rand::rngs::StdRng::seed_from_u64(7);
             let modes = ["deliver", "drop", "duplicate", "reorder"];
@@ -279,7 +279,7 @@ async fn every_job_is_final_within_its_bound_under_upstream_faults() {
         })
     };
     let callers: Vec<_> = (0..JOBS)
-        .map(|index| tokio::spawn(submit_until_accepted(addr.clone(), index, Duration::from_mins(1))))
+        .map(|index| selfie_auth::task::spawn(submit_until_accepted(addr.clone(), index, Duration::from_mins(1))))
         .collect();
     for caller in callers {
         caller.await.expect("caller").expect("accepted");

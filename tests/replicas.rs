@@ -139,7 +139,7 @@ async fn concurrent_duplicates_across_replicas_make_one_upload() {
     for service in &replicas {
         for _ in 0..5 {
             let mut client = service.client().await;
-            tasks.push(tokio::spawn(async move {
+            tasks.push(selfie_auth::task::spawn(async move {
                 client
                     .submit_authentication(submit_request(ENROLLED_USER, "rep-dup"))
                     .await

@@ -551,7 +551,7 @@ async fn idempotency_on_job_id_even_under_concurrent_duplicates() {
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let mut client = client.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(selfie_auth::task::spawn(async move {
             client
                 .submit_authentication(submit_request(ENROLLED_USER, "idem-race"))
                 .await
@@ -1186,7 +1186,7 @@ async fn shutdown_ends_streams_with_unavailable_and_health_follows() {
     let mut stream = watch(&mut client, "shut-1", 0).await;
     assert_eq!(collect_events(&mut stream, 2).await.len(), 2);
 
-    let shutdown = tokio::spawn(service.running.shutdown());
+    let shutdown = selfie_auth::task::spawn(service.running.shutdown());
     let not_serving = watch_health.message().await.expect("ok").expect("status");
     assert_eq!(
         not_serving.status(),
@@ -1298,7 +1298,7 @@ async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
     let client = service.client().await;
 
     let mut holder = client.clone();
-    let held = tokio::spawn(async move {
+    let held = selfie_auth::task::spawn(async move {
         let mut request = tonic::Request::new(submit_request(ENROLLED_USER, "shed-1"));
         request.set_timeout(Duration::from_secs(3));
         holder.submit_authentication(request).await
@@ -1474,7 +1474,7 @@ async fn submissions_waiting_for_their_result_hold_no_admission_slot() {
     let waiting: Vec<_> = (0..10)
         .map(|index| {
             let mut client = client.clone();
-            tokio::spawn(async move {
+            selfie_auth::task::spawn(async move {
                 loop {
                     let mut request = provisional_request(ENROLLED_USER, &format!("patient-{index}"));
                     request.wait_for_result = true;

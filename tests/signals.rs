@@ -169,7 +169,7 @@ async fn a_second_signal_during_the_drain_exits_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut served = serve(&sim.v1_url(), &dir, &[]).await;
     let mut client = served.client().await;
-    let stuck = tokio::spawn(async move {
+    let stuck = selfie_auth::task::spawn(async move {
         client
             .submit_authentication(submit_request(ENROLLED_USER, "stuck-1"))
             .await

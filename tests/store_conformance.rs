@@ -177,7 +177,7 @@ async fn concurrent_writers_all_land_with_contiguous_sequences(store: SharedStor
     let mut writers = Vec::new();
     for _ in 0..8 {
         let store = store.clone();
-        writers.push(tokio::spawn(async move {
+        writers.push(selfie_auth::task::spawn(async move {
             loop {
                 let mut job = store.get("j3").await.expect("get").expect("exists");
                 job.poll_attempts += 1;

@@ -39,7 +39,7 @@ async fn grpc_calls_are_traced_as_children_of_the_callers_trace() {
     let listener = tokio::net::TcpListener::bind(loopback()).await.expect("bind");
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     let server = tonic::transport::Server::builder().add_service(TraceServiceServer::new(collector.clone()));
-    tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    selfie_auth::task::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
     let telemetry = selfie_auth::telemetry::init(&TelemetryConfig {
         log_format: LogFormat::Text,
         otlp_endpoint: Some(endpoint),

@@ -462,7 +462,7 @@ async fn erasure_races_submissions(database_url: &str) {
     let mut racers = Vec::new();
     for index in 0..12 {
         let mut racer = client.clone();
-        racers.push(tokio::spawn(async move {
+        racers.push(selfie_auth::task::spawn(async move {
             let job_id = format!("race-{index}");
             let _ = racer.submit_authentication(submit_request(user, &job_id)).await;
             // The same job again: idempotent, or refused; never a second Smile ID job.
@@ -473,7 +473,7 @@ async fn erasure_races_submissions(database_url: &str) {
                 .post(format!("{}/_control/jobs/race-enrol/replay", sim.url()))
                 .send();
             let mut deleter = client.clone();
-            racers.push(tokio::spawn(async move {
+            racers.push(selfie_auth::task::spawn(async move {
                 let _ = replay.await;
                 deleter
                     .delete_user(pb::DeleteUserRequest { user_id: user.into() })

@@ -67,7 +67,7 @@ async fn capture_server() -> (String, Captured) {
     let listener = tokio::net::TcpListener::bind(loopback()).await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     captured.base.lock().expect("lock").clone_from(&base);
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    selfie_auth::task::spawn(async move { axum::serve(listener, router).await });
     (base, captured)
 }
 

@@ -97,7 +97,7 @@ async fn attack(grpc: SocketAddr, http: SocketAddr, stop: Arc<AtomicBool>, selfi
     }
     {
         let stop = stop.clone();
-        tokio::spawn(async move {
+        selfie_auth::task::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -107,7 +107,7 @@ async fn attack(grpc: SocketAddr, http: SocketAddr, stop: Arc<AtomicBool>, selfi
     // One-byte connections, reopened as the service closes them.
     for _ in 0..200 {
         let stop = stop.clone();
-        tokio::spawn(async move {
+        selfie_auth::task::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(mut socket) = tokio::net::TcpStream::connect(grpc).await {
                     let _ = socket.write_all(b"P").await;
@@ -125,7 +125,7 @@ async fn attack(grpc: SocketAddr, http: SocketAddr, stop: Arc<AtomicBool>, selfi
     let greedy = client_for(grpc).await?;
     for worker in 0..128 {
         let (mut client, stop, selfie) = (greedy.clone(), stop.clone(), selfie.clone());
-        tokio::spawn(async move {
+        selfie_auth::task::spawn(async move {
             let mut index = 0;
             while !stop.load(Ordering::Relaxed) {
                 let request = submit_request(format!("greedy-{worker}-{index}"), &selfie, &[]);
@@ -138,7 +138,7 @@ async fn attack(grpc: SocketAddr, http: SocketAddr, stop: Arc<AtomicBool>, selfi
     let channel = super::client_channel(grpc).await?;
     for _ in 0..2000 {
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-        tokio::spawn(async move {
+        selfie_auth::task::spawn(async move {
             if let Ok(response) = health.watch(tonic_health::pb::HealthCheckRequest::default()).await {
                 let mut stream = response.into_inner();
                 while let Ok(Some(_)) = stream.message().await {}
@@ -148,7 +148,7 @@ async fn attack(grpc: SocketAddr, http: SocketAddr, stop: Arc<AtomicBool>, selfi
     // Callbacks that announce 2 MiB and send one byte.
     for _ in 0..64 {
         let stop = stop.clone();
-        tokio::spawn(async move {
+        selfie_auth::task::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(mut socket) = tokio::net::TcpStream::connect(http).await {
                     let _ = socket

@@ -25,7 +25,7 @@ pub fn spawn_listener(
     bus: EventBus,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    crate::task::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             let listener = async {

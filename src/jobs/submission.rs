@@ -19,7 +19,7 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tracing::{Instrument as _, info, warn};
+use tracing::{info, warn};
 
 use super::error::{JobError, UnavailableReason};
 use super::model::{Job, JobKind, JobProblem, JobState, ProblemReason, TakeOver, public_job_id};
@@ -150,15 +150,12 @@ impl JobService {
         let owner = prepared.owner.clone();
         let service = self.clone();
         // The attempt belongs to the call's trace, though it may outlive the call.
-        let task = tokio::spawn(
-            async move {
-                let outcome = service.send(&prepared).await;
-                service.sending.finished(&prepared.job_id, id);
-                drop((prepared, held));
-                outcome
-            }
-            .instrument(tracing::Span::current()),
-        );
+        let task = crate::task::spawn(async move {
+            let outcome = service.send(&prepared).await;
+            service.sending.finished(&prepared.job_id, id);
+            drop((prepared, held));
+            outcome
+        });
         let outcome = async move {
             task.await
                 .unwrap_or_else(|_| Err(JobError::Internal("a submission task ended abnormally".into())))

@@ -259,7 +259,7 @@ async fn a_submission_outlives_its_caller_and_a_retry_joins_it() {
 
     // A caller that goes away entirely: the job is still sent.
     let service = h.service.clone();
-    let caller = tokio::spawn(async move { service.submit(submission("u", "j2", 2), soon()).await });
+    let caller = crate::task::spawn(async move { service.submit(submission("u", "j2", 2), soon()).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     caller.abort();
     for _ in 0..100 {
@@ -586,7 +586,7 @@ async fn a_log_watch_filters_by_user_and_rides_out_failed_reads() {
 async fn a_submit_may_wait_for_the_final_result() {
     let h = harness();
     let service = h.service.clone();
-    let waiting = tokio::spawn(async move {
+    let waiting = crate::task::spawn(async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let output = service.submit(submission("u", "j1", 1), deadline).await?;
         let job = service.wait_for_final(&output.job.job_id, deadline).await?;

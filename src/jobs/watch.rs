@@ -120,7 +120,7 @@ impl JobService {
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
         let job_id = job.job_id.clone();
-        tokio::spawn(async move {
+        crate::task::spawn(async move {
             let _stream = stream;
             let mut cursor = after_sequence;
             if job.state.is_terminal() && cursor >= job.last_sequence {
@@ -203,7 +203,7 @@ impl JobService {
         };
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
-        tokio::spawn(async move {
+        crate::task::spawn(async move {
             let _stream = stream;
             let mut heartbeat = tokio::time::interval(service.config.heartbeat_interval);
             heartbeat.tick().await;

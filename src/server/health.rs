@@ -154,6 +154,6 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(produce(sender));
+    crate::task::spawn(produce(sender));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }

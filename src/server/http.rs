@@ -58,7 +58,7 @@ pub async fn serve(listener: TcpListener, router: axum::Router, limits: HttpLimi
         };
         let service = TowerToHyperService::new(router.clone());
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        crate::task::spawn(async move {
             if let Err(error) = connection.await {
                 debug!(%error, "http connection ended with an error");
             }

@@ -200,7 +200,7 @@ pub async fn start_on(
         memory: MemoryBudget::new(callbacks::CALLBACK_MEMORY_BYTES),
     };
     let http_router = callbacks::router(service.clone(), metrics.clone(), callback_settings, readiness.flag());
-    let http_task = tokio::spawn(http::serve(
+    let http_task = crate::task::spawn(http::serve(
         http_listener,
         http_router,
         config.http_limits,
@@ -218,9 +218,9 @@ pub async fn start_on(
         .context("building reflection v1alpha")?;
     // The per-method limits are enforced by RequestLimitsLayer, with precise errors,
     // as soon as a frame header declares too much; tonic's own limit is a backstop.
-    tokio::spawn(policy.clone().follow(POLICY_RELOAD_INTERVAL, shutdown.clone()));
+    crate::task::spawn(policy.clone().follow(POLICY_RELOAD_INTERVAL, shutdown.clone()));
     if let Some(path) = config.api_key_file.clone() {
-        tokio::spawn(key_file::follow(
+        crate::task::spawn(key_file::follow(
             path,
             config.smile.credentials.keys.clone(),
             config.api_key_overlap,
@@ -267,7 +267,7 @@ pub async fn start_on(
     let grpc_tls = config.grpc_tls.clone();
     let grpc_shutdown = shutdown.clone();
     let grpc_limits = config.grpc_limits;
-    let grpc_task = tokio::spawn(async move {
+    let grpc_task = crate::task::spawn(async move {
         let incoming = net::accept(
             grpc_listener,
             ConnectionLimits {
@@ -297,7 +297,7 @@ pub async fn start_on(
 
     let shutdown_delay = config.shutdown_delay;
     let drain_timeout = config.drain_timeout;
-    let work = tokio::spawn(open_then_work(
+    let work = crate::task::spawn(open_then_work(
         config,
         Arc::new(SmileIdAdapter::new(smile, metrics.clone())),
         metrics,
@@ -350,14 +350,14 @@ async fn open_then_work(
     slot.fill(service.clone());
     readiness.set(true);
     info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");
-    tokio::spawn(follow_database(store, readiness, config.readiness_interval, shutdown));
+    crate::task::spawn(follow_database(store, readiness, config.readiness_interval, shutdown));
     if let Some(retention) = config.retention {
-        tokio::spawn(service.clone().run_retention(Expiry::FinishedJobs, retention));
+        crate::task::spawn(service.clone().run_retention(Expiry::FinishedJobs, retention));
     }
     if let Some(retention) = config.activity_retention {
-        tokio::spawn(service.clone().run_retention(Expiry::IdleUsers, retention));
+        crate::task::spawn(service.clone().run_retention(Expiry::IdleUsers, retention));
     }
-    tokio::spawn(service.users().run());
+    crate::task::spawn(service.users().run());
     service.run_reconciler().await;
 }
 

@@ -96,7 +96,7 @@ pub fn handshakes(
     timeout: Duration,
 ) -> impl Stream<Item = io::Result<TlsConnection>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
+    crate::task::spawn(async move {
         let mut incoming = std::pin::pin!(incoming);
         loop {
             // The server stopped taking connections: stop accepting them.
@@ -107,7 +107,7 @@ pub fn handshakes(
             let Some(accepted) = accepted else { return };
             let Ok(connection) = accepted else { continue };
             let (acceptor, deliver) = (acceptor.clone(), sender.clone());
-            tokio::spawn(async move {
+            crate::task::spawn(async move {
                 match tokio::time::timeout(timeout, acceptor.accept(connection)).await {
                     Ok(Ok(stream)) => {
                         let peer = Peer {

@@ -50,7 +50,7 @@ pub(super) struct WriteQueue {
 impl WriteQueue {
     pub(super) fn start(target: impl Transact) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(commit_batches(target, receiver));
+        crate::task::spawn(commit_batches(target, receiver));
         Self { sender }
     }
 
@@ -147,7 +147,7 @@ mod tests {
         let writers: Vec<_> = (0..40)
             .map(|index| {
                 let queue = queue.clone();
-                tokio::spawn(async move {
+                crate::task::spawn(async move {
                     let job = Job::for_test(&format!("j{index}"), "u");
                     match queue.write(Write::Create(job)).await {
                         Ok(Written::Created(Created::Existing(job))) => job.job_id,
@@ -178,7 +178,7 @@ mod tests {
             .map(|name| {
                 let queue = queue.clone();
                 let job = Job::for_test(name, "u");
-                tokio::spawn(async move { queue.write(Write::Create(job)).await.is_ok() })
+                crate::task::spawn(async move { queue.write(Write::Create(job)).await.is_ok() })
             })
             .collect();
         let mut outcomes = Vec::new();

@@ -70,13 +70,13 @@ impl CuttableProxy {
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let (is_cut, tracked) = (cut.clone(), connections.clone());
-        tokio::spawn(async move {
+        selfie_auth::task::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let task = tokio::spawn(async move {
+                let task = selfie_auth::task::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }

@@ -79,7 +79,7 @@ impl ServeProcess {
         .expect("its addresses");
         // Keep reading (and keeping) so the service never blocks on a full pipe.
         let kept = logs.clone();
-        tokio::spawn(async move {
+        selfie_auth::task::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 kept.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -27,7 +27,7 @@ impl RawGrpc {
             h2::client::handshake(tcp).await.expect("http/2 handshake");
         let max_streams = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = max_streams.clone();
-        let connection = tokio::spawn(async move {
+        let connection = selfie_auth::task::spawn(async move {
             let mut connection = std::pin::pin!(connection);
             loop {
                 let tick = tokio::time::sleep(Duration::from_millis(10));

@@ -68,7 +68,7 @@ impl CallbackSink {
         );
         let listener = tokio::net::TcpListener::bind(loopback()).await.expect("bind");
         let url = format!("http://{}/callback", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        selfie_auth::task::spawn(async move { axum::serve(listener, router).await });
         Self { url, bodies }
     }
 
@@ -123,6 +123,6 @@ pub async fn spawn_simulator_command(binary: &str, extra: &[&std::ffi::OsStr]) -
     .expect("simulator announces itself")
     .expect("simulator url");
     // Keep reading so the simulator never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    selfie_auth::task::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (simulator, base_url)
 }

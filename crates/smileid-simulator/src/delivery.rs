@@ -10,7 +10,7 @@ use super::state::{CallbackMode, UserStanding};
 /// Produces `outcomes` in order: the first right away, each later one (human
 /// review) after the review delay. Runs in the background.
 pub fn process(app: App, job_id: String, outcomes: Vec<Outcome>, selfie_provided: bool) {
-    tokio::spawn(async move {
+    crate::task::spawn(async move {
         let review_delay = app.state().review_delay;
         for (index, outcome) in outcomes.iter().enumerate() {
             if index > 0 {
@@ -68,7 +68,7 @@ fn deliver(app: &App, job_id: &str, result: Value) {
     };
     drop(state);
     let app = app.clone();
-    tokio::spawn(async move {
+    crate::task::spawn(async move {
         for mut body in bodies {
             tokio::select! {
                 () = tokio::time::sleep(callback_delay) => {}

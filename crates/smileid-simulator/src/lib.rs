@@ -14,6 +14,7 @@ mod delivery;
 mod results;
 mod serve;
 mod state;
+mod task;
 mod users;
 mod v1;
 mod v2;

@@ -131,7 +131,7 @@ pub fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Result<Run
         .with_state(app.clone());
 
     let shutdown = app.shutdown.clone();
-    let task = tokio::spawn(async move {
+    let task = crate::task::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -150,7 +150,7 @@ pub fn run(config: SimulatorConfig, listener: TcpListener) -> anyhow::Result<Run
             let service = TowerToHyperService::new(router.clone());
             let tls = tls.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            crate::task::spawn(async move {
                 let served = match tls {
                     Some(acceptor) => match acceptor.accept(stream).await {
                         Ok(stream) => serve_connection(TokioIo::new(stream), service, &shutdown).await,

@@ -171,7 +171,7 @@ pub async fn put_zip(
 
     // S3 has the object now: Smile ID processes it whether or not the uploader
     // stays to hear the answer, so the work must not die with this request.
-    let processing = tokio::spawn(process_zip(app, job_id, body));
+    let processing = crate::task::spawn(process_zip(app, job_id, body));
     let _ = processing.await;
     StatusCode::OK.into_response()
 }
