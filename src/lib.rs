@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod shares;
+pub mod smile_adapter;
 pub mod store;
 pub mod task;
 pub mod telemetry;

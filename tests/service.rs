@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use selfie_auth::config::ApiKeySetting;
 use selfie_auth::grpc::pb;
 use selfie_auth::simulator::{CallbackMode, Endpoint, Fault, UserStanding};
 use selfie_auth_testkit::*;
@@ -1428,8 +1429,7 @@ async fn every_remaining_rpc_error_is_precise() {
     // Credentials Smile ID refuses are an operator problem, not the caller's.
     let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = config_for(&sim, &sqlite_url(&dir));
-    settings.smile.credentials =
-        selfie_auth::smileid::Credentials::new(PARTNER_ID, selfie_auth::smileid::ApiKey::new("revoked"));
+    settings.smile.api_key = ApiKeySetting::Value(selfie_auth::smileid::ApiKey::new("revoked"));
     let misconfigured = start_service(settings).await;
     let mut client = misconfigured.client().await;
     let refused = client

@@ -120,11 +120,6 @@ pub struct IdentityModes {
 }
 
 impl IdentityModes {
-    /// Whether any caller can be identified (or authentication is knowingly off).
-    pub fn is_configured(&self) -> bool {
-        self.forwarded.is_some() || self.client_certificates || self.bearer_tokens.is_some() || self.insecure_no_auth
-    }
-
     /// Who makes a call with these `headers` over a connection from `peer`.
     ///
     /// A forwarded identity counts only from a trusted proxy, and from anyone

@@ -1,15 +1,13 @@
-//! The HTTP endpoint Smile ID posts results to, plus liveness, readiness and
-//! metrics routes on the same port.
+//! The HTTP endpoint Smile ID posts results to.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::post;
 use tracing::{info, warn};
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -49,16 +47,11 @@ struct Endpoint {
     service: JobServiceHandle,
     metrics: Arc<Metrics>,
     settings: Arc<CallbackSettings>,
-    ready: Arc<AtomicBool>,
     seen: Arc<SeenDeliveries>,
 }
 
-pub fn router(
-    service: JobServiceHandle,
-    metrics: Arc<Metrics>,
-    settings: CallbackSettings,
-    ready: Arc<AtomicBool>,
-) -> Router {
+/// The callback route, on `settings.path`.
+pub fn router(service: JobServiceHandle, metrics: Arc<Metrics>, settings: CallbackSettings) -> Router {
     let path = settings.path.clone();
     // A delivery older than the window is refused anyway: remember it that long on either side.
     let seen = Arc::new(SeenDeliveries::new(settings.window * 2, DELIVERIES_KEPT));
@@ -66,32 +59,11 @@ pub fn router(
         service,
         metrics,
         settings: Arc::new(settings),
-        ready,
         seen,
     };
     Router::new()
         .route(&path, post(receive).layer(DefaultBodyLimit::disable()))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
         .with_state(endpoint)
-}
-
-async fn readyz(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {
-    if endpoint.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-async fn render_metrics(
-    State(endpoint): State<Endpoint>,
-    headers: HeaderMap,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    let accept = headers.get(header::ACCEPT).and_then(|value| value.to_str().ok());
-    let (content_type, text) = endpoint.metrics.render_for(accept);
-    ([(header::CONTENT_TYPE, content_type)], text)
 }
 
 #[tracing::instrument(

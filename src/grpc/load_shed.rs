@@ -22,21 +22,11 @@ use tower::{Layer, Service};
 use super::request_limits::is_submission;
 use super::status::overloaded;
 use crate::auth::Caller;
+use crate::config::Admissions;
 use crate::metrics::Metrics;
 use crate::shares::{Share, Shares};
 
 const LIMITED_PREFIX: &str = "/selfieauth.v1.SelfieAuth/";
-
-/// How many calls may be in flight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Admissions {
-    /// Submissions and enrolments in flight at once.
-    pub submissions: usize,
-    /// Every other call in flight at once.
-    pub reads: usize,
-    /// Calls one caller may have in flight in each pool.
-    pub per_caller: usize,
-}
 
 /// One pool of slots, and each caller's share of it.
 #[derive(Clone)]

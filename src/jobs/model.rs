@@ -550,29 +550,6 @@ pub struct EventNotice {
 }
 
 impl EventNotice {
-    /// The notice as text (`global_id sequence job_id user_id owner`; ids never
-    /// contain spaces, and the owner, which may, comes last), e.g. for a
-    /// PostgreSQL `NOTIFY` payload.
-    pub fn to_payload(&self) -> String {
-        let owner = self.owner.as_deref().unwrap_or_default();
-        format!(
-            "{} {} {} {} {owner}",
-            self.global_id, self.sequence, self.job_id, self.user_id
-        )
-    }
-
-    pub fn from_payload(payload: &str) -> Option<Self> {
-        let mut parts = payload.splitn(5, ' ');
-        let notice = Self {
-            global_id: parts.next()?.parse().ok()?,
-            sequence: parts.next()?.parse().ok()?,
-            job_id: parts.next()?.to_owned(),
-            user_id: parts.next()?.to_owned(),
-            owner: parts.next().filter(|owner| !owner.is_empty()).map(str::to_owned),
-        };
-        (!notice.user_id.contains(' ')).then_some(notice)
-    }
-
     /// Whether a subscriber to `filter`'s events may need to look at this one.
     pub fn may_match(&self, filter: &super::ports::LogFilter) -> bool {
         filter.user_id.as_ref().is_none_or(|user| *user == self.user_id)
@@ -598,50 +575,7 @@ pub struct Erasure {
     pub jobs: Vec<ErasedJob>,
 }
 
-/// The length of `value` as JSON.
-fn json_len(value: &impl serde::Serialize) -> usize {
-    serde_json::to_vec(value).map_or(0, |json| json.len())
-}
-
-/// The most bytes of one erasure notice's payload: PostgreSQL refuses `NOTIFY`
-/// payloads of 8,000 bytes or more.
-const ERASURE_PAYLOAD_BYTES: usize = 7000;
-
 impl Erasure {
-    /// The erasure as `NOTIFY` payloads, each under PostgreSQL's limit, in as
-    /// few as fit. A payload is JSON, so it cannot be taken for an event notice.
-    pub fn to_payloads(&self) -> Vec<String> {
-        let empty = Self {
-            user_id: self.user_id.clone(),
-            jobs: Vec::new(),
-        };
-        let mut payloads = Vec::new();
-        let mut part = empty.clone();
-        let mut size = json_len(&empty);
-        for job in &self.jobs {
-            // As serialized, escapes included, and a comma.
-            let job_size = json_len(job) + 1;
-            if !part.jobs.is_empty() && size + job_size > ERASURE_PAYLOAD_BYTES {
-                payloads.push(serde_json::to_string(&part).unwrap_or_default());
-                part.jobs.clear();
-                size = json_len(&empty);
-            }
-            size += job_size;
-            part.jobs.push(job.clone());
-        }
-        if !part.jobs.is_empty() || payloads.is_empty() {
-            payloads.push(serde_json::to_string(&part).unwrap_or_default());
-        }
-        payloads
-    }
-
-    pub fn from_payload(payload: &str) -> Option<Self> {
-        payload
-            .starts_with('{')
-            .then(|| serde_json::from_str(payload).ok())
-            .flatten()
-    }
-
     /// The erased jobs a stream whose filter is `filter` may hear of.
     pub fn visible_to<'a>(&'a self, filter: &'a super::ports::LogFilter) -> impl Iterator<Item = &'a ErasedJob> + 'a {
         let user_matches = filter.user_id.as_ref().is_none_or(|user| *user == self.user_id);
@@ -734,63 +668,6 @@ mod tests {
             crate::jobs::validate::id_problem(&alice).is_some(),
             "no caller can name a scoped key"
         );
-    }
-
-    #[test]
-    fn notices_round_trip_as_payloads_and_garbage_is_refused() {
-        let mut notice = EventNotice {
-            global_id: 42,
-            sequence: 3,
-            job_id: "job-1".into(),
-            user_id: "user@x".into(),
-            owner: None,
-        };
-        assert_eq!(notice.to_payload(), "42 3 job-1 user@x ");
-        assert_eq!(EventNotice::from_payload(&notice.to_payload()), Some(notice.clone()));
-        assert_eq!(
-            EventNotice::from_payload("42 3 job-1 user@x"),
-            Some(notice.clone()),
-            "a replica that does not say who owns the job"
-        );
-        notice.owner = Some("cn:Payments API".into());
-        assert_eq!(notice.to_payload(), "42 3 job-1 user@x cn:Payments API");
-        assert_eq!(EventNotice::from_payload(&notice.to_payload()), Some(notice));
-        for bad in ["", "1 2 3", "x 1 j u"] {
-            assert_eq!(EventNotice::from_payload(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn an_erasure_of_many_jobs_is_told_in_payloads_postgres_accepts() {
-        let erasure = Erasure {
-            user_id: "user@x".into(),
-            jobs: (0..400)
-                .map(|index| ErasedJob {
-                    job_id: format!("{}-{index}", "j".repeat(90)),
-                    // JSON escapes each of these six times over.
-                    owner: Some("\u{1}".repeat(40)),
-                })
-                .collect(),
-        };
-        let payloads = erasure.to_payloads();
-        assert!(payloads.len() > 1, "split");
-        let mut jobs = Vec::new();
-        for payload in &payloads {
-            assert!(payload.len() < 8000, "{} bytes", payload.len());
-            assert!(
-                EventNotice::from_payload(payload).is_none(),
-                "never read as an event notice"
-            );
-            let part = Erasure::from_payload(payload).expect("a payload reads back");
-            assert_eq!(part.user_id, erasure.user_id);
-            jobs.extend(part.jobs);
-        }
-        assert_eq!(jobs, erasure.jobs, "every job, in order, once");
-        let none = Erasure {
-            user_id: "u".into(),
-            jobs: Vec::new(),
-        };
-        assert_eq!(none.to_payloads().len(), 1);
     }
 
     #[test]

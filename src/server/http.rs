@@ -2,8 +2,13 @@
 //! every connection bounded: a cap on open connections, a deadline for request
 //! headers, and an idle timeout, so slow or idle clients cannot exhaust it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::routing::get;
 use futures::StreamExt as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -12,20 +17,33 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::config::HttpLimits;
+use crate::metrics::Metrics;
 use crate::net::{self, ConnectionLimits, Silence};
 
-/// Limits of the HTTP port's connections.
-#[derive(Clone, Copy, Debug)]
-pub struct HttpLimits {
-    pub max_connections: usize,
-    /// Connections open at once from one peer address.
-    pub max_connections_per_peer: usize,
-    /// Longest wait for a request's headers.
-    pub header_timeout: Duration,
-    /// A connection without a byte in either direction this long is closed.
-    pub idle_timeout: Duration,
-    /// Longest wait for a request's body.
-    pub body_timeout: Duration,
+/// The routes beside the callback: liveness, readiness and metrics.
+pub fn probes(ready: Arc<AtomicBool>, metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz).with_state(ready))
+        .route("/metrics", get(render_metrics).with_state(metrics))
+}
+
+async fn readyz(State(ready): State<Arc<AtomicBool>>) -> (StatusCode, &'static str) {
+    if ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn render_metrics(
+    State(metrics): State<Arc<Metrics>>,
+    headers: HeaderMap,
+) -> ([(HeaderName, &'static str); 1], String) {
+    let accept = headers.get(header::ACCEPT).and_then(|value| value.to_str().ok());
+    let (content_type, text) = metrics.render_for(accept);
+    ([(header::CONTENT_TYPE, content_type)], text)
 }
 
 /// Serves `router` until `shutdown`, then lets requests in progress finish.

@@ -9,7 +9,6 @@
 //! client that stalls its handshake holds up nobody else's connection.
 
 use std::io;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,16 +24,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use crate::auth::{Identity, Peer};
+use crate::config::GrpcTls;
 use crate::net::{Guarded, Opening};
-
-/// The gRPC port's certificate, and the CA whose client certificates identify callers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GrpcTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Client certificates must chain to this CA (PEM); none: no client certificates.
-    pub client_ca: Option<PathBuf>,
-}
 
 /// The gRPC port's TLS acceptor, its files read and checked once, with the configuration.
 #[derive(Clone)]

@@ -11,13 +11,12 @@ use std::time::Duration;
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 
+pub mod notify;
+
 use super::batch::WriteQueue;
 use super::sql::impl_job_store;
-use crate::jobs::model::{ErasedJob, Erasure, EventNotice, JobEvent};
+use crate::jobs::model::{ErasedJob, Erasure, JobEvent};
 use crate::jobs::ports::StoreError;
-
-/// The `NOTIFY` channel announcing each stored event to every replica.
-pub const EVENT_CHANNEL: &str = "selfie_auth_events";
 
 /// Serialises event inserts (an arbitrary constant naming this lock).
 const EVENT_LOG_LOCK: i64 = 0x5E1F_1EA0;
@@ -156,36 +155,12 @@ impl PgStore {
         Ok(Some(jobs))
     }
 
-    /// Tells every replica's streams that a user's jobs are erased; delivered
-    /// when the transaction commits.
     async fn announce_erasure(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS n(payload)")
-            .bind(EVENT_CHANNEL)
-            .bind(erasure.to_payloads())
-            .execute(tx)
-            .await?;
-        Ok(())
+        notify::announce_erasure(tx, erasure).await
     }
 
-    /// Announces the batch's events to every replica, in one statement;
-    /// delivered when the transaction commits.
     async fn after_batch(tx: &mut sqlx::PgConnection, events: &[&JobEvent]) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let payloads: Vec<String> = events
-            .iter()
-            .map(|event| EventNotice::from(*event).to_payload())
-            .collect();
-        // WITH ORDINALITY keeps the notices in commit order.
-        sqlx::query(
-            "SELECT pg_notify($1, payload) FROM unnest($2::text[]) WITH ORDINALITY AS n(payload, at) ORDER BY at",
-        )
-        .bind(EVENT_CHANNEL)
-        .bind(payloads)
-        .execute(tx)
-        .await?;
-        Ok(())
+        notify::announce_events(tx, events).await
     }
 }
 

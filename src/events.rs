@@ -1,8 +1,6 @@
 //! Fan-out of job events to the streams of this process that want them: the
 //! domain's [`EventFanout`] port, fed by local writes and, with PostgreSQL, by
-//! the other replicas' `NOTIFY`s.
-
-pub mod postgres;
+//! the other replicas' `NOTIFY`s (`store::postgres::notify`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
