@@ -210,6 +210,33 @@ impl Default for Metrics {
     }
 }
 
+impl crate::jobs::JobMetrics for Metrics {
+    fn job_created(&self) {
+        self.jobs_created.inc();
+    }
+
+    fn event_written(&self) {
+        self.events_written.inc();
+    }
+
+    fn submission(&self, outcome: &'static str) {
+        Self::submission(self, outcome);
+    }
+
+    fn reconcile_poll(&self) {
+        self.reconcile_polls.inc();
+    }
+
+    fn backlog(&self, due: u64, oldest_unfinished: Duration) {
+        self.reconciler_due_jobs.set(i64::try_from(due).unwrap_or(i64::MAX));
+        self.oldest_unfinished_job_age.set(oldest_unfinished.as_secs_f64());
+    }
+
+    fn jobs_deleted(&self, count: u64) {
+        self.jobs_deleted.inc_by(count);
+    }
+}
+
 impl Metrics {
     fn register(&mut self) {
         // Taken out while the groups below register into it, which borrow the handles.

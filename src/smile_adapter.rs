@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::jobs::model::JobKind;
-use crate::jobs::ports::{Accepted, ManageFailure, SmileId, SmileJob, StatusFailure, StatusReport, SubmitFailure};
+use crate::jobs::ports::{
+    Accepted, ManageFailure, SmileId, SmileJob, StatusExtras, StatusFailure, StatusReport, SubmitFailure,
+};
 use crate::metrics::Metrics;
 use crate::smileid::wire::{JOB_TYPE_AUTHENTICATION, JOB_TYPE_REGISTRATION};
 use crate::smileid::{
@@ -82,9 +84,13 @@ impl SmileId for SmileIdAdapter {
         &self,
         user_id: &str,
         job_id: &str,
-        options: StatusOptions,
+        extras: StatusExtras,
     ) -> Result<StatusReport, StatusFailure> {
         let started = Instant::now();
+        let options = StatusOptions {
+            history: extras.history,
+            image_links: extras.image_links,
+        };
         let status = self.client.job_status(user_id, job_id, options).await;
         let outcome = match &status {
             Ok(_) => "ok",

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use selfie_auth::jobs::LogFilter;
 use selfie_auth::jobs::model::{EventKind, Job, JobKind, JobState};
-use selfie_auth::jobs::ports::{Created, JobCursor, JobFilter, LogFilter, Saved, SharedStore};
+use selfie_auth::jobs::ports::{Created, JobCursor, JobFilter, Saved, SharedStore};
 use selfie_auth::store::PgLimits;
 use selfie_auth::users::model::{Operation, Pending, UserRecord};
 

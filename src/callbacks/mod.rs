@@ -186,7 +186,7 @@ async fn handle(endpoint: &Endpoint, headers: &HeaderMap, body: Body) -> (&'stat
         return ("replayed", (StatusCode::OK, "ok"));
     }
     let handled = match endpoint.service.get() {
-        Ok(service) => service.handle_callback(verified).await,
+        Ok(service) => service.handle_callback(verified.result).await,
         Err(error) => Err(error),
     };
     match handled {

@@ -24,8 +24,7 @@ pub use limits::{Admissions, GrpcLimits, HttpLimits, Keepalive};
 pub use sources::{Sources, name_environment_errors};
 
 use crate::auth::TrustedForwarders;
-use crate::jobs::ServiceConfig;
-use crate::jobs::retention::RetentionPolicy;
+use crate::jobs::{RetentionPolicy, ServiceConfig};
 use crate::smileid::{ApiKey, Environment, RetryPolicy};
 use crate::store::PgLimits;
 
@@ -129,8 +128,8 @@ pub struct JwtSettings {
 
 impl Config {
     /// The configuration `args` (the `serve` flags, without the program name)
-    /// and the environment give, with the API key from `api_key` or, when
-    /// `None`, from `SMILEID_API_KEY_FILE` / `SMILEID_API_KEY`.
+    /// and the environment give, with the API key from `SMILEID_API_KEY_FILE`
+    /// when set, else from `api_key`, else from `SMILEID_API_KEY`.
     pub fn parse_from<I, T>(args: I, api_key: Option<ApiKey>) -> anyhow::Result<Self>
     where
         I: IntoIterator<Item = T>,
@@ -148,9 +147,10 @@ impl Config {
     pub fn from_args(args: ServeArgs, matches: &ArgMatches, api_key: Option<ApiKey>) -> anyhow::Result<Self> {
         let sources = Sources::from_matches(matches);
         let name = |id: &str| sources.name(id);
-        let api_key = match api_key {
-            Some(key) => ApiKeySetting::Value(key),
-            None => sources::api_key(args.api_key_file.clone())?,
+        // A key file named is followed for rotations, whoever gave the first key.
+        let api_key = match (&args.api_key_file, api_key) {
+            (None, Some(key)) => ApiKeySetting::Value(key),
+            (file, _) => sources::api_key(file.clone())?,
         };
         let smile = validate::smile(&args, api_key, &name)?;
         validate::callbacks(&args, &name)?;

@@ -8,8 +8,7 @@ use super::args::{ServeArgs, SmileEnvironment};
 use super::limits::{Admissions, GrpcLimits, HttpLimits};
 use super::{ApiKeySetting, CallerIdentification, JwtSettings, SmileSettings};
 use crate::auth::{Identity, TrustedForwarders};
-use crate::jobs::retention::RetentionPolicy;
-use crate::jobs::{ImageLimits, ReconcilePolicy, ServiceConfig};
+use crate::jobs::{ImageLimits, ReconcilePolicy, RetentionPolicy, ServiceConfig};
 use crate::smileid::{Environment, RetryPolicy, Upstream};
 
 type Name<'a> = &'a dyn Fn(&str) -> String;

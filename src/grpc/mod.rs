@@ -22,11 +22,10 @@ use crate::auth::{AuthError, Caller, Permission, PolicySource, audit};
 use crate::jobs::listing;
 use crate::jobs::validate::id_problem;
 use crate::jobs::{
-    Job, JobError, JobKind, JobService, JobServiceHandle, LogFilter, LogStart, SubmitRequest, WatchItem,
+    Job, JobError, JobKind, JobService, JobServiceHandle, LogFilter, LogStart, StatusExtras, SubmitRequest, WatchItem,
 };
 use crate::metrics::Metrics;
 use crate::shares::{Share, Shares};
-use crate::smileid::StatusOptions;
 use crate::users::Operation;
 use convert::Include;
 use load_shed::Admission;
@@ -324,11 +323,11 @@ impl SelfieAuthApi {
             budget.saturating_sub(DEADLINE_MARGIN)
         });
         let deadline = tokio::time::Instant::now() + wait;
-        let mut output = service
+        let output = service
             .submit(request, deadline)
             .await
             .map_err(|error| to_status(&error))?;
-        if submission.wait_for_result && !output.job.state.is_terminal() {
+        let (job, fetched) = if submission.wait_for_result {
             // Admission is what the concurrency limit protects; waiting is cheap, and
             // counts among the open streams instead, the caller's own included (without a
             // free one, it stays admitted).
@@ -341,27 +340,19 @@ impl SelfieAuthApi {
                         admission.release();
                     }
                 });
-            output.job = service
-                .wait_for_final(&output.job.job_id, deadline)
-                .await
-                .map_err(|error| to_status(&error))?;
-        }
-        let include = Include {
-            history: submission.include_history,
-        };
-        let fetched = if submission.wait_for_result && (submission.include_history || submission.include_image_links) {
-            let options = StatusOptions {
+            let extras = StatusExtras {
                 history: submission.include_history,
                 image_links: submission.include_image_links,
             };
-            // Best effort: the job itself is the answer; links are extra.
-            service.refresh(&output.job.job_id, options).await.ok()
+            service
+                .settle(output.job, deadline, extras)
+                .await
+                .map_err(|error| to_status(&error))?
         } else {
-            None
+            (output.job, None)
         };
-        let (job, fetched) = match fetched {
-            Some((job, fetched)) => (job, Some(fetched)),
-            None => (output.job, None),
+        let include = Include {
+            history: submission.include_history,
         };
         let job = convert::job(&job, include, fetched.as_ref());
         audit_job(caller, method, &job);
@@ -452,12 +443,12 @@ impl SelfieAuth for SelfieAuthApi {
             history: request.include_history,
         };
         let job = if request.refresh {
-            let options = StatusOptions {
+            let extras = StatusExtras {
                 history: request.include_history,
                 image_links: request.include_image_links,
             };
             let (job, fetched) = service
-                .refresh(&stored.job_id, options)
+                .refresh(&stored.job_id, extras)
                 .await
                 .map_err(|e| to_status(&e))?;
             convert::job(&job, include, Some(&fetched))

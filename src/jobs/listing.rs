@@ -9,8 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::JobError;
 use super::model::Job;
-use super::ports::{JobCursor, JobFilter};
-use super::service::JobService;
+use super::ports::{JobCursor, JobFilter, SharedStore};
 use super::validate::id_problem;
 
 /// Jobs a page holds when the caller does not say.
@@ -86,26 +85,29 @@ pub fn decode_token(filter: &JobFilter, token: &str) -> Result<JobCursor, JobErr
     })
 }
 
-impl JobService {
-    /// A page of the jobs `filter` matches, newest first, after `page_token`
-    /// (empty: from the newest).
-    pub async fn list_jobs(&self, filter: &JobFilter, page_size: u32, page_token: &str) -> Result<JobPage, JobError> {
-        if let Some(description) = filter.user_id.as_deref().and_then(id_problem) {
-            return Err(JobError::invalid_field("user_id", description));
-        }
-        let after = (!page_token.is_empty())
-            .then(|| decode_token(filter, page_token))
-            .transpose()?;
-        // One more than the page shows whether another page follows.
-        let mut jobs = self.store.list_jobs(filter, after.as_ref(), page_size + 1).await?;
-        let next_page_token = if jobs.len() > page_size as usize {
-            jobs.truncate(page_size as usize);
-            jobs.last().map(|last| encode_token(filter, &JobCursor::of(last)))
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next_page_token })
+/// A page of the jobs `filter` matches, newest first, after `page_token`
+/// (empty: from the newest).
+pub async fn list_jobs(
+    store: &SharedStore,
+    filter: &JobFilter,
+    page_size: u32,
+    page_token: &str,
+) -> Result<JobPage, JobError> {
+    if let Some(description) = filter.user_id.as_deref().and_then(id_problem) {
+        return Err(JobError::invalid_field("user_id", description));
     }
+    let after = (!page_token.is_empty())
+        .then(|| decode_token(filter, page_token))
+        .transpose()?;
+    // One more than the page shows whether another page follows.
+    let mut jobs = store.list_jobs(filter, after.as_ref(), page_size + 1).await?;
+    let next_page_token = if jobs.len() > page_size as usize {
+        jobs.truncate(page_size as usize);
+        jobs.last().map(|last| encode_token(filter, &JobCursor::of(last)))
+    } else {
+        None
+    };
+    Ok(JobPage { jobs, next_page_token })
 }
 
 #[cfg(test)]

@@ -1,6 +1,14 @@
-//! The domain core: jobs, their state machine, submission, results, streams and
-//! reconciliation. Transport-free: gRPC and HTTP adapters call into it.
+//! The domain core: jobs, their state machine, submission, results, streams,
+//! reconciliation and retention. Transport-free: gRPC and HTTP adapters call
+//! into it through [`JobService`].
+//!
+//! Layers, each using only those below it: `settings`, `reason` and `model`
+//! (the job and its events); `error`, `ports` (what the domain needs from
+//! outside); `core` (load, transition, publish); one module per
+//! responsibility (`submission`, `results`, `watch`, `reconciler`,
+//! `retention`, `listing`); and `service`, the front the transports hold.
 
+mod core;
 pub mod error;
 pub mod jpeg;
 pub mod listing;
@@ -8,26 +16,28 @@ pub mod memory;
 pub mod model;
 pub mod ports;
 pub mod reason;
-pub mod reconciler;
-pub mod results;
+mod reconciler;
+mod results;
 pub mod retention;
-pub mod service;
-pub mod submission;
+mod service;
+pub mod settings;
+mod submission;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 pub mod validate;
-pub mod watch;
+mod watch;
 
 pub use error::{FieldViolation, InvalidReason, JobError, UnavailableReason};
 pub use listing::JobPage;
-pub use model::{EventKind, Job, JobEvent, JobKind, JobProblem, JobState, ProblemReason};
-pub use ports::{EventFanout, JobStore, LogFilter, SharedStore, SmileId, StoreError};
+pub use model::{EventKind, Job, JobEvent, JobKind, JobProblem, JobState, LogFilter, ProblemReason};
+pub use ports::{EventFanout, JobMetrics, JobStore, SharedStore, SmileId, StatusExtras, StoreError};
 pub use reason::ErrorReason;
-pub use reconciler::ReconcilePolicy;
 pub use results::{CallbackOutcome, Fetched};
-pub use service::{JobService, JobServiceHandle, JobServiceSlot, Ports, ServiceConfig};
+pub use retention::Expiry;
+pub use service::{JobService, JobServiceHandle, JobServiceSlot, Ports};
+pub use settings::{ImageLimits, ReconcilePolicy, RetentionPolicy, ServiceConfig};
 pub use submission::SubmitOutput;
-pub use validate::{ImageLimits, SubmitRequest};
+pub use validate::SubmitRequest;
 pub use watch::{LogStart, WatchItem, WatchStream};

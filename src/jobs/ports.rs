@@ -1,6 +1,7 @@
 //! What the domain needs from the outside world, in the domain's own terms: the
-//! job store, the event fan-out and Smile ID. `store`, `events` and the wiring's
-//! Smile ID adapter implement these traits; the job logic knows nothing else.
+//! job store, the event fan-out, Smile ID and the counters it keeps. `store`,
+//! `events`, `smile_adapter` and `metrics` implement these traits; the job
+//! logic knows nothing else.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use super::model::{Erasure, EventKind, EventNotice, Job, JobEvent, JobKind, JobState};
-use crate::smileid::{ErrorCode, ResultEntry, StatusOptions};
+use super::model::{Erasure, EventKind, EventNotice, Job, JobEvent, JobKind, JobState, LogFilter};
+use crate::smileid::{ErrorCode, ResultEntry};
 use crate::users::model::{Operation, UserRecord};
 
 // === the job store ===
@@ -149,24 +150,6 @@ pub struct JobFilter {
     pub kind: Option<JobKind>,
 }
 
-/// Which events a read of the log returns; `None` matches any.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct LogFilter {
-    pub user_id: Option<String>,
-    /// Events of jobs this identity created.
-    pub owner: Option<String>,
-}
-
-impl LogFilter {
-    pub fn matches(&self, event: &JobEvent) -> bool {
-        self.user_id.as_ref().is_none_or(|user| *user == event.job.user_id)
-            && self
-                .owner
-                .as_ref()
-                .is_none_or(|owner| event.job.owner.as_ref() == Some(owner))
-    }
-}
-
 /// Where a listing page ended: the last job it returned. Stores order by
 /// creation time in milliseconds, then job_id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,6 +279,27 @@ pub enum SubmitFailure {
     },
 }
 
+/// What a job_status lookup should return besides the latest result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusExtras {
+    /// Every result so far, not only the latest.
+    pub history: bool,
+    /// Links to the job's images (short-lived, and personal data).
+    pub image_links: bool,
+}
+
+impl StatusExtras {
+    /// What confirming a result needs: the history, no images.
+    pub const HISTORY: Self = Self {
+        history: true,
+        image_links: false,
+    };
+
+    pub fn any(self) -> bool {
+        self.history || self.image_links
+    }
+}
+
 /// What Smile ID says about a job.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StatusReport {
@@ -332,7 +336,7 @@ pub trait SmileId: Send + Sync + 'static {
         &self,
         user_id: &str,
         job_id: &str,
-        options: StatusOptions,
+        extras: StatusExtras,
     ) -> Result<StatusReport, StatusFailure>;
 
     /// Carries out a user operation at Smile ID.
@@ -351,4 +355,18 @@ pub enum ManageFailure {
         retry_after: Option<Duration>,
         detail: String,
     },
+}
+
+// === counters ===
+
+/// What the job logic counts; the service's metrics implement it.
+pub trait JobMetrics: Send + Sync + 'static {
+    fn job_created(&self);
+    fn event_written(&self);
+    /// A submission Smile ID `"accepted"` or `"refused"`.
+    fn submission(&self, outcome: &'static str);
+    fn reconcile_poll(&self);
+    /// The reconciler's backlog: jobs due, and how old the oldest unfinished job is.
+    fn backlog(&self, due: u64, oldest_unfinished: Duration);
+    fn jobs_deleted(&self, count: u64);
 }

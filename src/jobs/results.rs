@@ -13,11 +13,11 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
+use super::core::JobCore;
 use super::error::{JobError, UnavailableReason};
 use super::model::Job;
-use super::ports::{SmileId, StatusFailure, StatusReport};
-use super::service::JobService;
-use crate::smileid::{ResultEntry, StatusOptions, VerifiedCallback};
+use super::ports::{SmileId, StatusExtras, StatusFailure, StatusReport};
+use crate::smileid::ResultEntry;
 
 /// Extra data fetched from Smile ID on request; never stored.
 #[derive(Clone, Debug, Default)]
@@ -51,12 +51,31 @@ impl CallbackOutcome {
     }
 }
 
-impl JobService {
+/// Takes in what Smile ID says about jobs, from callbacks (confirmed with
+/// job_status when asked to) and from job_status itself.
+pub struct ResultIntake {
+    core: Arc<JobCore>,
+    smile: Arc<dyn SmileId>,
+    /// Confirm each callback with job_status before trusting it (its signature does not cover the body).
+    confirm_callbacks: bool,
+    confirmations: Confirmations,
+}
+
+impl ResultIntake {
+    pub fn new(core: Arc<JobCore>, smile: Arc<dyn SmileId>, confirm_callbacks: bool) -> Self {
+        Self {
+            core,
+            smile,
+            confirm_callbacks,
+            confirmations: Confirmations::default(),
+        }
+    }
+
     /// Asks Smile ID for the job's status, applies what it says, and returns the
     /// job with the history and image links Smile ID returned.
-    pub async fn refresh(&self, job_id: &str, options: StatusOptions) -> Result<(Job, Fetched), JobError> {
-        let job = self.load(job_id).await?;
-        let status = self.smile.job_status(&job.user_id, &job.job_id, options).await;
+    pub async fn refresh(&self, job_id: &str, extras: StatusExtras) -> Result<(Job, Fetched), JobError> {
+        let job = self.core.load(job_id).await?;
+        let status = self.smile.job_status(&job.user_id, &job.job_id, extras).await;
         match status {
             Ok(status) => {
                 let fetched = Fetched {
@@ -71,15 +90,15 @@ impl JobService {
         }
     }
 
-    /// Applies a verified callback; answers only after the outcome is durable.
-    #[tracing::instrument(name = "job.callback", skip_all, fields(job_id = callback.result.job_id().unwrap_or_default()))]
-    pub async fn handle_callback(&self, callback: VerifiedCallback) -> Result<CallbackOutcome, JobError> {
-        let result = callback.result;
+    /// Applies a result from a callback whose signature was verified; answers
+    /// only after the outcome is durable.
+    #[tracing::instrument(name = "job.callback", skip_all, fields(job_id = result.job_id().unwrap_or_default()))]
+    pub async fn handle_callback(&self, result: ResultEntry) -> Result<CallbackOutcome, JobError> {
         let Some(job_id) = result.job_id().map(str::to_owned) else {
             warn!(smile_job_id = ?result.smile_job_id, "callback without PartnerParams.job_id");
             return Ok(CallbackOutcome::UnknownJob);
         };
-        let Some(job) = self.store.get(&job_id).await? else {
+        let Some(job) = self.core.store.get(&job_id).await? else {
             warn!(job_id = ?job_id, smile_job_id = ?result.smile_job_id, "callback for an unknown job");
             return Ok(CallbackOutcome::UnknownJob);
         };
@@ -97,7 +116,7 @@ impl JobService {
         if !job.takes_results() || job.has_result(&result) {
             return Ok(CallbackOutcome::Unchanged);
         }
-        if !self.config.confirm_callbacks {
+        if !self.confirm_callbacks {
             let before = job.last_sequence;
             let after = self.apply_results(job, vec![result]).await?;
             return Ok(if after.last_sequence > before {
@@ -117,7 +136,8 @@ impl JobService {
         if after.takes_results() && !after.has_result(&result) {
             // Smile ID has not confirmed it (yet): keep it, durably, before answering.
             let now = Utc::now();
-            self.transition(&job_id, |job| job.await_confirmation(result.clone(), now))
+            self.core
+                .transition(&job_id, |job| job.await_confirmation(result.clone(), now))
                 .await?;
             return Ok(CallbackOutcome::Deferred);
         }
@@ -129,7 +149,7 @@ impl JobService {
     }
 
     /// Applies a job_status answer: every result in order, then the latest.
-    pub(crate) async fn apply_status(&self, job: Job, status: StatusReport) -> Result<Job, JobError> {
+    pub(super) async fn apply_status(&self, job: Job, status: StatusReport) -> Result<Job, JobError> {
         let mut results = status.history;
         if let Some(latest) = status.result {
             results.push(latest);
@@ -144,6 +164,7 @@ impl JobService {
         for result in results {
             let now = Utc::now();
             job = self
+                .core
                 .transition_from(job, |job| job.apply_result(result.clone(), now))
                 .await?;
         }
@@ -180,7 +201,7 @@ enum Confirmation {
 /// every callback of that job arriving meanwhile, and an answer reused for a
 /// moment, so a burst or a replay of callbacks costs one upstream call.
 #[derive(Default)]
-pub struct Confirmations {
+struct Confirmations {
     jobs: Mutex<HashMap<String, Confirmation>>,
 }
 
@@ -189,7 +210,7 @@ impl Confirmations {
         self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub async fn confirm(&self, smile: &Arc<dyn SmileId>, user_id: &str, job_id: &str) -> StatusAnswer {
+    async fn confirm(&self, smile: &Arc<dyn SmileId>, user_id: &str, job_id: &str) -> StatusAnswer {
         let asking = {
             let mut jobs = self.lock();
             match jobs.get(job_id) {
@@ -206,11 +227,7 @@ impl Confirmations {
                     }
                     let smile = smile.clone();
                     let (user, job) = (user_id.to_owned(), job_id.to_owned());
-                    let options = StatusOptions {
-                        history: true,
-                        image_links: false,
-                    };
-                    let asking = async move { smile.job_status(&user, &job, options).await }
+                    let asking = async move { smile.job_status(&user, &job, StatusExtras::HISTORY).await }
                         .boxed()
                         .shared();
                     jobs.insert(job_id.to_owned(), Confirmation::Asking(asking.clone()));

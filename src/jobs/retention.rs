@@ -8,36 +8,18 @@
 //! period; open streams get an ERASED event for each.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use tracing::{info, warn};
 
+use super::core::JobCore;
 use super::error::JobError;
-use super::service::JobService;
+use super::settings::RetentionPolicy;
 
 /// Jobs deleted in one transaction at most.
 const BATCH: u32 = 500;
 /// Idle users looked up at once.
 const USER_BATCH: u32 = 100;
-
-/// How long finished jobs are kept, and how often expired ones are looked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetentionPolicy {
-    pub keep_for: Duration,
-    pub every: Duration,
-}
-
-impl RetentionPolicy {
-    /// Keeps finished jobs for `keep_for`, looking a few times per period
-    /// (between once a second and every five minutes).
-    pub fn keeping(keep_for: Duration) -> Self {
-        Self {
-            keep_for,
-            every: (keep_for / 4).clamp(Duration::from_secs(1), Duration::from_mins(5)),
-        }
-    }
-}
 
 /// What a retention pass erases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,15 +46,24 @@ fn cutoff(policy: RetentionPolicy) -> Option<chrono::DateTime<Utc>> {
     Utc::now().checked_sub_signed(keep_for)
 }
 
-impl JobService {
+/// Erases expired data: one replica at a time, in bounded batches.
+pub struct Retention {
+    core: Arc<JobCore>,
+}
+
+impl Retention {
+    pub fn new(core: Arc<JobCore>) -> Self {
+        Self { core }
+    }
+
     /// Erases what `expiry` names every `policy.every` until shutdown.
-    pub async fn run_retention(self: Arc<Self>, expiry: Expiry, policy: RetentionPolicy) {
+    pub async fn run(&self, expiry: Expiry, policy: RetentionPolicy) {
         let mut tick = tokio::time::interval(policy.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = self.shutdown.cancelled() => return,
+                () = self.core.shutdown.cancelled() => return,
             }
             let erased = match expiry {
                 Expiry::FinishedJobs => self.delete_expired(policy).await,
@@ -96,10 +87,10 @@ impl JobService {
         };
         let mut total = 0;
         loop {
-            let deleted = self.store.delete_finished(before, BATCH).await?;
+            let deleted = self.core.store.delete_finished(before, BATCH).await?;
             total += deleted.len();
-            self.metrics.jobs_deleted.inc_by(deleted.len() as u64);
-            if deleted.len() < BATCH as usize || self.shutdown.is_cancelled() {
+            self.core.metrics.jobs_deleted(deleted.len() as u64);
+            if deleted.len() < BATCH as usize || self.core.shutdown.is_cancelled() {
                 return Ok(total);
             }
         }
@@ -116,16 +107,16 @@ impl JobService {
         };
         let mut total = 0;
         loop {
-            let idle = self.store.idle_users(before, USER_BATCH).await?;
+            let idle = self.core.store.idle_users(before, USER_BATCH).await?;
             for user_id in &idle {
-                let erasure = self.store.erase_jobs_of(user_id).await?;
-                self.metrics.jobs_deleted.inc_by(erasure.jobs.len() as u64);
+                let erasure = self.core.store.erase_jobs_of(user_id).await?;
+                self.core.metrics.jobs_deleted(erasure.jobs.len() as u64);
                 if !erasure.jobs.is_empty() {
-                    self.fanout.publish_erasure(erasure);
+                    self.core.fanout.publish_erasure(erasure);
                 }
             }
             total += idle.len();
-            if idle.len() < USER_BATCH as usize || self.shutdown.is_cancelled() {
+            if idle.len() < USER_BATCH as usize || self.core.shutdown.is_cancelled() {
                 return Ok(total);
             }
         }

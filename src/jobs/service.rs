@@ -1,72 +1,27 @@
-//! The job service: its configuration, its ports, and the read-modify-write
-//! every change of a job goes through. Submission, results, reconciliation and
-//! streams live in modules of their own.
+//! The job service as the transports see it: a thin front over the shared
+//! core and one type per responsibility — submission, result intake,
+//! watching, reconciling and retention — each owning its state.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::error::{JobError, UnavailableReason};
-use super::memory::MemoryBudget;
-use super::model::{EventKind, EventNotice, Job, JobEvent, scoped_job_id};
-use super::ports::{EventFanout, Saved, SharedStore, SmileId, StoreError};
-use super::reconciler::ReconcilePolicy;
-use super::results::Confirmations;
-use super::submission::Sending;
-use super::validate::ImageLimits;
-use super::watch::LogReads;
-use crate::metrics::Metrics;
-use crate::users::{UserConfig, UserService};
-
-#[derive(Clone, Debug)]
-pub struct ServiceConfig {
-    /// The public URL Smile ID posts results to.
-    pub callback_url: Option<String>,
-    /// Confirm each callback with job_status before trusting it (its signature does not cover the body).
-    pub confirm_callbacks: bool,
-    pub heartbeat_interval: Duration,
-    pub reconcile: ReconcilePolicy,
-    pub image_limits: ImageLimits,
-    /// How long a submission attempt owns a SUBMITTING job; renewed while it
-    /// runs, so a replica that dies hands the job over after at most this long.
-    pub submit_lease: Duration,
-    /// How long the service keeps retrying a submission Smile ID could not take
-    /// (unreachable, 5xx, timeouts), holding its images in memory.
-    pub submit_retry_budget: Duration,
-    /// Bytes of images all submissions being sent may hold at once.
-    pub submission_memory_bytes: usize,
-    /// Streams (WatchJob, WatchJobs, submissions waiting for their result) open at once.
-    pub max_open_streams: usize,
-    /// How long a call without a deadline waits for its submission (and, with
-    /// `wait_for_result`, for the result).
-    pub default_wait: Duration,
-    /// Accept `partner_params.sandbox_result` (not against Smile ID production).
-    pub sandbox_params_allowed: bool,
-    /// How user operations are carried out.
-    pub users: UserConfig,
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        Self {
-            callback_url: None,
-            confirm_callbacks: true,
-            heartbeat_interval: Duration::from_secs(15),
-            reconcile: ReconcilePolicy::default(),
-            image_limits: ImageLimits::default(),
-            submit_lease: Duration::from_secs(15),
-            submit_retry_budget: Duration::from_mins(2),
-            submission_memory_bytes: 256 * 1024 * 1024,
-            max_open_streams: 10_000,
-            default_wait: Duration::from_mins(1),
-            sandbox_params_allowed: true,
-            users: UserConfig::default(),
-        }
-    }
-}
+use super::core::JobCore;
+use super::error::JobError;
+use super::listing::{self, JobPage};
+use super::model::{Job, LogFilter};
+use super::ports::{EventFanout, JobFilter, JobMetrics, SharedStore, SmileId, StatusExtras, StoreError};
+use super::reconciler::Reconciler;
+use super::results::{CallbackOutcome, Fetched, ResultIntake};
+use super::retention::{Expiry, Retention};
+use super::settings::{RetentionPolicy, ServiceConfig};
+use super::submission::{SubmitOutput, Submitter};
+use super::validate::SubmitRequest;
+use super::watch::{LogStart, WatchStream, Watcher};
+use crate::smileid::ResultEntry;
+use crate::users::UserService;
 
 /// The job service as the transports hold it: empty until the store is open
 /// (the process serves health before its database answers), so a call or a
@@ -104,44 +59,49 @@ pub struct Ports {
     pub store: SharedStore,
     pub fanout: Arc<dyn EventFanout>,
     pub smile: Arc<dyn SmileId>,
+    pub metrics: Arc<dyn JobMetrics>,
 }
 
 pub struct JobService {
-    pub(crate) store: SharedStore,
-    pub(crate) fanout: Arc<dyn EventFanout>,
-    pub(crate) smile: Arc<dyn SmileId>,
-    pub(crate) config: ServiceConfig,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) decode_budget: MemoryBudget,
-    /// Images held by submissions being sent (and retried).
-    pub(crate) submission_budget: MemoryBudget,
-    /// The submissions this process is sending now.
-    pub(crate) sending: Sending,
-    pub(crate) confirmations: Confirmations,
-    pub(crate) log_reads: LogReads,
-    pub(crate) open_streams: Arc<tokio::sync::Semaphore>,
+    core: Arc<JobCore>,
+    smile: Arc<dyn SmileId>,
+    config: Arc<ServiceConfig>,
+    submitter: Arc<Submitter>,
+    intake: Arc<ResultIntake>,
+    watcher: Arc<Watcher>,
+    reconciler: Reconciler,
+    retention: Retention,
 }
 
 impl JobService {
-    pub fn new(ports: Ports, config: ServiceConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Arc<Self> {
-        let Ports { store, fanout, smile } = ports;
-        let decode_budget = MemoryBudget::new(config.image_limits.decode_memory_bytes);
-        let submission_budget = MemoryBudget::new(config.submission_memory_bytes);
-        let open_streams = Arc::new(tokio::sync::Semaphore::new(config.max_open_streams));
-        Arc::new(Self {
-            decode_budget,
-            submission_budget,
+    pub fn new(ports: Ports, config: ServiceConfig, shutdown: CancellationToken) -> Arc<Self> {
+        let Ports {
             store,
             fanout,
             smile,
-            config,
-            shutdown,
             metrics,
-            sending: Sending::default(),
-            confirmations: Confirmations::default(),
-            log_reads: LogReads::default(),
-            open_streams,
+        } = ports;
+        let config = Arc::new(config);
+        let core = JobCore::new(store, fanout, metrics, shutdown);
+        let submitter = Arc::new(Submitter::new(core.clone(), smile.clone(), config.clone()));
+        let intake = Arc::new(ResultIntake::new(core.clone(), smile.clone(), config.confirm_callbacks));
+        let watcher = Arc::new(Watcher::new(core.clone(), &config));
+        let reconciler = Reconciler::new(
+            core.clone(),
+            smile.clone(),
+            intake.clone(),
+            submitter.sending(),
+            config.clone(),
+        );
+        Arc::new(Self {
+            retention: Retention::new(core.clone()),
+            core,
+            smile,
+            config,
+            submitter,
+            intake,
+            watcher,
+            reconciler,
         })
     }
 
@@ -152,110 +112,132 @@ impl JobService {
     /// The user lifecycle over the same ports.
     pub fn users(&self) -> UserService {
         UserService::new(
-            self.store.clone(),
-            self.fanout.clone(),
+            self.core.store.clone(),
+            self.core.fanout.clone(),
             self.smile.clone(),
             self.config.users,
-            self.shutdown.clone(),
+            self.core.shutdown.clone(),
         )
     }
 
-    /// Tells this process's streams about a stored event.
-    pub(crate) fn publish(&self, event: &JobEvent) {
-        self.fanout.publish(EventNotice::from(event));
-    }
+    // === reads ===
 
     pub async fn get(&self, job_id: &str) -> Result<Job, JobError> {
-        self.load(job_id).await
+        self.core.load(job_id).await
     }
 
     /// The job `job_id` names for the caller `owner`: its own, scoped one when
-    /// another caller holds the job_id, else the job_id's (which the caller
-    /// may see only with leave to see others' jobs).
+    /// another caller holds the job_id, else the job_id's.
     pub async fn get_for(&self, job_id: &str, owner: Option<&str>) -> Result<Job, JobError> {
-        let found = self.load(job_id).await;
-        match (owner, &found) {
-            (Some(owner), Ok(job)) if job.owner.as_deref() != Some(owner) => {
-                match self.store.get(&scoped_job_id(job_id, owner)).await? {
-                    Some(own) => Ok(own),
-                    None => found,
-                }
-            }
-            _ => found,
-        }
+        self.core.get_for(job_id, owner).await
     }
 
-    /// The key `owner`'s submission of `job_id` is stored under: the job_id,
-    /// or its scoped form when another caller holds it.
-    pub(crate) async fn key_for(&self, job_id: &str, owner: &str) -> Result<String, JobError> {
-        Ok(match self.store.get(job_id).await? {
-            Some(job) if job.owner.as_deref() != Some(owner) => scoped_job_id(job_id, owner),
-            _ => job_id.to_owned(),
-        })
+    /// One page of jobs matching `filter`, and the token of the next.
+    pub async fn list_jobs(&self, filter: &JobFilter, page_size: u32, page_token: &str) -> Result<JobPage, JobError> {
+        listing::list_jobs(&self.core.store, filter, page_size, page_token).await
     }
 
     /// The caller that enrolled `user_id` through this service, if any.
     pub async fn user_owner(&self, user_id: &str) -> Result<Option<String>, JobError> {
-        Ok(self.store.user_owner(user_id).await?)
+        Ok(self.core.store.user_owner(user_id).await?)
     }
 
     /// Makes `owner` the owner of `user_id` unless another caller is; answers
     /// with the user's owner.
     pub async fn claim_user(&self, user_id: &str, owner: &str) -> Result<String, JobError> {
-        Ok(self.store.claim_user(user_id, owner).await?)
+        Ok(self.core.store.claim_user(user_id, owner).await?)
     }
 
-    pub(crate) async fn load(&self, job_id: &str) -> Result<Job, JobError> {
-        self.store.get(job_id).await?.ok_or_else(|| JobError::NotFound {
-            job_id: job_id.to_owned(),
-        })
+    // === submission ===
+
+    /// Checks a submission, then sends it (or joins the attempt sending it)
+    /// and waits until `deadline` for Smile ID to take it.
+    pub async fn submit(&self, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
+        self.submitter.submit(request, deadline).await
     }
 
-    /// Read-modify-write with compare-and-set, retried on conflict. `change`
-    /// returns the event to record; a change that alters nothing writes nothing.
-    pub(crate) async fn transition(
+    /// Waits until `deadline` for a submitted job's final result (holding a
+    /// stream slot the caller took), then fetches the `extras` asked for; the
+    /// extras are best effort, since the job itself is the answer.
+    pub async fn settle(
         &self,
-        job_id: &str,
-        change: impl FnMut(&mut Job) -> Option<EventKind>,
-    ) -> Result<Job, JobError> {
-        let job = self.load(job_id).await?;
-        self.transition_from(job, change).await
-    }
-
-    /// [`transition`](Self::transition) starting from a copy of the job the
-    /// caller has read already; a stale copy costs one conflict and a reload.
-    pub(crate) async fn transition_from(
-        &self,
-        known: Job,
-        mut change: impl FnMut(&mut Job) -> Option<EventKind>,
-    ) -> Result<Job, JobError> {
-        let job_id = known.job_id.clone();
-        let mut known = Some(known);
-        for _ in 0..32 {
-            let mut job = match known.take() {
-                Some(job) => job,
-                None => self.load(&job_id).await?,
-            };
-            let before = job.clone();
-            let event = change(&mut job);
-            if event.is_none() && job == before {
-                return Ok(job);
-            }
-            job.updated_at = Utc::now();
-            match self.store.save(&mut job, event).await? {
-                Saved::Written(Some(event)) => {
-                    self.publish(&event);
-                    self.metrics.events_written.inc();
-                    return Ok(job);
-                }
-                Saved::Written(None) => return Ok(job),
-                Saved::Conflict => tokio::task::yield_now().await,
-            }
+        job: Job,
+        deadline: Instant,
+        extras: StatusExtras,
+    ) -> Result<(Job, Option<Fetched>), JobError> {
+        let job = if job.state.is_terminal() {
+            job
+        } else {
+            self.watcher.wait_for_final(&job.job_id, deadline).await?
+        };
+        if extras.any()
+            && let Ok((job, fetched)) = self.intake.refresh(&job.job_id, extras).await
+        {
+            return Ok((job, Some(fetched)));
         }
-        Err(JobError::Unavailable {
-            reason: UnavailableReason::Contention,
-            message: "the job is being updated concurrently; retry".into(),
-            retry_after: Some(Duration::from_millis(100)),
-        })
+        Ok((job, None))
+    }
+
+    // === results ===
+
+    /// Asks Smile ID for the job's status, applies what it says, and returns
+    /// the job with the extras Smile ID returned.
+    pub async fn refresh(&self, job_id: &str, extras: StatusExtras) -> Result<(Job, Fetched), JobError> {
+        self.intake.refresh(job_id, extras).await
+    }
+
+    /// Applies a result from a callback whose signature was verified; answers
+    /// only after the outcome is durable.
+    pub async fn handle_callback(&self, result: ResultEntry) -> Result<CallbackOutcome, JobError> {
+        self.intake.handle_callback(result).await
+    }
+
+    // === streams ===
+
+    /// A slot among the streams (and waits for results) this process holds open at once.
+    pub fn hold_stream(&self) -> Result<OwnedSemaphorePermit, JobError> {
+        self.watcher.hold_stream()
+    }
+
+    /// Waits until the job is final or `deadline`, then returns it as it stands.
+    pub async fn wait_for_final(&self, job_id: &str, deadline: Instant) -> Result<Job, JobError> {
+        self.watcher.wait_for_final(job_id, deadline).await
+    }
+
+    /// Streams one job's events after `after_sequence`; ends after its final event.
+    pub async fn watch_job(&self, job_id: &str, after_sequence: u64) -> Result<WatchStream, JobError> {
+        self.watcher.watch_job(job_id, after_sequence).await
+    }
+
+    /// Streams the log of every job `filter` matches, from `start`.
+    pub async fn watch_log(&self, filter: LogFilter, start: LogStart) -> Result<WatchStream, JobError> {
+        self.watcher.watch_log(filter, start).await
+    }
+
+    // === background work ===
+
+    /// Polls the jobs that are due once; returns how many were polled.
+    pub async fn reconcile_due(&self) -> Result<usize, JobError> {
+        self.reconciler.reconcile_due().await
+    }
+
+    /// Runs the reconciler until shutdown.
+    pub async fn run_reconciler(&self) {
+        self.reconciler.run().await;
+    }
+
+    /// Erases what `expiry` names every `policy.every` until shutdown.
+    pub async fn run_retention(&self, expiry: Expiry, policy: RetentionPolicy) {
+        self.retention.run(expiry, policy).await;
+    }
+
+    /// Deletes every job finished longer than `policy.keep_for` ago.
+    pub async fn delete_expired(&self, policy: RetentionPolicy) -> Result<usize, JobError> {
+        self.retention.delete_expired(policy).await
+    }
+
+    /// Erases the jobs of every user idle longer than `policy.keep_for`.
+    pub async fn erase_idle_users(&self, policy: RetentionPolicy) -> Result<usize, JobError> {
+        self.retention.erase_idle_users(policy).await
     }
 }

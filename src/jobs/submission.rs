@@ -21,11 +21,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::core::JobCore;
 use super::error::{JobError, UnavailableReason};
-use super::model::{Job, JobKind, JobProblem, JobState, ProblemReason, TakeOver, public_job_id};
-use super::ports::{Created, Saved, SmileJob, SubmitFailure};
-use super::service::JobService;
-use super::validate::{Prepared, SubmitRequest, prepare};
+use super::memory::MemoryBudget;
+use super::model::{Job, JobKind, JobProblem, JobState, Prepared, ProblemReason, TakeOver, public_job_id};
+use super::ports::{Created, Saved, SmileId, SmileJob, SubmitFailure};
+use super::settings::ServiceConfig;
+use super::validate::{SubmitRequest, prepare};
 use crate::smileid::ErrorCode;
 
 /// What SubmitAuthentication returns.
@@ -85,11 +87,40 @@ const SUBMISSION_MEMORY_WAIT: Duration = Duration::from_secs(2);
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
 
-impl JobService {
+/// Sends submissions to Smile ID, each to a definite outcome.
+pub struct Submitter {
+    core: Arc<JobCore>,
+    smile: Arc<dyn SmileId>,
+    config: Arc<ServiceConfig>,
+    /// Memory all image decoding may use at once.
+    decode_budget: MemoryBudget,
+    /// Images held by submissions being sent (and retried).
+    submission_budget: MemoryBudget,
+    /// The submissions this process is sending now.
+    sending: Arc<Sending>,
+}
+
+impl Submitter {
+    pub fn new(core: Arc<JobCore>, smile: Arc<dyn SmileId>, config: Arc<ServiceConfig>) -> Self {
+        Self {
+            decode_budget: MemoryBudget::new(config.image_limits.decode_memory_bytes),
+            submission_budget: MemoryBudget::new(config.submission_memory_bytes),
+            sending: Arc::default(),
+            core,
+            smile,
+            config,
+        }
+    }
+
+    /// The submissions this process is sending, which the reconciler leaves alone.
+    pub fn sending(&self) -> Arc<Sending> {
+        self.sending.clone()
+    }
+
     /// Checks a submission, then starts sending it (or joins the attempt
     /// already sending it) and waits until `deadline` for the outcome. A
     /// submission still running at the deadline goes on; the caller is told to
-    /// retry. Waiting for the result is [`JobService::wait_for_final`]'s.
+    /// retry. Waiting for the result is the watcher's.
     #[tracing::instrument(name = "job.submit", skip_all, fields(job_id = tracing::field::Empty))]
     pub async fn submit(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
         // The images stay in memory until Smile ID has them, retries included.
@@ -114,7 +145,7 @@ impl JobService {
             prepared.job_id = generate_job_id();
         } else if let Some(owner) = prepared.owner.as_deref() {
             // Another caller's job_id is this caller's own, scoped, as if the other did not exist.
-            prepared.job_id = self.key_for(&prepared.job_id, owner).await?;
+            prepared.job_id = self.core.key_for(&prepared.job_id, owner).await?;
         }
         tracing::Span::current().record("job_id", prepared.job_id.as_str());
         let (outcome, joined) = self.start_or_join(prepared, held)?;
@@ -179,10 +210,10 @@ impl JobService {
         let now = Utc::now();
         let lease_until = now + self.config.submit_lease;
         let fresh = Job::submitting(prepared, now, lease_until, now + self.config.reconcile.first_delay);
-        let (job, created, may_resume) = match self.store.create(&fresh).await? {
+        let (job, created, may_resume) = match self.core.store.create(&fresh).await? {
             Created::New(event) => {
-                self.publish(&event);
-                self.metrics.jobs_created.inc();
+                self.core.publish(&event);
+                self.core.metrics.job_created();
                 info!(job_id = ?event.job.job_id, "job created");
                 if event.job.kind == JobKind::Enrollment {
                     self.use_reenrollment(&event.job.user_id).await;
@@ -200,12 +231,12 @@ impl JobService {
                         job_id: public_job_id(&prepared.job_id).to_owned(),
                     });
                 }
-                match job.take_over(now, lease_until, self.store.is_shared()) {
+                match job.take_over(now, lease_until, self.core.store.is_shared()) {
                     TakeOver::Report => return report(job),
-                    TakeOver::Resubmit { may_resume } => match self.store.save(&mut job, None).await? {
+                    TakeOver::Resubmit { may_resume } => match self.core.store.save(&mut job, None).await? {
                         Saved::Written(_) => (job, false, may_resume),
                         // Another replica took it over first.
-                        Saved::Conflict => return report(self.load(&job.job_id).await?),
+                        Saved::Conflict => return report(self.core.load(&job.job_id).await?),
                     },
                 }
             }
@@ -220,12 +251,12 @@ impl JobService {
     /// Records that an enrolment used the user's leave to enrol again. Best
     /// effort: the leave is Smile ID's to keep, this is what GetUser shows.
     async fn use_reenrollment(&self, user_id: &str) {
-        let Ok(Some(mut user)) = self.store.user(user_id).await else {
+        let Ok(Some(mut user)) = self.core.store.user(user_id).await else {
             return;
         };
         if user.reenrollment_allowed {
             user.reenrollment_allowed = false;
-            if let Err(error) = self.store.put_user(&mut user).await {
+            if let Err(error) = self.core.store.put_user(&mut user).await {
                 warn!(user_id, error = %error, "could not record that a re-enrolment was used");
             }
         }
@@ -237,7 +268,7 @@ impl JobService {
         loop {
             tokio::time::sleep(every).await;
             let lease_until = Utc::now() + self.config.submit_lease;
-            if let Err(error) = self.transition(job_id, |job| job.renew_lease(lease_until)).await {
+            if let Err(error) = self.core.transition(job_id, |job| job.renew_lease(lease_until)).await {
                 warn!(job_id, error = %error, "could not renew a submission lease");
             }
         }
@@ -263,10 +294,11 @@ impl JobService {
             };
             let failure = match self.smile.submit(submission).await {
                 Ok(accepted) => {
-                    self.metrics.submission("accepted");
+                    self.core.metrics.submission("accepted");
                     info!(job_id, smile_job_id = ?accepted.smile_job_id, resumed = accepted.resumed, "job submitted to smile id");
                     let first_poll = Utc::now() + self.config.reconcile.first_delay;
                     return self
+                        .core
                         .transition(job_id, |job| job.accepted(&accepted.smile_job_id, first_poll))
                         .await;
                 }
@@ -276,8 +308,8 @@ impl JobService {
             let retry_after = match &failure {
                 SubmitFailure::Refused { code, message } => {
                     let problem = refusal_problem(code, message, job.kind);
-                    self.transition(job_id, |job| job.refused(problem.clone())).await?;
-                    self.metrics.submission("refused");
+                    self.core.transition(job_id, |job| job.refused(problem.clone())).await?;
+                    self.core.metrics.submission("refused");
                     return Err(JobError::Rejected(problem));
                 }
                 SubmitFailure::NotSent { retry_after, .. } => *retry_after,
@@ -289,12 +321,12 @@ impl JobService {
             };
             let wait = retry_after.unwrap_or(backoff);
             backoff = (backoff * 2).min(LONGEST_RETRY);
-            if Instant::now() + wait >= give_up_at || self.shutdown.is_cancelled() {
+            if Instant::now() + wait >= give_up_at || self.core.shutdown.is_cancelled() {
                 return Err(self.stop_retrying(job, failure, may_resume).await?);
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = self.shutdown.cancelled() => return Err(self.stop_retrying(job, failure, may_resume).await?),
+                () = self.core.shutdown.cancelled() => return Err(self.stop_retrying(job, failure, may_resume).await?),
             }
         }
     }
@@ -317,7 +349,8 @@ impl JobService {
                 smile_code: None,
             };
             let abandon_at = job.created_at + self.config.reconcile.abandon_after;
-            self.transition(&job.job_id, |job| job.not_sent(problem.clone(), abandon_at))
+            self.core
+                .transition(&job.job_id, |job| job.not_sent(problem.clone(), abandon_at))
                 .await?;
             return Ok(JobError::Unavailable {
                 reason: UnavailableReason::UpstreamUnavailable,
@@ -337,10 +370,11 @@ impl JobService {
             smile_code: None,
         };
         let soon = Utc::now() + self.config.reconcile.first_delay;
-        self.transition(&job.job_id, |job| {
-            job.outcome_unknown(smile_job_id.as_deref(), problem.clone(), soon)
-        })
-        .await?;
+        self.core
+            .transition(&job.job_id, |job| {
+                job.outcome_unknown(smile_job_id.as_deref(), problem.clone(), soon)
+            })
+            .await?;
         Ok(JobError::Unavailable {
             reason: UnavailableReason::SubmissionOutcomeUnknown,
             message: message.into(),

@@ -9,14 +9,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::model::{ErasedJob, Erasure, EventKind, EventNotice, Job, JobEvent};
+use super::model::{ErasedJob, Erasure, EventKind, EventNotice, Job, JobEvent, LogFilter};
 use super::ports::{
-    Accepted, Activity, Created, EventFanout, FanoutMessage, JobStore, LogFilter, ManageFailure, Saved, SmileId,
-    SmileJob, StatusFailure, StatusReport, StoreError, SubmitFailure,
+    Accepted, Activity, Created, EventFanout, FanoutMessage, JobMetrics, JobStore, ManageFailure, Saved, SmileId,
+    SmileJob, StatusExtras, StatusFailure, StatusReport, StoreError, SubmitFailure,
 };
-use super::service::{JobService, Ports, ServiceConfig};
-use crate::metrics::Metrics;
-use crate::smileid::StatusOptions;
+use super::service::{JobService, Ports};
+use super::settings::ServiceConfig;
 use crate::users::model::{Operation, UserRecord};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -483,7 +482,7 @@ impl SmileId for FakeSmileId {
         &self,
         _user_id: &str,
         job_id: &str,
-        _options: StatusOptions,
+        _extras: StatusExtras,
     ) -> Result<StatusReport, StatusFailure> {
         lock(&self.calls).push(SmileCall::Status {
             job_id: job_id.to_owned(),
@@ -498,6 +497,18 @@ impl SmileId for FakeSmileId {
         });
         lock(&self.manages).pop_front().unwrap_or(Ok(()))
     }
+}
+
+/// Counters the unit tests do not read.
+struct Uncounted;
+
+impl JobMetrics for Uncounted {
+    fn job_created(&self) {}
+    fn event_written(&self) {}
+    fn submission(&self, _outcome: &'static str) {}
+    fn reconcile_poll(&self) {}
+    fn backlog(&self, _due: u64, _oldest_unfinished: Duration) {}
+    fn jobs_deleted(&self, _count: u64) {}
 }
 
 /// A job service over the fakes, and the fakes themselves.
@@ -515,8 +526,9 @@ impl Harness {
             store: store.clone(),
             fanout: Arc::new(LocalFanout::default()),
             smile: smile.clone(),
+            metrics: Arc::new(Uncounted),
         };
-        let service = JobService::new(ports, config, Arc::new(Metrics::default()), CancellationToken::new());
+        let service = JobService::new(ports, config, CancellationToken::new());
         Self { service, store, smile }
     }
 }

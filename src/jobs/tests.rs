@@ -7,13 +7,12 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use super::error::{JobError, UnavailableReason};
-use super::model::{EventKind, JobState, ProblemReason, Submission};
-use super::ports::{LogFilter, StatusFailure, StatusReport, SubmitFailure};
-use super::reconciler::ReconcilePolicy;
-use super::service::ServiceConfig;
+use super::model::{EventKind, JobState, LogFilter, ProblemReason, Submission};
+use super::ports::{StatusExtras, StatusFailure, StatusReport, SubmitFailure};
+use super::settings::{ReconcilePolicy, ServiceConfig};
 use super::testing::{Harness, SmileCall, result, submission};
 use super::watch::{LogStart, WatchItem, WatchStream};
-use crate::smileid::{ErrorCode, StatusOptions};
+use crate::smileid::ErrorCode;
 
 fn harness() -> Harness {
     Harness::new(ServiceConfig::default())
@@ -358,7 +357,7 @@ async fn a_job_smile_id_never_received_is_abandoned_and_a_later_result_still_com
     h.smile.answer_status(final_status("1220"));
     let (job, _) = h
         .service
-        .refresh("j1", StatusOptions::default())
+        .refresh("j1", StatusExtras::default())
         .await
         .expect("a late result");
     assert_eq!((job.state, job.problem), (JobState::Completed, None));
@@ -380,7 +379,7 @@ async fn results_move_provisional_to_final_and_a_late_provisional_changes_nothin
         result: Some(result("0825", false)),
         ..StatusReport::default()
     }));
-    let options = StatusOptions::default();
+    let options = StatusExtras::default();
     let (job, _) = h.service.refresh("j1", options).await.expect("provisional");
     assert_eq!(job.state, JobState::Provisional);
     let (job, _) = h.service.refresh("j1", options).await.expect("final");
@@ -409,7 +408,7 @@ async fn conflicting_writes_are_retried_and_endless_conflict_is_retryable() {
     h.smile.answer_status(final_status("1220"));
     let (job, _) = h
         .service
-        .refresh("j1", StatusOptions::default())
+        .refresh("j1", StatusExtras::default())
         .await
         .expect("written after conflicts");
     assert_eq!(job.state, JobState::Completed);
@@ -422,7 +421,7 @@ async fn conflicting_writes_are_retried_and_endless_conflict_is_retryable() {
     h.smile.answer_status(final_status("1220"));
     let error = h
         .service
-        .refresh("j2", StatusOptions::default())
+        .refresh("j2", StatusExtras::default())
         .await
         .expect_err("gives up");
     assert!(
@@ -515,7 +514,7 @@ async fn a_watch_replays_then_goes_live_with_no_seam() {
         ..StatusReport::default()
     }));
     h.service
-        .refresh("j1", StatusOptions::default())
+        .refresh("j1", StatusExtras::default())
         .await
         .expect("provisional");
     assert_eq!(
@@ -527,7 +526,7 @@ async fn a_watch_replays_then_goes_live_with_no_seam() {
         ]
     );
     h.smile.answer_status(final_status("1220"));
-    h.service.refresh("j1", StatusOptions::default()).await.expect("final");
+    h.service.refresh("j1", StatusExtras::default()).await.expect("final");
     assert_eq!(next_kinds(&mut stream, 1).await, [(4, EventKind::FinalResult)]);
     assert!(stream.recv().await.is_none(), "the stream ends after the final event");
 
@@ -600,7 +599,7 @@ async fn a_submit_may_wait_for_the_final_result() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     h.smile.answer_status(final_status("1220"));
-    h.service.refresh("j1", StatusOptions::default()).await.expect("final");
+    h.service.refresh("j1", StatusExtras::default()).await.expect("final");
     let job = waiting.await.expect("joined").expect("submit");
     assert_eq!(job.state, JobState::Completed);
 }

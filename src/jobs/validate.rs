@@ -8,35 +8,11 @@ use std::time::Duration;
 
 use super::error::{FieldViolation, InvalidReason, JobError, UnavailableReason, quoted};
 use super::memory::{MemoryBudget, Refused};
-use super::model::JobKind;
+use super::model::{JobKind, Prepared};
+use super::settings::ImageLimits;
 use bytes::Bytes;
 use image::{ImageDecoder as _, ImageFormat, ImageReader, Limits};
 use sha2::{Digest, Sha256};
-
-/// Size limits of one submission. Their sum stays below the gRPC message limit,
-/// so an oversized image gets our precise error, not a transport error.
-#[derive(Clone, Copy, Debug)]
-pub struct ImageLimits {
-    pub max_image_bytes: usize,
-    pub max_total_bytes: usize,
-    pub max_side_px: u32,
-    pub min_side_px: u32,
-    /// Memory all image decoding of the process may use at once; a submission
-    /// waits for its share (its images' pixels, known from their headers).
-    pub decode_memory_bytes: usize,
-}
-
-impl Default for ImageLimits {
-    fn default() -> Self {
-        Self {
-            max_image_bytes: 5 * 1024 * 1024,
-            max_total_bytes: 15 * 1024 * 1024,
-            max_side_px: 4096,
-            min_side_px: 16,
-            decode_memory_bytes: 256 * 1024 * 1024,
-        }
-    }
-}
 
 /// Longest wait for decode memory before a submission is shed as overloaded.
 const DECODE_WAIT: Duration = Duration::from_secs(10);
@@ -71,20 +47,6 @@ impl std::fmt::Debug for SubmitRequest {
             .field("partner_params", &self.partner_params)
             .finish_non_exhaustive()
     }
-}
-
-/// A checked submission, ready for Smile ID.
-pub struct Prepared {
-    pub kind: JobKind,
-    pub owner: Option<String>,
-    pub user_id: String,
-    /// Empty when the caller left it to us.
-    pub job_id: String,
-    pub selfie_jpeg: Bytes,
-    pub liveness_jpegs: Vec<Bytes>,
-    pub partner_params: BTreeMap<String, String>,
-    pub content_hash: String,
-    pub allow_new_enroll: bool,
 }
 
 /// Whether `id` is a valid user_id / job_id: 1-100 of `[A-Za-z0-9._:@-]`.

@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::error::{JobError, UnavailableReason};
 use super::model::{ErasedJob, Erasure, EventNotice, Job, JobEvent};
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
-use super::ports::{FanoutMessage, Interest, LogFilter, SharedStore, StoreError};
-use super::service::JobService;
+use super::core::JobCore;
+use super::model::LogFilter;
+use super::ports::{FanoutMessage, Interest, SharedStore, StoreError};
+use super::settings::ServiceConfig;
 
 const PAGE: u32 = 200;
 /// Items a stream holds for a slow reader before it waits for it.
@@ -64,7 +66,25 @@ pub enum LogStart {
     Now,
 }
 
-impl JobService {
+/// Serves streams of events and waits for results, each holding a slot of
+/// the process's open streams.
+pub struct Watcher {
+    core: Arc<JobCore>,
+    heartbeat_interval: Duration,
+    open_streams: Arc<Semaphore>,
+    log_reads: LogReads,
+}
+
+impl Watcher {
+    pub fn new(core: Arc<JobCore>, config: &ServiceConfig) -> Self {
+        Self {
+            core,
+            heartbeat_interval: config.heartbeat_interval,
+            open_streams: Arc::new(Semaphore::new(config.max_open_streams)),
+            log_reads: LogReads::default(),
+        }
+    }
+
     /// A slot among the streams (and waits for results) this process holds open
     /// at once; none free is `UNAVAILABLE` / `OVERLOADED`. Streams cost little
     /// each, but a client opening connections without end must not exhaust memory.
@@ -81,9 +101,9 @@ impl JobService {
 
     /// Waits until the job is final or `deadline`, then returns it as it stands.
     pub async fn wait_for_final(&self, job_id: &str, deadline: tokio::time::Instant) -> Result<Job, JobError> {
-        let mut notices = self.fanout.subscribe(Interest::Job(job_id.to_owned()));
+        let mut notices = self.core.fanout.subscribe(Interest::Job(job_id.to_owned()));
         loop {
-            let job = self.load(job_id).await?;
+            let job = self.core.load(job_id).await?;
             if job.state.is_terminal() {
                 return Ok(job);
             }
@@ -96,10 +116,10 @@ impl JobService {
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(job),
                     },
-                    () = tokio::time::sleep_until(deadline) => return self.load(job_id).await,
-                    () = self.shutdown.cancelled() => return Ok(job),
+                    () = tokio::time::sleep_until(deadline) => return self.core.load(job_id).await,
+                    () = self.core.shutdown.cancelled() => return Ok(job),
                     // Events may come from other replicas without a notice here.
-                    () = tokio::time::sleep(self.config.heartbeat_interval) => break,
+                    () = tokio::time::sleep(self.heartbeat_interval) => break,
                 }
             }
         }
@@ -109,8 +129,8 @@ impl JobService {
     pub async fn watch_job(self: &Arc<Self>, job_id: &str, after_sequence: u64) -> Result<WatchStream, JobError> {
         let stream = self.hold_stream()?;
         // Subscribe before the first read so nothing falls between replay and live.
-        let mut notices = self.fanout.subscribe(Interest::Job(job_id.to_owned()));
-        let job = self.load(job_id).await?;
+        let mut notices = self.core.fanout.subscribe(Interest::Job(job_id.to_owned()));
+        let job = self.core.load(job_id).await?;
         if after_sequence > job.last_sequence {
             return Err(JobError::invalid_field(
                 "after_sequence",
@@ -126,13 +146,13 @@ impl JobService {
             if job.state.is_terminal() && cursor >= job.last_sequence {
                 return;
             }
-            let mut heartbeat = tokio::time::interval(service.config.heartbeat_interval);
+            let mut heartbeat = tokio::time::interval(service.heartbeat_interval);
             heartbeat.tick().await;
             loop {
                 // Drain everything stored after the cursor.
                 loop {
                     let events = match service
-                        .read_patiently(|| service.store.job_events(&job_id, cursor, PAGE))
+                        .read_patiently(|| service.core.store.job_events(&job_id, cursor, PAGE))
                         .await
                     {
                         Ok(events) => events,
@@ -189,23 +209,23 @@ impl JobService {
     pub async fn watch_log(self: &Arc<Self>, filter: LogFilter, start: LogStart) -> Result<WatchStream, JobError> {
         let stream = self.hold_stream()?;
         let interest = filter.user_id.clone().map_or(Interest::All, Interest::User);
-        let mut notices = self.fanout.subscribe(interest);
+        let mut notices = self.core.fanout.subscribe(interest);
         let mut cursor = match start {
             LogStart::After(id) => {
                 // A position past the end of the caller's view was never issued to it.
-                if id > self.store.last_global_id(filter.owner.as_deref()).await? {
+                if id > self.core.store.last_global_id(filter.owner.as_deref()).await? {
                     return Err(JobError::InvalidResumeToken);
                 }
                 id
             }
             LogStart::Beginning => 0,
-            LogStart::Now => self.store.last_global_id(filter.owner.as_deref()).await?,
+            LogStart::Now => self.core.store.last_global_id(filter.owner.as_deref()).await?,
         };
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
         crate::task::spawn(async move {
             let _stream = stream;
-            let mut heartbeat = tokio::time::interval(service.config.heartbeat_interval);
+            let mut heartbeat = tokio::time::interval(service.heartbeat_interval);
             heartbeat.tick().await;
             let mut wanted = None;
             // Erasures this stream announced: every replica's notice of one reaches it.
@@ -213,7 +233,7 @@ impl JobService {
             loop {
                 loop {
                     let events = match service
-                        .read_patiently(|| service.log_reads.read(&service.store, cursor, &filter, wanted))
+                        .read_patiently(|| service.log_reads.read(&service.core.store, cursor, &filter, wanted))
                         .await
                     {
                         Ok(events) => events,
@@ -320,7 +340,7 @@ impl JobService {
                         Wake::Stop
                     };
                 }
-                () = self.shutdown.cancelled() => {
+                () = self.core.shutdown.cancelled() => {
                     let _ = sender.send(Err(Box::new(JobError::shutting_down()))).await;
                     return Wake::Stop;
                 }
@@ -350,7 +370,7 @@ type LogPlace = (i64, LogFilter);
 /// Reads of the event log shared by every WatchJobs stream at the same place:
 /// streams woken by one event, at one position, cost one database read.
 #[derive(Default)]
-pub struct LogReads {
+struct LogReads {
     reading: std::sync::Mutex<HashMap<LogPlace, SharedPage>>,
 }
 

@@ -13,8 +13,7 @@ use tracing::{info, warn};
 use super::health::Readiness;
 use crate::config::Config;
 use crate::events::EventBus;
-use crate::jobs::retention::Expiry;
-use crate::jobs::{JobService, JobServiceSlot, Ports, SharedStore, SmileId};
+use crate::jobs::{Expiry, JobService, JobServiceSlot, Ports, SharedStore, SmileId};
 use crate::metrics::Metrics;
 use crate::store::{self, TimedStore};
 
@@ -67,6 +66,8 @@ pub(super) struct Work {
     pub slot: JobServiceSlot,
     pub readiness: Readiness,
     pub shutdown: CancellationToken,
+    /// The gRPC and HTTP addresses, announced when serving starts.
+    pub addrs: (SocketAddr, SocketAddr),
 }
 
 /// Opens the store (patiently), makes the job service, turns SERVING, and then
@@ -79,6 +80,7 @@ pub(super) async fn open_then_work(work: Work) {
         slot,
         readiness,
         shutdown,
+        addrs: (grpc_addr, http_addr),
     } = work;
     let Some(opened) = open_store_patiently(&config, &shutdown).await else {
         return;
@@ -94,20 +96,23 @@ pub(super) async fn open_then_work(work: Work) {
             store: store.clone(),
             fanout: Arc::new(bus),
             smile,
+            metrics,
         },
         config.service.clone(),
-        metrics,
         shutdown.clone(),
     );
     slot.fill(service.clone());
     readiness.set(true);
-    info!("selfie-auth serving");
+    info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");
     crate::task::spawn(follow_database(store, readiness, config.readiness_interval, shutdown));
-    if let Some(retention) = config.retention {
-        crate::task::spawn(service.clone().run_retention(Expiry::FinishedJobs, retention));
-    }
-    if let Some(retention) = config.activity_retention {
-        crate::task::spawn(service.clone().run_retention(Expiry::IdleUsers, retention));
+    for (expiry, retention) in [
+        (Expiry::FinishedJobs, config.retention),
+        (Expiry::IdleUsers, config.activity_retention),
+    ] {
+        if let Some(retention) = retention {
+            let service = service.clone();
+            crate::task::spawn(async move { service.run_retention(expiry, retention).await });
+        }
     }
     crate::task::spawn(service.users().run());
     service.run_reconciler().await;

@@ -125,6 +125,7 @@ pub async fn start_on(
         slot,
         readiness: readiness.clone(),
         shutdown: shutdown.clone(),
+        addrs: (grpc_addr, http_addr),
     }));
     Ok(RunningService {
         grpc_addr,

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::jobs::model::LogFilter;
 use crate::jobs::model::{Erasure, EventKind, Job, JobEvent};
-use crate::jobs::ports::{Activity, Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, StoreError};
+use crate::jobs::ports::{Activity, Backlog, Created, JobCursor, JobFilter, JobStore, Saved, StoreError};
 use crate::users::model::UserRecord;
 
 /// Jobs kept; the oldest kept first goes first.

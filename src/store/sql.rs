@@ -396,7 +396,7 @@ macro_rules! impl_job_store {
             async fn log_events(
                 &self,
                 after_global_id: i64,
-                filter: &$crate::jobs::ports::LogFilter,
+                filter: &$crate::jobs::model::LogFilter,
                 limit: u32,
             ) -> Result<Vec<$crate::jobs::model::JobEvent>, $crate::jobs::ports::StoreError> {
                 // One statement per filter, each served by its own index.

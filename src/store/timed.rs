@@ -5,10 +5,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::jobs::model::{Erasure, EventKind, Job, JobEvent};
-use crate::jobs::ports::{
-    Activity, Backlog, Created, JobCursor, JobFilter, JobStore, LogFilter, Saved, SharedStore, StoreError,
-};
+use crate::jobs::model::{Erasure, EventKind, Job, JobEvent, LogFilter};
+use crate::jobs::ports::{Activity, Backlog, Created, JobCursor, JobFilter, JobStore, Saved, SharedStore, StoreError};
 use crate::metrics::Metrics;
 use crate::users::model::UserRecord;
 
