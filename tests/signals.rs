@@ -212,6 +212,29 @@ async fn a_start_waits_for_its_database_and_says_why_it_waits() {
         .await
         .expect("health");
     assert_eq!(health.status.code(), Some(1), "NOT_SERVING exits 1");
+    // Calls that come this early are told the database is not there yet, to retry.
+    let mut client = served.client().await;
+    let early = client
+        .get_job(pb::GetJobRequest {
+            job_id: "early".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no database yet");
+    assert_eq!(
+        (early.code(), reason(&early).as_str()),
+        (tonic::Code::Unavailable, "DATABASE_UNAVAILABLE"),
+        "{early:?}"
+    );
+    let early_submission = client
+        .submit_authentication(submit_request(ENROLLED_USER, "early-1"))
+        .await
+        .expect_err("no database yet");
+    assert_eq!(
+        reason(&early_submission),
+        "DATABASE_UNAVAILABLE",
+        "{early_submission:?}"
+    );
     let waiting = served.logs_containing("the job database is not available");
     assert!(
         waiting.iter().any(|line| line.contains("connecting to PostgreSQL")),

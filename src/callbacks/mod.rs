@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::jobs::memory::MemoryBudget;
-use crate::jobs::{CallbackOutcome, JobServiceHandle};
+use crate::jobs::{CallbackOutcome, JobService};
 use crate::metrics::Metrics;
 use crate::smileid::{CallbackError, Credentials, verify_callback};
 use replays::SeenDeliveries;
@@ -44,14 +44,14 @@ pub struct CallbackSettings {
 
 #[derive(Clone)]
 struct Endpoint {
-    service: JobServiceHandle,
+    service: Arc<JobService>,
     metrics: Arc<Metrics>,
     settings: Arc<CallbackSettings>,
     seen: Arc<SeenDeliveries>,
 }
 
 /// The callback route, on `settings.path`.
-pub fn router(service: JobServiceHandle, metrics: Arc<Metrics>, settings: CallbackSettings) -> Router {
+pub fn router(service: Arc<JobService>, metrics: Arc<Metrics>, settings: CallbackSettings) -> Router {
     let path = settings.path.clone();
     // A delivery older than the window is refused anyway: remember it that long on either side.
     let seen = Arc::new(SeenDeliveries::new(settings.window * 2, DELIVERIES_KEPT));
@@ -185,10 +185,7 @@ async fn handle(endpoint: &Endpoint, headers: &HeaderMap, body: Body) -> (&'stat
     if !endpoint.seen.first_time(&timestamp, &job_id) {
         return ("replayed", (StatusCode::OK, "ok"));
     }
-    let handled = match endpoint.service.get() {
-        Ok(service) => service.handle_callback(verified.result).await,
-        Err(error) => Err(error),
-    };
+    let handled = endpoint.service.handle_callback(verified.result).await;
     match handled {
         Ok(outcome) => {
             // Caller-controlled strings are logged escaped (Debug), never raw.

@@ -21,9 +21,7 @@ use crate::auth::rates::{RateLimits, Spend};
 use crate::auth::{AuthError, Caller, Permission, PolicySource, audit};
 use crate::jobs::listing;
 use crate::jobs::validate::id_problem;
-use crate::jobs::{
-    Job, JobError, JobKind, JobService, JobServiceHandle, LogFilter, LogStart, StatusExtras, SubmitRequest, WatchItem,
-};
+use crate::jobs::{Job, JobError, JobKind, JobService, LogFilter, LogStart, StatusExtras, SubmitRequest, WatchItem};
 use crate::metrics::Metrics;
 use crate::shares::{Share, Shares};
 use crate::users::Operation;
@@ -91,7 +89,7 @@ pub use pb::selfie_auth_server::SelfieAuthServer;
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 pub struct SelfieAuthApi {
-    service: JobServiceHandle,
+    service: Arc<JobService>,
     policy: Arc<PolicySource>,
     metrics: Arc<Metrics>,
     /// The policy's per-caller rate limits, spent as calls come.
@@ -103,7 +101,7 @@ pub struct SelfieAuthApi {
 impl SelfieAuthApi {
     /// The API over `service`; each caller may have `caller_streams` streams open.
     pub fn new(
-        service: JobServiceHandle,
+        service: Arc<JobService>,
         policy: Arc<PolicySource>,
         metrics: Arc<Metrics>,
         caller_streams: usize,
@@ -138,10 +136,6 @@ impl SelfieAuthApi {
             );
             status::overloaded(message, "caller_streams", Duration::from_secs(1))
         })
-    }
-
-    fn service(&self) -> Result<Arc<JobService>, Status> {
-        self.service.get().map_err(|error| to_status(&error))
     }
 
     /// Refuses the call unless the policy grants `caller` the `permission`.
@@ -302,12 +296,12 @@ impl SelfieAuthApi {
         if submission.wait_for_result && submission.include_image_links {
             self.permit(caller, method, Permission::ImageLinks)?;
         }
-        let service = self.service()?;
+        let service = &self.service;
         let ownership = match kind {
             JobKind::Enrollment => Ownership::Claim,
             JobKind::Authentication => Ownership::Check,
         };
-        self.permit_user(&service, caller, method, ownership, permission, &submission.user_id)
+        self.permit_user(service, caller, method, ownership, permission, &submission.user_id)
             .await?;
         let request = SubmitRequest {
             kind,
@@ -402,7 +396,7 @@ impl SelfieAuth for SelfieAuthApi {
         }
         let page_size = listing::page_size(request.page_size).map_err(|error| to_status(&error))?;
         let page = self
-            .service()?
+            .service
             .list_jobs(&filter, page_size, &request.page_token)
             .await
             .map_err(|error| to_status(&error))?;
@@ -433,7 +427,7 @@ impl SelfieAuth for SelfieAuthApi {
         if request.refresh {
             self.throttle(&caller, Spend::Refresh)?;
         }
-        let service = self.service()?;
+        let service = &self.service;
         let stored = service
             .get_for(&request.job_id, caller.owner().as_deref())
             .await
@@ -468,7 +462,7 @@ impl SelfieAuth for SelfieAuthApi {
         self.permit(&caller, METHOD, Permission::WatchJob)?;
         let request = request.into_inner();
         check_job_id(&request.job_id)?;
-        let service = self.service()?;
+        let service = &self.service;
         let stored = service
             .get_for(&request.job_id, caller.owner().as_deref())
             .await
@@ -524,11 +518,7 @@ impl SelfieAuth for SelfieAuthApi {
             owner: if everyone { None } else { caller.owner() },
         };
         let share = self.caller_stream(&caller)?;
-        let items = self
-            .service()?
-            .watch_log(filter, start)
-            .await
-            .map_err(|e| to_status(&e))?;
+        let items = self.service.watch_log(filter, start).await.map_err(|e| to_status(&e))?;
         let stream = ReceiverStream::new(items).map(move |item| match item {
             Ok(WatchItem::Event(event)) => {
                 let event = convert::event(&event, convert::resume_token(event.global_id));
@@ -554,8 +544,8 @@ impl SelfieAuth for SelfieAuthApi {
         let caller = caller(&request)?;
         self.throttle(&caller, Spend::Call)?;
         let user_id = request.into_inner().user_id;
-        let service = self.service()?;
-        self.permit_user_operation(&service, &caller, METHOD, Permission::ReadUsers, &user_id)
+        let service = &self.service;
+        self.permit_user_operation(service, &caller, METHOD, Permission::ReadUsers, &user_id)
             .await?;
         let view = service.users().get(&user_id).await.map_err(|e| to_status(&e))?;
         audit::read_user(&caller, METHOD, &user_id);
@@ -633,8 +623,8 @@ impl SelfieAuthApi {
             Operation::Delete => Permission::DeleteUsers,
             _ => Permission::ManageUsers,
         };
-        let service = self.service()?;
-        self.permit_user_operation(&service, &caller, method, permission, &user_id)
+        let service = &self.service;
+        self.permit_user_operation(service, &caller, method, permission, &user_id)
             .await?;
         let users = service.users();
         let wait = budget.map_or(users.config().wait, |budget| budget.saturating_sub(DEADLINE_MARGIN));

@@ -36,7 +36,7 @@ pub use ports::{EventFanout, JobMetrics, JobStore, SharedStore, SmileId, StatusE
 pub use reason::ErrorReason;
 pub use results::{CallbackOutcome, Fetched};
 pub use retention::Expiry;
-pub use service::{JobService, JobServiceHandle, JobServiceSlot, Ports};
+pub use service::{JobService, Ports};
 pub use settings::{ImageLimits, ReconcilePolicy, RetentionPolicy, ServiceConfig};
 pub use submission::SubmitOutput;
 pub use validate::SubmitRequest;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -12,7 +12,7 @@ use super::core::JobCore;
 use super::error::JobError;
 use super::listing::{self, JobPage};
 use super::model::{Job, LogFilter};
-use super::ports::{EventFanout, JobFilter, JobMetrics, SharedStore, SmileId, StatusExtras, StoreError};
+use super::ports::{EventFanout, JobFilter, JobMetrics, SharedStore, SmileId, StatusExtras};
 use super::reconciler::Reconciler;
 use super::results::{CallbackOutcome, Fetched, ResultIntake};
 use super::retention::{Expiry, Retention};
@@ -22,36 +22,6 @@ use super::validate::SubmitRequest;
 use super::watch::{LogStart, WatchStream, Watcher};
 use crate::smileid::ResultEntry;
 use crate::users::UserService;
-
-/// The job service as the transports hold it: empty until the store is open
-/// (the process serves health before its database answers), so a call or a
-/// callback that comes too early is told the database is unavailable.
-#[derive(Clone)]
-pub struct JobServiceHandle(watch::Receiver<Option<Arc<JobService>>>);
-
-/// Fills a [`JobServiceHandle`] once the service exists.
-pub struct JobServiceSlot(watch::Sender<Option<Arc<JobService>>>);
-
-impl JobServiceHandle {
-    pub fn empty() -> (Self, JobServiceSlot) {
-        let (sender, receiver) = watch::channel(None);
-        (Self(receiver), JobServiceSlot(sender))
-    }
-
-    pub fn get(&self) -> Result<Arc<JobService>, JobError> {
-        self.0.borrow().clone().ok_or_else(|| {
-            JobError::Store(StoreError::Unavailable(
-                "the service is starting and its job database is not open yet".into(),
-            ))
-        })
-    }
-}
-
-impl JobServiceSlot {
-    pub fn fill(&self, service: Arc<JobService>) {
-        self.0.send_replace(Some(service));
-    }
-}
 
 /// The ports a [`JobService`] works through.
 #[derive(Clone)]

@@ -22,7 +22,7 @@ use crate::grpc::observe::ObserveLayer;
 use crate::grpc::request_limits::{ArrivalBudgets, READ_MEMORY_BYTES, RequestLimitsLayer};
 use crate::grpc::stream_caps::StreamCapsLayer;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
-use crate::jobs::JobServiceHandle;
+use crate::jobs::JobService;
 use crate::jobs::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::net::{self, ConnectionLimits, Silence};
@@ -33,7 +33,7 @@ const REFLECTION_STREAMS: usize = 32;
 
 /// What the gRPC stack is built from, besides the configuration.
 pub struct GrpcParts {
-    pub service: JobServiceHandle,
+    pub service: Arc<JobService>,
     pub identity: IdentityModes,
     pub policy: Arc<PolicySource>,
     pub tls: Option<GrpcTlsAcceptor>,

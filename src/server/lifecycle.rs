@@ -13,9 +13,9 @@ use tracing::{info, warn};
 use super::health::Readiness;
 use crate::config::Config;
 use crate::events::EventBus;
-use crate::jobs::{Expiry, JobService, JobServiceSlot, Ports, SharedStore, SmileId};
+use crate::jobs::{Expiry, JobService, SharedStore};
 use crate::metrics::Metrics;
-use crate::store::{self, TimedStore};
+use crate::store::{self, OpeningStore};
 
 /// A service that is listening, and serving once its job store is open.
 pub struct RunningService {
@@ -61,23 +61,27 @@ impl RunningService {
 /// What the background work needs once the store is open.
 pub(super) struct Work {
     pub config: Config,
-    pub smile: Arc<dyn SmileId>,
+    /// The service's store, to open.
+    pub store: Arc<OpeningStore>,
+    /// This process's event bus, which other replicas' notices feed.
+    pub bus: EventBus,
+    pub service: Arc<JobService>,
     pub metrics: Arc<Metrics>,
-    pub slot: JobServiceSlot,
     pub readiness: Readiness,
     pub shutdown: CancellationToken,
     /// The gRPC and HTTP addresses, announced when serving starts.
     pub addrs: (SocketAddr, SocketAddr),
 }
 
-/// Opens the store (patiently), makes the job service, turns SERVING, and then
-/// runs the reconciler until shutdown.
+/// Opens the store (patiently), turns SERVING, and then runs the reconciler
+/// until shutdown.
 pub(super) async fn open_then_work(work: Work) {
     let Work {
         config,
-        smile,
+        store,
+        bus,
+        service,
         metrics,
-        slot,
         readiness,
         shutdown,
         addrs: (grpc_addr, http_addr),
@@ -85,23 +89,11 @@ pub(super) async fn open_then_work(work: Work) {
     let Some(opened) = open_store_patiently(&config, &shutdown).await else {
         return;
     };
-    let bus = EventBus::default();
     if let Some(pool) = opened.postgres {
-        store::spawn_event_listener(pool, bus.clone(), shutdown.clone());
+        store::spawn_event_listener(pool, bus, shutdown.clone());
     }
     metrics.watch_pool(opened.pool_status);
-    let store: SharedStore = Arc::new(TimedStore::new(opened.store, metrics.clone()));
-    let service = JobService::new(
-        Ports {
-            store: store.clone(),
-            fanout: Arc::new(bus),
-            smile,
-            metrics,
-        },
-        config.service.clone(),
-        shutdown.clone(),
-    );
-    slot.fill(service.clone());
+    store.open(opened.store);
     readiness.set(true);
     info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");
     crate::task::spawn(follow_database(store, readiness, config.readiness_interval, shutdown));

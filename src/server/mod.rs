@@ -20,13 +20,14 @@ pub use lifecycle::RunningService;
 
 use crate::callbacks::{self, CallbackSettings};
 use crate::config::{ApiKeySetting, Config};
+use crate::events::EventBus;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer};
-use crate::jobs::JobServiceHandle;
 use crate::jobs::memory::MemoryBudget;
+use crate::jobs::{JobService, Ports};
 use crate::metrics::Metrics;
 use crate::smile_adapter::SmileIdAdapter;
 use crate::smileid::SmileIdClient;
-use crate::store;
+use crate::store::{self, OpeningStore};
 use files::Opened;
 use health::Readiness;
 
@@ -73,7 +74,19 @@ pub async fn start_on(
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::new(metrics.clone());
-    let (service, slot) = JobServiceHandle::empty();
+    // The service exists from the start; its store answers unavailable until the database is open.
+    let store = OpeningStore::new(metrics.clone());
+    let bus = EventBus::default();
+    let service = JobService::new(
+        Ports {
+            store: store.clone(),
+            fanout: Arc::new(bus.clone()),
+            smile: Arc::new(SmileIdAdapter::new(smile, metrics.clone())),
+            metrics: metrics.clone(),
+        },
+        config.service.clone(),
+        shutdown.clone(),
+    );
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
@@ -105,7 +118,7 @@ pub async fn start_on(
     let grpc_task = grpc::serve(
         &config,
         grpc::GrpcParts {
-            service,
+            service: service.clone(),
             identity: opened.identity,
             policy: opened.policy,
             tls: opened.grpc_tls,
@@ -120,9 +133,10 @@ pub async fn start_on(
     let (shutdown_delay, drain_timeout) = (config.shutdown_delay, config.drain_timeout);
     let work = crate::task::spawn(lifecycle::open_then_work(lifecycle::Work {
         config,
-        smile: Arc::new(SmileIdAdapter::new(smile, metrics.clone())),
+        store,
+        bus,
+        service,
         metrics,
-        slot,
         readiness: readiness.clone(),
         shutdown: shutdown.clone(),
         addrs: (grpc_addr, http_addr),

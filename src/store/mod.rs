@@ -7,19 +7,19 @@
 
 mod batch;
 mod cached;
+mod opening;
 mod postgres;
 mod sql;
 mod sqlite;
-mod timed;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 
+pub use opening::OpeningStore;
 pub use postgres::notify::spawn_listener as spawn_event_listener;
 pub use postgres::{PgLimits, PgStore};
 pub use sqlite::SqliteStore;
-pub use timed::TimedStore;
 
 use crate::jobs::model::{EventKind, Job, JobEvent};
 use crate::jobs::ports::{SharedStore, StoreError};
