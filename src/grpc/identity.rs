@@ -6,10 +6,10 @@
 //! Health checks and reflection need no identity.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::middleware::{Answer, GrpcResponse, Middleware};
 use tracing::{debug, warn};
 
 use super::status::auth_status;
@@ -19,53 +19,26 @@ use crate::metrics::Metrics;
 const IDENTIFIED_PREFIX: &str = "/selfieauth.v1.SelfieAuth/";
 
 #[derive(Clone)]
-pub struct IdentityLayer {
+pub struct Identify {
     modes: IdentityModes,
     metrics: Arc<Metrics>,
 }
 
-impl IdentityLayer {
+impl Identify {
     pub fn new(modes: IdentityModes, metrics: Arc<Metrics>) -> Self {
         Self { modes, metrics }
     }
 }
 
-impl<S> Layer<S> for IdentityLayer {
-    type Service = Identify<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Identify {
-            inner,
-            modes: self.modes.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Identify<S> {
-    inner: S,
-    modes: IdentityModes,
-    metrics: Arc<Metrics>,
-}
-
-impl<S, B> Service<http::Request<B>> for Identify<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+impl Middleware for Identify {
+    fn call<S, B>(&self, inner: &mut S, mut request: http::Request<B>) -> Answer<S::Error>
+    where
+        S: Service<http::Request<B>, Response = GrpcResponse>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         if !request.uri().path().starts_with(IDENTIFIED_PREFIX) {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         }
         // TLS connections state their peer; plaintext ones only their address.
         let peer = request.extensions().get::<Peer>().cloned().unwrap_or_else(|| Peer {
@@ -78,7 +51,7 @@ where
         match self.modes.identify(request.headers(), &peer) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
-                Box::pin(self.inner.call(request))
+                Box::pin(inner.call(request))
             }
             Err(error) => {
                 if matches!(error, AuthError::UntrustedForwarder(_)) {

@@ -12,12 +12,12 @@
 //! submission waiting for its result gives its slot back once Smile ID has the job.
 
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::middleware::{Answer, GrpcResponse, Middleware};
 
 use super::request_limits::is_submission;
 use super::status::overloaded;
@@ -47,13 +47,13 @@ impl Pool {
 }
 
 #[derive(Clone)]
-pub struct LoadShedLayer {
+pub struct LoadShed {
     submissions: Pool,
     reads: Pool,
     metrics: Arc<Metrics>,
 }
 
-impl LoadShedLayer {
+impl LoadShed {
     pub fn new(admissions: Admissions, metrics: Arc<Metrics>) -> Self {
         Self {
             submissions: Pool::new("submissions", admissions.submissions, admissions.per_caller),
@@ -63,52 +63,27 @@ impl LoadShedLayer {
     }
 }
 
-impl<S> Layer<S> for LoadShedLayer {
-    type Service = LoadShed<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        LoadShed {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct LoadShed<S> {
-    inner: S,
-    layer: LoadShedLayer,
-}
-
-impl<S, B> Service<http::Request<B>> for LoadShed<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+impl Middleware for LoadShed {
+    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error>
+    where
+        S: Service<http::Request<B>, Response = GrpcResponse>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let path = request.uri().path();
         if !path.starts_with(LIMITED_PREFIX) {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         }
         let pool = if is_submission(path) {
-            &self.layer.submissions
+            &self.submissions
         } else {
-            &self.layer.reads
+            &self.reads
         };
         let caller = request
             .extensions()
             .get::<Caller>()
             .map_or_else(|| "anyone".to_owned(), |caller| caller.name().to_owned());
-        let metrics = &self.layer.metrics;
+        let metrics = &self.metrics;
         let Some(share) = pool.shares.take(&caller, 1) else {
             metrics.shed("caller_share");
             let message = format!(
@@ -133,7 +108,7 @@ where
         let admission = Admission(Arc::new(Mutex::new(Some((permit, share)))));
         let mut request = request;
         request.extensions_mut().insert(admission.clone());
-        let call = self.inner.call(request);
+        let call = inner.call(request);
         let in_flight = InFlight::enter(metrics.clone());
         Box::pin(async move {
             let response = call.await;

@@ -4,6 +4,7 @@ pub mod codec;
 pub mod convert;
 pub mod identity;
 pub mod load_shed;
+pub mod middleware;
 pub mod observe;
 pub mod request_limits;
 pub mod status;

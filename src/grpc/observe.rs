@@ -9,9 +9,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::middleware::{Answer, GrpcResponse, Middleware};
 use tracing::Instrument as _;
 
 use crate::metrics::{MethodLabel, Metrics, RPC_METHODS, STREAMING_METHODS};
@@ -42,50 +43,25 @@ fn status_code(headers: &http::HeaderMap) -> Option<i32> {
 }
 
 #[derive(Clone)]
-pub struct ObserveLayer {
+pub struct Observe {
     metrics: Arc<Metrics>,
 }
 
-impl ObserveLayer {
+impl Observe {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
 
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Observe {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Observe<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-impl<S, B> Service<http::Request<B>> for Observe<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+impl Middleware for Observe {
+    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error>
+    where
+        S: Service<http::Request<B>, Response = GrpcResponse>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         if !request.uri().path().starts_with(OBSERVED_PREFIX) {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         }
         let method = method_of(request.uri().path());
         let span = crate::telemetry::grpc_span(request.uri().path(), request.headers());
@@ -96,7 +72,7 @@ where
             started: Instant::now(),
             streaming: STREAMING_METHODS.contains(&method),
         };
-        let response = self.inner.call(request).instrument(span);
+        let response = inner.call(request).instrument(span);
         Box::pin(async move {
             let response = response.await?;
             // Trailers-only: the status is in the headers and the call is over.

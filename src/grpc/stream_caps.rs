@@ -9,10 +9,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::middleware::{Answer, GrpcResponse, Middleware};
 
 use super::status::overloaded;
 use crate::metrics::Metrics;
@@ -39,12 +40,12 @@ impl Cap {
 }
 
 #[derive(Clone)]
-pub struct StreamCapsLayer {
+pub struct StreamCaps {
     caps: Vec<Cap>,
     metrics: Arc<Metrics>,
 }
 
-impl StreamCapsLayer {
+impl StreamCaps {
     /// At most `health_watches` health watches and `reflection` reflection streams at once.
     pub fn new(health_watches: usize, reflection: usize, metrics: Arc<Metrics>) -> Self {
         let cap = |path, what, limit, slots| Cap {
@@ -68,49 +69,24 @@ impl StreamCapsLayer {
     }
 }
 
-impl<S> Layer<S> for StreamCapsLayer {
-    type Service = StreamCaps<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        StreamCaps {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct StreamCaps<S> {
-    inner: S,
-    layer: StreamCapsLayer,
-}
-
-impl<S, B> Service<http::Request<B>> for StreamCaps<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+impl Middleware for StreamCaps {
+    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error>
+    where
+        S: Service<http::Request<B>, Response = GrpcResponse>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let path = request.uri().path();
-        let Some(cap) = self.layer.caps.iter().find(|cap| cap.covers(path)) else {
-            return Box::pin(self.inner.call(request));
+        let Some(cap) = self.caps.iter().find(|cap| cap.covers(path)) else {
+            return Box::pin(inner.call(request));
         };
         let Ok(slot) = cap.slots.clone().try_acquire_owned() else {
-            self.layer.metrics.shed(cap.limit);
+            self.metrics.shed(cap.limit);
             let message = format!("the server has as many {} open as it allows; retry shortly", cap.what);
             let status = overloaded(message, cap.limit, Duration::from_secs(1));
             return Box::pin(async move { Ok(status.into_http()) });
         };
-        let call = self.inner.call(request);
+        let call = inner.call(request);
         Box::pin(async move {
             let response = call.await?;
             Ok(response.map(|body| tonic::body::Body::new(Holding { body, _slot: slot })))

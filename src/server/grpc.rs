@@ -16,11 +16,12 @@ use super::tls::{self, GrpcTlsAcceptor};
 use crate::auth::IdentityModes;
 use crate::auth::policy::PolicySource;
 use crate::config::Config;
-use crate::grpc::identity::IdentityLayer;
-use crate::grpc::load_shed::LoadShedLayer;
-use crate::grpc::observe::ObserveLayer;
+use crate::grpc::identity::Identify;
+use crate::grpc::load_shed::LoadShed;
+use crate::grpc::middleware::Middleware as _;
+use crate::grpc::observe::Observe;
 use crate::grpc::request_limits::{ArrivalBudgets, READ_MEMORY_BYTES, RequestLimitsLayer};
-use crate::grpc::stream_caps::StreamCapsLayer;
+use crate::grpc::stream_caps::StreamCaps;
 use crate::grpc::{SelfieAuthApi, SelfieAuthServer, pb};
 use crate::jobs::JobService;
 use crate::jobs::memory::MemoryBudget;
@@ -80,15 +81,11 @@ pub fn serve(
         .http2_keepalive_interval(Some(config.keepalive.interval))
         .http2_keepalive_timeout(Some(config.keepalive.timeout))
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .layer(ObserveLayer::new(metrics.clone()))
-        .layer(StreamCapsLayer::new(
-            limits.max_health_watches,
-            REFLECTION_STREAMS,
-            metrics.clone(),
-        ))
+        .layer(Observe::new(metrics.clone()).into_layer())
+        .layer(StreamCaps::new(limits.max_health_watches, REFLECTION_STREAMS, metrics.clone()).into_layer())
         // Before load shedding: a flood of unidentified calls takes no slot, and a
         // request is admitted only once it has arrived whole.
-        .layer(IdentityLayer::new(identity, metrics.clone()))
+        .layer(Identify::new(identity, metrics.clone()).into_layer())
         .layer(RequestLimitsLayer::new(
             config.max_message_bytes,
             limits.request_timeout,
@@ -99,7 +96,7 @@ pub fn serve(
             },
             metrics.clone(),
         ))
-        .layer(LoadShedLayer::new(config.admissions, metrics))
+        .layer(LoadShed::new(config.admissions, metrics).into_layer())
         .add_service(readiness.service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -8,7 +8,7 @@ use sqlx::sqlite::{
 };
 
 use super::batch::WriteQueue;
-use super::sql::impl_job_store;
+use super::sql::{impl_job_store, sql_writes};
 use crate::jobs::model::{ErasedJob, Erasure, JobEvent};
 use crate::jobs::ports::StoreError;
 
@@ -108,4 +108,5 @@ impl SqliteStore {
     }
 }
 
+sql_writes!(SqliteStore, SqlitePool, SqliteRow, sqlx::SqliteConnection);
 impl_job_store!(SqliteStore, SqlitePool, SqliteRow, sqlx::SqliteConnection);

@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 pub mod notify;
 
 use super::batch::WriteQueue;
-use super::sql::impl_job_store;
+use super::sql::{impl_job_store, sql_writes};
 use crate::jobs::model::{ErasedJob, Erasure, JobEvent};
 use crate::jobs::ports::StoreError;
 
@@ -164,4 +164,5 @@ impl PgStore {
     }
 }
 
+sql_writes!(PgStore, PgPool, PgRow, sqlx::PgConnection);
 impl_job_store!(PgStore, PgPool, PgRow, sqlx::PgConnection);
