@@ -6,6 +6,7 @@
 pub mod callback;
 pub mod client;
 pub mod codes;
+pub mod config;
 /// Why a call to Smile ID failed, and what Smile ID may hold after a failed submission.
 pub mod error;
 pub mod package;
@@ -14,10 +15,9 @@ pub mod users;
 pub mod wire;
 
 pub use callback::{CallbackError, VerifiedCallback, verify_callback};
-pub use client::{
-    ClientConfig, Environment, JobStatus, JobSubmission, RetryPolicy, SmileIdClient, StatusOptions, Submitted, Upstream,
-};
+pub use client::{JobStatus, JobSubmission, SmileIdClient, StatusOptions, Submitted};
 pub use codes::{Decision, ErrorCode, classify_result};
+pub use config::{ClientConfig, Environment, RetryPolicy, Upstream};
 pub use error::{SmileIdError, SubmitError, SubmitOutcome, SubmitStage};
 pub use signature::{ApiKey, Credentials};
 pub use users::UserAction;

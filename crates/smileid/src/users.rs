@@ -25,7 +25,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::client::{SmileIdClient, Upstream};
+use super::client::SmileIdClient;
+use super::config::Upstream;
 use super::error::SmileIdError;
 use super::wire::{SOURCE_SDK, SOURCE_SDK_VERSION};
 
@@ -145,18 +146,13 @@ impl SmileIdClient {
                 signature: signature.as_str(),
                 flag: serde_json::Map::from_iter([(name.to_owned(), Value::Bool(value))]),
             };
-            let response = self
-                .http()
-                .post(&url)
-                .header("Accept", "application/json")
-                .header("smileid-partner-id", &credentials.partner_id)
-                .header("smileid-request-signature", signature.as_str())
-                .header("smileid-timestamp", &timestamp)
-                .json(&body)
-                .send()
-                .await
-                .map_err(SmileIdError::from_reqwest);
-            let _: Value = super::client::read_json(super::client::record_failure(response)?).await?;
+            let headers = [
+                ("smileid-partner-id", credentials.partner_id.as_str()),
+                ("smileid-request-signature", signature.as_str()),
+                ("smileid-timestamp", timestamp.as_str()),
+            ];
+            let response = self.post_json(&url, &body, &headers).await?;
+            let _: Value = super::client::read_json(response).await?;
             Ok(())
         })
         .await
