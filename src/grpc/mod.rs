@@ -9,6 +9,8 @@ pub mod observe;
 pub mod request_limits;
 pub mod status;
 pub mod stream_caps;
+mod submit;
+mod user_calls;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,12 +24,11 @@ use crate::auth::rates::{RateLimits, Spend};
 use crate::auth::{AuthError, Caller, Permission, PolicySource, audit};
 use crate::jobs::listing;
 use crate::jobs::validate::id_problem;
-use crate::jobs::{Job, JobError, JobKind, JobService, LogFilter, LogStart, StatusExtras, SubmitRequest, WatchItem};
+use crate::jobs::{Job, JobError, JobKind, JobService, LogFilter, LogStart, StatusExtras, WatchItem};
 use crate::metrics::Metrics;
 use crate::shares::{Share, Shares};
 use crate::users::Operation;
 use convert::Include;
-use load_shed::Admission;
 use status::{auth_status, to_status};
 
 /// Generated code of `proto/selfieauth/v1/selfie_auth.proto`.
@@ -275,86 +276,6 @@ fn audit_job(caller: &Caller, method: &'static str, job: &pb::Job) {
     }
 }
 
-impl SelfieAuthApi {
-    /// Submits a job of `kind` and answers with it and whether it is new; with
-    /// `wait_for_result`, once it is final or the call's deadline nears.
-    async fn submit(
-        &self,
-        kind: JobKind,
-        method: &'static str,
-        request: Request<pb::SubmitAuthenticationRequest>,
-        allow_new_enroll: bool,
-    ) -> Result<(pb::Job, bool), Status> {
-        let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
-        let caller = &caller(&request)?;
-        self.throttle(caller, Spend::Call)?;
-        let submission = request.into_inner();
-        let permission = match kind {
-            JobKind::Authentication => Permission::Submit,
-            JobKind::Enrollment => Permission::Enroll,
-        };
-        self.permit(caller, method, permission)?;
-        if submission.wait_for_result && submission.include_image_links {
-            self.permit(caller, method, Permission::ImageLinks)?;
-        }
-        let service = &self.service;
-        let ownership = match kind {
-            JobKind::Enrollment => Ownership::Claim,
-            JobKind::Authentication => Ownership::Check,
-        };
-        self.permit_user(service, caller, method, ownership, permission, &submission.user_id)
-            .await?;
-        let request = SubmitRequest {
-            kind,
-            owner: caller.owner(),
-            user_id: submission.user_id,
-            job_id: submission.job_id,
-            selfie: submission.selfie_image,
-            liveness: submission.liveness_images,
-            partner_params: submission.partner_params.into_iter().collect(),
-            allow_new_enroll,
-        };
-        let wait = budget.map_or(service.config().default_wait, |budget| {
-            budget.saturating_sub(DEADLINE_MARGIN)
-        });
-        let deadline = tokio::time::Instant::now() + wait;
-        let output = service
-            .submit(request, deadline)
-            .await
-            .map_err(|error| to_status(&error))?;
-        let (job, fetched) = if submission.wait_for_result {
-            // Admission is what the concurrency limit protects; waiting is cheap, and
-            // counts among the open streams instead, the caller's own included (without a
-            // free one, it stays admitted).
-            let _stream = self
-                .caller_stream(caller)
-                .ok()
-                .and_then(|share| Some((share, service.hold_stream().ok()?)))
-                .inspect(|_| {
-                    if let Some(admission) = &admission {
-                        admission.release();
-                    }
-                });
-            let extras = StatusExtras {
-                history: submission.include_history,
-                image_links: submission.include_image_links,
-            };
-            service
-                .settle(output.job, deadline, extras)
-                .await
-                .map_err(|error| to_status(&error))?
-        } else {
-            (output.job, None)
-        };
-        let include = Include {
-            history: submission.include_history,
-        };
-        let job = convert::job(&job, include, fetched.as_ref());
-        audit_job(caller, method, &job);
-        Ok((job, output.created))
-    }
-}
-
 #[tonic::async_trait]
 impl SelfieAuth for SelfieAuthApi {
     async fn submit_authentication(
@@ -586,53 +507,5 @@ impl SelfieAuth for SelfieAuthApi {
     async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Result<Response<pb::User>, Status> {
         let user_id = request.get_ref().user_id.clone();
         self.operate(request, "DeleteUser", user_id, Operation::Delete).await
-    }
-}
-
-impl SelfieAuthApi {
-    /// Refuses a user call unless the policy grants `permission` for
-    /// `user_id`, and the caller owns the user, nobody does, or it may act for
-    /// others' users.
-    async fn permit_user_operation(
-        &self,
-        service: &JobService,
-        caller: &Caller,
-        method: &'static str,
-        permission: Permission,
-        user_id: &str,
-    ) -> Result<(), Status> {
-        self.permit(caller, method, permission)?;
-        if let Some(description) = id_problem(user_id) {
-            return Err(to_status(&JobError::invalid_field("user_id", description)));
-        }
-        self.permit_user(service, caller, method, Ownership::Check, permission, user_id)
-            .await
-    }
-
-    /// Runs a user operation for the caller, within its deadline.
-    async fn operate<T>(
-        &self,
-        request: Request<T>,
-        method: &'static str,
-        user_id: String,
-        operation: Operation,
-    ) -> Result<Response<pb::User>, Status> {
-        let budget = deadline(&request);
-        let caller = caller(&request)?;
-        self.throttle(&caller, Spend::Call)?;
-        let permission = match operation {
-            Operation::Delete => Permission::DeleteUsers,
-            _ => Permission::ManageUsers,
-        };
-        let service = &self.service;
-        self.permit_user_operation(service, &caller, method, permission, &user_id)
-            .await?;
-        let users = service.users();
-        let wait = budget.map_or(users.config().wait, |budget| budget.saturating_sub(DEADLINE_MARGIN));
-        let view = users
-            .operate(&user_id, operation, caller.owner(), tokio::time::Instant::now() + wait)
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(convert::user(&view)))
     }
 }

@@ -11,139 +11,21 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// The content type of the OpenMetrics exposition.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The content type of the Prometheus text exposition (format 0.0.4).
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+mod labels;
+mod process;
 
-/// The contract's methods, as `rpc_method` label values.
-pub const RPC_METHODS: [&str; 12] = [
-    "SubmitAuthentication",
-    "EnrollUser",
-    "GetJob",
-    "ListJobs",
-    "WatchJob",
-    "WatchJobs",
-    "GetUser",
-    "AllowReenrollment",
-    "DeactivateUser",
-    "ReactivateUser",
-    "SetUserFraudFlag",
-    "DeleteUser",
-];
-/// The streaming methods among them.
-pub const STREAMING_METHODS: [&str; 2] = ["WatchJob", "WatchJobs"];
-/// gRPC codes alerts and dashboards select: OK, and those the OpenTelemetry
-/// conventions count as the server's errors (UNKNOWN, DEADLINE_EXCEEDED,
-/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
-pub const WATCHED_CODES: [i32; 7] = [0, 2, 4, 12, 13, 14, 15];
-/// What becomes of a callback.
-pub const CALLBACK_OUTCOMES: [&str; 11] = [
-    "applied",
-    "unchanged",
-    "deferred",
-    "unknown_job",
-    "replayed",
-    "refused_signature",
-    "refused_malformed",
-    "too_large",
-    "timeout",
-    "busy",
-    "not_stored",
-];
-/// The permissions each method may be refused, as `calls_denied` labels.
-pub const DENIALS: [(&str, &[&str]); 12] = [
-    ("SubmitAuthentication", &["submit", "image_links", "others_users"]),
-    ("EnrollUser", &["enroll", "image_links", "others_users"]),
-    ("GetJob", &["get", "image_links", "others_jobs"]),
-    ("ListJobs", &["list"]),
-    ("WatchJob", &["watch_job", "others_jobs"]),
-    ("WatchJobs", &["watch_job"]),
-    ("GetUser", &["read_users", "others_users"]),
-    ("AllowReenrollment", &["manage_users", "others_users"]),
-    ("DeactivateUser", &["manage_users", "others_users"]),
-    ("ReactivateUser", &["manage_users", "others_users"]),
-    ("SetUserFraudFlag", &["manage_users", "others_users"]),
-    ("DeleteUser", &["delete_users", "others_users"]),
-];
-/// The limits that refuse calls: a pool's concurrency, a caller's share of it,
-/// the memory of requests arriving, a caller's share of that and of open
-/// streams, the caps on health watches and reflection streams, and the
-/// policy's per-caller rates.
-pub const SHED_LIMITS: [&str; 9] = [
-    "concurrency",
-    "caller_share",
-    "arrival_memory",
-    "caller_arrival",
-    "caller_streams",
-    "health_watches",
-    "reflection",
-    "rate",
-    "refresh_rate",
-];
-/// What becomes of a submission to Smile ID.
-pub const SUBMISSION_OUTCOMES: [&str; 2] = ["accepted", "refused"];
-/// Smile ID operations and their outcomes.
-pub const SMILEID_OUTCOMES: [(&str, &[&str]); 3] = [
-    ("submit", &["accepted", "refused", "not_sent", "unknown"]),
-    ("job_status", &["ok", "not_found", "unavailable", "unusable"]),
-    ("block_user", &["ok", "refused", "unavailable"]),
-];
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RpcLabels {
-    pub rpc_method: &'static str,
-    pub rpc_grpc_status_code: i32,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabel {
-    pub rpc_method: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SmileIdLabels {
-    pub endpoint: &'static str,
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OperationLabel {
-    pub operation: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DenialLabels {
-    pub rpc_method: &'static str,
-    pub permission: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LimitLabel {
-    pub limit: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PoolLabel {
-    pub state: &'static str,
-}
-
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+pub use labels::*;
+use process::ProcessCollector;
 
 /// Latency buckets from half a millisecond to half a minute.
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
 fn latency() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -520,84 +402,6 @@ fn openmetrics_to_text(openmetrics: &str) -> String {
         }
     }
     text
-}
-
-/// The standard `process_*` metrics, read from `/proc/self` at each scrape.
-#[derive(Debug)]
-struct ProcessCollector;
-
-/// Clock ticks per second of `/proc/self/stat`'s CPU times (Linux's USER_HZ).
-const TICKS_PER_SECOND: f64 = 100.0;
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Some(process) = ProcessSample::read() else {
-            return Ok(());
-        };
-        let cpu = ConstCounter::new(process.cpu_seconds);
-        cpu.encode(encoder.encode_descriptor(
-            "process_cpu",
-            "User and system CPU time spent",
-            Some(&Unit::Seconds),
-            cpu.metric_type(),
-        )?)?;
-        for (name, help, value) in [
-            (
-                "process_resident_memory",
-                "Resident memory size",
-                process.resident_bytes,
-            ),
-            ("process_virtual_memory", "Virtual memory size", process.virtual_bytes),
-        ] {
-            let gauge = ConstGauge::new(value);
-            gauge.encode(encoder.encode_descriptor(name, help, Some(&Unit::Bytes), gauge.metric_type())?)?;
-        }
-        let fds = ConstGauge::new(process.open_fds);
-        fds.encode(encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, fds.metric_type())?)?;
-        let start = ConstGauge::new(process.start_time_seconds);
-        start.encode(encoder.encode_descriptor(
-            "process_start_time",
-            "Start time of the process since the Unix epoch",
-            Some(&Unit::Seconds),
-            start.metric_type(),
-        )?)?;
-        Ok(())
-    }
-}
-
-struct ProcessSample {
-    cpu_seconds: f64,
-    resident_bytes: i64,
-    virtual_bytes: i64,
-    open_fds: i64,
-    start_time_seconds: f64,
-}
-
-impl ProcessSample {
-    fn read() -> Option<Self> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // Fields after the command name, which may itself hold spaces and parentheses.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let field = |index: usize| fields.get(index).and_then(|value| value.parse::<f64>().ok());
-        let (utime, stime, start_ticks) = (field(11)?, field(12)?, field(19)?);
-        let int_field = |index: usize| fields.get(index).and_then(|value| value.parse::<i64>().ok());
-        let virtual_bytes = int_field(20)?;
-        let resident_pages = int_field(21)?;
-        let page_size = 4096;
-        let boot_time = std::fs::read_to_string("/proc/stat")
-            .ok()?
-            .lines()
-            .find_map(|line| line.strip_prefix("btime "))
-            .and_then(|value| value.trim().parse::<f64>().ok())?;
-        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
-        Some(Self {
-            cpu_seconds: (utime + stime) / TICKS_PER_SECOND,
-            resident_bytes: resident_pages.saturating_mul(page_size),
-            virtual_bytes,
-            open_fds: i64::try_from(open_fds).unwrap_or(i64::MAX),
-            start_time_seconds: boot_time + start_ticks / TICKS_PER_SECOND,
-        })
-    }
 }
 
 #[cfg(test)]
