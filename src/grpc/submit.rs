@@ -5,11 +5,10 @@ use tonic::{Request, Status};
 use super::convert::{self, Include};
 use super::load_shed::Admission;
 use super::status::to_status;
+use super::{DEADLINE_MARGIN, Ownership, SelfieAuthApi, audit_job, caller, deadline, pb};
 use crate::auth::Permission;
 use crate::auth::rates::Spend;
 use crate::jobs::{JobKind, StatusExtras, SubmitRequest};
-
-use super::{DEADLINE_MARGIN, Ownership, SelfieAuthApi, audit_job, caller, deadline, pb};
 
 impl SelfieAuthApi {
     /// Submits a job of `kind` and answers with it and whether it is new; with

@@ -2,15 +2,14 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{self};
+use super::convert;
 use super::status::to_status;
+use super::{DEADLINE_MARGIN, Ownership, SelfieAuthApi, caller, deadline, pb};
 use crate::auth::rates::Spend;
 use crate::auth::{Caller, Permission};
 use crate::jobs::validate::id_problem;
 use crate::jobs::{JobError, JobService};
 use crate::users::Operation;
-
-use super::{DEADLINE_MARGIN, Ownership, SelfieAuthApi, caller, deadline, pb};
 
 impl SelfieAuthApi {
     /// Refuses a user call unless the policy grants `permission` for
