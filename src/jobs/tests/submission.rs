@@ -1,0 +1,307 @@
+//! Submission: creation, refusals, retries, joins and take-overs.
+
+use super::*;
+
+#[tokio::test]
+async fn a_new_job_is_created_submitted_and_recorded() {
+    let h = harness();
+    let output = h
+        .service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect("submit");
+    assert!(output.created);
+    assert_eq!(
+        (output.job.state, output.job.smile_job_id.as_deref()),
+        (JobState::Submitted, Some("smile-j1"))
+    );
+    assert_eq!(h.store.kinds("j1"), [EventKind::Created, EventKind::Submitted]);
+    assert_eq!(h.smile.calls(), [submit_call("j1", false)]);
+
+    let again = h
+        .service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect("resubmit");
+    assert!(!again.created);
+    assert_eq!(h.smile.calls().len(), 1, "an accepted job is never sent twice");
+}
+
+#[tokio::test]
+async fn the_same_job_id_with_other_content_is_refused_and_changes_nothing() {
+    let h = harness();
+    h.service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect("submit");
+    let error = h
+        .service
+        .submit(submission("u", "j1", 2), soon())
+        .await
+        .expect_err("reused");
+    assert!(matches!(error, JobError::JobIdReused { .. }), "{error:?}");
+    assert_eq!(h.store.job("j1").version, 2);
+    assert_eq!(h.smile.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_fails_the_job_and_is_replayed_without_calling_smile_id() {
+    let h = harness();
+    h.smile.answer_submit(Err(SubmitFailure::Refused {
+        code: ErrorCode::UserNotEnrolled,
+        message: "no such user".into(),
+    }));
+    for _ in 0..2 {
+        let error = h
+            .service
+            .submit(submission("u", "j1", 1), soon())
+            .await
+            .expect_err("refused");
+        let JobError::Rejected(problem) = error else {
+            panic!("rejected, got {error:?}")
+        };
+        assert_eq!(
+            (problem.reason, problem.smile_code.as_deref()),
+            (ProblemReason::UserNotEnrolled, Some("2210"))
+        );
+    }
+    assert_eq!(h.store.job("j1").state, JobState::Failed);
+    assert_eq!(h.store.kinds("j1"), [EventKind::Created, EventKind::Failed]);
+    assert_eq!(h.smile.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_by_the_service() {
+    let h = harness();
+    h.smile.answer_submit(Err(SubmitFailure::NotSent {
+        retry_after: Some(Duration::from_millis(10)),
+        detail: "connection refused".into(),
+    }));
+    h.smile.answer_submit(Err(SubmitFailure::Unknown {
+        smile_job_id: Some("s-1".into()),
+        detail: "upload timed out".into(),
+    }));
+    let output = h
+        .service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect("accepted in the end");
+    assert_eq!((output.created, output.job.state), (true, JobState::Submitted));
+    assert_eq!(
+        h.smile.calls(),
+        [
+            submit_call("j1", false),
+            submit_call("j1", false),
+            submit_call("j1", true)
+        ],
+        "after an unknown outcome the job is resumed, never sent afresh"
+    );
+}
+
+#[tokio::test]
+async fn nothing_sent_within_the_budget_is_unavailable_and_a_retry_starts_afresh() {
+    let h = without_retries();
+    h.smile.answer_submit(Err(SubmitFailure::NotSent {
+        retry_after: Some(Duration::from_secs(3)),
+        detail: "connection refused".into(),
+    }));
+    let error = h
+        .service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect_err("unavailable");
+    let JobError::Unavailable {
+        reason, retry_after, ..
+    } = error
+    else {
+        panic!("unavailable, got {error:?}")
+    };
+    assert_eq!(
+        (reason, retry_after),
+        (UnavailableReason::UpstreamUnavailable, Some(Duration::from_secs(3))),
+        "Smile ID's Retry-After is passed on"
+    );
+    assert_eq!(h.store.job("j1").submission, Submission::NotSent);
+
+    let retried = h.service.submit(submission("u", "j1", 1), soon()).await.expect("retry");
+    assert_eq!((retried.created, retried.job.state), (false, JobState::Submitted));
+    assert_eq!(
+        h.smile.calls(),
+        [submit_call("j1", false), submit_call("j1", false)],
+        "nothing reached Smile ID, so nothing is resumed"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_unavailable_and_resumed_with_retry_on_resubmission() {
+    let h = without_retries();
+    h.smile.answer_submit(Err(SubmitFailure::Unknown {
+        smile_job_id: Some("s-1".into()),
+        detail: "upload timed out".into(),
+    }));
+    let error = h
+        .service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect_err("retryable");
+    assert!(
+        matches!(
+            error,
+            JobError::Unavailable {
+                reason: UnavailableReason::SubmissionOutcomeUnknown,
+                retry_after: Some(_),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let job = h.store.job("j1");
+    assert_eq!(
+        (job.state, job.submission),
+        (JobState::Submitting, Submission::OutcomeUnknown)
+    );
+
+    let resumed = h
+        .service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect("resume");
+    assert_eq!(resumed.job.state, JobState::Submitted);
+    assert_eq!(resumed.job.smile_job_id.as_deref(), Some("s-1"));
+    assert_eq!(h.smile.calls(), [submit_call("j1", false), submit_call("j1", true)]);
+}
+
+#[tokio::test]
+async fn a_submission_outlives_its_caller_and_a_retry_joins_it() {
+    let h = harness();
+    h.smile.delay_submissions(Duration::from_millis(300));
+    let impatient = Instant::now() + Duration::from_millis(50);
+    let error = h
+        .service
+        .submit(submission("u", "j1", 1), impatient)
+        .await
+        .expect_err("still running");
+    assert!(
+        matches!(
+            error,
+            JobError::Unavailable {
+                reason: UnavailableReason::SubmissionInProgress,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let joined = h
+        .service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect("joined");
+    assert_eq!((joined.created, joined.job.state), (false, JobState::Submitted));
+    assert_eq!(h.smile.calls().len(), 1, "the retry joined the running attempt");
+
+    // A caller that goes away entirely: the job is still sent.
+    let service = h.service.clone();
+    let caller = crate::task::spawn(async move { service.submit(submission("u", "j2", 2), soon()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    caller.abort();
+    for _ in 0..100 {
+        if h.store.kinds("j2").last() == Some(&EventKind::Submitted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.store.job("j2").state, JobState::Submitted);
+}
+
+#[tokio::test]
+async fn a_submission_lost_with_its_process_is_taken_over() {
+    for shared in [false, true] {
+        let h = without_retries();
+        h.store.set_shared(shared);
+        h.smile.answer_submit(Err(SubmitFailure::Unknown {
+            smile_job_id: None,
+            detail: "crash".into(),
+        }));
+        let _ = h.service.submit(submission("u", "j1", 1), soon()).await;
+        // As a process that died mid-upload leaves it: in flight, under a live lease.
+        let lease_until = Utc::now() + chrono::Duration::seconds(60);
+        h.store
+            .edit("j1", |job| job.submission = Submission::InFlight { lease_until });
+        let answer = h.service.submit(submission("u", "j1", 1), soon()).await;
+        if shared {
+            // Another replica may be sending it: wait for its lease.
+            assert!(
+                matches!(
+                    answer,
+                    Err(JobError::Unavailable {
+                        reason: UnavailableReason::SubmissionInProgress,
+                        ..
+                    })
+                ),
+                "{answer:?}"
+            );
+            assert_eq!(h.smile.calls().len(), 1, "a live lease is left to its owner");
+            let expired = Utc::now() - chrono::Duration::seconds(1);
+            h.store.edit("j1", |job| {
+                job.submission = Submission::InFlight { lease_until: expired }
+            });
+            let taken = h
+                .service
+                .submit(submission("u", "j1", 1), soon())
+                .await
+                .expect("taken over");
+            assert_eq!(taken.job.state, JobState::Submitted);
+        } else {
+            // Alone on its store, a lease this process does not hold is a dead process's.
+            assert_eq!(answer.expect("taken over at once").job.state, JobState::Submitted);
+        }
+        assert_eq!(h.smile.calls().last(), Some(&submit_call("j1", true)));
+    }
+}
+
+#[tokio::test]
+async fn a_job_smile_id_never_received_is_abandoned_and_a_later_result_still_completes_it() {
+    let h = Harness::new(ServiceConfig {
+        submit_retry_budget: Duration::ZERO,
+        reconcile: ReconcilePolicy {
+            abandon_after: Duration::from_mins(10),
+            ..ReconcilePolicy::default()
+        },
+        ..ServiceConfig::default()
+    });
+    h.smile.answer_submit(Err(SubmitFailure::Unknown {
+        smile_job_id: None,
+        detail: "prep upload answered 502".into(),
+    }));
+    let _ = h.service.submit(submission("u", "j1", 1), soon()).await;
+    let due = Utc::now() - chrono::Duration::seconds(1);
+    h.store.edit("j1", |job| job.next_poll_at = Some(due));
+    h.service.reconcile_due().await.expect("pass");
+    assert_eq!(h.store.job("j1").state, JobState::Submitting, "not yet abandoned");
+
+    let old = Utc::now() - chrono::Duration::minutes(11);
+    h.store.edit("j1", |job| {
+        job.created_at = old;
+        job.next_poll_at = Some(due);
+    });
+    h.service.reconcile_due().await.expect("pass");
+    let job = h.store.job("j1");
+    assert_eq!(
+        (job.state, job.problem.map(|problem| problem.reason)),
+        (JobState::Failed, Some(ProblemReason::SubmissionAbandoned))
+    );
+    let error = h
+        .service
+        .submit(submission("u", "j1", 1), soon())
+        .await
+        .expect_err("abandoned");
+    assert!(matches!(error, JobError::Rejected(_)), "{error:?}");
+
+    h.smile.answer_status(final_status("1220"));
+    let (job, _) = h
+        .service
+        .refresh("j1", StatusExtras::default())
+        .await
+        .expect("a late result");
+    assert_eq!((job.state, job.problem), (JobState::Completed, None));
+}
