@@ -11,10 +11,29 @@ use serde_json::{Map, Value, json};
 use super::app::{App, decode_json, refuse, truthy, value_text};
 use super::delivery;
 use super::results::{self, SandboxOutcome};
-use super::state::{Endpoint, SimJob, UserStanding};
+use super::state::{Endpoint, SimJob, SimState, UserStanding};
 use super::zip_check::{self, ZipProblem};
 use smileid::codes::ErrorCode;
 use smileid::signature::{ApiKey, Credentials};
+
+/// What the user's standing refuses of a job of `job_type`; an enrolment
+/// uses up the user's allowance to enrol again.
+fn user_refusal(state: &mut SimState, user_id: &str, job_type: u32, allow_new_enroll: bool) -> Option<ErrorCode> {
+    let standing = state.users.get(user_id).copied();
+    let refusal = match job_type {
+        2 => UserStanding::refuses_authentication(standing),
+        4 => {
+            let allowed = allow_new_enroll || state.reenrollment_allowed.contains(user_id);
+            UserStanding::refuses_enrolment(standing, allowed)
+        }
+        _ => None,
+    };
+    if refusal.is_none() && job_type == 4 {
+        // The allowance is for one new enrolment.
+        state.reenrollment_allowed.remove(user_id);
+    }
+    refusal
+}
 
 pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(response) = app.fault(Endpoint::Upload).await {
@@ -59,21 +78,8 @@ pub async fn upload(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
 
     let allow_new_enroll = truthy(request.get("allow_new_enroll"));
     let mut state = app.state();
-    let standing = state.users.get(&user_id).copied();
-    let refusal = match job_type {
-        2 => UserStanding::refuses_authentication(standing),
-        4 => {
-            let allowed = allow_new_enroll || state.reenrollment_allowed.contains(&user_id);
-            UserStanding::refuses_enrolment(standing, allowed)
-        }
-        _ => None,
-    };
-    if let Some(code) = refusal {
+    if let Some(code) = user_refusal(&mut state, &user_id, job_type, allow_new_enroll) {
         return refuse(&code);
-    }
-    if job_type == 4 {
-        // The allowance is for one new enrolment.
-        state.reenrollment_allowed.remove(&user_id);
     }
     let (smile_job_id, ref_id) = match state.jobs.get_mut(&job_id) {
         Some(_) if !retry => return refuse(&ErrorCode::JobAlreadyExists),
