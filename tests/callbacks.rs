@@ -1,5 +1,6 @@
-//! Smile ID's callbacks under faults and replays: an acknowledged callback is
-//! never lost, and replaying a captured one costs no upstream call.
+//! Smile ID's callbacks: forged, stale, oversized, duplicated, reordered, under
+//! faults and replayed. An acknowledged callback is never lost, and replaying a
+//! captured one costs no upstream call.
 
 use std::time::Duration;
 
@@ -8,23 +9,12 @@ use selfie_auth::simulator::{CallbackMode, Endpoint, Fault, RunningSimulator};
 use selfie_auth_testkit::*;
 use serde_json::{Value, json};
 
-async fn get(client: &mut Client, job_id: &str) -> pb::Job {
-    client
-        .get_job(pb::GetJobRequest {
-            job_id: job_id.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("get")
-        .into_inner()
-}
-
 /// Waits (bounded) until the job is in `state`.
 async fn until_state(client: &Client, job_id: &str, state: pb::JobState) -> Option<pb::Job> {
     eventually(Duration::from_secs(10), || {
         let mut client = client.clone();
         async move {
-            let job = get(&mut client, job_id).await;
+            let job = get_job(&mut client, job_id).await.expect("get");
             (job.state() == state).then_some(job)
         }
     })
@@ -104,13 +94,13 @@ async fn replayed_callbacks_cost_no_upstream_calls() {
         asked,
         "job_status calls for 50 forged callbacks"
     );
-    let job = get(&mut client, "replay-1").await;
+    let job = get_job(&mut client, "replay-1").await.expect("get");
     assert_eq!(
         job.state(),
         pb::JobState::Provisional,
         "Smile ID never confirmed the forgery"
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,10 +131,13 @@ async fn a_callback_smile_id_cannot_confirm_yet_is_kept_until_it_can() {
     );
     let final_result = callback("keep-1", &job.smile_job_id, "0820", true);
     assert_eq!(post_all(&service.callback_url, vec![final_result]).await, [200]);
-    assert_eq!(get(&mut client, "keep-1").await.state(), pb::JobState::Submitted);
+    assert_eq!(
+        get_job(&mut client, "keep-1").await.expect("get").state(),
+        pb::JobState::Submitted
+    );
 
     // The acknowledged callback survives a restart, and is confirmed once Smile ID answers.
-    service.running.shutdown().await;
+    service.stop().await;
     reqwest::Client::new()
         .delete(format!("{}/_control/faults", sim.url()))
         .send()
@@ -155,7 +148,7 @@ async fn a_callback_smile_id_cannot_confirm_yet_is_kept_until_it_can() {
     until_state(&client, "keep-1", pb::JobState::Completed)
         .await
         .expect("confirmed by the reconciler without a new callback");
-    restarted.running.shutdown().await;
+    restarted.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,5 +191,159 @@ async fn a_job_given_up_on_is_completed_by_a_later_genuine_result() {
         .await
         .expect("completed by Smile ID's result");
     assert!(completed.error.is_none());
-    service.running.shutdown().await;
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn duplicated_and_reordered_callbacks_change_nothing_twice() {
+    let sim = start_simulator(|config| config.review_delay = Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = config_for(&sim, &sqlite_url(&dir));
+    // Confirmation would hide the callback body's order; test the callback path itself.
+    settings.service.confirm_callbacks = false;
+    settings.service.reconcile.first_delay = Duration::from_mins(1);
+    let service = start_service(settings).await;
+    let mut client = service.client().await;
+
+    sim.set_callback_mode(CallbackMode::Duplicate);
+    client
+        .submit_authentication(submit_request(ENROLLED_USER, "dup-1"))
+        .await
+        .expect("submit");
+    sim.set_callback_mode(CallbackMode::Reorder);
+    let request = provisional_request(ENROLLED_USER, "reorder-1");
+    client.submit_authentication(request).await.expect("submit");
+
+    let mut stream = watch(&mut client, "dup-1", 0).await;
+    assert_eq!(
+        kinds(&collect_events(&mut stream, 10).await),
+        [
+            pb::JobEventKind::Created,
+            pb::JobEventKind::Submitted,
+            pb::JobEventKind::FinalResult
+        ]
+    );
+    let mut stream = watch(&mut client, "reorder-1", 0).await;
+    let events = collect_events(&mut stream, 10).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            pb::JobEventKind::Created,
+            pb::JobEventKind::Submitted,
+            pb::JobEventKind::FinalResult
+        ]
+    );
+    // The late provisional callback arrives after the final one and must not reopen the job.
+    eventually(Duration::from_secs(5), || async {
+        (sim.counters().callbacks_sent >= 4).then_some(())
+    })
+    .await
+    .expect("all callbacks delivered");
+    let job = client
+        .get_job(pb::GetJobRequest {
+            job_id: "reorder-1".into(),
+            include_history: true,
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        (job.state(), job.result.expect("r").result_code.as_str()),
+        (pb::JobState::Completed, "1220")
+    );
+    assert_eq!(job.history.len(), 1, "the late provisional result was not applied");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn callback_endpoint_refuses_forged_stale_and_oversized_posts() {
+    let (_sim, service, _dir) = service_with(&[]).await;
+    let mut client = service.client().await;
+    client
+        .submit_authentication(submit_request(ENROLLED_USER, "cb-1"))
+        .await
+        .expect("submit");
+    let http = reqwest::Client::new();
+    let body = |timestamp: String, signature: String, job_id: &str| {
+        serde_json::json!({"ResultCode": "0821", "IsFinalResult": "true", "SmileJobID": "0000000001",
+            "PartnerParams": {"job_id": job_id, "user_id": ENROLLED_USER, "job_type": 2},
+            "timestamp": timestamp, "signature": signature})
+    };
+    let forged_key = selfie_auth::smileid::Credentials::new(PARTNER_ID, selfie_auth::smileid::ApiKey::new("forger"));
+    let (timestamp, signature) = forged_key.sign_now();
+    let response = http
+        .post(&service.callback_url)
+        .json(&body(timestamp, signature.as_str().to_owned(), "cb-1"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 401);
+    let stale = selfie_auth::smileid::signature::format_timestamp(chrono::Utc::now() - chrono::Duration::minutes(30));
+    let signature = credentials().sign(&stale);
+    let response = http
+        .post(&service.callback_url)
+        .json(&body(stale, signature.as_str().to_owned(), "cb-1"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 401);
+    let response = http
+        .post(&service.callback_url)
+        .body(vec![b' '; 3 * 1024 * 1024])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 413);
+    let response = http
+        .post(&service.callback_url)
+        .body("{not json")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 400);
+    // Signed, for a job we never had: accepted, logged and counted.
+    let (timestamp, signature) = credentials().sign_now();
+    let response = http
+        .post(&service.callback_url)
+        .json(&body(timestamp, signature.as_str().to_owned(), "never-ours"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    let metrics = http
+        .get(format!("{}/metrics", service.http_url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("selfie_auth_callbacks_total{outcome=\"unknown_job\"} 1"),
+        "{metrics}"
+    );
+    // Forged, stale, oversized and malformed: every refusal is counted by its reason.
+    for refused in [
+        "{outcome=\"refused_signature\"} 2",
+        "{outcome=\"too_large\"} 1",
+        "{outcome=\"refused_malformed\"} 1",
+    ] {
+        assert!(
+            metrics.contains(&format!("selfie_auth_callbacks_total{refused}")),
+            "{refused}: {metrics}"
+        );
+    }
+    // None of the refused callbacks touched the job (its real result is an approval).
+    let job = eventually(Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            let job = get_job(&mut client, "cb-1").await.expect("get");
+            (job.state() == pb::JobState::Completed).then_some(job)
+        }
+    })
+    .await
+    .expect("completes");
+    assert_eq!(job.decision(), pb::Decision::Approved);
+    service.stop().await;
 }

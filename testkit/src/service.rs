@@ -108,6 +108,11 @@ pub async fn start_service(config: Config) -> TestService {
 }
 
 impl TestService {
+    /// Stops the service the way `serve` stops on SIGTERM.
+    pub async fn stop(self) {
+        self.running.shutdown().await;
+    }
+
     pub async fn client(&self) -> Client {
         SelfieAuthClient::connect(format!("http://{}", self.running.grpc_addr))
             .await
@@ -122,6 +127,17 @@ impl TestService {
             .await
             .expect("connect")
     }
+}
+
+/// GetJob of `job_id`, as the client's caller sees it.
+pub async fn get_job(client: &mut Client, job_id: &str) -> Result<pb::Job, tonic::Status> {
+    client
+        .get_job(pb::GetJobRequest {
+            job_id: job_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 pub fn sqlite_url(dir: &tempfile::TempDir) -> String {

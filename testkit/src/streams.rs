@@ -37,6 +37,11 @@ pub async fn next_event(
 }
 
 /// Reads non-heartbeat events until the stream ends or `count` were read.
+/// The kinds of `events`, in order.
+pub fn kinds(events: &[pb::JobEvent]) -> Vec<pb::JobEventKind> {
+    events.iter().map(pb::JobEvent::kind).collect()
+}
+
 pub async fn collect_events(stream: &mut tonic::Streaming<pb::JobEvent>, count: usize) -> Vec<pb::JobEvent> {
     let mut events = Vec::new();
     while events.len() < count {
