@@ -248,7 +248,7 @@ async fn a_caller_cannot_read_or_watch_another_callers_job() {
         "the hidden job is still counted: {metrics}"
     );
     assert!(metrics.contains("selfie_auth_calls_unidentified_total 1"), "{metrics}");
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +264,7 @@ async fn a_forged_forwarded_certificate_is_ignored_unless_trusted() {
         .job
         .expect("job");
     assert_eq!(job.creator, "", "the header names nobody when the mesh is not trusted");
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,7 +326,7 @@ async fn the_policy_grants_more_and_reloads_when_its_file_changes() {
         (status.code(), reason(&status)),
         (Code::NotFound, "JOB_NOT_FOUND".to_owned())
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,7 +476,7 @@ async fn client_certificates_identify_callers_and_another_cas_are_refused() {
             );
         }
     }
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 /// An ES256 signing key and the JWKS that publishes its public half as `kid`.
@@ -588,5 +588,5 @@ async fn bearer_tokens_identify_callers_when_valid() {
     }
     let status = client.get_job(get("jwt-1")).await.expect_err("no token");
     assert_eq!(status.code(), Code::Unauthenticated);
-    service.running.shutdown().await;
+    service.stop().await;
 }

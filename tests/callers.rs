@@ -103,7 +103,7 @@ async fn check_caller(command: impl FnOnce(std::net::SocketAddr, &Path) -> tokio
         6,
         "{stdout}"
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

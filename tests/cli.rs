@@ -194,7 +194,7 @@ async fn submit_get_and_watch_for_people_and_scripts() {
     ])
     .await;
     assert_eq!(output.status.code(), Some(1), "a local failure");
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 fn json_lines(stdout: &[u8]) -> Vec<Value> {
@@ -389,5 +389,5 @@ async fn user_commands_manage_and_delete_a_user() {
     assert_eq!(error["reason"], "USER_DELETED");
     let output = run(&["user", "get", "nobody-at-all", "--addr", &addr]).await;
     assert_eq!(output.status.code(), Some(15), "NOT_FOUND");
-    service.running.shutdown().await;
+    service.stop().await;
 }

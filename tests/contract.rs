@@ -87,7 +87,7 @@ async fn the_contract_lints_and_works_from_python() {
         7,
         "{stdout}"
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 /// What a Node caller loads: the contract, and the vendored google/rpc protos to read error details.
@@ -131,5 +131,5 @@ async fn the_contract_works_from_node_with_the_vendored_error_details() {
         4,
         "{stdout}"
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }

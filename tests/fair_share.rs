@@ -217,7 +217,7 @@ async fn each_caller_keeps_its_share_of_a_saturated_replica() {
         metrics.contains(r#"selfie_auth_calls_shed_total{limit="caller_share"} 1"#),
         "{metrics}"
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +318,7 @@ async fn a_caller_over_its_rate_is_told_its_quota_and_when_to_retry() {
         .watch_jobs(watch("mobile"))
         .await
         .expect("another caller's watch");
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,5 +358,5 @@ async fn a_tls_connection_must_send_its_preface_within_the_header_timeout_too() 
         };
         assert!(closed, "a TLS connection without its preface is closed ({opening:?})");
     }
-    service.running.shutdown().await;
+    service.stop().await;
 }

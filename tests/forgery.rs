@@ -117,7 +117,7 @@ async fn a_forwarded_identity_counts_only_from_the_trusted_proxy() {
         code_and_reason(&status),
         (Code::Unauthenticated, "CALLER_UNIDENTIFIED".to_owned())
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 /// The files of a TLS gRPC port whose client certificates come from `ca`.
@@ -224,7 +224,7 @@ async fn a_certificate_is_never_overridden_and_its_names_are_parsed() {
     let mut as_crafted = tls_client(addr, &ca, Some(&crafted)).await.expect("connect");
     let own = tonic::Request::new(submit_request(ENROLLED_USER, "tls-4"));
     assert_eq!(creator(&mut as_crafted, own).await, "cn:api");
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +305,7 @@ async fn a_user_belongs_to_the_caller_that_enrolled_it() {
         None,
         "a refused caller costs no Smile ID job"
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 /// A callback for `job_id` signed now, as only Smile ID (and whoever captured one) can.
@@ -369,21 +369,14 @@ async fn a_signed_forgery_costs_nothing_and_probes_nothing() {
         assert_eq!(post(&service.callback_url, &replay).await.0, 200);
     }
     assert_eq!(sim.counters().job_status_by_job_id.get("victim-1").copied(), asked);
-    let job = client
-        .get_job(pb::GetJobRequest {
-            job_id: "victim-1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let job = get_job(&mut client, "victim-1").await.expect("get");
     assert_eq!(job.state(), pb::JobState::Provisional, "Smile ID confirmed none of it");
     assert!(
         metrics(&service)
             .await
             .contains(r#"selfie_auth_callbacks_total{outcome="replayed"} 20"#)
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,5 +441,5 @@ async fn positions_a_caller_sees_are_those_of_its_own_jobs() {
         code_and_reason(&status),
         (Code::InvalidArgument, "INVALID_RESUME_TOKEN".to_owned())
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }

@@ -91,14 +91,7 @@ async fn a_rotation_mid_run_loses_no_callback() {
         assert!(answer.status().is_success(), "{}", answer.status());
     }
     for job_id in ["before-rotation", "after-rotation"] {
-        let job = client
-            .get_job(pb::GetJobRequest {
-                job_id: job_id.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("get")
-            .into_inner();
+        let job = get_job(&mut client, job_id).await.expect("get");
         assert_eq!(
             job.state(),
             pb::JobState::Completed,
@@ -122,5 +115,5 @@ async fn a_rotation_mid_run_loses_no_callback() {
         .await
         .expect("post");
     assert!(fresh.status().is_success(), "{}", fresh.status());
-    service.running.shutdown().await;
+    service.stop().await;
 }

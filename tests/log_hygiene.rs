@@ -97,7 +97,7 @@ async fn secrets_signatures_and_images_stay_out_of_the_logs() {
             .await
             .expect("post");
     }
-    service.running.shutdown().await;
+    service.stop().await;
     sim.shutdown().await;
 
     let logs = String::from_utf8_lossy(&captured.0.lock().expect("lock")).into_owned();

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use selfie_auth::grpc::pb;
 use selfie_auth_testkit::*;
 
 /// Every sample name a scrape of the running service holds, in the format `accept` asks for.
@@ -85,13 +84,7 @@ async fn the_dashboard_and_alerts_read_metrics_the_service_exports() {
         .expect("submit");
     let mut stream = watch(&mut client, "observed-1", 0).await;
     collect_events(&mut stream, 4).await;
-    client
-        .get_job(pb::GetJobRequest {
-            job_id: "observed-1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("get");
+    get_job(&mut client, "observed-1").await.expect("get");
     let exported = eventually(std::time::Duration::from_secs(15), || async {
         let names = exported(&service).await;
         // The callback, the pool and the reconciler's gauges arrive on their own schedule.

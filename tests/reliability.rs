@@ -293,5 +293,5 @@ async fn every_job_is_final_within_its_bound_under_upstream_faults() {
     // Callbacks stay dropped: the reconciler alone must finish what remains.
     let jobs = all_final(&service.client().await, Duration::from_secs(30)).await;
     assert_faithful(&sim, &jobs).await;
-    service.running.shutdown().await;
+    service.stop().await;
 }

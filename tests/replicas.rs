@@ -89,7 +89,7 @@ async fn submit_on_a_callback_on_b_stream_on_c() {
     );
     assert_eq!(metric(&a, "selfie_auth_callbacks_total").await, 0);
     for service in [a, b, c] {
-        service.running.shutdown().await;
+        service.stop().await;
     }
 }
 
@@ -103,7 +103,7 @@ async fn a_stream_resumes_on_another_replica_when_its_replica_dies() {
 
     let mut on_c = watch(&mut c.client().await, "rep-kill", 0).await;
     let mut head = collect_events(&mut on_c, 2).await;
-    c.running.shutdown().await;
+    c.stop().await;
     // Events already on the wire may still arrive; the stream then ends with UNAVAILABLE.
     let ended = loop {
         match next_event(&mut on_c, Duration::from_secs(5)).await {
@@ -126,7 +126,7 @@ async fn a_stream_resumes_on_another_replica_when_its_replica_dies() {
         Some(pb::JobEventKind::FinalResult)
     );
     for service in [a, b] {
-        service.running.shutdown().await;
+        service.stop().await;
     }
 }
 
@@ -179,7 +179,7 @@ async fn concurrent_duplicates_across_replicas_make_one_upload() {
     assert_eq!(counters.jobs_created_by_job_id["rep-dup"], 1);
     assert_eq!(counters.uploads_by_job_id["rep-dup"], 1);
     for service in replicas {
-        service.running.shutdown().await;
+        service.stop().await;
     }
 }
 
@@ -235,7 +235,7 @@ async fn lost_callbacks_are_polled_by_exactly_one_reconciler() {
     };
     assert_eq!(polls, job_ids.len() as u64);
     for service in replicas {
-        service.running.shutdown().await;
+        service.stop().await;
     }
 }
 
@@ -309,13 +309,7 @@ async fn an_unreachable_database_loses_no_acknowledged_callback_and_readiness_fo
             "a callback is never acknowledged while it cannot be stored"
         );
     }
-    let lookup = client
-        .get_job(pb::GetJobRequest {
-            job_id: "db-0".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("db down");
+    let lookup = get_job(&mut client, "db-0").await.expect_err("db down");
     assert_eq!(
         (lookup.code(), reason(&lookup).as_str()),
         (Code::Unavailable, "DATABASE_UNAVAILABLE")
@@ -338,21 +332,14 @@ async fn an_unreachable_database_loses_no_acknowledged_callback_and_readiness_fo
         acknowledged.push(i);
     }
     for i in acknowledged {
-        let job = client
-            .get_job(pb::GetJobRequest {
-                job_id: format!("db-{i}"),
-                ..Default::default()
-            })
-            .await
-            .expect("get")
-            .into_inner();
+        let job = get_job(&mut client, &format!("db-{i}")).await.expect("get");
         assert_eq!(
             job.state(),
             pb::JobState::Completed,
             "db-{i}: an acknowledged callback is stored"
         );
     }
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,6 +390,6 @@ async fn a_stream_catches_up_after_its_replicas_listener_connection_drops() {
         [(3, pb::JobEventKind::FinalResult)]
     );
     for service in [a, c] {
-        service.running.shutdown().await;
+        service.stop().await;
     }
 }

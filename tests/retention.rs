@@ -74,7 +74,7 @@ async fn finished_jobs_are_deleted_after_the_retention_period() {
         .await
         .expect("text");
     assert!(metrics.contains("selfie_auth_jobs_deleted_total 1"), "{metrics}");
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,13 +101,7 @@ async fn a_users_jobs_are_erased_after_their_last_activity() {
     let erased = eventually(Duration::from_secs(15), || {
         let mut client = client.clone();
         async move {
-            let status = client
-                .get_job(pb::GetJobRequest {
-                    job_id: "idle-enrol".into(),
-                    ..Default::default()
-                })
-                .await
-                .err()?;
+            let status = get_job(&mut client, "idle-enrol").await.err()?;
             Some(status)
         }
     })
@@ -135,12 +129,8 @@ async fn a_users_jobs_are_erased_after_their_last_activity() {
         .await
         .expect_err("no record of the user remains");
     assert_eq!(reason(&unknown), "USER_NOT_FOUND");
-    client
-        .get_job(pb::GetJobRequest {
-            job_id: "busy-open".into(),
-            ..Default::default()
-        })
+    get_job(&mut client, "busy-open")
         .await
         .expect("an unfinished job stays");
-    service.running.shutdown().await;
+    service.stop().await;
 }

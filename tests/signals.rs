@@ -214,13 +214,7 @@ async fn a_start_waits_for_its_database_and_says_why_it_waits() {
     assert_eq!(health.status.code(), Some(1), "NOT_SERVING exits 1");
     // Calls that come this early are told the database is not there yet, to retry.
     let mut client = served.client().await;
-    let early = client
-        .get_job(pb::GetJobRequest {
-            job_id: "early".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("no database yet");
+    let early = get_job(&mut client, "early").await.expect_err("no database yet");
     assert_eq!(
         (early.code(), reason(&early).as_str()),
         (tonic::Code::Unavailable, "DATABASE_UNAVAILABLE"),

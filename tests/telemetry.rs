@@ -89,7 +89,7 @@ async fn grpc_calls_are_traced_as_children_of_the_callers_trace() {
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
         .expect("health");
-    service.running.shutdown().await;
+    service.stop().await;
     tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
         .expect("flush");

@@ -221,7 +221,7 @@ async fn re_enrolment_deactivation_and_fraud_flags_end_to_end() {
         (bad.code(), reason(&bad)),
         (Code::InvalidArgument, "INVALID_FIELD".into())
     );
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 /// Deletes `user` on `deleting` while `watching` holds a WatchJob on its
@@ -298,13 +298,7 @@ async fn erase_with_streams_open(sim: &RunningSimulator, deleting: &TestService,
     );
 
     for job_id in ["erase-enrol", "erase-open"] {
-        let gone = watcher
-            .get_job(pb::GetJobRequest {
-                job_id: job_id.into(),
-                ..Default::default()
-            })
-            .await
-            .expect_err("erased");
+        let gone = get_job(&mut watcher, job_id).await.expect_err("erased");
         assert_eq!(gone.code(), Code::NotFound, "{job_id}");
     }
     // Smile ID posts the job's results again: acknowledged, and dropped.
@@ -364,7 +358,7 @@ async fn deleting_a_user_erases_them_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let service = start_service(config_for(&sim, &sqlite_url(&dir))).await;
     erase_with_streams_open(&sim, &service, &service).await;
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,8 +371,8 @@ async fn deleting_a_user_on_one_replica_erases_them_on_every_replica() {
     settings.service.callback_url = Some(watching.callback_url.clone());
     let deleting = start_service(settings).await;
     erase_with_streams_open(&sim, &deleting, &watching).await;
-    deleting.running.shutdown().await;
-    watching.running.shutdown().await;
+    deleting.stop().await;
+    watching.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,7 +412,7 @@ async fn an_operation_smile_id_does_not_confirm_is_finished_by_the_service_after
         .await
         .expect_err("another operation waits");
     assert_eq!(reason(&other), "USER_OPERATION_IN_PROGRESS");
-    service.running.shutdown().await;
+    service.stop().await;
 
     // Smile ID answers again; a new process on the same database finishes the job.
     sim.set_fault(Endpoint::BlockUser, Fault::default());
@@ -445,7 +439,7 @@ async fn an_operation_smile_id_does_not_confirm_is_finished_by_the_service_after
         .expect("repeating it answers the outcome")
         .into_inner();
     assert_eq!(again.state(), pb::UserState::Deactivated);
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 /// Erasure racing submissions and a callback of the same user leaves no row
@@ -502,7 +496,7 @@ async fn erasure_races_submissions(database_url: &str) {
     for (job_id, created) in sim.counters().jobs_created_by_job_id {
         assert!(created <= 1, "{job_id} was created {created} times at Smile ID");
     }
-    service.running.shutdown().await;
+    service.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -612,5 +606,5 @@ permissions = ["read_users", "delete_users", "others_users"]
     );
     let hidden = get_user(&mut client, "perm-1").await.expect_err("no identity");
     assert_eq!(hidden.code(), Code::Unauthenticated);
-    service.running.shutdown().await;
+    service.stop().await;
 }

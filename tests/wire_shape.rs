@@ -1,5 +1,5 @@
 //! What our client puts on the wire, field by field, against what the official
-//! server SDKs send (sdk-wire-traces §2.1, §2.3, §2.4). A capture server on
+//! server SDKs send (the Python and Node server SDKs: prep upload, PUT, job_status). A capture server on
 //! 127.0.0.1:0 records the requests.
 
 use std::io::{Cursor, Read};
@@ -105,7 +105,7 @@ async fn upload_zip_and_job_status_have_the_server_sdk_shape() {
     let submitted = client.submit(&job).await.expect("submit");
     assert_eq!(submitted.smile_job_id, "0000001003");
 
-    // POST /v1/upload (sdk-wire-traces §2.1): the Python SDK's fields, plus `retry` as the mobile SDKs send it.
+    // POST /v1/upload: the Python SDK's fields, plus `retry` as the mobile SDKs send it.
     let upload = captured.upload.lock().expect("lock").clone().expect("upload captured");
     assert_eq!(
         keys(&upload),
@@ -143,7 +143,7 @@ async fn upload_zip_and_job_status_have_the_server_sdk_shape() {
     assert!(selfie_auth::smileid::signature::parse_timestamp(timestamp).is_some());
     assert!(credentials().verify(timestamp, upload["signature"].as_str().expect("signature")));
 
-    // PUT (sdk-wire-traces §2.3).
+    // PUT of the zip.
     let (content_type, zip_bytes) = captured.zip.lock().expect("lock").clone().expect("zip captured");
     assert_eq!(content_type, "application/zip");
     let mut archive = zip::ZipArchive::new(Cursor::new(zip_bytes)).expect("zip");
@@ -255,7 +255,7 @@ async fn upload_zip_and_job_status_have_the_server_sdk_shape() {
         format!("{base}/s3/selfie.zip?X-Amz-Signature=abc")
     );
 
-    // POST /v1/job_status (sdk-wire-traces §2.4).
+    // POST /v1/job_status.
     let status = client
         .job_status(
             "user-0001",
