@@ -22,8 +22,8 @@ pub mod retention;
 mod service;
 pub mod settings;
 mod submission;
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 pub mod validate;

@@ -28,6 +28,8 @@ struct Tables {
     events: Vec<JobEvent>,
     leases: BTreeMap<String, DateTime<Utc>>,
     users: BTreeMap<String, UserRecord>,
+    /// The last position given out in the global log; erased events keep theirs.
+    last_global_id: i64,
 }
 
 impl Tables {
@@ -49,14 +51,20 @@ impl Tables {
         }
     }
 
-    /// Writes `user` if its stored version is still `user.version`.
+    /// Writes `user` if its stored version is still `user.version`; a user's
+    /// first owner stays, as the SQL stores keep it.
     fn put_user(&mut self, user: &mut UserRecord) -> bool {
-        let stored = self.users.get(&user.user_id).map_or(0, |stored| stored.version);
-        if stored != user.version {
+        let stored = self.users.get(&user.user_id);
+        if stored.map_or(0, |stored| stored.version) != user.version {
             return false;
         }
+        let owner = stored
+            .and_then(|stored| stored.owner.clone())
+            .or_else(|| user.owner.clone());
         user.version += 1;
-        self.users.insert(user.user_id.clone(), user.clone());
+        let mut kept = user.clone();
+        kept.owner = owner;
+        self.users.insert(user.user_id.clone(), kept);
         true
     }
 }
@@ -128,8 +136,9 @@ impl MemoryStore {
 }
 
 fn append(tables: &mut Tables, job: &Job, kind: EventKind) -> JobEvent {
+    tables.last_global_id += 1;
     let event = JobEvent {
-        global_id: i64::try_from(tables.events.len()).unwrap_or(i64::MAX) + 1,
+        global_id: tables.last_global_id,
         sequence: job.last_sequence,
         kind,
         job: job.clone(),
