@@ -3,14 +3,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::jobs::model::JobKind;
+use crate::jobs::model::{Decision, JobKind, Refusal, RefusalCause, SmileResult};
 use crate::jobs::ports::{
     Accepted, ManageFailure, SmileId, SmileJob, StatusExtras, StatusFailure, StatusReport, SubmitFailure,
 };
 use crate::metrics::Metrics;
 use crate::smileid::wire::{JOB_TYPE_AUTHENTICATION, JOB_TYPE_REGISTRATION};
 use crate::smileid::{
-    JobSubmission, PartnerParams, SmileIdClient, SmileIdError, StatusOptions, SubmitOutcome, UserAction,
+    self, ErrorCode, JobSubmission, PartnerParams, ResultEntry, SmileIdClient, SmileIdError, StatusOptions,
+    SubmitOutcome, UserAction,
 };
 use crate::users::model::Operation;
 
@@ -65,7 +66,7 @@ impl SmileId for SmileIdAdapter {
                 let detail = format!("{:?}: {}", error.stage, error.source);
                 Err(match (error.outcome, error.source) {
                     (SubmitOutcome::Refused, SmileIdError::Refused { code, message, .. }) => {
-                        SubmitFailure::Refused { code, message }
+                        SubmitFailure::Refused(refusal(&code, message))
                     }
                     (SubmitOutcome::NotSent, source) => SubmitFailure::NotSent {
                         retry_after: source.retry_after(),
@@ -102,8 +103,8 @@ impl SmileId for SmileIdAdapter {
         match status {
             Ok(status) => Ok(StatusReport {
                 complete: status.job_complete,
-                result: status.result,
-                history: status.history,
+                result: status.result.map(result),
+                history: status.history.into_iter().map(result).collect(),
                 image_links: status.image_links,
             }),
             Err(SmileIdError::NotFound) => Err(StatusFailure::NotFound),
@@ -133,12 +134,96 @@ impl SmileId for SmileIdAdapter {
         };
         self.metrics.observe_smileid("block_user", outcome, started.elapsed());
         managed.map_err(|error| match error {
-            SmileIdError::Refused { code, message, .. } => ManageFailure::Refused { code, message },
+            SmileIdError::Refused { code, message, .. } => ManageFailure::Refused(refusal(&code, message)),
             // Anything else may or may not have been carried out: repeat it.
             other => ManageFailure::Unavailable {
                 retry_after: other.retry_after(),
                 detail: other.to_string(),
             },
         })
+    }
+}
+
+/// A result from Smile ID, in the domain's terms.
+pub fn result(entry: ResultEntry) -> SmileResult {
+    SmileResult {
+        result_code: entry.result_code,
+        result_text: entry.result_text,
+        result_type: entry.result_type,
+        smile_job_id: entry.smile_job_id,
+        is_final: entry.is_final,
+        is_machine_result: entry.is_machine_result,
+        confidence: entry.confidence,
+        actions: entry.actions,
+        partner_params: entry.partner_params,
+        timestamp: entry.timestamp,
+        decision: decision(entry.decision),
+    }
+}
+
+/// What a result code means, in the domain's terms.
+pub fn decision(decision: smileid::Decision) -> Decision {
+    match decision {
+        smileid::Decision::Approved => Decision::Approved,
+        smileid::Decision::Rejected => Decision::Rejected,
+        smileid::Decision::ProvisionallyApproved => Decision::ProvisionallyApproved,
+        smileid::Decision::SuspectedSpoof => Decision::SuspectedSpoof,
+        smileid::Decision::Error => Decision::Error,
+        smileid::Decision::Unknown(code) => Decision::Unknown(code),
+    }
+}
+
+/// What a Smile ID error code says about the user or this service.
+fn refusal(code: &ErrorCode, message: String) -> Refusal {
+    let cause = match code {
+        ErrorCode::UserNotEnrolled => RefusalCause::UserNotEnrolled,
+        ErrorCode::UserAlreadyEnrolled => RefusalCause::UserAlreadyEnrolled,
+        ErrorCode::UserDisabled => RefusalCause::UserDisabled,
+        ErrorCode::UserDeleted | ErrorCode::ReEnrollmentRequired | ErrorCode::NoPhotoOnFile => {
+            RefusalCause::UserNotAuthenticatable
+        }
+        ErrorCode::Unauthorized | ErrorCode::ProductionNotEnabled => RefusalCause::Credentials,
+        _ => RefusalCause::Other,
+    };
+    Refusal {
+        cause,
+        code: code.code().to_owned(),
+        code_text: code.text().to_owned(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_stored_as_the_client_wrote_it_reads_back_as_the_domains() {
+        let wire = serde_json::json!({
+            "ResultCode": "0820", "ResultText": "Enroll User", "ResultType": "SAIA",
+            "SmileJobID": "0000000321", "IsFinalResult": "true", "ConfidenceValue": "99.5",
+            "Actions": {"Liveness_Check": "Passed"}, "PartnerParams": {"job_id": "j-1", "user_id": "u-1"},
+            "timestamp": "2026-01-02T03:04:05.000Z",
+        });
+        let entry = ResultEntry::from_value(&wire).expect("a result");
+        // Jobs stored before the domain had its own type hold the client's JSON.
+        let stored = serde_json::to_string(&entry).expect("json");
+        let read: SmileResult = serde_json::from_str(&stored).expect("reads back");
+        assert_eq!(read, result(entry));
+        assert_eq!((&read.decision, read.job_id()), (&Decision::Approved, Some("j-1")));
+        assert!(read.timestamp.is_some() && read.is_final);
+    }
+
+    #[test]
+    fn refusals_say_what_they_mean_for_the_user_or_the_service() {
+        for (code, cause) in [
+            ("2210", RefusalCause::UserNotEnrolled),
+            ("2215", RefusalCause::Other),
+            ("2205", RefusalCause::Credentials),
+        ] {
+            let refusal = refusal(&ErrorCode::parse(code), "said".into());
+            assert_eq!((refusal.cause, refusal.code.as_str()), (cause, code), "{code}");
+            assert!(!refusal.code_text.is_empty(), "{code}");
+        }
     }
 }

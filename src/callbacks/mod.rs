@@ -15,6 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::jobs::memory::MemoryBudget;
 use crate::jobs::{CallbackOutcome, JobService};
 use crate::metrics::Metrics;
+use crate::smile_adapter;
 use crate::smileid::{CallbackError, Credentials, verify_callback};
 use replays::SeenDeliveries;
 
@@ -185,7 +186,10 @@ async fn handle(endpoint: &Endpoint, headers: &HeaderMap, body: Body) -> (&'stat
     if !endpoint.seen.first_time(&timestamp, &job_id) {
         return ("replayed", (StatusCode::OK, "ok"));
     }
-    let handled = endpoint.service.handle_callback(verified.result).await;
+    let handled = endpoint
+        .service
+        .handle_callback(smile_adapter::result(verified.result))
+        .await;
     match handled {
         Ok(outcome) => {
             // Caller-controlled strings are logged escaped (Debug), never raw.

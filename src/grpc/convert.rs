@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 
 use super::pb;
 use super::status::{problem_status, to_rpc_status};
+use crate::jobs::model::{Decision, SmileResult};
 use crate::jobs::model::{ErasedJob, public_job_id};
 use crate::jobs::ports::JobFilter;
 use crate::jobs::{EventKind, Fetched, Job, JobError, JobEvent, JobKind, JobState};
-use crate::smileid::{Decision, ResultEntry};
 use crate::users::{Operation, Standing, UserView};
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -39,7 +39,7 @@ fn state(state: JobState) -> pb::JobState {
     }
 }
 
-pub fn result(entry: &ResultEntry) -> pb::Result {
+pub fn result(entry: &SmileResult) -> pb::Result {
     pb::Result {
         result_code: entry.result_code.clone(),
         result_text: entry.result_text.clone(),

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use super::model::{Erasure, EventKind, EventNotice, Job, JobEvent, JobKind, JobState, LogFilter};
-use crate::smileid::{ErrorCode, ResultEntry};
+use super::model::{
+    Erasure, EventKind, EventNotice, Job, JobEvent, JobKind, JobState, LogFilter, Refusal, SmileResult,
+};
 use crate::users::model::{Operation, UserRecord};
 
 // === the job store ===
@@ -263,8 +264,8 @@ pub struct Accepted {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitFailure {
     /// Smile ID refused the job; nothing exists there.
-    #[error("smile id refused the job with code {code}: {message}")]
-    Refused { code: ErrorCode, message: String },
+    #[error("smile id refused the job with code {}: {}", .0.code, .0.message)]
+    Refused(Refusal),
     /// The request certainly never reached Smile ID.
     #[error("smile id was not reached: {detail}")]
     NotSent {
@@ -305,8 +306,8 @@ impl StatusExtras {
 pub struct StatusReport {
     pub complete: bool,
     /// The latest result, when there is one.
-    pub result: Option<ResultEntry>,
-    pub history: Vec<ResultEntry>,
+    pub result: Option<SmileResult>,
+    pub history: Vec<SmileResult>,
     pub image_links: BTreeMap<String, String>,
 }
 
@@ -347,8 +348,8 @@ pub trait SmileId: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ManageFailure {
     /// Smile ID refused it; repeating it will not help.
-    #[error("smile id refused the user operation with code {code}: {message}")]
-    Refused { code: ErrorCode, message: String },
+    #[error("smile id refused the user operation with code {}: {}", .0.code, .0.message)]
+    Refused(Refusal),
     /// Smile ID could not be reached or did not say; it may or may not be done.
     #[error("smile id did not confirm the user operation: {detail}")]
     Unavailable {

@@ -15,14 +15,13 @@ use tokio::time::Instant;
 
 use super::core::JobCore;
 use super::error::{JobError, UnavailableReason};
-use super::model::Job;
+use super::model::{Job, SmileResult};
 use super::ports::{SmileId, StatusExtras, StatusFailure, StatusReport};
-use crate::smileid::ResultEntry;
 
 /// Extra data fetched from Smile ID on request; never stored.
 #[derive(Clone, Debug, Default)]
 pub struct Fetched {
-    pub history: Vec<ResultEntry>,
+    pub history: Vec<SmileResult>,
     pub image_links: std::collections::BTreeMap<String, String>,
 }
 
@@ -93,7 +92,7 @@ impl ResultIntake {
     /// Applies a result from a callback whose signature was verified; answers
     /// only after the outcome is durable.
     #[tracing::instrument(name = "job.callback", skip_all, fields(job_id = result.job_id().unwrap_or_default()))]
-    pub async fn handle_callback(&self, result: ResultEntry) -> Result<CallbackOutcome, JobError> {
+    pub async fn handle_callback(&self, result: SmileResult) -> Result<CallbackOutcome, JobError> {
         let Some(job_id) = result.job_id().map(str::to_owned) else {
             warn!(smile_job_id = ?result.smile_job_id, "callback without PartnerParams.job_id");
             return Ok(CallbackOutcome::UnknownJob);
@@ -160,7 +159,7 @@ impl ResultIntake {
     }
 
     /// Applies `results` in order to `job`, a copy read before Smile ID was asked.
-    async fn apply_results(&self, mut job: Job, results: Vec<ResultEntry>) -> Result<Job, JobError> {
+    async fn apply_results(&self, mut job: Job, results: Vec<SmileResult>) -> Result<Job, JobError> {
         for result in results {
             let now = Utc::now();
             job = self

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::core::JobCore;
 use super::error::JobError;
 use super::listing::{self, JobPage};
-use super::model::{Job, LogFilter};
+use super::model::{Job, LogFilter, SmileResult};
 use super::ports::{EventFanout, JobFilter, JobMetrics, SharedStore, SmileId, StatusExtras};
 use super::reconciler::Reconciler;
 use super::results::{CallbackOutcome, Fetched, ResultIntake};
@@ -20,7 +20,6 @@ use super::settings::{RetentionPolicy, ServiceConfig};
 use super::submission::{SubmitOutput, Submitter};
 use super::validate::SubmitRequest;
 use super::watch::{LogStart, WatchStream, Watcher};
-use crate::smileid::ResultEntry;
 use crate::users::UserService;
 
 /// The ports a [`JobService`] works through.
@@ -158,7 +157,7 @@ impl JobService {
 
     /// Applies a result from a callback whose signature was verified; answers
     /// only after the outcome is durable.
-    pub async fn handle_callback(&self, result: ResultEntry) -> Result<CallbackOutcome, JobError> {
+    pub async fn handle_callback(&self, result: SmileResult) -> Result<CallbackOutcome, JobError> {
         self.intake.handle_callback(result).await
     }
 

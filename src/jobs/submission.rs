@@ -24,11 +24,12 @@ use tracing::{info, warn};
 use super::core::JobCore;
 use super::error::{JobError, UnavailableReason};
 use super::memory::MemoryBudget;
-use super::model::{Job, JobKind, JobProblem, JobState, Prepared, ProblemReason, TakeOver, public_job_id};
+use super::model::{
+    Job, JobKind, JobProblem, JobState, Prepared, ProblemReason, Refusal, RefusalCause, TakeOver, public_job_id,
+};
 use super::ports::{Created, Saved, SmileId, SmileJob, SubmitFailure};
 use super::settings::ServiceConfig;
 use super::validate::{SubmitRequest, prepare};
-use crate::smileid::ErrorCode;
 
 /// What SubmitAuthentication returns.
 #[derive(Clone, Debug)]
@@ -306,8 +307,8 @@ impl Submitter {
             };
             warn!(job_id, error = %failure, "smile id submission failed");
             let retry_after = match &failure {
-                SubmitFailure::Refused { code, message } => {
-                    let problem = refusal_problem(code, message, job.kind);
+                SubmitFailure::Refused(refusal) => {
+                    let problem = refusal_problem(refusal, job.kind);
                     self.core.transition(job_id, |job| job.refused(problem.clone())).await?;
                     self.core.metrics.submission("refused");
                     return Err(JobError::Rejected(problem));
@@ -410,39 +411,36 @@ fn generate_job_id() -> String {
 }
 
 /// What a Smile ID refusal means for the stored job.
-fn refusal_problem(code: &ErrorCode, message: &str, kind: JobKind) -> JobProblem {
-    let (reason, message) = match code {
-        ErrorCode::UserDisabled if kind == JobKind::Enrollment => (
+fn refusal_problem(refusal: &Refusal, kind: JobKind) -> JobProblem {
+    let (reason, message) = match refusal.cause {
+        RefusalCause::UserDisabled if kind == JobKind::Enrollment => (
             ProblemReason::UserNotEnrollable,
-            format!("the user cannot be enrolled: {}", code.text()),
+            format!("the user cannot be enrolled: {}", refusal.code_text),
         ),
-        ErrorCode::UserNotEnrolled => (
+        RefusalCause::UserNotEnrolled => (
             ProblemReason::UserNotEnrolled,
             "the user is not enrolled for SmartSelfie Authentication".to_owned(),
         ),
-        ErrorCode::UserAlreadyEnrolled => (
+        RefusalCause::UserAlreadyEnrolled => (
             ProblemReason::UserAlreadyEnrolled,
             "the user is enrolled already; authenticate them, or ask Smile ID to re-enrol them".to_owned(),
         ),
-        ErrorCode::UserDisabled
-        | ErrorCode::UserDeleted
-        | ErrorCode::ReEnrollmentRequired
-        | ErrorCode::NoPhotoOnFile => (
+        RefusalCause::UserDisabled | RefusalCause::UserNotAuthenticatable => (
             ProblemReason::UserNotAuthenticatable,
-            format!("the user cannot be authenticated: {}", code.text()),
+            format!("the user cannot be authenticated: {}", refusal.code_text),
         ),
-        ErrorCode::Unauthorized | ErrorCode::ProductionNotEnabled => (
+        RefusalCause::Credentials => (
             ProblemReason::UpstreamAuthFailed,
             "Smile ID refused this service's credentials; check the partner id, API key and environment".to_owned(),
         ),
-        _ => (
+        RefusalCause::Other => (
             ProblemReason::UpstreamRejected,
-            format!("Smile ID refused the job: {message}"),
+            format!("Smile ID refused the job: {}", refusal.message),
         ),
     };
     JobProblem {
         reason,
         message,
-        smile_code: Some(code.code().to_owned()),
+        smile_code: Some(refusal.code.clone()),
     }
 }

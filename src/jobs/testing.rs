@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::model::{ErasedJob, Erasure, EventKind, EventNotice, Job, JobEvent, LogFilter};
+use super::model::{Decision, ErasedJob, Erasure, EventKind, EventNotice, Job, JobEvent, LogFilter, SmileResult};
 use super::ports::{
     Accepted, Activity, Created, EventFanout, FanoutMessage, JobMetrics, JobStore, ManageFailure, Saved, SmileId,
     SmileJob, StatusExtras, StatusFailure, StatusReport, StoreError, SubmitFailure,
@@ -543,8 +543,8 @@ impl Harness {
 }
 
 /// A Smile ID result with `code`, as a callback or job_status carries it.
-pub fn result(code: &str, is_final: bool) -> crate::smileid::ResultEntry {
-    crate::smileid::ResultEntry {
+pub fn result(code: &str, is_final: bool) -> SmileResult {
+    SmileResult {
         result_code: code.into(),
         result_text: String::new(),
         result_type: "SAIA".into(),
@@ -555,7 +555,12 @@ pub fn result(code: &str, is_final: bool) -> crate::smileid::ResultEntry {
         actions: BTreeMap::new(),
         partner_params: BTreeMap::new(),
         timestamp: None,
-        decision: crate::smileid::classify_result(code).decision,
+        decision: match code {
+            "0820" | "1220" => Decision::Approved,
+            "0822" | "0825" => Decision::ProvisionallyApproved,
+            "0821" | "1221" => Decision::Rejected,
+            other => Decision::Unknown(other.to_owned()),
+        },
     }
 }
 

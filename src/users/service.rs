@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::model::{Operation, Pending, UserRecord};
+use crate::jobs::model::{Refusal, RefusalCause};
 use crate::jobs::ports::{Activity, EventFanout, ManageFailure, SharedStore, SmileId};
 use crate::jobs::{JobError, JobProblem, ProblemReason, UnavailableReason};
-use crate::smileid::ErrorCode;
 
 /// The log target of audit events (the same trail as reads of results).
 const AUDIT: &str = crate::auth::audit::TARGET;
@@ -204,8 +204,8 @@ impl UserService {
             };
             match answer {
                 Ok(()) => return self.complete(user).await,
-                Err(ManageFailure::Refused { code, message }) => {
-                    let problem = refusal_problem(&code, &message);
+                Err(ManageFailure::Refused(refusal)) => {
+                    let problem = refusal_problem(&refusal);
                     self.give_up(user, &problem).await?;
                     return Err(JobError::Rejected(problem));
                 }
@@ -380,21 +380,21 @@ fn contention() -> JobError {
 }
 
 /// What a Smile ID refusal of a user operation tells the caller.
-fn refusal_problem(code: &ErrorCode, message: &str) -> JobProblem {
-    let (reason, message) = match code {
-        ErrorCode::Unauthorized | ErrorCode::ProductionNotEnabled => (
+fn refusal_problem(refusal: &Refusal) -> JobProblem {
+    let (reason, message) = match refusal.cause {
+        RefusalCause::Credentials => (
             ProblemReason::UpstreamAuthFailed,
             "Smile ID refused this service's credentials; check the partner id, API key and environment".to_owned(),
         ),
         _ => (
             ProblemReason::UpstreamRejected,
-            format!("Smile ID refused the user operation: {message}"),
+            format!("Smile ID refused the user operation: {}", refusal.message),
         ),
     };
     JobProblem {
         reason,
         message,
-        smile_code: Some(code.code().to_owned()),
+        smile_code: Some(refusal.code.clone()),
     }
 }
 
@@ -425,10 +425,12 @@ mod tests {
     #[tokio::test]
     async fn a_refused_operation_leaves_nothing_pending_and_says_why() {
         let (harness, users) = users();
-        harness.smile.answer_manage(Err(ManageFailure::Refused {
-            code: ErrorCode::parse("2203"),
+        harness.smile.answer_manage(Err(ManageFailure::Refused(Refusal {
+            cause: RefusalCause::Other,
+            code: "2203".into(),
+            code_text: "Invalid user".into(),
             message: "invalid user".into(),
-        }));
+        })));
         let refused = users
             .operate("u-1", Operation::Deactivate, Some("cn:a".into()), soon())
             .await

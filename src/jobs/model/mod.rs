@@ -9,13 +9,14 @@ use bytes::Bytes;
 
 use super::reason::ErrorReason;
 use super::settings::ReconcilePolicy;
-use crate::smileid::{Decision, ResultEntry};
 
 mod event;
+mod result;
 #[cfg(test)]
 mod tests;
 
 pub use event::{ErasedJob, Erasure, EventKind, EventNotice, JobEvent, LogFilter};
+pub use result::{Decision, Refusal, RefusalCause, SmileResult};
 
 /// What a job asks of Smile ID.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -144,12 +145,12 @@ pub struct Job {
     pub state: JobState,
     pub submission: Submission,
     /// Every result received, in arrival order; the last is the latest.
-    pub results: Vec<ResultEntry>,
+    pub results: Vec<SmileResult>,
     /// Signed callbacks whose results Smile ID has not confirmed yet (the
     /// signature does not cover the body), newest last; kept so an
     /// acknowledged callback is never lost, and cleared by the next result.
     #[serde(default)]
-    pub unconfirmed: Vec<ResultEntry>,
+    pub unconfirmed: Vec<SmileResult>,
     pub problem: Option<JobProblem>,
     pub partner_params: BTreeMap<String, String>,
     /// SHA-256 of the submitted content: the idempotency fingerprint.
@@ -166,7 +167,7 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn latest_result(&self) -> Option<&ResultEntry> {
+    pub fn latest_result(&self) -> Option<&SmileResult> {
         self.results.last()
     }
 
@@ -327,7 +328,7 @@ impl Job {
     }
 
     /// Whether the job already holds this result (same code, same finality).
-    pub fn has_result(&self, result: &ResultEntry) -> bool {
+    pub fn has_result(&self, result: &SmileResult) -> bool {
         self.results
             .iter()
             .any(|known| known.result_code == result.result_code && known.is_final == result.is_final)
@@ -337,12 +338,12 @@ impl Job {
     /// and asks the reconciler to confirm it now. Only the claim (its code and
     /// finality, cut short) is kept, a few at most: job_status, not the
     /// callback, supplies what is applied, so a forged body costs a few bytes.
-    pub fn await_confirmation(&mut self, result: ResultEntry, now: DateTime<Utc>) -> Option<EventKind> {
+    pub fn await_confirmation(&mut self, result: SmileResult, now: DateTime<Utc>) -> Option<EventKind> {
         /// Enough for a provisional and a final result, with room for a replay.
         const KEPT: usize = 4;
         /// Result codes are four digits; anything longer is not one.
         const CODE_CHARS: usize = 8;
-        let claim = ResultEntry {
+        let claim = SmileResult {
             result_code: result.result_code.chars().take(CODE_CHARS).collect(),
             result_text: String::new(),
             result_type: String::new(),
@@ -355,7 +356,7 @@ impl Job {
             timestamp: None,
             decision: result.decision.clone(),
         };
-        let waiting = |kept: &ResultEntry| kept.result_code == claim.result_code && kept.is_final == claim.is_final;
+        let waiting = |kept: &SmileResult| kept.result_code == claim.result_code && kept.is_final == claim.is_final;
         // Already known or already waiting: a replay changes nothing and costs no poll.
         if !self.takes_results() || self.has_result(&result) || self.unconfirmed.iter().any(waiting) {
             return None;
@@ -428,7 +429,7 @@ impl Job {
 
     /// Applies one Smile ID result. Returns the event it makes, or `None` when it
     /// changes nothing: a duplicate, or anything after the final result.
-    pub fn apply_result(&mut self, result: ResultEntry, now: DateTime<Utc>) -> Option<EventKind> {
+    pub fn apply_result(&mut self, result: SmileResult, now: DateTime<Utc>) -> Option<EventKind> {
         if !self.takes_results() {
             return None;
         }

@@ -7,12 +7,11 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use super::error::{JobError, UnavailableReason};
-use super::model::{EventKind, JobState, LogFilter, ProblemReason, Submission};
+use super::model::{EventKind, JobState, LogFilter, ProblemReason, Refusal, RefusalCause, Submission};
 use super::ports::{StatusExtras, StatusFailure, StatusReport, SubmitFailure};
 use super::settings::{ReconcilePolicy, ServiceConfig};
 use super::testing::{Harness, SmileCall, result, submission};
 use super::watch::{LogStart, WatchItem, WatchStream};
-use crate::smileid::ErrorCode;
 
 pub(super) fn harness() -> Harness {
     Harness::new(ServiceConfig::default())

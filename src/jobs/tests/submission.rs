@@ -47,10 +47,12 @@ async fn the_same_job_id_with_other_content_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn a_refusal_fails_the_job_and_is_replayed_without_calling_smile_id() {
     let h = harness();
-    h.smile.answer_submit(Err(SubmitFailure::Refused {
-        code: ErrorCode::UserNotEnrolled,
+    h.smile.answer_submit(Err(SubmitFailure::Refused(Refusal {
+        cause: RefusalCause::UserNotEnrolled,
+        code: "2210".into(),
+        code_text: "No enrolled user found".into(),
         message: "no such user".into(),
-    }));
+    })));
     for _ in 0..2 {
         let error = h
             .service
