@@ -7,9 +7,7 @@
 
 use std::sync::Arc;
 
-use tower::Service;
-
-use super::middleware::{Answer, GrpcResponse, Middleware};
+use super::middleware::{Answer, Inner, Middleware};
 use tracing::{debug, warn};
 
 use super::status::auth_status;
@@ -31,12 +29,7 @@ impl Identify {
 }
 
 impl Middleware for Identify {
-    fn call<S, B>(&self, inner: &mut S, mut request: http::Request<B>) -> Answer<S::Error>
-    where
-        S: Service<http::Request<B>, Response = GrpcResponse>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn call<S: Inner<B>, B>(&self, inner: &mut S, mut request: http::Request<B>) -> Answer<S::Error> {
         if !request.uri().path().starts_with(IDENTIFIED_PREFIX) {
             return Box::pin(inner.call(request));
         }

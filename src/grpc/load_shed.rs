@@ -15,9 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::Service;
 
-use super::middleware::{Answer, GrpcResponse, Middleware};
+use super::middleware::{Answer, Inner, Middleware};
 
 use super::request_limits::is_submission;
 use super::status::overloaded;
@@ -64,12 +63,7 @@ impl LoadShed {
 }
 
 impl Middleware for LoadShed {
-    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error>
-    where
-        S: Service<http::Request<B>, Response = GrpcResponse>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
         let path = request.uri().path();
         if !path.starts_with(LIMITED_PREFIX) {
             return Box::pin(inner.call(request));

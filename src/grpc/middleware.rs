@@ -12,13 +12,23 @@ pub type GrpcResponse = http::Response<tonic::body::Body>;
 /// The future a middleware answers with.
 pub type Answer<E> = BoxFuture<'static, Result<GrpcResponse, E>>;
 
+/// The rest of the stack, as a middleware calls it.
+pub trait Inner<B>:
+    Service<http::Request<B>, Response = GrpcResponse, Future: Send + 'static, Error: Send + 'static>
+{
+}
+
+impl<S, B> Inner<B> for S
+where
+    S: Service<http::Request<B>, Response = GrpcResponse>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+}
+
 pub trait Middleware: Clone + Send + Sync + Sized + 'static {
     /// Handles `request`, passing it on to `inner` (or not).
-    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error>
-    where
-        S: Service<http::Request<B>, Response = GrpcResponse>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static;
+    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error>;
 
     fn into_layer(self) -> MiddlewareLayer<Self> {
         MiddlewareLayer(self)
@@ -46,13 +56,7 @@ pub struct Wrapped<S, M> {
     middleware: M,
 }
 
-impl<S, M, B> Service<http::Request<B>> for Wrapped<S, M>
-where
-    S: Service<http::Request<B>, Response = GrpcResponse>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    M: Middleware,
-{
+impl<S: Inner<B>, M: Middleware, B> Service<http::Request<B>> for Wrapped<S, M> {
     type Response = GrpcResponse;
     type Error = S::Error;
     type Future = Answer<S::Error>;

@@ -10,9 +10,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tower::Service;
 
-use super::middleware::{Answer, GrpcResponse, Middleware};
+use super::middleware::{Answer, Inner, Middleware};
 use tracing::Instrument as _;
 
 use crate::metrics::{MethodLabel, Metrics, RPC_METHODS, STREAMING_METHODS};
@@ -54,12 +53,7 @@ impl Observe {
 }
 
 impl Middleware for Observe {
-    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error>
-    where
-        S: Service<http::Request<B>, Response = GrpcResponse>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
         if !request.uri().path().starts_with(OBSERVED_PREFIX) {
             return Box::pin(inner.call(request));
         }

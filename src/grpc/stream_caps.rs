@@ -11,9 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::Service;
 
-use super::middleware::{Answer, GrpcResponse, Middleware};
+use super::middleware::{Answer, Inner, Middleware};
 
 use super::status::overloaded;
 use crate::metrics::Metrics;
@@ -70,12 +69,7 @@ impl StreamCaps {
 }
 
 impl Middleware for StreamCaps {
-    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error>
-    where
-        S: Service<http::Request<B>, Response = GrpcResponse>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
         let path = request.uri().path();
         let Some(cap) = self.caps.iter().find(|cap| cap.covers(path)) else {
             return Box::pin(inner.call(request));
