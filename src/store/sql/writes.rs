@@ -1,6 +1,25 @@
 //! The rows and writes both SQL stores share: decoding rows into jobs, events
 //! and users, and the statements a batch of writes runs in one transaction.
 
+/// Binds a save's eight parameters, in the order both save statements use
+/// (`$1` to `$8`): the new state, data, version, last sequence, next poll and
+/// update time, then the job_id and the version the save expects.
+macro_rules! bind_save {
+    ($query:expr, $next:expr, $job:expr, $data:expr) => {
+        $query
+            .bind($next.state.as_str())
+            .bind(&$data)
+            .bind($next.version)
+            .bind($crate::store::sequence_column($next.last_sequence))
+            .bind($next.next_poll_at.map($crate::store::millis))
+            .bind($crate::store::millis($next.updated_at))
+            .bind(&$next.job_id)
+            .bind($job.version)
+    };
+}
+
+pub(crate) use bind_save;
+
 /// Defines, for `$store` on `$pool`, the row decoders and in-transaction
 /// writes [`impl_job_store`](super::impl_job_store) builds on, and the
 /// [`Transact`](crate::store::batch::Transact) the write queue commits with.
@@ -233,7 +252,6 @@ macro_rules! sql_writes {
             event: Option<$crate::jobs::model::EventKind>,
         ) -> Result<($crate::jobs::ports::Saved, $crate::jobs::model::Job), $crate::jobs::ports::StoreError> {
             use $crate::jobs::ports::Saved;
-            use $crate::store::millis;
             let mut next = job.clone();
             next.version += 1;
             if event.is_some() {
@@ -241,15 +259,7 @@ macro_rules! sql_writes {
             }
             let data = serde_json::to_string(&next)?;
             if let (Some(kind), Some(sql)) = (event, <$store>::SAVE_WITH_EVENT_SQL) {
-                let id: Option<i64> = sqlx::query_scalar(sql)
-                    .bind(next.state.as_str())
-                    .bind(&data)
-                    .bind(next.version)
-                    .bind($crate::store::sequence_column(next.last_sequence))
-                    .bind(next.next_poll_at.map(millis))
-                    .bind(millis(next.updated_at))
-                    .bind(&next.job_id)
-                    .bind(job.version)
+                let id: Option<i64> = $crate::store::sql::bind_save!(sqlx::query_scalar(sql), next, job, data)
                     .bind(kind.as_str())
                     .fetch_optional(&mut *connection)
                     .await?;
@@ -265,21 +275,14 @@ macro_rules! sql_writes {
                 };
                 return Ok((Saved::Written(Some(Box::new(event))), next));
             }
-            let updated = sqlx::query(
+            let update = sqlx::query(
                 "UPDATE jobs SET state = $1, data = $2, version = $3, last_sequence = $4, next_poll_at = $5,
                                  updated_at = $6
                  WHERE job_id = $7 AND version = $8",
-            )
-            .bind(next.state.as_str())
-            .bind(&data)
-            .bind(next.version)
-            .bind($crate::store::sequence_column(next.last_sequence))
-            .bind(next.next_poll_at.map(millis))
-            .bind(millis(next.updated_at))
-            .bind(&next.job_id)
-            .bind(job.version)
-            .execute(&mut *connection)
-            .await?;
+            );
+            let updated = $crate::store::sql::bind_save!(update, next, job, data)
+                .execute(&mut *connection)
+                .await?;
             if updated.rows_affected() == 0 {
                 return Ok((Saved::Conflict, job.clone()));
             }
