@@ -30,7 +30,7 @@ use selfie_auth::grpc::pb::selfie_auth_client::SelfieAuthClient;
 use selfie_auth::grpc::pb::selfie_auth_server::{SelfieAuth, SelfieAuthServer};
 use selfie_auth::simulator::{self, CallbackMode, RunningSimulator, SimulatorConfig};
 use selfie_auth::smileid::{
-    ApiKey, ClientConfig, Credentials, Environment, JobSubmission, PartnerParams, SmileIdClient,
+    ApiKey, ClientConfig, Credentials, Environment, JobSubmission, PartnerParams, SmileIdClient, StatusOptions,
 };
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
@@ -590,12 +590,17 @@ async fn pending_jobs(client: &Client, prefix: &str, count: usize) -> Vec<(Strin
 }
 
 /// Callback POST → FINAL_RESULT on an open WatchJob (on `watcher`), at `rate` callbacks/s offered to `receiver`.
-async fn callback_to_event(
-    receiver: &Service,
+/// A WatchJob on `watcher` for each job, each answering how long after the
+/// instant it is sent its job's FINAL_RESULT arrived.
+async fn final_result_watches(
     watcher: &Service,
     jobs: &[(String, String)],
-    rate: f64,
-) -> anyhow::Result<Sample> {
+) -> anyhow::Result<
+    Vec<(
+        tokio::task::JoinHandle<Option<Duration>>,
+        tokio::sync::oneshot::Sender<Instant>,
+    )>,
+> {
     let mut streams = Vec::with_capacity(jobs.len());
     let mut client = client_for(watcher.running.grpc_addr).await?;
     for (index, (job_id, _)) in jobs.iter().enumerate() {
@@ -626,6 +631,98 @@ async fn callback_to_event(
             sent_tx,
         ));
     }
+    Ok(streams)
+}
+
+/// Callback POST → FINAL_RESULT on an open WatchJob, one at a time: each
+/// callback is posted once the previous one's event has arrived, so no batch
+/// of other writes hides what a lone write costs.
+async fn callback_to_event_one_at_a_time(service: &Service, jobs: &[(String, String)]) -> anyhow::Result<Sample> {
+    let watches = final_result_watches(service, jobs).await?;
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(jobs.len());
+    for ((job_id, smile_job_id), (watch, sent)) in jobs.iter().zip(watches) {
+        let body = callback(job_id, smile_job_id);
+        let _ = sent.send(Instant::now());
+        let answer = http.post(&service.callback_url).json(&body).send().await?;
+        anyhow::ensure!(answer.status().is_success(), "callback answered {}", answer.status());
+        if let Some(latency) = watch.await? {
+            latencies.push(latency);
+        }
+    }
+    latencies.sort_unstable();
+    Ok(Sample {
+        latencies,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The lone callback's latency with confirmation off and on, on SQLite, and
+/// the floor of confirming: one job_status round trip to the same simulator.
+async fn lone_callbacks(report: &mut Report, sim: &RunningSimulator, calls: usize) -> anyhow::Result<()> {
+    sim.set_callback_mode(CallbackMode::Drop);
+    let smile = SmileIdClient::new(ClientConfig::new(
+        Environment::Custom(sim.v1_url()),
+        Credentials::new(PARTNER, ApiKey::new(KEY)),
+    ))?;
+    let mut confirming = None;
+    for (confirm, flags) in [
+        ("off", ["--confirm-callbacks", "false"]),
+        ("on", ["--confirm-callbacks", "true"]),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let sqlite = format!("sqlite://{}", dir.path().join("lone.db").display());
+        let service = start_service(sim, &sqlite, &flags).await?;
+        let client = client_for(service.running.grpc_addr).await?;
+        let jobs = pending_jobs(&client, &format!("lone-{confirm}"), calls).await;
+        if confirming.is_none() {
+            let smile = Arc::new(smile.clone());
+            let job_ids: Arc<Vec<String>> = Arc::new(jobs.iter().map(|(job_id, _)| job_id.clone()).collect());
+            let floor = measure(calls, 1, move |index| {
+                let (smile, job_ids) = (smile.clone(), job_ids.clone());
+                async move {
+                    let options = StatusOptions {
+                        history: true,
+                        image_links: false,
+                    };
+                    smile
+                        .job_status(USER, &job_ids[index], options)
+                        .await
+                        .expect("job_status");
+                }
+            })
+            .await;
+            confirming = Some((floor.p50_ms(), floor.p99_ms()));
+        }
+        let (floor_p50, floor_p99) = confirming.unwrap_or_default();
+        let sample = callback_to_event_one_at_a_time(&service, &jobs).await?;
+        let (p50_target, p99_target) = match confirm {
+            "off" => (2.0, 5.0),
+            _ => (2.0 + floor_p50, 5.0 + floor_p99),
+        };
+        report.row(
+            &format!("callback -> WatchJob event, one at a time, SQLite, confirmation {confirm}"),
+            format!("p50 {:.2} ms, p99 {:.2} ms", sample.p50_ms(), sample.p99_ms()),
+            format!("one job_status round trip: p50 {floor_p50:.2} ms, p99 {floor_p99:.2} ms"),
+            verdict(
+                sample.p50_ms() <= p50_target && sample.p99_ms() <= p99_target,
+                format!("target p50 <= {p50_target:.2} ms, p99 <= {p99_target:.2} ms"),
+            ),
+        );
+        service.running.shutdown().await;
+    }
+    sim.set_callback_mode(CallbackMode::Deliver);
+    Ok(())
+}
+
+async fn callback_to_event(
+    receiver: &Service,
+    watcher: &Service,
+    jobs: &[(String, String)],
+    rate: f64,
+) -> anyhow::Result<Sample> {
+    let mut streams = final_result_watches(watcher, jobs).await?;
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let gap = Duration::from_secs_f64(1.0 / rate);
     let started = Instant::now();
@@ -1046,6 +1143,7 @@ async fn main() -> anyhow::Result<()> {
         submit_against_echo(&mut report, &service, &sim, calls / 4).await?;
     }
     if runs("callbacks") {
+        lone_callbacks(&mut report, &sim, calls / 10).await?;
         callbacks_on(
             &mut report,
             &sim,
