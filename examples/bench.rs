@@ -901,17 +901,20 @@ fn resident(pid: u32) -> Option<u64> {
 }
 
 /// Idle RSS and RSS per open stream of a `selfie-auth serve` process.
-async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[usize]) -> anyhow::Result<()> {
-    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/selfie-auth");
-    if !binary.exists() {
-        report
-            .notes
-            .push("Memory figures skipped: build `target/release/selfie-auth` first.".into());
-        return Ok(());
-    }
-    let dir = tempfile::tempdir()?;
+/// The release `selfie-auth serve` binary, when it has been built.
+fn serve_binary() -> Option<PathBuf> {
+    Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/selfie-auth")).filter(|binary| binary.exists())
+}
+
+/// A `selfie-auth serve` process on SQLite in `dir`, talking to `sim`, once it
+/// answers: the process, its pid, its gRPC address and a client.
+async fn spawn_serve(
+    binary: &Path,
+    sim: &RunningSimulator,
+    dir: &tempfile::TempDir,
+) -> anyhow::Result<(tokio::process::Child, u32, SocketAddr, Client)> {
     let grpc = free_port();
-    let mut child = tokio::process::Command::new(&binary)
+    let child = tokio::process::Command::new(binary)
         .arg("serve")
         .env("SMILEID_PARTNER_ID", PARTNER)
         .env("SMILEID_API_KEY", KEY)
@@ -945,6 +948,55 @@ async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    Ok((child, pid, addr, client))
+}
+
+/// The serve process's resident memory idle, right after a burst of
+/// submissions, and 60 s later: what a burst leaves behind.
+async fn memory_after_burst(report: &mut Report, sim: &RunningSimulator, calls: usize) -> anyhow::Result<()> {
+    let Some(binary) = serve_binary() else {
+        report
+            .notes
+            .push("Memory after a burst skipped: build `target/release/selfie-auth` first.".into());
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let (mut child, pid, _, client) = spawn_serve(&binary, sim, &dir).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = resident(pid).unwrap_or_default();
+    let selfie = jpeg_of(330, 7);
+    let liveness: Vec<Bytes> = (0..8).map(|index| jpeg_of(165, 100 + index)).collect();
+    let burst = measure(calls, 16, move |index| {
+        let mut client = client.clone();
+        let request = submit_request(format!("burst-{index}"), &selfie, &liveness);
+        async move {
+            client.submit_authentication(request).await.expect("submit");
+        }
+    })
+    .await;
+    let after = resident(pid).unwrap_or_default();
+    tokio::time::sleep(Duration::from_mins(1)).await;
+    let later = resident(pid).unwrap_or_default();
+    let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+    report.row(
+        &format!("resident memory after {calls} submissions, 16 in flight (serve, SQLite)"),
+        format!("{:.1} MiB at once, {:.1} MiB 60 s later", mib(after), mib(later)),
+        format!("idle {:.1} MiB ({:.0} submissions/s)", mib(idle), burst.rate()),
+        verdict(later <= idle * 2, "target: within 2x of idle 60 s later".into()),
+    );
+    child.kill().await?;
+    Ok(())
+}
+
+async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[usize]) -> anyhow::Result<()> {
+    let Some(binary) = serve_binary() else {
+        report
+            .notes
+            .push("Memory figures skipped: build `target/release/selfie-auth` first.".into());
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let (mut child, pid, addr, client) = spawn_serve(&binary, sim, &dir).await?;
     sim.set_callback_mode(CallbackMode::Drop);
     client
         .clone()
@@ -1141,6 +1193,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("submit") {
         submit_against_echo(&mut report, &service, &sim, calls / 4).await?;
+        memory_after_burst(&mut report, &sim, calls / 4).await?;
     }
     if runs("callbacks") {
         lone_callbacks(&mut report, &sim, calls / 10).await?;
