@@ -35,8 +35,12 @@ COPY --from=build /out/selfie-auth /usr/local/bin/selfie-auth
 # Copying the parent keeps the data folder's own mode (0750); copying the folder
 # would copy only its contents into a new 0755 one.
 COPY --from=build --chown=65532:65532 /out/var/lib/ /var/lib/
+# MIMALLOC_PURGE_DELAY=0: the allocator returns freed pages to the system at once.
+# Delayed purges only run on later allocations, so an idle replica kept what a
+# burst of submissions had used (3x its idle memory after 60 s; 1.6x with this).
 ENV SELFIE_AUTH_DATA_DIR=/var/lib/selfie-auth \
-    SELFIE_AUTH_LOG_FORMAT=json
+    SELFIE_AUTH_LOG_FORMAT=json \
+    MIMALLOC_PURGE_DELAY=0
 USER 65532:65532
 # 50051: gRPC (API, health, reflection); 8080: HTTP (Smile ID callbacks, /healthz, /readyz, /metrics)
 EXPOSE 50051 8080

@@ -929,6 +929,8 @@ async fn spawn_serve(
         .env("SELFIE_AUTH_MAX_OPEN_STREAMS", "60000")
         .env("SELFIE_AUTH_INSECURE_NO_AUTH", "true")
         .env("RUST_LOG", "error")
+        // As the image runs it (Dockerfile).
+        .env("MIMALLOC_PURGE_DELAY", "0")
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().unwrap_or_default();
