@@ -60,10 +60,10 @@ impl SelfieAuthApi {
         let (job, fetched) = if submission.wait_for_result {
             // Admission is what the concurrency limit protects; waiting is cheap, and
             // counts among the open streams instead, the caller's own included (without a
-            // free one, it stays admitted).
-            let _stream = self
-                .caller_stream(caller)
-                .ok()
+            // free one, it stays admitted). A job already final needs no wait.
+            let _stream = (!output.job.state.is_terminal())
+                .then(|| self.caller_stream(caller).ok())
+                .flatten()
                 .and_then(|share| Some((share, service.hold_stream().ok()?)))
                 .inspect(|_| {
                     if let Some(admission) = &admission {
