@@ -283,16 +283,20 @@ fn name_of(format: ImageFormat) -> &'static str {
 /// image whose header is unreadable or whose size is out of bounds.
 fn decode_cost(bytes: &Bytes, limits: ImageLimits) -> Result<u64, String> {
     let format = format_of(bytes)?;
-    let decoder = ImageReader::with_format(Cursor::new(bytes.as_ref()), format)
-        .into_decoder()
-        .map_err(|_| format!("{} header cannot be decoded", name_of(format)))?;
-    let (width, height) = decoder.dimensions();
-    check_dimensions(width, height, limits)?;
-    // A JPEG is checked by its structure, never decoded; a PNG is decoded and
-    // converted: its pixels, once more as RGB, and the JPEG written.
+    let cannot_decode = || format!("{} header cannot be decoded", name_of(format));
+    // A JPEG is checked by its structure, never decoded, so its frame header
+    // is all that is read; a PNG is decoded and converted: its pixels, once
+    // more as RGB, and the JPEG written.
     if format == ImageFormat::Jpeg {
+        let (width, height) = super::jpeg::frame_size(bytes).map_err(|_| cannot_decode())?;
+        check_dimensions(width, height, limits)?;
         return Ok(0);
     }
+    let decoder = ImageReader::with_format(Cursor::new(bytes.as_ref()), format)
+        .into_decoder()
+        .map_err(|_| cannot_decode())?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, limits)?;
     Ok(decoder.total_bytes() + u64::from(width) * u64::from(height) * 4)
 }
 
