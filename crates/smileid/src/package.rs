@@ -80,9 +80,10 @@ pub fn info_bytes(info: &PackageInfo<'_>, liveness_count: usize) -> serde_json::
     serde_json::to_vec(&info_json(info, liveness_count))
 }
 
-/// Builds the zip around `info.json`'s bytes. JPEG is already compressed, so images
-/// are stored; `info.json` is deflated. CPU work (CRCs of every byte): run it off
-/// the async workers.
+/// Builds the zip around `info.json`'s bytes. Every entry is stored, as the
+/// Node SDK sends it: JPEG is compressed already, and deflating a kilobyte of
+/// JSON would cost a compressor's whole state for a few hundred bytes. CPU
+/// work (CRCs of every byte): run it off the async workers.
 pub fn build_zip(
     info_bytes: &[u8],
     selfie_jpeg: &[u8],
@@ -91,9 +92,8 @@ pub fn build_zip(
     let mut writer = ZipWriter::new(Cursor::new(Vec::with_capacity(
         selfie_jpeg.len() + liveness_jpegs.iter().map(|image| image.as_ref().len()).sum::<usize>() + 4096,
     )));
-    let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
     let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
-    writer.start_file("info.json", deflated)?;
+    writer.start_file("info.json", stored)?;
     writer.write_all(info_bytes)?;
     writer.start_file(SELFIE_ENTRY, stored)?;
     writer.write_all(selfie_jpeg)?;
