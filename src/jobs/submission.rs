@@ -30,6 +30,7 @@ use super::model::{
 use super::ports::{Created, Saved, SmileId, SmileJob, SubmitFailure};
 use super::settings::ServiceConfig;
 use super::validate::{SubmitRequest, prepare};
+use crate::fair_lane::FairLane;
 
 /// What SubmitAuthentication returns.
 #[derive(Clone, Debug)]
@@ -97,6 +98,8 @@ pub struct Submitter {
     decode_budget: MemoryBudget,
     /// Images held by submissions being sent (and retried).
     submission_budget: MemoryBudget,
+    /// Where images are checked and fingerprinted, each caller in turn.
+    image_checks: FairLane,
     /// The submissions this process is sending now.
     sending: Arc<Sending>,
 }
@@ -106,6 +109,7 @@ impl Submitter {
         Self {
             decode_budget: MemoryBudget::new(config.image_limits.decode_memory_bytes),
             submission_budget: MemoryBudget::new(config.submission_memory_bytes),
+            image_checks: FairLane::per_core("image-check"),
             sending: Arc::default(),
             core,
             smile,
@@ -139,6 +143,7 @@ impl Submitter {
             request,
             self.config.image_limits,
             &self.decode_budget,
+            &self.image_checks,
             self.config.sandbox_params_allowed,
         )
         .await?;

@@ -10,6 +10,7 @@ use super::error::{FieldViolation, InvalidReason, JobError, UnavailableReason, q
 use super::memory::{MemoryBudget, Refused};
 use super::model::{JobKind, Prepared};
 use super::settings::ImageLimits;
+use crate::fair_lane::FairLane;
 use bytes::Bytes;
 use image::{ImageDecoder as _, ImageFormat, ImageReader, Limits};
 use sha2::{Digest, Sha256};
@@ -62,13 +63,14 @@ pub fn id_problem(id: &str) -> Option<String> {
 }
 
 /// Validates and prepares a submission. Each image's header is read first, so
-/// its pixels are known (and bounded) before anything is decoded; the decoding
-/// itself, the PNG to JPEG conversion and the fingerprint run on the blocking
-/// pool, within the process's decode budget.
+/// its pixels are known (and bounded) before anything is decoded; the checks,
+/// the PNG to JPEG conversion and the fingerprint run on `lane` in the
+/// caller's turn, within the process's decode budget.
 pub async fn prepare(
     request: SubmitRequest,
     limits: ImageLimits,
     budget: &MemoryBudget,
+    lane: &FairLane,
     sandbox: bool,
 ) -> Result<Prepared, JobError> {
     check_fields(&request, sandbox)?;
@@ -100,21 +102,23 @@ pub async fn prepare(
                 retry_after: Some(Duration::from_secs(1)),
             },
         })?;
-    let (request, selfie_jpeg, liveness_jpegs, content_hash) = tokio::task::spawn_blocking(move || {
-        let jpegs = images(&request)
-            .map(|(field, image)| to_jpeg(image, limits).map_err(|problem| (field, problem)))
-            .collect::<Result<Vec<_>, _>>()?;
-        drop(permit);
-        let content_hash = fingerprint(&request);
-        let mut jpegs = jpegs.into_iter();
-        let selfie = jpegs.next().unwrap_or_default();
-        Ok((request, selfie, jpegs.collect::<Vec<_>>(), content_hash))
-    })
-    .await
-    .map_err(|_| JobError::Internal("image check was interrupted".into()))?
-    .map_err(|(field, description): (String, String)| {
-        JobError::invalid(InvalidReason::InvalidImage, vec![FieldViolation { field, description }])
-    })?;
+    let caller = request.owner.clone().unwrap_or_default();
+    let (request, selfie_jpeg, liveness_jpegs, content_hash) = lane
+        .run(&caller, move || {
+            let jpegs = images(&request)
+                .map(|(field, image)| to_jpeg(image, limits).map_err(|problem| (field, problem)))
+                .collect::<Result<Vec<_>, _>>()?;
+            drop(permit);
+            let content_hash = fingerprint(&request);
+            let mut jpegs = jpegs.into_iter();
+            let selfie = jpegs.next().unwrap_or_default();
+            Ok((request, selfie, jpegs.collect::<Vec<_>>(), content_hash))
+        })
+        .await
+        .map_err(|_| JobError::Internal("image check was interrupted".into()))?
+        .map_err(|(field, description): (String, String)| {
+            JobError::invalid(InvalidReason::InvalidImage, vec![FieldViolation { field, description }])
+        })?;
     Ok(Prepared {
         kind: request.kind,
         owner: request.owner,
