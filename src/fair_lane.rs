@@ -8,6 +8,8 @@
 //! the work has as many threads as the process has cores, and they serve
 //! callers round robin: a caller with many submissions in flight waits behind
 //! its own work, while another's waits at most one piece of work per thread.
+//! The threads may run at a lower CPU priority than the runtime's, so that
+//! calls waiting on the runtime (reads, health checks, callbacks) go first.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -85,9 +87,10 @@ pub struct FairLane {
 pub struct Interrupted;
 
 impl FairLane {
-    /// A lane of `threads` threads named `name-N`. Fewer start if the system
-    /// refuses some; with none, work runs on the runtime's blocking pool.
-    pub fn new(name: &str, threads: usize) -> Self {
+    /// A lane of `threads` threads named `name-N`, each `nice` steps below
+    /// normal CPU priority. Fewer start if the system refuses some; with none,
+    /// work runs on the runtime's blocking pool.
+    pub fn new(name: &str, threads: usize, nice: u8) -> Self {
         let shared = Arc::new(Shared {
             queues: Mutex::default(),
             waiting: Condvar::new(),
@@ -97,7 +100,12 @@ impl FairLane {
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("{name}-{index}"))
-                    .spawn(move || shared.serve())
+                    .spawn(move || {
+                        if let Err(error) = crate::task::lower_thread_priority(nice) {
+                            tracing::warn!(error = %error, "could not lower a lane thread's priority");
+                        }
+                        shared.serve();
+                    })
                     .inspect_err(|error| tracing::error!(error = %error, lane = name, "could not start a lane thread"))
                     .is_ok()
             })
@@ -109,10 +117,11 @@ impl FairLane {
     }
 
     /// One thread per core this process may use (its cgroup's quota included).
-    pub fn per_core(name: &str) -> Self {
+    pub fn per_core(name: &str, nice: u8) -> Self {
         Self::new(
             name,
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            nice,
         )
     }
 
@@ -167,7 +176,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_with_one_piece_of_work_waits_behind_one_of_a_greedy_callers() {
-        let lane = Arc::new(FairLane::new("test-lane", 1));
+        let lane = Arc::new(FairLane::new("test-lane", 1, 0));
         let gate = Arc::new(AtomicBool::new(false));
         let order = Arc::new(Mutex::new(Vec::new()));
         // The thread is busy; the greedy caller queues ten more before the honest one queues one.
@@ -209,15 +218,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_is_an_interruption_and_the_thread_goes_on() {
-        let lane = FairLane::new("test-lane", 1);
+        let lane = FairLane::new("test-lane", 1, 0);
         let failed = lane.run("a", || -> u32 { panic!("broken work") }).await;
         assert!(failed.is_err());
         assert_eq!(lane.run("a", || 7).await.expect("the thread still serves"), 7);
     }
 
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn its_threads_run_below_normal_priority() {
+        let nice_of_this_thread = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+        let before = nice_of_this_thread().expect("getpriority");
+        let lane = FairLane::new("test-lane-nice", 1, 10);
+        let in_lane = lane.run("a", nice_of_this_thread).await.expect("ran").expect("getpriority");
+        assert_eq!(in_lane, (before + 10).min(19));
+        assert_eq!(nice_of_this_thread().expect("getpriority"), before, "the caller's thread keeps its priority");
+    }
+
     #[tokio::test]
     async fn its_threads_end_with_it() {
-        let lane = FairLane::new("test-lane-end", 2);
+        let lane = FairLane::new("test-lane-end", 2, 0);
         assert_eq!(lane.run("a", || 1).await.expect("ran"), 1);
         let shared = Arc::downgrade(&lane.shared);
         drop(lane);

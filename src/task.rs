@@ -18,3 +18,20 @@ where
 {
     tokio::spawn(future.in_current_span())
 }
+
+/// Lowers the calling thread's CPU priority by `nice` steps (its nice value
+/// goes up by as much, to 19 at most), so that it runs on what the threads
+/// answering calls leave idle. Lowering one's own priority needs no privilege.
+pub fn lower_thread_priority(nice: u8) -> std::io::Result<()> {
+    if nice == 0 {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux a thread id names one thread to setpriority, not its process.
+        let this_thread = Some(rustix::thread::gettid());
+        let now = rustix::process::getpriority_process(this_thread)?;
+        rustix::process::setpriority_process(this_thread, (now + i32::from(nice)).min(19))?;
+    }
+    Ok(())
+}

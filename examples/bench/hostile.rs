@@ -76,8 +76,15 @@ fn peak_resident(pid: u32) -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
-/// Starts every hostile client; they run until `stop`.
-async fn attack(grpc: SocketAddr, http: SocketAddr, stop: Arc<AtomicBool>, selfie: Bytes) -> anyhow::Result<()> {
+/// Starts every hostile client; they run until `stop`. `greedy_accepted` counts
+/// the flood's submissions the service took.
+async fn attack(
+    grpc: SocketAddr,
+    http: SocketAddr,
+    stop: Arc<AtomicBool>,
+    selfie: Bytes,
+    greedy_accepted: Arc<AtomicUsize>,
+) -> anyhow::Result<()> {
     // Hundreds of request bodies announced and never sent, on four connections.
     let (mut connections, mut stalled) = (Vec::new(), Vec::new());
     for connection in 0..4 {
@@ -125,11 +132,18 @@ async fn attack(grpc: SocketAddr, http: SocketAddr, stop: Arc<AtomicBool>, selfi
     let greedy = client_for(grpc).await?;
     for worker in 0..128 {
         let (mut client, stop, selfie) = (greedy.clone(), stop.clone(), selfie.clone());
+        let accepted = greedy_accepted.clone();
         selfie_auth::task::spawn(async move {
             let mut index = 0;
             while !stop.load(Ordering::Relaxed) {
                 let request = submit_request(format!("greedy-{worker}-{index}"), &selfie, &[]);
-                let _ = client.submit_authentication(identified("greedy", request)).await;
+                if client
+                    .submit_authentication(identified("greedy", request))
+                    .await
+                    .is_ok()
+                {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
                 index += 1;
             }
         });
@@ -167,12 +181,20 @@ async fn attack(grpc: SocketAddr, http: SocketAddr, stop: Arc<AtomicBool>, selfi
     Ok(())
 }
 
-/// A runtime on a thread of its own: what runs there waits for none of the
-/// attacker's tasks in this process, as a separate client or Smile ID would not.
-fn apart(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+/// A runtime of its own, its threads `nice` steps below normal priority.
+///
+/// The honest caller's waits for none of the attacker's tasks, as a separate
+/// client's would not. The attacker and the simulator stand for machines
+/// elsewhere: at the lowest priority they take only the CPU the service and the
+/// honest caller leave idle, and still push as many submissions through the
+/// service as it takes (the `greedy caller` row says how many).
+fn apart(name: &str, workers: usize, nice: u8) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(workers)
         .thread_name(name)
+        .on_thread_start(move || {
+            selfie_auth::task::lower_thread_priority(nice).expect("lowering a thread's priority");
+        })
         .enable_all()
         .build()?)
 }
@@ -202,7 +224,11 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
             .push("Figures under attack skipped: build `target/release/selfie-auth` first.".into());
         return Ok(());
     }
-    let (smile_id, caller) = (apart("smile-id")?, apart("honest-caller")?);
+    let (smile_id, caller, attacker) = (
+        apart("smile-id", 1, 19)?,
+        apart("honest-caller", 1, 0)?,
+        apart("attacker", 2, 19)?,
+    );
     let sim = smile_id
         .spawn(simulator::start(super::simulator_config(), "127.0.0.1:0".parse()?))
         .await??;
@@ -259,12 +285,17 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let before = sim.counters();
-    attack(grpc, http, stop.clone(), selfie.clone()).await?;
+    let greedy_accepted = Arc::new(AtomicUsize::new(0));
+    attacker
+        .spawn(attack(grpc, http, stop.clone(), selfie.clone(), greedy_accepted.clone()))
+        .await??;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
+    let greedy_before = greedy_accepted.load(Ordering::Relaxed);
     let (gets, submissions) = honest_apart(&caller, grpc, &selfie, "attacked", &refused).await?;
     let attacked_refused = refused.load(Ordering::Relaxed);
     let during = started.elapsed();
+    let greedy_during = greedy_accepted.load(Ordering::Relaxed) - greedy_before;
     let after = sim.counters();
     stop.store(true, Ordering::Relaxed);
     let peak = peak_resident(pid).unwrap_or_default();
@@ -272,6 +303,7 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
     smile_id.spawn(sim.shutdown()).await?;
     smile_id.shutdown_background();
     caller.shutdown_background();
+    attacker.shutdown_background();
 
     let within =
         |ours: &Sample, solo: &Sample| ours.p50_ms() <= 2.0 * solo.p50_ms() && ours.p99_ms() <= 2.0 * solo.p99_ms();
@@ -306,6 +338,12 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
         format!("{} of {sent}", sent - failed),
         format!("during {:.1} s of attack", during.as_secs_f64()),
         verdict(failed == 0 && sent > 0, "target: every one".into()),
+    );
+    report.row(
+        "under attack: the greedy caller's submissions accepted",
+        format!("{:.0} /s", greedy_during as f64 / during.as_secs_f64()),
+        format!("the honest caller's, alone: {:.0} /s", solo_submissions.rate()),
+        "the attack's strength: the service is saturated".into(),
     );
     report.row(
         "under attack: peak resident memory (serve)",

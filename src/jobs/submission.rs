@@ -85,6 +85,10 @@ fn same_submitter(owner: Option<&str>, prepared: &Prepared) -> bool {
 /// Longest wait for room to hold a submission's images.
 const SUBMISSION_MEMORY_WAIT: Duration = Duration::from_secs(2);
 
+/// How far below the runtime's threads image checks run: a flood of
+/// submissions takes the CPU reads and callbacks leave, not theirs.
+const IMAGE_CHECK_NICE: u8 = 10;
+
 /// Backoff between attempts of one submission.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
@@ -109,7 +113,7 @@ impl Submitter {
         Self {
             decode_budget: MemoryBudget::new(config.image_limits.decode_memory_bytes),
             submission_budget: MemoryBudget::new(config.submission_memory_bytes),
-            image_checks: FairLane::per_core("image-check"),
+            image_checks: FairLane::per_core("image-check", IMAGE_CHECK_NICE),
             sending: Arc::default(),
             core,
             smile,
