@@ -13,7 +13,7 @@ pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod events;
-pub mod fair_lane;
+pub mod fair;
 pub mod grpc;
 pub mod jobs;
 pub mod metrics;

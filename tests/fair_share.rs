@@ -360,3 +360,48 @@ async fn a_tls_connection_must_send_its_preface_within_the_header_timeout_too() 
     }
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_waiting_on_smile_id_do_not_hold_back_the_others() {
+    let sim = start_simulator(|_| {}).await;
+    // Uploads that never answer: every send waits on Smile ID, not the CPU.
+    sim.set_fault(
+        Endpoint::Put,
+        Fault {
+            hang: true,
+            ..Fault::default()
+        },
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &[])).await;
+    let client = service.client().await;
+    // Far more than the few sends that run at once per core.
+    let sends = 4 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get) + 4;
+    let calls: Vec<_> = (0..sends)
+        .map(|index| {
+            let mut client = client.clone();
+            selfie_auth::task::spawn(async move {
+                let mut request = tonic::Request::new(submit_request(ENROLLED_USER, &format!("hung-{index}")));
+                request.set_timeout(Duration::from_secs(5));
+                client.submit_authentication(request).await
+            })
+        })
+        .collect();
+    let mut reached = 0;
+    for _ in 0..100 {
+        reached = sim.counters().prep_uploads;
+        if reached >= sends as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        reached, sends as u64,
+        "every send reached Smile ID while the first ones hung"
+    );
+    for call in calls {
+        let status = call.await.expect("join").expect_err("the upload hangs");
+        assert_eq!(reason(&status), "SUBMISSION_IN_PROGRESS");
+    }
+    service.stop().await;
+}

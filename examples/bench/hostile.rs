@@ -225,7 +225,7 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
         return Ok(());
     }
     let (smile_id, caller, attacker) = (
-        apart("smile-id", 1, 19)?,
+        apart("smile-id", 1, 0)?,
         apart("honest-caller", 1, 0)?,
         apart("attacker", 2, 19)?,
     );
@@ -287,7 +287,13 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
     let before = sim.counters();
     let greedy_accepted = Arc::new(AtomicUsize::new(0));
     attacker
-        .spawn(attack(grpc, http, stop.clone(), selfie.clone(), greedy_accepted.clone()))
+        .spawn(attack(
+            grpc,
+            http,
+            stop.clone(),
+            selfie.clone(),
+            greedy_accepted.clone(),
+        ))
         .await??;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();

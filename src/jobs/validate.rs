@@ -10,7 +10,7 @@ use super::error::{FieldViolation, InvalidReason, JobError, UnavailableReason, q
 use super::memory::{MemoryBudget, Refused};
 use super::model::{JobKind, Prepared};
 use super::settings::ImageLimits;
-use crate::fair_lane::FairLane;
+use crate::fair::FairLane;
 use bytes::Bytes;
 use image::{ImageDecoder as _, ImageFormat, ImageReader, Limits};
 use sha2::{Digest, Sha256};

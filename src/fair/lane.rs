@@ -11,34 +11,17 @@
 //! The threads may run at a lower CPU priority than the runtime's, so that
 //! calls waiting on the runtime (reads, health checks, callbacks) go first.
 
-use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::turns::Turns;
 
 type Work = Box<dyn FnOnce() + Send>;
 
 #[derive(Default)]
 struct Queues {
-    /// Each waiting caller's work, oldest first.
-    by_caller: HashMap<String, VecDeque<Work>>,
-    /// The callers with work waiting, in the order of their next turn.
-    turns: VecDeque<String>,
+    turns: Turns<Work>,
     closed: bool,
-}
-
-impl Queues {
-    /// The next caller's oldest work; that caller goes to the back of the line.
-    fn next(&mut self) -> Option<Work> {
-        let caller = self.turns.pop_front()?;
-        let queue = self.by_caller.get_mut(&caller)?;
-        let work = queue.pop_front();
-        if queue.is_empty() {
-            self.by_caller.remove(&caller);
-        } else {
-            self.turns.push_back(caller);
-        }
-        work
-    }
 }
 
 struct Shared {
@@ -57,7 +40,7 @@ impl Shared {
             let work = {
                 let mut queues = self.lock();
                 loop {
-                    if let Some(work) = queues.next() {
+                    if let Some(work) = queues.turns.next() {
                         break work;
                     }
                     if queues.closed {
@@ -138,14 +121,7 @@ impl FairLane {
         let work: Work = Box::new(move || {
             let _ = done.send(work());
         });
-        {
-            let mut queues = self.shared.lock();
-            let queue = queues.by_caller.entry(caller.to_owned()).or_default();
-            queue.push_back(work);
-            if queue.len() == 1 {
-                queues.turns.push_back(caller.to_owned());
-            }
-        }
+        self.shared.lock().turns.push(caller, work);
         self.shared.waiting.notify_one();
         result.await.map_err(|_| Interrupted)
     }
@@ -230,9 +206,17 @@ mod tests {
         let nice_of_this_thread = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
         let before = nice_of_this_thread().expect("getpriority");
         let lane = FairLane::new("test-lane-nice", 1, 10);
-        let in_lane = lane.run("a", nice_of_this_thread).await.expect("ran").expect("getpriority");
+        let in_lane = lane
+            .run("a", nice_of_this_thread)
+            .await
+            .expect("ran")
+            .expect("getpriority");
         assert_eq!(in_lane, (before + 10).min(19));
-        assert_eq!(nice_of_this_thread().expect("getpriority"), before, "the caller's thread keeps its priority");
+        assert_eq!(
+            nice_of_this_thread().expect("getpriority"),
+            before,
+            "the caller's thread keeps its priority"
+        );
     }
 
     #[tokio::test]
