@@ -17,7 +17,9 @@ use selfie_auth::simulator;
 use selfie_auth_testkit::RawGrpc;
 use tokio::io::AsyncWriteExt as _;
 
-use super::{Client, KEY, PARTNER, Report, Sample, client_for, free_port, jpeg_of, measure, submit_request, verdict};
+use super::{
+    Client, KEY, PARTNER, Report, Sample, apart, client_for, free_port, jpeg_of, measure, submit_request, verdict,
+};
 
 /// The chart's memory limit.
 const CHART_MEMORY_LIMIT: u64 = 512 * 1024 * 1024;
@@ -35,7 +37,7 @@ fn identified<T>(identity: &str, message: T) -> tonic::Request<T> {
 async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<AtomicUsize>) -> (Sample, Sample) {
     let gets = {
         let (client, refused) = (client.clone(), refused.clone());
-        measure(300, 1, move |_| {
+        measure(1000, 1, move |_| {
             let (mut client, refused) = (client.clone(), refused.clone());
             async move {
                 let request = pb::GetJobRequest {
@@ -51,7 +53,7 @@ async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<Atom
     };
     let submissions = {
         let (client, refused, selfie, round) = (client.clone(), refused.clone(), selfie.clone(), round.to_owned());
-        measure(60, 4, move |index| {
+        measure(200, 4, move |index| {
             let (mut client, refused) = (client.clone(), refused.clone());
             let request = submit_request(format!("honest-{round}-{index}"), &selfie, &[]);
             async move {
@@ -181,24 +183,6 @@ async fn attack(
     Ok(())
 }
 
-/// A runtime of its own, its threads `nice` steps below normal priority.
-///
-/// The honest caller's waits for none of the attacker's tasks, as a separate
-/// client's would not. The attacker and the simulator stand for machines
-/// elsewhere: at the lowest priority they take only the CPU the service and the
-/// honest caller leave idle, and still push as many submissions through the
-/// service as it takes (the `greedy caller` row says how many).
-fn apart(name: &str, workers: usize, nice: u8) -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name(name)
-        .on_thread_start(move || {
-            selfie_auth::task::lower_thread_priority(nice).expect("lowering a thread's priority");
-        })
-        .enable_all()
-        .build()?)
-}
-
 /// The honest caller's measures, made on its own runtime with its own connection.
 async fn honest_apart(
     runtime: &tokio::runtime::Runtime,
@@ -224,6 +208,11 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
             .push("Figures under attack skipped: build `target/release/selfie-auth` first.".into());
         return Ok(());
     }
+    // The honest caller waits for none of the attacker's tasks, as a separate
+    // client would not. The attacker stands for machines elsewhere: at the
+    // lowest priority it takes only the CPU the service, Smile ID and the honest
+    // caller leave idle, and still pushes as many submissions through the
+    // service as it takes (the `greedy caller` row says how many).
     let (smile_id, caller, attacker) = (
         apart("smile-id", 1, 0)?,
         apart("honest-caller", 1, 0)?,
@@ -349,7 +338,7 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
         "under attack: the greedy caller's submissions accepted",
         format!("{:.0} /s", greedy_during as f64 / during.as_secs_f64()),
         format!("the honest caller's, alone: {:.0} /s", solo_submissions.rate()),
-        "the attack's strength: the service is saturated".into(),
+        "what the flood pushed through the service meanwhile".into(),
     );
     report.row(
         "under attack: peak resident memory (serve)",
@@ -359,10 +348,11 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
     );
     if !(within(&gets, &solo_gets) && within(&submissions, &solo_submissions)) {
         report.notes.push(
-            "Under attack, the well-behaved caller's latency misses 2x. Image checks take callers in turn on one \
-             thread per core, so the greedy caller's 64 admitted submissions wait behind each other, not in front \
-             of the honest caller's; but on these 2 cores the attacking client, the simulator and the service \
-             share the CPU, and a service thread woken for the honest call waits its turn on a core behind them."
+            "Under attack, the well-behaved caller's latency misses 2x. Image checks and sends to Smile ID take \
+             callers in turn, so the greedy caller's 64 admitted submissions wait behind each other there; but \
+             the runtime's threads receive the flood's request bodies and run its Smile ID calls beside the honest \
+             caller's reads, the simulator's thread shares the 2 cores with them, and the runtime shares its \
+             threads by task, not by caller."
                 .into(),
         );
     }
