@@ -101,11 +101,7 @@ impl FairLane {
 
     /// One thread per core this process may use (its cgroup's quota included).
     pub fn per_core(name: &str, nice: u8) -> Self {
-        Self::new(
-            name,
-            std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            nice,
-        )
+        Self::new(name, super::cores(), nice)
     }
 
     /// Runs `work` in `caller`'s turn and returns its result.

@@ -97,10 +97,6 @@ const SENDS_PER_CORE: usize = 2;
 /// ID, not the CPU, and lets the next in.
 const SEND_HOLD: Duration = Duration::from_millis(20);
 
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-}
-
 /// Backoff between attempts of one submission.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
@@ -128,7 +124,7 @@ impl Submitter {
             decode_budget: MemoryBudget::new(config.image_limits.decode_memory_bytes),
             submission_budget: MemoryBudget::new(config.submission_memory_bytes),
             image_checks: FairLane::per_core("image-check", IMAGE_CHECK_NICE),
-            sends: FairGate::new(SENDS_PER_CORE * cores(), SEND_HOLD),
+            sends: FairGate::new(SENDS_PER_CORE * crate::fair::cores(), SEND_HOLD),
             sending: Arc::default(),
             core,
             smile,
