@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use selfie_auth::grpc::pb;
-use selfie_auth::simulator::{Endpoint, Fault};
 use selfie_auth_testkit::*;
 use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
@@ -156,15 +155,8 @@ async fn health_watches_have_a_cap_of_their_own_and_checks_always_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_caller_keeps_its_share_of_a_saturated_replica() {
-    let sim = start_simulator(|_| {}).await;
     // Uploads that never answer keep submissions, and so their slots, busy.
-    sim.set_fault(
-        Endpoint::Put,
-        Fault {
-            hang: true,
-            ..Fault::default()
-        },
-    );
+    let sim = start_simulator_with_hung_uploads().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let flags = [
         "--trust-xfcc",
@@ -363,15 +355,8 @@ async fn a_tls_connection_must_send_its_preface_within_the_header_timeout_too() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_waiting_on_smile_id_do_not_hold_back_the_others() {
-    let sim = start_simulator(|_| {}).await;
     // Uploads that never answer: every send waits on Smile ID, not the CPU.
-    sim.set_fault(
-        Endpoint::Put,
-        Fault {
-            hang: true,
-            ..Fault::default()
-        },
-    );
+    let sim = start_simulator_with_hung_uploads().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let service = start_service(config_with(&sim, &sqlite_url(&dir), &[])).await;
     let client = service.client().await;

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use selfie_auth::grpc::pb;
-use selfie_auth::simulator::{Endpoint, Fault};
 use selfie_auth_testkit::*;
 use tonic::Code;
 use tonic_types::StatusExt as _;
@@ -172,15 +171,8 @@ async fn reflection_lists_the_service_in_v1_and_v1alpha() {
 
 #[tokio::test]
 async fn excess_calls_are_shed_with_unavailable_but_health_still_answers() {
-    let sim = start_simulator(|_| {}).await;
     // A zip upload that never answers keeps a submission, and so its slot, busy.
-    sim.set_fault(
-        Endpoint::Put,
-        Fault {
-            hang: true,
-            ..Fault::default()
-        },
-    );
+    let sim = start_simulator_with_hung_uploads().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = config_for(&sim, &sqlite_url(&dir));
     settings.admissions.submissions = 1;

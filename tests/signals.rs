@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use selfie_auth::grpc::pb;
-use selfie_auth::simulator::{CallbackMode, Endpoint, Fault};
+use selfie_auth::simulator::CallbackMode;
 use selfie_auth_testkit::*;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -157,15 +157,8 @@ async fn a_health_watch_does_not_hold_up_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_during_the_drain_exits_at_once() {
-    let sim = start_simulator(|_| {}).await;
     // A zip upload that never answers keeps a submission, and so the drain, busy.
-    sim.set_fault(
-        Endpoint::Put,
-        Fault {
-            hang: true,
-            ..Fault::default()
-        },
-    );
+    let sim = start_simulator_with_hung_uploads().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut served = serve(&sim.v1_url(), &dir, &[]).await;
     let mut client = served.client().await;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use selfie_auth::simulator::{self, RunningSimulator, SimulatorConfig};
+use selfie_auth::simulator::{self, Endpoint, Fault, RunningSimulator, SimulatorConfig};
 use selfie_auth::smileid::{ApiKey, ClientConfig, Credentials, Environment, SmileIdClient};
 use serde_json::Value;
 
@@ -29,6 +29,20 @@ pub async fn start_simulator(configure: impl FnOnce(&mut SimulatorConfig)) -> Ru
     config.review_delay = Duration::from_millis(300);
     configure(&mut config);
     simulator::start(config, loopback()).await.expect("simulator")
+}
+
+/// A simulator whose zip uploads never answer: every submission sent to it
+/// stays in flight, holding whatever it holds, until the client gives up.
+pub async fn start_simulator_with_hung_uploads() -> RunningSimulator {
+    let sim = start_simulator(|_| {}).await;
+    sim.set_fault(
+        Endpoint::Put,
+        Fault {
+            hang: true,
+            ..Fault::default()
+        },
+    );
+    sim
 }
 
 pub fn client_for(sim: &RunningSimulator) -> SmileIdClient {
