@@ -46,6 +46,8 @@ async fn create_is_insert_once(store: SharedStore) {
         panic!("existing")
     };
     assert_eq!(existing.user_id, "alice");
+    let events = store.job_events("j1", 0, 10).await.expect("events");
+    assert_eq!(events.len(), 1, "a create that found the job appends no event");
     assert!(store.get("nope").await.expect("get").is_none());
     store.ping().await.expect("ping");
 }
@@ -69,6 +71,8 @@ async fn save_is_compare_and_set_on_version(store: SharedStore) {
         store.save(&mut stale, Some(EventKind::Failed)).await.expect("save"),
         Saved::Conflict
     ));
+    let events = store.job_events("j1", 0, 10).await.expect("events");
+    assert_eq!(events.len(), 2, "a save that lost the race appends no event");
     let Saved::Written(None) = store.save(&mut current, None).await.expect("save") else {
         panic!("no event")
     };
