@@ -360,8 +360,8 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
         "Under attack: 400 request bodies announced (1 MiB each) and never sent, 200 one-byte connections \
          reopened as they are closed, 128 concurrent submissions under one identity, 2000 health watches \
          and 64 header-only callbacks, while the well-behaved caller (its own identity, on a runtime and \
-         connection of its own, as a separate client would be) measures again; the simulator also has a \
-         runtime of its own."
+         connection of its own, as a separate client would be) measures again; the simulator has a runtime \
+         of its own, and the attacking client runs at the lowest CPU priority, as a machine elsewhere would."
             .into(),
     );
     Ok(())
