@@ -348,11 +348,11 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
     );
     if !(within(&gets, &solo_gets) && within(&submissions, &solo_submissions)) {
         report.notes.push(
-            "Under attack, the well-behaved caller's latency misses 2x. Image checks and sends to Smile ID take \
-             callers in turn, so the greedy caller's 64 admitted submissions wait behind each other there; but \
-             the runtime's threads receive the flood's request bodies and run its Smile ID calls beside the honest \
-             caller's reads, the simulator's thread shares the 2 cores with them, and the runtime shares its \
-             threads by task, not by caller."
+            "Under attack, the well-behaved caller's latency misses 2x. Image checks take callers in turn, so the \
+             greedy caller's 64 admitted submissions wait behind each other there; but the runtime's threads \
+             receive the flood's request bodies and run its Smile ID calls beside the honest caller's reads, the \
+             simulator's thread shares the 2 cores with them, and the runtime shares its threads by task, not by \
+             caller."
                 .into(),
         );
     }

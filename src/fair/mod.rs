@@ -1,15 +1,10 @@
 //! Work taken from each caller's queue in turn, so that a caller with much
-//! waiting waits behind its own work, not in front of everyone else's.
-//!
-//! - [`FairLane`]: threads for CPU-heavy work (checking images).
-//! - [`FairGate`]: a few places at once for async work that burns the
-//!   runtime's CPU while it runs (sending a submission to Smile ID).
+//! waiting waits behind its own work, not in front of everyone else's:
+//! [`FairLane`]'s threads for CPU-heavy work (checking images).
 
-mod gate;
 mod lane;
 mod turns;
 
-pub use gate::{FairGate, GateSlot};
 pub use lane::{FairLane, Interrupted};
 
 /// The cores this process may use (its cgroup's quota counts).

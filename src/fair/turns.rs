@@ -1,5 +1,5 @@
-//! The queue both take their work from: callers in turn, each caller's own
-//! work oldest first.
+//! The queue work is taken from: callers in turn, each caller's own work
+//! oldest first.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -40,10 +40,6 @@ impl<T> Turns<T> {
         }
         work
     }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -63,7 +59,7 @@ mod tests {
             order,
             [("greedy", 0), ("honest", 0), ("other", 0), ("greedy", 1), ("greedy", 2)]
         );
-        assert!(turns.is_empty());
+        assert!(turns.order.is_empty());
         assert!(turns.by_caller.is_empty(), "callers with nothing waiting are forgotten");
     }
 }

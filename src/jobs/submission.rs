@@ -30,7 +30,7 @@ use super::model::{
 use super::ports::{Created, Saved, SmileId, SmileJob, SubmitFailure};
 use super::settings::ServiceConfig;
 use super::validate::{SubmitRequest, prepare};
-use crate::fair::{FairGate, FairLane};
+use crate::fair::FairLane;
 
 /// What SubmitAuthentication returns.
 #[derive(Clone, Debug)]
@@ -89,14 +89,6 @@ const SUBMISSION_MEMORY_WAIT: Duration = Duration::from_secs(2);
 /// submissions takes the CPU reads and callbacks leave, not theirs.
 const IMAGE_CHECK_NICE: u8 = 10;
 
-/// Sends to Smile ID that run at once per core. Sending is CPU work on the
-/// runtime's threads (the prep upload, the zip, the upload), so a few per core
-/// keep them busy, and callers take turns for the rest.
-const SENDS_PER_CORE: usize = 2;
-/// How long a send keeps its place: one still running by then waits on Smile
-/// ID, not the CPU, and lets the next in.
-const SEND_HOLD: Duration = Duration::from_millis(20);
-
 /// Backoff between attempts of one submission.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
@@ -112,8 +104,6 @@ pub struct Submitter {
     submission_budget: MemoryBudget,
     /// Where images are checked and fingerprinted, each caller in turn.
     image_checks: FairLane,
-    /// Sends to Smile ID running at once, each caller in turn.
-    sends: FairGate,
     /// The submissions this process is sending now.
     sending: Arc<Sending>,
 }
@@ -124,7 +114,6 @@ impl Submitter {
             decode_budget: MemoryBudget::new(config.image_limits.decode_memory_bytes),
             submission_budget: MemoryBudget::new(config.submission_memory_bytes),
             image_checks: FairLane::per_core("image-check", IMAGE_CHECK_NICE),
-            sends: FairGate::new(SENDS_PER_CORE * crate::fair::cores(), SEND_HOLD),
             sending: Arc::default(),
             core,
             smile,
@@ -313,8 +302,7 @@ impl Submitter {
                 may_resume,
                 allow_new_enroll: prepared.allow_new_enroll,
             };
-            let caller = job.owner.as_deref().unwrap_or_default();
-            let failure = match self.sends.run(caller, self.smile.submit(submission)).await {
+            let failure = match self.smile.submit(submission).await {
                 Ok(accepted) => {
                     self.core.metrics.submission("accepted");
                     info!(job_id, smile_job_id = ?accepted.smile_job_id, resumed = accepted.resumed, "job submitted to smile id");
