@@ -8,6 +8,6 @@ mod turns;
 pub use lane::{FairLane, Interrupted};
 
 /// The cores this process may use (its cgroup's quota counts).
-pub fn cores() -> usize {
+fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
