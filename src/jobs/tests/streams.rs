@@ -94,7 +94,7 @@ async fn a_submit_may_wait_for_the_final_result() {
         let job = service.wait_for_final(&output.job.job_id, deadline).await?;
         Ok::<_, JobError>(job)
     });
-    // Let the submission be accepted (its images are checked on the blocking pool) and start waiting.
+    // Let the submission be accepted (its images are checked on the image-check lane) and start waiting.
     for _ in 0..1000 {
         if h.store.kinds("j1").last() == Some(&EventKind::Submitted) {
             break;
