@@ -1099,7 +1099,6 @@ async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[
     Ok(())
 }
 
-/// User and system CPU this process has spent, from `/proc/self/stat`.
 /// The user and system CPU seconds in a `/proc` `stat` line.
 fn cpu_seconds_of(stat: &str) -> f64 {
     let fields: Vec<&str> = stat

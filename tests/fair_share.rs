@@ -360,7 +360,9 @@ async fn sends_waiting_on_smile_id_do_not_hold_back_the_others() {
     let dir = tempfile::tempdir().expect("tempdir");
     let service = start_service(config_with(&sim, &sqlite_url(&dir), &[])).await;
     let client = service.client().await;
-    // Far more than the few sends that run at once per core.
+    // Many more than the cores: nothing between admission and Smile ID keeps a
+    // place for the whole of a send, so a slow Smile ID caps nothing below the
+    // admission limits.
     let sends = 4 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get) + 4;
     let calls: Vec<_> = (0..sends)
         .map(|index| {

@@ -99,11 +99,11 @@ impl PgStore {
         Ok(())
     }
 
-    /// A job change and its event in one statement: one round trip per write
-    /// where two would queue behind each other in a batch. No row: a conflict.
-    /// The insert comes after `guard_user`'s lock; its event is a second statement.
+    /// A new job's event is a second statement, after `guard_user`'s lock and the insert.
     const CREATE_WITH_EVENT_SQL: Option<&'static str> = None;
 
+    /// A job change and its event in one statement: one round trip per write
+    /// where two would queue behind each other in a batch. No row: a conflict.
     const SAVE_WITH_EVENT_SQL: Option<&'static str> = Some(
         "WITH updated AS (
              UPDATE jobs SET state = $1, data = $2, version = $3, last_sequence = $4, next_poll_at = $5,

@@ -258,23 +258,22 @@ macro_rules! sql_writes {
             if let Some(event) = inserted {
                 return Ok(Created::New(event));
             }
-            {
-                let existing = sqlx::query("SELECT data, version, last_sequence FROM jobs WHERE job_id = $1")
-                    .bind(&job.job_id)
+            // Nothing inserted: the job_id is taken, or the user refuses jobs.
+            let existing = sqlx::query("SELECT data, version, last_sequence FROM jobs WHERE job_id = $1")
+                .bind(&job.job_id)
+                .fetch_optional(&mut *connection)
+                .await?;
+            if let Some(existing) = existing.as_ref().map(job_from_row).transpose()? {
+                return Ok(Created::Existing(existing));
+            }
+            let refused: Option<i64> =
+                sqlx::query_scalar("SELECT refuses_jobs FROM users WHERE user_id = $1 AND refuses_jobs = 1")
+                    .bind(&job.user_id)
                     .fetch_optional(&mut *connection)
                     .await?;
-                if let Some(existing) = existing.as_ref().map(job_from_row).transpose()? {
-                    return Ok(Created::Existing(existing));
-                }
-                let refused: Option<i64> =
-                    sqlx::query_scalar("SELECT refuses_jobs FROM users WHERE user_id = $1 AND refuses_jobs = 1")
-                        .bind(&job.user_id)
-                        .fetch_optional(&mut *connection)
-                        .await?;
-                match refused {
-                    Some(_) => Ok(Created::UserErased),
-                    None => Err(StoreError::Unavailable("job vanished during create".into())),
-                }
+            match refused {
+                Some(_) => Ok(Created::UserErased),
+                None => Err(StoreError::Unavailable("job vanished during create".into())),
             }
         }
 
