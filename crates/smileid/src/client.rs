@@ -286,9 +286,9 @@ impl SmileIdClient {
             upload_url: &upload.upload_url,
         };
         let packaged = match info_bytes(&info, job.liveness_jpegs.len()) {
-            // The entries are stored, so a zip is a copy and a checksum: a typical
-            // submission's takes tens of microseconds, less than handing it to the
-            // blocking pool would. Only a large one leaves the runtime's thread.
+            // The entries are stored, so a zip is a copy and a checksum: for a
+            // typical submission, handing it to the blocking pool costs more CPU
+            // than it moves off the runtime. Only a large one leaves the runtime's thread.
             Ok(info_bytes) if job.image_bytes() <= INLINE_ZIP_BYTES => {
                 build_zip(&info_bytes, job.selfie_jpeg, job.liveness_jpegs).map_err(|error| error.to_string())
             }
