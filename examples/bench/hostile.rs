@@ -78,14 +78,30 @@ fn peak_resident(pid: u32) -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
-/// Starts every hostile client; they run until `stop`. `greedy_accepted` counts
-/// the flood's submissions the service took.
+/// What the submission flood got.
+#[derive(Default)]
+struct Flood {
+    accepted: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+impl Flood {
+    fn counts(&self) -> (usize, usize) {
+        (
+            self.accepted.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Starts every hostile client; they run until `stop`. `greedy` counts the
+/// flood's submissions the service took and those it refused.
 async fn attack(
     grpc: SocketAddr,
     http: SocketAddr,
     stop: Arc<AtomicBool>,
     selfie: Bytes,
-    greedy_accepted: Arc<AtomicUsize>,
+    greedy: Arc<Flood>,
 ) -> anyhow::Result<()> {
     // Hundreds of request bodies announced and never sent, on four connections.
     let (mut connections, mut stalled) = (Vec::new(), Vec::new());
@@ -131,21 +147,21 @@ async fn attack(
         });
     }
     // A submission flood under one identity.
-    let greedy = client_for(grpc).await?;
+    let flood = client_for(grpc).await?;
     for worker in 0..128 {
-        let (mut client, stop, selfie) = (greedy.clone(), stop.clone(), selfie.clone());
-        let accepted = greedy_accepted.clone();
+        let (mut client, stop, selfie) = (flood.clone(), stop.clone(), selfie.clone());
+        let greedy = greedy.clone();
         selfie_auth::task::spawn(async move {
             let mut index = 0;
             while !stop.load(Ordering::Relaxed) {
                 let request = submit_request(format!("greedy-{worker}-{index}"), &selfie, &[]);
-                if client
-                    .submit_authentication(identified("greedy", request))
-                    .await
-                    .is_ok()
-                {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                }
+                let answered = client.submit_authentication(identified("greedy", request)).await;
+                let counter = if answered.is_ok() {
+                    &greedy.accepted
+                } else {
+                    &greedy.refused
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 index += 1;
             }
         });
@@ -274,23 +290,20 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let before = sim.counters();
-    let greedy_accepted = Arc::new(AtomicUsize::new(0));
+    let greedy = Arc::new(Flood::default());
     attacker
-        .spawn(attack(
-            grpc,
-            http,
-            stop.clone(),
-            selfie.clone(),
-            greedy_accepted.clone(),
-        ))
+        .spawn(attack(grpc, http, stop.clone(), selfie.clone(), greedy.clone()))
         .await??;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
-    let greedy_before = greedy_accepted.load(Ordering::Relaxed);
+    let greedy_before = greedy.counts();
     let (gets, submissions) = honest_apart(&caller, grpc, &selfie, "attacked", &refused).await?;
     let attacked_refused = refused.load(Ordering::Relaxed);
     let during = started.elapsed();
-    let greedy_during = greedy_accepted.load(Ordering::Relaxed) - greedy_before;
+    let greedy_during = {
+        let now = greedy.counts();
+        (now.0 - greedy_before.0, now.1 - greedy_before.1)
+    };
     let after = sim.counters();
     stop.store(true, Ordering::Relaxed);
     let peak = peak_resident(pid).unwrap_or_default();
@@ -336,7 +349,11 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
     );
     report.row(
         "under attack: the greedy caller's submissions accepted",
-        format!("{:.0} /s", greedy_during as f64 / during.as_secs_f64()),
+        format!(
+            "{:.0} /s ({:.0} /s refused)",
+            greedy_during.0 as f64 / during.as_secs_f64(),
+            greedy_during.1 as f64 / during.as_secs_f64()
+        ),
         format!("the honest caller's, alone: {:.0} /s", solo_submissions.rate()),
         "what the flood pushed through the service meanwhile".into(),
     );

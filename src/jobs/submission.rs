@@ -307,9 +307,11 @@ impl Submitter {
                     self.core.metrics.submission("accepted");
                     info!(job_id, smile_job_id = ?accepted.smile_job_id, resumed = accepted.resumed, "job submitted to smile id");
                     let first_poll = Utc::now() + self.config.reconcile.first_delay;
+                    // The job as created is current unless its lease was renewed
+                    // meanwhile, which costs one conflict: no read before the write.
                     return self
                         .core
-                        .transition(job_id, |job| job.accepted(&accepted.smile_job_id, first_poll))
+                        .transition_from(job.clone(), |job| job.accepted(&accepted.smile_job_id, first_poll))
                         .await;
                 }
                 Err(failure) => failure,
