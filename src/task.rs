@@ -19,6 +19,15 @@ where
     tokio::spawn(future.in_current_span())
 }
 
+/// Spawns `future` on `runtime` inside the caller's current span.
+pub fn spawn_on<F>(runtime: &tokio::runtime::Handle, future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    runtime.spawn(future.in_current_span())
+}
+
 /// Lowers the calling thread's CPU priority by `nice` steps (its nice value
 /// goes up by as much, to 19 at most), so that it runs on what the threads
 /// answering calls leave idle. Lowering one's own priority needs no privilege.

@@ -192,6 +192,17 @@ async fn each_caller_keeps_its_share_of_a_saturated_replica() {
     let over = submit("greedy", "flood-3").await.expect_err("over its share");
     assert_eq!(shed_by(&over), "caller_share");
     assert!(over.message().contains("its share"), "{}", over.message());
+    // A caller holding its whole share is told so before its body is read: a
+    // body it never finishes sending is refused at once, not at the request timeout.
+    let mut raw = RawGrpc::connect(service.running.grpc_addr).await;
+    let mut announced = vec![0u8];
+    announced.extend_from_slice(&(1024u32 * 1024).to_be_bytes());
+    let greedy = [("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/pay/sa/greedy")];
+    let (response, _still_sending) = raw.call_with(SUBMIT, &greedy, Bytes::from(announced), false).await;
+    let refused = raw_status(response, Duration::from_secs(2))
+        .await
+        .expect("refused before its body arrives");
+    assert_eq!(refused.reason(), "OVERLOADED");
     // The other caller is admitted: its call ends as a submission still in progress, not shed.
     let honest = submit("honest", "honest-1").await.expect_err("the upload hangs");
     assert_eq!(reason(&honest), "SUBMISSION_IN_PROGRESS", "{honest:?}");
@@ -206,7 +217,7 @@ async fn each_caller_keeps_its_share_of_a_saturated_replica() {
         .await
         .expect("text");
     assert!(
-        metrics.contains(r#"selfie_auth_calls_shed_total{limit="caller_share"} 1"#),
+        metrics.contains(r#"selfie_auth_calls_shed_total{limit="caller_share"} 2"#),
         "{metrics}"
     );
     service.stop().await;

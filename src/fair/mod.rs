@@ -1,10 +1,13 @@
-//! Work taken from each caller's queue in turn, so that a caller with much
-//! waiting waits behind its own work, not in front of everyone else's:
-//! [`FairLane`]'s threads for CPU-heavy work (checking images).
+//! Work kept from crowding out everyone else's: [`FairLane`]'s threads take
+//! CPU-heavy work (checking images) from each caller's queue in turn, so a
+//! caller with much waiting waits behind its own work; [`BelowCalls`] runs
+//! work on threads below those answering calls.
 
+mod below;
 mod lane;
 mod turns;
 
+pub use below::BelowCalls;
 pub use lane::{FairLane, Interrupted};
 
 /// The cores this process may use (its cgroup's quota counts).

@@ -62,11 +62,13 @@ impl LoadShed {
     }
 }
 
-impl Middleware for LoadShed {
-    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
+impl LoadShed {
+    /// The pool a call draws on and its caller's name, or `None` for a call
+    /// no pool limits.
+    fn pool_of<B>(&self, request: &http::Request<B>) -> Option<(&Pool, String)> {
         let path = request.uri().path();
         if !path.starts_with(LIMITED_PREFIX) {
-            return Box::pin(inner.call(request));
+            return None;
         }
         let pool = if is_submission(path) {
             &self.submissions
@@ -77,17 +79,50 @@ impl Middleware for LoadShed {
             .extensions()
             .get::<Caller>()
             .map_or_else(|| "anyone".to_owned(), |caller| caller.name().to_owned());
+        Some((pool, caller))
+    }
+
+    /// What a caller over its share is told.
+    fn over_share<E: Send + 'static>(&self, pool: &Pool) -> Answer<E> {
+        self.metrics.shed("caller_share");
+        let message = format!(
+            "this caller has {} {} in flight, its share of this replica; retry shortly",
+            pool.shares.limit(),
+            pool.name
+        );
+        Box::pin(async move { Ok(overloaded(message, "caller_share", Duration::from_millis(200)).into_http()) })
+    }
+
+    /// The same limits, checked as a call starts: a caller holding its whole
+    /// share is refused before its body is read, which it would only be
+    /// refused after.
+    pub fn on_arrival(&self) -> ShedOnArrival {
+        ShedOnArrival(self.clone())
+    }
+}
+
+/// [`LoadShed::on_arrival`].
+#[derive(Clone)]
+pub struct ShedOnArrival(LoadShed);
+
+impl Middleware for ShedOnArrival {
+    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
+        let shed = &self.0;
+        match shed.pool_of(&request) {
+            Some((pool, caller)) if pool.shares.held(&caller) >= pool.shares.limit() => shed.over_share(pool),
+            _ => Box::pin(inner.call(request)),
+        }
+    }
+}
+
+impl Middleware for LoadShed {
+    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
+        let Some((pool, caller)) = self.pool_of(&request) else {
+            return Box::pin(inner.call(request));
+        };
         let metrics = &self.metrics;
         let Some(share) = pool.shares.take(&caller, 1) else {
-            metrics.shed("caller_share");
-            let message = format!(
-                "this caller has {} {} in flight, its share of this replica; retry shortly",
-                pool.shares.limit(),
-                pool.name
-            );
-            return Box::pin(
-                async move { Ok(overloaded(message, "caller_share", Duration::from_millis(200)).into_http()) },
-            );
+            return self.over_share(pool);
         };
         let Ok(permit) = pool.slots.clone().try_acquire_owned() else {
             metrics.shed("concurrency");

@@ -1,5 +1,6 @@
 //! The tonic adapter: request checks, conversion, streaming. Logic lives in [`crate::jobs`].
 
+pub mod apart;
 pub mod codec;
 pub mod convert;
 pub mod identity;

@@ -16,6 +16,7 @@ use super::tls::{self, GrpcTlsAcceptor};
 use crate::auth::IdentityModes;
 use crate::auth::policy::PolicySource;
 use crate::config::Config;
+use crate::grpc::apart::SubmissionsApart;
 use crate::grpc::identity::Identify;
 use crate::grpc::load_shed::LoadShed;
 use crate::grpc::middleware::Middleware as _;
@@ -77,6 +78,7 @@ pub fn serve(
     .max_decoding_message_size(config.max_message_bytes + 1024)
     .max_encoding_message_size(config.max_message_bytes);
     let limits = config.grpc_limits;
+    let load_shed = LoadShed::new(config.admissions, metrics.clone());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive.interval))
         .http2_keepalive_timeout(Some(config.keepalive.timeout))
@@ -86,6 +88,8 @@ pub fn serve(
         // Before load shedding: a flood of unidentified calls takes no slot, and a
         // request is admitted only once it has arrived whole.
         .layer(Identify::new(identity, metrics.clone()).into_layer())
+        .layer(load_shed.on_arrival().into_layer())
+        .layer(SubmissionsApart::new().into_layer())
         .layer(RequestLimitsLayer::new(
             config.max_message_bytes,
             limits.request_timeout,
@@ -96,7 +100,7 @@ pub fn serve(
             },
             metrics.clone(),
         ))
-        .layer(LoadShed::new(config.admissions, metrics).into_layer())
+        .layer(load_shed.into_layer())
         .add_service(readiness.service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -63,11 +63,24 @@ impl RawGrpc {
 
     /// Starts a call of `path` and sends `body`, ending the request only when `end`.
     pub async fn call(&mut self, path: &str, body: Bytes, end: bool) -> (ResponseFuture, SendStream<Bytes>) {
-        let request = http::Request::post(format!("http://selfie-auth{path}"))
+        self.call_with(path, &[], body, end).await
+    }
+
+    /// [`call`](Self::call) with extra request `headers` (an identity, say).
+    pub async fn call_with(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        end: bool,
+    ) -> (ResponseFuture, SendStream<Bytes>) {
+        let mut request = http::Request::post(format!("http://selfie-auth{path}"))
             .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .expect("request");
+            .header("te", "trailers");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(()).expect("request");
         self.send = self.send.clone().ready().await.expect("ready");
         let (response, mut stream) = self.send.send_request(request, false).expect("send request");
         // The server may have answered (and closed the stream) already; its answer tells.
