@@ -20,7 +20,8 @@ pub struct SubmissionsApart {
 }
 
 impl SubmissionsApart {
-    pub fn new() -> Self {
+    /// Starts the runtime's threads.
+    pub fn start() -> Self {
         Self {
             runtime: Arc::new(BelowCalls::per_core("submissions", SUBMISSIONS_NICE)),
         }
