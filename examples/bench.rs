@@ -393,7 +393,7 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
         "Submission payload: a {} KiB selfie and 8 liveness frames of {} KiB (noise JPEGs). While the \
          service's submissions are measured the simulator holds their callbacks, as the gateway floor gets \
          none: receiving results is the callback rows' work. The CPU per submission is each server's own \
-         threads' (the service's runtime, image checks and SQLite connections; the floor's runtime), \
+         threads' (the service's runtimes, image checks and SQLite connections; the floor's runtime), \
          not the client's or the simulator's.",
         selfie.len() / 1024,
         liveness[0].len() / 1024
@@ -1178,8 +1178,9 @@ fn cpu_seconds_of(stat: &str) -> f64 {
 /// The threads of the gateway floor: its runtime's.
 const GATEWAY_THREADS: &[&str] = &["gateway"];
 /// The threads of the service on its own runtime, by name, and what they do.
-const SERVICE_THREADS: [(&str, &str); 3] = [
+const SERVICE_THREADS: [(&str, &str); 4] = [
     ("service", "runtime"),
+    ("submissions", "submissions' runtime"),
     ("image-check", "image checks"),
     ("sqlx-sqlite", "SQLite"),
 ];

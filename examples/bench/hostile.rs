@@ -17,9 +17,7 @@ use selfie_auth::simulator;
 use selfie_auth_testkit::RawGrpc;
 use tokio::io::AsyncWriteExt as _;
 
-use super::{
-    Client, KEY, PARTNER, Report, Sample, apart, client_for, free_port, jpeg_of, measure, submit_request, verdict,
-};
+use super::{Client, KEY, PARTNER, Report, Sample, client_for, free_port, jpeg_of, measure, submit_request, verdict};
 
 /// The chart's memory limit.
 const CHART_MEMORY_LIMIT: u64 = 512 * 1024 * 1024;
@@ -216,6 +214,28 @@ async fn honest_apart(
         .await?)
 }
 
+/// Where the service runs beside its callers and Smile ID.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Every process on every core.
+    Shared,
+    /// The service on the first half of the cores, everything else on the rest,
+    /// as it would be with its callers and Smile ID on machines of their own.
+    OwnCores,
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Shared => "",
+            Self::OwnCores => ", service on cores of its own",
+        }
+    }
+}
+
+/// The hostile rows: once with every process sharing the cores, once with the
+/// service on cores of its own (where `taskset` exists and there are two
+/// cores or more), which shows what the service itself does with a flood.
 pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
     let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/selfie-auth");
     if !binary.exists() {
@@ -224,22 +244,71 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
             .push("Figures under attack skipped: build `target/release/selfie-auth` first.".into());
         return Ok(());
     }
+    under_attack(report, &binary, Placement::Shared).await?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let taskset = std::process::Command::new("taskset").arg("-V").output().is_ok();
+    if cores >= 2 && taskset {
+        under_attack(report, &binary, Placement::OwnCores).await?;
+    } else {
+        report
+            .notes
+            .push("Figures with the service on cores of its own skipped: they need `taskset` and 2 cores.".into());
+    }
+    Ok(())
+}
+
+/// A runtime for the benchmark's side of the attack: on the cores the service
+/// leaves to it when it has its own.
+fn beside(name: &str, workers: usize, nice: u8, placement: Placement) -> anyhow::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let ours: Vec<usize> = match placement {
+        Placement::Shared => (0..cores).collect(),
+        Placement::OwnCores => (cores / 2..cores).collect(),
+    };
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .on_thread_start(move || {
+            selfie_auth::task::lower_thread_priority(nice).expect("lowering a thread's priority");
+            #[cfg(target_os = "linux")]
+            {
+                let mut set = rustix::thread::CpuSet::new();
+                for &core in &ours {
+                    set.set(core);
+                }
+                rustix::thread::sched_setaffinity(None, &set).expect("pinning a thread");
+            }
+        })
+        .enable_all()
+        .build()?)
+}
+
+async fn under_attack(report: &mut Report, binary: &Path, placement: Placement) -> anyhow::Result<()> {
     // The honest caller waits for none of the attacker's tasks, as a separate
     // client would not. The attacker stands for machines elsewhere: at the
     // lowest priority it takes only the CPU the service, Smile ID and the honest
     // caller leave idle, and still pushes as many submissions through the
     // service as it takes (the `greedy caller` row says how many).
     let (smile_id, caller, attacker) = (
-        apart("smile-id", 1, 0)?,
-        apart("honest-caller", 1, 0)?,
-        apart("attacker", 2, 19)?,
+        beside("smile-id", 1, 0, placement)?,
+        beside("honest-caller", 1, 0, placement)?,
+        beside("attacker", 2, 19, placement)?,
     );
     let sim = smile_id
         .spawn(simulator::start(super::simulator_config(), "127.0.0.1:0".parse()?))
         .await??;
     let dir = tempfile::tempdir()?;
     let (grpc_port, http_port) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(&binary)
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut child = match placement {
+        Placement::Shared => tokio::process::Command::new(binary),
+        Placement::OwnCores => {
+            let mut pinned = tokio::process::Command::new("taskset");
+            pinned.arg("-c").arg(format!("0-{}", cores / 2 - 1)).arg(binary);
+            pinned
+        }
+    };
+    let mut child = child
         .arg("serve")
         .env("SMILEID_PARTNER_ID", PARTNER)
         .env("SMILEID_API_KEY", KEY)
@@ -315,16 +384,13 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
 
     let within =
         |ours: &Sample, solo: &Sample| ours.p50_ms() <= 2.0 * solo.p50_ms() && ours.p99_ms() <= 2.0 * solo.p99_ms();
+    let row = |what: &str| format!("under attack{}: {what}", placement.label());
     for (measure, ours, solo) in [
-        ("under attack: GetJob, 1 in flight", &gets, &solo_gets),
-        (
-            "under attack: SubmitAuthentication, 4 in flight",
-            &submissions,
-            &solo_submissions,
-        ),
+        ("GetJob, 1 in flight", &gets, &solo_gets),
+        ("SubmitAuthentication, 4 in flight", &submissions, &solo_submissions),
     ] {
         report.row(
-            measure,
+            &row(measure),
             format!("p50 {:.2} ms, p99 {:.2} ms", ours.p50_ms(), ours.p99_ms()),
             format!("alone: p50 {:.2} ms, p99 {:.2} ms", solo.p50_ms(), solo.p99_ms()),
             verdict(
@@ -342,13 +408,13 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
         after.callbacks_failed - before.callbacks_failed,
     );
     report.row(
-        "under attack: Smile ID callbacks acknowledged",
+        &row("Smile ID callbacks acknowledged"),
         format!("{} of {sent}", sent - failed),
         format!("during {:.1} s of attack", during.as_secs_f64()),
         verdict(failed == 0 && sent > 0, "target: every one".into()),
     );
     report.row(
-        "under attack: the greedy caller's submissions accepted",
+        &row("the greedy caller's submissions accepted"),
         format!(
             "{:.0} /s ({:.0} /s refused)",
             greedy_during.0 as f64 / during.as_secs_f64(),
@@ -358,28 +424,33 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
         "what the flood pushed through the service meanwhile".into(),
     );
     report.row(
-        "under attack: peak resident memory (serve)",
+        &row("peak resident memory (serve)"),
         format!("{:.0} MiB", peak as f64 / 1_048_576.0),
         "the chart's limit: 512 MiB".into(),
         verdict(peak <= CHART_MEMORY_LIMIT, "target <= the chart's limit".into()),
     );
     if !(within(&gets, &solo_gets) && within(&submissions, &solo_submissions)) {
         report.notes.push(
-            "Under attack, the well-behaved caller's latency misses 2x. Image checks take callers in turn, so the \
-             greedy caller's 64 admitted submissions wait behind each other there; but the runtime's threads \
-             receive the flood's request bodies and run its Smile ID calls beside the honest caller's reads, the \
-             simulator's thread shares the 2 cores with them, and the runtime shares its threads by task, not by \
-             caller."
+            "Under attack, the well-behaved caller's latency misses 2x. Reads are served on the runtime that \
+             serves connections, and submissions are answered on one of their own, ten nice steps below. With \
+             the service on cores of its own, its GetJob p50 stays near its solo figure, but its submissions \
+             wait with the flood's for those lower-priority threads, which take tasks in turn, not callers \
+             (only image checks take callers in turn). With every process on every core, the simulator and the \
+             callers share the CPU with the service, and the operating system's scheduling adds to every figure."
                 .into(),
         );
     }
-    report.notes.push(
-        "Under attack: 400 request bodies announced (1 MiB each) and never sent, 200 one-byte connections \
-         reopened as they are closed, 128 concurrent submissions under one identity, 2000 health watches \
-         and 64 header-only callbacks, while the well-behaved caller (its own identity, on a runtime and \
-         connection of its own, as a separate client would be) measures again; the simulator has a runtime \
-         of its own, and the attacking client runs at the lowest CPU priority, as a machine elsewhere would."
-            .into(),
-    );
+    if placement == Placement::Shared {
+        report.notes.push(
+            "Under attack: 400 request bodies announced (1 MiB each) and never sent, 200 one-byte connections \
+             reopened as they are closed, 128 concurrent submissions under one identity, 2000 health watches \
+             and 64 header-only callbacks, while the well-behaved caller (its own identity, on a runtime and \
+             connection of its own, as a separate client would be) measures again; the simulator has a runtime \
+             of its own, and the attacking client runs at the lowest CPU priority, as a machine elsewhere would. \
+             With the service on cores of its own, the service runs on the first half of the cores and the \
+             callers and the simulator on the rest."
+                .into(),
+        );
+    }
     Ok(())
 }
