@@ -1288,11 +1288,29 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// normal priority: what runs there waits for none of the tasks on others,
 /// and the CPU its threads spend is its own.
 fn apart(name: &str, workers: usize, nice: u8) -> anyhow::Result<tokio::runtime::Runtime> {
+    apart_on(name, workers, nice, None)
+}
+
+/// [`apart`], its threads kept to `cores` when given.
+fn apart_on(
+    name: &str,
+    workers: usize,
+    nice: u8,
+    cores: Option<Vec<usize>>,
+) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name(name)
         .on_thread_start(move || {
             selfie_auth::task::lower_thread_priority(nice).expect("lowering a thread's priority");
+            #[cfg(target_os = "linux")]
+            if let Some(cores) = &cores {
+                let mut set = rustix::thread::CpuSet::new();
+                for &core in cores {
+                    set.set(core);
+                }
+                rustix::thread::sched_setaffinity(None, &set).expect("pinning a thread");
+            }
         })
         .enable_all()
         .build()?)

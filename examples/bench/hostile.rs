@@ -261,26 +261,8 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
 /// leaves to it when it has its own.
 fn beside(name: &str, workers: usize, nice: u8, placement: Placement) -> anyhow::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let ours: Vec<usize> = match placement {
-        Placement::Shared => (0..cores).collect(),
-        Placement::OwnCores => (cores / 2..cores).collect(),
-    };
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name(name)
-        .on_thread_start(move || {
-            selfie_auth::task::lower_thread_priority(nice).expect("lowering a thread's priority");
-            #[cfg(target_os = "linux")]
-            {
-                let mut set = rustix::thread::CpuSet::new();
-                for &core in &ours {
-                    set.set(core);
-                }
-                rustix::thread::sched_setaffinity(None, &set).expect("pinning a thread");
-            }
-        })
-        .enable_all()
-        .build()?)
+    let ours = (placement == Placement::OwnCores).then(|| (cores / 2..cores).collect());
+    super::apart_on(name, workers, nice, ours)
 }
 
 async fn under_attack(report: &mut Report, binary: &Path, placement: Placement) -> anyhow::Result<()> {

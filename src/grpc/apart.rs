@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use super::middleware::{Answer, Inner, Middleware};
 use super::request_limits::is_submission;
+use super::status::to_status;
 use crate::fair::BelowCalls;
+use crate::jobs::JobError;
 
 /// How far below the connections' threads submissions are answered.
 const SUBMISSIONS_NICE: u8 = 10;
@@ -37,9 +39,10 @@ impl Middleware for SubmissionsApart {
         Box::pin(async move {
             // Spawned once polled, inside the call's span, so its trace goes with it.
             let mut task = AbortOnDrop(runtime.spawn(call));
-            (&mut task.0)
-                .await
-                .unwrap_or_else(|_| Ok(tonic::Status::internal("the submission's task ended abnormally").into_http()))
+            (&mut task.0).await.unwrap_or_else(|_| {
+                let error = JobError::Internal("a submission's task ended abnormally".into());
+                Ok(to_status(&error).into_http())
+            })
         })
     }
 }

@@ -60,9 +60,7 @@ impl LoadShed {
             metrics,
         }
     }
-}
 
-impl LoadShed {
     /// The pool a call draws on and its caller's name, or `None` for a call
     /// no pool limits.
     fn pool_of<B>(&self, request: &http::Request<B>) -> Option<(&Pool, String)> {
@@ -93,9 +91,9 @@ impl LoadShed {
         Box::pin(async move { Ok(overloaded(message, "caller_share", Duration::from_millis(200)).into_http()) })
     }
 
-    /// The same limits, checked as a call starts: a caller holding its whole
-    /// share is refused before its body is read, which it would only be
-    /// refused after.
+    /// The callers' shares, checked as a call starts: a caller already
+    /// holding its whole share is refused before its body is read, not once
+    /// the body has arrived only to be refused.
     pub fn on_arrival(&self) -> ShedOnArrival {
         ShedOnArrival(self.clone())
     }
