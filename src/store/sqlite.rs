@@ -99,29 +99,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    // Each statement is a round trip to the connection's thread: a write and
-    // its event go as two statements in one. `changes()` is the first
-    // statement's count, so no event is appended for a write that did nothing.
-
-    /// A job and its `CREATED` event, with [`bind_create`](super::sql::bind_create)'s
-    /// parameters and the event's kind (`$10`).
-    const CREATE_WITH_EVENT_SQL: Option<&'static str> = Some(concat!(
-        super::sql::insert_job_sql!(),
-        ";
-         INSERT INTO job_events (job_id, user_id, owner, sequence, kind, snapshot, created_at)
-         SELECT $1, $2, $9, 1, $10, $4, $7 WHERE changes() = 1 RETURNING id"
-    ));
-
-    /// A save and its event, with [`bind_save`](super::sql::bind_save)'s
-    /// parameters and the event's kind (`$9`).
-    const SAVE_WITH_EVENT_SQL: Option<&'static str> = Some(
-        "UPDATE jobs SET state = $1, data = $2, version = $3, last_sequence = $4, next_poll_at = $5,
-                         updated_at = $6
-         WHERE job_id = $7 AND version = $8;
-         INSERT INTO job_events (job_id, user_id, owner, sequence, kind, snapshot, created_at)
-         SELECT job_id, user_id, owner, $4, $9, $2, $6 FROM jobs WHERE job_id = $7 AND changes() = 1
-         RETURNING id",
-    );
+    /// In-process: a second statement costs no round trip.
+    const SAVE_WITH_EVENT_SQL: Option<&'static str> = None;
 
     /// Only this process deletes.
     async fn may_delete(_: &mut sqlx::SqliteConnection) -> Result<bool, StoreError> {

@@ -99,9 +99,6 @@ impl PgStore {
         Ok(())
     }
 
-    /// A new job's event is a second statement, after `guard_user`'s lock and the insert.
-    const CREATE_WITH_EVENT_SQL: Option<&'static str> = None;
-
     /// A job change and its event in one statement: one round trip per write
     /// where two would queue behind each other in a batch. No row: a conflict.
     const SAVE_WITH_EVENT_SQL: Option<&'static str> = Some(

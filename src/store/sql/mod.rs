@@ -5,7 +5,7 @@
 
 mod writes;
 
-pub(super) use writes::{bind_create, bind_save, insert_job_sql, sql_writes};
+pub(super) use writes::{bind_save, sql_writes};
 
 /// Implements [`JobStore`](crate::jobs::ports::JobStore) for `$store`, whose pool is `$pool`,
 /// whose rows are `$row` and whose connections are `$connection`; writes go

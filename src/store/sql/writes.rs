@@ -1,40 +1,6 @@
 //! The rows and writes both SQL stores share: decoding rows into jobs, events
 //! and users, and the statements a batch of writes runs in one transaction.
 
-/// Inserts a job unless its job_id is taken or its user refuses jobs, with
-/// the parameters [`bind_create`] binds (`$1` to `$9`): a literal, so that a
-/// store may send it with a statement after it.
-macro_rules! insert_job_sql {
-    () => {
-        "INSERT INTO jobs (job_id, user_id, state, kind, owner, data, version, last_sequence, next_poll_at,
-                           created_at, updated_at)
-         SELECT $1, $2, $3, $8, $9, $4, 1, 1, $5, $6, $7
-         WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = $2 AND refuses_jobs = 1)
-         ON CONFLICT (job_id) DO NOTHING"
-    };
-}
-
-pub(crate) use insert_job_sql;
-
-/// Binds a new job's nine parameters, in the order [`insert_job_sql`] uses:
-/// job_id, user_id, state, data, next poll, creation and update time, kind, owner.
-macro_rules! bind_create {
-    ($query:expr, $job:expr, $data:expr) => {
-        $query
-            .bind(&$job.job_id)
-            .bind(&$job.user_id)
-            .bind($job.state.as_str())
-            .bind(&$data)
-            .bind($job.next_poll_at.map($crate::store::millis))
-            .bind($crate::store::millis($job.created_at))
-            .bind($crate::store::millis($job.updated_at))
-            .bind($job.kind.as_str())
-            .bind($job.owner.as_deref())
-    };
-}
-
-pub(crate) use bind_create;
-
 /// Binds a save's eight parameters, in the order both save statements use
 /// (`$1` to `$8`): the new state, data, version, last sequence, next poll and
 /// update time, then the job_id and the version the save expects.
@@ -232,49 +198,50 @@ macro_rules! sql_writes {
             // the deletion: the check and the insert are one statement, after
             // the store made sure no deletion is being marked meanwhile.
             <$store>::guard_user(&mut *connection, &job.user_id, millis(job.created_at)).await?;
-            let created = $crate::jobs::model::EventKind::Created;
-            let inserted = if let Some(sql) = <$store>::CREATE_WITH_EVENT_SQL {
-                let id: Option<i64> = $crate::store::sql::bind_create!(sqlx::query_scalar(sql), job, data)
-                    .bind(created.as_str())
+            let inserted = sqlx::query(
+                "INSERT INTO jobs (job_id, user_id, state, kind, owner, data, version, last_sequence, next_poll_at,
+                                   created_at, updated_at)
+                 SELECT $1, $2, $3, $8, $9, $4, 1, 1, $5, $6, $7
+                 WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = $2 AND refuses_jobs = 1)
+                 ON CONFLICT (job_id) DO NOTHING",
+            )
+            .bind(&job.job_id)
+            .bind(&job.user_id)
+            .bind(job.state.as_str())
+            .bind(&data)
+            .bind(job.next_poll_at.map(millis))
+            .bind(millis(job.created_at))
+            .bind(millis(job.updated_at))
+            .bind(job.kind.as_str())
+            .bind(job.owner.as_deref())
+            .execute(&mut *connection)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                let existing = sqlx::query("SELECT data, version, last_sequence FROM jobs WHERE job_id = $1")
+                    .bind(&job.job_id)
                     .fetch_optional(&mut *connection)
                     .await?;
-                id.map(|global_id| $crate::jobs::model::JobEvent {
-                    global_id,
-                    sequence: job.last_sequence,
-                    kind: created,
-                    at: job.updated_at,
-                    job: job.clone(),
-                })
-            } else {
-                let inserted =
-                    $crate::store::sql::bind_create!(sqlx::query($crate::store::sql::insert_job_sql!()), job, data)
-                        .execute(&mut *connection)
-                        .await?;
-                match inserted.rows_affected() {
-                    0 => None,
-                    _ => Some(insert_event(&mut *connection, &job, created, &data).await?),
+                if let Some(existing) = existing.as_ref().map(job_from_row).transpose()? {
+                    return Ok(Created::Existing(existing));
                 }
-            };
-            if let Some(event) = inserted {
-                return Ok(Created::New(event));
+                let refused: Option<i64> =
+                    sqlx::query_scalar("SELECT refuses_jobs FROM users WHERE user_id = $1 AND refuses_jobs = 1")
+                        .bind(&job.user_id)
+                        .fetch_optional(&mut *connection)
+                        .await?;
+                return match refused {
+                    Some(_) => Ok(Created::UserErased),
+                    None => Err(StoreError::Unavailable("job vanished during create".into())),
+                };
             }
-            // Nothing inserted: the job_id is taken, or the user refuses jobs.
-            let existing = sqlx::query("SELECT data, version, last_sequence FROM jobs WHERE job_id = $1")
-                .bind(&job.job_id)
-                .fetch_optional(&mut *connection)
-                .await?;
-            if let Some(existing) = existing.as_ref().map(job_from_row).transpose()? {
-                return Ok(Created::Existing(existing));
-            }
-            let refused: Option<i64> =
-                sqlx::query_scalar("SELECT refuses_jobs FROM users WHERE user_id = $1 AND refuses_jobs = 1")
-                    .bind(&job.user_id)
-                    .fetch_optional(&mut *connection)
-                    .await?;
-            match refused {
-                Some(_) => Ok(Created::UserErased),
-                None => Err(StoreError::Unavailable("job vanished during create".into())),
-            }
+            let event = insert_event(
+                &mut *connection,
+                &job,
+                $crate::jobs::model::EventKind::Created,
+                &data,
+            )
+            .await?;
+            Ok(Created::New(event))
         }
 
         /// Writes `job` if its stored version is still `job.version`, in the
