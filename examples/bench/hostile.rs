@@ -224,6 +224,13 @@ enum Placement {
     OwnCores,
 }
 
+/// The cores of this machine: the service takes the first half when it has
+/// cores of its own, the benchmark's runtimes the rest.
+fn halves() -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (0..cores / 2, cores / 2..cores)
+}
+
 impl Placement {
     fn label(self) -> &'static str {
         match self {
@@ -245,9 +252,8 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
         return Ok(());
     }
     under_attack(report, &binary, Placement::Shared).await?;
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let taskset = std::process::Command::new("taskset").arg("-V").output().is_ok();
-    if cores >= 2 && taskset {
+    if !halves().0.is_empty() && taskset {
         under_attack(report, &binary, Placement::OwnCores).await?;
     } else {
         report
@@ -260,8 +266,7 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
 /// A runtime for the benchmark's side of the attack: on the cores the service
 /// leaves to it when it has its own.
 fn beside(name: &str, workers: usize, nice: u8, placement: Placement) -> anyhow::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let ours = (placement == Placement::OwnCores).then(|| (cores / 2..cores).collect());
+    let ours = (placement == Placement::OwnCores).then(|| halves().1.collect());
     super::apart_on(name, workers, nice, ours)
 }
 
@@ -281,12 +286,15 @@ async fn under_attack(report: &mut Report, binary: &Path, placement: Placement) 
         .await??;
     let dir = tempfile::tempdir()?;
     let (grpc_port, http_port) = (free_port(), free_port());
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let mut child = match placement {
         Placement::Shared => tokio::process::Command::new(binary),
         Placement::OwnCores => {
+            let service = halves().0;
             let mut pinned = tokio::process::Command::new("taskset");
-            pinned.arg("-c").arg(format!("0-{}", cores / 2 - 1)).arg(binary);
+            pinned
+                .arg("-c")
+                .arg(format!("{}-{}", service.start, service.end - 1))
+                .arg(binary);
             pinned
         }
     };
