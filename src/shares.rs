@@ -4,11 +4,15 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 /// How much of a resource each key holds, against one limit per key.
 #[derive(Debug)]
 pub struct Shares<K: Hash + Eq> {
     used: Arc<Mutex<HashMap<K, u64>>>,
+    released: Arc<Notify>,
     limit: u64,
 }
 
@@ -16,6 +20,7 @@ impl<K: Hash + Eq> Clone for Shares<K> {
     fn clone(&self) -> Self {
         Self {
             used: self.used.clone(),
+            released: self.released.clone(),
             limit: self.limit,
         }
     }
@@ -25,6 +30,7 @@ impl<K: Hash + Eq> Clone for Shares<K> {
 #[derive(Debug)]
 pub struct Share<K: Hash + Eq> {
     used: Arc<Mutex<HashMap<K, u64>>>,
+    released: Arc<Notify>,
     key: K,
     amount: u64,
 }
@@ -38,6 +44,7 @@ impl<K: Hash + Eq + Clone> Shares<K> {
     pub fn new(limit: u64) -> Self {
         Self {
             used: Arc::default(),
+            released: Arc::default(),
             limit,
         }
     }
@@ -56,9 +63,26 @@ impl<K: Hash + Eq + Clone> Shares<K> {
         used.insert(key.clone(), held + amount);
         Some(Share {
             used: self.used.clone(),
+            released: self.released.clone(),
             key: key.clone(),
             amount,
         })
+    }
+
+    /// `amount` more for `key`, waiting up to `wait` for others of `key` to
+    /// give theirs back.
+    pub async fn take_within(&self, key: &K, amount: u64, wait: Duration) -> Option<Share<K>> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Listening before trying: a share given back in between still wakes us.
+            released.as_mut().enable();
+            if let Some(share) = self.take(key, amount) {
+                return Some(share);
+            }
+            tokio::time::timeout_at(until, released).await.ok()?;
+        }
     }
 
     /// What `key` holds now.
@@ -77,12 +101,34 @@ impl<K: Hash + Eq> Drop for Share<K> {
                 used.remove(&self.key);
             }
         }
+        drop(used);
+        self.released.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_share_given_back_goes_to_one_waiting_for_it() {
+        let shares = Shares::new(1);
+        let held = shares.take(&"a", 1).expect("within");
+        let waiting = crate::task::spawn({
+            let shares = shares.clone();
+            async move { shares.take_within(&"a", 1, Duration::from_secs(5)).await.is_some() }
+        });
+        assert!(
+            shares.take_within(&"a", 1, Duration::from_millis(50)).await.is_none(),
+            "nothing given back within the wait"
+        );
+        assert!(
+            shares.take_within(&"b", 1, Duration::ZERO).await.is_some(),
+            "b has its own"
+        );
+        drop(held);
+        assert!(waiting.await.expect("join"), "the waiter took what was given back");
+    }
 
     #[test]
     fn a_key_holds_up_to_its_limit_and_gets_it_back() {

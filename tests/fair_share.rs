@@ -180,7 +180,8 @@ async fn each_caller_keeps_its_share_of_a_saturated_replica() {
                     .parse()
                     .expect("ascii"),
             );
-            request.set_timeout(Duration::from_secs(3));
+            // Long enough that the flood holds its share while the others are refused.
+            request.set_timeout(Duration::from_secs(6));
             client.submit_authentication(request).await
         }
     };
@@ -401,5 +402,79 @@ async fn sends_waiting_on_smile_id_do_not_hold_back_the_others() {
         let status = call.await.expect("join").expect_err("the upload hangs");
         assert_eq!(reason(&status), "SUBMISSION_IN_PROGRESS");
     }
+    service.stop().await;
+}
+
+/// `message` as the mesh says `identity` sent it.
+fn as_caller<T>(identity: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "x-forwarded-client-cert",
+        format!("URI=spiffe://cluster.local/ns/pay/sa/{identity}")
+            .parse()
+            .expect("ascii"),
+    );
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_stalled_bodies_hold_its_own_share_and_no_one_elses() {
+    let sim = start_simulator(|_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = [
+        "--trust-xfcc",
+        "true",
+        "--xfcc-trusted-peers",
+        "127.0.0.1",
+        "--caller-concurrency-limit",
+        "2",
+    ];
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &flags)).await;
+    let client = service.client().await;
+    // The greedy caller starts as many submissions as its share and never sends their bodies.
+    let greedy = [("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/pay/sa/greedy")];
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut raw = RawGrpc::connect(service.running.grpc_addr).await;
+        let mut announced = vec![0u8];
+        announced.extend_from_slice(&(1024u32 * 1024).to_be_bytes());
+        let call = raw.call_with(SUBMIT, &greedy, Bytes::from(announced), false).await;
+        stalled.push((raw, call));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its next submission waits for a place in its share, finds none, and is refused.
+    let over = client
+        .clone()
+        .submit_authentication(as_caller("greedy", submit_request(ENROLLED_USER, "greedy-3")))
+        .await
+        .expect_err("its share is taken by its own stalled bodies");
+    assert_eq!(shed_by(&over), "caller_share");
+    // Another caller is not held back by them, nor are the greedy caller's reads.
+    client
+        .clone()
+        .submit_authentication(as_caller("honest", submit_request(ENROLLED_USER, "honest-1")))
+        .await
+        .expect("another caller's submission is served");
+    client
+        .clone()
+        .get_job(as_caller("honest", get_job("honest-1")))
+        .await
+        .expect("and its reads");
+    let read = client
+        .clone()
+        .get_job(as_caller("greedy", get_job("greedy-3")))
+        .await
+        .expect_err("no such job");
+    assert_eq!(read.code(), Code::NotFound, "a read is answered, not shed: {read:?}");
+    // A call over the share waits for a place: once one stalled body goes
+    // away, the waiting submission takes its place instead of being refused.
+    let waiting = selfie_auth::task::spawn({
+        let mut client = client.clone();
+        let request = as_caller("greedy", submit_request(ENROLLED_USER, "greedy-4"));
+        async move { client.submit_authentication(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stalled.pop());
+    waiting.await.expect("join").expect("admitted in the place given back");
     service.stop().await;
 }

@@ -31,7 +31,7 @@ impl SubmissionsApart {
 }
 
 impl Middleware for SubmissionsApart {
-    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
+    fn call<S: Inner<B>, B: Send + 'static>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
         if !is_submission(request.uri().path()) {
             return Box::pin(inner.call(request));
         }

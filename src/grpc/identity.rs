@@ -29,7 +29,7 @@ impl Identify {
 }
 
 impl Middleware for Identify {
-    fn call<S: Inner<B>, B>(&self, inner: &mut S, mut request: http::Request<B>) -> Answer<S::Error> {
+    fn call<S: Inner<B>, B: Send + 'static>(&self, inner: &mut S, mut request: http::Request<B>) -> Answer<S::Error> {
         if !request.uri().path().starts_with(IDENTIFIED_PREFIX) {
             return Box::pin(inner.call(request));
         }

@@ -3,7 +3,8 @@
 //! queueing behind a saturated replica.
 //!
 //! A call is admitted once its request has arrived in full (the request limits
-//! sit in front), so a caller trickling or stalling its bodies holds no slot.
+//! sit in front), so a caller trickling or stalling its bodies holds no slot;
+//! an identified caller's calls hold a place in its own share from their start.
 //! Submissions and reads (everything else) draw on pools of their own, so a
 //! flood of one never refuses the other, and each caller may hold at most its
 //! share of either pool, so a saturated replica still serves every caller.
@@ -26,6 +27,11 @@ use crate::metrics::Metrics;
 use crate::shares::{Share, Shares};
 
 const LIMITED_PREFIX: &str = "/selfieauth.v1.SelfieAuth/";
+
+/// How long a call over its caller's share waits for a place in it before it
+/// is refused. A caller that retries at once, whatever `RetryInfo` says, is
+/// held to a few retries a second for each call over its share.
+const SHARE_WAIT: Duration = Duration::from_secs(1);
 
 /// One pool of slots, and each caller's share of it.
 #[derive(Clone)]
@@ -61,9 +67,8 @@ impl LoadShed {
         }
     }
 
-    /// The pool a call draws on and its caller's name, or `None` for a call
-    /// no pool limits.
-    fn pool_of<B>(&self, request: &http::Request<B>) -> Option<(&Pool, String)> {
+    /// The pool a call draws on and its caller, or `None` for a call no pool limits.
+    fn pool_of<B>(&self, request: &http::Request<B>) -> Option<(&Pool, Caller)> {
         let path = request.uri().path();
         if !path.starts_with(LIMITED_PREFIX) {
             return None;
@@ -73,11 +78,10 @@ impl LoadShed {
         } else {
             &self.reads
         };
-        let caller = request
-            .extensions()
-            .get::<Caller>()
-            .map_or_else(|| "anyone".to_owned(), |caller| caller.name().to_owned());
-        Some((pool, caller))
+        Some((
+            pool,
+            request.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anyone),
+        ))
     }
 
     /// What a caller over its share is told.
@@ -91,9 +95,13 @@ impl LoadShed {
         Box::pin(async move { Ok(overloaded(message, "caller_share", Duration::from_millis(200)).into_http()) })
     }
 
-    /// The callers' shares, checked as a call starts: a caller already
-    /// holding its whole share is refused before its body is read, not once
-    /// the body has arrived only to be refused.
+    /// The callers' shares, checked as a call starts, before its body is
+    /// read: a call over its caller's share waits for a place (up to
+    /// [`SHARE_WAIT`]), then is refused. An identified caller's call takes its
+    /// place as it starts, so a caller with more calls than its share cannot
+    /// have bodies read only to be refused, and its stalled bodies hold its
+    /// own share and no one else's. Unidentified callers share one name, so
+    /// theirs take their place only once they have arrived.
     pub fn on_arrival(&self) -> ShedOnArrival {
         ShedOnArrival(self.clone())
     }
@@ -104,22 +112,55 @@ impl LoadShed {
 pub struct ShedOnArrival(LoadShed);
 
 impl Middleware for ShedOnArrival {
-    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
-        let shed = &self.0;
-        match shed.pool_of(&request) {
-            Some((pool, caller)) if pool.shares.held(&caller) >= pool.shares.limit() => shed.over_share(pool),
-            _ => Box::pin(inner.call(request)),
+    fn call<S: Inner<B>, B: Send + 'static>(&self, inner: &mut S, mut request: http::Request<B>) -> Answer<S::Error> {
+        let Some((pool, caller)) = self.0.pool_of(&request) else {
+            return Box::pin(inner.call(request));
+        };
+        let name = caller.name().to_owned();
+        if let Some(share) = pool.shares.take(&name, 1) {
+            keep_for(&caller, share, &mut request);
+            return Box::pin(inner.call(request));
         }
+        let (shed, pool) = (self.0.clone(), pool.clone());
+        // The service that was polled ready takes this call; its clone takes the next.
+        let ready = inner.clone();
+        let mut inner = std::mem::replace(inner, ready);
+        Box::pin(async move {
+            let Some(share) = pool.shares.take_within(&name, 1, SHARE_WAIT).await else {
+                return shed.over_share(&pool).await;
+            };
+            keep_for(&caller, share, &mut request);
+            inner.call(request).await
+        })
     }
 }
 
+/// An identified caller's call keeps the place it took until it is admitted
+/// or ends; unidentified callers' calls give it back at once, having only
+/// checked that there was one.
+fn keep_for<B>(caller: &Caller, share: Share<String>, request: &mut http::Request<B>) {
+    if matches!(caller, Caller::Identified(_)) {
+        request
+            .extensions_mut()
+            .insert(TakenOnArrival(Arc::new(Mutex::new(Some(share)))));
+    }
+}
+
+/// A caller's place in its share, taken as its call started.
+#[derive(Clone)]
+struct TakenOnArrival(Arc<Mutex<Option<Share<String>>>>);
+
 impl Middleware for LoadShed {
-    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
+    fn call<S: Inner<B>, B: Send + 'static>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
         let Some((pool, caller)) = self.pool_of(&request) else {
             return Box::pin(inner.call(request));
         };
         let metrics = &self.metrics;
-        let Some(share) = pool.shares.take(&caller, 1) else {
+        let taken = request
+            .extensions()
+            .get::<TakenOnArrival>()
+            .and_then(|taken| taken.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+        let Some(share) = taken.or_else(|| pool.shares.take(&caller.name().to_owned(), 1)) else {
             return self.over_share(pool);
         };
         let Ok(permit) = pool.slots.clone().try_acquire_owned() else {

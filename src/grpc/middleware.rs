@@ -15,12 +15,15 @@ pub type Answer<E> = BoxFuture<'static, Result<GrpcResponse, E>>;
 /// The rest of the stack, as a middleware calls it.
 pub trait Inner<B>:
     Service<http::Request<B>, Response = GrpcResponse, Future: Send + 'static, Error: Send + 'static>
+    + Clone
+    + Send
+    + 'static
 {
 }
 
 impl<S, B> Inner<B> for S
 where
-    S: Service<http::Request<B>, Response = GrpcResponse>,
+    S: Service<http::Request<B>, Response = GrpcResponse> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -28,7 +31,7 @@ where
 
 pub trait Middleware: Clone + Send + Sync + Sized + 'static {
     /// Handles `request`, passing it on to `inner` (or not).
-    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error>;
+    fn call<S: Inner<B>, B: Send + 'static>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error>;
 
     fn into_layer(self) -> MiddlewareLayer<Self> {
         MiddlewareLayer(self)
@@ -56,7 +59,7 @@ pub struct Wrapped<S, M> {
     middleware: M,
 }
 
-impl<S: Inner<B>, M: Middleware, B> Service<http::Request<B>> for Wrapped<S, M> {
+impl<S: Inner<B>, M: Middleware, B: Send + 'static> Service<http::Request<B>> for Wrapped<S, M> {
     type Response = GrpcResponse;
     type Error = S::Error;
     type Future = Answer<S::Error>;

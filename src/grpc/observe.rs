@@ -53,7 +53,7 @@ impl Observe {
 }
 
 impl Middleware for Observe {
-    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
+    fn call<S: Inner<B>, B: Send + 'static>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
         if !request.uri().path().starts_with(OBSERVED_PREFIX) {
             return Box::pin(inner.call(request));
         }

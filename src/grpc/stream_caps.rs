@@ -69,7 +69,7 @@ impl StreamCaps {
 }
 
 impl Middleware for StreamCaps {
-    fn call<S: Inner<B>, B>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
+    fn call<S: Inner<B>, B: Send + 'static>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
         let path = request.uri().path();
         let Some(cap) = self.caps.iter().find(|cap| cap.covers(path)) else {
             return Box::pin(inner.call(request));
