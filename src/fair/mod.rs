@@ -4,10 +4,12 @@
 //! work on threads below those answering calls.
 
 mod below;
+mod gate;
 mod lane;
 mod turns;
 
 pub use below::BelowCalls;
+pub use gate::{FairGate, Turn};
 pub use lane::{FairLane, Interrupted};
 
 /// The cores this process may use (its cgroup's quota counts).

@@ -28,6 +28,10 @@ impl<T> Turns<T> {
         }
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
     /// The next caller's oldest work; that caller goes to the back of the line.
     pub(super) fn next(&mut self) -> Option<T> {
         let caller = self.order.pop_front()?;

@@ -30,7 +30,7 @@ use super::model::{
 use super::ports::{Created, Saved, SmileId, SmileJob, SubmitFailure};
 use super::settings::ServiceConfig;
 use super::validate::{SubmitRequest, prepare};
-use crate::fair::FairLane;
+use crate::fair::{FairGate, FairLane, Turn};
 
 /// What SubmitAuthentication returns.
 #[derive(Clone, Debug)]
@@ -82,12 +82,21 @@ fn same_submitter(owner: Option<&str>, prepared: &Prepared) -> bool {
     prepared.owner.is_none() || prepared.owner.as_deref() == owner
 }
 
+/// The name a caller takes its turns under; unidentified callers share one.
+fn caller_key(owner: Option<&str>) -> &str {
+    owner.unwrap_or_default()
+}
+
 /// Longest wait for room to hold a submission's images.
 const SUBMISSION_MEMORY_WAIT: Duration = Duration::from_secs(2);
 
 /// How far below the runtime's threads image checks run: a flood of
 /// submissions takes the CPU reads and callbacks leave, not theirs.
 const IMAGE_CHECK_NICE: u8 = 10;
+
+/// Submissions checked and stored at once, per core: enough to keep a core
+/// busy while others wait for the job store.
+const TURNS_PER_CORE: usize = 4;
 
 /// Backoff between attempts of one submission.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -104,6 +113,8 @@ pub struct Submitter {
     submission_budget: MemoryBudget,
     /// Where images are checked and fingerprinted, each caller in turn.
     image_checks: FairLane,
+    /// Submissions being checked and stored at once, let in caller by caller.
+    turns: FairGate,
     /// The submissions this process is sending now.
     sending: Arc<Sending>,
 }
@@ -114,6 +125,7 @@ impl Submitter {
             decode_budget: MemoryBudget::new(config.image_limits.decode_memory_bytes),
             submission_budget: MemoryBudget::new(config.submission_memory_bytes),
             image_checks: FairLane::per_core("image-check", IMAGE_CHECK_NICE),
+            turns: FairGate::per_core(TURNS_PER_CORE),
             sending: Arc::default(),
             core,
             smile,
@@ -132,6 +144,14 @@ impl Submitter {
     /// retry. Waiting for the result is the watcher's.
     #[tracing::instrument(name = "job.submit", skip_all, fields(job_id = tracing::field::Empty))]
     pub async fn submit(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
+        let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller_key(request.owner.as_deref())))
+            .await
+            .map_err(|_| JobError::Unavailable {
+                reason: UnavailableReason::Overloaded,
+                message: "this caller's other submissions came first and the call's deadline is near; retry shortly"
+                    .into(),
+                retry_after: Some(Duration::from_secs(1)),
+            })?;
         // The images stay in memory until Smile ID has them, retries included.
         let image_bytes = request.selfie.len() + request.liveness.iter().map(bytes::Bytes::len).sum::<usize>();
         let held = self
@@ -158,7 +178,7 @@ impl Submitter {
             prepared.job_id = self.core.key_for(&prepared.job_id, owner).await?;
         }
         tracing::Span::current().record("job_id", prepared.job_id.as_str());
-        let (outcome, joined) = self.start_or_join(prepared, held)?;
+        let (outcome, joined) = self.start_or_join(prepared, held, turn)?;
         let mut output = match tokio::time::timeout_at(deadline, outcome).await {
             Ok(outcome) => outcome?,
             Err(_) => return Err(in_progress(self.config.submit_lease.min(Duration::from_secs(1)))),
@@ -175,6 +195,7 @@ impl Submitter {
         self: &Arc<Self>,
         prepared: Prepared,
         held: OwnedSemaphorePermit,
+        turn: Turn,
     ) -> Result<(Shared<BoxFuture<'static, Outcome>>, bool), JobError> {
         let mut attempts = self.sending.lock();
         if let Some(running) = attempts.get(&prepared.job_id) {
@@ -192,7 +213,7 @@ impl Submitter {
         let service = self.clone();
         // The attempt belongs to the call's trace, though it may outlive the call.
         let task = crate::task::spawn(async move {
-            let outcome = service.send(&prepared).await;
+            let outcome = service.send(&prepared, turn).await;
             service.sending.finished(&prepared.job_id, id);
             drop((prepared, held));
             outcome
@@ -216,11 +237,14 @@ impl Submitter {
     }
 
     /// Creates the job or takes it over, then sends it to a definite outcome.
-    async fn send(&self, prepared: &Prepared) -> Outcome {
+    async fn send(&self, prepared: &Prepared, turn: Turn) -> Outcome {
         let now = Utc::now();
         let lease_until = now + self.config.submit_lease;
         let fresh = Job::submitting(prepared, now, lease_until, now + self.config.reconcile.first_delay);
-        let (job, created, may_resume) = match self.core.store.create(&fresh).await? {
+        let created = self.core.store.create(&fresh).await;
+        // Stored: the job's turn goes to the next caller while Smile ID has it.
+        drop(turn);
+        let (job, created, may_resume) = match created? {
             Created::New(event) => {
                 self.core.publish(&event);
                 self.core.metrics.job_created();
@@ -307,6 +331,9 @@ impl Submitter {
                     self.core.metrics.submission("accepted");
                     info!(job_id, smile_job_id = ?accepted.smile_job_id, resumed = accepted.resumed, "job submitted to smile id");
                     let first_poll = Utc::now() + self.config.reconcile.first_delay;
+                    // Written in the caller's turn, as the job was created, so
+                    // the store's queue holds few of any one caller's writes.
+                    let _turn = self.turns.turn(caller_key(prepared.owner.as_deref())).await;
                     // The job as created is current unless its lease was renewed
                     // meanwhile, which costs one conflict: no read before the write.
                     return self

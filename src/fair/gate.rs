@@ -1,0 +1,170 @@
+//! A few turns at once, handed to callers in turn.
+//!
+//! Every stage a submission passes through queues first in, first out: the
+//! runtime's tasks, the job store's writer, the connection to Smile ID. With
+//! dozens of one caller's submissions at each, another caller's waits behind
+//! all of them at every stage. Through a gate, only a few submissions are in
+//! those stages at once and a free turn goes to the next caller in line, so
+//! the queues behind it stay short and a caller with much waiting waits
+//! behind its own work.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+use super::turns::Turns;
+
+struct State {
+    free: usize,
+    waiting: Turns<oneshot::Sender<Turn>>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub struct FairGate {
+    shared: Shared,
+}
+
+/// A turn through the gate, handed to the next caller in line when dropped.
+pub struct Turn {
+    /// `None` once handed on, or for a turn of a gate that is gone.
+    gate: Option<Shared>,
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Turn")
+    }
+}
+
+impl FairGate {
+    /// A gate letting `turns` through at once (at least one).
+    pub fn new(turns: usize) -> Self {
+        Self {
+            shared: Arc::new(Mutex::new(State {
+                free: turns.max(1),
+                waiting: Turns::default(),
+            })),
+        }
+    }
+
+    /// `turns_per_core` turns for each core this process may use.
+    pub fn per_core(turns_per_core: usize) -> Self {
+        Self::new(turns_per_core * super::cores())
+    }
+
+    /// Waits for `caller`'s turn. Callers waiting take turns; each caller's
+    /// own wait in the order they came.
+    pub async fn turn(&self, caller: &str) -> Turn {
+        let handed = {
+            let mut state = lock(&self.shared);
+            if state.free > 0 && state.waiting.is_empty() {
+                state.free -= 1;
+                return Turn {
+                    gate: Some(self.shared.clone()),
+                };
+            }
+            let (hand, handed) = oneshot::channel();
+            state.waiting.push(caller, hand);
+            handed
+        };
+        // A waiter's sender goes only with a turn in it, or with the gate's
+        // state, when nothing would be waited for.
+        handed.await.unwrap_or(Turn { gate: None })
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let Some(gate) = self.gate.take() else {
+            return;
+        };
+        let mut state = lock(&gate);
+        while let Some(next) = state.waiting.next() {
+            match next.send(Turn {
+                gate: Some(gate.clone()),
+            }) {
+                Ok(()) => return,
+                // That caller went away: its turn goes to the next.
+                Err(mut unwanted) => unwanted.gate = None,
+            }
+        }
+        state.free += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn soon<T>(future: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(Duration::from_millis(200), future).await.ok()
+    }
+
+    #[tokio::test]
+    async fn a_free_turn_goes_to_the_next_caller_in_line() {
+        let gate = Arc::new(FairGate::new(1));
+        let first = gate.turn("greedy").await;
+        let (order, mut waiters) = (Arc::new(Mutex::new(Vec::new())), Vec::new());
+        for (caller, index) in [("greedy", 1), ("greedy", 2), ("greedy", 3), ("honest", 1)] {
+            let (gate, order) = (gate.clone(), order.clone());
+            waiters.push(crate::task::spawn(async move {
+                let turn = gate.turn(caller).await;
+                order.lock().expect("order").push((caller, index));
+                drop(turn);
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        for waiter in waiters {
+            soon(waiter)
+                .await
+                .expect("every waiter has its turn")
+                .expect("no panic");
+        }
+        assert_eq!(
+            *order.lock().expect("order"),
+            [("greedy", 1), ("honest", 1), ("greedy", 2), ("greedy", 3)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_gives_its_place_to_the_next() {
+        let gate = FairGate::new(1);
+        let held = gate.turn("a").await;
+        let mut gone = Box::pin(gate.turn("b"));
+        assert!(soon(&mut gone).await.is_none(), "the only turn is held");
+        drop(gone);
+        let next = crate::task::spawn({
+            let gate = Arc::new(gate);
+            async move {
+                let turn = gate.turn("c").await;
+                drop(turn);
+                gate
+            }
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        let gate = soon(next).await.expect("c had its turn").expect("no panic");
+        assert!(
+            soon(gate.turn("d")).await.is_some(),
+            "the turn came back once c was done"
+        );
+    }
+
+    #[tokio::test]
+    async fn turns_at_once_are_as_many_as_the_gate_has() {
+        let gate = FairGate::new(2);
+        let (one, two) = (gate.turn("a").await, gate.turn("a").await);
+        assert!(soon(gate.turn("b")).await.is_none(), "both turns are held");
+        drop(one);
+        let three = soon(gate.turn("b")).await.expect("one came back");
+        drop((two, three));
+    }
+}
