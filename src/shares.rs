@@ -86,7 +86,8 @@ impl<K: Hash + Eq + Clone> Shares<K> {
     }
 
     /// What `key` holds now.
-    pub fn held(&self, key: &K) -> u64 {
+    #[cfg(test)]
+    fn held(&self, key: &K) -> u64 {
         lock(&self.used).get(key).copied().unwrap_or(0)
     }
 }
