@@ -148,8 +148,7 @@ impl Submitter {
             .await
             .map_err(|_| JobError::Unavailable {
                 reason: UnavailableReason::Overloaded,
-                message: "this caller's other submissions came first and the call's deadline is near; retry shortly"
-                    .into(),
+                message: "other submissions held every turn until the call's deadline neared; retry shortly".into(),
                 retry_after: Some(Duration::from_secs(1)),
             })?;
         // The images stay in memory until Smile ID has them, retries included.
