@@ -52,11 +52,6 @@ impl FairGate {
         }
     }
 
-    /// `turns_per_core` turns for each core this process may use.
-    pub fn per_core(turns_per_core: usize) -> Self {
-        Self::new(turns_per_core * super::cores())
-    }
-
     /// Waits for `caller`'s turn. Callers waiting take turns; each caller's
     /// own wait in the order they came.
     pub async fn turn(&self, caller: &str) -> Turn {

@@ -13,6 +13,6 @@ pub use gate::{FairGate, Turn};
 pub use lane::{FairLane, Interrupted};
 
 /// The cores this process may use (its cgroup's quota counts).
-fn cores() -> usize {
+pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }

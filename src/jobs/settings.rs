@@ -23,6 +23,8 @@ pub struct ServiceConfig {
     pub submit_retry_budget: Duration,
     /// Bytes of images all submissions being sent may hold at once.
     pub submission_memory_bytes: usize,
+    /// Submissions checked and stored at once, callers taking turns.
+    pub submission_turns: usize,
     /// Streams (WatchJob, WatchJobs, submissions waiting for their result) open at once.
     pub max_open_streams: usize,
     /// How long a call without a deadline waits for its submission (and, with
@@ -45,6 +47,8 @@ impl Default for ServiceConfig {
             submit_lease: Duration::from_secs(15),
             submit_retry_budget: Duration::from_mins(2),
             submission_memory_bytes: 256 * 1024 * 1024,
+            // Enough to keep each core busy while others wait for the job store.
+            submission_turns: 4 * crate::fair::cores(),
             max_open_streams: 10_000,
             default_wait: Duration::from_mins(1),
             sandbox_params_allowed: true,

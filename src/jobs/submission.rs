@@ -94,10 +94,6 @@ const SUBMISSION_MEMORY_WAIT: Duration = Duration::from_secs(2);
 /// submissions takes the CPU reads and callbacks leave, not theirs.
 const IMAGE_CHECK_NICE: u8 = 10;
 
-/// Submissions checked and stored at once, per core: enough to keep a core
-/// busy while others wait for the job store.
-const TURNS_PER_CORE: usize = 4;
-
 /// Backoff between attempts of one submission.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
@@ -125,7 +121,7 @@ impl Submitter {
             decode_budget: MemoryBudget::new(config.image_limits.decode_memory_bytes),
             submission_budget: MemoryBudget::new(config.submission_memory_bytes),
             image_checks: FairLane::per_core("image-check", IMAGE_CHECK_NICE),
-            turns: FairGate::per_core(TURNS_PER_CORE),
+            turns: FairGate::new(config.submission_turns),
             sending: Arc::default(),
             core,
             smile,

@@ -81,11 +81,31 @@ pub struct MemoryStore {
     shared: std::sync::atomic::AtomicBool,
     /// Reads of the global event log so far.
     log_reads: AtomicU32,
+    /// Creates wait while a test holds this.
+    creates: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl MemoryStore {
     pub fn inject_conflicts(&self, count: u32) {
         self.conflicts.store(count, Ordering::SeqCst);
+    }
+
+    /// Holds every create until the guard is dropped.
+    pub fn hold_creates(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.creates
+            .clone()
+            .try_write_owned()
+            .expect("creates are held once at a time")
+    }
+
+    /// The jobs created, in the order they were.
+    pub fn created(&self) -> Vec<String> {
+        lock(&self.tables)
+            .events
+            .iter()
+            .filter(|event| event.kind == EventKind::Created)
+            .map(|event| event.job.job_id.clone())
+            .collect()
     }
 
     pub fn log_reads(&self) -> u32 {
@@ -151,6 +171,7 @@ fn append(tables: &mut Tables, job: &Job, kind: EventKind) -> JobEvent {
 #[async_trait::async_trait]
 impl JobStore for MemoryStore {
     async fn create(&self, job: &Job) -> Result<Created, StoreError> {
+        let _open = self.creates.read().await;
         let mut tables = lock(&self.tables);
         if let Some(existing) = tables.jobs.get(&job.job_id) {
             return Ok(Created::Existing(existing.clone()));

@@ -307,3 +307,56 @@ async fn a_job_smile_id_never_received_is_abandoned_and_a_later_result_still_com
         .expect("a late result");
     assert_eq!((job.state, job.problem), (JobState::Completed, None));
 }
+
+#[tokio::test]
+async fn callers_take_turns_to_be_stored_and_one_finding_none_by_its_deadline_changes_nothing() {
+    let h = Harness::new(ServiceConfig {
+        submission_turns: 1,
+        ..ServiceConfig::default()
+    });
+    let held = h.store.hold_creates();
+    let start = |owner: &str, job_id: &str| {
+        let service = h.service.clone();
+        let mut request = submission("u", job_id, 1);
+        request.owner = Some(owner.into());
+        crate::task::spawn(async move { service.submit(request, soon()).await })
+    };
+    // Each call reaches the gate before the next starts.
+    let settle = || tokio::time::sleep(Duration::from_millis(20));
+    // The greedy caller's first submission takes the only turn and waits to be stored.
+    let mut calls = vec![start("greedy", "greedy-1")];
+    settle().await;
+    let mut late = submission("u", "honest-late", 2);
+    late.owner = Some("honest".into());
+    let error = h
+        .service
+        .submit(late, Instant::now() + Duration::from_millis(100))
+        .await
+        .expect_err("no turn before its deadline");
+    assert!(
+        matches!(
+            error,
+            JobError::Unavailable {
+                reason: UnavailableReason::Overloaded,
+                retry_after: Some(_),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(h.store.kinds("honest-late").is_empty(), "nothing stored");
+    // Two more of the greedy caller's wait, then one of the honest caller's.
+    for (owner, job_id) in [("greedy", "greedy-2"), ("greedy", "greedy-3"), ("honest", "honest-1")] {
+        calls.push(start(owner, job_id));
+        settle().await;
+    }
+    drop(held);
+    for call in calls {
+        call.await.expect("join").expect("submitted");
+    }
+    assert_eq!(
+        h.store.created(),
+        ["greedy-1", "greedy-2", "honest-1", "greedy-3"],
+        "the honest caller's waits behind one of the greedy caller's, not all"
+    );
+}
