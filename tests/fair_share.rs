@@ -153,33 +153,58 @@ async fn health_watches_have_a_cap_of_their_own_and_checks_always_answer() {
     assert!(reopened.is_some(), "a closed watch gives its slot back");
 }
 
+/// Callers identified by the client certificate a mesh on this host forwards.
+const BEHIND_A_MESH: [&str; 4] = ["--trust-xfcc", "true", "--xfcc-trusted-peers", "127.0.0.1"];
+
+/// The client certificate a mesh forwards for `identity`.
+fn forwarded_cert(identity: &str) -> String {
+    format!("URI=spiffe://cluster.local/ns/pay/sa/{identity}")
+}
+
+/// `message` as the mesh says `identity` sent it.
+fn as_caller<T>(identity: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "x-forwarded-client-cert",
+        forwarded_cert(identity).parse().expect("ascii"),
+    );
+    request
+}
+
+/// A submission by `identity`, on a connection of its own, that announces a
+/// 1 MiB message and never sends it.
+async fn announced_by(addr: std::net::SocketAddr, identity: &str) -> (RawGrpc, ResponseFuture, SendStream<Bytes>) {
+    let mut raw = RawGrpc::connect(addr).await;
+    let mut announced = vec![0u8];
+    announced.extend_from_slice(&(1024u32 * 1024).to_be_bytes());
+    let cert = forwarded_cert(identity);
+    let (response, stream) = raw
+        .call_with(
+            SUBMIT,
+            &[("x-forwarded-client-cert", cert.as_str())],
+            Bytes::from(announced),
+            false,
+        )
+        .await;
+    (raw, response, stream)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_caller_keeps_its_share_of_a_saturated_replica() {
     // Uploads that never answer keep submissions, and so their slots, busy.
     let sim = start_simulator_with_hung_uploads().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let flags = [
-        "--trust-xfcc",
-        "true",
-        "--xfcc-trusted-peers",
-        "127.0.0.1",
-        "--concurrency-limit",
-        "4",
-        "--caller-concurrency-limit",
-        "2",
-    ];
+        &BEHIND_A_MESH[..],
+        &["--concurrency-limit", "4", "--caller-concurrency-limit", "2"],
+    ]
+    .concat();
     let service = start_service(config_with(&sim, &sqlite_url(&dir), &flags)).await;
     let client = service.client().await;
     let submit = |identity: &'static str, job_id: &'static str| {
         let mut client = client.clone();
         async move {
-            let mut request = tonic::Request::new(submit_request(ENROLLED_USER, job_id));
-            request.metadata_mut().insert(
-                "x-forwarded-client-cert",
-                format!("URI=spiffe://cluster.local/ns/pay/sa/{identity}")
-                    .parse()
-                    .expect("ascii"),
-            );
+            let mut request = as_caller(identity, submit_request(ENROLLED_USER, job_id));
             // Long enough that the flood holds its share while the others are refused.
             request.set_timeout(Duration::from_secs(6));
             client.submit_authentication(request).await
@@ -195,11 +220,7 @@ async fn each_caller_keeps_its_share_of_a_saturated_replica() {
     assert!(over.message().contains("its share"), "{}", over.message());
     // A caller holding its whole share is told so before its body is read: a
     // body it never finishes sending is refused at once, not at the request timeout.
-    let mut raw = RawGrpc::connect(service.running.grpc_addr).await;
-    let mut announced = vec![0u8];
-    announced.extend_from_slice(&(1024u32 * 1024).to_be_bytes());
-    let greedy = [("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/pay/sa/greedy")];
-    let (response, _still_sending) = raw.call_with(SUBMIT, &greedy, Bytes::from(announced), false).await;
+    let (_raw, response, _still_sending) = announced_by(service.running.grpc_addr, "greedy").await;
     let refused = raw_status(response, Duration::from_secs(2))
         .await
         .expect("refused before its body arrives");
@@ -405,41 +426,15 @@ async fn sends_waiting_on_smile_id_do_not_hold_back_the_others() {
     service.stop().await;
 }
 
-/// `message` as the mesh says `identity` sent it.
-fn as_caller<T>(identity: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "x-forwarded-client-cert",
-        format!("URI=spiffe://cluster.local/ns/pay/sa/{identity}")
-            .parse()
-            .expect("ascii"),
-    );
-    request
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_stalled_bodies_hold_its_own_share_and_no_one_elses() {
-    let sim = start_simulator(|_| {}).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let flags = [
-        "--trust-xfcc",
-        "true",
-        "--xfcc-trusted-peers",
-        "127.0.0.1",
-        "--caller-concurrency-limit",
-        "2",
-    ];
-    let service = start_service(config_with(&sim, &sqlite_url(&dir), &flags)).await;
+    let flags = [&BEHIND_A_MESH[..], &["--caller-concurrency-limit", "2"]].concat();
+    let (_sim, service, _dir) = service_with(&flags).await;
     let client = service.client().await;
     // The greedy caller starts as many submissions as its share and never sends their bodies.
-    let greedy = [("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/pay/sa/greedy")];
     let mut stalled = Vec::new();
     for _ in 0..2 {
-        let mut raw = RawGrpc::connect(service.running.grpc_addr).await;
-        let mut announced = vec![0u8];
-        announced.extend_from_slice(&(1024u32 * 1024).to_be_bytes());
-        let call = raw.call_with(SUBMIT, &greedy, Bytes::from(announced), false).await;
-        stalled.push((raw, call));
+        stalled.push(announced_by(service.running.grpc_addr, "greedy").await);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Its next submission waits for a place in its share, finds none, and is refused.

@@ -118,6 +118,15 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// The service is at a limit of its own; the caller may retry in a second.
+    pub fn overloaded(message: &str) -> Self {
+        Self::Unavailable {
+            reason: UnavailableReason::Overloaded,
+            message: message.to_owned(),
+            retry_after: Some(Duration::from_secs(1)),
+        }
+    }
+
     /// An invalid request. At most [`MAX_VIOLATIONS`] problems are kept, so an
     /// error never grows with the input that caused it.
     pub fn invalid(reason: InvalidReason, mut violations: Vec<FieldViolation>) -> Self {

@@ -142,10 +142,10 @@ impl Submitter {
     pub async fn submit(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
         let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller_key(request.owner.as_deref())))
             .await
-            .map_err(|_| JobError::Unavailable {
-                reason: UnavailableReason::Overloaded,
-                message: "other submissions held every turn until the call's deadline neared; retry shortly".into(),
-                retry_after: Some(Duration::from_secs(1)),
+            .map_err(|_| {
+                JobError::overloaded(
+                    "other submissions held every turn until the call's deadline neared; retry shortly",
+                )
             })?;
         // The images stay in memory until Smile ID has them, retries included.
         let image_bytes = request.selfie.len() + request.liveness.iter().map(bytes::Bytes::len).sum::<usize>();
@@ -153,11 +153,7 @@ impl Submitter {
             .submission_budget
             .reserve(image_bytes as u64, SUBMISSION_MEMORY_WAIT)
             .await
-            .map_err(|_| JobError::Unavailable {
-                reason: UnavailableReason::Overloaded,
-                message: "the server holds as many submissions as it can; retry shortly".into(),
-                retry_after: Some(Duration::from_secs(1)),
-            })?;
+            .map_err(|_| JobError::overloaded("the server holds as many submissions as it can; retry shortly"))?;
         let mut prepared = prepare(
             request,
             self.config.image_limits,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::time::Duration;
 
-use super::error::{FieldViolation, InvalidReason, JobError, UnavailableReason, quoted};
+use super::error::{FieldViolation, InvalidReason, JobError, quoted};
 use super::memory::{MemoryBudget, Refused};
 use super::model::{JobKind, Prepared};
 use super::settings::ImageLimits;
@@ -96,11 +96,7 @@ pub async fn prepare(
                     ),
                 }],
             ),
-            Refused::Busy => JobError::Unavailable {
-                reason: UnavailableReason::Overloaded,
-                message: "the server is busy checking other images; retry shortly".into(),
-                retry_after: Some(Duration::from_secs(1)),
-            },
+            Refused::Busy => JobError::overloaded("the server is busy checking other images; retry shortly"),
         })?;
     let caller = request.owner.clone().unwrap_or_default();
     let (request, selfie_jpeg, liveness_jpegs, content_hash) = lane

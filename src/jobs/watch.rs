@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::error::{JobError, UnavailableReason};
+use super::error::JobError;
 use super::model::{ErasedJob, Erasure, EventNotice, Job, JobEvent};
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
@@ -92,11 +92,7 @@ impl Watcher {
         self.open_streams
             .clone()
             .try_acquire_owned()
-            .map_err(|_| JobError::Unavailable {
-                reason: UnavailableReason::Overloaded,
-                message: "the server holds as many open streams as it can; retry shortly".into(),
-                retry_after: Some(Duration::from_secs(1)),
-            })
+            .map_err(|_| JobError::overloaded("the server holds as many open streams as it can; retry shortly"))
     }
 
     /// Waits until the job is final or `deadline`, then returns it as it stands.
