@@ -370,4 +370,6 @@ pub trait JobMetrics: Send + Sync + 'static {
     /// The reconciler's backlog: jobs due, and how old the oldest unfinished job is.
     fn backlog(&self, due: u64, oldest_unfinished: Duration);
     fn jobs_deleted(&self, count: u64);
+    /// How long a submission waited for its caller's turn to be checked and stored.
+    fn turn_waited(&self, waited: Duration);
 }

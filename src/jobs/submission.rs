@@ -140,6 +140,7 @@ impl Submitter {
     /// retry. Waiting for the result is the watcher's.
     #[tracing::instrument(name = "job.submit", skip_all, fields(job_id = tracing::field::Empty))]
     pub async fn submit(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
+        let arrived = Instant::now();
         let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller_key(request.owner.as_deref())))
             .await
             .map_err(|_| {
@@ -147,6 +148,7 @@ impl Submitter {
                     "other submissions held every turn until the call's deadline neared; retry shortly",
                 )
             })?;
+        self.core.metrics.turn_waited(arrived.elapsed());
         // The images stay in memory until Smile ID has them, retries included.
         let image_bytes = request.selfie.len() + request.liveness.iter().map(bytes::Bytes::len).sum::<usize>();
         let held = self
@@ -324,7 +326,9 @@ impl Submitter {
                     let first_poll = Utc::now() + self.config.reconcile.first_delay;
                     // Written in the caller's turn, as the job was created, so
                     // the store's queue holds few of any one caller's writes.
+                    let asked = Instant::now();
                     let _turn = self.turns.turn(caller_key(prepared.owner.as_deref())).await;
+                    self.core.metrics.turn_waited(asked.elapsed());
                     // The job as created is current unless its lease was renewed
                     // meanwhile, which costs one conflict: no read before the write.
                     return self

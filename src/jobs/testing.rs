@@ -539,6 +539,7 @@ impl JobMetrics for Uncounted {
     fn reconcile_poll(&self) {}
     fn backlog(&self, _due: u64, _oldest_unfinished: Duration) {}
     fn jobs_deleted(&self, _count: u64) {}
+    fn turn_waited(&self, _waited: Duration) {}
 }
 
 /// A job service over the fakes, and the fakes themselves.

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub callbacks: Family<OutcomeLabel, Counter>,
     pub smileid_duration: Histograms<SmileIdLabels>,
     pub db_duration: Histograms<OperationLabel>,
+    pub submission_turn_wait: Histogram,
     pub db_pool_connections: Family<PoolLabel, Gauge>,
     pub reconcile_polls: Counter,
     pub reconciler_due_jobs: Gauge,
@@ -80,6 +81,7 @@ impl Default for Metrics {
             callbacks: Family::default(),
             smileid_duration: Family::new_with_constructor(latency),
             db_duration: Family::new_with_constructor(latency),
+            submission_turn_wait: latency(),
             db_pool_connections: Family::default(),
             reconcile_polls: Counter::default(),
             reconciler_due_jobs: Gauge::default(),
@@ -116,6 +118,10 @@ impl crate::jobs::JobMetrics for Metrics {
 
     fn jobs_deleted(&self, count: u64) {
         self.jobs_deleted.inc_by(count);
+    }
+
+    fn turn_waited(&self, waited: Duration) {
+        self.submission_turn_wait.observe(waited.as_secs_f64());
     }
 }
 
@@ -217,6 +223,12 @@ impl Metrics {
             "Duration of job-store operations",
             Unit::Seconds,
             self.db_duration.clone(),
+        );
+        ours.register_with_unit(
+            "submission_turn_wait",
+            "Time submissions waited for their caller's turn to be checked and stored",
+            Unit::Seconds,
+            self.submission_turn_wait.clone(),
         );
         ours.register(
             "db_pool_connections",
@@ -425,6 +437,7 @@ mod tests {
             "selfie_auth_submissions_total{outcome=\"accepted\"} 1",
             "# TYPE selfie_auth_smileid_request_duration_seconds histogram",
             "# TYPE selfie_auth_db_operation_duration_seconds histogram",
+            "# TYPE selfie_auth_submission_turn_wait_seconds histogram",
             "selfie_auth_db_pool_connections{state=\"used\"} 1",
             "# TYPE selfie_auth_oldest_unfinished_job_age_seconds gauge",
             "# TYPE process_resident_memory_bytes gauge",
