@@ -465,8 +465,8 @@ async fn under_attack(
                     keep the service busy: its throughput alone times the CPU a submission takes is about the service's \
                     cores. A flood as demanding gets its turns as often, so the honest caller keeps at most half the \
                     throughput it had alone, and at four in flight its latency is then at least twice (latency = calls \
-                    in flight / throughput). What is left above that is the CPU the flood's connections and refusals \
-                    take."
+                    in flight / throughput). What is left above that is the CPU the flood's connections take, and \
+                    the turns the flood takes while the honest caller's calls are with Smile ID."
             .to_owned();
         if !report.notes.contains(&note) {
             report.notes.push(note);
