@@ -68,7 +68,7 @@ impl LoadShed {
     }
 
     /// The pool a call draws on and its caller, or `None` for a call no pool limits.
-    fn pool_of<B>(&self, request: &http::Request<B>) -> Option<(&Pool, Caller)> {
+    fn pool_of<B>(&self, request: &http::Request<B>) -> Option<(&Pool, Holder)> {
         let path = request.uri().path();
         if !path.starts_with(LIMITED_PREFIX) {
             return None;
@@ -78,9 +78,13 @@ impl LoadShed {
         } else {
             &self.reads
         };
+        let caller = request.extensions().get::<Caller>().unwrap_or(&Caller::Anyone);
         Some((
             pool,
-            request.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anyone),
+            Holder {
+                name: caller.name().to_owned(),
+                identified: matches!(caller, Caller::Identified(_)),
+            },
         ))
     }
 
@@ -107,6 +111,13 @@ impl LoadShed {
     }
 }
 
+/// Whom a call's place in a share is held for.
+struct Holder {
+    name: String,
+    /// Unidentified callers all go by one name.
+    identified: bool,
+}
+
 /// [`LoadShed::on_arrival`].
 #[derive(Clone)]
 pub struct ShedOnArrival(LoadShed);
@@ -116,8 +127,7 @@ impl Middleware for ShedOnArrival {
         let Some((pool, caller)) = self.0.pool_of(&request) else {
             return Box::pin(inner.call(request));
         };
-        let name = caller.name().to_owned();
-        if let Some(share) = pool.shares.take(&name, 1) {
+        if let Some(share) = pool.shares.take(&caller.name, 1) {
             keep_for(&caller, share, &mut request);
             return Box::pin(inner.call(request));
         }
@@ -126,7 +136,7 @@ impl Middleware for ShedOnArrival {
         let ready = inner.clone();
         let mut inner = std::mem::replace(inner, ready);
         Box::pin(async move {
-            let Some(share) = pool.shares.take_within(&name, 1, SHARE_WAIT).await else {
+            let Some(share) = pool.shares.take_within(&caller.name, 1, SHARE_WAIT).await else {
                 return shed.over_share(&pool).await;
             };
             keep_for(&caller, share, &mut request);
@@ -138,8 +148,8 @@ impl Middleware for ShedOnArrival {
 /// An identified caller's call keeps the place it took until it is admitted
 /// or ends; unidentified callers' calls give it back at once, having only
 /// checked that there was one.
-fn keep_for<B>(caller: &Caller, share: Share<String>, request: &mut http::Request<B>) {
-    if matches!(caller, Caller::Identified(_)) {
+fn keep_for<B>(caller: &Holder, share: Share<String>, request: &mut http::Request<B>) {
+    if caller.identified {
         request
             .extensions_mut()
             .insert(TakenOnArrival(Arc::new(Mutex::new(Some(share)))));
@@ -160,7 +170,7 @@ impl Middleware for LoadShed {
             .extensions()
             .get::<TakenOnArrival>()
             .and_then(|taken| taken.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
-        let Some(share) = taken.or_else(|| pool.shares.take(&caller.name().to_owned(), 1)) else {
+        let Some(share) = taken.or_else(|| pool.shares.take(&caller.name, 1)) else {
             return self.over_share(pool);
         };
         let Ok(permit) = pool.slots.clone().try_acquire_owned() else {
