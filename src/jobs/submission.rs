@@ -29,7 +29,7 @@ use super::model::{
 };
 use super::ports::{Created, Saved, SmileId, SmileJob, SubmitFailure};
 use super::settings::ServiceConfig;
-use super::validate::{SubmitRequest, prepare};
+use super::validate::{SubmitRequest, caller_key, prepare};
 use crate::fair::{FairGate, FairLane, Turn};
 
 /// What SubmitAuthentication returns.
@@ -80,11 +80,6 @@ impl Sending {
 /// callers (authentication off) are everyone.
 fn same_submitter(owner: Option<&str>, prepared: &Prepared) -> bool {
     prepared.owner.is_none() || prepared.owner.as_deref() == owner
-}
-
-/// The name a caller takes its turns under; unidentified callers share one.
-fn caller_key(owner: Option<&str>) -> &str {
-    owner.unwrap_or_default()
 }
 
 /// Longest wait for room to hold a submission's images.
@@ -141,14 +136,12 @@ impl Submitter {
     #[tracing::instrument(name = "job.submit", skip_all, fields(job_id = tracing::field::Empty))]
     pub async fn submit(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
         let arrived = Instant::now();
-        let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller_key(request.owner.as_deref())))
-            .await
-            .map_err(|_| {
-                JobError::overloaded(
-                    "other submissions held every turn until the call's deadline neared; retry shortly",
-                )
-            })?;
+        let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller_key(request.owner.as_deref()))).await;
+        // Those that gave up waited too, and longest.
         self.core.metrics.turn_waited(arrived.elapsed());
+        let turn = turn.map_err(|_| {
+            JobError::overloaded("other submissions held every turn until the call's deadline neared; retry shortly")
+        })?;
         // The images stay in memory until Smile ID has them, retries included.
         let image_bytes = request.selfie.len() + request.liveness.iter().map(bytes::Bytes::len).sum::<usize>();
         let held = self

@@ -23,6 +23,12 @@ pub const LIVENESS_COUNTS: std::ops::RangeInclusive<usize> = 6..=8;
 const MAX_PARTNER_PARAMS: usize = 20;
 const RESERVED_PARAMS: [&str; 3] = ["user_id", "job_id", "job_type"];
 
+/// The name a caller takes its turns under (its checks, its submissions);
+/// unidentified callers share one.
+pub(super) fn caller_key(owner: Option<&str>) -> &str {
+    owner.unwrap_or_default()
+}
+
 /// A submission as callers send it.
 pub struct SubmitRequest {
     pub kind: JobKind,
@@ -98,7 +104,7 @@ pub async fn prepare(
             ),
             Refused::Busy => JobError::overloaded("the server is busy checking other images; retry shortly"),
         })?;
-    let caller = request.owner.clone().unwrap_or_default();
+    let caller = caller_key(request.owner.as_deref()).to_owned();
     let (request, selfie_jpeg, liveness_jpegs, content_hash) = lane
         .run(&caller, move || {
             let jpegs = images(&request)
