@@ -248,7 +248,7 @@ fn check_sizes(request: &SubmitRequest, limits: ImageLimits) -> Result<(), JobEr
 }
 
 /// SHA-256 over everything that defines the job, length-prefixed so fields cannot run together.
-fn fingerprint(request: &SubmitRequest) -> String {
+pub fn fingerprint(request: &SubmitRequest) -> String {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hasher.update((bytes.len() as u64).to_be_bytes());
