@@ -61,15 +61,6 @@ impl JobCore {
         }
     }
 
-    /// The key `owner`'s submission of `job_id` is stored under: the job_id,
-    /// or its scoped form when another caller holds it.
-    pub(super) async fn key_for(&self, job_id: &str, owner: &str) -> Result<String, JobError> {
-        Ok(match self.store.get(job_id).await? {
-            Some(job) if job.owner.as_deref() != Some(owner) => scoped_job_id(job_id, owner),
-            _ => job_id.to_owned(),
-        })
-    }
-
     /// Read-modify-write with compare-and-set, retried on conflict. `change`
     /// returns the event to record; a change that alters nothing writes nothing.
     pub(super) async fn transition(

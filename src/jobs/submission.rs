@@ -25,7 +25,7 @@ use super::core::JobCore;
 use super::error::{JobError, UnavailableReason};
 use super::memory::MemoryBudget;
 use super::model::{
-    Job, JobKind, JobProblem, JobState, Prepared, ProblemReason, Refusal, RefusalCause, TakeOver, public_job_id,
+    Job, JobKind, JobProblem, JobState, Prepared, ProblemReason, Refusal, RefusalCause, TakeOver, scoped_job_id,
 };
 use super::ports::{Created, Saved, SmileId, SmileJob, SubmitFailure};
 use super::settings::ServiceConfig;
@@ -45,39 +45,59 @@ struct Attempt {
     /// Tells this attempt from a later one of the same job.
     id: u64,
     content_hash: String,
-    owner: Option<String>,
     outcome: Shared<BoxFuture<'static, Outcome>>,
 }
 
-/// The submissions this process is sending, by job_id.
+/// A submission as its caller names it: by whom, and the job_id it gave.
+/// Another caller's submission of the same job_id is another attempt.
+type AttemptKey = (Option<String>, String);
+
+#[derive(Default)]
+struct Attempts {
+    by_caller: HashMap<AttemptKey, Attempt>,
+    /// The key each attempt's job is stored under, once the store has told,
+    /// and the attempt's id.
+    stored: HashMap<String, u64>,
+}
+
+/// The submissions this process is sending: by caller and job_id, for a
+/// repeated submission to join, and by the key their jobs are stored under,
+/// for the reconciler to leave alone.
 #[derive(Default)]
 pub struct Sending {
-    attempts: Mutex<HashMap<String, Attempt>>,
+    attempts: Mutex<Attempts>,
     next_id: AtomicU64,
 }
 
 impl Sending {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Attempt>> {
+    fn lock(&self) -> MutexGuard<'_, Attempts> {
         self.attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether an attempt of this process is sending the job stored as `job_id`.
     pub fn contains(&self, job_id: &str) -> bool {
-        self.lock().contains_key(job_id)
+        self.lock().stored.contains_key(job_id)
     }
 
-    fn finished(&self, job_id: &str, id: u64) {
+    /// Records that attempt `id` sends the job stored as `job_id`, unless
+    /// another attempt does (`false`).
+    fn stored_as(&self, job_id: &str, id: u64) -> bool {
+        *self.lock().stored.entry(job_id.to_owned()).or_insert(id) == id
+    }
+
+    fn finished(&self, key: &AttemptKey, id: u64) {
         let mut attempts = self.lock();
-        if attempts.get(job_id).is_some_and(|attempt| attempt.id == id) {
-            attempts.remove(job_id);
+        if attempts.by_caller.get(key).is_some_and(|attempt| attempt.id == id) {
+            attempts.by_caller.remove(key);
         }
+        attempts.stored.retain(|_, attempt| *attempt != id);
     }
 }
 
 /// Whether `prepared` comes from the caller that created a job owned by `owner`:
-/// another caller's job is never joined or resumed. (A job_id another caller
-/// held is scoped before this; only two callers racing to create one job_id
-/// meet here, and the later one is told the job_id is taken.) Unidentified
-/// callers (authentication off) are everyone.
+/// another caller's job is never joined or resumed. (A job_id another
+/// identified caller holds is scoped before this.) Unidentified callers
+/// (authentication off) are everyone.
 fn same_submitter(owner: Option<&str>, prepared: &Prepared) -> bool {
     prepared.owner.is_none() || prepared.owner.as_deref() == owner
 }
@@ -159,9 +179,6 @@ impl Submitter {
         .await?;
         if prepared.job_id.is_empty() {
             prepared.job_id = generate_job_id();
-        } else if let Some(owner) = prepared.owner.as_deref() {
-            // Another caller's job_id is this caller's own, scoped, as if the other did not exist.
-            prepared.job_id = self.core.key_for(&prepared.job_id, owner).await?;
         }
         tracing::Span::current().record("job_id", prepared.job_id.as_str());
         let (outcome, joined) = self.start_or_join(prepared, held, turn)?;
@@ -183,24 +200,24 @@ impl Submitter {
         held: OwnedSemaphorePermit,
         turn: Turn,
     ) -> Result<(Shared<BoxFuture<'static, Outcome>>, bool), JobError> {
+        let key: AttemptKey = (prepared.owner.clone(), prepared.job_id.clone());
         let mut attempts = self.sending.lock();
-        if let Some(running) = attempts.get(&prepared.job_id) {
-            if running.content_hash != prepared.content_hash || !same_submitter(running.owner.as_deref(), &prepared) {
+        if let Some(running) = attempts.by_caller.get(&key) {
+            if running.content_hash != prepared.content_hash {
                 return Err(JobError::JobIdReused {
-                    job_id: public_job_id(&prepared.job_id).to_owned(),
+                    job_id: prepared.job_id.clone(),
                 });
             }
             return Ok((running.outcome.clone(), true));
         }
         let id = self.sending.next_id.fetch_add(1, Ordering::Relaxed);
-        let job_id = prepared.job_id.clone();
         let content_hash = prepared.content_hash.clone();
-        let owner = prepared.owner.clone();
         let service = self.clone();
+        let finished = key.clone();
         // The attempt belongs to the call's trace, though it may outlive the call.
         let task = crate::task::spawn(async move {
-            let outcome = service.send(&prepared, turn).await;
-            service.sending.finished(&prepared.job_id, id);
+            let outcome = service.send(&prepared, id, turn).await;
+            service.sending.finished(&finished, id);
             drop((prepared, held));
             outcome
         });
@@ -210,27 +227,37 @@ impl Submitter {
         }
         .boxed()
         .shared();
-        attempts.insert(
-            job_id,
+        attempts.by_caller.insert(
+            key,
             Attempt {
                 id,
                 content_hash,
-                owner,
                 outcome: outcome.clone(),
             },
         );
         Ok((outcome, false))
     }
 
-    /// Creates the job or takes it over, then sends it to a definite outcome.
-    async fn send(&self, prepared: &Prepared, turn: Turn) -> Outcome {
+    /// Creates the job or takes it over, then sends it (as attempt `id`) to a
+    /// definite outcome.
+    async fn send(&self, prepared: &Prepared, id: u64, turn: Turn) -> Outcome {
         let now = Utc::now();
         let lease_until = now + self.config.submit_lease;
-        let fresh = Job::submitting(prepared, now, lease_until, now + self.config.reconcile.first_delay);
-        let created = self.core.store.create(&fresh).await;
+        let mut fresh = Job::submitting(prepared, now, lease_until, now + self.config.reconcile.first_delay);
+        let mut created = self.core.store.create(&fresh).await?;
+        if let (Some(owner), Created::Existing(held)) = (prepared.owner.as_deref(), &created)
+            && held.owner.as_deref() != Some(owner)
+        {
+            // Another caller's job_id is this caller's own, scoped, as if the
+            // other did not exist. Learnt from the create, not read before
+            // every submission: few job_ids are another caller's.
+            fresh.job_id = scoped_job_id(&prepared.job_id, owner);
+            created = self.core.store.create(&fresh).await?;
+        }
         // Stored: the job's turn goes to the next caller while Smile ID has it.
         drop(turn);
-        let (job, created, may_resume) = match created? {
+        let ours = self.sending.stored_as(&fresh.job_id, id);
+        let (job, created, may_resume) = match created {
             Created::New(event) => {
                 self.core.publish(&event);
                 self.core.metrics.job_created();
@@ -248,8 +275,13 @@ impl Submitter {
             Created::Existing(mut job) => {
                 if job.content_hash != prepared.content_hash || !same_submitter(job.owner.as_deref(), prepared) {
                     return Err(JobError::JobIdReused {
-                        job_id: public_job_id(&prepared.job_id).to_owned(),
+                        job_id: prepared.job_id.clone(),
                     });
+                }
+                if !ours {
+                    // An unidentified caller's submission of a job another
+                    // attempt here is sending: it is that attempt's to finish.
+                    return report(job);
                 }
                 match job.take_over(now, lease_until, self.core.store.is_shared()) {
                     TakeOver::Report => return report(job),

@@ -81,6 +81,8 @@ pub struct MemoryStore {
     shared: std::sync::atomic::AtomicBool,
     /// Reads of the global event log so far.
     log_reads: AtomicU32,
+    /// Reads of one job so far.
+    job_reads: AtomicU32,
     /// Creates wait while a test holds this.
     creates: Arc<tokio::sync::RwLock<()>>,
 }
@@ -110,6 +112,10 @@ impl MemoryStore {
 
     pub fn log_reads(&self) -> u32 {
         self.log_reads.load(Ordering::SeqCst)
+    }
+
+    pub fn job_reads(&self) -> u32 {
+        self.job_reads.load(Ordering::SeqCst)
     }
 
     pub fn set_shared(&self, shared: bool) {
@@ -187,6 +193,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        self.job_reads.fetch_add(1, Ordering::SeqCst);
         Ok(lock(&self.tables).jobs.get(job_id).cloned())
     }
 

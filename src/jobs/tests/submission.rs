@@ -1,6 +1,8 @@
 //! Submission: creation, refusals, retries, joins and take-overs.
 
 use super::*;
+use crate::jobs::model::{public_job_id, scoped_job_id};
+use crate::jobs::submission::SubmitOutput;
 
 #[tokio::test]
 async fn a_new_job_is_created_submitted_and_recorded() {
@@ -359,4 +361,108 @@ async fn callers_take_turns_to_be_stored_and_one_finding_none_by_its_deadline_ch
         ["greedy-1", "greedy-2", "honest-1", "greedy-3"],
         "the honest caller's waits behind one of the greedy caller's, not all"
     );
+}
+
+/// `owner`'s submission of `job_id`, started on a task of its own.
+fn submitted_by(h: &Harness, owner: &str, job_id: &str) -> tokio::task::JoinHandle<Result<SubmitOutput, JobError>> {
+    let service = h.service.clone();
+    let mut request = submission("u", job_id, 1);
+    request.owner = Some(owner.into());
+    crate::task::spawn(async move { service.submit(request, soon()).await })
+}
+
+#[tokio::test]
+async fn two_callers_sending_one_new_job_id_at_once_each_get_a_job_of_their_own_and_nothing_is_read_first() {
+    let h = harness();
+    let held = h.store.hold_creates();
+    let (checkout, billing) = (
+        submitted_by(&h, "checkout", "order-1"),
+        submitted_by(&h, "billing", "order-1"),
+    );
+    // Both wait on their creates.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(held);
+    let (checkout, billing) = (
+        checkout.await.expect("join").expect("checkout's own job"),
+        billing.await.expect("join").expect("billing's own job"),
+    );
+    for (output, owner) in [(&checkout, "checkout"), (&billing, "billing")] {
+        assert!(output.created, "answered as a job_id nobody used");
+        assert_eq!(output.job.owner.as_deref(), Some(owner));
+        assert_eq!(public_job_id(&output.job.job_id), "order-1");
+    }
+    let mut stored = h.store.created();
+    stored.sort();
+    let mut expected = vec![checkout.job.job_id.clone(), billing.job.job_id.clone()];
+    expected.sort();
+    assert_eq!(stored, expected, "two jobs, under two keys");
+    assert_eq!(h.smile.calls().len(), 2);
+    assert_eq!(h.store.job_reads(), 0, "no job is read before it is created");
+}
+
+#[tokio::test]
+async fn a_job_id_another_caller_holds_is_scoped_and_left_alone_by_the_reconciler_while_it_is_sent() {
+    let h = harness();
+    submitted_by(&h, "checkout", "order-1")
+        .await
+        .expect("join")
+        .expect("checkout's job");
+    h.smile.delay_submissions(Duration::from_millis(300));
+    let billing = submitted_by(&h, "billing", "order-1");
+    let scoped = scoped_job_id("order-1", "billing");
+    for _ in 0..100 {
+        if h.store.created().contains(&scoped) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Due while it is being sent: the reconciler leaves it to its sender.
+    let due = Utc::now() - chrono::Duration::seconds(1);
+    h.store.edit(&scoped, |job| job.next_poll_at = Some(due));
+    h.service.reconcile_due().await.expect("pass");
+    let billing = billing.await.expect("join").expect("billing's own job");
+    assert_eq!((billing.created, billing.job.job_id.as_str()), (true, scoped.as_str()));
+    assert_eq!(h.store.job(&scoped).state, JobState::Submitted);
+    assert_eq!(
+        h.smile.calls(),
+        [submit_call("order-1", false), submit_call(&scoped, false)],
+        "sent once, and its status not asked while it was being sent"
+    );
+    // Its retry joins nothing of checkout's: it is billing's job, answered again.
+    let again = submitted_by(&h, "billing", "order-1")
+        .await
+        .expect("join")
+        .expect("billing's job again");
+    assert_eq!((again.created, again.job.job_id), (false, scoped));
+}
+
+#[tokio::test]
+async fn an_unidentified_submission_of_a_job_being_sent_here_never_sends_it_twice() {
+    let h = harness();
+    h.smile.delay_submissions(Duration::from_millis(300));
+    let checkout = submitted_by(&h, "checkout", "order-1");
+    for _ in 0..100 {
+        if !h.store.created().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // As a caller with authentication switched off would send it.
+    let error = h
+        .service
+        .submit(submission("u", "order-1", 1), soon())
+        .await
+        .expect_err("being sent");
+    assert!(
+        matches!(
+            error,
+            JobError::Unavailable {
+                reason: UnavailableReason::SubmissionInProgress,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    checkout.await.expect("join").expect("checkout's job");
+    assert_eq!(h.smile.calls(), [submit_call("order-1", false)]);
 }
