@@ -185,16 +185,7 @@ async fn a_submission_outlives_its_caller_and_a_retry_joins_it() {
         .submit(submission("u", "j1", 1), impatient)
         .await
         .expect_err("still running");
-    assert!(
-        matches!(
-            error,
-            JobError::Unavailable {
-                reason: UnavailableReason::SubmissionInProgress,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(in_progress(&error), "{error:?}");
     let joined = h
         .service
         .submit(submission("u", "j1", 1), soon())
@@ -234,16 +225,7 @@ async fn a_submission_lost_with_its_process_is_taken_over() {
         let answer = h.service.submit(submission("u", "j1", 1), soon()).await;
         if shared {
             // Another replica may be sending it: wait for its lease.
-            assert!(
-                matches!(
-                    answer,
-                    Err(JobError::Unavailable {
-                        reason: UnavailableReason::SubmissionInProgress,
-                        ..
-                    })
-                ),
-                "{answer:?}"
-            );
+            assert!(answer.as_ref().is_err_and(in_progress), "{answer:?}");
             assert_eq!(h.smile.calls().len(), 1, "a live lease is left to its owner");
             let expired = Utc::now() - chrono::Duration::seconds(1);
             h.store.edit("j1", |job| {
@@ -363,6 +345,27 @@ async fn callers_take_turns_to_be_stored_and_one_finding_none_by_its_deadline_ch
     );
 }
 
+fn in_progress(error: &JobError) -> bool {
+    matches!(
+        error,
+        JobError::Unavailable {
+            reason: UnavailableReason::SubmissionInProgress,
+            ..
+        }
+    )
+}
+
+/// Waits until the job stored as `job_id` is created.
+async fn until_created(h: &Harness, job_id: &str) {
+    for _ in 0..100 {
+        if h.store.created().iter().any(|created| created == job_id) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{job_id} was never created");
+}
+
 /// `owner`'s submission of `job_id`, started on a task of its own.
 fn submitted_by(h: &Harness, owner: &str, job_id: &str) -> tokio::task::JoinHandle<Result<SubmitOutput, JobError>> {
     let service = h.service.clone();
@@ -410,12 +413,7 @@ async fn a_job_id_another_caller_holds_is_scoped_and_left_alone_by_the_reconcile
     h.smile.delay_submissions(Duration::from_millis(300));
     let billing = submitted_by(&h, "billing", "order-1");
     let scoped = scoped_job_id("order-1", "billing");
-    for _ in 0..100 {
-        if h.store.created().contains(&scoped) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_created(&h, &scoped).await;
     // Due while it is being sent: the reconciler leaves it to its sender.
     let due = Utc::now() - chrono::Duration::seconds(1);
     h.store.edit(&scoped, |job| job.next_poll_at = Some(due));
@@ -441,28 +439,14 @@ async fn an_unidentified_submission_of_a_job_being_sent_here_never_sends_it_twic
     let h = harness();
     h.smile.delay_submissions(Duration::from_millis(300));
     let checkout = submitted_by(&h, "checkout", "order-1");
-    for _ in 0..100 {
-        if !h.store.created().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_created(&h, "order-1").await;
     // As a caller with authentication switched off would send it.
     let error = h
         .service
         .submit(submission("u", "order-1", 1), soon())
         .await
         .expect_err("being sent");
-    assert!(
-        matches!(
-            error,
-            JobError::Unavailable {
-                reason: UnavailableReason::SubmissionInProgress,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(in_progress(&error), "{error:?}");
     checkout.await.expect("join").expect("checkout's job");
     assert_eq!(h.smile.calls(), [submit_call("order-1", false)]);
 }
