@@ -21,6 +21,10 @@ use super::{Client, KEY, PARTNER, Report, Sample, client_for, free_port, jpeg_of
 
 /// Submissions the flood keeps in flight: twice its share.
 const FLOOD_CALLS: usize = 128;
+/// The honest caller's calls each time it measures: enough that a p99 is the
+/// thirtieth and the sixth slowest call, not the tenth and the second.
+const HONEST_GETS: usize = 3000;
+const HONEST_SUBMISSIONS: usize = 600;
 
 /// The chart's memory limit.
 const CHART_MEMORY_LIMIT: u64 = 512 * 1024 * 1024;
@@ -38,7 +42,7 @@ fn identified<T>(identity: &str, message: T) -> tonic::Request<T> {
 async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<AtomicUsize>) -> (Sample, Sample) {
     let gets = {
         let (client, refused) = (client.clone(), refused.clone());
-        measure(1000, 1, move |_| {
+        measure(HONEST_GETS, 1, move |_| {
             let (mut client, refused) = (client.clone(), refused.clone());
             async move {
                 let request = pb::GetJobRequest {
@@ -54,7 +58,7 @@ async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<Atom
     };
     let submissions = {
         let (client, refused, selfie, round) = (client.clone(), refused.clone(), selfie.clone(), round.to_owned());
-        measure(200, 4, move |index| {
+        measure(HONEST_SUBMISSIONS, 4, move |index| {
             let (mut client, refused) = (client.clone(), refused.clone());
             let request = submit_request(format!("honest-{round}-{index}"), &selfie, &[]);
             async move {
@@ -473,18 +477,18 @@ async fn under_attack(
         }
     }
     if placement == Placement::Shared {
-        report.notes.push(
+        report.notes.push(format!(
             "Under attack: 400 request bodies announced (1 MiB each) and never sent, 200 one-byte connections \
              reopened as they are closed, 128 concurrent submissions under one identity (each on a connection of \
              its own, so that those waiting for a place do not hold up the others' bodies), 2000 health watches \
              and 64 header-only callbacks, while the well-behaved caller (its own identity, on a runtime and \
-             connection of its own, as a separate client would be) measures again; the simulator has a runtime \
+             connection of its own, as a separate client would be) measures again: {HONEST_GETS} GetJobs one at a \
+             time, then {HONEST_SUBMISSIONS} submissions four at a time; the simulator has a runtime \
              of its own, and the attacking client runs at the lowest CPU priority, as a machine elsewhere would. \
              With the service on cores of its own, the service runs on the first half of the cores and the \
              callers and the simulator on the rest. \"With no identity\": the same attack without the submission \
              flood, which takes a caller allowed to submit; everything else anyone who reaches the ports can do."
-                .into(),
-        );
+        ));
     }
     Ok(())
 }
