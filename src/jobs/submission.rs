@@ -79,10 +79,14 @@ impl Sending {
         self.lock().stored.contains_key(job_id)
     }
 
-    /// Records that attempt `id` sends the job stored as `job_id`, unless
-    /// another attempt does (`false`).
-    fn stored_as(&self, job_id: &str, id: u64) -> bool {
-        *self.lock().stored.entry(job_id.to_owned()).or_insert(id) == id
+    /// Records that attempt `id` sends the job stored as `job_id` for as
+    /// long as the answer is kept, unless another attempt does (`None`).
+    fn stored_as(&self, job_id: &str, id: u64) -> Option<StoredAs<'_>> {
+        let ours = *self.lock().stored.entry(job_id.to_owned()).or_insert(id) == id;
+        ours.then(|| StoredAs {
+            sending: self,
+            job_id: job_id.to_owned(),
+        })
     }
 
     fn finished(&self, key: &AttemptKey, id: u64) {
@@ -90,7 +94,18 @@ impl Sending {
         if attempts.by_caller.get(key).is_some_and(|attempt| attempt.id == id) {
             attempts.by_caller.remove(key);
         }
-        attempts.stored.retain(|_, attempt| *attempt != id);
+    }
+}
+
+/// An attempt's hold on the key its job is stored under.
+struct StoredAs<'a> {
+    sending: &'a Sending,
+    job_id: String,
+}
+
+impl Drop for StoredAs<'_> {
+    fn drop(&mut self) {
+        self.sending.lock().stored.remove(&self.job_id);
     }
 }
 
@@ -256,7 +271,7 @@ impl Submitter {
         }
         // Stored: the job's turn goes to the next caller while Smile ID has it.
         drop(turn);
-        let ours = self.sending.stored_as(&fresh.job_id, id);
+        let stored_as = self.sending.stored_as(&fresh.job_id, id);
         let (job, created, may_resume) = match created {
             Created::New(event) => {
                 self.core.publish(&event);
@@ -278,7 +293,7 @@ impl Submitter {
                         job_id: prepared.job_id.clone(),
                     });
                 }
-                if !ours {
+                if stored_as.is_none() {
                     // An unidentified caller's submission of a job another
                     // attempt here is sending: it is that attempt's to finish.
                     return report(job);
