@@ -8,11 +8,29 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+/// What one key holds, and who waits for it to give some back.
+#[derive(Debug, Default)]
+struct Held {
+    amount: u64,
+    /// Calls waiting for this key to give some back.
+    waiting: u64,
+    /// Made by the first to wait; only this key's waiters hear of its releases.
+    released: Option<Arc<Notify>>,
+}
+
+impl Held {
+    /// Whether the key may be forgotten: it holds nothing and nobody waits on it.
+    fn is_idle(&self) -> bool {
+        self.amount == 0 && self.waiting == 0
+    }
+}
+
+type Used<K> = Arc<Mutex<HashMap<K, Held>>>;
+
 /// How much of a resource each key holds, against one limit per key.
 #[derive(Debug)]
 pub struct Shares<K: Hash + Eq> {
-    used: Arc<Mutex<HashMap<K, u64>>>,
-    released: Arc<Notify>,
+    used: Used<K>,
     limit: u64,
 }
 
@@ -20,7 +38,6 @@ impl<K: Hash + Eq> Clone for Shares<K> {
     fn clone(&self) -> Self {
         Self {
             used: self.used.clone(),
-            released: self.released.clone(),
             limit: self.limit,
         }
     }
@@ -29,13 +46,12 @@ impl<K: Hash + Eq> Clone for Shares<K> {
 /// What one holder took; given back when dropped.
 #[derive(Debug)]
 pub struct Share<K: Hash + Eq> {
-    used: Arc<Mutex<HashMap<K, u64>>>,
-    released: Arc<Notify>,
+    used: Used<K>,
     key: K,
     amount: u64,
 }
 
-fn lock<K>(used: &Mutex<HashMap<K, u64>>) -> MutexGuard<'_, HashMap<K, u64>> {
+fn lock<K>(used: &Mutex<HashMap<K, Held>>) -> MutexGuard<'_, HashMap<K, Held>> {
     used.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -44,7 +60,6 @@ impl<K: Hash + Eq + Clone> Shares<K> {
     pub fn new(limit: u64) -> Self {
         Self {
             used: Arc::default(),
-            released: Arc::default(),
             limit,
         }
     }
@@ -55,61 +70,182 @@ impl<K: Hash + Eq + Clone> Shares<K> {
 
     /// `amount` more for `key`, unless that would take it over its limit.
     pub fn take(&self, key: &K, amount: u64) -> Option<Share<K>> {
-        let mut used = lock(&self.used);
-        let held = used.get(key).copied().unwrap_or(0);
-        if held.saturating_add(amount) > self.limit {
-            return None;
+        self.take_or_listen(key, amount).ok()
+    }
+
+    /// `amount` more for `key`, or else a place among `key`'s waiters, which
+    /// hear of its releases (`None` when `amount` is over the limit, and
+    /// nothing would help).
+    fn take_or_listen(&self, key: &K, amount: u64) -> Result<Share<K>, Option<Waiting<'_, K>>> {
+        if amount > self.limit {
+            return Err(None);
         }
-        used.insert(key.clone(), held + amount);
-        Some(Share {
+        let mut used = lock(&self.used);
+        let held = used.entry(key.clone()).or_default();
+        if held.amount + amount > self.limit {
+            held.waiting += 1;
+            return Err(Some(Waiting {
+                shares: self,
+                key: key.clone(),
+                released: held.released.get_or_insert_default().clone(),
+            }));
+        }
+        held.amount += amount;
+        Ok(Share {
             used: self.used.clone(),
-            released: self.released.clone(),
             key: key.clone(),
             amount,
         })
     }
 
     /// `amount` more for `key`, waiting up to `wait` for others of `key` to
-    /// give theirs back.
+    /// give theirs back. Only releases of `key` wake it, so the calls of
+    /// a caller waiting over its share cost nothing when others' end.
     pub async fn take_within(&self, key: &K, amount: u64, wait: Duration) -> Option<Share<K>> {
         let until = tokio::time::Instant::now() + wait;
         loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            // Listening before trying: a share given back in between still wakes us.
-            released.as_mut().enable();
-            if let Some(share) = self.take(key, amount) {
-                return Some(share);
-            }
-            tokio::time::timeout_at(until, released).await.ok()?;
+            let waiting = match self.take_or_listen(key, amount) {
+                Ok(share) => {
+                    self.pass_on(key);
+                    return Some(share);
+                }
+                Err(waiting) => waiting?,
+            };
+            // A release between the try and the wait leaves its notice for us.
+            tokio::time::timeout_at(until, waiting.released.notified()).await.ok()?;
+        }
+    }
+
+    /// Wakes another waiter of `key` if a release left room for more than
+    /// the one it woke.
+    fn pass_on(&self, key: &K) {
+        let used = lock(&self.used);
+        if let Some(held) = used.get(key)
+            && held.waiting > 0
+            && held.amount < self.limit
+            && let Some(released) = &held.released
+        {
+            released.notify_one();
         }
     }
 
     /// What `key` holds now.
     #[cfg(test)]
     fn held(&self, key: &K) -> u64 {
-        lock(&self.used).get(key).copied().unwrap_or(0)
+        lock(&self.used).get(key).map_or(0, |held| held.amount)
     }
 }
 
 impl<K: Hash + Eq> Drop for Share<K> {
     fn drop(&mut self) {
         let mut used = lock(&self.used);
+        let Some(held) = used.get_mut(&self.key) else {
+            return;
+        };
+        held.amount = held.amount.saturating_sub(self.amount);
+        let released = held.released.clone().filter(|_| held.waiting > 0);
+        // Keys come and go: only those holding something, or waited on, are kept.
+        if held.is_idle() {
+            used.remove(&self.key);
+        }
+        drop(used);
+        if let Some(released) = released {
+            released.notify_one();
+        }
+    }
+}
+
+/// A call's place among a key's waiters, given up when dropped.
+struct Waiting<'a, K: Hash + Eq + Clone> {
+    shares: &'a Shares<K>,
+    key: K,
+    released: Arc<Notify>,
+}
+
+impl<K: Hash + Eq + Clone> Drop for Waiting<'_, K> {
+    fn drop(&mut self) {
+        let mut used = lock(&self.shares.used);
         if let Some(held) = used.get_mut(&self.key) {
-            *held = held.saturating_sub(self.amount);
-            // Keys come and go: only those holding something are kept.
-            if *held == 0 {
+            held.waiting = held.waiting.saturating_sub(1);
+            if held.is_idle() {
                 used.remove(&self.key);
             }
         }
-        drop(used);
-        self.released.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
     use super::*;
+
+    /// Counts how often the task it stands for is woken.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_waiting_over_its_share_is_woken_by_its_own_releases_only() {
+        let shares = Shares::new(1);
+        let flood = shares.take(&"flood", 1).expect("within");
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut waiting = pin!(shares.take_within(&"flood", 1, Duration::from_mins(1)));
+        let mut context = Context::from_waker(&waker);
+        assert!(
+            waiting.as_mut().poll(&mut context).is_pending(),
+            "flood holds its share"
+        );
+        for _ in 0..1000 {
+            drop(shares.take(&"honest", 1).expect("honest has its own"));
+        }
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            0,
+            "others' releases wake no one of flood's"
+        );
+        drop(flood);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "its own release wakes it");
+        assert!(matches!(waiting.as_mut().poll(&mut context), Poll::Ready(Some(_))));
+    }
+
+    #[tokio::test]
+    async fn waiters_who_find_the_key_forgotten_and_taken_again_still_hear_of_its_releases() {
+        let shares = Shares::new(2);
+        let (one, two) = (shares.take(&"a", 1).expect("1"), shares.take(&"a", 1).expect("2"));
+        let waiter = |shares: &Shares<&'static str>| {
+            let shares = shares.clone();
+            crate::task::spawn(async move { shares.take_within(&"a", 1, Duration::from_secs(5)).await })
+        };
+        let mut waiters = vec![waiter(&shares), waiter(&shares), waiter(&shares)];
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Both given back at once: "a" holds nothing for a moment, and two waiters take its places.
+        drop((one, two));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let third = waiters
+            .iter()
+            .position(|waiter| !waiter.is_finished())
+            .expect("one still waits");
+        let third = waiters.remove(third);
+        let mut taken = Vec::new();
+        for waiter in waiters {
+            taken.push(waiter.await.expect("join").expect("a place"));
+        }
+        drop(taken.pop());
+        let share = tokio::time::timeout(Duration::from_secs(1), third)
+            .await
+            .expect("the third waiter hears of the place given back")
+            .expect("join");
+        assert!(share.is_some());
+    }
 
     #[tokio::test]
     async fn a_share_given_back_goes_to_one_waiting_for_it() {
