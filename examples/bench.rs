@@ -1182,11 +1182,12 @@ fn cpu_seconds_of(stat: &str) -> f64 {
 /// The threads of the gateway floor: its runtime's.
 const GATEWAY_THREADS: &[&str] = &["gateway"];
 /// The threads of the service on its own runtime, by name, and what they do.
-const SERVICE_THREADS: [(&str, &str); 4] = [
+const SERVICE_THREADS: [(&str, &str); 5] = [
     ("service", "runtime"),
     ("submissions", "submissions' runtime"),
     ("image-check", "image checks"),
-    ("sqlx-sqlite", "SQLite"),
+    ("sqlite-writer", "SQLite writer"),
+    ("sqlx-sqlite", "SQLite reads"),
 ];
 
 /// CPU seconds spent by this process's threads whose names start with one of `names`.

@@ -37,21 +37,62 @@ pub(super) trait Transact: Send + Sync + 'static {
     async fn transact(&self, writes: &[Write]) -> Result<Vec<Written>, StoreError>;
 }
 
-struct Queued {
-    write: Write,
-    reply: oneshot::Sender<Result<Written, StoreError>>,
+/// The same, for a store whose driver blocks: it runs on a thread of its own.
+pub(super) trait TransactBlocking: Send + 'static {
+    /// Runs `writes` in order in one transaction and commits it: all or none.
+    fn transact(&mut self, writes: &[Write]) -> Result<Vec<Written>, StoreError>;
 }
 
-/// The queue in front of a store's writer task; the task ends with the queue.
+type Reply = oneshot::Sender<Result<Written, StoreError>>;
+
+struct Queued {
+    write: Write,
+    reply: Reply,
+}
+
+/// The queue in front of a store's writer; the writer ends with the queue.
 pub(super) struct WriteQueue {
     sender: mpsc::Sender<Queued>,
 }
 
 impl WriteQueue {
+    /// Commits batches in a task of the runtime.
     pub(super) fn start(target: impl Transact) -> Self {
-        let (sender, receiver) = mpsc::channel(QUEUE);
-        crate::task::spawn(commit_batches(target, receiver));
+        let (sender, mut receiver) = mpsc::channel(QUEUE);
+        crate::task::spawn(async move {
+            let mut queued = Vec::with_capacity(MAX_BATCH);
+            while receiver.recv_many(&mut queued, MAX_BATCH).await > 0 {
+                let (writes, replies) = take_batch(&mut queued);
+                if writes.is_empty() {
+                    continue;
+                }
+                let outcome = target.transact(&writes).await;
+                for (write, reply) in answer(writes, replies, outcome) {
+                    let _ = reply.send(only(target.transact(std::slice::from_ref(&write)).await));
+                }
+            }
+        });
         Self { sender }
+    }
+
+    /// Commits batches on a thread named `name` that waits for them itself, so
+    /// a write costs one hand-over to that thread and one answer back.
+    pub(super) fn start_on_thread(name: &str, mut target: impl TransactBlocking) -> std::io::Result<Self> {
+        let (sender, mut receiver) = mpsc::channel(QUEUE);
+        std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            let mut queued = Vec::with_capacity(MAX_BATCH);
+            while receiver.blocking_recv_many(&mut queued, MAX_BATCH) > 0 {
+                let (writes, replies) = take_batch(&mut queued);
+                if writes.is_empty() {
+                    continue;
+                }
+                let outcome = target.transact(&writes);
+                for (write, reply) in answer(writes, replies, outcome) {
+                    let _ = reply.send(only(target.transact(std::slice::from_ref(&write))));
+                }
+            }
+        })?;
+        Ok(Self { sender })
     }
 
     /// Queues `write` and waits for its commit. A caller that stops waiting
@@ -65,48 +106,46 @@ impl WriteQueue {
     }
 }
 
-async fn commit_batches(target: impl Transact, mut receiver: mpsc::Receiver<Queued>) {
-    let mut queued = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut queued, MAX_BATCH).await > 0 {
-        queued.retain(|q| !q.reply.is_closed());
-        if queued.is_empty() {
-            continue;
+/// The writes queued, less those whose caller stopped waiting.
+fn take_batch(queued: &mut Vec<Queued>) -> (Vec<Write>, Vec<Reply>) {
+    queued
+        .drain(..)
+        .filter(|q| !q.reply.is_closed())
+        .map(|q| (q.write, q.reply))
+        .unzip()
+}
+
+/// Answers every write of a batch with its outcome, and hands back the writes
+/// that must go again one at a time: one bad write must not fail the others.
+fn answer(writes: Vec<Write>, replies: Vec<Reply>, outcome: Result<Vec<Written>, StoreError>) -> Vec<(Write, Reply)> {
+    match outcome {
+        Ok(written) => {
+            for (reply, written) in replies.into_iter().zip(written) {
+                let _ = reply.send(Ok(written));
+            }
+            Vec::new()
         }
-        let (writes, replies): (Vec<Write>, Vec<_>) = queued.drain(..).map(|q| (q.write, q.reply)).unzip();
-        match target.transact(&writes).await {
-            Ok(written) => {
-                for (reply, written) in replies.into_iter().zip(written) {
-                    let _ = reply.send(Ok(written));
-                }
+        Err(error) if writes.len() == 1 => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
             }
-            Err(error) if writes.len() == 1 => {
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-            // One bad write must not fail the others: each goes again alone,
-            // and gets its own answer.
-            Err(_) => {
-                for (write, reply) in writes.into_iter().zip(replies) {
-                    let alone = target
-                        .transact(std::slice::from_ref(&write))
-                        .await
-                        .and_then(|mut written| {
-                            written
-                                .pop()
-                                .ok_or_else(|| StoreError::Unavailable("a write went missing from its batch".into()))
-                        });
-                    let _ = reply.send(alone);
-                }
-            }
+            Vec::new()
         }
+        Err(_) => writes.into_iter().zip(replies).collect(),
     }
+}
+
+/// The one write of a batch of one.
+fn only(outcome: Result<Vec<Written>, StoreError>) -> Result<Written, StoreError> {
+    outcome?
+        .pop()
+        .ok_or_else(|| StoreError::Unavailable("a write went missing from its batch".into()))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use super::*;
@@ -118,15 +157,16 @@ mod tests {
         running: AtomicUsize,
     }
 
-    #[async_trait::async_trait]
-    impl Transact for std::sync::Arc<Recorder> {
-        async fn transact(&self, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
+    impl Recorder {
+        fn begin(&self) {
             assert_eq!(
                 self.running.fetch_add(1, Ordering::SeqCst),
                 0,
                 "one transaction at a time"
             );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        fn end(&self, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
             self.running.fetch_sub(1, Ordering::SeqCst);
             self.batches.lock().expect("not poisoned").push(writes.len());
             writes
@@ -140,51 +180,101 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn writes_waiting_together_commit_together() {
-        let recorder = std::sync::Arc::new(Recorder::default());
-        let queue = std::sync::Arc::new(WriteQueue::start(recorder.clone()));
-        let writers: Vec<_> = (0..40)
-            .map(|index| {
-                let queue = queue.clone();
-                crate::task::spawn(async move {
-                    let job = Job::for_test(&format!("j{index}"), "u");
-                    match queue.write(Write::Create(job)).await {
-                        Ok(Written::Created(Created::Existing(job))) => job.job_id,
-                        _ => panic!("each writer gets its own answer"),
-                    }
-                })
-            })
-            .collect();
-        for (index, writer) in writers.into_iter().enumerate() {
-            assert_eq!(writer.await.expect("writer ran"), format!("j{index}"));
+    #[async_trait::async_trait]
+    impl Transact for Arc<Recorder> {
+        async fn transact(&self, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
+            self.begin();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.end(writes)
         }
-        let batches = recorder.batches.lock().expect("not poisoned").clone();
-        assert_eq!(batches.iter().sum::<usize>(), 40);
-        assert!(
-            batches.len() < 10,
-            "40 writes queued together took {} commits",
-            batches.len()
-        );
+    }
+
+    /// The same recorder, as a store whose driver blocks.
+    struct Blocking(Arc<Recorder>);
+
+    impl TransactBlocking for Blocking {
+        fn transact(&mut self, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
+            self.0.begin();
+            std::thread::sleep(Duration::from_millis(5));
+            self.0.end(writes)
+        }
+    }
+
+    /// A queue in a task and one on a thread, each with the recorder it commits to.
+    fn queues() -> [(&'static str, Arc<WriteQueue>, Arc<Recorder>); 2] {
+        let in_task = Arc::new(Recorder::default());
+        let on_thread = Arc::new(Recorder::default());
+        [
+            ("in a task", Arc::new(WriteQueue::start(in_task.clone())), in_task),
+            (
+                "on a thread",
+                Arc::new(WriteQueue::start_on_thread("test-writer", Blocking(on_thread.clone())).expect("thread")),
+                on_thread,
+            ),
+        ]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_waiting_together_commit_together() {
+        for (name, queue, recorder) in queues() {
+            let writers: Vec<_> = (0..40)
+                .map(|index| {
+                    let queue = queue.clone();
+                    crate::task::spawn(async move {
+                        let job = Job::for_test(&format!("j{index}"), "u");
+                        match queue.write(Write::Create(job)).await {
+                            Ok(Written::Created(Created::Existing(job))) => job.job_id,
+                            _ => panic!("each writer gets its own answer"),
+                        }
+                    })
+                })
+                .collect();
+            for (index, writer) in writers.into_iter().enumerate() {
+                assert_eq!(writer.await.expect("writer ran"), format!("j{index}"), "{name}");
+            }
+            let batches = recorder.batches.lock().expect("not poisoned").clone();
+            assert_eq!(batches.iter().sum::<usize>(), 40, "{name}");
+            assert!(
+                batches.len() < 10,
+                "{name}: 40 writes queued together took {} commits",
+                batches.len()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_fails_alone() {
+        for (name, queue, _) in queues() {
+            let writers: Vec<_> = ["a", "bad", "c"]
+                .iter()
+                .map(|job_id| {
+                    let queue = queue.clone();
+                    let job = Job::for_test(job_id, "u");
+                    crate::task::spawn(async move { queue.write(Write::Create(job)).await.is_ok() })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for writer in writers {
+                outcomes.push(writer.await.expect("writer ran"));
+            }
+            assert_eq!(outcomes, [true, false, true], "{name}");
+        }
     }
 
     #[tokio::test]
-    async fn a_failing_write_fails_alone() {
-        let recorder = std::sync::Arc::new(Recorder::default());
-        let queue = std::sync::Arc::new(WriteQueue::start(recorder.clone()));
-        let names = ["a", "bad", "c"];
-        let writers: Vec<_> = names
-            .iter()
-            .map(|name| {
-                let queue = queue.clone();
-                let job = Job::for_test(name, "u");
-                crate::task::spawn(async move { queue.write(Write::Create(job)).await.is_ok() })
-            })
-            .collect();
-        let mut outcomes = Vec::new();
-        for writer in writers {
-            outcomes.push(writer.await.expect("writer ran"));
+    async fn a_writer_on_a_thread_ends_with_its_queue() {
+        let recorder = Arc::new(Recorder::default());
+        let queue = WriteQueue::start_on_thread("test-writer", Blocking(recorder.clone())).expect("thread");
+        assert!(queue.write(Write::Create(Job::for_test("a", "u"))).await.is_ok());
+        // The thread holds the only other reference to the recorder.
+        drop(queue);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&recorder) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer's thread outlived its queue"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(outcomes, [true, false, true]);
     }
 }

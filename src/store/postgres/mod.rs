@@ -3,7 +3,7 @@
 //! Event ids must become visible in id order, or a WatchJobs reader could skip an
 //! event committed late with a smaller id. Each batch of writes (see `batch`)
 //! therefore takes one transaction-scoped advisory lock before its first event,
-//! so ids are allocated and committed in order.
+//! so ids are allocated and committed in order (`writes`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,10 +12,11 @@ use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 
 pub mod notify;
+mod writes;
 
 use super::batch::WriteQueue;
 use super::sql::{impl_job_store, sql_writes};
-use crate::jobs::model::{ErasedJob, Erasure, JobEvent};
+use crate::jobs::model::{ErasedJob, Erasure};
 use crate::jobs::ports::StoreError;
 
 /// Serialises event inserts (an arbitrary constant naming this lock).
@@ -90,50 +91,12 @@ impl PgStore {
                           FOR UPDATE SKIP LOCKED)
          RETURNING data, version, last_sequence";
 
-    /// Takes the event-log lock, so ids are allocated and committed in order.
-    async fn before_batch(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(EVENT_LOG_LOCK)
-            .execute(tx)
-            .await?;
-        Ok(())
-    }
-
-    /// A job change and its event in one statement: one round trip per write
-    /// where two would queue behind each other in a batch. No row: a conflict.
-    const SAVE_WITH_EVENT_SQL: Option<&'static str> = Some(
-        "WITH updated AS (
-             UPDATE jobs SET state = $1, data = $2, version = $3, last_sequence = $4, next_poll_at = $5,
-                             updated_at = $6
-             WHERE job_id = $7 AND version = $8 RETURNING job_id, user_id, owner)
-         INSERT INTO job_events (job_id, user_id, owner, sequence, kind, snapshot, created_at)
-         SELECT job_id, user_id, owner, $4, $9, $2, $6 FROM updated RETURNING id",
-    );
-
     /// Whether this replica's transaction is the one deleting expired jobs now.
     async fn may_delete(tx: &mut sqlx::PgConnection) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(RETENTION_LOCK)
             .fetch_one(tx)
             .await?)
-    }
-
-    /// Holds `user_id`'s row (made if missing) in share mode until the
-    /// transaction ends: a deletion marked meanwhile waits for this job to be
-    /// stored, and one marked before is seen by the insert that follows.
-    async fn guard_user(tx: &mut sqlx::PgConnection, user_id: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO users (user_id, owner, created_at) VALUES ($1, '', $2) ON CONFLICT (user_id) DO NOTHING",
-        )
-        .bind(user_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("SELECT 1 FROM users WHERE user_id = $1 FOR SHARE")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
     }
 
     /// Locks the jobs of `user_id` until the transaction ends, and names them.
@@ -157,10 +120,6 @@ impl PgStore {
 
     async fn announce_erasure(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<(), StoreError> {
         notify::announce_erasure(tx, erasure).await
-    }
-
-    async fn after_batch(tx: &mut sqlx::PgConnection, events: &[&JobEvent]) -> Result<(), StoreError> {
-        notify::announce_events(tx, events).await
     }
 }
 

@@ -1,11 +1,14 @@
 //! The SQL both stores share. The same statements run on SQLite and PostgreSQL
 //! (`$N` placeholders, `CAST(.. AS TEXT)`); what differs between them — opening
-//! and migrating, what surrounds a batch of writes, claiming due jobs — each
-//! store defines as inherent `before_batch`, `after_batch` and `CLAIM_DUE_SQL`.
+//! and migrating, committing a batch of creates and saves, claiming due jobs,
+//! locking for erasures and retention — each store defines itself.
 
 mod writes;
 
-pub(super) use writes::{bind_save, sql_writes};
+pub(super) use writes::{
+    INSERT_EVENT, INSERT_JOB, SELECT_JOB, UPDATE_JOB, USER_REFUSES_JOBS, first_version, next_version, sql_writes,
+    written_event,
+};
 
 /// Implements [`JobStore`](crate::jobs::ports::JobStore) for `$store`, whose pool is `$pool`,
 /// whose rows are `$row` and whose connections are `$connection`; writes go
@@ -33,7 +36,7 @@ macro_rules! impl_job_store {
                 &self,
                 job_id: &str,
             ) -> Result<Option<$crate::jobs::model::Job>, $crate::jobs::ports::StoreError> {
-                let row = sqlx::query("SELECT data, version, last_sequence FROM jobs WHERE job_id = $1")
+                let row = sqlx::query($crate::store::sql::SELECT_JOB)
                     .bind(job_id)
                     .fetch_optional(&self.pool)
                     .await?;
