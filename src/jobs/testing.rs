@@ -83,6 +83,8 @@ pub struct MemoryStore {
     log_reads: AtomicU32,
     /// Reads of one job so far.
     job_reads: AtomicU32,
+    /// How many times a user's owner was read.
+    owner_reads: AtomicU32,
     /// Creates wait while a test holds this.
     creates: Arc<tokio::sync::RwLock<()>>,
 }
@@ -116,6 +118,10 @@ impl MemoryStore {
 
     pub fn job_reads(&self) -> u32 {
         self.job_reads.load(Ordering::SeqCst)
+    }
+
+    pub fn owner_reads(&self) -> u32 {
+        self.owner_reads.load(Ordering::SeqCst)
     }
 
     pub fn set_shared(&self, shared: bool) {
@@ -354,6 +360,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        self.owner_reads.fetch_add(1, Ordering::SeqCst);
         Ok(lock(&self.tables)
             .users
             .get(user_id)

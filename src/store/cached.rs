@@ -1,6 +1,8 @@
 //! Jobs kept in memory for a store only this process writes (SQLite): a
 //! GetJob, and the read before each write, need not touch the database. Every
 //! write goes through here, so the copy can only be replaced by a newer one.
+//! Users' owners are kept too, once set, so the check that a caller may use a
+//! user_id does not read the database on every submission.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -47,9 +49,34 @@ impl Recent {
     }
 }
 
+/// Owners of users: an owner is set once and never changes (a user keeps its
+/// first owner, and its row outlives an erasure), so one kept cannot go stale.
+/// A user without an owner yet is asked of the database each time.
+#[derive(Default)]
+struct Owners {
+    owners: HashMap<String, String>,
+    order: VecDeque<String>,
+}
+
+impl Owners {
+    fn keep(&mut self, user_id: &str, owner: &str) {
+        if self.owners.contains_key(user_id) {
+            return;
+        }
+        if self.owners.len() >= CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.owners.remove(&oldest);
+        }
+        self.order.push_back(user_id.to_owned());
+        self.owners.insert(user_id.to_owned(), owner.to_owned());
+    }
+}
+
 pub struct CachedStore<S> {
     inner: S,
     recent: Mutex<Recent>,
+    owners: Mutex<Owners>,
 }
 
 impl<S> CachedStore<S> {
@@ -57,6 +84,7 @@ impl<S> CachedStore<S> {
         Self {
             inner,
             recent: Mutex::default(),
+            owners: Mutex::default(),
         }
     }
 
@@ -76,6 +104,10 @@ impl<S> CachedStore<S> {
 
     fn recent(&self) -> MutexGuard<'_, Recent> {
         self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn owners(&self) -> MutexGuard<'_, Owners> {
+        self.owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -161,11 +193,23 @@ impl<S: JobStore> JobStore for CachedStore<S> {
     }
 
     async fn claim_user(&self, user_id: &str, owner: &str) -> Result<String, StoreError> {
-        self.inner.claim_user(user_id, owner).await
+        let owner = self.inner.claim_user(user_id, owner).await?;
+        // A claim made while authentication was off leaves the user nobody's.
+        if !owner.is_empty() {
+            self.owners().keep(user_id, &owner);
+        }
+        Ok(owner)
     }
 
     async fn user_owner(&self, user_id: &str) -> Result<Option<String>, StoreError> {
-        self.inner.user_owner(user_id).await
+        if let Some(owner) = self.owners().owners.get(user_id) {
+            return Ok(Some(owner.clone()));
+        }
+        let owner = self.inner.user_owner(user_id).await?;
+        if let Some(owner) = &owner {
+            self.owners().keep(user_id, owner);
+        }
+        Ok(owner)
     }
 
     async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -227,5 +271,36 @@ mod tests {
             recent.keep(&Job::for_test(&format!("k{index}"), "u"));
         }
         assert_eq!(recent.jobs.len(), CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn an_owner_once_set_is_kept_and_a_user_without_one_is_asked_again() {
+        let store = CachedStore::new(crate::jobs::testing::MemoryStore::default());
+        assert_eq!(store.user_owner("u").await.expect("read"), None);
+        assert_eq!(store.user_owner("u").await.expect("read"), None);
+        assert_eq!(store.inner.owner_reads(), 2, "no owner yet is never kept");
+
+        assert_eq!(store.claim_user("u", "team-a").await.expect("claimed"), "team-a");
+        assert_eq!(store.claim_user("u", "team-b").await.expect("claimed"), "team-a");
+        for _ in 0..3 {
+            assert_eq!(store.user_owner("u").await.expect("read").as_deref(), Some("team-a"));
+        }
+        assert_eq!(store.inner.owner_reads(), 2, "a claimed user's owner is kept");
+
+        store.inner.claim_user("v", "team-b").await.expect("claimed elsewhere");
+        assert_eq!(store.user_owner("v").await.expect("read").as_deref(), Some("team-b"));
+        assert_eq!(store.user_owner("v").await.expect("read").as_deref(), Some("team-b"));
+        assert_eq!(store.inner.owner_reads(), 3, "an owner read once is kept");
+    }
+
+    #[test]
+    fn owners_kept_are_bounded() {
+        let mut owners = Owners::default();
+        for index in 0..CAPACITY + 10 {
+            owners.keep(&format!("u{index}"), "team");
+        }
+        assert_eq!(owners.owners.len(), CAPACITY);
+        assert_eq!(owners.order.len(), CAPACITY);
+        assert!(!owners.owners.contains_key("u0"), "the first kept goes first");
     }
 }
