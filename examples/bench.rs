@@ -393,7 +393,7 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
         "Submission payload: a {} KiB selfie and 8 liveness frames of {} KiB (noise JPEGs). While the \
          service's submissions are measured the simulator holds their callbacks, as the gateway floor gets \
          none: receiving results is the callback rows' work. The CPU per submission is each server's own \
-         threads' (the service's runtimes, image checks and SQLite connections; the floor's runtime), \
+         threads' (the service's runtimes, image checks, SQLite's writer and connections; the floor's runtime), \
          not the client's or the simulator's.",
         selfie.len() / 1024,
         liveness[0].len() / 1024
@@ -1027,6 +1027,8 @@ async fn spawn_serve(
         )
         .env("SELFIE_AUTH_GRPC_MAX_CONNECTIONS", "10000")
         .env("SELFIE_AUTH_MAX_OPEN_STREAMS", "60000")
+        // The stream rows open every stream as one caller.
+        .env("SELFIE_AUTH_CALLER_MAX_OPEN_STREAMS", "60000")
         .env("SELFIE_AUTH_INSECURE_NO_AUTH", "true")
         .env("RUST_LOG", "error")
         // As the image runs it (Dockerfile).
