@@ -403,9 +403,12 @@ impl SelfieAuth for SelfieAuthApi {
                 Ok(event)
             }
             Ok(WatchItem::Heartbeat { last_sequence, .. }) => Ok(convert::heartbeat(last_sequence, String::new())),
-            Ok(WatchItem::Erased {
-                job, user_id, sequence, ..
-            }) => Ok(convert::erased(&job, &user_id, sequence, String::new())),
+            Ok(WatchItem::Erased(erased)) => Ok(convert::erased(
+                &erased.job,
+                &erased.user_id,
+                erased.sequence,
+                String::new(),
+            )),
             Err(error) => Err(to_status(&error)),
         });
         Ok(Response::new(Box::pin(holding(stream, share))))
@@ -451,12 +454,12 @@ impl SelfieAuth for SelfieAuthApi {
             Ok(WatchItem::Heartbeat { log_position, .. }) => {
                 Ok(convert::heartbeat(0, convert::resume_token(log_position)))
             }
-            Ok(WatchItem::Erased {
-                job,
-                user_id,
-                log_position,
-                ..
-            }) => Ok(convert::erased(&job, &user_id, 0, convert::resume_token(log_position))),
+            Ok(WatchItem::Erased(erased)) => Ok(convert::erased(
+                &erased.job,
+                &erased.user_id,
+                0,
+                convert::resume_token(erased.log_position),
+            )),
             Err(error) => Err(to_status(&error)),
         });
         Ok(Response::new(Box::pin(holding(stream, share))))
