@@ -1,9 +1,10 @@
 //! Group commit. Every durable write waits for a disk flush; one transaction
 //! per write caps a store at one flush per write, and on SQLite concurrent
 //! writers also take turns through the busy handler's sleeps. Writes therefore
-//! go to one writer task per store, which commits whatever has queued up since
-//! its last commit in one transaction and answers each writer only after that
-//! commit: still durable before acknowledged, with one flush for many writes.
+//! go to one writer per store (a task, or a thread of its own for a driver that
+//! blocks), which commits whatever has queued up since its last commit in one
+//! transaction and answers each writer only after that commit: still durable
+//! before acknowledged, with one flush for many writes.
 
 use tokio::sync::{mpsc, oneshot};
 
