@@ -82,15 +82,15 @@ impl<K: Hash + Eq + Clone> Shares<K> {
         }
         let mut used = lock(&self.used);
         let held = used.entry(key.clone()).or_default();
-        if held.amount + amount > self.limit {
+        let Some(total) = held.amount.checked_add(amount).filter(|total| *total <= self.limit) else {
             held.waiting += 1;
             return Err(Some(Waiting {
                 shares: self,
                 key: key.clone(),
                 released: held.released.get_or_insert_default().clone(),
             }));
-        }
-        held.amount += amount;
+        };
+        held.amount = total;
         Ok(Share {
             used: self.used.clone(),
             key: key.clone(),
@@ -190,6 +190,15 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn a_limit_as_large_as_it_goes_still_refuses_what_would_pass_it() {
+        let shares = Shares::new(u64::MAX);
+        let all = shares.take(&"k", u64::MAX).expect("the whole limit");
+        assert!(shares.take(&"k", 1).is_none(), "one more would pass the limit");
+        drop(all);
+        assert!(shares.take(&"k", 1).is_some());
     }
 
     #[tokio::test]
