@@ -160,11 +160,17 @@ fn insert_event(connection: &Connection, job: &Job, kind: EventKind, data: &str)
     Ok(row.get(0)?)
 }
 
+/// The placeholders of the shared statements, named as sqlx names them.
+const NUMBERED: [&str; 9] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9"];
+
 /// Binds `values` to `$1`, `$2`, ... in order, as sqlx does, so both drivers
 /// run the same statements.
 fn bind(statement: &mut Statement<'_>, values: &[&dyn ToSql]) -> rusqlite::Result<()> {
-    for (number, value) in (1..).zip(values) {
-        statement.raw_bind_parameter(format!("${number}").as_str(), value)?;
+    if values.len() > NUMBERED.len() {
+        return Err(rusqlite::Error::InvalidParameterCount(values.len(), NUMBERED.len()));
+    }
+    for (name, value) in NUMBERED.into_iter().zip(values) {
+        statement.raw_bind_parameter(name, value)?;
     }
     Ok(())
 }
