@@ -80,7 +80,7 @@ impl Sending {
     }
 
     /// Records that attempt `id` sends the job stored as `job_id` for as
-    /// long as the answer is kept, unless another attempt does (`None`).
+    /// long as the guard it answers is kept, unless another attempt does (`None`).
     fn stored_as(&self, job_id: &str, id: u64) -> Option<StoredAs<'_>> {
         let ours = *self.lock().stored.entry(job_id.to_owned()).or_insert(id) == id;
         ours.then(|| StoredAs {
