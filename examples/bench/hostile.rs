@@ -442,16 +442,17 @@ async fn under_attack(
         verdict(failed == 0 && sent > 0, "target: every one".into()),
     );
     if attacker_is == Attacker::AlsoACaller {
+        let greedy_rate = greedy_during.0 as f64 / during.as_secs_f64();
         report.row(
             &row("the greedy caller's submissions accepted"),
             format!(
-                "{:.0} /s ({:.0} /s refused)",
-                greedy_during.0 as f64 / during.as_secs_f64(),
+                "{greedy_rate:.0} /s ({:.0} /s refused)",
                 greedy_during.1 as f64 / during.as_secs_f64()
             ),
             format!(
-                "the honest caller's: {:.0} /s under attack, {:.0} /s alone",
+                "the honest caller's: {:.0} /s under attack ({:.0}% of both), {:.0} /s alone",
                 submissions.rate(),
+                100.0 * submissions.rate() / (submissions.rate() + greedy_rate),
                 solo_submissions.rate()
             ),
             "what the flood pushed through the service meanwhile".into(),
@@ -469,8 +470,9 @@ async fn under_attack(
                     keep the service busy: its throughput alone times the CPU a submission takes is about the service's \
                     cores. A flood as demanding gets its turns as often, so the honest caller keeps at most half the \
                     throughput it had alone, and at four in flight its latency is then at least twice (latency = calls \
-                    in flight / throughput). What is left above that is the CPU the flood's connections take, and \
-                    the turns the flood takes while the honest caller's calls are with Smile ID."
+                    in flight / throughput). What is left above that is the service's own throughput lost to the \
+                    attack (the flood's connections are served at full priority, as everyone's are) and the share \
+                    the honest caller gets below half (the greedy caller's row)."
             .to_owned();
         if !report.notes.contains(&note) {
             report.notes.push(note);

@@ -1,31 +1,59 @@
 //! Submissions are answered away from the threads that serve connections and
-//! reads: on a runtime of their own, at a lower CPU priority. A runtime shares
+//! reads: on runtimes of their own, at a lower CPU priority. A runtime shares
 //! its threads by task, whoever the task serves; on one runtime, a flood of
 //! submissions (bodies being read, images checked, jobs sent to Smile ID)
 //! puts hundreds of tasks in the queue ahead of every read, health check and
 //! callback. Apart, the flood waits behind them for the CPU instead.
+//!
+//! Among submissions the same holds between callers: on one runtime, a caller
+//! with 60 submissions in flight has 60 tasks to another's four, and gets
+//! fifteen times its CPU. So each caller's first few submissions in flight
+//! run on one runtime and any further ones on a second, lower still: while
+//! the CPU is short, every caller's first few go ahead of anyone's further
+//! ones, and when it is not, the further ones run as soon as the others.
+//! Nothing waits for a place here, so a caller alone (or Smile ID being slow)
+//! is never held to a few submissions at once.
 
 use std::sync::Arc;
 
 use super::middleware::{Answer, Inner, Middleware};
 use super::request_limits::is_submission;
 use super::status::to_status;
+use crate::auth::Caller;
 use crate::fair::BelowCalls;
 use crate::jobs::JobError;
+use crate::shares::Shares;
 
 /// How far below the connections' threads submissions are answered.
 const SUBMISSIONS_NICE: u8 = 10;
+/// How far below them a caller's submissions beyond its first few are answered.
+const FURTHER_NICE: u8 = 19;
+/// A caller's submissions in flight that go ahead, per core: as many as the
+/// service checks and stores at once, enough for one caller to keep the CPU busy.
+const AHEAD_PER_CORE: u64 = 4;
 
 #[derive(Clone)]
 pub struct SubmissionsApart {
-    runtime: Arc<BelowCalls>,
+    /// Each caller's first submissions in flight.
+    ahead: Arc<BelowCalls>,
+    /// Any caller's further ones.
+    further: Arc<BelowCalls>,
+    /// Each caller's submissions on `ahead`.
+    places: Shares<String>,
 }
 
 impl SubmissionsApart {
-    /// Starts the runtime's threads.
+    /// Starts the runtimes' threads.
     pub fn start() -> Self {
+        Self::with_places_ahead(AHEAD_PER_CORE * crate::fair::cores() as u64)
+    }
+
+    /// Each caller's first `places` submissions in flight go ahead.
+    fn with_places_ahead(places: u64) -> Self {
         Self {
-            runtime: Arc::new(BelowCalls::per_core("submissions", SUBMISSIONS_NICE)),
+            ahead: Arc::new(BelowCalls::per_core("submissions", SUBMISSIONS_NICE)),
+            further: Arc::new(BelowCalls::per_core("submissions+", FURTHER_NICE)),
+            places: Shares::new(places),
         }
     }
 }
@@ -35,10 +63,19 @@ impl Middleware for SubmissionsApart {
         if !is_submission(request.uri().path()) {
             return Box::pin(inner.call(request));
         }
-        let (call, runtime) = (inner.call(request), self.runtime.clone());
+        // Unidentified callers (authentication off) are one caller.
+        let caller = request.extensions().get::<Caller>().unwrap_or(&Caller::Anyone).name();
+        let place = self.places.take(&caller.to_owned(), 1);
+        let runtime = if place.is_some() { &self.ahead } else { &self.further }.clone();
+        let call = inner.call(request);
         Box::pin(async move {
-            // Spawned once polled, inside the call's span, so its trace goes with it.
-            let mut task = AbortOnDrop(runtime.spawn(call));
+            // Spawned once polled, inside the call's span, so its trace goes with
+            // it. The place is given back as the call ends, however it ends.
+            let mut task = AbortOnDrop(runtime.spawn(async move {
+                let answer = call.await;
+                drop(place);
+                answer
+            }));
             (&mut task.0).await.unwrap_or_else(|_| {
                 let error = JobError::Internal("a submission's task ended abnormally".into());
                 Ok(to_status(&error).into_http())
@@ -55,5 +92,136 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::{Semaphore, mpsc};
+
+    use super::*;
+    use crate::auth::Identity;
+    use crate::grpc::middleware::GrpcResponse;
+
+    const SUBMIT: &str = "/selfieauth.v1.SelfieAuth/SubmitAuthentication";
+
+    fn caller(name: &str) -> Caller {
+        Caller::Identified(Identity::token_subject(name).expect("an identity"))
+    }
+
+    /// The rest of the stack: tells which thread each call ran on, then holds
+    /// it in flight until `release` lets it go.
+    fn recording(
+        release: Arc<Semaphore>,
+    ) -> (
+        impl Inner<(), Error = Infallible>,
+        mpsc::UnboundedReceiver<(String, String)>,
+    ) {
+        let (ran, runs) = mpsc::unbounded_channel();
+        let inner = tower::service_fn(move |request: http::Request<()>| {
+            let (ran, release) = (ran.clone(), release.clone());
+            async move {
+                let thread = std::thread::current().name().unwrap_or_default().to_owned();
+                let name = request
+                    .extensions()
+                    .get::<Caller>()
+                    .map(|caller| caller.name().to_owned());
+                ran.send((name.unwrap_or_default(), thread)).expect("the test listens");
+                release.acquire().await.expect("open").forget();
+                Ok::<_, Infallible>(GrpcResponse::default())
+            }
+        });
+        (inner, runs)
+    }
+
+    fn request(path: &str, who: Caller) -> http::Request<()> {
+        let mut request = http::Request::builder().uri(path).body(()).expect("a request");
+        request.extensions_mut().insert(who);
+        request
+    }
+
+    async fn next_thread(runs: &mut mpsc::UnboundedReceiver<(String, String)>) -> (String, String) {
+        tokio::time::timeout(Duration::from_secs(10), runs.recv())
+            .await
+            .expect("the call ran")
+            .expect("a run")
+    }
+
+    #[tokio::test]
+    async fn a_callers_submissions_beyond_its_first_few_run_below_everyones_first_few() {
+        let apart = SubmissionsApart::with_places_ahead(2);
+        let release = Arc::new(Semaphore::new(0));
+        let (mut inner, mut runs) = recording(release.clone());
+        let mut calls = Vec::new();
+        for _ in 0..3 {
+            calls.push(crate::task::spawn(
+                apart.call(&mut inner, request(SUBMIT, caller("greedy"))),
+            ));
+            let (_, thread) = next_thread(&mut runs).await;
+            let expected = if calls.len() <= 2 {
+                "submissions"
+            } else {
+                "submissions+"
+            };
+            assert_eq!(thread, expected, "greedy's submission {}", calls.len());
+        }
+        // Another caller's first goes ahead, whatever the greedy one holds.
+        calls.push(crate::task::spawn(
+            apart.call(&mut inner, request(SUBMIT, caller("honest"))),
+        ));
+        assert_eq!(
+            next_thread(&mut runs).await,
+            ("honest".to_owned(), "submissions".to_owned())
+        );
+        // Unidentified callers are one caller, with places of their own.
+        calls.push(crate::task::spawn(
+            apart.call(&mut inner, request(SUBMIT, Caller::Anyone)),
+        ));
+        assert_eq!(next_thread(&mut runs).await.1, "submissions");
+
+        // Reads stay on the runtime serving the connection.
+        let read = crate::task::spawn(apart.call(
+            &mut inner,
+            request("/selfieauth.v1.SelfieAuth/GetJob", caller("greedy")),
+        ));
+        let (_, thread) = next_thread(&mut runs).await;
+        assert!(!thread.starts_with("submissions"), "a read ran on {thread}");
+
+        release.add_permits(6);
+        for call in calls.into_iter().chain([read]) {
+            let Ok(_answer) = call.await.expect("the call's task");
+        }
+        // Places come back as calls end.
+        let _next = crate::task::spawn(apart.call(&mut inner, request(SUBMIT, caller("greedy"))));
+        assert_eq!(next_thread(&mut runs).await.1, "submissions");
+        release.add_permits(1);
+    }
+
+    #[tokio::test]
+    async fn a_call_given_up_gives_its_place_back() {
+        let apart = SubmissionsApart::with_places_ahead(1);
+        let release = Arc::new(Semaphore::new(0));
+        let (mut inner, mut runs) = recording(release.clone());
+        let first = crate::task::spawn(apart.call(&mut inner, request(SUBMIT, caller("greedy"))));
+        assert_eq!(next_thread(&mut runs).await.1, "submissions");
+        // The caller goes away mid-call: its task is aborted and the place is free.
+        first.abort();
+        let _ = first.await;
+        let mut freed = false;
+        for _ in 0..100 {
+            if apart.places.take(&"greedy".to_owned(), 1).is_some() {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(freed, "an abandoned call still holds its place");
+        // A call never polled holds none either.
+        drop(apart.call(&mut inner, request(SUBMIT, caller("other"))));
+        assert!(apart.places.take(&"other".to_owned(), 1).is_some());
     }
 }
