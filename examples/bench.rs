@@ -582,6 +582,7 @@ fn work_the_floor_skips(selfie: &Bytes, liveness: &[Bytes]) -> (f64, f64) {
         liveness: liveness.to_vec(),
         partner_params: std::collections::BTreeMap::new(),
         allow_new_enroll: false,
+        precedence: selfie_auth::fair::Precedence::Ahead,
     };
     let fingerprint = best(&|| {
         std::hint::black_box(selfie_auth::jobs::validate::fingerprint(&request));

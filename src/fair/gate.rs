@@ -6,7 +6,9 @@
 //! all of them at every stage. Through a gate, only a few submissions are in
 //! those stages at once and a free turn goes to the next caller in line, so
 //! the queues behind it stay short and a caller with much waiting waits
-//! behind its own work.
+//! behind its own work. Each caller's first few submissions in flight go
+//! ahead of anyone's further ones ([`Precedence`]): those run at the lowest
+//! CPU priority, and a turn held there would hold everyone up.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -16,7 +18,26 @@ use super::turns::Turns;
 
 struct State {
     free: usize,
-    waiting: Turns<oneshot::Sender<Turn>>,
+    /// Waiting with [`Precedence::Ahead`].
+    ahead: Turns<oneshot::Sender<Turn>>,
+    /// Waiting with [`Precedence::Further`], served when no one waits ahead.
+    further: Turns<oneshot::Sender<Turn>>,
+}
+
+impl State {
+    fn next_waiting(&mut self) -> Option<oneshot::Sender<Turn>> {
+        self.ahead.next().or_else(|| self.further.next())
+    }
+}
+
+/// Where a submission stands in line for a turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precedence {
+    /// One of its caller's first few in flight.
+    #[default]
+    Ahead,
+    /// One beyond those: it waits while anyone's first few wait.
+    Further,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -47,24 +68,28 @@ impl FairGate {
         Self {
             shared: Arc::new(Mutex::new(State {
                 free: turns.max(1),
-                waiting: Turns::default(),
+                ahead: Turns::default(),
+                further: Turns::default(),
             })),
         }
     }
 
-    /// Waits for `caller`'s turn. Callers waiting take turns; each caller's
-    /// own wait in the order they came.
-    pub async fn turn(&self, caller: &str) -> Turn {
+    /// Waits for `caller`'s turn. Callers waiting take turns, those ahead
+    /// first; each caller's own wait in the order they came.
+    pub async fn turn(&self, caller: &str, precedence: Precedence) -> Turn {
         let handed = {
             let mut state = lock(&self.shared);
-            if state.free > 0 && state.waiting.is_empty() {
+            if state.free > 0 && state.ahead.is_empty() && state.further.is_empty() {
                 state.free -= 1;
                 return Turn {
                     gate: Some(self.shared.clone()),
                 };
             }
             let (hand, handed) = oneshot::channel();
-            state.waiting.push(caller, hand);
+            match precedence {
+                Precedence::Ahead => state.ahead.push(caller, hand),
+                Precedence::Further => state.further.push(caller, hand),
+            }
             handed
         };
         // A waiter's sender goes only with a turn in it, or with the gate's
@@ -79,7 +104,7 @@ impl Drop for Turn {
             return;
         };
         let mut state = lock(&gate);
-        while let Some(next) = state.waiting.next() {
+        while let Some(next) = state.next_waiting() {
             match next.send(Turn {
                 gate: Some(gate.clone()),
             }) {
@@ -105,12 +130,12 @@ mod tests {
     #[tokio::test]
     async fn a_free_turn_goes_to_the_next_caller_in_line() {
         let gate = Arc::new(FairGate::new(1));
-        let first = gate.turn("greedy").await;
+        let first = gate.turn("greedy", Precedence::Ahead).await;
         let (order, mut waiters) = (Arc::new(Mutex::new(Vec::new())), Vec::new());
         for (caller, index) in [("greedy", 1), ("greedy", 2), ("greedy", 3), ("honest", 1)] {
             let (gate, order) = (gate.clone(), order.clone());
             waiters.push(crate::task::spawn(async move {
-                let turn = gate.turn(caller).await;
+                let turn = gate.turn(caller, Precedence::Ahead).await;
                 order.lock().expect("order").push((caller, index));
                 drop(turn);
             }));
@@ -130,16 +155,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn those_ahead_have_their_turns_before_anyone_further() {
+        let gate = Arc::new(FairGate::new(1));
+        let first = gate.turn("greedy", Precedence::Ahead).await;
+        let (order, mut waiters) = (Arc::new(Mutex::new(Vec::new())), Vec::new());
+        let line = [
+            ("greedy", Precedence::Further),
+            ("greedy", Precedence::Ahead),
+            ("greedy", Precedence::Further),
+            ("honest", Precedence::Ahead),
+        ];
+        for (index, (caller, precedence)) in line.into_iter().enumerate() {
+            let (gate, order) = (gate.clone(), order.clone());
+            waiters.push(crate::task::spawn(async move {
+                let turn = gate.turn(caller, precedence).await;
+                order.lock().expect("order").push(index);
+                drop(turn);
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        for waiter in waiters {
+            soon(waiter)
+                .await
+                .expect("every waiter has its turn")
+                .expect("no panic");
+        }
+        assert_eq!(*order.lock().expect("order"), [1, 3, 0, 2]);
+    }
+
+    #[tokio::test]
     async fn a_caller_that_goes_away_gives_its_place_to_the_next() {
         let gate = FairGate::new(1);
-        let held = gate.turn("a").await;
-        let mut gone = Box::pin(gate.turn("b"));
+        let held = gate.turn("a", Precedence::Ahead).await;
+        let mut gone = Box::pin(gate.turn("b", Precedence::Ahead));
         assert!(soon(&mut gone).await.is_none(), "the only turn is held");
         drop(gone);
         let next = crate::task::spawn({
             let gate = Arc::new(gate);
             async move {
-                let turn = gate.turn("c").await;
+                let turn = gate.turn("c", Precedence::Ahead).await;
                 drop(turn);
                 gate
             }
@@ -148,7 +203,7 @@ mod tests {
         drop(held);
         let gate = soon(next).await.expect("c had its turn").expect("no panic");
         assert!(
-            soon(gate.turn("d")).await.is_some(),
+            soon(gate.turn("d", Precedence::Ahead)).await.is_some(),
             "the turn came back once c was done"
         );
     }
@@ -156,10 +211,16 @@ mod tests {
     #[tokio::test]
     async fn turns_at_once_are_as_many_as_the_gate_has() {
         let gate = FairGate::new(2);
-        let (one, two) = (gate.turn("a").await, gate.turn("a").await);
-        assert!(soon(gate.turn("b")).await.is_none(), "both turns are held");
+        let (one, two) = (
+            gate.turn("a", Precedence::Ahead).await,
+            gate.turn("a", Precedence::Ahead).await,
+        );
+        assert!(
+            soon(gate.turn("b", Precedence::Ahead)).await.is_none(),
+            "both turns are held"
+        );
         drop(one);
-        let three = soon(gate.turn("b")).await.expect("one came back");
+        let three = soon(gate.turn("b", Precedence::Ahead)).await.expect("one came back");
         drop((two, three));
     }
 }

@@ -20,7 +20,7 @@ use super::middleware::{Answer, Inner, Middleware};
 use super::request_limits::is_submission;
 use super::status::to_status;
 use crate::auth::Caller;
-use crate::fair::BelowCalls;
+use crate::fair::{BelowCalls, Precedence};
 use crate::jobs::JobError;
 use crate::shares::Shares;
 
@@ -59,14 +59,20 @@ impl SubmissionsApart {
 }
 
 impl Middleware for SubmissionsApart {
-    fn call<S: Inner<B>, B: Send + 'static>(&self, inner: &mut S, request: http::Request<B>) -> Answer<S::Error> {
+    fn call<S: Inner<B>, B: Send + 'static>(&self, inner: &mut S, mut request: http::Request<B>) -> Answer<S::Error> {
         if !is_submission(request.uri().path()) {
             return Box::pin(inner.call(request));
         }
         // Unidentified callers (authentication off) are one caller.
         let caller = request.extensions().get::<Caller>().unwrap_or(&Caller::Anyone).name();
         let place = self.places.take(&caller.to_owned(), 1);
-        let runtime = if place.is_some() { &self.ahead } else { &self.further }.clone();
+        let (runtime, precedence) = match place {
+            Some(_) => (&self.ahead, Precedence::Ahead),
+            None => (&self.further, Precedence::Further),
+        };
+        let runtime = runtime.clone();
+        // The submission waits for its turns where it stands.
+        request.extensions_mut().insert(precedence);
         let call = inner.call(request);
         Box::pin(async move {
             // Spawned once polled, inside the call's span, so its trace goes with

@@ -8,6 +8,7 @@ use super::status::to_status;
 use super::{DEADLINE_MARGIN, Ownership, SelfieAuthApi, audit_job, caller, deadline, pb};
 use crate::auth::Permission;
 use crate::auth::rates::Spend;
+use crate::fair::Precedence;
 use crate::jobs::{JobKind, StatusExtras, SubmitRequest};
 
 impl SelfieAuthApi {
@@ -21,6 +22,7 @@ impl SelfieAuthApi {
         allow_new_enroll: bool,
     ) -> Result<(pb::Job, bool), Status> {
         let (budget, admission) = (deadline(&request), request.extensions().get::<Admission>().cloned());
+        let precedence = request.extensions().get::<Precedence>().copied().unwrap_or_default();
         let caller = &caller(&request)?;
         self.throttle(caller, Spend::Call)?;
         let submission = request.into_inner();
@@ -48,6 +50,7 @@ impl SelfieAuthApi {
             liveness: submission.liveness_images,
             partner_params: submission.partner_params.into_iter().collect(),
             allow_new_enroll,
+            precedence,
         };
         let wait = budget.map_or(service.config().default_wait, |budget| {
             budget.saturating_sub(DEADLINE_MARGIN)

@@ -30,7 +30,7 @@ use super::model::{
 use super::ports::{Created, Saved, SmileId, SmileJob, SubmitFailure};
 use super::settings::ServiceConfig;
 use super::validate::{SubmitRequest, caller_key, prepare};
-use crate::fair::{FairGate, FairLane, Turn};
+use crate::fair::{FairGate, FairLane, Precedence, Turn};
 
 /// What SubmitAuthentication returns.
 #[derive(Clone, Debug)]
@@ -170,8 +170,12 @@ impl Submitter {
     /// retry. Waiting for the result is the watcher's.
     #[tracing::instrument(name = "job.submit", skip_all, fields(job_id = tracing::field::Empty))]
     pub async fn submit(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
-        let arrived = Instant::now();
-        let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller_key(request.owner.as_deref()))).await;
+        let (arrived, precedence) = (Instant::now(), request.precedence);
+        let turn = tokio::time::timeout_at(
+            deadline,
+            self.turns.turn(caller_key(request.owner.as_deref()), precedence),
+        )
+        .await;
         // Those that gave up waited too, and longest.
         self.core.metrics.turn_waited(arrived.elapsed());
         let turn = turn.map_err(|_| {
@@ -196,7 +200,7 @@ impl Submitter {
             prepared.job_id = generate_job_id();
         }
         tracing::Span::current().record("job_id", prepared.job_id.as_str());
-        let (outcome, joined) = self.start_or_join(prepared, held, turn)?;
+        let (outcome, joined) = self.start_or_join(prepared, held, (turn, precedence))?;
         let mut output = match tokio::time::timeout_at(deadline, outcome).await {
             Ok(outcome) => outcome?,
             Err(_) => return Err(in_progress(self.config.submit_lease.min(Duration::from_secs(1)))),
@@ -213,7 +217,7 @@ impl Submitter {
         self: &Arc<Self>,
         prepared: Prepared,
         held: OwnedSemaphorePermit,
-        turn: Turn,
+        turn: (Turn, Precedence),
     ) -> Result<(Shared<BoxFuture<'static, Outcome>>, bool), JobError> {
         let key: AttemptKey = (prepared.owner.clone(), prepared.job_id.clone());
         let mut attempts = self.sending.lock();
@@ -254,8 +258,8 @@ impl Submitter {
     }
 
     /// Creates the job or takes it over, then sends it (as attempt `id`) to a
-    /// definite outcome.
-    async fn send(&self, prepared: &Prepared, id: u64, turn: Turn) -> Outcome {
+    /// definite outcome. Its later turns are taken with the first one's precedence.
+    async fn send(&self, prepared: &Prepared, id: u64, (turn, precedence): (Turn, Precedence)) -> Outcome {
         let now = Utc::now();
         let lease_until = now + self.config.submit_lease;
         let mut fresh = Job::submitting(prepared, now, lease_until, now + self.config.reconcile.first_delay);
@@ -309,7 +313,7 @@ impl Submitter {
             }
         };
         let job = tokio::select! {
-            sent = self.send_with_retries(&job, prepared, may_resume) => sent?,
+            sent = self.send_with_retries(&job, prepared, may_resume, precedence) => sent?,
             never = self.renew_lease(&job.job_id) => match never {},
         };
         Ok(SubmitOutput { job, created })
@@ -343,7 +347,13 @@ impl Submitter {
 
     /// Sends the job until Smile ID accepts or refuses it, retrying transient
     /// failures within the retry budget.
-    async fn send_with_retries(&self, job: &Job, prepared: &Prepared, mut may_resume: bool) -> Result<Job, JobError> {
+    async fn send_with_retries(
+        &self,
+        job: &Job,
+        prepared: &Prepared,
+        mut may_resume: bool,
+        precedence: Precedence,
+    ) -> Result<Job, JobError> {
         let give_up_at = Instant::now() + self.config.submit_retry_budget;
         let mut backoff = FIRST_RETRY;
         let job_id = job.job_id.as_str();
@@ -367,7 +377,7 @@ impl Submitter {
                     // Written in the caller's turn, as the job was created, so
                     // the store's queue holds few of any one caller's writes.
                     let asked = Instant::now();
-                    let _turn = self.turns.turn(caller_key(prepared.owner.as_deref())).await;
+                    let _turn = self.turns.turn(caller_key(prepared.owner.as_deref()), precedence).await;
                     self.core.metrics.turn_waited(asked.elapsed());
                     // The job as created is current unless its lease was renewed
                     // meanwhile, which costs one conflict: no read before the write.

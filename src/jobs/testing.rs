@@ -617,5 +617,6 @@ pub fn submission(user_id: &str, job_id: &str, seed: u8) -> super::SubmitRequest
         liveness: Vec::new(),
         partner_params: BTreeMap::new(),
         allow_new_enroll: false,
+        precedence: crate::fair::Precedence::Ahead,
     }
 }

@@ -10,7 +10,7 @@ use super::error::{FieldViolation, InvalidReason, JobError, quoted};
 use super::memory::{MemoryBudget, Refused};
 use super::model::{JobKind, Prepared};
 use super::settings::ImageLimits;
-use crate::fair::FairLane;
+use crate::fair::{FairLane, Precedence};
 use bytes::Bytes;
 use image::{ImageDecoder as _, ImageFormat, ImageReader, Limits};
 use sha2::{Digest, Sha256};
@@ -41,6 +41,8 @@ pub struct SubmitRequest {
     pub partner_params: BTreeMap<String, String>,
     /// Enrolments: ask Smile ID to enrol the user again although they are enrolled.
     pub allow_new_enroll: bool,
+    /// Where it waits for its turns: one of its caller's first few in flight, or further.
+    pub precedence: Precedence,
 }
 
 impl std::fmt::Debug for SubmitRequest {
