@@ -127,44 +127,12 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(200), future).await.ok()
     }
 
-    #[tokio::test]
-    async fn a_free_turn_goes_to_the_next_caller_in_line() {
+    /// The order in which `line`, waiting in that order for a gate of one
+    /// turn, had their turns (by their places in `line`).
+    async fn turns_taken(line: [(&'static str, Precedence); 4]) -> Vec<usize> {
         let gate = Arc::new(FairGate::new(1));
-        let first = gate.turn("greedy", Precedence::Ahead).await;
+        let first = gate.turn("first", Precedence::Ahead).await;
         let (order, mut waiters) = (Arc::new(Mutex::new(Vec::new())), Vec::new());
-        for (caller, index) in [("greedy", 1), ("greedy", 2), ("greedy", 3), ("honest", 1)] {
-            let (gate, order) = (gate.clone(), order.clone());
-            waiters.push(crate::task::spawn(async move {
-                let turn = gate.turn(caller, Precedence::Ahead).await;
-                order.lock().expect("order").push((caller, index));
-                drop(turn);
-            }));
-            tokio::task::yield_now().await;
-        }
-        drop(first);
-        for waiter in waiters {
-            soon(waiter)
-                .await
-                .expect("every waiter has its turn")
-                .expect("no panic");
-        }
-        assert_eq!(
-            *order.lock().expect("order"),
-            [("greedy", 1), ("honest", 1), ("greedy", 2), ("greedy", 3)]
-        );
-    }
-
-    #[tokio::test]
-    async fn those_ahead_have_their_turns_before_anyone_further() {
-        let gate = Arc::new(FairGate::new(1));
-        let first = gate.turn("greedy", Precedence::Ahead).await;
-        let (order, mut waiters) = (Arc::new(Mutex::new(Vec::new())), Vec::new());
-        let line = [
-            ("greedy", Precedence::Further),
-            ("greedy", Precedence::Ahead),
-            ("greedy", Precedence::Further),
-            ("honest", Precedence::Ahead),
-        ];
         for (index, (caller, precedence)) in line.into_iter().enumerate() {
             let (gate, order) = (gate.clone(), order.clone());
             waiters.push(crate::task::spawn(async move {
@@ -181,7 +149,29 @@ mod tests {
                 .expect("every waiter has its turn")
                 .expect("no panic");
         }
-        assert_eq!(*order.lock().expect("order"), [1, 3, 0, 2]);
+        std::mem::take(&mut *order.lock().expect("order"))
+    }
+
+    #[tokio::test]
+    async fn a_free_turn_goes_to_the_next_caller_in_line() {
+        let line = [
+            ("greedy", Precedence::Ahead),
+            ("greedy", Precedence::Ahead),
+            ("greedy", Precedence::Ahead),
+            ("honest", Precedence::Ahead),
+        ];
+        assert_eq!(turns_taken(line).await, [0, 3, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn those_ahead_have_their_turns_before_anyone_further() {
+        let line = [
+            ("greedy", Precedence::Further),
+            ("greedy", Precedence::Ahead),
+            ("greedy", Precedence::Further),
+            ("honest", Precedence::Ahead),
+        ];
+        assert_eq!(turns_taken(line).await, [1, 3, 0, 2]);
     }
 
     #[tokio::test]
