@@ -12,7 +12,8 @@
 //! the CPU is short, every caller's first few go ahead of anyone's further
 //! ones, and when it is not, the further ones run as soon as the others.
 //! Nothing waits for a place here, so a caller alone (or Smile ID being slow)
-//! is never held to a few submissions at once.
+//! is never held to a few submissions at once. With authentication off there
+//! is one caller, and all its submissions go ahead.
 
 use std::sync::Arc;
 
@@ -63,12 +64,14 @@ impl Middleware for SubmissionsApart {
         if !is_submission(request.uri().path()) {
             return Box::pin(inner.call(request));
         }
-        // Unidentified callers (authentication off) are one caller.
-        let caller = request.extensions().get::<Caller>().unwrap_or(&Caller::Anyone).name();
-        let place = self.places.take(&caller.to_owned(), 1);
-        let (runtime, precedence) = match place {
-            Some(_) => (&self.ahead, Precedence::Ahead),
-            None => (&self.further, Precedence::Further),
+        let (runtime, precedence, place) = match request.extensions().get::<Caller>() {
+            Some(Caller::Identified(identity)) => match self.places.take(&identity.as_str().to_owned(), 1) {
+                Some(place) => (&self.ahead, Precedence::Ahead, Some(place)),
+                None => (&self.further, Precedence::Further, None),
+            },
+            // With authentication off every call is the one caller's, with no
+            // one else's to go ahead of.
+            Some(Caller::Anyone) | None => (&self.ahead, Precedence::Ahead, None),
         };
         let runtime = runtime.clone();
         // The submission waits for its turns where it stands.
@@ -183,11 +186,13 @@ mod tests {
             next_thread(&mut runs).await,
             ("honest".to_owned(), "submissions".to_owned())
         );
-        // Unidentified callers are one caller, with places of their own.
-        calls.push(crate::task::spawn(
-            apart.call(&mut inner, request(SUBMIT, Caller::Anyone)),
-        ));
-        assert_eq!(next_thread(&mut runs).await.1, "submissions");
+        // With authentication off, the one caller's submissions all go ahead.
+        for _ in 0..3 {
+            calls.push(crate::task::spawn(
+                apart.call(&mut inner, request(SUBMIT, Caller::Anyone)),
+            ));
+            assert_eq!(next_thread(&mut runs).await.1, "submissions");
+        }
 
         // Reads stay on the runtime serving the connection.
         let read = crate::task::spawn(apart.call(
@@ -197,7 +202,7 @@ mod tests {
         let (_, thread) = next_thread(&mut runs).await;
         assert!(!thread.starts_with("submissions"), "a read ran on {thread}");
 
-        release.add_permits(6);
+        release.add_permits(8);
         for call in calls.into_iter().chain([read]) {
             let Ok(_answer) = call.await.expect("the call's task");
         }
