@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::fair::Precedence;
 use crate::jobs::model::{Decision, JobKind, Refusal, RefusalCause, SmileResult};
 use crate::jobs::ports::{
     Accepted, ManageFailure, SmileId, SmileJob, StatusExtras, StatusFailure, StatusReport, SubmitFailure,
@@ -10,19 +11,28 @@ use crate::jobs::ports::{
 use crate::metrics::Metrics;
 use crate::smileid::wire::{JOB_TYPE_AUTHENTICATION, JOB_TYPE_REGISTRATION};
 use crate::smileid::{
-    self, ErrorCode, JobSubmission, PartnerParams, ResultEntry, SmileIdClient, SmileIdError, StatusOptions,
-    SubmitOutcome, UserAction,
+    self, ClientConfig, ErrorCode, JobSubmission, PartnerParams, ResultEntry, SmileIdClient, SmileIdError,
+    StatusOptions, SubmitOutcome, UserAction,
 };
 use crate::users::model::Operation;
 
 pub struct SmileIdAdapter {
     client: SmileIdClient,
+    /// The same, with connections of its own for submissions beyond their
+    /// callers' first few. A connection is driven on the runtime that opened
+    /// it; opened by one of those, at the lowest CPU priority, it would
+    /// stall everyone's calls that took it from a shared pool.
+    further: SmileIdClient,
     metrics: Arc<Metrics>,
 }
 
 impl SmileIdAdapter {
-    pub fn new(client: SmileIdClient, metrics: Arc<Metrics>) -> Self {
-        Self { client, metrics }
+    pub fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> Result<Self, SmileIdError> {
+        Ok(Self {
+            client: SmileIdClient::new(config.clone())?,
+            further: SmileIdClient::new(config.clone())?,
+            metrics,
+        })
     }
 }
 
@@ -47,7 +57,11 @@ impl SmileId for SmileIdAdapter {
             allow_new_enroll: job.allow_new_enroll,
         };
         let started = Instant::now();
-        let submitted = self.client.submit(&submission).await;
+        let client = match job.precedence {
+            Precedence::Ahead => &self.client,
+            Precedence::Further => &self.further,
+        };
+        let submitted = client.submit(&submission).await;
         let outcome = match &submitted {
             Ok(_) => "accepted",
             Err(error) => match error.outcome {

@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 use super::model::{
     Erasure, EventKind, EventNotice, Job, JobEvent, JobKind, JobState, LogFilter, Refusal, SmileResult,
 };
+use crate::fair::Precedence;
 use crate::users::model::{Operation, UserRecord};
 
 // === the job store ===
@@ -238,6 +239,9 @@ pub struct SmileJob<'a> {
     pub may_resume: bool,
     /// Enrol the user again although they are enrolled.
     pub allow_new_enroll: bool,
+    /// Where the submission stands among its caller's: those beyond the first
+    /// few go over connections of their own.
+    pub precedence: Precedence,
 }
 
 impl std::fmt::Debug for SmileJob<'_> {

@@ -368,6 +368,7 @@ impl Submitter {
                 liveness_jpegs: &prepared.liveness_jpegs,
                 may_resume,
                 allow_new_enroll: prepared.allow_new_enroll,
+                precedence,
             };
             let failure = match self.smile.submit(submission).await {
                 Ok(accepted) => {

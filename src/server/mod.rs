@@ -26,7 +26,6 @@ use crate::jobs::memory::MemoryBudget;
 use crate::jobs::{JobService, Ports};
 use crate::metrics::Metrics;
 use crate::smile_adapter::SmileIdAdapter;
-use crate::smileid::SmileIdClient;
 use crate::store::{self, OpeningStore};
 use files::Opened;
 use health::Readiness;
@@ -70,9 +69,9 @@ pub async fn start_on(
     store::check_url(&config.database_url)
         .with_context(|| format!("the job store ({})", config.sources.name("database_url")))?;
     let opened = Opened::open(&config)?;
-    let smile = SmileIdClient::new(opened.smile.clone()).context("building the Smile ID client")?;
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
+    let smile = SmileIdAdapter::new(&opened.smile, metrics.clone()).context("building the Smile ID client")?;
     let readiness = Readiness::new(metrics.clone());
     // The service exists from the start; its store answers unavailable until the database is open.
     let store = OpeningStore::new(metrics.clone());
@@ -81,7 +80,7 @@ pub async fn start_on(
         Ports {
             store: store.clone(),
             fanout: Arc::new(bus.clone()),
-            smile: Arc::new(SmileIdAdapter::new(smile, metrics.clone())),
+            smile: Arc::new(smile),
             metrics: metrics.clone(),
         },
         config.service.clone(),
