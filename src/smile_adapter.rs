@@ -209,7 +209,89 @@ fn refusal(code: &ErrorCode, message: String) -> Refusal {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
+    use crate::smileid::{ApiKey, Credentials, Environment};
+
+    /// A stand-in for Smile ID on loopback that refuses every request over
+    /// connections kept open, and counts the connections opened to it.
+    async fn refusing_smile_id() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let url = format!("http://{}/v1", listener.local_addr().expect("an address"));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let counted = opened.clone();
+        crate::task::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                crate::task::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut chunk = [0_u8; 4096];
+                    while let Ok(read @ 1..) = socket.read(&mut chunk).await {
+                        request.extend_from_slice(&chunk[..read]);
+                        // Each request here fits its first reads; answer once its headers are in.
+                        if request.windows(4).any(|window| window == b"\r\n\r\n") {
+                            request.clear();
+                            let refusal = br#"{"code":"2204","error":"refused by the stand-in"}"#;
+                            let head = format!(
+                                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                                refusal.len()
+                            );
+                            if socket.write_all(head.as_bytes()).await.is_err()
+                                || socket.write_all(refusal).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, opened)
+    }
+
+    #[tokio::test]
+    async fn submissions_beyond_their_callers_first_few_never_share_a_connection_with_the_rest() {
+        let (url, opened) = refusing_smile_id().await;
+        let config = ClientConfig::new(Environment::Custom(url), Credentials::new("001", ApiKey::new("key")));
+        let adapter = SmileIdAdapter::new(&config, Arc::new(Metrics::default())).expect("a client");
+        let (partner_params, selfie) = (BTreeMap::new(), Bytes::from_static(b"\xFF\xD8\xFF"));
+        let line = [
+            Precedence::Ahead,
+            Precedence::Ahead,
+            Precedence::Further,
+            Precedence::Further,
+            Precedence::Ahead,
+        ];
+        for precedence in line {
+            let job = SmileJob {
+                kind: JobKind::Authentication,
+                user_id: "user-1",
+                job_id: "job-1",
+                partner_params: &partner_params,
+                callback_url: None,
+                selfie_jpeg: &selfie,
+                liveness_jpegs: &[],
+                may_resume: false,
+                allow_new_enroll: false,
+                precedence,
+            };
+            let refused = adapter.submit(job).await;
+            assert!(
+                matches!(refused, Err(SubmitFailure::Refused(_))),
+                "{precedence:?}: {refused:?}"
+            );
+        }
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            2,
+            "one connection for each, each kept for its own"
+        );
+    }
 
     #[test]
     fn a_result_stored_as_the_client_wrote_it_reads_back_as_the_domains() {
