@@ -122,8 +122,8 @@ mod tests {
         Caller::Identified(Identity::token_subject(name).expect("an identity"))
     }
 
-    /// The rest of the stack: tells which thread each call ran on, then holds
-    /// it in flight until `release` lets it go.
+    /// The rest of the stack: tells which thread each call ran on (and where
+    /// it stood, if not there), then holds it in flight until `release` lets it go.
     fn recording(
         release: Arc<Semaphore>,
     ) -> (
@@ -135,6 +135,18 @@ mod tests {
             let (ran, release) = (ran.clone(), release.clone());
             async move {
                 let thread = std::thread::current().name().unwrap_or_default().to_owned();
+                // A submission stands where it runs; one that does not says both.
+                let stands = request.extensions().get::<Precedence>().copied();
+                let fits = match thread.as_str() {
+                    "submissions" => stands == Some(Precedence::Ahead),
+                    "submissions+" => stands == Some(Precedence::Further),
+                    _ => stands.is_none(),
+                };
+                let thread = if fits {
+                    thread
+                } else {
+                    format!("{thread}, standing {stands:?}")
+                };
                 let name = request
                     .extensions()
                     .get::<Caller>()
