@@ -7,9 +7,8 @@
 //! those stages at once and a free turn goes to the next caller in line, so
 //! the queues behind it stay short and a caller with much waiting waits
 //! behind its own work. Each caller's first few submissions in flight go
-//! ahead of anyone's further ones ([`Precedence`]). Those run at the lowest
-//! CPU priority, where a turn may be held a long while: they wait while
-//! anyone's first few wait, and hold at most half the turns at once.
+//! ahead of anyone's further ones ([`Precedence`]): those run at the lowest
+//! CPU priority, and a turn held there would hold everyone up.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,9 +18,6 @@ use super::turns::Turns;
 
 struct State {
     free: usize,
-    /// Turns held with [`Precedence::Further`], and how many may be.
-    further_held: usize,
-    further_most: usize,
     /// Waiting with [`Precedence::Ahead`].
     ahead: Turns<oneshot::Sender<Turn>>,
     /// Waiting with [`Precedence::Further`], served when no one waits ahead.
@@ -29,42 +25,8 @@ struct State {
 }
 
 impl State {
-    /// Whether a newcomer standing at `precedence` may take a turn at once.
-    fn open_to(&self, precedence: Precedence) -> bool {
-        self.free > 0
-            && self.ahead.is_empty()
-            && match precedence {
-                Precedence::Ahead => true,
-                Precedence::Further => self.further.is_empty() && self.further_held < self.further_most,
-            }
-    }
-
-    fn take(&mut self, precedence: Precedence) {
-        self.free -= 1;
-        if precedence == Precedence::Further {
-            self.further_held += 1;
-        }
-    }
-
-    fn give_back(&mut self, precedence: Precedence) {
-        self.free += 1;
-        if precedence == Precedence::Further {
-            self.further_held -= 1;
-        }
-    }
-
-    /// The next waiter a free turn goes to, and where it stands.
-    fn next_waiting(&mut self) -> Option<(oneshot::Sender<Turn>, Precedence)> {
-        if self.free == 0 {
-            return None;
-        }
-        if let Some(next) = self.ahead.next() {
-            return Some((next, Precedence::Ahead));
-        }
-        if self.further_held < self.further_most {
-            return self.further.next().map(|next| (next, Precedence::Further));
-        }
-        None
+    fn next_waiting(&mut self) -> Option<oneshot::Sender<Turn>> {
+        self.ahead.next().or_else(|| self.further.next())
     }
 }
 
@@ -74,9 +36,7 @@ pub enum Precedence {
     /// One of its caller's first few in flight.
     #[default]
     Ahead,
-    /// One beyond those: it waits while anyone's first few wait, and such
-    /// submissions hold at most half the turns at once. They run at the
-    /// lowest CPU priority, where a turn may be held a long while.
+    /// One beyond those: it waits while anyone's first few wait.
     Further,
 }
 
@@ -94,7 +54,6 @@ pub struct FairGate {
 pub struct Turn {
     /// `None` once handed on, or for a turn of a gate that is gone.
     gate: Option<Shared>,
-    precedence: Precedence,
 }
 
 impl std::fmt::Debug for Turn {
@@ -106,12 +65,9 @@ impl std::fmt::Debug for Turn {
 impl FairGate {
     /// A gate letting `turns` through at once (at least one).
     pub fn new(turns: usize) -> Self {
-        let turns = turns.max(1);
         Self {
             shared: Arc::new(Mutex::new(State {
-                free: turns,
-                further_held: 0,
-                further_most: turns.div_ceil(2),
+                free: turns.max(1),
                 ahead: Turns::default(),
                 further: Turns::default(),
             })),
@@ -123,11 +79,10 @@ impl FairGate {
     pub async fn turn(&self, caller: &str, precedence: Precedence) -> Turn {
         let handed = {
             let mut state = lock(&self.shared);
-            if state.open_to(precedence) {
-                state.take(precedence);
+            if state.free > 0 && state.ahead.is_empty() && state.further.is_empty() {
+                state.free -= 1;
                 return Turn {
                     gate: Some(self.shared.clone()),
-                    precedence,
                 };
             }
             let (hand, handed) = oneshot::channel();
@@ -139,7 +94,7 @@ impl FairGate {
         };
         // A waiter's sender goes only with a turn in it, or with the gate's
         // state, when nothing would be waited for.
-        handed.await.unwrap_or(Turn { gate: None, precedence })
+        handed.await.unwrap_or(Turn { gate: None })
     }
 }
 
@@ -149,21 +104,16 @@ impl Drop for Turn {
             return;
         };
         let mut state = lock(&gate);
-        state.give_back(self.precedence);
-        while let Some((next, precedence)) = state.next_waiting() {
-            state.take(precedence);
+        while let Some(next) = state.next_waiting() {
             match next.send(Turn {
                 gate: Some(gate.clone()),
-                precedence,
             }) {
                 Ok(()) => return,
                 // That caller went away: its turn goes to the next.
-                Err(mut unwanted) => {
-                    unwanted.gate = None;
-                    state.give_back(precedence);
-                }
+                Err(mut unwanted) => unwanted.gate = None,
             }
         }
+        state.free += 1;
     }
 }
 
@@ -222,27 +172,6 @@ mod tests {
             ("honest", Precedence::Ahead),
         ];
         assert_eq!(turns_taken(line).await, [1, 3, 0, 2]);
-    }
-
-    #[tokio::test]
-    async fn those_further_hold_at_most_half_the_turns() {
-        let gate = FairGate::new(4);
-        let held = [
-            gate.turn("greedy", Precedence::Further).await,
-            gate.turn("greedy", Precedence::Further).await,
-        ];
-        let mut third = Box::pin(gate.turn("greedy", Precedence::Further));
-        assert!(
-            soon(&mut third).await.is_none(),
-            "two of four turns are the most held further"
-        );
-        let ahead = soon(gate.turn("honest", Precedence::Ahead))
-            .await
-            .expect("a turn is free for those ahead");
-        let [one, _two] = held;
-        drop(one);
-        let third = soon(third).await.expect("a turn held further came back");
-        drop((ahead, third));
     }
 
     #[tokio::test]
