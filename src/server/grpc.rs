@@ -89,7 +89,7 @@ pub fn serve(
         // request is admitted only once it has arrived whole.
         .layer(Identify::new(identity, metrics.clone()).into_layer())
         .layer(load_shed.on_arrival().into_layer())
-        .layer(SubmissionsApart::start().into_layer())
+        .layer(SubmissionsApart::start(config.service.submission_turns).into_layer())
         .layer(RequestLimitsLayer::new(
             config.max_message_bytes,
             limits.request_timeout,
