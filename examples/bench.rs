@@ -534,7 +534,7 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
     report.row(
         "work the gateway floor skips, per submission (one thread)",
         format!(
-            "SHA-256 fingerprint {:.2} ms, JPEG structural checks {:.2} ms",
+            "fingerprint (XXH3-128) {:.2} ms, JPEG structural checks {:.2} ms",
             fingerprint * 1e3,
             structure * 1e3
         ),
@@ -556,7 +556,7 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
 }
 
 /// Seconds of one thread's time per submission for the two checks only the
-/// service makes: the job's SHA-256 fingerprint and the structural JPEG check
+/// service makes: the job's fingerprint and the structural JPEG check
 /// of each image.
 /// The best of five rounds, so another process's turn on the CPU counts less.
 fn work_the_floor_skips(selfie: &Bytes, liveness: &[Bytes]) -> (f64, f64) {
@@ -573,19 +573,16 @@ fn work_the_floor_skips(selfie: &Bytes, liveness: &[Bytes]) -> (f64, f64) {
             })
             .fold(f64::INFINITY, f64::min)
     };
-    let request = selfie_auth::jobs::SubmitRequest {
+    let partner_params = std::collections::BTreeMap::new();
+    let content = selfie_auth::jobs::fingerprint::Content {
         kind: selfie_auth::jobs::JobKind::Authentication,
-        owner: None,
-        user_id: "bench-user".into(),
-        job_id: String::new(),
-        selfie: selfie.clone(),
-        liveness: liveness.to_vec(),
-        partner_params: std::collections::BTreeMap::new(),
-        allow_new_enroll: false,
-        precedence: selfie_auth::fair::Precedence::Ahead,
+        user_id: "bench-user",
+        partner_params: &partner_params,
+        selfie,
+        liveness,
     };
     let fingerprint = best(&|| {
-        std::hint::black_box(selfie_auth::jobs::validate::fingerprint(&request));
+        std::hint::black_box(content.fingerprint());
     });
     let structure = best(&|| {
         for image in &images {

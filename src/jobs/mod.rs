@@ -10,6 +10,7 @@
 
 mod core;
 pub mod error;
+pub mod fingerprint;
 pub mod jpeg;
 pub mod listing;
 pub mod memory;

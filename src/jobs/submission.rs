@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::core::JobCore;
 use super::error::{JobError, UnavailableReason};
+use super::fingerprint::same_content;
 use super::memory::MemoryBudget;
 use super::model::{
     Job, JobKind, JobProblem, JobState, Prepared, ProblemReason, Refusal, RefusalCause, TakeOver, scoped_job_id,
@@ -292,7 +293,7 @@ impl Submitter {
                 });
             }
             Created::Existing(mut job) => {
-                if job.content_hash != prepared.content_hash || !same_submitter(job.owner.as_deref(), prepared) {
+                if !same_content(prepared, &job.content_hash) || !same_submitter(job.owner.as_deref(), prepared) {
                     return Err(JobError::JobIdReused {
                         job_id: prepared.job_id.clone(),
                     });

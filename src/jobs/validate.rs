@@ -7,13 +7,13 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use super::error::{FieldViolation, InvalidReason, JobError, quoted};
+use super::fingerprint::Content;
 use super::memory::{MemoryBudget, Refused};
 use super::model::{JobKind, Prepared};
 use super::settings::ImageLimits;
 use crate::fair::{FairLane, Precedence};
 use bytes::Bytes;
 use image::{ImageDecoder as _, ImageFormat, ImageReader, Limits};
-use sha2::{Digest, Sha256};
 
 /// Longest wait for decode memory before a submission is shed as overloaded.
 const DECODE_WAIT: Duration = Duration::from_secs(10);
@@ -113,7 +113,7 @@ pub async fn prepare(
                 .map(|(field, image)| to_jpeg(image, limits).map_err(|problem| (field, problem)))
                 .collect::<Result<Vec<_>, _>>()?;
             drop(permit);
-            let content_hash = fingerprint(&request);
+            let content_hash = content_of(&request).fingerprint();
             let mut jpegs = jpegs.into_iter();
             let selfie = jpegs.next().unwrap_or_default();
             Ok((request, selfie, jpegs.collect::<Vec<_>>(), content_hash))
@@ -132,8 +132,21 @@ pub async fn prepare(
         liveness_jpegs,
         partner_params: request.partner_params,
         content_hash,
+        submitted_selfie: request.selfie,
+        submitted_liveness: request.liveness,
         allow_new_enroll: request.allow_new_enroll,
     })
+}
+
+/// The fields of `request` its fingerprint is made of.
+pub fn content_of(request: &SubmitRequest) -> Content<'_> {
+    Content {
+        kind: request.kind,
+        user_id: &request.user_id,
+        partner_params: &request.partner_params,
+        selfie: &request.selfie,
+        liveness: &request.liveness,
+    }
 }
 
 /// The images of a request with their field names: the selfie first.
@@ -247,30 +260,6 @@ fn check_sizes(request: &SubmitRequest, limits: ImageLimits) -> Result<(), JobEr
     } else {
         Err(JobError::invalid(InvalidReason::ImageTooLarge, violations))
     }
-}
-
-/// SHA-256 over everything that defines the job, length-prefixed so fields cannot run together.
-pub fn fingerprint(request: &SubmitRequest) -> String {
-    let mut hasher = Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        hasher.update((bytes.len() as u64).to_be_bytes());
-        hasher.update(bytes);
-    };
-    // An authentication's fingerprint predates kinds; an enrolment's differs
-    // from it, so one job_id cannot be both.
-    if request.kind == JobKind::Enrollment {
-        field(b"enrollment");
-    }
-    field(request.user_id.as_bytes());
-    for (key, value) in &request.partner_params {
-        field(key.as_bytes());
-        field(value.as_bytes());
-    }
-    field(&request.selfie);
-    for frame in &request.liveness {
-        field(frame);
-    }
-    crate::lower_hex(&hasher.finalize())
 }
 
 fn format_of(bytes: &[u8]) -> Result<ImageFormat, String> {

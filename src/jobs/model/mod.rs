@@ -153,7 +153,8 @@ pub struct Job {
     pub unconfirmed: Vec<SmileResult>,
     pub problem: Option<JobProblem>,
     pub partner_params: BTreeMap<String, String>,
-    /// SHA-256 of the submitted content: the idempotency fingerprint.
+    /// The submitted content's fingerprint (`jobs::fingerprint`): a repeated
+    /// job_id is a retry only with the same.
     pub content_hash: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -486,7 +487,13 @@ pub struct Prepared {
     pub selfie_jpeg: Bytes,
     pub liveness_jpegs: Vec<Bytes>,
     pub partner_params: BTreeMap<String, String>,
+    /// This content's fingerprint, as stored with the job.
     pub content_hash: String,
+    /// The images as submitted: the JPEGs' own buffers, unless one was a PNG.
+    /// A fingerprint stored by an earlier build is checked against them
+    /// (`jobs::fingerprint`).
+    pub submitted_selfie: Bytes,
+    pub submitted_liveness: Vec<Bytes>,
     pub allow_new_enroll: bool,
 }
 

@@ -47,6 +47,40 @@ async fn the_same_job_id_with_other_content_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_job_stored_with_an_earlier_builds_fingerprint_still_tells_a_retry_from_a_reuse() {
+    // A PNG is sent transcoded; the fingerprint was of the bytes submitted.
+    let png = {
+        let image = image::RgbImage::from_pixel(32, 32, image::Rgb([9, 120, 200]));
+        let mut png = std::io::Cursor::new(Vec::new());
+        image.write_to(&mut png, image::ImageFormat::Png).expect("encode a png");
+        bytes::Bytes::from(png.into_inner())
+    };
+    let as_png = |mut request: crate::jobs::SubmitRequest| {
+        request.selfie = png.clone();
+        request
+    };
+    let h = harness();
+    for (job_id, submitted) in [
+        ("j1", submission("u", "j1", 1)),
+        ("j2", as_png(submission("u", "j2", 1))),
+    ] {
+        let stored_before = crate::jobs::fingerprint::as_stored_before("u", &[&submitted.selfie]);
+        h.service.submit(submitted, soon()).await.expect("submit");
+        h.store.edit(job_id, |job| job.content_hash = stored_before);
+    }
+
+    for retry in [submission("u", "j1", 1), as_png(submission("u", "j2", 1))] {
+        let output = h.service.submit(retry, soon()).await.expect("a retry of the job");
+        assert!(!output.created);
+    }
+    for reuse in [submission("u", "j1", 2), submission("u", "j2", 1)] {
+        let error = h.service.submit(reuse, soon()).await.expect_err("reused");
+        assert!(matches!(error, JobError::JobIdReused { .. }), "{error:?}");
+    }
+    assert_eq!(h.smile.calls().len(), 2);
+}
+
+#[tokio::test]
 async fn a_refusal_fails_the_job_and_is_replayed_without_calling_smile_id() {
     let h = harness();
     h.smile.answer_submit(Err(SubmitFailure::Refused(Refusal {
