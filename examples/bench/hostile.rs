@@ -245,6 +245,27 @@ enum Placement {
     OwnCores,
 }
 
+/// How long Smile ID takes to answer each call of a submission.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SmileIdAnswers {
+    /// The simulator's own speed: four submissions in flight keep the service
+    /// busy, so an equal share is at best twice the latency alone.
+    AtOnce,
+    /// After this many milliseconds, the prep upload and the upload each: a
+    /// caller's four in flight then leave the service mostly idle, as with
+    /// Smile ID across a network (whose calls take longer still).
+    After(u64),
+}
+
+impl SmileIdAnswers {
+    fn label(self) -> String {
+        match self {
+            Self::AtOnce => String::new(),
+            Self::After(ms) => format!(", Smile ID answering in {ms} ms"),
+        }
+    }
+}
+
 /// The cores of this machine: the service takes the first half when it has
 /// cores of its own, the benchmark's runtimes the rest.
 fn halves() -> (std::ops::Range<usize>, std::ops::Range<usize>) {
@@ -272,11 +293,14 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
             .push("Figures under attack skipped: build `target/release/selfie-auth` first.".into());
         return Ok(());
     }
-    under_attack(report, &binary, Placement::Shared, Attacker::AlsoACaller).await?;
+    let at_once = SmileIdAnswers::AtOnce;
+    under_attack(report, &binary, Placement::Shared, Attacker::AlsoACaller, at_once).await?;
     let taskset = std::process::Command::new("taskset").arg("-V").output().is_ok();
     if !halves().0.is_empty() && taskset {
-        under_attack(report, &binary, Placement::OwnCores, Attacker::AlsoACaller).await?;
-        under_attack(report, &binary, Placement::OwnCores, Attacker::Anyone).await?;
+        under_attack(report, &binary, Placement::OwnCores, Attacker::AlsoACaller, at_once).await?;
+        let across_a_network = SmileIdAnswers::After(50);
+        under_attack(report, &binary, Placement::OwnCores, Attacker::AlsoACaller, across_a_network).await?;
+        under_attack(report, &binary, Placement::OwnCores, Attacker::Anyone, at_once).await?;
     } else {
         report
             .notes
@@ -297,6 +321,7 @@ async fn under_attack(
     binary: &Path,
     placement: Placement,
     attacker_is: Attacker,
+    smile_id_answers: SmileIdAnswers,
 ) -> anyhow::Result<()> {
     // The honest caller waits for none of the attacker's tasks, as a separate
     // client would not. The attacker stands for machines elsewhere: at the
@@ -311,6 +336,15 @@ async fn under_attack(
     let sim = smile_id
         .spawn(simulator::start(super::simulator_config(), "127.0.0.1:0".parse()?))
         .await??;
+    if let SmileIdAnswers::After(ms) = smile_id_answers {
+        for endpoint in [simulator::Endpoint::Upload, simulator::Endpoint::Put] {
+            let fault = simulator::Fault {
+                latency_ms: Some(ms),
+                ..simulator::Fault::default()
+            };
+            sim.set_fault(endpoint, fault);
+        }
+    }
     let dir = tempfile::tempdir()?;
     let (grpc_port, http_port) = (free_port(), free_port());
     let mut child = match placement {
@@ -388,11 +422,18 @@ async fn under_attack(
         ))
         .await??;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let service_cpu = || super::cpu_seconds_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default());
+    let cpu_before = service_cpu();
     let started = Instant::now();
     let greedy_before = greedy.counts();
     let (gets, submissions) = honest_apart(&caller, grpc, &selfie, "attacked", &refused).await?;
     let attacked_refused = refused.load(Ordering::Relaxed);
     let during = started.elapsed();
+    let service_cores = match placement {
+        Placement::Shared => halves().1.end,
+        Placement::OwnCores => halves().0.len(),
+    };
+    let busy = (service_cpu() - cpu_before) / during.as_secs_f64() / service_cores as f64;
     let greedy_during = {
         let now = greedy.counts();
         (now.0 - greedy_before.0, now.1 - greedy_before.1)
@@ -412,7 +453,13 @@ async fn under_attack(
         Attacker::Anyone => " with no identity",
         Attacker::AlsoACaller => "",
     };
-    let row = |what: &str| format!("under attack{by}{}: {what}", placement.label());
+    let row = |what: &str| {
+        format!(
+            "under attack{by}{}{}: {what}",
+            placement.label(),
+            smile_id_answers.label()
+        )
+    };
     for (measure, ours, solo) in [
         ("GetJob, 1 in flight", &gets, &solo_gets),
         ("SubmitAuthentication, 4 in flight", &submissions, &solo_submissions),
@@ -455,7 +502,10 @@ async fn under_attack(
                 100.0 * submissions.rate() / (submissions.rate() + greedy_rate),
                 solo_submissions.rate()
             ),
-            "what the flood pushed through the service meanwhile".into(),
+            format!(
+                "what the flood pushed through the service meanwhile, its {service_cores} core(s) {:.0}% busy",
+                100.0 * busy
+            ),
         );
     }
     report.row(
@@ -465,7 +515,7 @@ async fn under_attack(
         verdict(peak <= CHART_MEMORY_LIMIT, "target <= the chart's limit".into()),
     );
     let missed = !(within(&gets, &solo_gets) && within(&submissions, &solo_submissions));
-    if missed && attacker_is == Attacker::AlsoACaller {
+    if missed && attacker_is == Attacker::AlsoACaller && smile_id_answers == SmileIdAnswers::AtOnce {
         let note = "Under attack, the well-behaved caller's latency misses 2x. Alone, its four submissions in flight \
                     keep the service busy: its throughput alone times the CPU a submission takes is about the service's \
                     cores. A flood as demanding gets its turns as often, so the honest caller keeps at most half the \
@@ -489,7 +539,10 @@ async fn under_attack(
              of its own, and the attacking client runs at the lowest CPU priority, as a machine elsewhere would. \
              With the service on cores of its own, the service runs on the first half of the cores and the \
              callers and the simulator on the rest. \"With no identity\": the same attack without the submission \
-             flood, which takes a caller allowed to submit; everything else anyone who reaches the ports can do."
+             flood, which takes a caller allowed to submit; everything else anyone who reaches the ports can do. \
+             \"Smile ID answering in 50 ms\": the simulator waits that long before answering each prep upload and \
+             upload, so the honest caller's four submissions in flight no longer keep the service busy by \
+             themselves, while the flood's 128 still do."
         ));
     }
     Ok(())
