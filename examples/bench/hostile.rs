@@ -297,10 +297,10 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
     under_attack(report, &binary, Placement::Shared, Attacker::AlsoACaller, at_once).await?;
     let taskset = std::process::Command::new("taskset").arg("-V").output().is_ok();
     if !halves().0.is_empty() && taskset {
-        under_attack(report, &binary, Placement::OwnCores, Attacker::AlsoACaller, at_once).await?;
-        let across_a_network = SmileIdAnswers::After(50);
-        under_attack(report, &binary, Placement::OwnCores, Attacker::AlsoACaller, across_a_network).await?;
-        under_attack(report, &binary, Placement::OwnCores, Attacker::Anyone, at_once).await?;
+        let own = Placement::OwnCores;
+        under_attack(report, &binary, own, Attacker::AlsoACaller, at_once).await?;
+        under_attack(report, &binary, own, Attacker::AlsoACaller, SmileIdAnswers::After(50)).await?;
+        under_attack(report, &binary, own, Attacker::Anyone, at_once).await?;
     } else {
         report
             .notes
@@ -422,7 +422,8 @@ async fn under_attack(
         ))
         .await??;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let service_cpu = || super::cpu_seconds_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default());
+    let service_cpu =
+        || super::cpu_seconds_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default());
     let cpu_before = service_cpu();
     let started = Instant::now();
     let greedy_before = greedy.counts();

@@ -216,7 +216,7 @@ impl Submitter {
     /// already running (`true`).
     fn start_or_join(
         self: &Arc<Self>,
-        prepared: Prepared,
+        mut prepared: Prepared,
         held: OwnedSemaphorePermit,
         turn: (Turn, Precedence),
     ) -> Result<(Shared<BoxFuture<'static, Outcome>>, bool), JobError> {
@@ -236,7 +236,7 @@ impl Submitter {
         let finished = key.clone();
         // The attempt belongs to the call's trace, though it may outlive the call.
         let task = crate::task::spawn(async move {
-            let outcome = service.send(&prepared, id, turn).await;
+            let outcome = service.send(&mut prepared, id, turn).await;
             service.sending.finished(&finished, id);
             drop((prepared, held));
             outcome
@@ -260,7 +260,7 @@ impl Submitter {
 
     /// Creates the job or takes it over, then sends it (as attempt `id`) to a
     /// definite outcome. Its later turns are taken with the first one's precedence.
-    async fn send(&self, prepared: &Prepared, id: u64, (turn, precedence): (Turn, Precedence)) -> Outcome {
+    async fn send(&self, prepared: &mut Prepared, id: u64, (turn, precedence): (Turn, Precedence)) -> Outcome {
         let now = Utc::now();
         let lease_until = now + self.config.submit_lease;
         let mut fresh = Job::submitting(prepared, now, lease_until, now + self.config.reconcile.first_delay);
@@ -313,6 +313,7 @@ impl Submitter {
                 }
             }
         };
+        prepared.release_submitted();
         let job = tokio::select! {
             sent = self.send_with_retries(&job, prepared, may_resume, precedence) => sent?,
             never = self.renew_lease(&job.job_id) => match never {},

@@ -497,6 +497,16 @@ pub struct Prepared {
     pub allow_new_enroll: bool,
 }
 
+impl Prepared {
+    /// Lets go of the images as submitted once the stored job's fingerprint
+    /// is checked: the submission's memory reservation counts one copy of its
+    /// images, and a PNG's are a second.
+    pub fn release_submitted(&mut self) {
+        self.submitted_selfie = Bytes::new();
+        self.submitted_liveness = Vec::new();
+    }
+}
+
 /// Separates a caller's job_id from the scope the service adds when another
 /// caller already holds that job_id: never in a job_id a caller writes.
 pub const SCOPE_SEPARATOR: char = '~';
