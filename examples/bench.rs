@@ -1004,15 +1004,60 @@ fn serve_binary() -> Option<PathBuf> {
     Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/selfie-auth")).filter(|binary| binary.exists())
 }
 
-/// A `selfie-auth serve` process on SQLite in `dir`, talking to `sim`, once it
-/// answers: the process, its pid, its gRPC address and a client.
+/// Who calls a `serve` process the benchmark starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// Anyone: authentication is off.
+    Anyone,
+    /// One caller, named by the mesh's `x-forwarded-client-cert` header, as
+    /// behind a sidecar: each caller's first few submissions in flight run apart
+    /// from the rest.
+    Named(&'static str),
+}
+
+impl Caller {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Anyone => "no authentication",
+            Self::Named(_) => "one named caller",
+        }
+    }
+
+    /// Where this caller's job_ids start, apart from the other's at the same simulator.
+    fn job_prefix(self) -> &'static str {
+        match self {
+            Self::Anyone => "anyone",
+            Self::Named(identity) => identity,
+        }
+    }
+
+    fn request<T>(self, message: T) -> tonic::Request<T> {
+        match self {
+            Self::Anyone => tonic::Request::new(message),
+            Self::Named(identity) => hostile::identified(identity, message),
+        }
+    }
+}
+
+/// A `selfie-auth serve` process on SQLite in `dir`, talking to `sim`, called
+/// by `caller`, once it answers: the process, its pid, its gRPC address and a
+/// client.
 async fn spawn_serve(
     binary: &Path,
     sim: &RunningSimulator,
     dir: &tempfile::TempDir,
+    caller: Caller,
 ) -> anyhow::Result<(tokio::process::Child, u32, SocketAddr, Client)> {
     let grpc = free_port();
-    let child = tokio::process::Command::new(binary)
+    let mut command = tokio::process::Command::new(binary);
+    if caller == Caller::Anyone {
+        command.env("SELFIE_AUTH_INSECURE_NO_AUTH", "true");
+    } else {
+        command
+            .env("SELFIE_AUTH_TRUST_XFCC", "true")
+            .env("SELFIE_AUTH_XFCC_TRUSTED_PEERS", "127.0.0.1");
+    }
+    let child = command
         .arg("serve")
         .env("SMILEID_PARTNER_ID", PARTNER)
         .env("SMILEID_API_KEY", KEY)
@@ -1027,7 +1072,6 @@ async fn spawn_serve(
         .env("SELFIE_AUTH_MAX_OPEN_STREAMS", "60000")
         // The stream rows open every stream as one caller.
         .env("SELFIE_AUTH_CALLER_MAX_OPEN_STREAMS", "60000")
-        .env("SELFIE_AUTH_INSECURE_NO_AUTH", "true")
         .env("RUST_LOG", "error")
         // As the image runs it (Dockerfile).
         .env("MIMALLOC_PURGE_DELAY", "0")
@@ -1039,10 +1083,10 @@ async fn spawn_serve(
         if let Ok(client) = client_for(addr).await
             && client
                 .clone()
-                .get_job(pb::GetJobRequest {
+                .get_job(caller.request(pb::GetJobRequest {
                     job_id: "none".into(),
                     ..Default::default()
-                })
+                }))
                 .await
                 .is_err_and(|status| status.code() == tonic::Code::NotFound)
         {
@@ -1054,8 +1098,13 @@ async fn spawn_serve(
 }
 
 /// The serve process's resident memory idle, right after a burst of
-/// submissions, and 60 s later: what a burst leaves behind.
-async fn memory_after_burst(report: &mut Report, sim: &RunningSimulator, calls: usize) -> anyhow::Result<()> {
+/// submissions from `caller`, and 60 s later: what a burst leaves behind.
+async fn memory_after_burst(
+    report: &mut Report,
+    sim: &RunningSimulator,
+    calls: usize,
+    caller: Caller,
+) -> anyhow::Result<()> {
     let Some(binary) = serve_binary() else {
         report
             .notes
@@ -1063,16 +1112,19 @@ async fn memory_after_burst(report: &mut Report, sim: &RunningSimulator, calls: 
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
-    let (mut child, pid, _, client) = spawn_serve(&binary, sim, &dir).await?;
+    let (mut child, pid, _, client) = spawn_serve(&binary, sim, &dir, caller).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = resident(pid).unwrap_or_default();
     let selfie = jpeg_of(330, 7);
     let liveness: Vec<Bytes> = (0..8).map(|index| jpeg_of(165, 100 + index)).collect();
     let burst = measure(calls, 16, move |index| {
         let mut client = client.clone();
-        let request = submit_request(format!("burst-{index}"), &selfie, &liveness);
+        let request = submit_request(format!("burst-{}-{index}", caller.job_prefix()), &selfie, &liveness);
         async move {
-            client.submit_authentication(request).await.expect("submit");
+            client
+                .submit_authentication(caller.request(request))
+                .await
+                .expect("submit");
         }
     })
     .await;
@@ -1081,7 +1133,10 @@ async fn memory_after_burst(report: &mut Report, sim: &RunningSimulator, calls: 
     let later = resident(pid).unwrap_or_default();
     let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
     report.row(
-        &format!("resident memory after {calls} submissions, 16 in flight (serve, SQLite)"),
+        &format!(
+            "resident memory after {calls} submissions, 16 in flight (serve, SQLite, {})",
+            caller.label()
+        ),
         format!("{:.1} MiB at once, {:.1} MiB 60 s later", mib(after), mib(later)),
         format!("idle {:.1} MiB ({:.0} submissions/s)", mib(idle), burst.rate()),
         verdict(later <= idle * 2, "target: within 2x of idle 60 s later".into()),
@@ -1098,7 +1153,7 @@ async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
-    let (mut child, pid, addr, client) = spawn_serve(&binary, sim, &dir).await?;
+    let (mut child, pid, addr, client) = spawn_serve(&binary, sim, &dir, Caller::Anyone).await?;
     sim.set_callback_mode(CallbackMode::Drop);
     client
         .clone()
@@ -1355,7 +1410,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("submit") {
         submit_against_echo(&mut report, &sim, calls / 4).await?;
-        memory_after_burst(&mut report, &sim, calls / 4).await?;
+        for caller in [Caller::Anyone, Caller::Named("bench")] {
+            memory_after_burst(&mut report, &sim, calls / 4, caller).await?;
+        }
     }
     if runs("callbacks") {
         lone_callbacks(&mut report, &sim, calls / 10).await?;

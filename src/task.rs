@@ -19,6 +19,17 @@ where
     tokio::spawn(future.in_current_span())
 }
 
+/// Spawns `future` on the current runtime in no span: for work that outlives
+/// the call that happens to start it, and must not keep that call's span open.
+#[expect(clippy::disallowed_methods, reason = "deliberately outside the caller's span")]
+pub fn spawn_detached<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future)
+}
+
 /// Spawns `future` on `runtime` inside the caller's current span.
 pub fn spawn_on<F>(runtime: &tokio::runtime::Handle, future: F) -> JoinHandle<F::Output>
 where

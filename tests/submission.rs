@@ -502,3 +502,28 @@ async fn submissions_waiting_for_their_result_hold_no_admission_slot() {
     }
     service.stop().await;
 }
+
+/// The threads that send submissions end after ten seconds without any
+/// (`fair::below`, whose own tests watch them end), and with them the
+/// connections to Smile ID they drove: the next submission starts them again
+/// and is sent on a connection of its own.
+#[tokio::test]
+async fn a_submission_after_the_senders_went_idle_is_sent() {
+    let (sim, service, _dir) = service_with(&[]).await;
+    let mut client = service.client().await;
+    client
+        .submit_authentication(submit_request(ENROLLED_USER, "before-idle"))
+        .await
+        .expect("submit");
+    // Ten idle seconds, and the quarter of that between checks.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let job = client
+        .submit_authentication(submit_request(ENROLLED_USER, "after-idle"))
+        .await
+        .expect("a submission after the senders went idle")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(job.state(), pb::JobState::Submitted);
+    assert_eq!(sim.counters().uploads, 2);
+}

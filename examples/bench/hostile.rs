@@ -29,7 +29,7 @@ const HONEST_SUBMISSIONS: usize = 600;
 /// The chart's memory limit.
 const CHART_MEMORY_LIMIT: u64 = 512 * 1024 * 1024;
 
-fn identified<T>(identity: &str, message: T) -> tonic::Request<T> {
+pub(super) fn identified<T>(identity: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     let header = format!("URI=spiffe://bench/ns/pay/sa/{identity}");
     request

@@ -8,34 +8,45 @@
 //! this work what is left.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-/// The runtime; it stops, with whatever it was running, once dropped.
+/// The runtime, started when work first arrives and stopped once it has had
+/// none for a while: a thread's allocator keeps the memory its work used
+/// until the thread allocates again or ends, so idle threads would hold a
+/// burst's memory for good (8 MiB more 60 s after a named caller's burst,
+/// `--only submit`). It stops, with whatever it was running, once dropped.
 pub struct BelowCalls {
+    name: String,
+    nice: u8,
+    idle_for: Duration,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
     runtime: Option<Runtime>,
+    /// Futures spawned and not yet finished or dropped.
+    running: usize,
+    idle_since: Option<Instant>,
+    /// The runtime could not start; work runs on the caller's.
+    unavailable: bool,
 }
 
 impl BelowCalls {
     /// One worker per core this process may use, named `name`, each `nice`
-    /// steps below normal CPU priority. If it cannot start, work runs on the
-    /// caller's runtime.
-    pub fn per_core(name: &str, nice: u8) -> Self {
-        let built = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(super::cores())
-            .thread_name(name)
-            .enable_all()
-            .on_thread_start(move || {
-                if let Err(error) = crate::task::lower_thread_priority(nice) {
-                    tracing::warn!(error = %error, "could not lower a runtime thread's priority");
-                }
-            })
-            .build();
-        let runtime = built
-            .inspect_err(|error| tracing::error!(error = %error, runtime = name, "could not start a runtime"))
-            .ok();
-        Self { runtime }
+    /// steps below normal CPU priority, stopped after `idle_for` with no work.
+    /// If it cannot start, work runs on the caller's runtime.
+    pub fn per_core(name: &str, nice: u8, idle_for: Duration) -> Self {
+        Self {
+            name: name.to_owned(),
+            nice,
+            idle_for,
+            state: Arc::default(),
+        }
     }
 
     /// Spawns `future` on this runtime, inside the caller's current span.
@@ -44,17 +55,93 @@ impl BelowCalls {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match &self.runtime {
-            Some(runtime) => crate::task::spawn_on(runtime.handle(), future),
+        let handle = {
+            let mut state = lock(&self.state);
+            if state.runtime.is_none() && !state.unavailable {
+                state.runtime = self.start();
+                state.unavailable = state.runtime.is_none();
+                if state.runtime.is_some() {
+                    // Started by whichever call comes first, but none of its own.
+                    crate::task::spawn_detached(retire_when_idle(Arc::downgrade(&self.state), self.idle_for));
+                }
+            }
+            let handle = state.runtime.as_ref().map(|runtime| runtime.handle().clone());
+            if handle.is_some() {
+                state.running += 1;
+            }
+            handle
+        };
+        match handle {
+            Some(handle) => {
+                let running = Running(self.state.clone());
+                crate::task::spawn_on(&handle, async move {
+                    let _running = running;
+                    future.await
+                })
+            }
             None => crate::task::spawn(future),
+        }
+    }
+
+    fn start(&self) -> Option<Runtime> {
+        let nice = self.nice;
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(super::cores())
+            .thread_name(&self.name)
+            .enable_all()
+            .on_thread_start(move || {
+                if let Err(error) = crate::task::lower_thread_priority(nice) {
+                    tracing::warn!(error = %error, "could not lower a runtime thread's priority");
+                }
+            })
+            .build()
+            .inspect_err(|error| tracing::error!(error = %error, runtime = %self.name, "could not start a runtime"))
+            .ok()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // The counts stay consistent whatever panicked while the lock was held.
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts a spawned future as running until it finishes or is dropped.
+struct Running(Arc<Mutex<State>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0);
+        state.running -= 1;
+        if state.running == 0 {
+            state.idle_since = Some(Instant::now());
+        }
+    }
+}
+
+/// Stops the runtime once it has run nothing for `idle_for`; ends with it,
+/// or when its `BelowCalls` is gone.
+async fn retire_when_idle(state: Weak<Mutex<State>>, idle_for: Duration) {
+    loop {
+        tokio::time::sleep(idle_for / 4).await;
+        let Some(state) = state.upgrade() else { return };
+        let retired = {
+            let mut state = lock(&state);
+            let idle = state.running == 0 && state.idle_since.is_some_and(|since| since.elapsed() >= idle_for);
+            if idle { state.runtime.take() } else { None }
+        };
+        if let Some(runtime) = retired {
+            runtime.shutdown_background();
+            return;
         }
     }
 }
 
 impl Drop for BelowCalls {
     fn drop(&mut self) {
-        // Dropped from async code too (a test's server), where a blocking drop panics.
-        if let Some(runtime) = self.runtime.take() {
+        // Dropped from async code too (a test's server), where a blocking drop
+        // panics; unlocked first, as the futures it drops count themselves out.
+        let runtime = lock(&self.state).runtime.take();
+        if let Some(runtime) = runtime {
             runtime.shutdown_background();
         }
     }
@@ -68,7 +155,7 @@ mod tests {
     #[tokio::test]
     async fn work_runs_on_its_threads_below_the_callers() {
         let nice_of_this_thread = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
-        let below = BelowCalls::per_core("test-below", 10);
+        let below = BelowCalls::per_core("test-below", 10, Duration::from_mins(1));
         let here = nice_of_this_thread().expect("getpriority");
         let (name, nice) = below
             .spawn(async move { (std::thread::current().name().map(str::to_owned), nice_of_this_thread()) })
@@ -83,9 +170,56 @@ mod tests {
         );
     }
 
+    /// How many of this process's threads are named `name`.
+    #[cfg(target_os = "linux")]
+    fn threads_named(name: &str) -> usize {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name))
+            .count()
+    }
+
+    /// Whether `name`'s threads have all ended within five seconds.
+    #[cfg(target_os = "linux")]
+    async fn threads_end(name: &str) -> bool {
+        for _ in 0..100 {
+            if threads_named(name) == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn its_threads_end_once_idle_and_start_again_for_more_work() {
+        const NAME: &str = "test-below-idle";
+        let below = BelowCalls::per_core(NAME, 0, Duration::from_millis(200));
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let busy = below.spawn(async move { finished.await.is_ok() });
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(threads_named(NAME) > 0, "its threads stay while they have work");
+        finish.send(()).expect("the work waits");
+        assert!(busy.await.expect("ran"));
+        assert!(threads_end(NAME).await, "its threads end once idle");
+
+        let name = below
+            .spawn(async { std::thread::current().name().map(str::to_owned) })
+            .await
+            .expect("ran");
+        assert_eq!(name.as_deref(), Some(NAME), "it starts again for more work");
+        // Work dropped unfinished counts out too.
+        below.spawn(std::future::pending::<()>()).abort();
+        assert!(threads_end(NAME).await, "its threads end once idle again");
+    }
+
     #[tokio::test]
     async fn dropping_it_inside_a_runtime_stops_its_work() {
-        let below = BelowCalls::per_core("test-below-drop", 0);
+        let below = BelowCalls::per_core("test-below-drop", 0, Duration::from_mins(1));
         let forever = below.spawn(std::future::pending::<()>());
         drop(below);
         let stopped = forever.await.expect_err("the work stopped with the runtime");

@@ -17,6 +17,7 @@
 //! is one caller, and all its submissions go ahead.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::middleware::{Answer, Inner, Middleware};
 use super::request_limits::is_submission;
@@ -30,6 +31,9 @@ use crate::shares::Shares;
 const SUBMISSIONS_NICE: u8 = 10;
 /// How far below them a caller's submissions beyond its first few are answered.
 const FURTHER_NICE: u8 = 19;
+/// How long a runtime's threads wait for more submissions before they end,
+/// giving back the memory the last ones used.
+const IDLE_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct SubmissionsApart {
@@ -47,8 +51,8 @@ impl SubmissionsApart {
     /// (its submission turns), enough for one caller to keep the CPU busy.
     pub fn start(places: usize) -> Self {
         Self {
-            ahead: Arc::new(BelowCalls::per_core("submissions", SUBMISSIONS_NICE)),
-            further: Arc::new(BelowCalls::per_core("submissions+", FURTHER_NICE)),
+            ahead: Arc::new(BelowCalls::per_core("submissions", SUBMISSIONS_NICE, IDLE_FOR)),
+            further: Arc::new(BelowCalls::per_core("submissions+", FURTHER_NICE, IDLE_FOR)),
             places: Shares::new(places as u64),
         }
     }
