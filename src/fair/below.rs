@@ -29,12 +29,33 @@ pub struct BelowCalls {
 
 #[derive(Default)]
 struct State {
-    runtime: Option<Runtime>,
+    threads: Threads,
     /// Futures spawned and not yet finished or dropped.
     running: usize,
     idle_since: Option<Instant>,
-    /// The runtime could not start; work runs on the caller's.
-    unavailable: bool,
+}
+
+#[derive(Default)]
+enum Threads {
+    /// Not started yet, or stopped when idle: the next work starts them.
+    #[default]
+    Stopped,
+    Started(Runtime),
+    /// They could not start; work runs on the caller's runtime.
+    Unavailable,
+}
+
+impl State {
+    /// The runtime, if started, leaving its threads stopped.
+    fn stop(&mut self) -> Option<Runtime> {
+        match std::mem::take(&mut self.threads) {
+            Threads::Started(runtime) => Some(runtime),
+            other => {
+                self.threads = other;
+                None
+            }
+        }
+    }
 }
 
 impl BelowCalls {
@@ -58,19 +79,24 @@ impl BelowCalls {
     {
         let handle = {
             let mut state = lock(&self.state);
-            if state.runtime.is_none() && !state.unavailable {
-                state.runtime = self.start();
-                state.unavailable = state.runtime.is_none();
-                if state.runtime.is_some() {
-                    // Started by whichever call comes first, but none of its own.
-                    crate::task::spawn_detached(retire_when_idle(Arc::downgrade(&self.state), self.idle_for));
+            if matches!(state.threads, Threads::Stopped) {
+                state.threads = match self.start() {
+                    Some(runtime) => {
+                        // Started by whichever call comes first, but none of its own.
+                        crate::task::spawn_detached(retire_when_idle(Arc::downgrade(&self.state), self.idle_for));
+                        Threads::Started(runtime)
+                    }
+                    None => Threads::Unavailable,
+                };
+            }
+            match &state.threads {
+                Threads::Started(runtime) => {
+                    let handle = runtime.handle().clone();
+                    state.running += 1;
+                    Some(handle)
                 }
+                Threads::Stopped | Threads::Unavailable => None,
             }
-            let handle = state.runtime.as_ref().map(|runtime| runtime.handle().clone());
-            if handle.is_some() {
-                state.running += 1;
-            }
-            handle
         };
         match handle {
             Some(handle) => {
@@ -128,7 +154,7 @@ async fn retire_when_idle(state: Weak<Mutex<State>>, idle_for: Duration) {
         let retired = {
             let mut state = lock(&state);
             let idle = state.running == 0 && state.idle_since.is_some_and(|since| since.elapsed() >= idle_for);
-            if idle { state.runtime.take() } else { None }
+            if idle { state.stop() } else { None }
         };
         if let Some(runtime) = retired {
             runtime.shutdown_background();
@@ -141,7 +167,7 @@ impl Drop for BelowCalls {
     fn drop(&mut self) {
         // Dropped from async code too (a test's server), where a blocking drop
         // panics; unlocked first, as the futures it drops count themselves out.
-        let runtime = lock(&self.state).runtime.take();
+        let runtime = lock(&self.state).stop();
         if let Some(runtime) = runtime {
             runtime.shutdown_background();
         }
