@@ -1048,40 +1048,38 @@ async fn spawn_serve(
     dir: &tempfile::TempDir,
     caller: Caller,
 ) -> anyhow::Result<(tokio::process::Child, u32, SocketAddr, Client)> {
-    let grpc = free_port();
-    let mut command = tokio::process::Command::new(binary);
-    if caller == Caller::Anyone {
-        command.env("SELFIE_AUTH_INSECURE_NO_AUTH", "true");
-    } else {
-        command
-            .env("SELFIE_AUTH_TRUST_XFCC", "true")
-            .env("SELFIE_AUTH_XFCC_TRUSTED_PEERS", "127.0.0.1");
-    }
-    let child = command
-        .arg("serve")
-        .env("SMILEID_PARTNER_ID", PARTNER)
-        .env("SMILEID_API_KEY", KEY)
-        .env("SMILEID_BASE_URL", sim.v1_url())
-        .env("SELFIE_AUTH_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("SELFIE_AUTH_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("rss.db").display()),
-        )
-        .env("SELFIE_AUTH_GRPC_MAX_CONNECTIONS", "10000")
-        .env("SELFIE_AUTH_MAX_OPEN_STREAMS", "60000")
-        // The stream rows open every stream as one caller.
-        .env("SELFIE_AUTH_CALLER_MAX_OPEN_STREAMS", "60000")
-        .env("RUST_LOG", "error")
-        // As the image runs it (Dockerfile).
-        .env("MIMALLOC_PURGE_DELAY", "0")
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().unwrap_or_default();
-    let addr: SocketAddr = format!("127.0.0.1:{grpc}").parse()?;
-    let client = loop {
-        if let Ok(client) = client_for(addr).await
-            && client
+    serving(
+        |grpc, http| {
+            let mut command = tokio::process::Command::new(binary);
+            if caller == Caller::Anyone {
+                command.env("SELFIE_AUTH_INSECURE_NO_AUTH", "true");
+            } else {
+                command
+                    .env("SELFIE_AUTH_TRUST_XFCC", "true")
+                    .env("SELFIE_AUTH_XFCC_TRUSTED_PEERS", "127.0.0.1");
+            }
+            command
+                .arg("serve")
+                .env("SMILEID_PARTNER_ID", PARTNER)
+                .env("SMILEID_API_KEY", KEY)
+                .env("SMILEID_BASE_URL", sim.v1_url())
+                .env("SELFIE_AUTH_GRPC_ADDR", grpc.to_string())
+                .env("SELFIE_AUTH_HTTP_ADDR", http.to_string())
+                .env(
+                    "DATABASE_URL",
+                    format!("sqlite://{}", dir.path().join("rss.db").display()),
+                )
+                .env("SELFIE_AUTH_GRPC_MAX_CONNECTIONS", "10000")
+                .env("SELFIE_AUTH_MAX_OPEN_STREAMS", "60000")
+                // The stream rows open every stream as one caller.
+                .env("SELFIE_AUTH_CALLER_MAX_OPEN_STREAMS", "60000")
+                .env("RUST_LOG", "error")
+                // As the image runs it (Dockerfile).
+                .env("MIMALLOC_PURGE_DELAY", "0");
+            command
+        },
+        |client| async move {
+            client
                 .clone()
                 .get_job(caller.request(pb::GetJobRequest {
                     job_id: "none".into(),
@@ -1089,12 +1087,65 @@ async fn spawn_serve(
                 }))
                 .await
                 .is_err_and(|status| status.code() == tonic::Code::NotFound)
-        {
-            break client;
+        },
+    )
+    .await
+    .map(|serve| (serve.child, serve.pid, serve.grpc, serve.client))
+}
+
+/// A `selfie-auth serve` process that answers, with its addresses.
+struct Serving {
+    child: tokio::process::Child,
+    pid: u32,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    client: Client,
+}
+
+/// Starts the `serve` process `command` makes for a gRPC and an HTTP address
+/// and waits until `ready` says it answers. A port chosen free can be taken
+/// before the process binds it (by another test's or the attack's outgoing
+/// connections), so a process that exits before it answers is started again
+/// on other ports, three times at most; one that neither answers nor exits
+/// within a minute is an error.
+async fn serving<Ready: Future<Output = bool>>(
+    command: impl Fn(SocketAddr, SocketAddr) -> tokio::process::Command,
+    ready: impl Fn(Client) -> Ready,
+) -> anyhow::Result<Serving> {
+    const ATTEMPTS: usize = 3;
+    const LONGEST: Duration = Duration::from_mins(1);
+    for attempt in 1..=ATTEMPTS {
+        let (grpc, http): (SocketAddr, SocketAddr) = (
+            format!("127.0.0.1:{}", free_port()).parse()?,
+            format!("127.0.0.1:{}", free_port()).parse()?,
+        );
+        let mut child = command(grpc, http).kill_on_drop(true).spawn()?;
+        let pid = child.id().unwrap_or_default();
+        let deadline = Instant::now() + LONGEST;
+        loop {
+            if let Ok(client) = client_for(grpc).await
+                && ready(client.clone()).await
+            {
+                return Ok(Serving {
+                    child,
+                    pid,
+                    grpc,
+                    http,
+                    client,
+                });
+            }
+            if let Some(status) = child.try_wait()? {
+                eprintln!("selfie-auth serve exited ({status}) before it answered; attempt {attempt} of {ATTEMPTS}");
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "selfie-auth serve (pid {pid}) did not answer on {grpc} within {LONGEST:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    Ok((child, pid, addr, client))
+    }
+    anyhow::bail!("selfie-auth serve exited before it answered, {ATTEMPTS} times")
 }
 
 /// The serve process's resident memory idle, right after a burst of

@@ -17,7 +17,9 @@ use selfie_auth::simulator;
 use selfie_auth_testkit::RawGrpc;
 use tokio::io::AsyncWriteExt as _;
 
-use super::{Client, KEY, PARTNER, Report, Sample, client_for, free_port, jpeg_of, measure, submit_request, verdict};
+use super::{
+    Client, KEY, PARTNER, Report, Sample, Serving, client_for, jpeg_of, measure, serving, submit_request, verdict,
+};
 
 /// Submissions the flood keeps in flight: twice its share.
 const FLOOD_CALLS: usize = 128;
@@ -346,63 +348,58 @@ async fn under_attack(
         }
     }
     let dir = tempfile::tempdir()?;
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let mut child = match placement {
-        Placement::Shared => tokio::process::Command::new(binary),
-        Placement::OwnCores => {
-            let service = halves().0;
-            let mut pinned = tokio::process::Command::new("taskset");
-            pinned
-                .arg("-c")
-                .arg(format!("{}-{}", service.start, service.end - 1))
-                .arg(binary);
-            pinned
-        }
-    };
-    let mut child = child
-        .arg("serve")
-        .env("SMILEID_PARTNER_ID", PARTNER)
-        .env("SMILEID_API_KEY", KEY)
-        .env("SMILEID_BASE_URL", sim.v1_url())
-        .env("SELFIE_AUTH_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
-        .env("SELFIE_AUTH_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-        .env(
-            "SELFIE_AUTH_CALLBACK_URL",
-            format!("http://127.0.0.1:{http_port}/callbacks/smileid"),
-        )
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("attack.db").display()),
-        )
-        .env("SELFIE_AUTH_TRUST_XFCC", "true")
-        .env("SELFIE_AUTH_XFCC_TRUSTED_PEERS", "127.0.0.1")
-        // The chart's memory budgets.
-        .env("SELFIE_AUTH_REQUEST_MEMORY_BYTES", "67108864")
-        .env("SELFIE_AUTH_SUBMISSION_MEMORY_BYTES", "67108864")
-        .env("SELFIE_AUTH_CALLER_REQUEST_MEMORY_BYTES", "33554432")
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().unwrap_or_default();
-    let (grpc, http): (SocketAddr, SocketAddr) = (
-        format!("127.0.0.1:{grpc_port}").parse()?,
-        format!("127.0.0.1:{http_port}").parse()?,
-    );
     let selfie = jpeg_of(330, 3);
-    let client = loop {
-        if let Ok(client) = client_for(grpc).await {
+    let serve = serving(
+        |grpc, http| {
+            let mut command = match placement {
+                Placement::Shared => tokio::process::Command::new(binary),
+                Placement::OwnCores => {
+                    let service = halves().0;
+                    let mut pinned = tokio::process::Command::new("taskset");
+                    pinned
+                        .arg("-c")
+                        .arg(format!("{}-{}", service.start, service.end - 1))
+                        .arg(binary);
+                    pinned
+                }
+            };
+            command
+                .arg("serve")
+                .env("SMILEID_PARTNER_ID", PARTNER)
+                .env("SMILEID_API_KEY", KEY)
+                .env("SMILEID_BASE_URL", sim.v1_url())
+                .env("SELFIE_AUTH_GRPC_ADDR", grpc.to_string())
+                .env("SELFIE_AUTH_HTTP_ADDR", http.to_string())
+                .env("SELFIE_AUTH_CALLBACK_URL", format!("http://{http}/callbacks/smileid"))
+                .env(
+                    "DATABASE_URL",
+                    format!("sqlite://{}", dir.path().join("attack.db").display()),
+                )
+                .env("SELFIE_AUTH_TRUST_XFCC", "true")
+                .env("SELFIE_AUTH_XFCC_TRUSTED_PEERS", "127.0.0.1")
+                // The chart's memory budgets.
+                .env("SELFIE_AUTH_REQUEST_MEMORY_BYTES", "67108864")
+                .env("SELFIE_AUTH_SUBMISSION_MEMORY_BYTES", "67108864")
+                .env("SELFIE_AUTH_CALLER_REQUEST_MEMORY_BYTES", "33554432")
+                .env("RUST_LOG", "error");
+            command
+        },
+        |client| {
             let target = submit_request("honest-target".into(), &selfie, &[]);
-            if client
-                .clone()
-                .submit_authentication(identified("honest", target))
-                .await
-                .is_ok()
-            {
-                break client;
+            async move {
+                let mut client = client;
+                client.submit_authentication(identified("honest", target)).await.is_ok()
             }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        },
+    )
+    .await?;
+    let Serving {
+        mut child,
+        pid,
+        grpc,
+        http,
+        client,
+    } = serve;
     let refused = Arc::new(AtomicUsize::new(0));
     drop(client);
     let (solo_gets, solo_submissions) = honest_apart(&caller, grpc, &selfie, "solo", &refused).await?;
