@@ -85,6 +85,59 @@ fn peak_resident(pid: u32) -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
+/// How many successful GetJobs the service at `http` has timed within each
+/// bucket of its `rpc_server_duration_seconds`: (upper bound, count within).
+async fn getjobs_timed(http: SocketAddr) -> Vec<(f64, u64)> {
+    let Ok(response) = reqwest::get(format!("http://{http}/metrics")).await else {
+        return Vec::new();
+    };
+    let text = response.text().await.unwrap_or_default();
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    for line in text.lines().filter(|line| {
+        line.starts_with("rpc_server_duration_seconds_bucket{")
+            && line.contains("rpc_method=\"GetJob\"")
+            && line.contains("rpc_grpc_status_code=\"0\"")
+    }) {
+        let bound = line.split("le=\"").nth(1).and_then(|rest| rest.split('"').next());
+        let count = line.rsplit(' ').next().and_then(|count| count.parse::<u64>().ok());
+        let (Some(bound), Some(count)) = (bound, count) else {
+            continue;
+        };
+        let bound = if bound == "+Inf" {
+            f64::INFINITY
+        } else {
+            bound.parse().unwrap_or(f64::NAN)
+        };
+        match buckets.iter_mut().find(|(kept, _)| *kept == bound) {
+            Some((_, kept)) => *kept += count,
+            None => buckets.push((bound, count)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The bucket bound within which 99% of the GetJobs timed between `before`
+/// and `after` fell, in milliseconds.
+fn p99_within(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<f64> {
+    let timed: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(bound, count)| {
+            let earlier = before
+                .iter()
+                .find(|(kept, _)| *kept == bound)
+                .map_or(0, |(_, count)| *count);
+            (bound, count.saturating_sub(earlier))
+        })
+        .collect();
+    let total = timed.last()?.1;
+    let bound = timed
+        .iter()
+        .find(|(_, within)| *within as f64 >= 0.99 * total as f64)?
+        .0;
+    (total > 0).then_some(bound * 1000.0)
+}
+
 /// What the submission flood got.
 #[derive(Default)]
 struct Flood {
@@ -402,7 +455,9 @@ async fn under_attack(
     } = serve;
     let refused = Arc::new(AtomicUsize::new(0));
     drop(client);
+    let timed_before = getjobs_timed(http).await;
     let (solo_gets, solo_submissions) = honest_apart(&caller, grpc, &selfie, "solo", &refused).await?;
+    let timed_solo = getjobs_timed(http).await;
     let solo_refused = refused.swap(0, Ordering::Relaxed);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -426,6 +481,7 @@ async fn under_attack(
     let greedy_before = greedy.counts();
     let (gets, submissions) = honest_apart(&caller, grpc, &selfie, "attacked", &refused).await?;
     let attacked_refused = refused.load(Ordering::Relaxed);
+    let timed_attacked = getjobs_timed(http).await;
     let during = started.elapsed();
     let service_cores = match placement {
         Placement::Shared => halves().1.end,
@@ -476,6 +532,17 @@ async fn under_attack(
             ),
         );
     }
+    let within_ms = |ms: Option<f64>| ms.map_or_else(|| "?".to_owned(), |ms| format!("within {ms} ms"));
+    report.row(
+        &row("GetJob as the service timed it, p99"),
+        within_ms(p99_within(&timed_solo, &timed_attacked)),
+        format!(
+            "alone: {} (its rpc_server_duration_seconds: from the call reaching the service's handlers to \
+             their answer, without the time request and answer wait on the connection)",
+            within_ms(p99_within(&timed_before, &timed_solo))
+        ),
+        "where GetJob's time goes: in its handlers, or waiting on the connection".into(),
+    );
     let (sent, failed) = (
         after.callbacks_sent - before.callbacks_sent,
         after.callbacks_failed - before.callbacks_failed,

@@ -23,12 +23,13 @@ mod process;
 pub use labels::*;
 use process::ProcessCollector;
 
-/// Latency buckets from half a millisecond to half a minute.
+/// Latency buckets from a tenth of a millisecond (a GetJob answered from memory
+/// takes less) to half a minute.
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency() -> Histogram {
     Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ])
 }
 
