@@ -86,13 +86,14 @@ fn peak_resident(pid: u32) -> Option<u64> {
 }
 
 /// How many successful GetJobs the service at `http` has timed within each
-/// bucket of its `rpc_server_duration_seconds`: (upper bound, count within).
-async fn getjobs_timed(http: SocketAddr) -> Vec<(f64, u64)> {
+/// bucket of its `rpc_server_duration_seconds`: (upper bound in microseconds,
+/// `u64::MAX` for the last; count within), by bound.
+async fn getjobs_timed(http: SocketAddr) -> Vec<(u64, u64)> {
     let Ok(response) = reqwest::get(format!("http://{http}/metrics")).await else {
         return Vec::new();
     };
     let text = response.text().await.unwrap_or_default();
-    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    let mut buckets: Vec<(u64, u64)> = Vec::new();
     for line in text.lines().filter(|line| {
         line.starts_with("rpc_server_duration_seconds_bucket{")
             && line.contains("rpc_method=\"GetJob\"")
@@ -103,24 +104,26 @@ async fn getjobs_timed(http: SocketAddr) -> Vec<(f64, u64)> {
         let (Some(bound), Some(count)) = (bound, count) else {
             continue;
         };
-        let bound = if bound == "+Inf" {
-            f64::INFINITY
-        } else {
-            bound.parse().unwrap_or(f64::NAN)
+        let micros = match bound {
+            "+Inf" => u64::MAX,
+            seconds => match seconds.parse::<f64>() {
+                Ok(seconds) => (seconds * 1e6).round() as u64,
+                Err(_) => continue,
+            },
         };
-        match buckets.iter_mut().find(|(kept, _)| *kept == bound) {
+        match buckets.iter_mut().find(|(kept, _)| *kept == micros) {
             Some((_, kept)) => *kept += count,
-            None => buckets.push((bound, count)),
+            None => buckets.push((micros, count)),
         }
     }
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets.sort_unstable();
     buckets
 }
 
 /// The bucket bound within which 99% of the GetJobs timed between `before`
 /// and `after` fell, in milliseconds.
-fn p99_within(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<f64> {
-    let timed: Vec<(f64, u64)> = after
+fn p99_within(before: &[(u64, u64)], after: &[(u64, u64)]) -> Option<f64> {
+    let timed: Vec<(u64, u64)> = after
         .iter()
         .map(|&(bound, count)| {
             let earlier = before
@@ -135,7 +138,7 @@ fn p99_within(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<f64> {
         .iter()
         .find(|(_, within)| *within as f64 >= 0.99 * total as f64)?
         .0;
-    (total > 0).then_some(bound * 1000.0)
+    (total > 0 && bound != u64::MAX).then_some(bound as f64 / 1000.0)
 }
 
 /// What the submission flood got.
