@@ -1049,7 +1049,8 @@ async fn spawn_serve(
     caller: Caller,
 ) -> anyhow::Result<(tokio::process::Child, u32, SocketAddr, Client)> {
     serving(
-        |grpc, http| {
+        sim,
+        |_http| {
             let mut command = tokio::process::Command::new(binary);
             if caller == Caller::Anyone {
                 command.env("SELFIE_AUTH_INSECURE_NO_AUTH", "true");
@@ -1059,12 +1060,6 @@ async fn spawn_serve(
                     .env("SELFIE_AUTH_XFCC_TRUSTED_PEERS", "127.0.0.1");
             }
             command
-                .arg("serve")
-                .env("SMILEID_PARTNER_ID", PARTNER)
-                .env("SMILEID_API_KEY", KEY)
-                .env("SMILEID_BASE_URL", sim.v1_url())
-                .env("SELFIE_AUTH_GRPC_ADDR", grpc.to_string())
-                .env("SELFIE_AUTH_HTTP_ADDR", http.to_string())
                 .env(
                     "DATABASE_URL",
                     format!("sqlite://{}", dir.path().join("rss.db").display()),
@@ -1102,14 +1097,16 @@ struct Serving {
     client: Client,
 }
 
-/// Starts the `serve` process `command` makes for a gRPC and an HTTP address
-/// and waits until `ready` says it answers. A port chosen free can be taken
+/// Runs `serve` with the program and settings `command` gives for an HTTP
+/// address, talking to `sim` and listening on a free gRPC and HTTP port, and
+/// waits until `ready` says it answers. A port chosen free can be taken
 /// before the process binds it (by another test's or the attack's outgoing
 /// connections), so a process that exits before it answers is started again
 /// on other ports, three times at most; one that neither answers nor exits
 /// within a minute is an error.
 async fn serving<Ready: Future<Output = bool>>(
-    command: impl Fn(SocketAddr, SocketAddr) -> tokio::process::Command,
+    sim: &RunningSimulator,
+    command: impl Fn(SocketAddr) -> tokio::process::Command,
     ready: impl Fn(Client) -> Ready,
 ) -> anyhow::Result<Serving> {
     const ATTEMPTS: usize = 3;
@@ -1119,7 +1116,15 @@ async fn serving<Ready: Future<Output = bool>>(
             format!("127.0.0.1:{}", free_port()).parse()?,
             format!("127.0.0.1:{}", free_port()).parse()?,
         );
-        let mut child = command(grpc, http).kill_on_drop(true).spawn()?;
+        let mut child = command(http)
+            .arg("serve")
+            .env("SMILEID_PARTNER_ID", PARTNER)
+            .env("SMILEID_API_KEY", KEY)
+            .env("SMILEID_BASE_URL", sim.v1_url())
+            .env("SELFIE_AUTH_GRPC_ADDR", grpc.to_string())
+            .env("SELFIE_AUTH_HTTP_ADDR", http.to_string())
+            .kill_on_drop(true)
+            .spawn()?;
         let pid = child.id().unwrap_or_default();
         let deadline = Instant::now() + LONGEST;
         loop {

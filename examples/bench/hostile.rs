@@ -17,9 +17,7 @@ use selfie_auth::simulator;
 use selfie_auth_testkit::RawGrpc;
 use tokio::io::AsyncWriteExt as _;
 
-use super::{
-    Client, KEY, PARTNER, Report, Sample, Serving, client_for, jpeg_of, measure, serving, submit_request, verdict,
-};
+use super::{Client, Report, Sample, Serving, client_for, jpeg_of, measure, serving, submit_request, verdict};
 
 /// Submissions the flood keeps in flight: twice its share.
 const FLOOD_CALLS: usize = 128;
@@ -406,7 +404,8 @@ async fn under_attack(
     let dir = tempfile::tempdir()?;
     let selfie = jpeg_of(330, 3);
     let serve = serving(
-        |grpc, http| {
+        &sim,
+        |http| {
             let mut command = match placement {
                 Placement::Shared => tokio::process::Command::new(binary),
                 Placement::OwnCores => {
@@ -420,12 +419,6 @@ async fn under_attack(
                 }
             };
             command
-                .arg("serve")
-                .env("SMILEID_PARTNER_ID", PARTNER)
-                .env("SMILEID_API_KEY", KEY)
-                .env("SMILEID_BASE_URL", sim.v1_url())
-                .env("SELFIE_AUTH_GRPC_ADDR", grpc.to_string())
-                .env("SELFIE_AUTH_HTTP_ADDR", http.to_string())
                 .env("SELFIE_AUTH_CALLBACK_URL", format!("http://{http}/callbacks/smileid"))
                 .env(
                     "DATABASE_URL",
