@@ -1128,9 +1128,13 @@ async fn serving<Ready: Future<Output = bool>>(
         let pid = child.id().unwrap_or_default();
         let deadline = Instant::now() + LONGEST;
         loop {
-            if let Ok(client) = client_for(grpc).await
-                && ready(client.clone()).await
-            {
+            // Bounded, as something else listening on the port may take the
+            // connection and never answer.
+            let answered = tokio::time::timeout(Duration::from_secs(5), async {
+                let client = client_for(grpc).await.ok()?;
+                ready(client.clone()).await.then_some(client)
+            });
+            if let Ok(Some(client)) = answered.await {
                 return Ok(Serving {
                     child,
                     pid,
