@@ -1040,14 +1040,13 @@ impl Caller {
 }
 
 /// A `selfie-auth serve` process on SQLite in `dir`, talking to `sim`, called
-/// by `caller`, once it answers: the process, its pid, its gRPC address and a
-/// client.
+/// by `caller`, once it answers.
 async fn spawn_serve(
     binary: &Path,
     sim: &RunningSimulator,
     dir: &tempfile::TempDir,
     caller: Caller,
-) -> anyhow::Result<(tokio::process::Child, u32, SocketAddr, Client)> {
+) -> anyhow::Result<Serving> {
     serving(
         sim,
         |_http| {
@@ -1085,7 +1084,6 @@ async fn spawn_serve(
         },
     )
     .await
-    .map(|serve| (serve.child, serve.pid, serve.grpc, serve.client))
 }
 
 /// A `selfie-auth serve` process that answers, with its addresses.
@@ -1172,7 +1170,9 @@ async fn memory_after_burst(
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
-    let (mut child, pid, _, client) = spawn_serve(&binary, sim, &dir, caller).await?;
+    let Serving {
+        mut child, pid, client, ..
+    } = spawn_serve(&binary, sim, &dir, caller).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = resident(pid).unwrap_or_default();
     let selfie = jpeg_of(330, 7);
@@ -1213,7 +1213,13 @@ async fn streams_and_rss(report: &mut Report, sim: &RunningSimulator, counts: &[
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
-    let (mut child, pid, addr, client) = spawn_serve(&binary, sim, &dir, Caller::Anyone).await?;
+    let Serving {
+        mut child,
+        pid,
+        grpc: addr,
+        client,
+        ..
+    } = spawn_serve(&binary, sim, &dir, Caller::Anyone).await?;
     sim.set_callback_mode(CallbackMode::Drop);
     client
         .clone()

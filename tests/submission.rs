@@ -504,9 +504,8 @@ async fn submissions_waiting_for_their_result_hold_no_admission_slot() {
 }
 
 /// The threads that send submissions end after ten seconds without any
-/// (`fair::below`, whose own tests watch them end), and with them the
-/// connections to Smile ID they drove: the next submission starts them again
-/// and is sent on a connection of its own.
+/// (`fair::below`'s own tests watch them end and start again); a submission
+/// after that is still sent to Smile ID and accepted.
 #[tokio::test]
 async fn a_submission_after_the_senders_went_idle_is_sent() {
     let (sim, service, _dir) = service_with(&[]).await;
