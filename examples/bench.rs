@@ -136,9 +136,40 @@ fn verdict(ok: bool, text: String) -> String {
 /// A bare tonic server answering SubmitAuthentication: at once (the floor of
 /// moving the same bytes through gRPC), or, as a gateway, once it has done the
 /// work no gateway can skip: the prep upload, the same zip and the upload,
-/// with the project's Smile ID client.
+/// with the project's Smile ID client. It answers GetJob with the job asked
+/// for, as if read from memory.
+#[derive(Clone, Default)]
 struct Echo {
     gateway: Option<Arc<SmileIdClient>>,
+    /// Where the gateway's work runs, when not on the connections' runtime.
+    below: Option<tokio::runtime::Handle>,
+}
+
+impl Echo {
+    async fn send(&self, request: &pb::SubmitAuthenticationRequest) -> Result<(), tonic::Status> {
+        let Some(client) = &self.gateway else {
+            return Ok(());
+        };
+        let partner_params = PartnerParams {
+            user_id: request.user_id.clone(),
+            job_id: request.job_id.clone(),
+            job_type: 2,
+            extra: std::collections::BTreeMap::new(),
+        };
+        let submission = JobSubmission {
+            partner_params: &partner_params,
+            callback_url: None,
+            selfie_jpeg: &request.selfie_image,
+            liveness_jpegs: &request.liveness_images,
+            may_resume: false,
+            allow_new_enroll: false,
+        };
+        client
+            .submit(&submission)
+            .await
+            .map(drop)
+            .map_err(|error| tonic::Status::unavailable(error.source.to_string()))
+    }
 }
 
 #[tonic::async_trait]
@@ -148,26 +179,16 @@ impl SelfieAuth for Echo {
         request: tonic::Request<pb::SubmitAuthenticationRequest>,
     ) -> Result<tonic::Response<pb::SubmitAuthenticationResponse>, tonic::Status> {
         let request = request.into_inner();
-        if let Some(client) = &self.gateway {
-            let partner_params = PartnerParams {
-                user_id: request.user_id.clone(),
-                job_id: request.job_id.clone(),
-                job_type: 2,
-                extra: std::collections::BTreeMap::new(),
-            };
-            let submission = JobSubmission {
-                partner_params: &partner_params,
-                callback_url: None,
-                selfie_jpeg: &request.selfie_image,
-                liveness_jpegs: &request.liveness_images,
-                may_resume: false,
-                allow_new_enroll: false,
-            };
-            client
-                .submit(&submission)
+        let request = if let Some(below) = &self.below {
+            let echo = self.clone();
+            below
+                .spawn(async move { echo.send(&request).await.map(|()| request) })
                 .await
-                .map_err(|error| tonic::Status::unavailable(error.source.to_string()))?;
-        }
+                .map_err(|error| tonic::Status::internal(error.to_string()))??
+        } else {
+            self.send(&request).await?;
+            request
+        };
         Ok(tonic::Response::new(pb::SubmitAuthenticationResponse {
             job: Some(pb::Job {
                 job_id: request.job_id,
@@ -184,8 +205,15 @@ impl SelfieAuth for Echo {
         Err(tonic::Status::unimplemented("echo"))
     }
 
-    async fn get_job(&self, _: tonic::Request<pb::GetJobRequest>) -> Result<tonic::Response<pb::Job>, tonic::Status> {
-        Err(tonic::Status::unimplemented("echo"))
+    async fn get_job(
+        &self,
+        request: tonic::Request<pb::GetJobRequest>,
+    ) -> Result<tonic::Response<pb::Job>, tonic::Status> {
+        Ok(tonic::Response::new(pb::Job {
+            job_id: request.into_inner().job_id,
+            state: pb::JobState::Submitted.into(),
+            ..Default::default()
+        }))
     }
 
     async fn list_jobs(
@@ -255,12 +283,20 @@ impl SelfieAuth for Echo {
     }
 }
 
-async fn start_echo(gateway: Option<Arc<SmileIdClient>>) -> anyhow::Result<SocketAddr> {
+/// The project's Smile ID client, as a gateway would use it, against `sim`.
+fn smile_id_client(sim: &RunningSimulator) -> anyhow::Result<SmileIdClient> {
+    Ok(SmileIdClient::new(ClientConfig::new(
+        Environment::Custom(sim.v1_url()),
+        Credentials::new(PARTNER, ApiKey::new(KEY)),
+    ))?)
+}
+
+async fn start_echo(echo: Echo) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
-        .add_service(SelfieAuthServer::new(Echo { gateway }).max_decoding_message_size(32 * 1024 * 1024));
+        .add_service(SelfieAuthServer::new(echo).max_decoding_message_size(32 * 1024 * 1024));
     selfie_auth::task::spawn(server.serve_with_incoming(incoming));
     Ok(addr)
 }
@@ -398,15 +434,20 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
         selfie.len() / 1024,
         liveness[0].len() / 1024
     ));
-    let echo = client_for(start_echo(None).await?).await?;
-    let smile = SmileIdClient::new(ClientConfig::new(
-        Environment::Custom(sim.v1_url()),
-        Credentials::new(PARTNER, ApiKey::new(KEY)),
-    ))?;
+    let echo = client_for(start_echo(Echo::default()).await?).await?;
+    let smile = smile_id_client(sim)?;
     // The gateway and the service each run on a runtime of their own, so the
     // CPU each spends is that of its own threads, not the client's or Smile ID's.
     let (gateway_runtime, service_runtime) = (apart("gateway", 2, 0)?, apart("service", 2, 0)?);
-    let gateway = client_for(gateway_runtime.spawn(start_echo(Some(Arc::new(smile)))).await??).await?;
+    let gateway = client_for(
+        gateway_runtime
+            .spawn(start_echo(Echo {
+                gateway: Some(Arc::new(smile)),
+                below: None,
+            }))
+            .await??,
+    )
+    .await?;
     let dir = tempfile::tempdir()?;
     let service = {
         let (base_url, sqlite) = (
