@@ -289,6 +289,25 @@ async fn flood(
     Ok(())
 }
 
+/// The honest caller's two rows, GetJob's and its submissions', each figure
+/// `(under attack, alone)`, judged by `judge`.
+fn latency_rows(
+    report: &mut Report,
+    row: &dyn Fn(&str) -> String,
+    figures: [(&Sample, &Sample); 2],
+    judge: impl Fn(&Sample, &Sample) -> String,
+) {
+    let measures = ["GetJob, 1 in flight", "SubmitAuthentication, 4 in flight"];
+    for (measure, (ours, solo)) in measures.into_iter().zip(figures) {
+        report.row(
+            &row(measure),
+            format!("p50 {:.2} ms, p99 {:.2} ms", ours.p50_ms(), ours.p99_ms()),
+            format!("alone: p50 {:.2} ms, p99 {:.2} ms", solo.p50_ms(), solo.p99_ms()),
+            judge(ours, solo),
+        );
+    }
+}
+
 /// The honest caller's measures, made on its own runtime with its own connection.
 async fn honest_apart(
     runtime: &tokio::runtime::Runtime,
@@ -553,14 +572,11 @@ async fn under_attack(
             smile_id_answers.label()
         )
     };
-    for (measure, ours, solo) in [
-        ("GetJob, 1 in flight", &gets, &solo_gets),
-        ("SubmitAuthentication, 4 in flight", &submissions, &solo_submissions),
-    ] {
-        report.row(
-            &row(measure),
-            format!("p50 {:.2} ms, p99 {:.2} ms", ours.p50_ms(), ours.p99_ms()),
-            format!("alone: p50 {:.2} ms, p99 {:.2} ms", solo.p50_ms(), solo.p99_ms()),
+    latency_rows(
+        report,
+        &row,
+        [(&gets, &solo_gets), (&submissions, &solo_submissions)],
+        |ours, solo| {
             verdict(
                 within(ours, solo) && attacked_refused == 0,
                 format!(
@@ -568,9 +584,9 @@ async fn under_attack(
                     ours.p50_ms() / solo.p50_ms(),
                     ours.p99_ms() / solo.p99_ms()
                 ),
-            ),
-        );
-    }
+            )
+        },
+    );
     let within_ms = |ms: Option<f64>| ms.map_or_else(|| "?".to_owned(), |ms| format!("within {ms} ms"));
     report.row(
         &row("GetJob as the service timed it, p99"),
@@ -708,22 +724,19 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
     };
     let row =
         |what: &str| format!("under a submission flood {flood_is}, a bare tonic gateway on cores of its own: {what}");
-    for (measure, ours, solo) in [
-        ("GetJob, 1 in flight", &gets, &solo_gets),
-        ("SubmitAuthentication, 4 in flight", &submissions, &solo_submissions),
-    ] {
-        report.row(
-            &row(measure),
-            format!("p50 {:.2} ms, p99 {:.2} ms", ours.p50_ms(), ours.p99_ms()),
-            format!("alone: p50 {:.2} ms, p99 {:.2} ms", solo.p50_ms(), solo.p99_ms()),
+    let refused = refused.load(Ordering::Relaxed);
+    latency_rows(
+        report,
+        &row,
+        [(&gets, &solo_gets), (&submissions, &solo_submissions)],
+        |ours, solo| {
             format!(
-                "{:.1}x / {:.1}x alone, {} refused: the floor of the service's rows under attack",
+                "{:.1}x / {:.1}x alone, {refused} refused: the floor of the service's rows under attack",
                 ours.p50_ms() / solo.p50_ms(),
                 ours.p99_ms() / solo.p99_ms(),
-                refused.load(Ordering::Relaxed)
-            ),
-        );
-    }
+            )
+        },
+    );
     report.row(
         &row("the greedy caller's submissions accepted"),
         match paced {
