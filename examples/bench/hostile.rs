@@ -89,20 +89,54 @@ fn peak_resident(pid: u32) -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
-/// How many successful GetJobs the service at `http` has timed within each
-/// bucket of its `rpc_server_duration_seconds`: (upper bound in microseconds,
-/// `u64::MAX` for the last; count within), by bound.
-async fn getjobs_timed(http: SocketAddr) -> Vec<(u64, u64)> {
-    let Ok(response) = reqwest::get(format!("http://{http}/metrics")).await else {
-        return Vec::new();
-    };
-    let text = response.text().await.unwrap_or_default();
+/// What the service at `http` has timed so far, from its `/metrics`.
+#[derive(Default)]
+struct Timed {
+    /// Successful GetJobs within each bucket of `rpc_server_duration_seconds`.
+    getjobs: Vec<(u64, u64)>,
+    /// Samples of `selfie_auth_runtime_lag_seconds` within each bucket.
+    lag: Vec<(u64, u64)>,
+    /// Their sum, in seconds.
+    lag_sum: f64,
+}
+
+impl Timed {
+    async fn of(http: SocketAddr) -> Self {
+        let Ok(response) = reqwest::get(format!("http://{http}/metrics")).await else {
+            return Self::default();
+        };
+        let text = response.text().await.unwrap_or_default();
+        Self {
+            getjobs: buckets(
+                &text,
+                "rpc_server_duration_seconds_bucket{",
+                &["rpc_method=\"GetJob\"", "rpc_grpc_status_code=\"0\""],
+            ),
+            lag: buckets(&text, "selfie_auth_runtime_lag_seconds_bucket{", &[]),
+            lag_sum: text
+                .lines()
+                .find_map(|line| line.strip_prefix("selfie_auth_runtime_lag_seconds_sum ")?.parse().ok())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The mean lag sampled between `before` and `self`, in milliseconds.
+    fn mean_lag_ms(&self, before: &Self) -> Option<f64> {
+        let count = |timed: &Self| timed.lag.last().map_or(0, |&(_, count)| count);
+        let samples = count(self).checked_sub(count(before)).filter(|&samples| samples > 0)?;
+        Some(1000.0 * (self.lag_sum - before.lag_sum) / samples as f64)
+    }
+}
+
+/// How many observations of the histogram whose bucket lines start with
+/// `series` (and carry every one of `labels`) fell within each bucket:
+/// (upper bound in microseconds, `u64::MAX` for the last; count within), by bound.
+fn buckets(text: &str, series: &str, labels: &[&str]) -> Vec<(u64, u64)> {
     let mut buckets: Vec<(u64, u64)> = Vec::new();
-    for line in text.lines().filter(|line| {
-        line.starts_with("rpc_server_duration_seconds_bucket{")
-            && line.contains("rpc_method=\"GetJob\"")
-            && line.contains("rpc_grpc_status_code=\"0\"")
-    }) {
+    for line in text
+        .lines()
+        .filter(|line| line.starts_with(series) && labels.iter().all(|label| line.contains(label)))
+    {
         let bound = line.split("le=\"").nth(1).and_then(|rest| rest.split('"').next());
         let count = line.rsplit(' ').next().and_then(|count| count.parse::<u64>().ok());
         let (Some(bound), Some(count)) = (bound, count) else {
@@ -124,7 +158,7 @@ async fn getjobs_timed(http: SocketAddr) -> Vec<(u64, u64)> {
     buckets
 }
 
-/// The bucket bound within which 99% of the GetJobs timed between `before`
+/// The bucket bound within which 99% of the observations between `before`
 /// and `after` fell, in milliseconds.
 fn p99_within(before: &[(u64, u64)], after: &[(u64, u64)]) -> Option<f64> {
     let timed: Vec<(u64, u64)> = after
@@ -510,9 +544,9 @@ async fn under_attack(
     } = serve;
     let refused = Arc::new(AtomicUsize::new(0));
     drop(client);
-    let timed_before = getjobs_timed(http).await;
+    let timed_before = Timed::of(http).await;
     let (solo_gets, solo_submissions) = honest_apart(&caller, grpc, &selfie, "solo", &refused).await?;
-    let timed_solo = getjobs_timed(http).await;
+    let timed_solo = Timed::of(http).await;
     let solo_refused = refused.swap(0, Ordering::Relaxed);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -536,7 +570,7 @@ async fn under_attack(
     let greedy_before = greedy.counts();
     let (gets, submissions) = honest_apart(&caller, grpc, &selfie, "attacked", &refused).await?;
     let attacked_refused = refused.load(Ordering::Relaxed);
-    let timed_attacked = getjobs_timed(http).await;
+    let timed_attacked = Timed::of(http).await;
     let during = started.elapsed();
     let service_cores = match placement {
         Placement::Shared => halves().1.end,
@@ -590,9 +624,24 @@ async fn under_attack(
     let within_ms = |ms: Option<f64>| ms.map_or_else(|| "?".to_owned(), |ms| format!("within {ms} ms"));
     report.row(
         &row("GetJob as the service timed it, p99"),
-        within_ms(p99_within(&timed_solo, &timed_attacked)),
-        format!("alone: {}", within_ms(p99_within(&timed_before, &timed_solo))),
+        within_ms(p99_within(&timed_solo.getjobs, &timed_attacked.getjobs)),
+        format!(
+            "alone: {}",
+            within_ms(p99_within(&timed_before.getjobs, &timed_solo.getjobs))
+        ),
         "the rest of the caller's p99 is spent on the connection".into(),
+    );
+    let lag = |before: &Timed, after: &Timed| {
+        let mean = after
+            .mean_lag_ms(before)
+            .map_or_else(|| "?".to_owned(), |ms| format!("{ms:.2} ms"));
+        format!("mean {mean}, p99 {}", within_ms(p99_within(&before.lag, &after.lag)))
+    };
+    report.row(
+        &row("wait for the threads serving connections, as the service sampled it"),
+        lag(&timed_solo, &timed_attacked),
+        format!("alone: {}", lag(&timed_before, &timed_solo)),
+        "selfie_auth_runtime_lag_seconds: what work that became ready waited, a call's request among it".into(),
     );
     let (sent, failed) = (
         after.callbacks_sent - before.callbacks_sent,

@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 mod labels;
+pub mod lag;
 mod process;
 
 pub use labels::*;
@@ -55,6 +56,7 @@ pub struct Metrics {
     pub smileid_duration: Histograms<SmileIdLabels>,
     pub db_duration: Histograms<OperationLabel>,
     pub submission_turn_wait: Histogram,
+    pub runtime_lag: Histogram,
     pub db_pool_connections: Family<PoolLabel, Gauge>,
     pub reconcile_polls: Counter,
     pub reconciler_due_jobs: Gauge,
@@ -83,6 +85,7 @@ impl Default for Metrics {
             smileid_duration: Family::new_with_constructor(latency),
             db_duration: Family::new_with_constructor(latency),
             submission_turn_wait: latency(),
+            runtime_lag: latency(),
             db_pool_connections: Family::default(),
             reconcile_polls: Counter::default(),
             reconciler_due_jobs: Gauge::default(),
@@ -181,6 +184,13 @@ impl Metrics {
             "ready",
             "1 when this replica serves (its store is open and it is not shutting down), else 0",
             self.ready.clone(),
+        );
+        ours.register_with_unit(
+            "runtime_lag",
+            "How long work that became ready (a call that arrived, a callback) waited for the threads serving \
+             connections, reads and callbacks; sampled ten times a second",
+            Unit::Seconds,
+            self.runtime_lag.clone(),
         );
     }
 

@@ -105,6 +105,11 @@ pub async fn start_on(
         shutdown.clone(),
     ));
     crate::task::spawn(opened.policy.clone().follow(POLICY_RELOAD_INTERVAL, shutdown.clone()));
+    crate::task::spawn(crate::metrics::lag::sample(
+        metrics.clone(),
+        crate::metrics::lag::SAMPLE_EVERY,
+        shutdown.clone(),
+    ));
     if let ApiKeySetting::File(path) = &config.smile.api_key {
         crate::task::spawn(files::follow_api_key(
             path.clone(),
