@@ -32,6 +32,8 @@ pub async fn sample(metrics: Arc<Metrics>, every: Duration, shutdown: Cancellati
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
 
     /// The `_count` and `_sum` of the lag histogram in `metrics`' text.
@@ -68,11 +70,11 @@ mod tests {
 
         // A task that holds the one thread 20 ms at each turn, as a flood's
         // connections would hold it in turn.
-        let hogging = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let hogging = Arc::new(AtomicBool::new(true));
         let hog = {
             let hogging = hogging.clone();
             crate::task::spawn(async move {
-                while hogging.load(std::sync::atomic::Ordering::Relaxed) {
+                while hogging.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));
                     tokio::task::yield_now().await;
                 }
@@ -84,7 +86,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        hogging.store(false, std::sync::atomic::Ordering::Relaxed);
+        hogging.store(false, Ordering::Relaxed);
         hog.await.expect("the hog ends");
         let (count, sum) = lag_in(&metrics);
         assert!(
