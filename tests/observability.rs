@@ -159,6 +159,32 @@ async fn the_dashboard_and_alerts_read_metrics_the_service_exports() {
     }
 }
 
+/// The wait for the threads serving connections is sampled while the service
+/// runs, with nothing asked of it: `serve` starts the sampler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_the_threads_serving_connections_is_sampled() {
+    let (_sim, service, _dir) = simulator_and_service(|_| {}).await;
+    let samples = eventually(std::time::Duration::from_secs(5), || async {
+        let text = reqwest::get(format!("{}/metrics", service.http_url))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let count: f64 = text.lines().find_map(|line| {
+            line.strip_prefix("selfie_auth_runtime_lag_seconds_count ")?
+                .parse()
+                .ok()
+        })?;
+        (count >= 3.0).then_some(count)
+    })
+    .await;
+    assert!(
+        samples.is_some(),
+        "no three samples of selfie_auth_runtime_lag_seconds within 5 s"
+    );
+}
+
 /// The next status a health watch sends within a moment: `None` when none comes,
 /// `Some(None)` when the stream ends.
 async fn next(
