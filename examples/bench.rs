@@ -1354,17 +1354,63 @@ const SERVICE_THREADS: [(&str, &str); 5] = [
 
 /// CPU seconds spent by this process's threads whose names start with one of `names`.
 fn threads_cpu_seconds(names: &[&str]) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| {
-            let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
-            names.iter().any(|prefix| name.starts_with(prefix)).then_some(())?;
-            Some(cpu_seconds_of(&std::fs::read_to_string(task.path().join("stat")).ok()?))
-        })
+    threads_named(names)
+        .filter_map(|task| Some(cpu_seconds_of(&std::fs::read_to_string(task.join("stat")).ok()?)))
         .sum()
+}
+
+/// The `/proc` directories of this process's threads whose names start with one of `names`.
+fn threads_named<'a>(names: &'a [&str]) -> impl Iterator<Item = std::path::PathBuf> + 'a {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            names.iter().any(|prefix| name.starts_with(prefix)).then(|| task.path())
+        })
+}
+
+/// How long threads of this process waited for a core once ready to run
+/// (`/proc/self/task/*/schedstat`): their side of a latency, not the server's.
+#[derive(Clone, Copy, Debug, Default)]
+struct CoreWait {
+    waited_ns: u64,
+    runs: u64,
+}
+
+impl CoreWait {
+    /// So far, summed over the threads whose names start with one of `names`.
+    fn of_threads(names: &[&str]) -> Self {
+        threads_named(names)
+            .filter_map(|task| {
+                let stat = std::fs::read_to_string(task.join("schedstat")).ok()?;
+                let mut fields = stat.split_whitespace().skip(1).map(str::parse::<u64>);
+                Some(Self {
+                    waited_ns: fields.next()?.ok()?,
+                    runs: fields.next()?.ok()?,
+                })
+            })
+            .fold(Self::default(), |sum, one| Self {
+                waited_ns: sum.waited_ns + one.waited_ns,
+                runs: sum.runs + one.runs,
+            })
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            waited_ns: self.waited_ns.saturating_sub(before.waited_ns),
+            runs: self.runs.saturating_sub(before.runs),
+        }
+    }
+
+    fn describe(self) -> String {
+        format!(
+            "{:.1} us a run, {:.0} ms in all",
+            self.waited_ns as f64 / 1e3 / self.runs.max(1) as f64,
+            self.waited_ns as f64 / 1e6
+        )
+    }
 }
 
 fn free_port() -> u16 {

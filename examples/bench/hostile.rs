@@ -18,7 +18,7 @@ use selfie_auth_testkit::RawGrpc;
 use tokio::io::AsyncWriteExt as _;
 
 use super::{
-    Client, Echo, Report, Sample, Serving, apart_on, client_for, jpeg_of, measure, serving, smile_id_client,
+    Client, CoreWait, Echo, Report, Sample, Serving, apart_on, client_for, jpeg_of, measure, serving, smile_id_client,
     start_echo, submit_request, verdict,
 };
 
@@ -28,6 +28,8 @@ const FLOOD_CALLS: usize = 128;
 /// thirtieth and the sixth slowest call, not the tenth and the second.
 const HONEST_GETS: usize = 3000;
 const HONEST_SUBMISSIONS: usize = 600;
+/// The name of the honest caller's runtime threads.
+const HONEST_THREADS: &str = "honest-caller";
 
 /// The chart's memory limit.
 const CHART_MEMORY_LIMIT: u64 = 512 * 1024 * 1024;
@@ -41,8 +43,9 @@ pub(super) fn identified<T>(identity: &str, message: T) -> tonic::Request<T> {
     request
 }
 
-/// The honest caller's two measures, and how many of its calls were refused.
-async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<AtomicUsize>) -> (Sample, Sample) {
+/// The honest caller's measures, how long its own thread waited for its core
+/// during the measured GetJobs, and (in `refused`) how many of its calls were refused.
+async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<AtomicUsize>) -> Honest {
     let gets = |calls: usize| {
         let (client, refused) = (client.clone(), refused.clone());
         measure(calls, 1, move |_| {
@@ -61,7 +64,9 @@ async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<Atom
     // Unmeasured: the first calls on a new connection, and whatever the
     // section before left running, would set the tail of the figure alone.
     gets(HONEST_GETS / 10).await;
+    let waited_before = CoreWait::of_threads(&[HONEST_THREADS]);
     let gets = gets(HONEST_GETS).await;
+    let gets_waited = CoreWait::of_threads(&[HONEST_THREADS]).since(waited_before);
     let submissions = {
         let (client, refused, selfie, round) = (client.clone(), refused.clone(), selfie.clone(), round.to_owned());
         measure(HONEST_SUBMISSIONS, 4, move |index| {
@@ -79,7 +84,18 @@ async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<Atom
         })
         .await
     };
-    (gets, submissions)
+    Honest {
+        gets,
+        submissions,
+        gets_waited,
+    }
+}
+
+/// What the honest caller measured in one round.
+struct Honest {
+    gets: Sample,
+    submissions: Sample,
+    gets_waited: CoreWait,
 }
 
 /// Peak resident memory of process `pid` (VmHWM).
@@ -342,6 +358,18 @@ fn latency_rows(
     }
 }
 
+/// How long the honest caller's own thread waited for its core during its
+/// measured GetJobs: the share of their latency that is the benchmark's, on
+/// the core it shares with Smile ID's simulator and the attacking client.
+fn core_wait_row(report: &mut Report, row: &dyn Fn(&str) -> String, attacked: CoreWait, solo: CoreWait) {
+    report.row(
+        &row("the honest caller's own thread waiting for its core during its GetJobs"),
+        attacked.describe(),
+        format!("alone: {}", solo.describe()),
+        "the client's side of GetJob's latency (schedstat), not the server's".into(),
+    );
+}
+
 /// The honest caller's measures, made on its own runtime with its own connection.
 async fn honest_apart(
     runtime: &tokio::runtime::Runtime,
@@ -349,7 +377,7 @@ async fn honest_apart(
     selfie: &Bytes,
     round: &'static str,
     refused: &Arc<AtomicUsize>,
-) -> anyhow::Result<(Sample, Sample)> {
+) -> anyhow::Result<Honest> {
     let (selfie, refused) = (selfie.clone(), refused.clone());
     Ok(runtime
         .spawn(async move {
@@ -479,7 +507,7 @@ async fn under_attack(
     // service as it takes (the `greedy caller` row says how many).
     let (smile_id, caller, attacker) = (
         beside("smile-id", 1, 0, placement)?,
-        beside("honest-caller", 1, 0, placement)?,
+        beside(HONEST_THREADS, 1, 0, placement)?,
         beside("attacker", 2, 19, placement)?,
     );
     let sim = smile_id
@@ -545,7 +573,11 @@ async fn under_attack(
     let refused = Arc::new(AtomicUsize::new(0));
     drop(client);
     let timed_before = Timed::of(http).await;
-    let (solo_gets, solo_submissions) = honest_apart(&caller, grpc, &selfie, "solo", &refused).await?;
+    let Honest {
+        gets: solo_gets,
+        submissions: solo_submissions,
+        gets_waited: solo_waited,
+    } = honest_apart(&caller, grpc, &selfie, "solo", &refused).await?;
     let timed_solo = Timed::of(http).await;
     let solo_refused = refused.swap(0, Ordering::Relaxed);
 
@@ -568,7 +600,11 @@ async fn under_attack(
     let cpu_before = service_cpu();
     let started = Instant::now();
     let greedy_before = greedy.counts();
-    let (gets, submissions) = honest_apart(&caller, grpc, &selfie, "attacked", &refused).await?;
+    let Honest {
+        gets,
+        submissions,
+        gets_waited,
+    } = honest_apart(&caller, grpc, &selfie, "attacked", &refused).await?;
     let attacked_refused = refused.load(Ordering::Relaxed);
     let timed_attacked = Timed::of(http).await;
     let during = started.elapsed();
@@ -621,6 +657,7 @@ async fn under_attack(
             )
         },
     );
+    core_wait_row(report, &row, gets_waited, solo_waited);
     let within_ms = |ms: Option<f64>| ms.map_or_else(|| "?".to_owned(), |ms| format!("within {ms} ms"));
     report.row(
         &row("GetJob as the service timed it, p99"),
@@ -727,7 +764,7 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
     let own = Placement::OwnCores;
     let (smile_id, caller, attacker) = (
         beside("smile-id", 1, 0, own)?,
-        beside("honest-caller", 1, 0, own)?,
+        beside(HONEST_THREADS, 1, 0, own)?,
         beside("attacker", 2, 19, own)?,
     );
     let cores: Vec<usize> = halves().0.collect();
@@ -745,7 +782,11 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
     let grpc = connections.spawn(start_echo(echo)).await??;
     let selfie = jpeg_of(330, 3);
     let refused = Arc::new(AtomicUsize::new(0));
-    let (solo_gets, solo_submissions) = honest_apart(&caller, grpc, &selfie, "floor-solo", &refused).await?;
+    let Honest {
+        gets: solo_gets,
+        submissions: solo_submissions,
+        gets_waited: solo_waited,
+    } = honest_apart(&caller, grpc, &selfie, "floor-solo", &refused).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let greedy = Arc::new(Flood::default());
     {
@@ -757,7 +798,11 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (cpu_before, greedy_before, started) =
         (super::threads_cpu_seconds(&["floor"]), greedy.counts(), Instant::now());
-    let (gets, submissions) = honest_apart(&caller, grpc, &selfie, "floor-flooded", &refused).await?;
+    let Honest {
+        gets,
+        submissions,
+        gets_waited,
+    } = honest_apart(&caller, grpc, &selfie, "floor-flooded", &refused).await?;
     let during = started.elapsed().as_secs_f64();
     let busy = (super::threads_cpu_seconds(&["floor"]) - cpu_before) / during / halves().0.len() as f64;
     let greedy_rate = (greedy.counts().0 - greedy_before.0) as f64 / during;
@@ -786,6 +831,7 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
             )
         },
     );
+    core_wait_row(report, &row, gets_waited, solo_waited);
     report.row(
         &row("the greedy caller's submissions accepted"),
         match paced {
