@@ -63,12 +63,20 @@ fn jpeg_of(side: u32, seed: u32) -> Bytes {
 }
 
 /// Latencies of a phase, sorted.
+#[derive(Default)]
 struct Sample {
     latencies: Vec<Duration>,
     elapsed: Duration,
 }
 
 impl Sample {
+    /// This sample and `more`, as if measured in one go.
+    fn add(&mut self, more: Self) {
+        self.latencies.extend(more.latencies);
+        self.latencies.sort_unstable();
+        self.elapsed += more.elapsed;
+    }
+
     fn at(&self, quantile: f64) -> Duration {
         self.latencies[((self.latencies.len() - 1) as f64 * quantile) as usize]
     }
@@ -421,6 +429,9 @@ async fn client_channel(addr: SocketAddr) -> anyhow::Result<Channel> {
         .await?)
 }
 
+/// How many turns the servers of the submission rows take, each with a share of the calls.
+const ROUNDS: usize = 4;
+
 /// SubmitAuthentication against a bare echo of the same payload and the Python SDK.
 async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls: usize) -> anyhow::Result<()> {
     let selfie = jpeg_of(330, 7);
@@ -461,51 +472,40 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
     let client = client_for(service.running.grpc_addr).await?;
     let mut floor_cpu_at_16 = 0.0;
     for in_flight in [1, 16] {
-        // The gateway floor, and the CPU each server's threads spend per submission.
-        let cpu = threads_cpu_seconds(GATEWAY_THREADS);
-        let floor_gateway = {
-            let (gateway, selfie, liveness) = (gateway.clone(), selfie.clone(), liveness.clone());
-            measure(calls, in_flight, move |index| {
-                let mut gateway = gateway.clone();
-                let request = submit_request(format!("gateway-{in_flight}-{index}"), &selfie, &liveness);
-                async move {
-                    gateway.submit_authentication(request).await.expect("gateway");
-                }
-            })
-            .await
-        };
-        let floor_cpu = (threads_cpu_seconds(GATEWAY_THREADS) - cpu) / calls as f64;
-        let floor = {
-            let (echo, selfie, liveness) = (echo.clone(), selfie.clone(), liveness.clone());
-            measure(calls, in_flight, move |index| {
-                let mut echo = echo.clone();
-                let request = submit_request(format!("echo-{in_flight}-{index}"), &selfie, &liveness);
-                async move {
-                    echo.submit_authentication(request).await.expect("echo");
-                }
-            })
-            .await
-        };
-        // Smile ID's callbacks are held while submissions are measured: receiving
-        // them is the callback path's work, measured in its own section.
-        sim.set_callback_mode(CallbackMode::Drop);
-        let cpu = SERVICE_THREADS.map(|(threads, _)| threads_cpu_seconds(&[threads]));
-        let ours = {
-            let (client, selfie, liveness) = (client.clone(), selfie.clone(), liveness.clone());
-            measure(calls, in_flight, move |index| {
-                let mut client = client.clone();
-                let request = submit_request(format!("submit-{in_flight}-{index}"), &selfie, &liveness);
-                async move {
-                    client.submit_authentication(request).await.expect("submit");
-                }
-            })
-            .await
-        };
-        let spent: Vec<f64> = SERVICE_THREADS
-            .iter()
-            .zip(cpu)
-            .map(|((threads, _), before)| (threads_cpu_seconds(&[threads]) - before) / calls as f64)
-            .collect();
+        // The floor, the echo and the service take turns, a share of the calls
+        // each time, so that the machine's speed, which drifts within a run,
+        // is the same on average for all three.
+        let (mut floor_gateway, mut floor, mut ours) = (Sample::default(), Sample::default(), Sample::default());
+        let (mut floor_cpu, mut spent) = (0.0, [0.0; SERVICE_THREADS.len()]);
+        for round in 0..ROUNDS {
+            let per_round = calls / ROUNDS;
+            let submit = |client: &Client, name: &'static str| {
+                let (client, selfie, liveness) = (client.clone(), selfie.clone(), liveness.clone());
+                measure(per_round, in_flight, move |index| {
+                    let mut client = client.clone();
+                    let request = submit_request(format!("{name}-{in_flight}-{round}-{index}"), &selfie, &liveness);
+                    async move {
+                        client.submit_authentication(request).await.expect(name);
+                    }
+                })
+            };
+            let cpu = threads_cpu_seconds(GATEWAY_THREADS);
+            floor_gateway.add(submit(&gateway, "gateway").await);
+            floor_cpu += threads_cpu_seconds(GATEWAY_THREADS) - cpu;
+            floor.add(submit(&echo, "echo").await);
+            // Smile ID's callbacks are held while submissions are measured: receiving
+            // them is the callback path's work, measured in its own section.
+            sim.set_callback_mode(CallbackMode::Drop);
+            let cpu = SERVICE_THREADS.map(|(threads, _)| threads_cpu_seconds(&[threads]));
+            ours.add(submit(&client, "submit").await);
+            for (spent, ((threads, _), before)) in spent.iter_mut().zip(SERVICE_THREADS.iter().zip(cpu)) {
+                *spent += threads_cpu_seconds(&[threads]) - before;
+            }
+            sim.set_callback_mode(CallbackMode::Deliver);
+        }
+        let measured = (calls / ROUNDS * ROUNDS) as f64;
+        let floor_cpu = floor_cpu / measured;
+        let spent = spent.map(|spent| spent / measured);
         let our_cpu: f64 = spent.iter().sum();
         let split = SERVICE_THREADS
             .iter()
@@ -513,7 +513,6 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
             .map(|((_, what), spent)| format!("{} {:.2}", what, spent * 1e3))
             .collect::<Vec<_>>()
             .join(", ");
-        sim.set_callback_mode(CallbackMode::Deliver);
         let (rate_ratio, cpu_ratio) = (ours.rate() / floor_gateway.rate(), our_cpu / floor_cpu);
         floor_cpu_at_16 = floor_cpu;
         let met = if in_flight == 16 {
