@@ -473,12 +473,12 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
     let mut floor_cpu_at_16 = 0.0;
     for in_flight in [1, 16] {
         // The floor, the echo and the service take turns, a share of the calls
-        // each time, so that the machine's speed, which drifts within a run,
-        // is the same on average for all three.
+        // each time, so that any drift in the machine's speed during a run
+        // falls on all three alike.
         let (mut floor_gateway, mut floor, mut ours) = (Sample::default(), Sample::default(), Sample::default());
         let (mut floor_cpu, mut spent) = (0.0, [0.0; SERVICE_THREADS.len()]);
+        let per_round = calls / ROUNDS;
         for round in 0..ROUNDS {
-            let per_round = calls / ROUNDS;
             let submit = |client: &Client, name: &'static str| {
                 let (client, selfie, liveness) = (client.clone(), selfie.clone(), liveness.clone());
                 measure(per_round, in_flight, move |index| {
@@ -503,7 +503,7 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
             }
             sim.set_callback_mode(CallbackMode::Deliver);
         }
-        let measured = (calls / ROUNDS * ROUNDS) as f64;
+        let measured = (per_round * ROUNDS) as f64;
         let floor_cpu = floor_cpu / measured;
         let spent = spent.map(|spent| spent / measured);
         let our_cpu: f64 = spent.iter().sum();
