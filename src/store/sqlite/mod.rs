@@ -17,6 +17,12 @@ use crate::jobs::model::{ErasedJob, Erasure};
 use crate::jobs::ports::StoreError;
 use writer::Writer;
 
+/// How long the writer waits for more writes once they come together. At 16
+/// submissions in flight it took the writer's CPU a submission from 0.28-0.32
+/// to 0.20-0.22 ms (`--only submit`, two runs each, interleaved); 1 ms did no
+/// better, and a submission waits for two commits.
+const LINGER: Duration = Duration::from_micros(500);
+
 pub struct SqliteStore {
     pool: SqlitePool,
     writes: WriteQueue,
@@ -69,7 +75,7 @@ impl SqliteStore {
             .await?;
         // Opened after the migrations, which made the file and chose WAL.
         let writer = Writer::open(options.get_filename())?;
-        let writes = WriteQueue::start_on_thread("sqlite-writer", writer)
+        let writes = WriteQueue::start_on_thread("sqlite-writer", writer, LINGER)
             .map_err(|error| StoreError::Unavailable(format!("starting the SQLite writer: {error}")))?;
         Ok(Self { pool, writes })
     }
