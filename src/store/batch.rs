@@ -4,7 +4,8 @@
 //! go to one writer per store (a task, or a thread of its own for a driver that
 //! blocks), which commits whatever has queued up since its last commit in one
 //! transaction and answers each writer only after that commit: still durable
-//! before acknowledged, with one flush for many writes.
+//! before acknowledged, with one flush for many writes. A writer on a thread
+//! also waits a moment for more while writes keep coming together.
 
 use std::time::Duration;
 
