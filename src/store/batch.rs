@@ -237,6 +237,13 @@ mod tests {
         }
     }
 
+    /// A queue on a thread committing at once to a recorder, lingering `linger`.
+    fn quick_queue(linger: Duration) -> (Arc<WriteQueue>, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let queue = WriteQueue::start_on_thread("test-writer", Quick(recorder.clone()), linger).expect("thread");
+        (Arc::new(queue), recorder)
+    }
+
     /// `writers` callers each writing `rounds` times, one write after another.
     async fn write_in_rounds(queue: &Arc<WriteQueue>, writers: usize, rounds: usize) {
         let writers: Vec<_> = (0..writers)
@@ -257,10 +264,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_that_keep_coming_together_wait_for_each_other() {
-        let recorder = Arc::new(Recorder::default());
-        let linger = Duration::from_millis(50);
-        let queue =
-            Arc::new(WriteQueue::start_on_thread("test-writer", Quick(recorder.clone()), linger).expect("thread"));
+        let (queue, recorder) = quick_queue(Duration::from_millis(50));
         write_in_rounds(&queue, 8, 20).await;
         let batches = recorder.batches.lock().expect("not poisoned").clone();
         assert_eq!(batches.iter().sum::<usize>(), 160);
@@ -276,11 +280,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_alone_is_committed_without_lingering() {
-        let recorder = Arc::new(Recorder::default());
         // A linger no test could sit through: one taken would fail the test's timeout.
-        let linger = Duration::from_hours(1);
-        let queue =
-            Arc::new(WriteQueue::start_on_thread("test-writer", Quick(recorder.clone()), linger).expect("thread"));
+        let (queue, recorder) = quick_queue(Duration::from_hours(1));
         tokio::time::timeout(Duration::from_secs(30), write_in_rounds(&queue, 1, 200))
             .await
             .expect("a lone writer's writes committed without waiting for others");
