@@ -478,6 +478,7 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
         let (mut floor_gateway, mut floor, mut ours) = (Sample::default(), Sample::default(), Sample::default());
         let (mut floor_cpu, mut spent) = (0.0, [0.0; SERVICE_THREADS.len()]);
         let per_round = calls / ROUNDS;
+        let (mut commits, mut writes) = (0.0, 0.0);
         for round in 0..ROUNDS {
             let submit = |client: &Client, name: &'static str| {
                 let (client, selfie, liveness) = (client.clone(), selfie.clone(), liveness.clone());
@@ -496,11 +497,15 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
             // Smile ID's callbacks are held while submissions are measured: receiving
             // them is the callback path's work, measured in its own section.
             sim.set_callback_mode(CallbackMode::Drop);
+            let committed = commits_of(&service).await;
             let cpu = SERVICE_THREADS.map(|(threads, _)| threads_cpu_seconds(&[threads]));
             ours.add(submit(&client, "submit").await);
             for (spent, ((threads, _), before)) in spent.iter_mut().zip(SERVICE_THREADS.iter().zip(cpu)) {
                 *spent += threads_cpu_seconds(&[threads]) - before;
             }
+            let now = commits_of(&service).await;
+            commits += now.0 - committed.0;
+            writes += now.1 - committed.1;
             sim.set_callback_mode(CallbackMode::Deliver);
         }
         let measured = (per_round * ROUNDS) as f64;
@@ -526,10 +531,11 @@ async fn submit_against_echo(report: &mut Report, sim: &RunningSimulator, calls:
         report.row(
             &format!("SubmitAuthentication against the gateway floor, {in_flight} in flight"),
             format!(
-                "{:.0} calls/s, p50 {:.2} ms, {:.2} ms of its threads' CPU each ({split})",
+                "{:.0} calls/s, p50 {:.2} ms, {:.2} ms of its threads' CPU each ({split}); {:.2} writes a commit",
                 ours.rate(),
                 ours.p50_ms(),
-                our_cpu * 1e3
+                our_cpu * 1e3,
+                writes / f64::max(commits, 1.0)
             ),
             format!(
                 "prep upload + zip + upload: {:.0} calls/s, p50 {:.2} ms, {:.2} ms of its threads' CPU each",
@@ -972,6 +978,23 @@ async fn where_time_goes(service: &Service) -> Option<String> {
         .map(|(labels, (sum, count))| format!("{labels}: {:.2} ms x {count:.0}", sum / count * 1e3))
         .collect();
     Some(parts.join("; "))
+}
+
+/// The service's store writer so far, from its metrics: `(commits, writes)`.
+async fn commits_of(service: &Service) -> (f64, f64) {
+    let Ok(response) = reqwest::get(format!("http://{}/metrics", service.running.http_addr)).await else {
+        return (0.0, 0.0);
+    };
+    let text = response.text().await.unwrap_or_default();
+    let total = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        total("selfie_auth_db_commits_total"),
+        total("selfie_auth_db_committed_writes_total"),
+    )
 }
 
 async fn postgres_url() -> Option<String> {

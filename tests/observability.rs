@@ -185,6 +185,41 @@ async fn the_wait_for_the_threads_serving_connections_is_sampled() {
     );
 }
 
+/// The store writer's commits and the writes in them reach `/metrics`: a job
+/// taken to its result writes at least its create, Smile ID's acceptance and
+/// the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_writers_commits_are_counted() {
+    let (_sim, service, _dir) = simulator_and_service(|_| {}).await;
+    let mut client = service.client().await;
+    client
+        .submit_authentication(submit_request(ENROLLED_USER, "counted-1"))
+        .await
+        .expect("submit");
+    let mut stream = watch(&mut client, "counted-1", 0).await;
+    collect_events(&mut stream, 4).await;
+    let text = reqwest::get(format!("{}/metrics", service.http_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let total = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let (commits, writes) = (
+        total("selfie_auth_db_commits_total"),
+        total("selfie_auth_db_committed_writes_total"),
+    );
+    assert!(writes >= 3.0, "{writes} writes counted");
+    assert!(
+        (1.0..=writes).contains(&commits),
+        "{commits} commits for {writes} writes"
+    );
+}
+
 /// The next status a health watch sends within a moment: `None` when none comes,
 /// `Some(None)` when the stream ends.
 async fn next(

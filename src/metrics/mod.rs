@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -37,6 +37,9 @@ fn latency() -> Histogram {
 /// Connections of the job store's pool: `(open, idle)`.
 pub type PoolStatus = Box<dyn Fn() -> (u32, u32) + Send + Sync>;
 
+/// What the job store's writer has committed: `(commits, writes)` so far.
+pub type CommitTotals = Box<dyn Fn() -> (u64, u64) + Send + Sync>;
+
 pub struct Metrics {
     registry: Registry,
     pub rpc_duration: Histograms<RpcLabels>,
@@ -62,6 +65,9 @@ pub struct Metrics {
     pub reconciler_due_jobs: Gauge,
     pub oldest_unfinished_job_age: Gauge<f64, AtomicU64>,
     pool: OnceLock<PoolStatus>,
+    db_commits: Counter,
+    db_committed_writes: Counter,
+    commits: OnceLock<CommitTotals>,
 }
 
 impl Default for Metrics {
@@ -91,6 +97,9 @@ impl Default for Metrics {
             reconciler_due_jobs: Gauge::default(),
             oldest_unfinished_job_age: Gauge::default(),
             pool: OnceLock::new(),
+            db_commits: Counter::default(),
+            db_committed_writes: Counter::default(),
+            commits: OnceLock::new(),
         };
         metrics.register();
         metrics.create_watched_series();
@@ -247,6 +256,16 @@ impl Metrics {
             self.db_pool_connections.clone(),
         );
         ours.register(
+            "db_commits",
+            "Transactions the job store's writer committed",
+            self.db_commits.clone(),
+        );
+        ours.register(
+            "db_committed_writes",
+            "Job creates and saves in those transactions: over db_commits, how many shared a commit",
+            self.db_committed_writes.clone(),
+        );
+        ours.register(
             "reconcile_polls",
             "job_status polls by the reconciler",
             self.reconcile_polls.clone(),
@@ -308,6 +327,11 @@ impl Metrics {
     /// Reports the store's pool from now on.
     pub fn watch_pool(&self, status: PoolStatus) {
         let _ = self.pool.set(status);
+    }
+
+    /// Reports the store writer's commits from now on.
+    pub fn watch_commits(&self, totals: CommitTotals) {
+        let _ = self.commits.set(totals);
     }
 
     pub fn observe_rpc(&self, method: &'static str, code: i32, elapsed: Duration) {
@@ -383,6 +407,12 @@ impl Metrics {
             gauge("idle").set(i64::from(idle));
             gauge("used").set(i64::from(open.saturating_sub(idle)));
         }
+        if let Some(totals) = self.commits.get() {
+            // Counted by the writer as it commits; copied here when read.
+            let (commits, writes) = totals();
+            self.db_commits.inner().store(commits, Ordering::Relaxed);
+            self.db_committed_writes.inner().store(writes, Ordering::Relaxed);
+        }
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             text.clear();
@@ -440,6 +470,7 @@ mod tests {
         metrics.observe_smileid("job_status", "ok", Duration::from_millis(20));
         metrics.observe_db("get", Duration::from_micros(300));
         metrics.watch_pool(Box::new(|| (4, 3)));
+        metrics.watch_commits(Box::new(|| (2, 7)));
         let text = metrics.render();
         for expected in [
             "# TYPE rpc_server_duration_seconds histogram",
@@ -450,6 +481,8 @@ mod tests {
             "# TYPE selfie_auth_db_operation_duration_seconds histogram",
             "# TYPE selfie_auth_submission_turn_wait_seconds histogram",
             "selfie_auth_db_pool_connections{state=\"used\"} 1",
+            "selfie_auth_db_commits_total 2",
+            "selfie_auth_db_committed_writes_total 7",
             "# TYPE selfie_auth_oldest_unfinished_job_age_seconds gauge",
             "# TYPE process_resident_memory_bytes gauge",
             "# TYPE process_cpu_seconds counter",

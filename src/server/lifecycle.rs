@@ -93,6 +93,7 @@ pub(super) async fn open_then_work(work: Work) {
         store::spawn_event_listener(pool, bus, shutdown.clone());
     }
     metrics.watch_pool(opened.pool_status);
+    metrics.watch_commits(opened.commits);
     store.open(opened.store);
     readiness.set(true);
     info!(grpc = %grpc_addr, http = %http_addr, "selfie-auth serving");

@@ -7,6 +7,8 @@
 //! before acknowledged, with one flush for many writes. A writer on a thread
 //! also waits a moment for more while writes keep coming together.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -57,12 +59,38 @@ struct Queued {
 /// The queue in front of a store's writer; the writer ends with the queue.
 pub(super) struct WriteQueue {
     sender: mpsc::Sender<Queued>,
+    commits: Arc<Commits>,
+}
+
+/// What a store's writer has committed since it started: over the commits,
+/// the writes tell how many shared each one.
+#[derive(Debug, Default)]
+pub struct Commits {
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Commits {
+    fn committed(&self, writes: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+    }
+
+    /// `(commits, writes)` so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.commits.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl WriteQueue {
     /// Commits batches in a task of the runtime.
     pub(super) fn start(target: impl Transact) -> Self {
         let (sender, mut receiver) = mpsc::channel(QUEUE);
+        let commits = Arc::new(Commits::default());
+        let counted = commits.clone();
         crate::task::spawn(async move {
             let mut queued = Vec::with_capacity(MAX_BATCH);
             while receiver.recv_many(&mut queued, MAX_BATCH).await > 0 {
@@ -71,12 +99,13 @@ impl WriteQueue {
                     continue;
                 }
                 let outcome = target.transact(&writes).await;
-                for (write, reply) in answer(writes, replies, outcome) {
-                    let _ = reply.send(only(target.transact(std::slice::from_ref(&write)).await));
+                for (write, reply) in answer(&counted, writes, replies, outcome) {
+                    let alone = target.transact(std::slice::from_ref(&write)).await;
+                    let _ = reply.send(only(&counted, alone));
                 }
             }
         });
-        Self { sender }
+        Self { sender, commits }
     }
 
     /// Commits batches on a thread named `name` that waits for them itself, so
@@ -95,6 +124,8 @@ impl WriteQueue {
         linger: Duration,
     ) -> std::io::Result<Self> {
         let (sender, mut receiver) = mpsc::channel(QUEUE);
+        let commits = Arc::new(Commits::default());
+        let counted = commits.clone();
         std::thread::Builder::new().name(name.to_owned()).spawn(move || {
             let mut queued = Vec::with_capacity(MAX_BATCH);
             let mut together = false;
@@ -114,12 +145,18 @@ impl WriteQueue {
                     continue;
                 }
                 let outcome = target.transact(&writes);
-                for (write, reply) in answer(writes, replies, outcome) {
-                    let _ = reply.send(only(target.transact(std::slice::from_ref(&write))));
+                for (write, reply) in answer(&counted, writes, replies, outcome) {
+                    let alone = target.transact(std::slice::from_ref(&write));
+                    let _ = reply.send(only(&counted, alone));
                 }
             }
         })?;
-        Ok(Self { sender })
+        Ok(Self { sender, commits })
+    }
+
+    /// What the writer has committed so far.
+    pub(super) fn commits(&self) -> Arc<Commits> {
+        self.commits.clone()
     }
 
     /// Queues `write` and waits for its commit. A caller that stops waiting
@@ -144,9 +181,15 @@ fn take_batch(queued: &mut Vec<Queued>) -> (Vec<Write>, Vec<Reply>) {
 
 /// Answers every write of a batch with its outcome, and hands back the writes
 /// that must go again one at a time: one bad write must not fail the others.
-fn answer(writes: Vec<Write>, replies: Vec<Reply>, outcome: Result<Vec<Written>, StoreError>) -> Vec<(Write, Reply)> {
+fn answer(
+    commits: &Commits,
+    writes: Vec<Write>,
+    replies: Vec<Reply>,
+    outcome: Result<Vec<Written>, StoreError>,
+) -> Vec<(Write, Reply)> {
     match outcome {
         Ok(written) => {
+            commits.committed(written.len());
             for (reply, written) in replies.into_iter().zip(written) {
                 let _ = reply.send(Ok(written));
             }
@@ -163,8 +206,10 @@ fn answer(writes: Vec<Write>, replies: Vec<Reply>, outcome: Result<Vec<Written>,
 }
 
 /// The one write of a batch of one.
-fn only(outcome: Result<Vec<Written>, StoreError>) -> Result<Written, StoreError> {
-    outcome?
+fn only(commits: &Commits, outcome: Result<Vec<Written>, StoreError>) -> Result<Written, StoreError> {
+    let mut written = outcome?;
+    commits.committed(written.len());
+    written
         .pop()
         .ok_or_else(|| StoreError::Unavailable("a write went missing from its batch".into()))
 }
@@ -268,6 +313,7 @@ mod tests {
         write_in_rounds(&queue, 8, 20).await;
         let batches = recorder.batches.lock().expect("not poisoned").clone();
         assert_eq!(batches.iter().sum::<usize>(), 160);
+        assert_eq!(queue.commits().totals(), (batches.len() as u64, 160), "as counted");
         // Each writer's next write arrives within the linger, so once two have
         // come together a round of eight commits as one batch. Committed as
         // they came, the same writes took 52 commits.
@@ -325,6 +371,11 @@ mod tests {
             }
             let batches = recorder.batches.lock().expect("not poisoned").clone();
             assert_eq!(batches.iter().sum::<usize>(), 40, "{name}");
+            assert_eq!(
+                queue.commits().totals(),
+                (batches.len() as u64, 40),
+                "{name}: as counted"
+            );
             assert!(
                 batches.len() < 10,
                 "{name}: 40 writes queued together took {} commits",

@@ -47,10 +47,16 @@ pub struct OpenedStore {
     pub postgres: Option<sqlx::PgPool>,
     /// The pool's connections: `(open, idle)`.
     pub pool_status: crate::metrics::PoolStatus,
+    /// What its writer has committed.
+    pub commits: crate::metrics::CommitTotals,
 }
 
 fn pool_status<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> crate::metrics::PoolStatus {
     Box::new(move || (pool.size(), u32::try_from(pool.num_idle()).unwrap_or(u32::MAX)))
+}
+
+fn commit_totals(commits: std::sync::Arc<batch::Commits>) -> crate::metrics::CommitTotals {
+    Box::new(move || commits.totals())
 }
 
 /// Checks that `database_url` names a store this service has: a
@@ -71,21 +77,23 @@ pub fn check_url(database_url: &str) -> Result<(), StoreError> {
 pub async fn open(database_url: &str, limits: PgLimits) -> Result<OpenedStore, StoreError> {
     if database_url.starts_with("sqlite:") {
         let store = SqliteStore::open(database_url).await?;
-        let pool = store.pool().clone();
+        let (pool, commits) = (store.pool().clone(), store.commits());
         return Ok(OpenedStore {
             // Only this process writes the file: its own copy of a job is never stale.
             store: Arc::new(cached::CachedStore::new(store)),
             postgres: None,
             pool_status: pool_status(pool),
+            commits: commit_totals(commits),
         });
     }
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         let store = PgStore::open(database_url, limits).await?;
-        let pool = store.pool().clone();
+        let (pool, commits) = (store.pool().clone(), store.commits());
         return Ok(OpenedStore {
             store: Arc::new(store),
             postgres: Some(pool.clone()),
             pool_status: pool_status(pool),
+            commits: commit_totals(commits),
         });
     }
     Err(StoreError::Unavailable(format!(

@@ -79,6 +79,11 @@ impl PgStore {
         &self.pool
     }
 
+    /// What its writer has committed so far.
+    pub(super) fn commits(&self) -> std::sync::Arc<super::batch::Commits> {
+        self.writes.commits()
+    }
+
     /// Several replicas share one database.
     const SHARED: bool = true;
 

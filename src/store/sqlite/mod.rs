@@ -84,6 +84,11 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// What its writer has committed so far.
+    pub(super) fn commits(&self) -> std::sync::Arc<super::batch::Commits> {
+        self.writes.commits()
+    }
+
     /// One file, one process: the embedded store is never shared.
     const SHARED: bool = false;
 
