@@ -198,26 +198,12 @@ async fn the_store_writers_commits_are_counted() {
         .expect("submit");
     let mut stream = watch(&mut client, "counted-1", 0).await;
     collect_events(&mut stream, 4).await;
-    let text = reqwest::get(format!("{}/metrics", service.http_url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let total = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-    };
     let (commits, writes) = (
-        total("selfie_auth_db_commits_total"),
-        total("selfie_auth_db_committed_writes_total"),
+        metric_total(&service, "selfie_auth_db_commits_total").await,
+        metric_total(&service, "selfie_auth_db_committed_writes_total").await,
     );
-    assert!(writes >= 3.0, "{writes} writes counted");
-    assert!(
-        (1.0..=writes).contains(&commits),
-        "{commits} commits for {writes} writes"
-    );
+    assert!(writes >= 3, "{writes} writes counted");
+    assert!((1..=writes).contains(&commits), "{commits} commits for {writes} writes");
 }
 
 /// The next status a health watch sends within a moment: `None` when none comes,

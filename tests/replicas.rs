@@ -28,21 +28,6 @@ async fn three_replicas(sim: &RunningSimulator, database_url: &str) -> [TestServ
     [a, b, c]
 }
 
-async fn metric(service: &TestService, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", service.http_url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    // Every series of the family, whatever its labels.
-    text.lines()
-        .filter_map(|line| line.strip_prefix(name))
-        .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 fn kinds(events: &[pb::JobEvent]) -> Vec<pb::JobEventKind> {
     events.iter().map(selfie_auth::grpc::pb::JobEvent::kind).collect()
 }
@@ -84,10 +69,10 @@ async fn submit_on_a_callback_on_b_stream_on_c() {
     let live = collect_events(&mut log, 4).await;
     assert_eq!(live.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1, 2, 3, 4]);
     assert!(
-        metric(&b, "selfie_auth_callbacks_total").await >= 2,
+        metric_total(&b, "selfie_auth_callbacks_total").await >= 2,
         "callbacks went to B"
     );
-    assert_eq!(metric(&a, "selfie_auth_callbacks_total").await, 0);
+    assert_eq!(metric_total(&a, "selfie_auth_callbacks_total").await, 0);
     for service in [a, b, c] {
         service.stop().await;
     }
@@ -229,7 +214,7 @@ async fn lost_callbacks_are_polled_by_exactly_one_reconciler() {
     let polls: u64 = {
         let mut total = 0;
         for service in &replicas {
-            total += metric(service, "selfie_auth_reconcile_polls_total").await;
+            total += metric_total(service, "selfie_auth_reconcile_polls_total").await;
         }
         total
     };

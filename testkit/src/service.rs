@@ -170,6 +170,22 @@ pub fn provisional_request(user_id: &str, job_id: &str) -> pb::SubmitAuthenticat
     request
 }
 
+/// The sum of every series of metric `name` (whatever its labels) on the
+/// service's `/metrics`; 0 when it has none.
+pub async fn metric_total(service: &TestService, name: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", service.http_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Opens a WatchJob stream.
 pub async fn watch(client: &mut Client, job_id: &str, after_sequence: u64) -> tonic::Streaming<pb::JobEvent> {
     client
