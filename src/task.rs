@@ -55,3 +55,32 @@ pub fn lower_thread_priority(nice: u8) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Puts the calling thread under `SCHED_IDLE`: a thread of any other policy
+/// that wakes on its core takes the core from it at once, where a thread only
+/// niced below it waits out what is left of its time slice. It still runs
+/// whenever the others leave the core idle. Leaving `SCHED_IDLE` again would
+/// need a privilege.
+pub fn run_when_idle() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+        let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        // `Min` is the only priority SCHED_IDLE takes: 0.
+        let set = thread_priority::unix::set_thread_priority_and_policy(
+            thread_priority::unix::thread_native_id(),
+            ThreadPriority::Min,
+            policy,
+        );
+        // The nice value is set after the policy, and a thread niced higher may
+        // not set it back to 0; the policy is what counts.
+        let idle = || matches!(thread_priority::unix::thread_schedule_policy(), Ok(now) if now == policy);
+        match set {
+            Ok(()) => {}
+            Err(_) if idle() => {}
+            Err(thread_priority::Error::OS(code)) => return Err(std::io::Error::from_raw_os_error(code)),
+            Err(other) => return Err(std::io::Error::other(format!("{other:?}"))),
+        }
+    }
+    Ok(())
+}
