@@ -1538,17 +1538,54 @@ fn apart_on(
         .thread_name(name)
         .on_thread_start(move || {
             selfie_auth::task::lower_thread_priority(nice).expect("lowering a thread's priority");
-            #[cfg(target_os = "linux")]
-            if let Some(cores) = &cores {
-                let mut set = rustix::thread::CpuSet::new();
-                for &core in cores {
-                    set.set(core);
-                }
-                rustix::thread::sched_setaffinity(None, &set).expect("pinning a thread");
+            pin_to(cores.as_deref());
+        })
+        .enable_all()
+        .build()?)
+}
+
+/// Keeps the calling thread to `cores`, when given.
+fn pin_to(cores: Option<&[usize]>) {
+    #[cfg(target_os = "linux")]
+    if let Some(cores) = cores {
+        let mut set = rustix::thread::CpuSet::new();
+        for &core in cores {
+            set.set(core);
+        }
+        rustix::thread::sched_setaffinity(None, &set).expect("pinning a thread");
+    }
+}
+
+/// Whether a thread of [`ahead_on`] could not take `SCHED_FIFO`.
+static NOT_AHEAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A runtime of one thread named `name`, kept to `cores` when given, under
+/// `SCHED_FIFO` where the benchmark may set it (as root, or with
+/// `CAP_SYS_NICE`): on its core it takes the CPU from every other thread of
+/// the benchmark at once. [`ahead_refused`] tells if it could not.
+fn ahead_on(name: &str, cores: Option<Vec<usize>>) -> anyhow::Result<tokio::runtime::Runtime> {
+    use thread_priority::{RealtimeThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .on_thread_start(move || {
+            pin_to(cores.as_deref());
+            let first = thread_priority::unix::set_thread_priority_and_policy(
+                thread_priority::unix::thread_native_id(),
+                ThreadPriority::Min,
+                ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+            );
+            if first.is_err() {
+                NOT_AHEAD.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         })
         .enable_all()
         .build()?)
+}
+
+/// Whether any thread of [`ahead_on`] ran at its normal priority.
+fn ahead_refused() -> bool {
+    NOT_AHEAD.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The simulator every section talks to: the benchmark's user enrolled, results at once.

@@ -491,6 +491,15 @@ fn beside(name: &str, workers: usize, nice: u8, placement: Placement) -> anyhow:
     super::apart_on(name, workers, nice, ours)
 }
 
+/// The honest caller's runtime. It stands for a client on a machine of its
+/// own, so on the core it shares with the simulator and the attacking client
+/// it runs first ([`super::ahead_on`]): what it measures is then the
+/// service's, not the wait for its own core (its row "waiting for its core").
+fn honest_caller(placement: Placement) -> anyhow::Result<tokio::runtime::Runtime> {
+    let ours = (placement == Placement::OwnCores).then(|| halves().1.collect());
+    super::ahead_on(HONEST_THREADS, ours)
+}
+
 /// One attack's rows; answers how many of the flood's submissions a second
 /// the service accepted while the honest caller measured.
 async fn under_attack(
@@ -507,7 +516,7 @@ async fn under_attack(
     // service as it takes (the `greedy caller` row says how many).
     let (smile_id, caller, attacker) = (
         beside("smile-id", 1, 0, placement)?,
-        beside(HONEST_THREADS, 1, 0, placement)?,
+        honest_caller(placement)?,
         beside("attacker", 2, 19, placement)?,
     );
     let sim = smile_id
@@ -739,6 +748,9 @@ async fn under_attack(
              connection of its own, as a separate client would be) measures again: {HONEST_GETS} GetJobs one at a \
              time, then {HONEST_SUBMISSIONS} submissions four at a time; the simulator has a runtime \
              of its own, and the attacking client runs at the lowest CPU priority, as a machine elsewhere would. \
+             The well-behaved caller's one thread runs under SCHED_FIFO{}, so that on the core it shares with the \
+             simulator and the attacking client it does not wait for them, as a client on a machine of its own \
+             would not (its row \"waiting for its core\"); alone and under attack alike. \
              With the service on cores of its own, the service runs on the first half of the cores and the \
              callers and the simulator on the rest. \"With no identity\": the same attack without the submission \
              flood, which takes a caller allowed to submit; everything else anyone who reaches the ports can do. \
@@ -748,7 +760,13 @@ async fn under_attack(
              rpc_server_duration_seconds, from the call reaching its handlers to their answer, without the time \
              request and answer spend on the connection (the bound of the histogram bucket the 99th percentile \
              falls in). \"The flood paced to a third of its rate\": the same attack with the flood held to a \
-             third of the rate the service took it at, as a rate limit in the access policy would hold one caller."
+             third of the rate the service took it at, as a rate limit in the access policy would hold one caller.",
+            if super::ahead_refused() {
+                " where the benchmark may set it (here it could not: it ran at normal priority; run as root or \
+                 with CAP_SYS_NICE)"
+            } else {
+                ""
+            }
         ));
     }
     Ok(greedy_rate)
@@ -764,7 +782,7 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
     let own = Placement::OwnCores;
     let (smile_id, caller, attacker) = (
         beside("smile-id", 1, 0, own)?,
-        beside(HONEST_THREADS, 1, 0, own)?,
+        honest_caller(own)?,
         beside("attacker", 2, 19, own)?,
     );
     let cores: Vec<usize> = halves().0.collect();
