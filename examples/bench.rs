@@ -1564,18 +1564,24 @@ static NOT_AHEAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 /// `CAP_SYS_NICE`): on its core it takes the CPU from every other thread of
 /// the benchmark at once. [`ahead_refused`] tells if it could not.
 fn ahead_on(name: &str, cores: Option<Vec<usize>>) -> anyhow::Result<tokio::runtime::Runtime> {
-    use thread_priority::{RealtimeThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(name)
         .on_thread_start(move || {
             pin_to(cores.as_deref());
-            let first = thread_priority::unix::set_thread_priority_and_policy(
-                thread_priority::unix::thread_native_id(),
-                ThreadPriority::Min,
-                ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
-            );
-            if first.is_err() {
+            #[cfg(target_os = "linux")]
+            let first = {
+                use thread_priority::{RealtimeThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+                thread_priority::unix::set_thread_priority_and_policy(
+                    thread_priority::unix::thread_native_id(),
+                    ThreadPriority::Min,
+                    ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+                )
+                .is_ok()
+            };
+            #[cfg(not(target_os = "linux"))]
+            let first = false;
+            if !first {
                 NOT_AHEAD.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         })
