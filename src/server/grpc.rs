@@ -33,15 +33,6 @@ use crate::shares::Shares;
 /// Reflection streams open at once: tools (grpcurl, a developer's client) need a few.
 const REFLECTION_STREAMS: usize = 32;
 
-/// The largest HTTP/2 frame a client may send. At HTTP/2's default (16 KiB) a
-/// submission's images arrive in a frame every 16 KiB, and each one wakes the
-/// thread answering the submission on its own runtime: at 16 submissions in
-/// flight the threads serving connections spent 0.22-0.30 ms a submission, and
-/// 0.18-0.24 ms with frames of up to 256 KiB (`--only submit`, four runs each,
-/// interleaved). A frame still fits a stream's flow-control window (1 MiB),
-/// which bounds what a stream holds.
-const MAX_FRAME_BYTES: u32 = 256 * 1024;
-
 /// What the gRPC stack is built from, besides the configuration.
 pub struct GrpcParts {
     pub service: Arc<JobService>,
@@ -92,7 +83,6 @@ pub fn serve(
         .http2_keepalive_interval(Some(config.keepalive.interval))
         .http2_keepalive_timeout(Some(config.keepalive.timeout))
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_frame_size(MAX_FRAME_BYTES)
         .layer(Observe::new(metrics.clone()).into_layer())
         .layer(StreamCaps::new(limits.max_health_watches, REFLECTION_STREAMS, metrics.clone()).into_layer())
         // Before load shedding: a flood of unidentified calls takes no slot, and a
