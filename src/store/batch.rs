@@ -432,35 +432,33 @@ mod tests {
         }
     }
 
-    /// The scheduling policy (`/proc`'s field 41) of this process's threads named `name`.
+    /// A store that keeps the scheduling policy of the thread committing to it.
     #[cfg(target_os = "linux")]
-    fn policies_of_threads_named(name: &str) -> Vec<u32> {
-        let tasks = std::fs::read_dir("/proc/self/task").expect("this process's threads");
-        tasks
-            .filter_map(|task| {
-                let path = task.ok()?.path();
-                let comm = std::fs::read_to_string(path.join("comm")).ok()?;
-                if comm.trim_end() != name {
-                    return None;
-                }
-                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-                // Fields from the third on follow the name's closing parenthesis.
-                let after_name = &stat[stat.rfind(')')? + 1..];
-                after_name.split_whitespace().nth(41 - 3)?.parse().ok()
-            })
-            .collect()
+    struct PolicyOfWriter(Arc<std::sync::Mutex<Option<thread_priority::ThreadSchedulePolicy>>>);
+
+    #[cfg(target_os = "linux")]
+    impl TransactBlocking for PolicyOfWriter {
+        fn transact(&mut self, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
+            *self.0.lock().expect("not poisoned") = thread_priority::unix::thread_schedule_policy().ok();
+            Quick(Arc::default()).transact(writes)
+        }
     }
 
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writer_runs_under_sched_idle() {
-        const SCHED_IDLE: u32 = 5;
-        let recorder = Arc::new(Recorder::default());
-        let queue = WriteQueue::start_on_thread("idle-writer", Quick(recorder), Duration::ZERO).expect("thread");
-        // Once a write is answered, the thread has set its policy.
-        let job = Job::for_test("first", "u");
-        assert!(queue.write(Write::Create(job)).await.is_ok(), "write answered");
-        assert_eq!(policies_of_threads_named("idle-writer"), vec![SCHED_IDLE]);
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        let seen = Arc::default();
+        let queue = WriteQueue::start_on_thread("idle-writer", PolicyOfWriter(Arc::clone(&seen)), Duration::ZERO)
+            .expect("thread");
+        assert!(
+            queue.write(Write::Create(Job::for_test("first", "u"))).await.is_ok(),
+            "write answered"
+        );
+        assert_eq!(
+            *seen.lock().expect("not poisoned"),
+            Some(ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
