@@ -45,7 +45,14 @@ pub(super) fn identified<T>(identity: &str, message: T) -> tonic::Request<T> {
 
 /// The honest caller's measures, how long its own thread waited for its core
 /// during the measured GetJobs, and (in `refused`) how many of its calls were refused.
-async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<AtomicUsize>) -> Honest {
+/// `flood`, when given, is counted while the honest caller submits.
+async fn honest(
+    client: &Client,
+    selfie: &Bytes,
+    round: &str,
+    refused: &Arc<AtomicUsize>,
+    flood: Option<&Flood>,
+) -> Honest {
     let gets = |calls: usize| {
         let (client, refused) = (client.clone(), refused.clone());
         measure(calls, 1, move |_| {
@@ -67,6 +74,7 @@ async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<Atom
     let waited_before = CoreWait::of_threads(&[HONEST_THREADS]);
     let gets = gets(HONEST_GETS).await;
     let gets_waited = CoreWait::of_threads(&[HONEST_THREADS]).since(waited_before);
+    let flood_before = flood.map(Flood::counts);
     let submissions = {
         let (client, refused, selfie, round) = (client.clone(), refused.clone(), selfie.clone(), round.to_owned());
         measure(HONEST_SUBMISSIONS, 4, move |index| {
@@ -84,10 +92,14 @@ async fn honest(client: &Client, selfie: &Bytes, round: &str, refused: &Arc<Atom
         })
         .await
     };
+    let flood_rate = flood
+        .zip(flood_before)
+        .map(|(flood, before)| (flood.counts().0 - before.0) as f64 / submissions.elapsed.as_secs_f64());
     Honest {
         gets,
         submissions,
         gets_waited,
+        flood_rate,
     }
 }
 
@@ -96,6 +108,8 @@ struct Honest {
     gets: Sample,
     submissions: Sample,
     gets_waited: CoreWait,
+    /// The flood's accepted submissions a second while these were measured.
+    flood_rate: Option<f64>,
 }
 
 /// Peak resident memory of process `pid` (VmHWM).
@@ -377,12 +391,13 @@ async fn honest_apart(
     selfie: &Bytes,
     round: &'static str,
     refused: &Arc<AtomicUsize>,
+    flood: Option<&Arc<Flood>>,
 ) -> anyhow::Result<Honest> {
-    let (selfie, refused) = (selfie.clone(), refused.clone());
+    let (selfie, refused, flood) = (selfie.clone(), refused.clone(), flood.cloned());
     Ok(runtime
         .spawn(async move {
             let client = client_for(grpc).await.expect("the honest caller connects");
-            honest(&client, &selfie, round, &refused).await
+            honest(&client, &selfie, round, &refused, flood.as_deref()).await
         })
         .await?)
 }
@@ -586,7 +601,8 @@ async fn under_attack(
         gets: solo_gets,
         submissions: solo_submissions,
         gets_waited: solo_waited,
-    } = honest_apart(&caller, grpc, &selfie, "solo", &refused).await?;
+        ..
+    } = honest_apart(&caller, grpc, &selfie, "solo", &refused, None).await?;
     let timed_solo = Timed::of(http).await;
     let solo_refused = refused.swap(0, Ordering::Relaxed);
 
@@ -613,7 +629,8 @@ async fn under_attack(
         gets,
         submissions,
         gets_waited,
-    } = honest_apart(&caller, grpc, &selfie, "attacked", &refused).await?;
+        flood_rate,
+    } = honest_apart(&caller, grpc, &selfie, "attacked", &refused, Some(&greedy)).await?;
     let attacked_refused = refused.load(Ordering::Relaxed);
     let timed_attacked = Timed::of(http).await;
     let during = started.elapsed();
@@ -707,12 +724,20 @@ async fn under_attack(
                 "{greedy_rate:.0} /s ({:.0} /s refused)",
                 greedy_during.1 as f64 / during.as_secs_f64()
             ),
-            format!(
-                "the honest caller's: {:.0} /s under attack ({:.0}% of both), {:.0} /s alone",
-                submissions.rate(),
-                100.0 * submissions.rate() / (submissions.rate() + greedy_rate),
-                solo_submissions.rate()
-            ),
+            {
+                // At a fixed number in flight, latency is in flight over
+                // throughput: half of what both got is the bound of an equal share.
+                let both = submissions.rate() + flood_rate.unwrap_or(greedy_rate);
+                format!(
+                    "the honest caller's: {:.0} /s under attack ({:.0}% of both meanwhile), {:.0} /s alone; \
+                     an equal share of both ({:.0} /s) would take {:.1}x as long as alone",
+                    submissions.rate(),
+                    100.0 * submissions.rate() / both,
+                    solo_submissions.rate(),
+                    both / 2.0,
+                    solo_submissions.rate() / (both / 2.0)
+                )
+            },
             format!(
                 "what the flood pushed through the service meanwhile, its {service_cores} core(s) {:.0}% busy",
                 100.0 * busy
@@ -731,9 +756,10 @@ async fn under_attack(
                     keep the service busy: its throughput alone times the CPU a submission takes is about the service's \
                     cores. A flood as demanding gets its turns as often, so the honest caller keeps at most half the \
                     throughput it had alone, and at four in flight its latency is then at least twice (latency = calls \
-                    in flight / throughput). What is left above that is the service's own throughput lost to the \
-                    attack (the flood's connections are served at full priority, as everyone's are) and the share \
-                    the honest caller gets below half (the greedy caller's row)."
+                    in flight / throughput). The greedy caller's row gives the latency an equal share of what both \
+                    callers got through would mean. That bound is above 2x when the service gets less through under \
+                    attack than the honest caller did alone (the flood's connections are served at full priority, as \
+                    everyone's are); what is left above the bound is the share the honest caller gets below half."
             .to_owned();
         if !report.notes.contains(&note) {
             report.notes.push(note);
@@ -804,7 +830,8 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
         gets: solo_gets,
         submissions: solo_submissions,
         gets_waited: solo_waited,
-    } = honest_apart(&caller, grpc, &selfie, "floor-solo", &refused).await?;
+        ..
+    } = honest_apart(&caller, grpc, &selfie, "floor-solo", &refused, None).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let greedy = Arc::new(Flood::default());
     {
@@ -820,7 +847,8 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
         gets,
         submissions,
         gets_waited,
-    } = honest_apart(&caller, grpc, &selfie, "floor-flooded", &refused).await?;
+        ..
+    } = honest_apart(&caller, grpc, &selfie, "floor-flooded", &refused, None).await?;
     let during = started.elapsed().as_secs_f64();
     let busy = (super::threads_cpu_seconds(&["floor"]) - cpu_before) / during / halves().0.len() as f64;
     let greedy_rate = (greedy.counts().0 - greedy_before.0) as f64 / during;

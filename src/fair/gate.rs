@@ -9,7 +9,15 @@
 //! behind its own work. Each caller's first few submissions in flight go
 //! ahead of anyone's further ones ([`Precedence`]): those run at the lowest
 //! CPU priority, and a turn held there would hold everyone up.
+//!
+//! While several callers have submissions in flight ([`FairGate::present`]),
+//! none holds more than its share of the turns, even when a turn is free:
+//! a caller with a few submissions in flight spends part of each outside the
+//! gate (with Smile ID, on its connection), and turns it leaves free would
+//! otherwise all go to a caller with many, whose work then crowds the
+//! stages the few share with it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -17,16 +25,71 @@ use tokio::sync::oneshot;
 use super::turns::Turns;
 
 struct State {
+    /// Turns no one holds.
     free: usize,
+    /// Turns in all.
+    turns: usize,
     /// Waiting with [`Precedence::Ahead`].
     ahead: Turns<oneshot::Sender<Turn>>,
     /// Waiting with [`Precedence::Further`], served when no one waits ahead.
     further: Turns<oneshot::Sender<Turn>>,
+    /// The turns each caller holds.
+    held: HashMap<Arc<str>, usize>,
+    /// The submissions each caller has in flight.
+    present: HashMap<String, usize>,
 }
 
 impl State {
-    fn next_waiting(&mut self) -> Option<oneshot::Sender<Turn>> {
-        self.ahead.next().or_else(|| self.further.next())
+    /// The most turns any one caller may hold: all of them for a caller
+    /// alone, an equal part (rounded up) while others have work in flight.
+    fn share(&self) -> usize {
+        self.turns.div_ceil(self.present.len().max(1))
+    }
+
+    fn may_take(&self, caller: &str) -> bool {
+        self.held.get(caller).copied().unwrap_or(0) < self.share()
+    }
+
+    /// Hands free turns to the callers waiting that may take one: those
+    /// ahead first, each in its turn.
+    fn hand_out(&mut self, shared: &Shared) {
+        while self.free > 0 {
+            let share = self.share();
+            let held = &self.held;
+            let may = |caller: &str| held.get(caller).copied().unwrap_or(0) < share;
+            let Some((caller, waiter)) = self.ahead.next_of(may).or_else(|| self.further.next_of(may)) else {
+                return;
+            };
+            let caller: Arc<str> = caller.into();
+            match waiter.send(self.take(shared, caller)) {
+                Ok(()) => {}
+                // That caller went away: the turn is free again.
+                Err(mut unwanted) => {
+                    let caller = unwanted.caller.clone();
+                    unwanted.gate = None;
+                    self.give_back(&caller);
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, shared: &Shared, caller: Arc<str>) -> Turn {
+        self.free -= 1;
+        *self.held.entry(caller.clone()).or_default() += 1;
+        Turn {
+            gate: Some(shared.clone()),
+            caller,
+        }
+    }
+
+    fn give_back(&mut self, caller: &str) {
+        self.free += 1;
+        if let Some(held) = self.held.get_mut(caller) {
+            *held -= 1;
+            if *held == 0 {
+                self.held.remove(caller);
+            }
+        }
     }
 }
 
@@ -54,6 +117,7 @@ pub struct FairGate {
 pub struct Turn {
     /// `None` once handed on, or for a turn of a gate that is gone.
     gate: Option<Shared>,
+    caller: Arc<str>,
 }
 
 impl std::fmt::Debug for Turn {
@@ -62,15 +126,41 @@ impl std::fmt::Debug for Turn {
     }
 }
 
+/// A submission in flight, counted towards its caller's presence until dropped.
+pub struct Present {
+    gate: Shared,
+    caller: String,
+}
+
+impl std::fmt::Debug for Present {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Present")
+    }
+}
+
 impl FairGate {
     /// A gate letting `turns` through at once (at least one).
     pub fn new(turns: usize) -> Self {
+        let turns = turns.max(1);
         Self {
             shared: Arc::new(Mutex::new(State {
-                free: turns.max(1),
+                free: turns,
+                turns,
                 ahead: Turns::default(),
                 further: Turns::default(),
+                held: HashMap::new(),
+                present: HashMap::new(),
             })),
+        }
+    }
+
+    /// Counts a submission of `caller` in flight until the answer is
+    /// dropped: while other callers have one too, each holds at most its share.
+    pub fn present(&self, caller: &str) -> Present {
+        *lock(&self.shared).present.entry(caller.to_owned()).or_default() += 1;
+        Present {
+            gate: self.shared.clone(),
+            caller: caller.to_owned(),
         }
     }
 
@@ -79,11 +169,10 @@ impl FairGate {
     pub async fn turn(&self, caller: &str, precedence: Precedence) -> Turn {
         let handed = {
             let mut state = lock(&self.shared);
-            if state.free > 0 && state.ahead.is_empty() && state.further.is_empty() {
-                state.free -= 1;
-                return Turn {
-                    gate: Some(self.shared.clone()),
-                };
+            // Turns are never left free while a caller that may take one
+            // waits, so a free turn is this caller's if its share allows.
+            if state.free > 0 && state.may_take(caller) {
+                return state.take(&self.shared, caller.into());
             }
             let (hand, handed) = oneshot::channel();
             match precedence {
@@ -94,7 +183,10 @@ impl FairGate {
         };
         // A waiter's sender goes only with a turn in it, or with the gate's
         // state, when nothing would be waited for.
-        handed.await.unwrap_or(Turn { gate: None })
+        handed.await.unwrap_or(Turn {
+            gate: None,
+            caller: caller.into(),
+        })
     }
 }
 
@@ -104,16 +196,22 @@ impl Drop for Turn {
             return;
         };
         let mut state = lock(&gate);
-        while let Some(next) = state.next_waiting() {
-            match next.send(Turn {
-                gate: Some(gate.clone()),
-            }) {
-                Ok(()) => return,
-                // That caller went away: its turn goes to the next.
-                Err(mut unwanted) => unwanted.gate = None,
+        state.give_back(&self.caller);
+        state.hand_out(&gate);
+    }
+}
+
+impl Drop for Present {
+    fn drop(&mut self) {
+        let mut state = lock(&self.gate);
+        if let Some(count) = state.present.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                state.present.remove(&self.caller);
             }
         }
-        state.free += 1;
+        // One caller fewer: the others' shares may have grown.
+        state.hand_out(&self.gate);
     }
 }
 
@@ -196,6 +294,87 @@ mod tests {
             soon(gate.turn("d", Precedence::Ahead)).await.is_some(),
             "the turn came back once c was done"
         );
+    }
+
+    #[tokio::test]
+    async fn a_caller_alone_may_hold_every_turn() {
+        let gate = FairGate::new(4);
+        let _present = gate.present("batch");
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(soon(gate.turn("batch", Precedence::Ahead)).await.expect("a free turn"));
+        }
+    }
+
+    #[tokio::test]
+    async fn while_another_caller_has_work_in_flight_none_holds_more_than_its_share() {
+        let gate = Arc::new(FairGate::new(4));
+        let honest = gate.present("honest");
+        let _greedy = [gate.present("greedy"), gate.present("greedy"), gate.present("greedy")];
+        let greedy_turns = [
+            gate.turn("greedy", Precedence::Ahead).await,
+            gate.turn("greedy", Precedence::Ahead).await,
+        ];
+        // Two turns are free, yet the greedy caller holds its share of two.
+        let mut third = crate::task::spawn({
+            let gate = gate.clone();
+            async move { gate.turn("greedy", Precedence::Ahead).await }
+        });
+        assert!(soon(&mut third).await.is_none(), "a third turn is beyond its share");
+        // The honest caller, which holds none, has both at once.
+        let honest_turns = [
+            soon(gate.turn("honest", Precedence::Ahead))
+                .await
+                .expect("its share is free"),
+            soon(gate.turn("honest", Precedence::Ahead))
+                .await
+                .expect("its share is free"),
+        ];
+        drop(honest_turns);
+        assert!(soon(&mut third).await.is_none(), "the honest caller is still present");
+        // Once the honest caller has nothing in flight, the greedy one may have them all.
+        drop(honest);
+        let third = soon(third).await.expect("its share grew").expect("no panic");
+        let fourth = soon(gate.turn("greedy", Precedence::Ahead))
+            .await
+            .expect("every turn is its share");
+        drop((greedy_turns, third, fourth));
+        // No turn is lost on the way.
+        let mut again = Vec::new();
+        for _ in 0..4 {
+            again.push(
+                soon(gate.turn("greedy", Precedence::Ahead))
+                    .await
+                    .expect("every turn came back"),
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_turn_beyond_one_callers_share_goes_to_the_next_that_may_take_it() {
+        let gate = Arc::new(FairGate::new(2));
+        let _present = [gate.present("greedy"), gate.present("honest")];
+        let held = gate.turn("honest", Precedence::Ahead).await;
+        let greedy = gate.turn("greedy", Precedence::Ahead).await;
+        // In line: the greedy caller first, beyond its share, then the honest one.
+        let waiting_greedy = crate::task::spawn({
+            let gate = gate.clone();
+            async move { gate.turn("greedy", Precedence::Ahead).await }
+        });
+        tokio::task::yield_now().await;
+        let waiting_honest = crate::task::spawn({
+            let gate = gate.clone();
+            async move { gate.turn("honest", Precedence::Ahead).await }
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        let honest = soon(waiting_honest).await.expect("the freed turn is within its share");
+        assert!(!waiting_greedy.is_finished(), "the greedy caller holds its share");
+        drop((greedy, honest));
+        soon(waiting_greedy)
+            .await
+            .expect("its own turn came back")
+            .expect("no panic");
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ mod lane;
 mod turns;
 
 pub use below::BelowCalls;
-pub use gate::{FairGate, Precedence, Turn};
+pub use gate::{FairGate, Precedence, Present, Turn};
 pub use lane::{FairLane, Interrupted};
 
 /// The cores this process may use (its cgroup's quota counts).

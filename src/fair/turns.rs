@@ -28,8 +28,20 @@ impl<T> Turns<T> {
         }
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.order.is_empty()
+    /// The oldest work of the first caller in line that `may` take a turn,
+    /// with that caller, who goes to the back of the line; those passed
+    /// over keep their places.
+    pub(super) fn next_of(&mut self, may: impl Fn(&str) -> bool) -> Option<(String, T)> {
+        let place = self.order.iter().position(|caller| may(caller))?;
+        let caller = self.order.remove(place)?;
+        let queue = self.by_caller.get_mut(&caller)?;
+        let work = queue.pop_front()?;
+        if queue.is_empty() {
+            self.by_caller.remove(&caller);
+        } else {
+            self.order.push_back(caller.clone());
+        }
+        Some((caller, work))
     }
 
     /// The next caller's oldest work; that caller goes to the back of the line.
@@ -65,5 +77,18 @@ mod tests {
         );
         assert!(turns.order.is_empty());
         assert!(turns.by_caller.is_empty(), "callers with nothing waiting are forgotten");
+    }
+
+    #[test]
+    fn callers_passed_over_keep_their_places() {
+        let mut turns = Turns::default();
+        turns.push("greedy", 0);
+        turns.push("greedy", 1);
+        turns.push("honest", 0);
+        assert_eq!(turns.next_of(|caller| caller != "greedy"), Some(("honest".into(), 0)));
+        assert_eq!(turns.next_of(|caller| caller != "greedy"), None);
+        assert_eq!(turns.next_of(|_| true), Some(("greedy".into(), 0)));
+        assert_eq!(turns.next(), Some(1));
+        assert!(turns.order.is_empty() && turns.by_caller.is_empty());
     }
 }

@@ -31,7 +31,7 @@ use super::model::{
 use super::ports::{Created, Saved, SmileId, SmileJob, SubmitFailure};
 use super::settings::ServiceConfig;
 use super::validate::{SubmitRequest, caller_key, prepare};
-use crate::fair::{FairGate, FairLane, Precedence, Turn};
+use crate::fair::{FairGate, FairLane, Precedence, Present, Turn};
 
 /// What SubmitAuthentication returns.
 #[derive(Clone, Debug)]
@@ -172,11 +172,10 @@ impl Submitter {
     #[tracing::instrument(name = "job.submit", skip_all, fields(job_id = tracing::field::Empty))]
     pub async fn submit(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
         let (arrived, precedence) = (Instant::now(), request.precedence);
-        let turn = tokio::time::timeout_at(
-            deadline,
-            self.turns.turn(caller_key(request.owner.as_deref()), precedence),
-        )
-        .await;
+        let caller = caller_key(request.owner.as_deref());
+        // Counted until the attempt ends, though the call may end first.
+        let present = self.turns.present(caller);
+        let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller, precedence)).await;
         // Those that gave up waited too, and longest.
         self.core.metrics.turn_waited(arrived.elapsed());
         let turn = turn.map_err(|_| {
@@ -201,7 +200,7 @@ impl Submitter {
             prepared.job_id = generate_job_id();
         }
         tracing::Span::current().record("job_id", prepared.job_id.as_str());
-        let (outcome, joined) = self.start_or_join(prepared, held, (turn, precedence))?;
+        let (outcome, joined) = self.start_or_join(prepared, (held, present), (turn, precedence))?;
         let mut output = match tokio::time::timeout_at(deadline, outcome).await {
             Ok(outcome) => outcome?,
             Err(_) => return Err(in_progress(self.config.submit_lease.min(Duration::from_secs(1)))),
@@ -217,7 +216,7 @@ impl Submitter {
     fn start_or_join(
         self: &Arc<Self>,
         mut prepared: Prepared,
-        held: OwnedSemaphorePermit,
+        held: (OwnedSemaphorePermit, Present),
         turn: (Turn, Precedence),
     ) -> Result<(Shared<BoxFuture<'static, Outcome>>, bool), JobError> {
         let key: AttemptKey = (prepared.owner.clone(), prepared.job_id.clone());

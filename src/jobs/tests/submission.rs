@@ -379,6 +379,54 @@ async fn callers_take_turns_to_be_stored_and_one_finding_none_by_its_deadline_ch
     );
 }
 
+#[tokio::test]
+async fn while_another_caller_has_a_submission_in_flight_a_flood_holds_only_its_share_of_the_turns() {
+    let h = Harness::new(ServiceConfig {
+        submission_turns: 4,
+        ..ServiceConfig::default()
+    });
+    let held = h.store.hold_creates();
+    let settle = || tokio::time::sleep(Duration::from_millis(20));
+    let within = |owner: &str, job_id: &str| {
+        let mut request = submission("u", job_id, 1);
+        request.owner = Some(owner.into());
+        h.service.submit(request, Instant::now() + Duration::from_millis(100))
+    };
+    // One of the honest caller's and two of the greedy caller's hold three of
+    // the four turns, each waiting to be stored.
+    let mut calls = vec![submitted_by(&h, "honest", "honest-1")];
+    settle().await;
+    calls.extend([
+        submitted_by(&h, "greedy", "greedy-1"),
+        submitted_by(&h, "greedy", "greedy-2"),
+    ]);
+    settle().await;
+    // A turn is free, but two of four are the greedy caller's share while
+    // the honest caller has work in flight.
+    let error = within("greedy", "greedy-3")
+        .await
+        .expect_err("no turn beyond its share");
+    assert!(
+        matches!(
+            error,
+            JobError::Unavailable {
+                reason: UnavailableReason::Overloaded,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // The honest caller's next takes it at once, and is being stored when its deadline passes.
+    let error = within("honest", "honest-2").await.expect_err("its create is held");
+    assert!(in_progress(&error), "{error:?}");
+    drop(held);
+    for call in calls {
+        call.await.expect("join").expect("submitted");
+    }
+    until_created(&h, "honest-2").await;
+    assert!(h.store.kinds("greedy-3").is_empty(), "nothing stored");
+}
+
 fn in_progress(error: &JobError) -> bool {
     matches!(
         error,
