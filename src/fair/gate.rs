@@ -47,7 +47,7 @@ impl State {
     }
 
     fn may_take(&self, caller: &str) -> bool {
-        self.held.get(caller).copied().unwrap_or(0) < self.share()
+        below_share(&self.held, caller, self.share())
     }
 
     /// Hands free turns to the callers waiting that may take one: those
@@ -56,7 +56,7 @@ impl State {
         while self.free > 0 {
             let share = self.share();
             let held = &self.held;
-            let may = |caller: &str| held.get(caller).copied().unwrap_or(0) < share;
+            let may = |caller: &str| below_share(held, caller, share);
             let Some((caller, waiter)) = self.ahead.next_of(may).or_else(|| self.further.next_of(may)) else {
                 return;
             };
@@ -91,6 +91,10 @@ impl State {
             }
         }
     }
+}
+
+fn below_share(held: &HashMap<Arc<str>, usize>, caller: &str, share: usize) -> bool {
+    held.get(caller).copied().unwrap_or(0) < share
 }
 
 /// Where a submission stands in line for a turn.
