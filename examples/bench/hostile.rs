@@ -726,7 +726,8 @@ async fn under_attack(
             ),
             {
                 // At a fixed number in flight, latency is in flight over
-                // throughput: half of what both got is the bound of an equal share.
+                // throughput: half of what both got is the bound of an equal
+                // share, for a caller that wants more than half.
                 let both = submissions.rate() + flood_rate.unwrap_or(greedy_rate);
                 format!(
                     "the honest caller's: {:.0} /s under attack ({:.0}% of both meanwhile), {:.0} /s alone; \
@@ -735,7 +736,7 @@ async fn under_attack(
                     100.0 * submissions.rate() / both,
                     solo_submissions.rate(),
                     both / 2.0,
-                    solo_submissions.rate() / (both / 2.0)
+                    (solo_submissions.rate() / (both / 2.0)).max(1.0)
                 )
             },
             format!(
