@@ -1570,7 +1570,7 @@ fn ahead_on(name: &str, cores: Option<Vec<usize>>) -> anyhow::Result<tokio::runt
         .on_thread_start(move || {
             pin_to(cores.as_deref());
             #[cfg(target_os = "linux")]
-            let first = {
+            let under_fifo = {
                 use thread_priority::{RealtimeThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
                 thread_priority::unix::set_thread_priority_and_policy(
                     thread_priority::unix::thread_native_id(),
@@ -1580,8 +1580,8 @@ fn ahead_on(name: &str, cores: Option<Vec<usize>>) -> anyhow::Result<tokio::runt
                 .is_ok()
             };
             #[cfg(not(target_os = "linux"))]
-            let first = false;
-            if !first {
+            let under_fifo = false;
+            if !under_fifo {
                 NOT_AHEAD.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         })
