@@ -130,10 +130,12 @@ impl std::fmt::Debug for Turn {
     }
 }
 
-/// A submission in flight, counted towards its caller's presence until dropped.
+/// A submission in flight, counted towards its caller's presence until
+/// dropped, except while it steps away.
 pub struct Present {
     gate: Shared,
     caller: String,
+    counted: bool,
 }
 
 impl std::fmt::Debug for Present {
@@ -161,11 +163,13 @@ impl FairGate {
     /// Counts a submission of `caller` in flight until the answer is
     /// dropped: while other callers have one too, each holds at most its share.
     pub fn present(&self, caller: &str) -> Present {
-        *lock(&self.shared).present.entry(caller.to_owned()).or_default() += 1;
-        Present {
+        let mut present = Present {
             gate: self.shared.clone(),
             caller: caller.to_owned(),
-        }
+            counted: false,
+        };
+        present.back();
+        present
     }
 
     /// Waits for `caller`'s turn. Callers waiting take turns, those ahead
@@ -205,8 +209,13 @@ impl Drop for Turn {
     }
 }
 
-impl Drop for Present {
-    fn drop(&mut self) {
+impl Present {
+    /// Stops counting the submission until [`Present::back`]: one that only
+    /// waits (to retry, say) has no work for others to make room for.
+    pub fn away(&mut self) {
+        if !std::mem::replace(&mut self.counted, false) {
+            return;
+        }
         let mut state = lock(&self.gate);
         if let Some(count) = state.present.get_mut(&self.caller) {
             *count -= 1;
@@ -214,8 +223,21 @@ impl Drop for Present {
                 state.present.remove(&self.caller);
             }
         }
-        // One caller fewer: the others' shares may have grown.
+        // One caller fewer, maybe: the others' shares may have grown.
         state.hand_out(&self.gate);
+    }
+
+    /// Counts the submission again.
+    pub fn back(&mut self) {
+        if !std::mem::replace(&mut self.counted, true) {
+            *lock(&self.gate).present.entry(self.caller.clone()).or_default() += 1;
+        }
+    }
+}
+
+impl Drop for Present {
+    fn drop(&mut self) {
+        self.away();
     }
 }
 
@@ -352,6 +374,43 @@ mod tests {
                     .expect("every turn came back"),
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_submission_that_steps_away_shrinks_no_one_elses_share_until_it_is_back() {
+        let gate = Arc::new(FairGate::new(2));
+        let mut waiting = gate.present("retrying");
+        let _busy = gate.present("busy");
+        let first = gate.turn("busy", Precedence::Ahead).await;
+        let mut second = crate::task::spawn({
+            let gate = gate.clone();
+            async move { gate.turn("busy", Precedence::Ahead).await }
+        });
+        assert!(
+            soon(&mut second).await.is_none(),
+            "one turn is the busy caller's share of two"
+        );
+        // Waiting to retry, it is not counted: the turn kept free for it is handed out.
+        waiting.away();
+        waiting.away();
+        let second = soon(second).await.expect("its share grew").expect("no panic");
+        waiting.back();
+        waiting.back();
+        drop(second);
+        assert!(
+            soon(gate.turn("busy", Precedence::Ahead)).await.is_none(),
+            "back, it halves the share again, once"
+        );
+        drop((waiting, first));
+        // Stepping away twice and back twice counted once each way: gone now, it
+        // leaves the busy caller every turn.
+        let both = [
+            soon(gate.turn("busy", Precedence::Ahead)).await.expect("a free turn"),
+            soon(gate.turn("busy", Precedence::Ahead))
+                .await
+                .expect("every turn is its share"),
+        ];
+        drop(both);
     }
 
     #[tokio::test]

@@ -129,6 +129,15 @@ const IMAGE_CHECK_NICE: u8 = 10;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
 
+/// Where an attempt stands at the gate: the turn it is stored in, the
+/// precedence its later turns are taken with, and its caller's presence,
+/// which lasts until the attempt ends though the call may end first.
+struct Standing {
+    turn: Turn,
+    precedence: Precedence,
+    present: Present,
+}
+
 /// Sends submissions to Smile ID, each to a definite outcome.
 pub struct Submitter {
     core: Arc<JobCore>,
@@ -173,7 +182,6 @@ impl Submitter {
     pub async fn submit(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
         let (arrived, precedence) = (Instant::now(), request.precedence);
         let caller = caller_key(request.owner.as_deref());
-        // Counted until the attempt ends, though the call may end first.
         let present = self.turns.present(caller);
         let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller, precedence)).await;
         // Those that gave up waited too, and longest.
@@ -200,7 +208,12 @@ impl Submitter {
             prepared.job_id = generate_job_id();
         }
         tracing::Span::current().record("job_id", prepared.job_id.as_str());
-        let (outcome, joined) = self.start_or_join(prepared, (held, present), (turn, precedence))?;
+        let standing = Standing {
+            turn,
+            precedence,
+            present,
+        };
+        let (outcome, joined) = self.start_or_join(prepared, held, standing)?;
         let mut output = match tokio::time::timeout_at(deadline, outcome).await {
             Ok(outcome) => outcome?,
             Err(_) => return Err(in_progress(self.config.submit_lease.min(Duration::from_secs(1)))),
@@ -216,8 +229,8 @@ impl Submitter {
     fn start_or_join(
         self: &Arc<Self>,
         mut prepared: Prepared,
-        held: (OwnedSemaphorePermit, Present),
-        turn: (Turn, Precedence),
+        held: OwnedSemaphorePermit,
+        standing: Standing,
     ) -> Result<(Shared<BoxFuture<'static, Outcome>>, bool), JobError> {
         let key: AttemptKey = (prepared.owner.clone(), prepared.job_id.clone());
         let mut attempts = self.sending.lock();
@@ -235,7 +248,7 @@ impl Submitter {
         let finished = key.clone();
         // The attempt belongs to the call's trace, though it may outlive the call.
         let task = crate::task::spawn(async move {
-            let outcome = service.send(&mut prepared, id, turn).await;
+            let outcome = service.send(&mut prepared, id, standing).await;
             service.sending.finished(&finished, id);
             drop((prepared, held));
             outcome
@@ -259,7 +272,12 @@ impl Submitter {
 
     /// Creates the job or takes it over, then sends it (as attempt `id`) to a
     /// definite outcome. Its later turns are taken with the first one's precedence.
-    async fn send(&self, prepared: &mut Prepared, id: u64, (turn, precedence): (Turn, Precedence)) -> Outcome {
+    async fn send(&self, prepared: &mut Prepared, id: u64, standing: Standing) -> Outcome {
+        let Standing {
+            turn,
+            precedence,
+            mut present,
+        } = standing;
         let now = Utc::now();
         let lease_until = now + self.config.submit_lease;
         let mut fresh = Job::submitting(prepared, now, lease_until, now + self.config.reconcile.first_delay);
@@ -314,7 +332,7 @@ impl Submitter {
         };
         prepared.release_submitted();
         let job = tokio::select! {
-            sent = self.send_with_retries(&job, prepared, may_resume, precedence) => sent?,
+            sent = self.send_with_retries(&job, prepared, may_resume, (precedence, &mut present)) => sent?,
             never = self.renew_lease(&job.job_id) => match never {},
         };
         Ok(SubmitOutput { job, created })
@@ -353,7 +371,7 @@ impl Submitter {
         job: &Job,
         prepared: &Prepared,
         mut may_resume: bool,
-        precedence: Precedence,
+        (precedence, present): (Precedence, &mut Present),
     ) -> Result<Job, JobError> {
         let give_up_at = Instant::now() + self.config.submit_retry_budget;
         let mut backoff = FIRST_RETRY;
@@ -410,10 +428,14 @@ impl Submitter {
             if Instant::now() + wait >= give_up_at || self.core.shutdown.is_cancelled() {
                 return Err(self.stop_retrying(job, failure, may_resume).await?);
             }
+            // Waiting out the backoff, the submission has no work here: others'
+            // shares do not shrink for it meanwhile.
+            present.away();
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.core.shutdown.cancelled() => return Err(self.stop_retrying(job, failure, may_resume).await?),
             }
+            present.back();
         }
     }
 

@@ -427,6 +427,41 @@ async fn while_another_caller_has_a_submission_in_flight_a_flood_holds_only_its_
     assert!(h.store.kinds("greedy-3").is_empty(), "nothing stored");
 }
 
+#[tokio::test]
+async fn a_caller_whose_submission_waits_to_retry_leaves_the_others_their_whole_share() {
+    let h = Harness::new(ServiceConfig {
+        submission_turns: 2,
+        ..ServiceConfig::default()
+    });
+    h.smile.answer_submit(Err(SubmitFailure::NotSent {
+        retry_after: Some(Duration::from_secs(30)),
+        detail: "connection refused".into(),
+    }));
+    let retrying = submitted_by(&h, "retrying", "retrying-1");
+    for _ in 0..100 {
+        if !h.smile.calls().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!retrying.is_finished(), "it waits 30 s to retry");
+    // The busy caller takes both turns: the other has no work here meanwhile.
+    let held = h.store.hold_creates();
+    let within = |job_id: &str| {
+        let mut request = submission("u", job_id, 1);
+        request.owner = Some("busy".into());
+        h.service.submit(request, Instant::now() + Duration::from_millis(100))
+    };
+    let (first, second) = tokio::join!(within("busy-1"), within("busy-2"));
+    for error in [first, second].map(|outcome| outcome.expect_err("its create is held")) {
+        assert!(in_progress(&error), "each had a turn and is being stored: {error:?}");
+    }
+    drop(held);
+    until_created(&h, "busy-2").await;
+    retrying.abort();
+}
+
 fn in_progress(error: &JobError) -> bool {
     matches!(
         error,
