@@ -1501,8 +1501,9 @@ fn merge_rows(report: &Report, path: &Path, section: &str) -> anyhow::Result<()>
     // A note replaces the one with the same lead (its words before the first colon).
     let lead = |line: &str| line.split(':').next().unwrap_or(line).to_owned();
     let written = format!(
-        "The `{section}` rows: `cargo run --release --example bench -- --only {section}` on {}.",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+        "The `{section}` rows: `cargo run --release --example bench -- --only {section}` on {} ({}).",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        machine()
     );
     for note in report.notes.iter().chain(std::iter::once(&written)) {
         let line = format!("- {note}");
