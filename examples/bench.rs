@@ -17,7 +17,6 @@
 )]
 
 use std::fmt::Write as _;
-use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,20 +45,9 @@ const USER: &str = "bench-user";
 
 type Client = SelfieAuthClient<Channel>;
 
-/// A JPEG of about `kib` KiB: noise compresses badly, so size follows the side.
+/// A JPEG of noise, about a byte a pixel.
 fn jpeg_of(side: u32, seed: u32) -> Bytes {
-    let image = image::RgbImage::from_fn(side, side, |x, y| {
-        let v = x
-            .wrapping_mul(2_654_435_761)
-            .wrapping_add(y.wrapping_mul(40_503))
-            .wrapping_add(seed);
-        image::Rgb([(v >> 3) as u8, (v >> 11) as u8, (v >> 19) as u8])
-    });
-    let mut out = Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(image)
-        .write_to(&mut out, image::ImageFormat::Jpeg)
-        .expect("jpeg");
-    Bytes::from(out.into_inner())
+    Bytes::from(selfie_auth_testkit::noise_jpeg(side, seed))
 }
 
 /// Latencies of a phase, sorted.

@@ -232,12 +232,7 @@ async fn each_caller_keeps_its_share_of_a_saturated_replica() {
         let status = call.await.expect("join").expect_err("the upload hangs");
         assert_eq!(reason(&status), "SUBMISSION_IN_PROGRESS");
     }
-    let metrics = reqwest::get(format!("{}/metrics", service.http_url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&service).await;
     assert!(
         metrics.contains(r#"selfie_auth_calls_shed_total{limit="caller_share"} 2"#),
         "{metrics}"
@@ -423,6 +418,60 @@ async fn sends_waiting_on_smile_id_do_not_hold_back_the_others() {
         let status = call.await.expect("join").expect_err("the upload hangs");
         assert_eq!(reason(&status), "SUBMISSION_IN_PROGRESS");
     }
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_smile_id_hangs_one_caller_holds_at_most_half_the_memory_for_images() {
+    // Uploads that never answer: every submission sent holds its images.
+    let sim = start_simulator_with_hung_uploads().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = ["--max-message-bytes", "1114112", "--submission-memory-bytes", "4194304"];
+    let flags = [&BEHIND_A_MESH[..], &limits].concat();
+    let service = start_service(config_with(&sim, &sqlite_url(&dir), &flags)).await;
+    let client = service.client().await;
+    // 700-1,000 KiB of images each: four or five fit in the 4 MiB, two in a caller's half.
+    let selfie = Bytes::from(noise_jpeg(860, 7));
+    assert!((700 * 1024..1000 * 1024).contains(&selfie.len()), "{}", selfie.len());
+    let submit = |identity: &'static str, job_id: String, timeout: Duration| {
+        let mut client = client.clone();
+        let mut message = submit_request(ENROLLED_USER, &job_id);
+        message.selfie_image = selfie.clone();
+        async move {
+            let mut request = as_caller(identity, message);
+            request.set_timeout(timeout);
+            client.submit_authentication(request).await
+        }
+    };
+    let flood: Vec<_> = (0..6)
+        .map(|index| selfie_auth::task::spawn(submit("greedy", format!("flood-{index}"), Duration::from_secs(3))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let honest = submit("honest", "honest-1".into(), Duration::from_millis(1500))
+        .await
+        .expect_err("the upload hangs");
+    assert_eq!(
+        reason(&honest),
+        "SUBMISSION_IN_PROGRESS",
+        "room for its images: {honest:?}"
+    );
+    let mut refused = 0;
+    for call in flood {
+        let status = call.await.expect("join").expect_err("the upload hangs");
+        if reason(&status) == "SUBMISSION_IN_PROGRESS" {
+            continue;
+        }
+        assert_eq!(shed_by(&status), "caller_submission_memory");
+        assert!(status.message().contains("half"), "{}", status.message());
+        refused += 1;
+    }
+    assert_eq!(refused, 4, "two of the greedy caller's fit its half");
+    assert_eq!(sim.counters().prep_uploads, 3, "the refused reached nothing");
+    let metrics = metrics_text(&service).await;
+    assert!(
+        metrics.contains(r#"selfie_auth_calls_shed_total{limit="caller_submission_memory"} 4"#),
+        "{metrics}"
+    );
     service.stop().await;
 }
 

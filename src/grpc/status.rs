@@ -216,6 +216,7 @@ pub fn to_status(job_error: &JobError) -> Status {
         } => reason_status((*reason).into(), message, HashMap::new(), |details| {
             details.set_retry_info(*retry_after);
         }),
+        JobError::Overloaded { limit, message } => overloaded(message.as_str(), limit.as_str(), Duration::from_secs(1)),
         JobError::Store(StoreError::Unavailable(detail)) => {
             warn!(error = %detail, "database unavailable");
             reason_status(
@@ -286,6 +287,21 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn the_api_docs_name_every_limit_an_overloaded_refusal_may_give() {
+        let row = include_str!("../../docs/api.md")
+            .lines()
+            .find(|line| line.contains("| `OVERLOADED` |"))
+            .expect("the OVERLOADED row");
+        // The policy's rates refuse with RATE_LIMITED, in a row of their own.
+        for limit in crate::metrics::SHED_LIMITS
+            .iter()
+            .filter(|limit| !["rate", "refresh_rate"].contains(limit))
+        {
+            assert!(row.contains(&format!("`{limit}`")), "{limit} is not in {row}");
+        }
     }
 
     #[test]

@@ -55,7 +55,42 @@ pub enum UnavailableReason {
     SubmissionOutcomeUnknown,
     ShuttingDown,
     Contention,
-    Overloaded,
+}
+
+/// The service's own limits behind the calls, which a call may find full:
+/// named in its refusal and counted, as the limits in front of the calls are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// Memory for decoding images, all submissions'.
+    DecodeMemory,
+    /// Memory for the images of submissions being sent, all callers'.
+    SubmissionMemory,
+    /// One caller's part of that.
+    CallerSubmissionMemory,
+    /// Turns to be checked and stored, none free for the caller by its deadline.
+    SubmissionTurns,
+    /// Streams (and waits for a result) held open at once.
+    OpenStreams,
+}
+
+impl Limit {
+    pub const ALL: [Self; 5] = [
+        Self::DecodeMemory,
+        Self::SubmissionMemory,
+        Self::CallerSubmissionMemory,
+        Self::SubmissionTurns,
+        Self::OpenStreams,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::DecodeMemory => "decode_memory",
+            Self::SubmissionMemory => "submission_memory",
+            Self::CallerSubmissionMemory => "caller_submission_memory",
+            Self::SubmissionTurns => "submission_turns",
+            Self::OpenStreams => "open_streams",
+        }
+    }
 }
 
 impl From<UnavailableReason> for ErrorReason {
@@ -66,7 +101,6 @@ impl From<UnavailableReason> for ErrorReason {
             UnavailableReason::SubmissionOutcomeUnknown => Self::SubmissionOutcomeUnknown,
             UnavailableReason::ShuttingDown => Self::ShuttingDown,
             UnavailableReason::Contention => Self::Contention,
-            UnavailableReason::Overloaded => Self::Overloaded,
         }
     }
 }
@@ -110,6 +144,9 @@ pub enum JobError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// One of the service's own limits is full; the caller may retry in a second.
+    #[error("{message}")]
+    Overloaded { limit: Limit, message: String },
     /// The job database failed; the detail is for the log, not the caller.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -119,11 +156,10 @@ pub enum JobError {
 
 impl JobError {
     /// The service is at a limit of its own; the caller may retry in a second.
-    pub fn overloaded(message: &str) -> Self {
-        Self::Unavailable {
-            reason: UnavailableReason::Overloaded,
+    pub fn overloaded(limit: Limit, message: &str) -> Self {
+        Self::Overloaded {
+            limit,
             message: message.to_owned(),
-            retry_after: Some(Duration::from_secs(1)),
         }
     }
 

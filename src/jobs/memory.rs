@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::shares::{Share, Shares};
+
 /// A budget of bytes, counted in KiB.
 #[derive(Clone, Debug)]
 pub struct MemoryBudget {
@@ -62,6 +64,68 @@ impl MemoryBudget {
     }
 }
 
+/// A budget of which one caller may hold only part: while one caller's
+/// submissions wait on Smile ID (slow, or failing and being retried), the rest
+/// is there for the others' submissions.
+#[derive(Clone, Debug)]
+pub struct CallerBudget {
+    whole: MemoryBudget,
+    /// What each identified caller holds, in KiB.
+    each: Shares<String>,
+}
+
+/// Memory held until dropped.
+#[derive(Debug)]
+pub struct Held {
+    _whole: OwnedSemaphorePermit,
+    _own: Option<Share<String>>,
+}
+
+/// Why a caller's reservation was not granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallerRefused {
+    /// The caller holds its part; others' reservations would still fit.
+    OverShare,
+    /// The budget as a whole.
+    Whole(Refused),
+}
+
+impl CallerBudget {
+    /// `bytes` in all, of which one caller may hold a half, or `at_least`
+    /// (what one request may need) if that is more.
+    pub fn halves(bytes: usize, at_least: usize) -> Self {
+        let whole = MemoryBudget::new(bytes);
+        let each = u64::from(whole.capacity_kib / 2).max(u64::from(MemoryBudget::kib_of(at_least as u64)));
+        Self {
+            whole,
+            each: Shares::new(each),
+        }
+    }
+
+    /// Reserves `bytes` for `caller`, waiting up to `wait` in all: for the
+    /// caller's own reservations to be given back, then for anyone's.
+    /// Unidentified callers (authentication off) are one caller, with no one
+    /// else to leave room for, and hold as much as the whole budget allows.
+    pub async fn reserve(&self, caller: Option<&str>, bytes: u64, wait: Duration) -> Result<Held, CallerRefused> {
+        let until = tokio::time::Instant::now() + wait;
+        let own = match caller {
+            Some(caller) => Some(
+                self.each
+                    .take_within(&caller.to_owned(), u64::from(MemoryBudget::kib_of(bytes)), wait)
+                    .await
+                    .ok_or(CallerRefused::OverShare)?,
+            ),
+            None => None,
+        };
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let whole = self.whole.reserve(bytes, left).await.map_err(CallerRefused::Whole)?;
+        Ok(Held {
+            _whole: whole,
+            _own: own,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +142,58 @@ mod tests {
         );
         drop(held);
         assert!(budget.reserve(1024, Duration::from_secs(1)).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_caller_holds_at_most_half_and_leaves_the_rest_to_others() {
+        let budget = CallerBudget::halves(4 * 1024, 1024);
+        let wait = Duration::from_secs(1);
+        let greedy = [
+            budget.reserve(Some("greedy"), 1024, wait).await.expect("a first part"),
+            budget.reserve(Some("greedy"), 1024, wait).await.expect("its half"),
+        ];
+        assert_eq!(
+            budget.reserve(Some("greedy"), 1, wait).await.err(),
+            Some(CallerRefused::OverShare)
+        );
+        let honest = [
+            budget
+                .reserve(Some("honest"), 1024, wait)
+                .await
+                .expect("the other half"),
+            budget
+                .reserve(Some("honest"), 1024, wait)
+                .await
+                .expect("the other half"),
+        ];
+        assert_eq!(
+            budget.reserve(None, 1, wait).await.err(),
+            Some(CallerRefused::Whole(Refused::Busy)),
+            "everything is held"
+        );
+        drop(greedy);
+        let anyone = [
+            budget
+                .reserve(None, 1024, wait)
+                .await
+                .expect("unidentified callers share no part"),
+            budget
+                .reserve(None, 1024, wait)
+                .await
+                .expect("unidentified callers share no part"),
+        ];
+        drop((honest, anyone));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_may_always_hold_one_request_however_small_the_budget() {
+        let budget = CallerBudget::halves(4 * 1024, 3 * 1024);
+        let wait = Duration::from_secs(1);
+        let held = budget.reserve(Some("big"), 3 * 1024, wait).await.expect("one request");
+        assert_eq!(
+            budget.reserve(Some("big"), 1024, wait).await.err(),
+            Some(CallerRefused::OverShare)
+        );
+        drop(held);
     }
 }

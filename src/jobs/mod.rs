@@ -30,7 +30,7 @@ mod tests;
 pub mod validate;
 mod watch;
 
-pub use error::{FieldViolation, InvalidReason, JobError, UnavailableReason};
+pub use error::{FieldViolation, InvalidReason, JobError, Limit, UnavailableReason};
 pub use listing::JobPage;
 pub use model::{EventKind, Job, JobEvent, JobKind, JobProblem, JobState, LogFilter, ProblemReason};
 pub use ports::{EventFanout, JobMetrics, JobStore, SharedStore, SmileId, StatusExtras, StoreError};

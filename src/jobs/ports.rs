@@ -376,4 +376,6 @@ pub trait JobMetrics: Send + Sync + 'static {
     fn jobs_deleted(&self, count: u64);
     /// How long a submission waited for its caller's turn to be checked and stored.
     fn turn_waited(&self, waited: Duration);
+    /// A call refused because `limit` was full.
+    fn shed(&self, limit: super::Limit);
 }

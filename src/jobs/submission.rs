@@ -17,14 +17,13 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::core::JobCore;
-use super::error::{JobError, UnavailableReason};
+use super::error::{JobError, Limit, UnavailableReason};
 use super::fingerprint::same_content;
-use super::memory::MemoryBudget;
+use super::memory::{CallerBudget, CallerRefused, Held, MemoryBudget};
 use super::model::{
     Job, JobKind, JobProblem, JobState, Prepared, ProblemReason, Refusal, RefusalCause, TakeOver, scoped_job_id,
 };
@@ -145,8 +144,9 @@ pub struct Submitter {
     config: Arc<ServiceConfig>,
     /// Memory all image decoding may use at once.
     decode_budget: MemoryBudget,
-    /// Images held by submissions being sent (and retried).
-    submission_budget: MemoryBudget,
+    /// Images held by submissions being sent (and retried), half at most by
+    /// any one caller.
+    submission_budget: CallerBudget,
     /// Where images are checked and fingerprinted, each caller in turn.
     image_checks: FairLane,
     /// Submissions being checked and stored at once, let in caller by caller.
@@ -159,7 +159,10 @@ impl Submitter {
     pub fn new(core: Arc<JobCore>, smile: Arc<dyn SmileId>, config: Arc<ServiceConfig>) -> Self {
         Self {
             decode_budget: MemoryBudget::new(config.image_limits.decode_memory_bytes),
-            submission_budget: MemoryBudget::new(config.submission_memory_bytes),
+            submission_budget: CallerBudget::halves(
+                config.submission_memory_bytes,
+                config.image_limits.max_total_bytes,
+            ),
             image_checks: FairLane::per_core("image-check", IMAGE_CHECK_NICE),
             turns: FairGate::new(config.submission_turns),
             sending: Arc::default(),
@@ -180,22 +183,47 @@ impl Submitter {
     /// retry. Waiting for the result is the watcher's.
     #[tracing::instrument(name = "job.submit", skip_all, fields(job_id = tracing::field::Empty))]
     pub async fn submit(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Result<SubmitOutput, JobError> {
-        let (arrived, precedence) = (Instant::now(), request.precedence);
+        let outcome = self.check_and_send(request, deadline).await;
+        if let Err(JobError::Overloaded { limit, .. }) = &outcome {
+            self.core.metrics.shed(*limit);
+        }
+        outcome
+    }
+
+    async fn check_and_send(self: &Arc<Self>, request: SubmitRequest, deadline: Instant) -> Outcome {
+        let precedence = request.precedence;
         let caller = caller_key(request.owner.as_deref());
         let present = self.turns.present(caller);
-        let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller, precedence)).await;
-        // Those that gave up waited too, and longest.
-        self.core.metrics.turn_waited(arrived.elapsed());
-        let turn = turn.map_err(|_| {
-            JobError::overloaded("other submissions held every turn until the call's deadline neared; retry shortly")
-        })?;
         // The images stay in memory until Smile ID has them, retries included.
+        // Room for them is found before the turn, so that a caller waiting
+        // for its own submissions to give some back holds no turn meanwhile.
         let image_bytes = request.selfie.len() + request.liveness.iter().map(bytes::Bytes::len).sum::<usize>();
+        let wait = SUBMISSION_MEMORY_WAIT.min(deadline.saturating_duration_since(Instant::now()));
         let held = self
             .submission_budget
-            .reserve(image_bytes as u64, SUBMISSION_MEMORY_WAIT)
+            .reserve(request.owner.as_deref(), image_bytes as u64, wait)
             .await
-            .map_err(|_| JobError::overloaded("the server holds as many submissions as it can; retry shortly"))?;
+            .map_err(|refused| match refused {
+                CallerRefused::OverShare => JobError::overloaded(
+                    Limit::CallerSubmissionMemory,
+                    "this caller's submissions being sent to Smile ID hold half the server's memory for images; \
+                     retry once some have finished",
+                ),
+                CallerRefused::Whole(_) => JobError::overloaded(
+                    Limit::SubmissionMemory,
+                    "the server holds as many submissions as it can; retry shortly",
+                ),
+            })?;
+        let asked = Instant::now();
+        let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller, precedence)).await;
+        // Those that gave up waited too, and longest.
+        self.core.metrics.turn_waited(asked.elapsed());
+        let turn = turn.map_err(|_| {
+            JobError::overloaded(
+                Limit::SubmissionTurns,
+                "other submissions held every turn until the call's deadline neared; retry shortly",
+            )
+        })?;
         let mut prepared = prepare(
             request,
             self.config.image_limits,
@@ -229,7 +257,7 @@ impl Submitter {
     fn start_or_join(
         self: &Arc<Self>,
         mut prepared: Prepared,
-        held: OwnedSemaphorePermit,
+        held: Held,
         standing: Standing,
     ) -> Result<(Shared<BoxFuture<'static, Outcome>>, bool), JobError> {
         let key: AttemptKey = (prepared.owner.clone(), prepared.job_id.clone());

@@ -554,6 +554,7 @@ impl JobMetrics for Uncounted {
     fn backlog(&self, _due: u64, _oldest_unfinished: Duration) {}
     fn jobs_deleted(&self, _count: u64) {}
     fn turn_waited(&self, _waited: Duration) {}
+    fn shed(&self, _limit: crate::jobs::Limit) {}
 }
 
 /// A job service over the fakes, and the fakes themselves.

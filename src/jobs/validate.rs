@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::time::Duration;
 
-use super::error::{FieldViolation, InvalidReason, JobError, quoted};
+use super::error::{FieldViolation, InvalidReason, JobError, Limit, quoted};
 use super::fingerprint::Content;
 use super::memory::{MemoryBudget, Refused};
 use super::model::{JobKind, Prepared};
@@ -104,7 +104,10 @@ pub async fn prepare(
                     ),
                 }],
             ),
-            Refused::Busy => JobError::overloaded("the server is busy checking other images; retry shortly"),
+            Refused::Busy => JobError::overloaded(
+                Limit::DecodeMemory,
+                "the server is busy checking other images; retry shortly",
+            ),
         })?;
     let caller = caller_key(request.owner.as_deref()).to_owned();
     let (request, selfie_jpeg, liveness_jpegs, content_hash) = lane

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::error::JobError;
+use super::error::{JobError, Limit};
 use super::model::{ErasedJob, Erasure, EventNotice, Job, JobEvent};
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
@@ -96,10 +96,13 @@ impl Watcher {
     /// at once; none free is `UNAVAILABLE` / `OVERLOADED`. Streams cost little
     /// each, but a client opening connections without end must not exhaust memory.
     pub fn hold_stream(&self) -> Result<OwnedSemaphorePermit, JobError> {
-        self.open_streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| JobError::overloaded("the server holds as many open streams as it can; retry shortly"))
+        self.open_streams.clone().try_acquire_owned().map_err(|_| {
+            self.core.metrics.shed(Limit::OpenStreams);
+            JobError::overloaded(
+                Limit::OpenStreams,
+                "the server holds as many open streams as it can; retry shortly",
+            )
+        })
     }
 
     /// Waits until the job is final or `deadline`, then returns it as it stands.

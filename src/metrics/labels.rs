@@ -60,9 +60,9 @@ pub const DENIALS: [(&str, &[&str]); 12] = [
 ];
 /// The limits that refuse calls: a pool's concurrency, a caller's share of it,
 /// the memory of requests arriving, a caller's share of that and of open
-/// streams, the caps on health watches and reflection streams, and the
-/// policy's per-caller rates.
-pub const SHED_LIMITS: [&str; 9] = [
+/// streams, the caps on health watches and reflection streams, the
+/// policy's per-caller rates, and the job layer's own ([`crate::jobs::Limit`]).
+pub const SHED_LIMITS: [&str; 14] = [
     "concurrency",
     "caller_share",
     "arrival_memory",
@@ -72,6 +72,11 @@ pub const SHED_LIMITS: [&str; 9] = [
     "reflection",
     "rate",
     "refresh_rate",
+    "decode_memory",
+    "submission_memory",
+    "caller_submission_memory",
+    "submission_turns",
+    "open_streams",
 ];
 /// What becomes of a submission to Smile ID.
 pub const SUBMISSION_OUTCOMES: [&str; 2] = ["accepted", "refused"];

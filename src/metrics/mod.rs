@@ -136,6 +136,10 @@ impl crate::jobs::JobMetrics for Metrics {
     fn turn_waited(&self, waited: Duration) {
         self.submission_turn_wait.observe(waited.as_secs_f64());
     }
+
+    fn shed(&self, limit: crate::jobs::Limit) {
+        Self::shed(self, limit.as_str());
+    }
 }
 
 impl Metrics {
@@ -166,7 +170,8 @@ impl Metrics {
         ours.register(
             "calls_shed",
             "Calls shed or throttled, by the limit that refused them (concurrency, caller_share, arrival_memory, \
-             caller_arrival, caller_streams, health_watches, reflection, rate, refresh_rate)",
+             caller_arrival, caller_streams, health_watches, reflection, rate, refresh_rate, decode_memory, \
+             submission_memory, caller_submission_memory, submission_turns, open_streams)",
             self.calls_shed.clone(),
         );
         ours.register(
@@ -489,6 +494,16 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_limit_of_the_job_layer_is_counted_under_its_name() {
+        let metrics = Metrics::default();
+        for limit in crate::jobs::Limit::ALL {
+            crate::jobs::JobMetrics::shed(&metrics, limit);
+            let counted = format!(r#"selfie_auth_calls_shed_total{{limit="{}"}} 1"#, limit.as_str());
+            assert!(metrics.render().contains(&counted), "{counted}");
         }
     }
 

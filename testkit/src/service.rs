@@ -170,16 +170,22 @@ pub fn provisional_request(user_id: &str, job_id: &str) -> pb::SubmitAuthenticat
     request
 }
 
-/// The sum of every series of metric `name` (whatever its labels) on the
-/// service's `/metrics`; 0 when it has none.
-pub async fn metric_total(service: &TestService, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", service.http_url))
+/// The service's `/metrics`, as text.
+pub async fn metrics_text(service: &TestService) -> String {
+    reqwest::get(format!("{}/metrics", service.http_url))
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("text");
-    text.lines()
+        .expect("text")
+}
+
+/// The sum of every series of metric `name` (whatever its labels) on the
+/// service's `/metrics`; 0 when it has none.
+pub async fn metric_total(service: &TestService, name: &str) -> u64 {
+    metrics_text(service)
+        .await
+        .lines()
         .filter_map(|line| line.strip_prefix(name))
         .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         .filter_map(|rest| rest.rsplit(' ').next()?.parse::<u64>().ok())

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
-use super::error::{JobError, UnavailableReason};
+use super::error::{JobError, Limit, UnavailableReason};
 use super::model::{EventKind, JobState, LogFilter, ProblemReason, Refusal, RefusalCause, Submission};
 use super::ports::{StatusExtras, StatusFailure, StatusReport, SubmitFailure};
 use super::settings::{ReconcilePolicy, ServiceConfig};

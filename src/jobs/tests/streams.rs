@@ -154,8 +154,8 @@ async fn open_streams_are_bounded_and_a_closed_one_frees_its_slot() {
     assert!(
         matches!(
             refused,
-            JobError::Unavailable {
-                reason: UnavailableReason::Overloaded,
+            JobError::Overloaded {
+                limit: Limit::OpenStreams,
                 ..
             }
         ),

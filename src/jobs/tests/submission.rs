@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::jobs::model::{public_job_id, scoped_job_id};
+use crate::jobs::settings::ImageLimits;
 use crate::jobs::submission::SubmitOutput;
 
 #[tokio::test]
@@ -354,9 +355,8 @@ async fn callers_take_turns_to_be_stored_and_one_finding_none_by_its_deadline_ch
     assert!(
         matches!(
             error,
-            JobError::Unavailable {
-                reason: UnavailableReason::Overloaded,
-                retry_after: Some(_),
+            JobError::Overloaded {
+                limit: Limit::SubmissionTurns,
                 ..
             }
         ),
@@ -409,8 +409,8 @@ async fn while_another_caller_has_a_submission_in_flight_a_flood_holds_only_its_
     assert!(
         matches!(
             error,
-            JobError::Unavailable {
-                reason: UnavailableReason::Overloaded,
+            JobError::Overloaded {
+                limit: Limit::SubmissionTurns,
                 ..
             }
         ),
@@ -460,6 +460,56 @@ async fn a_caller_whose_submission_waits_to_retry_leaves_the_others_their_whole_
     drop(held);
     until_created(&h, "busy-2").await;
     retrying.abort();
+}
+
+#[tokio::test]
+async fn while_smile_id_is_slow_one_callers_submissions_hold_at_most_half_the_memory_for_images() {
+    let h = Harness::new(ServiceConfig {
+        submission_memory_bytes: 8 * 1024,
+        // As many as the caller's submissions that find no room: they wait
+        // for it without a turn.
+        submission_turns: 4,
+        image_limits: ImageLimits {
+            max_total_bytes: 2 * 1024,
+            ..ImageLimits::default()
+        },
+        ..ServiceConfig::default()
+    });
+    assert!(
+        submission("u", "j", 0).selfie.len() <= 1024,
+        "each submission takes 1 KiB"
+    );
+    h.smile.delay_submissions(Duration::from_secs(30));
+    let within = |owner: &str, job_id: String, wait: Duration| {
+        let mut request = submission("u", &job_id, 1);
+        request.owner = Some(owner.into());
+        h.service.submit(request, Instant::now() + wait)
+    };
+    // Eight of one caller's, each waiting on Smile ID beyond its call: four
+    // hold its half and are being sent, four find no room.
+    let flood = futures::future::join_all(
+        (0..8).map(|index| within("flood", format!("flood-{index}"), Duration::from_millis(500))),
+    );
+    let honest = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        within("honest", "honest-1".into(), Duration::from_millis(300)).await
+    };
+    let (flood, honest) = tokio::join!(flood, honest);
+    let error = honest.expect_err("Smile ID is slow");
+    assert!(in_progress(&error), "stored and being sent: {error:?}");
+    let (sent, refused): (Vec<_>, Vec<_>) = flood
+        .into_iter()
+        .map(|outcome| outcome.expect_err("Smile ID is slow"))
+        .partition(in_progress);
+    assert_eq!(sent.len(), 4, "half of the memory: {refused:?}");
+    for error in refused {
+        assert!(
+            matches!(&error, JobError::Overloaded { limit: Limit::CallerSubmissionMemory, message }
+                if message.contains("half")),
+            "{error:?}"
+        );
+    }
+    assert_eq!(h.store.created().len(), 5, "the refused are not stored");
 }
 
 fn in_progress(error: &JobError) -> bool {
