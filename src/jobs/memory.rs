@@ -74,20 +74,21 @@ pub struct CallerBudget {
     each: Shares<String>,
 }
 
+/// Bytes of a caller's part, held until dropped; [`Part::of_whole`] then
+/// takes them of the whole budget. Apart, so that a submission waiting for
+/// its turn holds its caller's part, and none of what everyone shares.
+#[derive(Debug)]
+pub struct Part {
+    whole: MemoryBudget,
+    bytes: u64,
+    own: Option<Share<String>>,
+}
+
 /// Memory held until dropped.
 #[derive(Debug)]
 pub struct Held {
     _whole: OwnedSemaphorePermit,
     _own: Option<Share<String>>,
-}
-
-/// Why a caller's reservation was not granted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallerRefused {
-    /// The caller holds its part; others' reservations would still fit.
-    OverShare,
-    /// The budget as a whole.
-    Whole(Refused),
 }
 
 impl CallerBudget {
@@ -102,26 +103,35 @@ impl CallerBudget {
         }
     }
 
-    /// Reserves `bytes` for `caller`, waiting up to `wait` in all: for the
-    /// caller's own reservations to be given back, then for anyone's.
-    /// Unidentified callers (authentication off) are one caller, with no one
-    /// else to leave room for, and hold as much as the whole budget allows.
-    pub async fn reserve(&self, caller: Option<&str>, bytes: u64, wait: Duration) -> Result<Held, CallerRefused> {
-        let until = tokio::time::Instant::now() + wait;
+    /// `bytes` of `caller`'s part, waiting up to `wait` for the caller's own
+    /// to be given back; `None` if they were not. Unidentified callers
+    /// (authentication off) are one caller with no one else to leave room
+    /// for: their part is the whole.
+    pub async fn part(&self, caller: Option<&str>, bytes: u64, wait: Duration) -> Option<Part> {
         let own = match caller {
             Some(caller) => Some(
                 self.each
                     .take_within(&caller.to_owned(), u64::from(MemoryBudget::kib_of(bytes)), wait)
-                    .await
-                    .ok_or(CallerRefused::OverShare)?,
+                    .await?,
             ),
             None => None,
         };
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        let whole = self.whole.reserve(bytes, left).await.map_err(CallerRefused::Whole)?;
+        Some(Part {
+            whole: self.whole.clone(),
+            bytes,
+            own,
+        })
+    }
+}
+
+impl Part {
+    /// Takes the part's bytes of the whole budget, waiting up to `wait` for
+    /// anyone's to be given back.
+    pub async fn of_whole(self, wait: Duration) -> Result<Held, Refused> {
+        let whole = self.whole.reserve(self.bytes, wait).await?;
         Ok(Held {
             _whole: whole,
-            _own: own,
+            _own: self.own,
         })
     }
 }
@@ -144,43 +154,34 @@ mod tests {
         assert!(budget.reserve(1024, Duration::from_secs(1)).await.is_ok());
     }
 
+    /// `bytes` of `caller`'s part, then of the whole, each waited for up to a second.
+    async fn reserve(budget: &CallerBudget, caller: Option<&str>, bytes: u64) -> Result<Held, &'static str> {
+        let wait = Duration::from_secs(1);
+        let part = budget.part(caller, bytes, wait).await.ok_or("over its part")?;
+        part.of_whole(wait).await.map_err(|_| "the whole is held")
+    }
+
     #[tokio::test(start_paused = true)]
     async fn one_caller_holds_at_most_half_and_leaves_the_rest_to_others() {
         let budget = CallerBudget::halves(4 * 1024, 1024);
-        let wait = Duration::from_secs(1);
         let greedy = [
-            budget.reserve(Some("greedy"), 1024, wait).await.expect("a first part"),
-            budget.reserve(Some("greedy"), 1024, wait).await.expect("its half"),
+            reserve(&budget, Some("greedy"), 1024).await.expect("a first part"),
+            reserve(&budget, Some("greedy"), 1024).await.expect("its half"),
         ];
-        assert_eq!(
-            budget.reserve(Some("greedy"), 1, wait).await.err(),
-            Some(CallerRefused::OverShare)
-        );
+        assert_eq!(reserve(&budget, Some("greedy"), 1).await.err(), Some("over its part"));
         let honest = [
-            budget
-                .reserve(Some("honest"), 1024, wait)
-                .await
-                .expect("the other half"),
-            budget
-                .reserve(Some("honest"), 1024, wait)
-                .await
-                .expect("the other half"),
+            reserve(&budget, Some("honest"), 1024).await.expect("the other half"),
+            reserve(&budget, Some("honest"), 1024).await.expect("the other half"),
         ];
-        assert_eq!(
-            budget.reserve(None, 1, wait).await.err(),
-            Some(CallerRefused::Whole(Refused::Busy)),
-            "everything is held"
-        );
+        assert_eq!(reserve(&budget, None, 1).await.err(), Some("the whole is held"));
         drop(greedy);
         let anyone = [
-            budget
-                .reserve(None, 1024, wait)
+            reserve(&budget, None, 1024)
                 .await
-                .expect("unidentified callers share no part"),
-            budget
-                .reserve(None, 1024, wait)
+                .expect("unidentified callers have no part"),
+            reserve(&budget, None, 1024)
                 .await
-                .expect("unidentified callers share no part"),
+                .expect("unidentified callers have no part"),
         ];
         drop((honest, anyone));
     }
@@ -188,12 +189,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_caller_may_always_hold_one_request_however_small_the_budget() {
         let budget = CallerBudget::halves(4 * 1024, 3 * 1024);
-        let wait = Duration::from_secs(1);
-        let held = budget.reserve(Some("big"), 3 * 1024, wait).await.expect("one request");
-        assert_eq!(
-            budget.reserve(Some("big"), 1024, wait).await.err(),
-            Some(CallerRefused::OverShare)
-        );
+        let held = reserve(&budget, Some("big"), 3 * 1024).await.expect("one request");
+        assert_eq!(reserve(&budget, Some("big"), 1024).await.err(), Some("over its part"));
         drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_part_takes_nothing_of_the_whole_until_asked() {
+        let budget = CallerBudget::halves(2 * 1024, 1024);
+        let parts = [
+            budget.part(Some("a"), 1024, Duration::ZERO).await.expect("a's part"),
+            budget.part(Some("b"), 1024, Duration::ZERO).await.expect("b's part"),
+        ];
+        let held = reserve(&budget, None, 2 * 1024).await.expect("the whole is free");
+        drop(held);
+        for part in parts {
+            part.of_whole(Duration::ZERO).await.expect("room now");
+        }
     }
 }

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::core::JobCore;
 use super::error::{JobError, Limit, UnavailableReason};
 use super::fingerprint::same_content;
-use super::memory::{CallerBudget, CallerRefused, Held, MemoryBudget};
+use super::memory::{CallerBudget, Held, MemoryBudget};
 use super::model::{
     Job, JobKind, JobProblem, JobState, Prepared, ProblemReason, Refusal, RefusalCause, TakeOver, scoped_job_id,
 };
@@ -194,25 +194,23 @@ impl Submitter {
         let precedence = request.precedence;
         let caller = caller_key(request.owner.as_deref());
         let present = self.turns.present(caller);
-        // The images stay in memory until Smile ID has them, retries included.
-        // Room for them is found before the turn, so that a caller waiting
-        // for its own submissions to give some back holds no turn meanwhile.
+        // The images stay in memory until Smile ID has them, retries included:
+        // the caller's part is found before the turn, so that a caller waiting
+        // for its own to be given back holds no turn meanwhile; the memory all
+        // callers share, once the turn is had, so that submissions waiting
+        // for one hold none of it.
         let image_bytes = request.selfie.len() + request.liveness.iter().map(bytes::Bytes::len).sum::<usize>();
-        let wait = SUBMISSION_MEMORY_WAIT.min(deadline.saturating_duration_since(Instant::now()));
-        let held = self
+        let memory_wait = || SUBMISSION_MEMORY_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+        let part = self
             .submission_budget
-            .reserve(request.owner.as_deref(), image_bytes as u64, wait)
+            .part(request.owner.as_deref(), image_bytes as u64, memory_wait())
             .await
-            .map_err(|refused| match refused {
-                CallerRefused::OverShare => JobError::overloaded(
+            .ok_or_else(|| {
+                JobError::overloaded(
                     Limit::CallerSubmissionMemory,
                     "this caller's submissions being sent to Smile ID hold half the server's memory for images; \
                      retry once some have finished",
-                ),
-                CallerRefused::Whole(_) => JobError::overloaded(
-                    Limit::SubmissionMemory,
-                    "the server holds as many submissions as it can; retry shortly",
-                ),
+                )
             })?;
         let asked = Instant::now();
         let turn = tokio::time::timeout_at(deadline, self.turns.turn(caller, precedence)).await;
@@ -222,6 +220,12 @@ impl Submitter {
             JobError::overloaded(
                 Limit::SubmissionTurns,
                 "other submissions held every turn until the call's deadline neared; retry shortly",
+            )
+        })?;
+        let held = part.of_whole(memory_wait()).await.map_err(|_| {
+            JobError::overloaded(
+                Limit::SubmissionMemory,
+                "the server holds as many submissions as it can; retry shortly",
             )
         })?;
         let mut prepared = prepare(

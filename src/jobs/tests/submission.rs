@@ -512,6 +512,40 @@ async fn while_smile_id_is_slow_one_callers_submissions_hold_at_most_half_the_me
     assert_eq!(h.store.created().len(), 5, "the refused are not stored");
 }
 
+#[tokio::test]
+async fn submissions_waiting_for_a_turn_hold_none_of_the_memory_all_callers_share() {
+    let h = Harness::new(ServiceConfig {
+        submission_memory_bytes: 4 * 1024,
+        submission_turns: 1,
+        image_limits: ImageLimits {
+            max_total_bytes: 2 * 1024,
+            ..ImageLimits::default()
+        },
+        ..ServiceConfig::default()
+    });
+    h.smile.delay_submissions(Duration::from_secs(30));
+    let held = h.store.hold_creates();
+    // One of a's holds the only turn; the other three wait for it, each
+    // caller's part full. Taken of the whole, they would have filled it.
+    let mut calls = Vec::new();
+    for (owner, job_id) in [("a", "a-1"), ("a", "a-2"), ("b", "b-1"), ("b", "b-2")] {
+        calls.push(submitted_by(&h, owner, job_id));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut late = submission("u", "c-1", 1);
+    late.owner = Some("c".into());
+    let (late, ()) = tokio::join!(h.service.submit(late, Instant::now() + Duration::from_secs(1)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(held);
+    });
+    let error = late.expect_err("Smile ID is slow");
+    assert!(in_progress(&error), "room and a turn were found: {error:?}");
+    assert!(h.store.created().iter().any(|job_id| job_id == "c-1"));
+    for call in calls {
+        call.abort();
+    }
+}
+
 fn in_progress(error: &JobError) -> bool {
     matches!(
         error,
