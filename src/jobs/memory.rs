@@ -67,7 +67,7 @@ impl MemoryBudget {
 /// A budget of which one caller may hold only part: while one caller's
 /// submissions wait on Smile ID (slow, or failing and being retried), the rest
 /// is there for the others' submissions.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CallerBudget {
     whole: MemoryBudget,
     /// What each identified caller holds, in KiB.

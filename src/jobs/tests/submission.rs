@@ -1,6 +1,7 @@
 //! Submission: creation, refusals, retries, joins and take-overs.
 
 use super::*;
+use crate::jobs::SubmitRequest;
 use crate::jobs::model::{public_job_id, scoped_job_id};
 use crate::jobs::settings::ImageLimits;
 use crate::jobs::submission::SubmitOutput;
@@ -334,12 +335,7 @@ async fn callers_take_turns_to_be_stored_and_one_finding_none_by_its_deadline_ch
         ..ServiceConfig::default()
     });
     let held = h.store.hold_creates();
-    let start = |owner: &str, job_id: &str| {
-        let service = h.service.clone();
-        let mut request = submission("u", job_id, 1);
-        request.owner = Some(owner.into());
-        crate::task::spawn(async move { service.submit(request, soon()).await })
-    };
+    let start = |owner: &str, job_id: &str| submitted_by(&h, owner, job_id);
     // Each call reaches the gate before the next starts.
     let settle = || tokio::time::sleep(Duration::from_millis(20));
     // The greedy caller's first submission takes the only turn and waits to be stored.
@@ -352,16 +348,7 @@ async fn callers_take_turns_to_be_stored_and_one_finding_none_by_its_deadline_ch
         .submit(late, Instant::now() + Duration::from_millis(100))
         .await
         .expect_err("no turn before its deadline");
-    assert!(
-        matches!(
-            error,
-            JobError::Overloaded {
-                limit: Limit::SubmissionTurns,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(refused_at(&error, Limit::SubmissionTurns), "{error:?}");
     assert!(h.store.kinds("honest-late").is_empty(), "nothing stored");
     // Two more of the greedy caller's wait, then one of the honest caller's.
     for (owner, job_id) in [("greedy", "greedy-2"), ("greedy", "greedy-3"), ("honest", "honest-1")] {
@@ -387,11 +374,7 @@ async fn while_another_caller_has_a_submission_in_flight_a_flood_holds_only_its_
     });
     let held = h.store.hold_creates();
     let settle = || tokio::time::sleep(Duration::from_millis(20));
-    let within = |owner: &str, job_id: &str| {
-        let mut request = submission("u", job_id, 1);
-        request.owner = Some(owner.into());
-        h.service.submit(request, Instant::now() + Duration::from_millis(100))
-    };
+    let within = |owner: &str, job_id: &str| within(&h, owner, job_id, Duration::from_millis(100));
     // One of the honest caller's and two of the greedy caller's hold three of
     // the four turns, each waiting to be stored.
     let mut calls = vec![submitted_by(&h, "honest", "honest-1")];
@@ -406,16 +389,7 @@ async fn while_another_caller_has_a_submission_in_flight_a_flood_holds_only_its_
     let error = within("greedy", "greedy-3")
         .await
         .expect_err("no turn beyond its share");
-    assert!(
-        matches!(
-            error,
-            JobError::Overloaded {
-                limit: Limit::SubmissionTurns,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(refused_at(&error, Limit::SubmissionTurns), "{error:?}");
     // The honest caller's next takes it at once, and is being stored when its deadline passes.
     let error = within("honest", "honest-2").await.expect_err("its create is held");
     assert!(in_progress(&error), "{error:?}");
@@ -448,11 +422,7 @@ async fn a_caller_whose_submission_waits_to_retry_leaves_the_others_their_whole_
     assert!(!retrying.is_finished(), "it waits 30 s to retry");
     // The busy caller takes both turns: the other has no work here meanwhile.
     let held = h.store.hold_creates();
-    let within = |job_id: &str| {
-        let mut request = submission("u", job_id, 1);
-        request.owner = Some("busy".into());
-        h.service.submit(request, Instant::now() + Duration::from_millis(100))
-    };
+    let within = |job_id: &str| within(&h, "busy", job_id, Duration::from_millis(100));
     let (first, second) = tokio::join!(within("busy-1"), within("busy-2"));
     for error in [first, second].map(|outcome| outcome.expect_err("its create is held")) {
         assert!(in_progress(&error), "each had a turn and is being stored: {error:?}");
@@ -464,35 +434,18 @@ async fn a_caller_whose_submission_waits_to_retry_leaves_the_others_their_whole_
 
 #[tokio::test]
 async fn while_smile_id_is_slow_one_callers_submissions_hold_at_most_half_the_memory_for_images() {
-    let h = Harness::new(ServiceConfig {
-        submission_memory_bytes: 8 * 1024,
-        // As many as the caller's submissions that find no room: they wait
-        // for it without a turn.
-        submission_turns: 4,
-        image_limits: ImageLimits {
-            max_total_bytes: 2 * 1024,
-            ..ImageLimits::default()
-        },
-        ..ServiceConfig::default()
-    });
-    assert!(
-        submission("u", "j", 0).selfie.len() <= 1024,
-        "each submission takes 1 KiB"
-    );
+    // As many turns as the caller's submissions that find no room: they wait
+    // for it without a turn.
+    let h = with_images_of_1_kib(8, 4);
     h.smile.delay_submissions(Duration::from_secs(30));
-    let within = |owner: &str, job_id: String, wait: Duration| {
-        let mut request = submission("u", &job_id, 1);
-        request.owner = Some(owner.into());
-        h.service.submit(request, Instant::now() + wait)
-    };
     // Eight of one caller's, each waiting on Smile ID beyond its call: four
     // hold its half and are being sent, four find no room.
     let flood = futures::future::join_all(
-        (0..8).map(|index| within("flood", format!("flood-{index}"), Duration::from_millis(500))),
+        (0..8).map(|index| within(&h, "flood", &format!("flood-{index}"), Duration::from_millis(500))),
     );
     let honest = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        within("honest", "honest-1".into(), Duration::from_millis(300)).await
+        within(&h, "honest", "honest-1", Duration::from_millis(300)).await
     };
     let (flood, honest) = tokio::join!(flood, honest);
     let error = honest.expect_err("Smile ID is slow");
@@ -514,15 +467,7 @@ async fn while_smile_id_is_slow_one_callers_submissions_hold_at_most_half_the_me
 
 #[tokio::test]
 async fn submissions_waiting_for_a_turn_hold_none_of_the_memory_all_callers_share() {
-    let h = Harness::new(ServiceConfig {
-        submission_memory_bytes: 4 * 1024,
-        submission_turns: 1,
-        image_limits: ImageLimits {
-            max_total_bytes: 2 * 1024,
-            ..ImageLimits::default()
-        },
-        ..ServiceConfig::default()
-    });
+    let h = with_images_of_1_kib(4, 1);
     h.smile.delay_submissions(Duration::from_secs(30));
     let held = h.store.hold_creates();
     // One of a's holds the only turn; the other three wait for it, each
@@ -532,9 +477,7 @@ async fn submissions_waiting_for_a_turn_hold_none_of_the_memory_all_callers_shar
         calls.push(submitted_by(&h, owner, job_id));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut late = submission("u", "c-1", 1);
-    late.owner = Some("c".into());
-    let (late, ()) = tokio::join!(h.service.submit(late, Instant::now() + Duration::from_secs(1)), async {
+    let (late, ()) = tokio::join!(within(&h, "c", "c-1", Duration::from_secs(1)), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         drop(held);
     });
@@ -544,6 +487,11 @@ async fn submissions_waiting_for_a_turn_hold_none_of_the_memory_all_callers_shar
     for call in calls {
         call.abort();
     }
+}
+
+/// Whether `error` is a refusal because `limit` was full.
+fn refused_at(error: &JobError, full: Limit) -> bool {
+    matches!(error, JobError::Overloaded { limit, .. } if *limit == full)
 }
 
 fn in_progress(error: &JobError) -> bool {
@@ -567,12 +515,45 @@ async fn until_created(h: &Harness, job_id: &str) {
     panic!("{job_id} was never created");
 }
 
-/// `owner`'s submission of `job_id`, started on a task of its own.
-fn submitted_by(h: &Harness, owner: &str, job_id: &str) -> tokio::task::JoinHandle<Result<SubmitOutput, JobError>> {
-    let service = h.service.clone();
+/// `owner`'s submission of `job_id`.
+fn owned_by(owner: &str, job_id: &str) -> SubmitRequest {
     let mut request = submission("u", job_id, 1);
     request.owner = Some(owner.into());
+    request
+}
+
+/// `owner`'s submission of `job_id`, started on a task of its own.
+fn submitted_by(h: &Harness, owner: &str, job_id: &str) -> tokio::task::JoinHandle<Result<SubmitOutput, JobError>> {
+    let (service, request) = (h.service.clone(), owned_by(owner, job_id));
     crate::task::spawn(async move { service.submit(request, soon()).await })
+}
+
+/// `owner`'s submission of `job_id`, with a deadline `wait` from now.
+fn within<'h>(
+    h: &'h Harness,
+    owner: &str,
+    job_id: &str,
+    wait: Duration,
+) -> impl Future<Output = Result<SubmitOutput, JobError>> + use<'h> {
+    h.service.submit(owned_by(owner, job_id), Instant::now() + wait)
+}
+
+/// A harness whose submissions take 1 KiB each of `memory_kib` KiB for images,
+/// `turns` at once.
+fn with_images_of_1_kib(memory_kib: usize, turns: usize) -> Harness {
+    assert!(
+        submission("u", "j", 0).selfie.len() <= 1024,
+        "each submission takes 1 KiB"
+    );
+    Harness::new(ServiceConfig {
+        submission_memory_bytes: memory_kib * 1024,
+        submission_turns: turns,
+        image_limits: ImageLimits {
+            max_total_bytes: 2 * 1024,
+            ..ImageLimits::default()
+        },
+        ..ServiceConfig::default()
+    })
 }
 
 #[tokio::test]
