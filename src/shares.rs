@@ -27,11 +27,47 @@ impl Held {
 
 type Used<K> = Arc<Mutex<HashMap<K, Held>>>;
 
-/// How much of a resource each key holds, against one limit per key.
+/// How much one key may hold.
+#[derive(Clone, Copy, Debug)]
+enum Limit {
+    /// The same, however many keys hold some.
+    Fixed(u64),
+    /// An equal part of `total` among the keys holding some and one more, or
+    /// `at_least` if that is more: however many keys hold their part, one
+    /// that comes later finds room.
+    LeavingRoom { total: u64, at_least: u64 },
+}
+
+impl Limit {
+    /// The most any key may ever hold.
+    fn ceiling(self) -> u64 {
+        match self {
+            Self::Fixed(limit) => limit,
+            Self::LeavingRoom { total, at_least } => (total / 2).max(at_least),
+        }
+    }
+
+    /// What `key` may hold now.
+    fn of<K: Hash + Eq>(self, used: &HashMap<K, Held>, key: &K) -> u64 {
+        match self {
+            Self::Fixed(limit) => limit,
+            Self::LeavingRoom { total, at_least } => {
+                let others = used
+                    .iter()
+                    .filter(|(holder, held)| held.amount > 0 && *holder != key)
+                    .count() as u64;
+                // Itself, the others, and one to come.
+                (total / (others + 2)).max(at_least)
+            }
+        }
+    }
+}
+
+/// How much of a resource each key holds, against a limit per key.
 #[derive(Debug)]
 pub struct Shares<K: Hash + Eq> {
     used: Used<K>,
-    limit: u64,
+    limit: Limit,
 }
 
 impl<K: Hash + Eq> Clone for Shares<K> {
@@ -49,6 +85,7 @@ pub struct Share<K: Hash + Eq> {
     used: Used<K>,
     key: K,
     amount: u64,
+    limit: Limit,
 }
 
 fn lock<K>(used: &Mutex<HashMap<K, Held>>) -> MutexGuard<'_, HashMap<K, Held>> {
@@ -60,12 +97,24 @@ impl<K: Hash + Eq + Clone> Shares<K> {
     pub fn new(limit: u64) -> Self {
         Self {
             used: Arc::default(),
-            limit,
+            limit: Limit::Fixed(limit),
         }
     }
 
+    /// Each key may hold an equal part of `total` among the keys holding
+    /// some and one more (a half while it holds alone, a third beside
+    /// another), or `at_least` if that is more. A key over its part as
+    /// others come keeps what it holds, and gets no more until it is under.
+    pub fn leaving_room(total: u64, at_least: u64) -> Self {
+        Self {
+            used: Arc::default(),
+            limit: Limit::LeavingRoom { total, at_least },
+        }
+    }
+
+    /// The most one key may hold.
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.limit.ceiling()
     }
 
     /// `amount` more for `key`, unless that would take it over its limit.
@@ -77,12 +126,13 @@ impl<K: Hash + Eq + Clone> Shares<K> {
     /// hear of its releases (`None` when `amount` is over the limit, and
     /// nothing would help).
     fn take_or_listen(&self, key: &K, amount: u64) -> Result<Share<K>, Option<Waiting<'_, K>>> {
-        if amount > self.limit {
+        if amount > self.limit.ceiling() {
             return Err(None);
         }
         let mut used = lock(&self.used);
+        let limit = self.limit.of(&used, key);
         let held = used.entry(key.clone()).or_default();
-        let Some(total) = held.amount.checked_add(amount).filter(|total| *total <= self.limit) else {
+        let Some(total) = held.amount.checked_add(amount).filter(|total| *total <= limit) else {
             held.waiting += 1;
             return Err(Some(Waiting {
                 shares: self,
@@ -95,12 +145,14 @@ impl<K: Hash + Eq + Clone> Shares<K> {
             used: self.used.clone(),
             key: key.clone(),
             amount,
+            limit: self.limit,
         })
     }
 
     /// `amount` more for `key`, waiting up to `wait` for others of `key` to
-    /// give theirs back. Only releases of `key` wake it, so the calls of
-    /// a caller waiting over its share cost nothing when others' end.
+    /// give theirs back. Only releases of `key` wake it (and, where parts
+    /// grow as keys leave, another key holding nothing any more), so the
+    /// calls of a caller waiting over its share cost nothing when others' end.
     pub async fn take_within(&self, key: &K, amount: u64, wait: Duration) -> Option<Share<K>> {
         let until = tokio::time::Instant::now() + wait;
         loop {
@@ -122,7 +174,7 @@ impl<K: Hash + Eq + Clone> Shares<K> {
         let used = lock(&self.used);
         if let Some(held) = used.get(key)
             && held.waiting > 0
-            && held.amount < self.limit
+            && held.amount < self.limit.of(&used, key)
             && let Some(released) = &held.released
         {
             released.notify_one();
@@ -143,13 +195,22 @@ impl<K: Hash + Eq> Drop for Share<K> {
             return;
         };
         held.amount = held.amount.saturating_sub(self.amount);
-        let released = held.released.clone().filter(|_| held.waiting > 0);
+        let mut released: Vec<_> = held.released.clone().filter(|_| held.waiting > 0).into_iter().collect();
+        let left = held.amount == 0;
         // Keys come and go: only those holding something, or waited on, are kept.
         if held.is_idle() {
             used.remove(&self.key);
         }
+        if left && matches!(self.limit, Limit::LeavingRoom { .. }) {
+            // One key fewer holds some: every other key's part grew.
+            released.extend(
+                used.values()
+                    .filter(|held| held.waiting > 0)
+                    .filter_map(|held| held.released.clone()),
+            );
+        }
         drop(used);
-        if let Some(released) = released {
+        for released in released {
             released.notify_one();
         }
     }
@@ -274,6 +335,39 @@ mod tests {
         );
         drop(held);
         assert!(waiting.await.expect("join"), "the waiter took what was given back");
+    }
+
+    #[tokio::test]
+    async fn parts_that_leave_room_shrink_as_keys_come_and_grow_as_they_go() {
+        let shares = Shares::leaving_room(12, 2);
+        let first = shares.take(&"a", 5).expect("alone, within a half");
+        assert!(shares.take(&"a", 2).is_none(), "over a's half");
+        let beside = shares.take(&"b", 4).expect("beside a, a third");
+        assert!(shares.take(&"b", 1).is_none(), "over b's third");
+        let waiting = crate::task::spawn({
+            let shares = shares.clone();
+            async move { shares.take_within(&"a", 1, Duration::from_secs(5)).await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a keeps what it holds, and gets no more beside b"
+        );
+        let third = shares.take(&"c", 3).expect("beside two, a quarter");
+        assert!(shares.take(&"c", 1).is_none(), "over c's quarter");
+        drop(third);
+        assert!(!waiting.is_finished(), "b still holds some");
+        drop(beside);
+        let took = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("b holding nothing wakes a's waiter")
+            .expect("join");
+        assert!(took, "alone again, a's half has room for one more");
+        let crowd: Vec<_> = ["d", "e", "f", "g", "h"]
+            .iter()
+            .map(|key| shares.take(key, 2).expect("never less than at_least"))
+            .collect();
+        drop((first, crowd));
     }
 
     #[test]

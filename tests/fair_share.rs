@@ -422,7 +422,7 @@ async fn sends_waiting_on_smile_id_do_not_hold_back_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_smile_id_hangs_one_caller_holds_at_most_half_the_memory_for_images() {
+async fn while_smile_id_hangs_two_greedy_callers_leave_room_for_a_third_callers_images() {
     // Uploads that never answer: every submission sent holds its images.
     let sim = start_simulator_with_hung_uploads().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -430,7 +430,8 @@ async fn while_smile_id_hangs_one_caller_holds_at_most_half_the_memory_for_image
     let flags = [&BEHIND_A_MESH[..], &limits].concat();
     let service = start_service(config_with(&sim, &sqlite_url(&dir), &flags)).await;
     let client = service.client().await;
-    // 700-1,000 KiB of images each: four or five fit in the 4 MiB, two in a caller's half.
+    // 700-1,000 KiB of images each: four or five fit in the 4 MiB; two in a
+    // caller's half while it holds alone, one in a third beside another.
     let selfie = Bytes::from(noise_jpeg(860, 7));
     assert!((700 * 1024..1000 * 1024).contains(&selfie.len()), "{}", selfie.len());
     let submit = |identity: &'static str, job_id: String, timeout: Duration| {
@@ -443,10 +444,17 @@ async fn while_smile_id_hangs_one_caller_holds_at_most_half_the_memory_for_image
             client.submit_authentication(request).await
         }
     };
-    let flood: Vec<_> = (0..6)
-        .map(|index| selfie_auth::task::spawn(submit("greedy", format!("flood-{index}"), Duration::from_secs(3))))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let flood = |identity: &'static str| -> Vec<_> {
+        (0..6)
+            .map(|index| {
+                selfie_auth::task::spawn(submit(identity, format!("{identity}-{index}"), Duration::from_secs(3)))
+            })
+            .collect()
+    };
+    let first = flood("greedy");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = flood("greedier");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let honest = submit("honest", "honest-1".into(), Duration::from_millis(1500))
         .await
         .expect_err("the upload hangs");
@@ -456,20 +464,26 @@ async fn while_smile_id_hangs_one_caller_holds_at_most_half_the_memory_for_image
         "room for its images: {honest:?}"
     );
     let mut refused = 0;
-    for call in flood {
-        let status = call.await.expect("join").expect_err("the upload hangs");
-        if reason(&status) == "SUBMISSION_IN_PROGRESS" {
-            continue;
+    for (calls, fit) in [(first, 2), (second, 1)] {
+        let mut sent = 0;
+        for call in calls {
+            let status = call.await.expect("join").expect_err("the upload hangs");
+            if reason(&status) == "SUBMISSION_IN_PROGRESS" {
+                sent += 1;
+                continue;
+            }
+            assert_eq!(shed_by(&status), "caller_submission_memory");
+            assert!(status.message().contains("its share"), "{}", status.message());
+            refused += 1;
         }
-        assert_eq!(shed_by(&status), "caller_submission_memory");
-        assert!(status.message().contains("half"), "{}", status.message());
-        refused += 1;
+        assert_eq!(sent, fit, "a half alone, then a third beside the other");
     }
-    assert_eq!(refused, 4, "two of the greedy caller's fit its half");
-    assert_eq!(sim.counters().prep_uploads, 3, "the refused reached nothing");
+    assert_eq!(sim.counters().prep_uploads, 4, "the refused reached nothing");
     let metrics = metrics_text(&service).await;
     assert!(
-        metrics.contains(r#"selfie_auth_calls_shed_total{limit="caller_submission_memory"} 4"#),
+        metrics.contains(&format!(
+            r#"selfie_auth_calls_shed_total{{limit="caller_submission_memory"}} {refused}"#
+        )),
         "{metrics}"
     );
     service.stop().await;

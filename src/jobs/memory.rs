@@ -64,9 +64,9 @@ impl MemoryBudget {
     }
 }
 
-/// A budget of which one caller may hold only part: while one caller's
-/// submissions wait on Smile ID (slow, or failing and being retried), the rest
-/// is there for the others' submissions.
+/// A budget of which one caller may hold only part: while some callers'
+/// submissions wait on Smile ID (slow, or failing and being retried), there is
+/// room for another's.
 #[derive(Debug)]
 pub struct CallerBudget {
     whole: MemoryBudget,
@@ -92,14 +92,15 @@ pub struct Held {
 }
 
 impl CallerBudget {
-    /// `bytes` in all, of which one caller may hold a half, or `at_least`
-    /// (what one request may need) if that is more.
-    pub fn halves(bytes: usize, at_least: usize) -> Self {
+    /// `bytes` in all, of which one caller may hold an equal part among the
+    /// callers holding some and one more (a half alone, a third beside
+    /// another), or `at_least` (what one request may need) if that is more.
+    pub fn leaving_room(bytes: usize, at_least: usize) -> Self {
         let whole = MemoryBudget::new(bytes);
-        let each = u64::from(whole.capacity_kib / 2).max(u64::from(MemoryBudget::kib_of(at_least as u64)));
+        let at_least = u64::from(MemoryBudget::kib_of(at_least as u64));
         Self {
+            each: Shares::leaving_room(u64::from(whole.capacity_kib), at_least),
             whole,
-            each: Shares::new(each),
         }
     }
 
@@ -162,33 +163,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn one_caller_holds_at_most_half_and_leaves_the_rest_to_others() {
-        let budget = CallerBudget::halves(4 * 1024, 1024);
+    async fn each_caller_holds_at_most_an_equal_part_with_room_left_for_one_more() {
+        const KIB: u64 = 1024;
+        let budget = CallerBudget::leaving_room(12 * 1024, 1024);
         let greedy = [
-            reserve(&budget, Some("greedy"), 1024).await.expect("a first part"),
-            reserve(&budget, Some("greedy"), 1024).await.expect("its half"),
+            reserve(&budget, Some("greedy"), 3 * KIB).await.expect("a first part"),
+            reserve(&budget, Some("greedy"), 3 * KIB).await.expect("alone, a half"),
         ];
         assert_eq!(reserve(&budget, Some("greedy"), 1).await.err(), Some("over its part"));
-        let honest = [
-            reserve(&budget, Some("honest"), 1024).await.expect("the other half"),
-            reserve(&budget, Some("honest"), 1024).await.expect("the other half"),
-        ];
+        let second = reserve(&budget, Some("second"), 4 * KIB)
+            .await
+            .expect("beside greedy, a third");
+        assert_eq!(reserve(&budget, Some("second"), 1).await.err(), Some("over its part"));
+        let third = reserve(&budget, Some("third"), 2 * KIB)
+            .await
+            .expect("the room left over");
         assert_eq!(reserve(&budget, None, 1).await.err(), Some("the whole is held"));
-        drop(greedy);
+        drop((greedy, second, third));
         let anyone = [
-            reserve(&budget, None, 1024)
+            reserve(&budget, None, 6 * KIB)
                 .await
                 .expect("unidentified callers have no part"),
-            reserve(&budget, None, 1024)
+            reserve(&budget, None, 6 * KIB)
                 .await
                 .expect("unidentified callers have no part"),
         ];
-        drop((honest, anyone));
+        drop(anyone);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_caller_may_always_hold_one_request_however_small_the_budget() {
-        let budget = CallerBudget::halves(4 * 1024, 3 * 1024);
+        let budget = CallerBudget::leaving_room(4 * 1024, 3 * 1024);
         let held = reserve(&budget, Some("big"), 3 * 1024).await.expect("one request");
         assert_eq!(reserve(&budget, Some("big"), 1024).await.err(), Some("over its part"));
         drop(held);
@@ -196,7 +201,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_part_takes_nothing_of_the_whole_until_asked() {
-        let budget = CallerBudget::halves(2 * 1024, 1024);
+        let budget = CallerBudget::leaving_room(2 * 1024, 1024);
         let parts = [
             budget.part(Some("a"), 1024, Duration::ZERO).await.expect("a's part"),
             budget.part(Some("b"), 1024, Duration::ZERO).await.expect("b's part"),

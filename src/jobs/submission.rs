@@ -144,8 +144,8 @@ pub struct Submitter {
     config: Arc<ServiceConfig>,
     /// Memory all image decoding may use at once.
     decode_budget: MemoryBudget,
-    /// Images held by submissions being sent (and retried), half at most by
-    /// any one caller.
+    /// Images held by submissions being sent (and retried), of which each
+    /// caller may hold an equal part, with room left for one more.
     submission_budget: CallerBudget,
     /// Where images are checked and fingerprinted, each caller in turn.
     image_checks: FairLane,
@@ -159,7 +159,7 @@ impl Submitter {
     pub fn new(core: Arc<JobCore>, smile: Arc<dyn SmileId>, config: Arc<ServiceConfig>) -> Self {
         Self {
             decode_budget: MemoryBudget::new(config.image_limits.decode_memory_bytes),
-            submission_budget: CallerBudget::halves(
+            submission_budget: CallerBudget::leaving_room(
                 config.submission_memory_bytes,
                 config.image_limits.max_total_bytes,
             ),
@@ -208,8 +208,8 @@ impl Submitter {
             .ok_or_else(|| {
                 JobError::overloaded(
                     Limit::CallerSubmissionMemory,
-                    "this caller's submissions being sent to Smile ID hold half the server's memory for images; \
-                     retry once some have finished",
+                    "this caller's submissions being sent to Smile ID hold its share of the server's memory for \
+                     images; retry once some have finished",
                 )
             })?;
         let asked = Instant::now();

@@ -433,7 +433,7 @@ async fn a_caller_whose_submission_waits_to_retry_leaves_the_others_their_whole_
 }
 
 #[tokio::test]
-async fn while_smile_id_is_slow_one_callers_submissions_hold_at_most_half_the_memory_for_images() {
+async fn while_smile_id_is_slow_one_callers_submissions_hold_at_most_its_share_of_the_memory_for_images() {
     // As many turns as the caller's submissions that find no room: they wait
     // for it without a turn.
     let h = with_images_of_1_kib(8, 4);
@@ -458,7 +458,7 @@ async fn while_smile_id_is_slow_one_callers_submissions_hold_at_most_half_the_me
     for error in refused {
         assert!(
             matches!(&error, JobError::Overloaded { limit: Limit::CallerSubmissionMemory, message }
-                if message.contains("half")),
+                if message.contains("its share")),
             "{error:?}"
         );
     }
