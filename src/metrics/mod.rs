@@ -169,9 +169,10 @@ impl Metrics {
         );
         ours.register(
             "calls_shed",
-            "Calls shed or throttled, by the limit that refused them (concurrency, caller_share, arrival_memory, \
-             caller_arrival, caller_streams, health_watches, reflection, rate, refresh_rate, decode_memory, \
-             submission_memory, caller_submission_memory, submission_turns, open_streams)",
+            format!(
+                "Calls shed or throttled, by the limit that refused them ({})",
+                SHED_LIMITS.join(", ")
+            ),
             self.calls_shed.clone(),
         );
         ours.register(
