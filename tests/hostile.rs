@@ -100,6 +100,99 @@ async fn a_connection_may_open_only_so_many_streams() {
     assert_eq!(raw.max_concurrent_streams().await, 32);
 }
 
+/// Sends `attempts` of what `each` writes for a new stream, in batches, until
+/// the server closes the connection; what the server sent, once it ended the
+/// connection (`None` if it had not within 5 s).
+async fn flood_of_streams(
+    service: &TestService,
+    attempts: usize,
+    each: impl Fn(&mut RawFrames) -> Vec<u8>,
+) -> Option<Heard> {
+    let mut raw = RawFrames::connect(service.running.grpc_addr).await;
+    for _ in 0..attempts / 100 {
+        let batch: Vec<u8> = (0..100).flat_map(|_| each(&mut raw)).collect();
+        if !raw.send(&batch).await {
+            break;
+        }
+    }
+    raw.heard(Duration::from_secs(5)).await
+}
+
+/// A client still served after the flood: the server kept nothing of it.
+async fn others_are_still_served(service: &TestService) {
+    let missing = service
+        .client()
+        .await
+        .get_job(get_job("after-the-flood"))
+        .await
+        .expect_err("no such job");
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_as_fast_as_they_are_opened_end_the_connection() {
+    // HTTP/2 rapid reset: a stream opened and cancelled at once never counts
+    // against the streams a connection may have open.
+    let (_sim, service, _dir) = service_with(&[]).await;
+    let heard = flood_of_streams(&service, 10_000, |raw| {
+        let (stream, mut frames) = raw.open(GET_JOB);
+        frames.extend(RawFrames::cancel(stream));
+        frames
+    })
+    .await
+    .expect("the server ends the connection");
+    assert_eq!(
+        heard.goaway,
+        Some(ENHANCE_YOUR_CALM),
+        "10,000 streams opened and cancelled"
+    );
+    others_are_still_served(&service).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_server_is_made_to_reset_end_the_connection() {
+    // A frame the server must answer by resetting the stream itself (here a
+    // window past its maximum) frees the stream as a client's reset would,
+    // without counting as one.
+    let (_sim, service, _dir) = service_with(&[]).await;
+    let heard = flood_of_streams(&service, 10_000, |raw| {
+        let (stream, mut frames) = raw.open(GET_JOB);
+        frames.extend(RawFrames::overflow_window(stream));
+        frames
+    })
+    .await
+    .expect("the server ends the connection");
+    assert!(
+        (100..=1024).contains(&heard.resets),
+        "the server resets the streams, up to its bound: {heard:?}"
+    );
+    assert_eq!(heard.goaway, Some(ENHANCE_YOUR_CALM), "{heard:?}");
+    others_are_still_served(&service).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_that_never_ends_ends_the_connection() {
+    let (_sim, service, _dir) = service_with(&[]).await;
+    let mut raw = RawFrames::connect(service.running.grpc_addr).await;
+    let (stream, opening) = raw.open_without_end(GET_JOB);
+    assert!(raw.send(&opening).await);
+    // 64 MiB of CONTINUATION at most, 16 KiB a frame; the server stops reading long before.
+    let mut sent = 0usize;
+    let flooding = async {
+        while sent < 64 * 1024 * 1024 && raw.send(&RawFrames::continuation(stream, 16 * 1024)).await {
+            sent += 16 * 1024;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), flooding)
+        .await
+        .expect("the server closes the connection rather than stop reading it");
+    assert!(sent < 64 * 1024 * 1024, "the server read 64 MiB of one header block");
+    raw.heard(Duration::from_secs(5))
+        .await
+        .expect("the server ends the connection");
+    others_are_still_served(&service).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_on_both_ports() {
     let (_sim, service, _dir) = service_with(&["--header-timeout", "500ms", "--idle-timeout", "500ms"]).await;

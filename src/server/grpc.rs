@@ -33,6 +33,14 @@ use crate::shares::Shares;
 /// Reflection streams open at once: tools (grpcurl, a developer's client) need a few.
 const REFLECTION_STREAMS: usize = 32;
 
+/// Streams the server may reset on one connection for the client's protocol
+/// errors before it sends GOAWAY (ENHANCE_YOUR_CALM). A stream the server
+/// resets stops counting against the connection's streams at once, so
+/// without this bound a client that provokes resets (a window update past
+/// the maximum, say) opens streams without end. h2 bounds it at 1,024 unless
+/// told otherwise, and tonic tells hyper "no bound" unless given one.
+const PROVOKED_RESETS: usize = 1024;
+
 /// What the gRPC stack is built from, besides the configuration.
 pub struct GrpcParts {
     pub service: Arc<JobService>,
@@ -83,6 +91,7 @@ pub fn serve(
         .http2_keepalive_interval(Some(config.keepalive.interval))
         .http2_keepalive_timeout(Some(config.keepalive.timeout))
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_local_error_reset_streams(Some(PROVOKED_RESETS))
         .layer(Observe::new(metrics.clone()).into_layer())
         .layer(StreamCaps::new(limits.max_health_watches, REFLECTION_STREAMS, metrics.clone()).into_layer())
         // Before load shedding: a flood of unidentified calls takes no slot, and a

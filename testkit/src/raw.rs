@@ -178,3 +178,153 @@ pub async fn raw_status(response: ResponseFuture, timeout: Duration) -> Option<R
     .ok()
     .flatten()
 }
+
+/// HTTP/2 written frame by frame, for what no HTTP/2 library sends: streams
+/// reset as fast as they are opened, frames that make the server reset
+/// streams itself, header blocks that never end.
+pub struct RawFrames {
+    write: tokio::net::tcp::OwnedWriteHalf,
+    heard: tokio::task::JoinHandle<Heard>,
+    next_stream: u32,
+}
+
+/// What the server sent on a [`RawFrames`] connection until it ended.
+#[derive(Debug, Default)]
+pub struct Heard {
+    /// Streams the server reset (RST_STREAM).
+    pub resets: usize,
+    /// The error code of its GOAWAY; `None` if it sent none.
+    pub goaway: Option<u32>,
+}
+
+/// Frame types and flags (RFC 9113 §6).
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+/// GOAWAY's code for a peer that is doing too much (RFC 9113 §7).
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).expect("a small frame").to_be_bytes();
+    let mut frame = Vec::with_capacity(9 + payload.len());
+    frame.extend_from_slice(&length[1..]);
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A POST of `path` as an HPACK block of literals, no Huffman coding.
+fn request_block(path: &str) -> Vec<u8> {
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
+    let mut literal = |name: Option<u8>, key: &str, value: &str| {
+        // Literals without indexing: the name from the static table, or spelt out.
+        if let Some(index) = name {
+            block.push(index);
+        } else {
+            block.push(0);
+            block.push(u8::try_from(key.len()).expect("short"));
+            block.extend_from_slice(key.as_bytes());
+        }
+        block.push(u8::try_from(value.len()).expect("short"));
+        block.extend_from_slice(value.as_bytes());
+    };
+    literal(Some(0x04), ":path", path);
+    literal(Some(0x01), ":authority", "selfie-auth");
+    literal(None, "content-type", "application/grpc");
+    literal(None, "te", "trailers");
+    block
+}
+
+impl RawFrames {
+    /// Connects, sends the preface and empty SETTINGS, and listens for a GOAWAY.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let (mut read, mut write) = tcp.into_split();
+        let heard = selfie_auth::task::spawn(async move {
+            let mut heard = Heard::default();
+            let mut header = [0u8; 9];
+            loop {
+                if read.read_exact(&mut header).await.is_err() {
+                    return heard;
+                }
+                let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                let mut payload = vec![0u8; length];
+                if read.read_exact(&mut payload).await.is_err() {
+                    return heard;
+                }
+                match header[3] {
+                    RST_STREAM => heard.resets += 1,
+                    GOAWAY if payload.len() >= 8 => {
+                        heard.goaway = Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+                        return heard;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        opening.extend(frame(SETTINGS, 0, 0, &[]));
+        write.write_all(&opening).await.expect("preface");
+        Self {
+            write,
+            heard,
+            next_stream: 1,
+        }
+    }
+
+    /// Sends `bytes`; false once the server has closed the connection.
+    pub async fn send(&mut self, bytes: &[u8]) -> bool {
+        use tokio::io::AsyncWriteExt as _;
+        self.write.write_all(bytes).await.is_ok()
+    }
+
+    /// The frames opening a new stream that calls `path`, its id, and no body yet.
+    pub fn open(&mut self, path: &str) -> (u32, Vec<u8>) {
+        self.headers(path, END_HEADERS)
+    }
+
+    /// A HEADERS frame that leaves its header block open, for CONTINUATION to follow.
+    pub fn open_without_end(&mut self, path: &str) -> (u32, Vec<u8>) {
+        self.headers(path, 0)
+    }
+
+    fn headers(&mut self, path: &str, flags: u8) -> (u32, Vec<u8>) {
+        let stream = self.next_stream;
+        self.next_stream += 2;
+        (stream, frame(HEADERS, flags, stream, &request_block(path)))
+    }
+
+    /// The client cancelling `stream` (RST_STREAM, CANCEL).
+    pub fn cancel(stream: u32) -> Vec<u8> {
+        frame(RST_STREAM, 0, stream, &0x8u32.to_be_bytes())
+    }
+
+    /// A WINDOW_UPDATE that takes `stream`'s send window past 2^31-1, a flow
+    /// control error the server answers by resetting the stream itself.
+    pub fn overflow_window(stream: u32) -> Vec<u8> {
+        frame(WINDOW_UPDATE, 0, stream, &0x7FFF_FFFFu32.to_be_bytes())
+    }
+
+    /// A CONTINUATION of `stream`'s header block that does not end it:
+    /// `size` zero bytes, empty literal headers to HPACK.
+    pub fn continuation(stream: u32, size: usize) -> Vec<u8> {
+        frame(CONTINUATION, 0, stream, &vec![0u8; size])
+    }
+
+    /// What the server sent until its GOAWAY or its closing the connection,
+    /// waiting at most `timeout`; `None` if the connection was still open.
+    pub async fn heard(self, timeout: Duration) -> Option<Heard> {
+        // Kept open until then: a client that went away would be no test.
+        let Self { write, heard, .. } = self;
+        let heard = tokio::time::timeout(timeout, heard).await.ok()?.ok();
+        drop(write);
+        heard
+    }
+}
