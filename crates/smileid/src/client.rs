@@ -232,7 +232,7 @@ impl SmileIdClient {
             Err(error_from_status(
                 status,
                 &headers,
-                &response.bytes().await.unwrap_or_default(),
+                &body_of(response).await.unwrap_or_default(),
             ))
         })
         .await
@@ -440,11 +440,36 @@ fn record_failure<T>(outcome: Result<T, SmileIdError>) -> Result<T, SmileIdError
     outcome
 }
 
+/// The most of one answer this client reads. Smile ID answers with a few KiB
+/// of JSON (a job's status with its history and image links among the
+/// largest); past this, whoever answers is not Smile ID as documented.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// `response`'s body, refused once it is larger than [`MAX_ANSWER_BYTES`]
+/// (declared or sent), so that no answer makes this process hold more.
+async fn body_of(mut response: reqwest::Response) -> Result<bytes::Bytes, SmileIdError> {
+    let too_large = || SmileIdError::Malformed(format!("an answer larger than {MAX_ANSWER_BYTES} bytes"));
+    if response
+        .content_length()
+        .is_some_and(|declared| declared > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(SmileIdError::from_reqwest)? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 pub(super) async fn read_json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, SmileIdError> {
     let status = response.status();
     record_answer(status);
     let headers = response.headers().clone();
-    let body = response.bytes().await.map_err(SmileIdError::from_reqwest)?;
+    let body = body_of(response).await?;
     if !status.is_success() {
         return Err(error_from_status(status, &headers, &body));
     }
