@@ -1,6 +1,7 @@
 //! What every accepted connection of this crate is held to: Nagle off, a cap on
-//! how many are open in all and from one peer address, and a deadline for a
-//! connection that stops talking or never finishes its opening bytes.
+//! how many are open in all and from one peer address, and deadlines for a
+//! connection that stops talking, never finishes its opening bytes, or stops
+//! reading what it is sent.
 //!
 //! Nagle's algorithm must be off everywhere: a gRPC unary response leaves as two
 //! writes (headers and data, then trailers), and with Nagle on the second waits
@@ -49,6 +50,11 @@ pub struct ConnectionLimits {
     /// Connections open at once from one peer address, so one host cannot take every slot.
     pub max_per_peer: usize,
     pub silence: Silence,
+    /// How long writes may wait for the peer to read before the connection
+    /// fails. A peer that reads nothing leaves the server's answers (to its
+    /// pings, say) nowhere to go, and a server that cannot write stops
+    /// reading: without this the connection would hold its slot for good.
+    pub stalled_writes: Duration,
 }
 
 /// The HTTP/2 client preface (24 bytes) and the 9-byte header of the SETTINGS frame after it.
@@ -86,7 +92,7 @@ pub fn accept(listener: TcpListener, limits: ConnectionLimits) -> impl Stream<It
                     continue;
                 };
                 set_nodelay(&stream);
-                let guarded = Guarded::new(stream, (permit, slot), limits.silence);
+                let guarded = Guarded::new(stream, (permit, slot), limits.silence, limits.stalled_writes);
                 return Some((Ok(guarded), (listener, permits, peers)));
             }
         },
@@ -131,6 +137,32 @@ pub struct Guarded<S> {
     inner: S,
     _slots: (OwnedSemaphorePermit, PeerSlot),
     watch: Watch,
+    stall: Stall,
+}
+
+/// A deadline for writes the peer does not read, running while they wait.
+struct Stall {
+    limit: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stall {
+    /// `written`, or an error once writes have waited past the limit.
+    fn check(&mut self, written: Poll<io::Result<usize>>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if written.is_ready() {
+            self.deadline = None;
+            return written;
+        }
+        let limit = self.limit;
+        let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer stopped reading what it is sent",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// How a [`Guarded`] connection's silence is watched.
@@ -140,7 +172,7 @@ enum Watch {
 }
 
 impl<S> Guarded<S> {
-    fn new(inner: S, slots: (OwnedSemaphorePermit, PeerSlot), silence: Silence) -> Self {
+    fn new(inner: S, slots: (OwnedSemaphorePermit, PeerSlot), silence: Silence, stalled_writes: Duration) -> Self {
         let watch = match silence {
             Silence::OpeningWithin(within) => Watch::Opening(Opening::within(within)),
             Silence::IdleFor(idle) => Watch::Idle {
@@ -152,6 +184,10 @@ impl<S> Guarded<S> {
             inner,
             _slots: slots,
             watch,
+            stall: Stall {
+                limit: stalled_writes,
+                deadline: None,
+            },
         }
     }
 
@@ -195,7 +231,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write(cx, data);
         self.wrote(&written);
-        written
+        self.stall.check(written, cx)
     }
 
     fn poll_write_vectored(
@@ -205,7 +241,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.wrote(&written);
-        written
+        self.stall.check(written, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

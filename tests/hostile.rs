@@ -193,6 +193,51 @@ async fn a_header_block_that_never_ends_ends_the_connection() {
     others_are_still_served(&service).await;
 }
 
+/// Writes `requests` (at most 1,000 times) and never reads what comes back:
+/// true once the server has closed the connection, within 15 s.
+async fn asks_and_never_reads(addr: std::net::SocketAddr, opening: &[u8], requests: &[u8]) -> bool {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let flooding = async {
+        tcp.write_all(opening).await?;
+        for _ in 0..1000 {
+            tcp.write_all(requests).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(15), flooding)
+        .await
+        .expect("the server closes the connection rather than leave it stuck")
+        .is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_the_answers_is_cut_off_on_both_ports() {
+    let stall = [
+        "--http2-keepalive-interval",
+        "500ms",
+        "--http2-keepalive-timeout",
+        "500ms",
+        "--idle-timeout",
+        "500ms",
+    ];
+    let (_sim, service, _dir) = service_with(&stall).await;
+    // gRPC: PINGs, each of which the server must answer: 17 MB of them at most.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend(RawFrames::settings());
+    let pings: Vec<u8> = (0..1000).flat_map(|_| RawFrames::ping()).collect();
+    assert!(
+        asks_and_never_reads(service.running.grpc_addr, &preface, &pings).await,
+        "the server read 17 MB of PINGs it could not answer"
+    );
+    // HTTP: health checks, pipelined, 36 MB of them at most.
+    let healthz: Vec<u8> = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+    assert!(
+        asks_and_never_reads(service.running.http_addr, &[], &healthz).await,
+        "the server read every health check it could not answer"
+    );
+    others_are_still_served(&service).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_on_both_ports() {
     let (_sim, service, _dir) = service_with(&["--header-timeout", "500ms", "--idle-timeout", "500ms"]).await;

@@ -161,7 +161,8 @@ pub struct ServeArgs {
     /// How often the gRPC port pings an idle HTTP/2 connection, so dead peers and proxies are noticed.
     #[arg(long, env = "SELFIE_AUTH_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s")]
     pub http2_keepalive_interval: Span,
-    /// A connection that does not answer a keepalive ping within this long is closed.
+    /// A connection that does not answer a keepalive ping within this long, or
+    /// reads nothing the gRPC port sends it for this long, is closed.
     #[arg(long, env = "SELFIE_AUTH_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s")]
     pub http2_keepalive_timeout: Span,
 
@@ -171,7 +172,8 @@ pub struct ServeArgs {
     /// A new connection must send its request headers (gRPC: its HTTP/2 preface) within this long.
     #[arg(long, env = "SELFIE_AUTH_HEADER_TIMEOUT", default_value = "10s")]
     pub header_timeout: Span,
-    /// An HTTP-port connection idle this long is closed.
+    /// An HTTP-port connection idle this long, or whose peer reads nothing it
+    /// is sent for this long, is closed.
     #[arg(long, env = "SELFIE_AUTH_IDLE_TIMEOUT", default_value = "1m")]
     pub idle_timeout: Span,
     /// Connections open at once on the gRPC port; more are closed on arrival.

@@ -86,6 +86,7 @@ pub fn serve(
     .max_decoding_message_size(config.max_message_bytes + 1024)
     .max_encoding_message_size(config.max_message_bytes);
     let limits = config.grpc_limits;
+    let keepalive = config.keepalive;
     let load_shed = LoadShed::new(config.admissions, metrics.clone());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive.interval))
@@ -121,6 +122,8 @@ pub fn serve(
                 max_connections: limits.max_connections,
                 max_per_peer: limits.max_connections_per_peer,
                 silence: Silence::OpeningWithin(limits.preface_timeout),
+                // A peer that cannot read for this long cannot answer a keepalive ping either.
+                stalled_writes: keepalive.timeout,
             },
         );
         let served = match tls {

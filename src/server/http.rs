@@ -52,6 +52,7 @@ pub async fn serve(listener: TcpListener, router: axum::Router, limits: HttpLimi
         max_connections: limits.max_connections,
         max_per_peer: limits.max_connections_per_peer,
         silence: Silence::IdleFor(limits.idle_timeout),
+        stalled_writes: limits.idle_timeout,
     };
     let mut incoming = std::pin::pin!(net::accept(listener, connection_limits));
     let graceful = GracefulShutdown::new();

@@ -201,6 +201,7 @@ pub struct Heard {
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
@@ -270,7 +271,7 @@ impl RawFrames {
             }
         });
         let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        opening.extend(frame(SETTINGS, 0, 0, &[]));
+        opening.extend(Self::settings());
         write.write_all(&opening).await.expect("preface");
         Self {
             write,
@@ -304,6 +305,16 @@ impl RawFrames {
     /// The client cancelling `stream` (RST_STREAM, CANCEL).
     pub fn cancel(stream: u32) -> Vec<u8> {
         frame(RST_STREAM, 0, stream, &0x8u32.to_be_bytes())
+    }
+
+    /// An empty SETTINGS frame: a client's first after the preface.
+    pub fn settings() -> Vec<u8> {
+        frame(SETTINGS, 0, 0, &[])
+    }
+
+    /// A PING, which the server must answer.
+    pub fn ping() -> Vec<u8> {
+        frame(PING, 0, 0, &[0u8; 8])
     }
 
     /// A WINDOW_UPDATE that takes `stream`'s send window past 2^31-1, a flow

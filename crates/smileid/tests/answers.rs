@@ -20,7 +20,10 @@ enum Answer {
 }
 
 /// A server on loopback answering every request as `answer` says; counts the bytes it sent.
-#[expect(clippy::disallowed_methods, reason = "this crate has no span-carrying spawn, and no spans here")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "this crate has no span-carrying spawn, and no spans here"
+)]
 async fn fake_smile_id(answer: Answer) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}/v1", listener.local_addr().expect("addr"));
