@@ -222,11 +222,9 @@ async fn a_client_that_never_reads_the_answers_is_cut_off_on_both_ports() {
     ];
     let (_sim, service, _dir) = service_with(&stall).await;
     // gRPC: PINGs, each of which the server must answer: 17 MB of them at most.
-    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    preface.extend(RawFrames::settings());
     let pings: Vec<u8> = (0..1000).flat_map(|_| RawFrames::ping()).collect();
     assert!(
-        asks_and_never_reads(service.running.grpc_addr, &preface, &pings).await,
+        asks_and_never_reads(service.running.grpc_addr, &RawFrames::opening(), &pings).await,
         "the server read 17 MB of PINGs it could not answer"
     );
     // HTTP: health checks, pipelined, 36 MB of them at most.

@@ -89,8 +89,8 @@ pub fn serve(
     let keepalive = config.keepalive;
     let load_shed = LoadShed::new(config.admissions, metrics.clone());
     let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(config.keepalive.interval))
-        .http2_keepalive_timeout(Some(config.keepalive.timeout))
+        .http2_keepalive_interval(Some(keepalive.interval))
+        .http2_keepalive_timeout(Some(keepalive.timeout))
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_local_error_reset_streams(Some(PROVOKED_RESETS))
         .layer(Observe::new(metrics.clone()).into_layer())

@@ -270,9 +270,7 @@ impl RawFrames {
                 }
             }
         });
-        let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        opening.extend(Self::settings());
-        write.write_all(&opening).await.expect("preface");
+        write.write_all(&Self::opening()).await.expect("preface");
         Self {
             write,
             heard,
@@ -307,9 +305,11 @@ impl RawFrames {
         frame(RST_STREAM, 0, stream, &0x8u32.to_be_bytes())
     }
 
-    /// An empty SETTINGS frame: a client's first after the preface.
-    pub fn settings() -> Vec<u8> {
-        frame(SETTINGS, 0, 0, &[])
+    /// What a client sends first: the preface, then its (empty) SETTINGS.
+    pub fn opening() -> Vec<u8> {
+        let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        opening.extend(frame(SETTINGS, 0, 0, &[]));
+        opening
     }
 
     /// A PING, which the server must answer.
