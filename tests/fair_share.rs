@@ -15,6 +15,7 @@ use tonic_types::StatusExt as _;
 
 const GET_JOB: &str = "/selfieauth.v1.SelfieAuth/GetJob";
 const SUBMIT: &str = "/selfieauth.v1.SelfieAuth/SubmitAuthentication";
+const LIST_JOBS: &str = "/selfieauth.v1.SelfieAuth/ListJobs";
 
 fn get_job(job_id: &str) -> pb::GetJobRequest {
     pb::GetJobRequest {
@@ -486,6 +487,48 @@ async fn while_smile_id_hangs_two_greedy_callers_leave_room_for_a_third_callers_
         )),
         "{metrics}"
     );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_a_caller_never_reads_hold_its_own_share_and_no_one_elses() {
+    let flags = [&BEHIND_A_MESH[..], &["--caller-concurrency-limit", "2"]].concat();
+    let (_sim, service, _dir) = service_with(&flags).await;
+    // A connection that lets the server send no DATA at all: each answer
+    // stays on the server, waiting for a window the caller never opens.
+    let mut stalled = RawFrames::connect_with(service.running.grpc_addr, &[(INITIAL_WINDOW_SIZE, 0)]).await;
+    let identity = forwarded_cert("greedy");
+    for _ in 0..2 {
+        let (stream, mut frames) = stalled.open_with(LIST_JOBS, &[("x-forwarded-client-cert", &identity)]);
+        frames.extend(RawFrames::last_data(stream, &grpc_frame(&[])));
+        assert!(stalled.send(&frames).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = service.client().await;
+    let over = client
+        .clone()
+        .list_jobs(as_caller("greedy", pb::ListJobsRequest::default()))
+        .await
+        .expect_err("its share is held by the two answers it does not read");
+    assert_eq!(shed_by(&over), "caller_share", "{over:?}");
+    client
+        .clone()
+        .list_jobs(as_caller("honest", pb::ListJobsRequest::default()))
+        .await
+        .expect("another caller is served");
+    // Once the unread answers go (their connection closes), the share is the caller's again.
+    drop(stalled);
+    let given_back = eventually(Duration::from_secs(2), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_jobs(as_caller("greedy", pb::ListJobsRequest::default()))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert!(given_back.is_some(), "the share is given back with the connection");
     service.stop().await;
 }
 

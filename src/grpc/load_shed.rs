@@ -9,12 +9,19 @@
 //! flood of one never refuses the other, and each caller may hold at most its
 //! share of either pool, so a saturated replica still serves every caller.
 //! Only SelfieAuth calls count; health checks and reflection have caps of their
-//! own. A stream holds its slot only until its response starts, and a
-//! submission waiting for its result gives its slot back once Smile ID has the job.
+//! own. A unary call holds its slot until its answer has been sent, so a
+//! caller that never reads its answers holds its own share and no more; a
+//! stream holds its slot only until its response starts (open streams have a
+//! cap of their own), and a submission waiting for its result gives its slot
+//! back once Smile ID has the job.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::middleware::{Answer, Inner, Middleware};
@@ -27,6 +34,14 @@ use crate::metrics::Metrics;
 use crate::shares::{Share, Shares};
 
 const LIMITED_PREFIX: &str = "/selfieauth.v1.SelfieAuth/";
+
+/// The methods that answer with a stream of messages.
+const STREAMING: [&str; 2] = ["WatchJob", "WatchJobs"];
+
+fn answers_in_a_stream(path: &str) -> bool {
+    path.strip_prefix(LIMITED_PREFIX)
+        .is_some_and(|method| STREAMING.contains(&method))
+}
 
 /// How long a call over its caller's share waits for a place in it before it
 /// is refused. A caller that retries at once, whatever `RetryInfo` says, is
@@ -184,15 +199,50 @@ impl Middleware for LoadShed {
             );
         };
         let admission = Admission(Arc::new(Mutex::new(Some((permit, share)))));
+        let streams = answers_in_a_stream(request.uri().path());
         let mut request = request;
         request.extensions_mut().insert(admission.clone());
         let call = inner.call(request);
         let in_flight = InFlight::enter(metrics.clone());
         Box::pin(async move {
             let response = call.await;
-            drop((admission, in_flight));
-            response
+            if streams {
+                drop((admission, in_flight));
+                return response;
+            }
+            response.map(|response| {
+                response.map(|body| {
+                    tonic::body::Body::new(HeldUntilSent {
+                        body,
+                        _held: (admission, in_flight),
+                    })
+                })
+            })
         })
+    }
+}
+
+/// A unary call's answer, holding the call's slot until it has been sent or
+/// dropped: an answer the caller does not read stays in memory until then.
+struct HeldUntilSent {
+    body: tonic::body::Body,
+    _held: (Admission, InFlight),
+}
+
+impl Body for HeldUntilSent {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -224,5 +274,33 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.calls_in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn the_streaming_methods_are_those_the_contract_declares() {
+        let files = prost_types::FileDescriptorSet::decode(crate::grpc::pb::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let service = files
+            .file
+            .iter()
+            .flat_map(|file| &file.service)
+            .find(|service| service.name() == "SelfieAuth")
+            .expect("the service");
+        let mut declared: Vec<_> = service
+            .method
+            .iter()
+            .filter(|method| method.server_streaming())
+            .map(prost_types::MethodDescriptorProto::name)
+            .collect();
+        declared.sort_unstable();
+        assert_eq!(declared, STREAMING);
+        assert!(answers_in_a_stream("/selfieauth.v1.SelfieAuth/WatchJobs"));
+        assert!(!answers_in_a_stream("/selfieauth.v1.SelfieAuth/ListJobs"));
     }
 }

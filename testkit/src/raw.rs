@@ -197,7 +197,8 @@ pub struct Heard {
     pub goaway: Option<u32>,
 }
 
-/// Frame types and flags (RFC 9113 §6).
+/// Frame types, flags and settings (RFC 9113 §6).
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
@@ -205,7 +206,10 @@ const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+/// SETTINGS_INITIAL_WINDOW_SIZE: 0 lets the server send no DATA on any stream.
+pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
 /// GOAWAY's code for a peer that is doing too much (RFC 9113 §7).
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
@@ -219,8 +223,8 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// A POST of `path` as an HPACK block of literals, no Huffman coding.
-fn request_block(path: &str) -> Vec<u8> {
+/// A POST of `path` with `extra` headers, as an HPACK block of literals, no Huffman coding.
+fn request_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut block = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
     let mut literal = |name: Option<u8>, key: &str, value: &str| {
         // Literals without indexing: the name from the static table, or spelt out.
@@ -238,12 +242,20 @@ fn request_block(path: &str) -> Vec<u8> {
     literal(Some(0x01), ":authority", "selfie-auth");
     literal(None, "content-type", "application/grpc");
     literal(None, "te", "trailers");
+    for (name, value) in extra {
+        literal(None, name, value);
+    }
     block
 }
 
 impl RawFrames {
     /// Connects, sends the preface and empty SETTINGS, and listens for a GOAWAY.
     pub async fn connect(addr: SocketAddr) -> Self {
+        Self::connect_with(addr, &[]).await
+    }
+
+    /// Connects with `settings` (identifier, value) in the first SETTINGS frame.
+    pub async fn connect_with(addr: SocketAddr, settings: &[(u16, u32)]) -> Self {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let tcp = TcpStream::connect(addr).await.expect("connect");
         tcp.set_nodelay(true).expect("nodelay");
@@ -270,7 +282,7 @@ impl RawFrames {
                 }
             }
         });
-        write.write_all(&Self::opening()).await.expect("preface");
+        write.write_all(&Self::opening_with(settings)).await.expect("preface");
         Self {
             write,
             heard,
@@ -286,18 +298,28 @@ impl RawFrames {
 
     /// The frames opening a new stream that calls `path`, its id, and no body yet.
     pub fn open(&mut self, path: &str) -> (u32, Vec<u8>) {
-        self.headers(path, END_HEADERS)
+        self.headers(path, &[], END_HEADERS)
+    }
+
+    /// [`RawFrames::open`] with `extra` headers (an identity, say).
+    pub fn open_with(&mut self, path: &str, extra: &[(&str, &str)]) -> (u32, Vec<u8>) {
+        self.headers(path, extra, END_HEADERS)
     }
 
     /// A HEADERS frame that leaves its header block open, for CONTINUATION to follow.
     pub fn open_without_end(&mut self, path: &str) -> (u32, Vec<u8>) {
-        self.headers(path, 0)
+        self.headers(path, &[], 0)
     }
 
-    fn headers(&mut self, path: &str, flags: u8) -> (u32, Vec<u8>) {
+    fn headers(&mut self, path: &str, extra: &[(&str, &str)], flags: u8) -> (u32, Vec<u8>) {
         let stream = self.next_stream;
         self.next_stream += 2;
-        (stream, frame(HEADERS, flags, stream, &request_block(path)))
+        (stream, frame(HEADERS, flags, stream, &request_block(path, extra)))
+    }
+
+    /// `stream`'s whole request body: `body` in one DATA frame that ends the stream.
+    pub fn last_data(stream: u32, body: &[u8]) -> Vec<u8> {
+        frame(DATA, END_STREAM, stream, body)
     }
 
     /// The client cancelling `stream` (RST_STREAM, CANCEL).
@@ -307,8 +329,16 @@ impl RawFrames {
 
     /// What a client sends first: the preface, then its (empty) SETTINGS.
     pub fn opening() -> Vec<u8> {
+        Self::opening_with(&[])
+    }
+
+    fn opening_with(settings: &[(u16, u32)]) -> Vec<u8> {
         let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        opening.extend(frame(SETTINGS, 0, 0, &[]));
+        let payload: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, value)| id.to_be_bytes().into_iter().chain(value.to_be_bytes()))
+            .collect();
+        opening.extend(frame(SETTINGS, 0, 0, &payload));
         opening
     }
 
