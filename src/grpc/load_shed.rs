@@ -214,7 +214,7 @@ impl Middleware for LoadShed {
                 response.map(|body| {
                     tonic::body::Body::new(HeldUntilSent {
                         body,
-                        _held: (admission, in_flight),
+                        held: Some((admission, in_flight)),
                     })
                 })
             })
@@ -222,11 +222,12 @@ impl Middleware for LoadShed {
     }
 }
 
-/// A unary call's answer, holding the call's slot until it has been sent or
-/// dropped: an answer the caller does not read stays in memory until then.
+/// A unary call's answer, holding the call's slot until its last frame is
+/// taken to be sent, or it is dropped unsent: an answer the caller does not
+/// read stays in memory until then.
 struct HeldUntilSent {
     body: tonic::body::Body,
-    _held: (Admission, InFlight),
+    held: Option<(Admission, InFlight)>,
 }
 
 impl Body for HeldUntilSent {
@@ -234,7 +235,18 @@ impl Body for HeldUntilSent {
     type Error = tonic::Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        // Given back before the last frame leaves, not after: the caller may
+        // have its answer, and send its next call, before this body is dropped.
+        let last = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || self.body.is_end_stream(),
+            Poll::Ready(_) => true,
+            Poll::Pending => false,
+        };
+        if last {
+            self.held = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
