@@ -226,16 +226,23 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// A POST of `path` with `extra` headers, as an HPACK block of literals, no Huffman coding.
 fn request_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut block = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
+    // A string's length in one byte: 127 and more would take HPACK's longer form.
+    let length = |text: &str| {
+        u8::try_from(text.len())
+            .ok()
+            .filter(|length| *length < 127)
+            .expect("a short string")
+    };
     let mut literal = |name: Option<u8>, key: &str, value: &str| {
         // Literals without indexing: the name from the static table, or spelt out.
         if let Some(index) = name {
             block.push(index);
         } else {
             block.push(0);
-            block.push(u8::try_from(key.len()).expect("short"));
+            block.push(length(key));
             block.extend_from_slice(key.as_bytes());
         }
-        block.push(u8::try_from(value.len()).expect("short"));
+        block.push(length(value));
         block.extend_from_slice(value.as_bytes());
     };
     literal(Some(0x04), ":path", path);
