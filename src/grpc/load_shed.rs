@@ -30,17 +30,14 @@ use super::request_limits::is_submission;
 use super::status::overloaded;
 use crate::auth::Caller;
 use crate::config::Admissions;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, STREAMING_METHODS};
 use crate::shares::{Share, Shares};
 
 const LIMITED_PREFIX: &str = "/selfieauth.v1.SelfieAuth/";
 
-/// The methods that answer with a stream of messages.
-const STREAMING: [&str; 2] = ["WatchJob", "WatchJobs"];
-
 fn answers_in_a_stream(path: &str) -> bool {
     path.strip_prefix(LIMITED_PREFIX)
-        .is_some_and(|method| STREAMING.contains(&method))
+        .is_some_and(|method| STREAMING_METHODS.contains(&method))
 }
 
 /// How long a call over its caller's share waits for a place in it before it
@@ -311,7 +308,7 @@ mod tests {
             .map(prost_types::MethodDescriptorProto::name)
             .collect();
         declared.sort_unstable();
-        assert_eq!(declared, STREAMING);
+        assert_eq!(declared, STREAMING_METHODS);
         assert!(answers_in_a_stream("/selfieauth.v1.SelfieAuth/WatchJobs"));
         assert!(!answers_in_a_stream("/selfieauth.v1.SelfieAuth/ListJobs"));
     }
