@@ -84,24 +84,26 @@ async fn job_status(client: &SmileIdClient) -> Result<(), SmileIdError> {
     .map(drop)
 }
 
+/// The client's refusal of an answer over `MAX_ANSWER_BYTES`.
+fn assert_too_large(error: &SmileIdError) {
+    assert!(
+        matches!(error, SmileIdError::Malformed(why) if why.contains(&MAX_ANSWER_BYTES.to_string())),
+        "{error:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_answer_declared_larger_than_the_limit_is_refused_unread() {
     let (base, _) = fake_smile_id(Answer::DeclaredHuge).await;
     let error = job_status(&client_of(base)).await.expect_err("2 GiB declared");
-    assert!(
-        matches!(&error, SmileIdError::Malformed(why) if why.contains(&MAX_ANSWER_BYTES.to_string())),
-        "{error:?}"
-    );
+    assert_too_large(&error);
 }
 
 #[tokio::test]
 async fn an_answer_that_never_ends_is_read_only_up_to_the_limit() {
     let (base, sent) = fake_smile_id(Answer::Endless).await;
     let error = job_status(&client_of(base)).await.expect_err("an endless answer");
-    assert!(
-        matches!(&error, SmileIdError::Malformed(why) if why.contains(&MAX_ANSWER_BYTES.to_string())),
-        "{error:?}"
-    );
+    assert_too_large(&error);
     // What the kernel's buffers took besides: far less than the 256 MiB offered.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sent = sent.load(Ordering::Relaxed);
