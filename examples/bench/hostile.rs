@@ -479,7 +479,8 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
         return Ok(());
     }
     let at_once = SmileIdAnswers::AtOnce;
-    under_attack(report, &binary, Placement::Shared, Attacker::FLOODING, at_once).await?;
+    let shared_rate = under_attack(report, &binary, Placement::Shared, Attacker::FLOODING, at_once).await?;
+    floor_under_flood(report, Placement::Shared, Some(shared_rate)).await?;
     let taskset = std::process::Command::new("taskset").arg("-V").output().is_ok();
     if !halves().0.is_empty() && taskset {
         let own = Placement::OwnCores;
@@ -489,8 +490,8 @@ pub async fn beside_an_attacker(report: &mut Report) -> anyhow::Result<()> {
         // The flood a caller's rate limit would leave: a third of what it took.
         let paced = Some((flood_rate / 3.0).round() as u32);
         under_attack(report, &binary, own, Attacker::AlsoACaller { paced }, at_once).await?;
-        floor_under_flood(report, Some(flood_rate)).await?;
-        floor_under_flood(report, None).await?;
+        floor_under_flood(report, own, Some(flood_rate)).await?;
+        floor_under_flood(report, own, None).await?;
     } else {
         report
             .notes
@@ -800,22 +801,25 @@ async fn under_attack(
 }
 
 /// The floor of the flood's rows: the honest caller's GetJobs and submissions
-/// against a bare tonic gateway (no identity, storage or limits) on a core of
-/// its own, alone and under the same submission flood: `paced` to the rate
+/// against a bare tonic gateway (no identity, storage or limits), placed as the
+/// service was, alone and under the same submission flood: `paced` to the rate
 /// the service accepted it at, or as fast as the gateway answers. As the
 /// service does, the gateway answers reads on the connections' runtime and
 /// does each submission's work on one ten nice steps below.
-async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::Result<()> {
-    let own = Placement::OwnCores;
+async fn floor_under_flood(report: &mut Report, placement: Placement, paced: Option<f64>) -> anyhow::Result<()> {
     let (smile_id, caller, attacker) = (
-        beside("smile-id", 1, 0, own)?,
-        honest_caller(own)?,
-        beside("attacker", 2, 19, own)?,
+        beside("smile-id", 1, 0, placement)?,
+        honest_caller(placement)?,
+        beside("attacker", 2, 19, placement)?,
     );
-    let cores: Vec<usize> = halves().0.collect();
+    let cores: Vec<usize> = match placement {
+        Placement::Shared => (0..halves().1.end).collect(),
+        Placement::OwnCores => halves().0.collect(),
+    };
+    let pinned = (placement == Placement::OwnCores).then(|| cores.clone());
     let (connections, below) = (
-        apart_on("floor", cores.len(), 0, Some(cores.clone()))?,
-        apart_on("floor-below", cores.len(), 10, Some(cores))?,
+        apart_on("floor", cores.len(), 0, pinned.clone())?,
+        apart_on("floor-below", cores.len(), 10, pinned)?,
     );
     let sim = smile_id
         .spawn(simulator::start(super::simulator_config(), "127.0.0.1:0".parse()?))
@@ -851,7 +855,7 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
         ..
     } = honest_apart(&caller, grpc, &selfie, "floor-flooded", &refused, None).await?;
     let during = started.elapsed().as_secs_f64();
-    let busy = (super::threads_cpu_seconds(&["floor"]) - cpu_before) / during / halves().0.len() as f64;
+    let busy = (super::threads_cpu_seconds(&["floor"]) - cpu_before) / during / cores.len() as f64;
     let greedy_rate = (greedy.counts().0 - greedy_before.0) as f64 / during;
     stop.store(true, Ordering::Relaxed);
     smile_id.spawn(sim.shutdown()).await?;
@@ -863,8 +867,11 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
     } else {
         "as fast as it is answered"
     };
-    let row =
-        |what: &str| format!("under a submission flood {flood_is}, a bare tonic gateway on cores of its own: {what}");
+    let placed = match placement {
+        Placement::Shared => "sharing the cores",
+        Placement::OwnCores => "on cores of its own",
+    };
+    let row = |what: &str| format!("under a submission flood {flood_is}, a bare tonic gateway {placed}: {what}");
     let refused = refused.load(Ordering::Relaxed);
     latency_rows(
         report,
@@ -890,14 +897,15 @@ async fn floor_under_flood(report: &mut Report, paced: Option<f64>) -> anyhow::R
             submissions.rate(),
             solo_submissions.rate()
         ),
-        format!("its {} core(s) {:.0}% busy", halves().0.len(), 100.0 * busy),
+        format!("its {} core(s) {:.0}% busy", cores.len(), 100.0 * busy),
     );
     let note = "The bare tonic gateway rows are the floor of the rows under attack: the same honest caller and the \
                 same submission flood (128 calls in flight under one identity, each on a connection of its own) \
-                against a tonic server with no identity, limits or storage on the service's core. It answers GetJob \
+                against a tonic server with no identity, limits or storage, placed as the service was (sharing every \
+                core with the simulator and the callers, or on the service's core). It answers GetJob \
                 at once and does each submission's prep upload, zip and upload on a runtime ten nice steps below, \
                 as the service does; Smile ID's callbacks go nowhere. \"Paced to the service's rate\": the flood held to \
-                the rate the service accepted it at (\"service on cores of its own\"), so both serve the same flood; \
+                the rate the service accepted it at, placed the same way, so both serve the same flood; \
                 \"as fast as it is answered\": what the flood does to the bare server when nothing holds it back."
         .to_owned();
     if !report.notes.contains(&note) {
