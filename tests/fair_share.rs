@@ -503,13 +503,19 @@ async fn answers_a_caller_never_reads_hold_its_own_share_and_no_one_elses() {
         frames.extend(RawFrames::last_data(stream, &grpc_frame(&[])));
         assert!(stalled.send(&frames).await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Refused once both calls are admitted (until then a third is served).
     let client = service.client().await;
-    let over = client
-        .clone()
-        .list_jobs(as_caller("greedy", pb::ListJobsRequest::default()))
-        .await
-        .expect_err("its share is held by the two answers it does not read");
+    let over = eventually(Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_jobs(as_caller("greedy", pb::ListJobsRequest::default()))
+                .await
+                .err()
+        }
+    })
+    .await
+    .expect("its share is held by the two answers it does not read");
     assert_eq!(shed_by(&over), "caller_share", "{over:?}");
     client
         .clone()

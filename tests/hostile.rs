@@ -227,7 +227,7 @@ async fn a_client_that_never_reads_the_answers_is_cut_off_on_both_ports() {
         asks_and_never_reads(service.running.grpc_addr, &RawFrames::opening(), &pings).await,
         "the server read 17 MB of PINGs it could not answer"
     );
-    // HTTP: health checks, pipelined, 36 MB of them at most.
+    // HTTP: health checks, pipelined, 34 MB of them at most.
     let healthz: Vec<u8> = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
     assert!(
         asks_and_never_reads(service.running.http_addr, &[], &healthz).await,
