@@ -1,6 +1,6 @@
 //! How long work that became ready waits for the threads serving connections,
 //! reads and callbacks. A read's wait there is what a submission flood adds
-//! to it (`docs/performance.md`, "The floor under a flood"); the service's own
+//! to it (`docs/performance-log.md`, "The floor under a flood"); the service's own
 //! timing of a call starts only once it is polled, so it cannot show this.
 
 use std::sync::Arc;
