@@ -189,3 +189,47 @@ async fn jobs_without_a_final_result_fail_after_the_give_up_time() {
     assert_eq!(job.error.expect("error").code, Code::DeadlineExceeded as i32);
     service.stop().await;
 }
+
+#[tokio::test]
+async fn a_send_still_retrying_after_its_call_gave_up_finishes_when_smile_id_returns() {
+    let (sim, service, _dir) = service_with(&[]).await;
+    let mut client = service.client().await;
+    sim.set_fault(
+        Endpoint::Upload,
+        Fault {
+            status: Some(503),
+            retry_after: Some(1),
+            ..Fault::default()
+        },
+    );
+    let mut request = tonic::Request::new(submit_request(ENROLLED_USER, "outlives-1"));
+    request.set_timeout(Duration::from_secs(1));
+    let status = client
+        .submit_authentication(request)
+        .await
+        .expect_err("Smile ID is down");
+    assert!(
+        matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    // No other submission arrives for longer than the submissions' threads
+    // wait before they end: the send must go on regardless.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    reqwest::Client::new()
+        .delete(format!("{}/_control/faults", sim.url()))
+        .send()
+        .await
+        .expect("clear");
+    let submitted = eventually(Duration::from_mins(1), || {
+        let mut client = client.clone();
+        async move {
+            let job = get_job(&mut client, "outlives-1").await.ok()?;
+            (job.state() != pb::JobState::Submitting).then_some(job)
+        }
+    })
+    .await
+    .expect("the service finished sending the job itself");
+    assert_eq!(submitted.state(), pb::JobState::Submitted);
+    assert_eq!(sim.counters().jobs_created_by_job_id["outlives-1"], 1);
+    service.stop().await;
+}

@@ -7,6 +7,7 @@
 //! priority, so the operating system runs what answers calls first and gives
 //! this work what is left.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -112,11 +113,13 @@ impl BelowCalls {
 
     fn start(&self) -> Option<Runtime> {
         let nice = self.nice;
+        let state = Arc::downgrade(&self.state);
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(super::cores())
             .thread_name(&self.name)
             .enable_all()
             .on_thread_start(move || {
+                RUNS_ON.with_borrow_mut(|runs_on| *runs_on = Some(state.clone()));
                 if let Err(error) = crate::task::lower_thread_priority(nice) {
                     tracing::warn!(error = %error, "could not lower a runtime thread's priority");
                 }
@@ -124,6 +127,31 @@ impl BelowCalls {
             .build()
             .inspect_err(|error| tracing::error!(error = %error, runtime = %self.name, "could not start a runtime"))
             .ok()
+    }
+}
+
+thread_local! {
+    /// The runtime a thread of a `BelowCalls` belongs to.
+    static RUNS_ON: RefCell<Option<Weak<Mutex<State>>>> = const { RefCell::new(None) };
+}
+
+/// Keeps the threads the caller runs on from ending while held, if they are a
+/// [`BelowCalls`]'s. Work spawned from there outlives the call that spawned
+/// it (a submission still retrying Smile ID after its caller gave up), and
+/// ending the threads would drop it unfinished.
+pub struct KeepThreads {
+    _held: Option<Running>,
+}
+
+impl KeepThreads {
+    pub fn here() -> Self {
+        let state = RUNS_ON.with_borrow(|runs_on| runs_on.as_ref().and_then(Weak::upgrade));
+        Self {
+            _held: state.map(|state| {
+                lock(&state).running += 1;
+                Running(state)
+            }),
+        }
     }
 }
 
@@ -242,6 +270,31 @@ mod tests {
         // Work dropped unfinished counts out too.
         below.spawn(std::future::pending::<()>()).abort();
         assert!(threads_end(NAME).await, "its threads end once idle again");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn work_it_spawned_keeps_its_threads_while_held() {
+        const NAME: &str = "test-below-keep";
+        let below = BelowCalls::per_core(NAME, 0, Duration::from_millis(200));
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let (done, outlived) = tokio::sync::oneshot::channel::<bool>();
+        // The call ends at once; the work it spawned goes on, holding the threads.
+        below
+            .spawn(async move {
+                let keep = KeepThreads::here();
+                drop(crate::task::spawn(async move {
+                    let _keep = keep;
+                    let _ = done.send(finished.await.is_ok());
+                }));
+            })
+            .await
+            .expect("ran");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(threads_named(NAME) > 0, "its threads ended under work still running");
+        finish.send(()).expect("the work waits");
+        assert!(outlived.await.expect("the work finished"));
+        assert!(threads_end(NAME).await, "its threads end once the work is done");
     }
 
     #[tokio::test]

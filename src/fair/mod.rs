@@ -8,7 +8,7 @@ mod gate;
 mod lane;
 mod turns;
 
-pub use below::BelowCalls;
+pub use below::{BelowCalls, KeepThreads};
 pub use gate::{FairGate, Precedence, Present, Turn};
 pub use lane::{FairLane, Interrupted};
 

@@ -30,7 +30,7 @@ use super::model::{
 use super::ports::{Created, Saved, SmileId, SmileJob, SubmitFailure};
 use super::settings::ServiceConfig;
 use super::validate::{SubmitRequest, caller_key, prepare};
-use crate::fair::{FairGate, FairLane, Precedence, Present, Turn};
+use crate::fair::{FairGate, FairLane, KeepThreads, Precedence, Present, Turn};
 
 /// What SubmitAuthentication returns.
 #[derive(Clone, Debug)]
@@ -278,8 +278,11 @@ impl Submitter {
         let content_hash = prepared.content_hash.clone();
         let service = self.clone();
         let finished = key.clone();
-        // The attempt belongs to the call's trace, though it may outlive the call.
+        // The attempt belongs to the call's trace, though it may outlive the call,
+        // and keeps the threads it runs on until it ends.
+        let keep = KeepThreads::here();
         let task = crate::task::spawn(async move {
+            let _keep = keep;
             let outcome = service.send(&mut prepared, id, standing).await;
             service.sending.finished(&finished, id);
             drop((prepared, held));
