@@ -213,7 +213,8 @@ async fn a_send_still_retrying_after_its_call_gave_up_finishes_when_smile_id_ret
         "{status:?}"
     );
     // No other submission arrives for longer than the submissions' threads
-    // wait before they end: the send must go on regardless.
+    // wait before they end (ten idle seconds, `IDLE_FOR` in `grpc/apart.rs`,
+    // checked every quarter of that): the send must go on regardless.
     tokio::time::sleep(Duration::from_secs(15)).await;
     reqwest::Client::new()
         .delete(format!("{}/_control/faults", sim.url()))
