@@ -598,12 +598,16 @@ async fn under_attack(
     let refused = Arc::new(AtomicUsize::new(0));
     drop(client);
     let timed_before = Timed::of(http).await;
+    let service_cpu =
+        || super::cpu_seconds_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default());
+    let (cpu_before_solo, started_solo) = (service_cpu(), Instant::now());
     let Honest {
         gets: solo_gets,
         submissions: solo_submissions,
         gets_waited: solo_waited,
         ..
     } = honest_apart(&caller, grpc, &selfie, "solo", &refused, None).await?;
+    let cpu_solo = (service_cpu() - cpu_before_solo) / started_solo.elapsed().as_secs_f64();
     let timed_solo = Timed::of(http).await;
     let solo_refused = refused.swap(0, Ordering::Relaxed);
 
@@ -621,8 +625,6 @@ async fn under_attack(
         ))
         .await??;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let service_cpu =
-        || super::cpu_seconds_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default());
     let cpu_before = service_cpu();
     let started = Instant::now();
     let greedy_before = greedy.counts();
@@ -640,6 +642,7 @@ async fn under_attack(
         Placement::OwnCores => halves().0.len(),
     };
     let busy = (service_cpu() - cpu_before) / during.as_secs_f64() / service_cores as f64;
+    let busy_alone = cpu_solo / service_cores as f64;
     let greedy_during = {
         let now = greedy.counts();
         (now.0 - greedy_before.0, now.1 - greedy_before.1)
@@ -741,8 +744,10 @@ async fn under_attack(
                 )
             },
             format!(
-                "what the flood pushed through the service meanwhile, its {service_cores} core(s) {:.0}% busy",
-                100.0 * busy
+                "what the flood pushed through the service meanwhile, its {service_cores} core(s) {:.0}% busy \
+                 ({:.0}% with the honest caller alone)",
+                100.0 * busy,
+                100.0 * busy_alone
             ),
         );
     }
@@ -755,10 +760,11 @@ async fn under_attack(
     let missed = !(within(&gets, &solo_gets) && within(&submissions, &solo_submissions));
     if missed && attacker_is == Attacker::FLOODING && smile_id_answers == SmileIdAnswers::AtOnce {
         let note = "Under attack, the well-behaved caller's latency misses 2x. Alone, its four submissions in flight \
-                    keep the service busy: its throughput alone times the CPU a submission takes is about the service's \
-                    cores. A flood as demanding gets its turns as often, so the honest caller keeps at most half the \
-                    throughput it had alone, and at four in flight its latency is then at least twice (latency = calls \
-                    in flight / throughput). The greedy caller's row gives the latency an equal share of what both \
+                    hold every turn the service has for checking and storing jobs (four a core) through most of their \
+                    time: two durable writes each, which wait for the store's writer, and it runs only when the core is \
+                    otherwise idle. A flood as demanding gets its turns as often, so the honest caller keeps at most \
+                    half the throughput it had alone, and at four in flight its latency is then at least twice \
+                    (latency = calls in flight / throughput). The greedy caller's row gives the latency an equal share of what both \
                     callers got through would mean. That bound is above 2x when the service gets less through under \
                     attack than the honest caller did alone (the flood's connections are served at full priority, as \
                     everyone's are); what is left above the bound is the share the honest caller gets below half."
