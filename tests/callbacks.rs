@@ -138,11 +138,7 @@ async fn a_callback_smile_id_cannot_confirm_yet_is_kept_until_it_can() {
 
     // The acknowledged callback survives a restart, and is confirmed once Smile ID answers.
     service.stop().await;
-    reqwest::Client::new()
-        .delete(format!("{}/_control/faults", sim.url()))
-        .send()
-        .await
-        .expect("clear");
+    sim.clear_faults();
     let restarted = start_service(config_with(&sim, &database_url, &flags)).await;
     let client = restarted.client().await;
     until_state(&client, "keep-1", pb::JobState::Completed)
@@ -175,11 +171,7 @@ async fn a_job_given_up_on_is_completed_by_a_later_genuine_result() {
         .expect("given up");
     assert_eq!(rpc_status_reason(&failed.error.expect("why")), "RESULT_NOT_RECEIVED");
 
-    reqwest::Client::new()
-        .delete(format!("{}/_control/faults", sim.url()))
-        .send()
-        .await
-        .expect("clear");
+    sim.clear_faults();
     sim.set_callback_mode(CallbackMode::Deliver);
     let replayed = reqwest::Client::new()
         .post(format!("{}/_control/jobs/late-1/replay", sim.url()))

@@ -286,10 +286,7 @@ async fn every_job_is_final_within_its_bound_under_upstream_faults() {
     }
     chaos.await.expect("chaos");
     sim.set_callback_mode(CallbackMode::Drop);
-    let _ = reqwest::Client::new()
-        .delete(format!("{}/_control/faults", sim.url()))
-        .send()
-        .await;
+    sim.clear_faults();
     // Callbacks stay dropped: the reconciler alone must finish what remains.
     let jobs = all_final(&service.client().await, Duration::from_secs(30)).await;
     assert_faithful(&sim, &jobs).await;

@@ -42,11 +42,7 @@ async fn unreachable_smile_id_is_unavailable_with_retry_info_and_a_retry_succeed
     let job = get_job(&mut client, "down-1").await.expect("get");
     assert_eq!(job.state(), pb::JobState::Submitting);
 
-    reqwest::Client::new()
-        .delete(format!("{}/_control/faults", sim.url()))
-        .send()
-        .await
-        .expect("clear");
+    sim.clear_faults();
     let retried = client
         .submit_authentication(submit_request(ENROLLED_USER, "down-1"))
         .await
@@ -121,11 +117,7 @@ async fn unknown_outcome_is_retryable_and_a_retry_resumes_the_same_smile_job() {
         "SUBMISSION_OUTCOME_UNKNOWN"
     );
 
-    reqwest::Client::new()
-        .delete(format!("{}/_control/faults", sim.url()))
-        .send()
-        .await
-        .expect("clear");
+    sim.clear_faults();
     let resumed = client
         .submit_authentication(submit_request(ENROLLED_USER, "unk-1"))
         .await
@@ -216,11 +208,7 @@ async fn a_send_still_retrying_after_its_call_gave_up_finishes_when_smile_id_ret
     // wait before they end (ten idle seconds, `IDLE_FOR` in `grpc/apart.rs`,
     // checked every quarter of that): the send must go on regardless.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    reqwest::Client::new()
-        .delete(format!("{}/_control/faults", sim.url()))
-        .send()
-        .await
-        .expect("clear");
+    sim.clear_faults();
     let submitted = eventually(Duration::from_mins(1), || {
         let mut client = client.clone();
         async move {

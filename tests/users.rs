@@ -415,11 +415,7 @@ async fn an_operation_smile_id_does_not_confirm_is_finished_by_the_service_after
     service.stop().await;
 
     // Smile ID answers again; a new process on the same database finishes the job.
-    sim.set_fault(Endpoint::BlockUser, Fault::default());
-    let _ = reqwest::Client::new()
-        .delete(format!("{}/_control/faults", sim.url()))
-        .send()
-        .await;
+    sim.clear_faults();
     let service = start_service(config_for(&sim, &url)).await;
     let mut client = service.client().await;
     let done = eventually(Duration::from_secs(30), || {

@@ -81,6 +81,11 @@ impl RunningSimulator {
         self.app.state().faults.insert(endpoint, fault);
     }
 
+    /// Every endpoint answers normally again, as `DELETE /_control/faults` does.
+    pub fn clear_faults(&self) {
+        self.app.state().faults.clear();
+    }
+
     pub fn set_callback_mode(&self, mode: CallbackMode) {
         self.app.state().callback_mode = mode;
     }
