@@ -42,9 +42,16 @@ impl Recent {
         }
     }
 
-    fn forget(&mut self, job_id: &str) {
-        if self.jobs.remove(job_id).is_some() {
-            self.order.retain(|kept| kept != job_id);
+    /// Forgets the jobs `forgotten` names in one pass over the order, however
+    /// many they are: a retention batch forgets hundreds under the lock every
+    /// read takes.
+    fn forget<'a>(&mut self, forgotten: impl IntoIterator<Item = &'a str>) {
+        let mut any = false;
+        for job_id in forgotten {
+            any |= self.jobs.remove(job_id).is_some();
+        }
+        if any {
+            self.order.retain(|kept| self.jobs.contains_key(kept));
         }
     }
 }
@@ -97,9 +104,7 @@ impl<S> CachedStore<S> {
             .filter(|job| job.user_id == user_id)
             .map(|job| job.job_id.clone())
             .collect();
-        for job_id in &erased {
-            recent.forget(job_id);
-        }
+        recent.forget(erased.iter().map(String::as_str));
     }
 
     fn recent(&self) -> MutexGuard<'_, Recent> {
@@ -140,7 +145,7 @@ impl<S: JobStore> JobStore for CachedStore<S> {
             Saved::Written(_) => self.recent().keep(job),
             // A write whose caller stopped waiting still commits, unseen here:
             // the next read goes to the database.
-            Saved::Conflict => self.recent().forget(&job.job_id),
+            Saved::Conflict => self.recent().forget([job.job_id.as_str()]),
         }
         Ok(saved)
     }
@@ -185,10 +190,7 @@ impl<S: JobStore> JobStore for CachedStore<S> {
 
     async fn delete_finished(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<String>, StoreError> {
         let deleted = self.inner.delete_finished(before, limit).await?;
-        let mut recent = self.recent();
-        for job_id in &deleted {
-            recent.forget(job_id);
-        }
+        self.recent().forget(deleted.iter().map(String::as_str));
         Ok(deleted)
     }
 
@@ -271,6 +273,36 @@ mod tests {
             recent.keep(&Job::for_test(&format!("k{index}"), "u"));
         }
         assert_eq!(recent.jobs.len(), CAPACITY);
+    }
+
+    #[test]
+    fn jobs_forgotten_together_leave_the_order_matching_what_is_kept() {
+        let mut recent = Recent::default();
+        for index in 0..10 {
+            recent.keep(&Job::for_test(&format!("k{index}"), "u"));
+        }
+        recent.forget(["k2", "k5", "absent", "k2"]);
+        assert_eq!(recent.jobs.len(), 8);
+        assert_eq!(recent.order, ["k0", "k1", "k3", "k4", "k6", "k7", "k8", "k9"]);
+        // The order still says which goes first once the kept jobs fill up.
+        for index in 10..CAPACITY + 4 {
+            recent.keep(&Job::for_test(&format!("k{index}"), "u"));
+        }
+        assert_eq!((recent.jobs.len(), recent.order.len()), (CAPACITY, CAPACITY));
+        assert!(!recent.jobs.contains_key("k0") && !recent.jobs.contains_key("k1"));
+        assert!(recent.jobs.contains_key("k3"));
+    }
+
+    #[tokio::test]
+    async fn jobs_of_an_erased_user_are_forgotten_and_others_kept() {
+        let store = CachedStore::new(crate::jobs::testing::MemoryStore::default());
+        for (job_id, user_id) in [("a1", "alice"), ("a2", "alice"), ("b1", "bob")] {
+            store.create(&Job::for_test(job_id, user_id)).await.expect("created");
+        }
+        store.forget_user("alice");
+        let recent = store.recent();
+        assert_eq!(recent.jobs.keys().collect::<Vec<_>>(), ["b1"]);
+        assert_eq!(recent.order, ["b1"]);
     }
 
     #[tokio::test]
