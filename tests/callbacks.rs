@@ -280,13 +280,18 @@ async fn callback_endpoint_refuses_forged_stale_and_oversized_posts() {
         .await
         .expect("post");
     assert_eq!(response.status(), 401);
-    let response = http
+    // Refused on its declared length, before a byte of the body is read, and
+    // the connection closed: a client still sending may find it reset before
+    // it reads the 413. Either way the server took nothing of it.
+    match http
         .post(&service.callback_url)
         .body(vec![b' '; 3 * 1024 * 1024])
         .send()
         .await
-        .expect("post");
-    assert_eq!(response.status(), 413);
+    {
+        Ok(response) => assert_eq!(response.status(), 413),
+        Err(error) => assert!(error.is_request(), "the connection closed under the body: {error:?}"),
+    }
     let response = http
         .post(&service.callback_url)
         .body("{not json")
