@@ -290,7 +290,7 @@ async fn callback_endpoint_refuses_forged_stale_and_oversized_posts() {
         .await
     {
         Ok(response) => assert_eq!(response.status(), 413),
-        Err(error) => assert!(error.is_request(), "the connection closed under the body: {error:?}"),
+        Err(error) => assert!(closed_under_the_body(&error), "{error:?}"),
     }
     let response = http
         .post(&service.callback_url)
@@ -343,4 +343,59 @@ async fn callback_endpoint_refuses_forged_stale_and_oversized_posts() {
     .expect("completes");
     assert_eq!(job.decision(), pb::Decision::Approved);
     service.stop().await;
+}
+
+/// Whether a request failed because the server closed the connection while
+/// the request was still being sent, and nothing else.
+fn closed_under_the_body(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        let closed = error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+            || error.downcast_ref::<std::io::Error>().is_some_and(|error| {
+                matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                )
+            });
+        if closed {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+#[tokio::test]
+async fn closed_under_the_body_tells_a_closed_connection_from_other_failures() {
+    // A server that reads the request's head and closes, as hyper does after
+    // refusing a body it will not read.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let closing = listener.local_addr().expect("addr");
+    selfie_auth::task::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut head).await;
+        }
+    });
+    let http = reqwest::Client::new();
+    let error = http
+        .post(format!("http://{closing}/"))
+        .body(vec![b' '; 3 * 1024 * 1024])
+        .send()
+        .await
+        .expect_err("closed");
+    assert!(closed_under_the_body(&error), "{error:?}");
+
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let error = http
+        .post(format!("http://{refused}/"))
+        .send()
+        .await
+        .expect_err("nothing listens");
+    assert!(!closed_under_the_body(&error), "{error:?}");
 }
