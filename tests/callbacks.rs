@@ -345,6 +345,32 @@ async fn callback_endpoint_refuses_forged_stale_and_oversized_posts() {
     service.stop().await;
 }
 
+#[tokio::test]
+async fn a_callback_refused_before_its_body_is_read_says_its_connection_ends() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // The server does not read a body it refuses on its declared length, so
+    // it cannot keep the connection; a client that is not told so sends its
+    // next request down a connection about to close, and loses it.
+    let (_sim, service, _dir) = service_with(&[]).await;
+    let mut stream = tokio::net::TcpStream::connect(service.running.http_addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /callbacks/smileid HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 3145728\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    // Read to the end: the server closes once it has answered.
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    service.stop().await;
+}
+
 /// Whether a request failed because the server closed the connection while
 /// the request was still being sent, and nothing else.
 fn closed_under_the_body(error: &reqwest::Error) -> bool {

@@ -326,6 +326,11 @@ async fn a_callback_body_that_never_ends_times_out() {
         .expect("read");
     let answer = String::from_utf8_lossy(&answer[..read]);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // The rest of the body would never be read: the connection ends with the answer.
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

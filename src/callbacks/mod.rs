@@ -6,7 +6,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::post;
 use tracing::{info, warn};
 
@@ -79,15 +80,31 @@ pub fn router(service: Arc<JobService>, metrics: Arc<Metrics>, settings: Callbac
         body_bytes = tracing::field::Empty,
     )
 )]
-async fn receive(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Body) -> (StatusCode, &'static str) {
-    let (outcome, answer) = handle(&endpoint, &headers, body).await;
+async fn receive(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Body) -> Response {
+    let (outcome, (status, text), unread) = match arrive(&endpoint.settings, &headers, body).await {
+        // The body's room is held until the callback is handled.
+        Ok((body, _room)) => {
+            let (outcome, answer) = handle(&endpoint, &body).await;
+            (outcome, answer, false)
+        }
+        Err((outcome, answer)) => (outcome, answer, true),
+    };
     endpoint.metrics.callback(outcome);
     let span = tracing::Span::current();
-    span.record("http.response.status_code", answer.0.as_u16());
-    if answer.0.is_server_error() {
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    answer
+    let mut response = (status, text).into_response();
+    if unread {
+        // What is left of the body is never read, so the connection cannot
+        // carry another request: told so, the client opens a new one rather
+        // than send its next request down this one as it closes.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The step in which a body's room is reserved: its allowance beyond what arrived.
@@ -136,35 +153,36 @@ async fn receive_body(
     Ok((received.freeze(), room))
 }
 
-/// Takes one callback; returns its outcome (a metric label) and the answer.
-async fn handle(endpoint: &Endpoint, headers: &HeaderMap, body: Body) -> (&'static str, (StatusCode, &'static str)) {
-    let settings = &endpoint.settings;
+/// A callback's body, read to its end within the settings' time and memory,
+/// or the refusal of one that is too large or does not arrive.
+async fn arrive(
+    settings: &CallbackSettings,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(bytes::Bytes, Option<OwnedSemaphorePermit>), Refusal> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|declared| declared > MAX_CALLBACK_BYTES) {
-        return ("too_large", (StatusCode::PAYLOAD_TOO_LARGE, "callback body too large"));
+        return Err(("too_large", (StatusCode::PAYLOAD_TOO_LARGE, "callback body too large")));
     }
-    let body = match tokio::time::timeout(
+    tokio::time::timeout(
         settings.body_timeout,
         receive_body(body, &settings.memory, settings.body_timeout / 4),
     )
     .await
-    {
-        Ok(Ok(received)) => received,
-        Ok(Err(refusal)) => return refusal,
-        Err(_) => {
-            return (
-                "timeout",
-                (StatusCode::REQUEST_TIMEOUT, "callback body not received in time"),
-            );
-        }
-    };
-    // The body's room is held until the callback is handled.
-    let (body, _room) = body;
+    .unwrap_or(Err((
+        "timeout",
+        (StatusCode::REQUEST_TIMEOUT, "callback body not received in time"),
+    )))
+}
+
+/// Takes one callback's body; returns its outcome (a metric label) and the answer.
+async fn handle(endpoint: &Endpoint, body: &[u8]) -> (&'static str, (StatusCode, &'static str)) {
+    let settings = &endpoint.settings;
     tracing::Span::current().record("body_bytes", body.len());
     // Nothing in the body is trusted before the signature and time window check out.
-    let verified = match verify_callback(&body, &settings.credentials, settings.window, chrono::Utc::now()) {
+    let verified = match verify_callback(body, &settings.credentials, settings.window, chrono::Utc::now()) {
         Ok(verified) => verified,
         Err(error) => {
             warn!(error = %error, "callback refused");
