@@ -81,13 +81,10 @@ pub fn router(service: Arc<JobService>, metrics: Arc<Metrics>, settings: Callbac
     )
 )]
 async fn receive(State(endpoint): State<Endpoint>, headers: HeaderMap, body: Body) -> Response {
-    let (outcome, (status, text), unread) = match arrive(&endpoint.settings, &headers, body).await {
+    let ((outcome, (status, text)), unread) = match arrive(&endpoint.settings, &headers, body).await {
         // The body's room is held until the callback is handled.
-        Ok((body, _room)) => {
-            let (outcome, answer) = handle(&endpoint, &body).await;
-            (outcome, answer, false)
-        }
-        Err((outcome, answer)) => (outcome, answer, true),
+        Ok((body, _room)) => (handle(&endpoint, &body).await, false),
+        Err(refusal) => (refusal, true),
     };
     endpoint.metrics.callback(outcome);
     let span = tracing::Span::current();
